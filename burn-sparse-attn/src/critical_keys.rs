@@ -1,0 +1,159 @@
+use alloc::format;
+use alloc::vec::Vec;
+
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::error::{SparseAttnError, ensure};
+
+/// The critical keys of every query group: what sparse attention attends to.
+///
+/// `indices: [B, H, G, k]` lists, for each of the `G = ceil(query_len / group_size)` query
+/// groups, `k` distinct key units in ascending order; a unit is one key when
+/// `key_block == 1`, else `key_block` consecutive keys (the last block may be partial).
+/// Made by [`select_critical_keys`](crate::select_critical_keys), or from your own index
+/// through [`CriticalKeys::new`], which checks every id.
+#[derive(Clone, Debug)]
+pub struct CriticalKeys {
+    indices: Tensor<4, Int>,
+    group_size: usize,
+    key_block: usize,
+    query_len: usize,
+    key_len: usize,
+}
+
+impl CriticalKeys {
+    /// Wraps a user-made index after checking its shape and every id (reads it back once).
+    pub fn new(
+        indices: Tensor<4, Int>,
+        group_size: usize,
+        key_block: usize,
+        query_len: usize,
+        key_len: usize,
+    ) -> Result<Self, SparseAttnError> {
+        const F: &str = "CriticalKeys::new";
+        ensure(group_size >= 1, F, "group_size", "≥ 1", group_size)?;
+        ensure(key_block >= 1, F, "key_block", "≥ 1", key_block)?;
+        ensure(query_len >= 1, F, "query_len", "≥ 1", query_len)?;
+        ensure(key_len >= 1, F, "key_len", "≥ 1", key_len)?;
+        let [_, _, groups, budget] = indices.dims();
+        let units = key_len.div_ceil(key_block);
+        ensure(
+            groups == query_len.div_ceil(group_size),
+            F,
+            "indices",
+            format!(
+                "[B, H, ceil(query_len / group_size) = {}, k]",
+                query_len.div_ceil(group_size)
+            ),
+            format!("{:?}", indices.dims()),
+        )?;
+        ensure(
+            (1..=units).contains(&budget),
+            F,
+            "indices",
+            format!("k (last dim) in 1..={units} key units"),
+            budget,
+        )?;
+        let ids: Vec<i64> = indices
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .expect("int data converts to i64");
+        for (row, chunk) in ids.chunks_exact(budget).enumerate() {
+            let sorted = chunk.windows(2).all(|w| w[0] < w[1]);
+            let in_range = chunk[0] >= 0 && chunk[budget - 1] < units as i64;
+            ensure(
+                sorted && in_range,
+                F,
+                "indices",
+                format!("distinct ascending unit ids in 0..{units} in every row"),
+                format!("row {row} = {chunk:?}"),
+            )?;
+        }
+        Ok(Self::trusted(indices, group_size, key_block, query_len, key_len))
+    }
+
+    /// Wraps an index that an op of this crate produced (no read-back).
+    pub(crate) fn trusted(
+        indices: Tensor<4, Int>,
+        group_size: usize,
+        key_block: usize,
+        query_len: usize,
+        key_len: usize,
+    ) -> Self {
+        Self {
+            indices,
+            group_size,
+            key_block,
+            query_len,
+            key_len,
+        }
+    }
+
+    /// The index `[B, H, G, k]`.
+    pub fn indices(&self) -> &Tensor<4, Int> {
+        &self.indices
+    }
+
+    /// Queries per group.
+    pub fn group_size(&self) -> usize {
+        self.group_size
+    }
+
+    /// Keys per selected unit.
+    pub fn key_block(&self) -> usize {
+        self.key_block
+    }
+
+    /// Units selected per group (`k`).
+    pub fn budget(&self) -> usize {
+        self.indices.dims()[3]
+    }
+
+    /// Query sequence length the index was made for.
+    pub fn query_len(&self) -> usize {
+        self.query_len
+    }
+
+    /// Key sequence length the index was made for.
+    pub fn key_len(&self) -> usize {
+        self.key_len
+    }
+
+    /// Fraction of the keys a query skips (exact for `key_block == 1`; with blocks, counts
+    /// every selected block as full).
+    pub fn sparsity(&self) -> f64 {
+        let attended = (self.budget() * self.key_block).min(self.key_len);
+        1.0 - attended as f64 / self.key_len as f64
+    }
+
+    /// The equivalent dense mask `[B, H, query_len, key_len]`, `true` where a query may
+    /// **not** attend (Burn's convention for `module::attention`). Memory `O(S²)`: for tests,
+    /// debugging and short sequences.
+    pub fn dense_mask(&self) -> Tensor<4, Bool> {
+        let [b, h, groups, budget] = self.indices.dims();
+        let units = self.key_len.div_ceil(self.key_block);
+        let device = self.indices.device();
+        let picked = Tensor::<4, Int>::zeros([b, h, groups, units], &device).scatter(
+            3,
+            self.indices.clone(),
+            Tensor::ones([b, h, groups, budget], &device),
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        let per_key = if self.key_block == 1 {
+            picked
+        } else {
+            picked
+                .reshape([b, h, groups, units, 1])
+                .expand([b, h, groups, units, self.key_block])
+                .reshape([b, h, groups, units * self.key_block])
+                .slice([0..b, 0..h, 0..groups, 0..self.key_len])
+        };
+        per_key
+            .reshape([b, h, groups, 1, self.key_len])
+            .expand([b, h, groups, self.group_size, self.key_len])
+            .reshape([b, h, groups * self.group_size, self.key_len])
+            .slice([0..b, 0..h, 0..self.query_len, 0..self.key_len])
+            .equal_elem(0)
+    }
+}

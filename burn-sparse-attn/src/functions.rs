@@ -1,0 +1,164 @@
+//! The Tensor-level API: validates every argument, then dispatches to the backend op.
+
+use alloc::format;
+
+use burn::backend::Dispatch;
+use burn::tensor::{Int, Tensor};
+
+use crate::{CriticalKeys, SparseAttnError, SparseAttnOps, error::ensure};
+
+/// How [`select_critical_keys`] groups queries and keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelectionConfig {
+    /// Consecutive queries that share one selection (DSV: a 3D cube of the token grid,
+    /// flattened so its tokens are consecutive).
+    pub group_size: usize,
+    /// Keys per selected unit: 1 selects single keys (DSV), more selects key blocks.
+    pub key_block: usize,
+    /// Units kept per group, `1 ≤ budget ≤ ceil(key_len / key_block)`.
+    pub budget: usize,
+}
+
+impl SelectionConfig {
+    /// Single-key selection of `budget` keys for groups of `group_size` queries.
+    pub fn new(group_size: usize, budget: usize) -> Self {
+        Self {
+            group_size,
+            key_block: 1,
+            budget,
+        }
+    }
+
+    /// Selects blocks of `key_block` consecutive keys instead of single keys.
+    pub fn with_key_block(mut self, key_block: usize) -> Self {
+        self.key_block = key_block;
+        self
+    }
+}
+
+/// Picks the critical key units of every query group from low-rank projections.
+///
+/// `q_lr: [B, H, Sq, r]`, `k_lr: [B, H, Sk, r]`. Each group of `config.group_size`
+/// consecutive queries (the last one may be shorter) is represented by the mean of its
+/// low-rank queries; it scores every key unit (the mean low-rank key of a block, or a single
+/// key) and keeps the `config.budget` best, ties going to the lower id. Nothing here is
+/// differentiable.
+pub fn select_critical_keys(
+    q_lr: Tensor<4>,
+    k_lr: Tensor<4>,
+    config: SelectionConfig,
+) -> Result<CriticalKeys, SparseAttnError> {
+    const F: &str = "select_critical_keys";
+    let [b, h, sq, r] = q_lr.dims();
+    let [kb, kh, sk, kr] = k_lr.dims();
+    ensure(b * h * sq * r > 0, F, "q_lr", "a non-empty [B, H, S, r] tensor", format!("{:?}", q_lr.dims()))?;
+    ensure(
+        (kb, kh, kr) == (b, h, r) && sk > 0,
+        F,
+        "k_lr",
+        format!("[{b}, {h}, S_k ≥ 1, {r}] like q_lr"),
+        format!("{:?}", k_lr.dims()),
+    )?;
+    ensure(q_lr.dtype().is_float(), F, "q_lr", "a float tensor", format!("{:?}", q_lr.dtype()))?;
+    ensure(k_lr.dtype() == q_lr.dtype(), F, "k_lr", format!("dtype {:?} like q_lr", q_lr.dtype()), format!("{:?}", k_lr.dtype()))?;
+    ensure(k_lr.device() == q_lr.device(), F, "k_lr", "on q_lr's device", "another device")?;
+    ensure(config.group_size >= 1, F, "config.group_size", "≥ 1", config.group_size)?;
+    ensure(config.key_block >= 1, F, "config.key_block", "≥ 1", config.key_block)?;
+    let units = sk.div_ceil(config.key_block);
+    ensure(
+        (1..=units).contains(&config.budget),
+        F,
+        "config.budget",
+        format!("in 1..={units} (key units of {} keys)", config.key_block),
+        config.budget,
+    )?;
+
+    let index_dtype = q_lr.device().settings().int_dtype;
+    let index = <Dispatch as SparseAttnOps>::select_critical_keys(
+        q_lr.dequantize().into_dispatch(),
+        k_lr.dequantize().into_dispatch(),
+        config.group_size,
+        config.key_block,
+        config.budget,
+        index_dtype,
+    );
+    Ok(CriticalKeys::trusted(
+        Tensor::<4, Int>::from_dispatch(index),
+        config.group_size,
+        config.key_block,
+        sq,
+        sk,
+    ))
+}
+
+/// Output of [`sparse_attention_with_lse`].
+#[derive(Clone, Debug)]
+pub struct SparseAttentionOutput {
+    /// Attention output `[B, H, Sq, D]`, differentiable with respect to q, k and v.
+    pub output: Tensor<4>,
+    /// Log-sum-exp of each query row's scaled scores over its selected keys `[B, H, Sq]`
+    /// (f32, no gradient): lets callers merge partial attentions exactly.
+    pub lse: Tensor<3>,
+}
+
+/// Sparse attention: each query attends only to the critical keys of its group.
+///
+/// `q: [B, H, Sq, D]`, `k, v: [B, H, Sk, D]`; `scale` defaults to `1/√D`. Gradients flow to
+/// q, k and v through a hand-written backward; none flows to the index.
+pub fn sparse_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    keys: &CriticalKeys,
+    scale: Option<f64>,
+) -> Result<Tensor<4>, SparseAttnError> {
+    sparse_attention_with_lse(q, k, v, keys, scale).map(|out| out.output)
+}
+
+/// [`sparse_attention`] that also returns the per-row log-sum-exp.
+pub fn sparse_attention_with_lse(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    keys: &CriticalKeys,
+    scale: Option<f64>,
+) -> Result<SparseAttentionOutput, SparseAttnError> {
+    const F: &str = "sparse_attention";
+    let [b, h, sq, d] = q.dims();
+    let sk = k.dims()[2];
+    ensure(b * h * sq * d > 0, F, "q", "a non-empty [B, H, S, D] tensor", format!("{:?}", q.dims()))?;
+    ensure(
+        k.dims() == [b, h, sk, d] && sk > 0,
+        F,
+        "k",
+        format!("[{b}, {h}, S_k ≥ 1, {d}] (batch, heads and head dim of q)"),
+        format!("{:?}", k.dims()),
+    )?;
+    ensure(v.dims() == k.dims(), F, "v", format!("{:?} like k", k.dims()), format!("{:?}", v.dims()))?;
+    ensure(q.dtype().is_float(), F, "q", "a float tensor", format!("{:?}", q.dtype()))?;
+    for (name, t) in [("k", &k), ("v", &v)] {
+        ensure(t.dtype() == q.dtype(), F, name, format!("dtype {:?} like q", q.dtype()), format!("{:?}", t.dtype()))?;
+        ensure(t.device() == q.device(), F, name, "on q's device", "another device")?;
+    }
+    ensure(keys.query_len() == sq, F, "keys", format!("an index made for {sq} queries"), keys.query_len())?;
+    ensure(keys.key_len() == sk, F, "keys", format!("an index made for {sk} keys"), keys.key_len())?;
+    let [ib, ih, _, _] = keys.indices().dims();
+    ensure((ib, ih) == (b, h), F, "keys", format!("an index for batch {b} and {h} heads"), format!("batch {ib}, {ih} heads"))?;
+    ensure(keys.indices().device() == q.device(), F, "keys", "on q's device", "another device")?;
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    ensure(scale.is_finite() && scale > 0.0, F, "scale", "finite and > 0", scale)?;
+
+    let (out, lse) = <Dispatch as SparseAttnOps>::sparse_attention_forward(
+        q.dequantize().into_dispatch(),
+        k.dequantize().into_dispatch(),
+        v.dequantize().into_dispatch(),
+        keys.indices().clone().into_dispatch(),
+        keys.group_size(),
+        keys.key_block(),
+        scale,
+    );
+    Ok(SparseAttentionOutput {
+        output: Tensor::from_dispatch(out),
+        lse: Tensor::from_dispatch(lse),
+    })
+}

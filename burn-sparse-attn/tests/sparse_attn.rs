@@ -1,0 +1,15 @@
+//! One test binary for the crate (every binary links all of Burn); modules inside.
+//! Each test runs on every backend compiled in and compares with an oracle on Flex.
+#![cfg_attr(feature = "ndarray", allow(deprecated))]
+#![cfg(feature = "flex")]
+
+#[path = "sparse_attn/common.rs"]
+mod common;
+#[path = "sparse_attn/forward.rs"]
+mod forward;
+#[path = "sparse_attn/backward.rs"]
+mod backward;
+#[path = "sparse_attn/selection.rs"]
+mod selection;
+#[path = "sparse_attn/validation.rs"]
+mod validation;

@@ -1,0 +1,114 @@
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_sparse_attn::sparse_attention;
+
+use crate::common::*;
+
+/// Gradients of `Σ w ∘ attention(q, k, v)` for random weights `w`.
+struct Grads {
+    dq: Tensor<4>,
+    dk: Tensor<4>,
+    dv: Tensor<4>,
+}
+
+fn grads_of(
+    device: &Device,
+    [q, k, v, w]: [&TensorData; 4],
+    attention: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>,
+) -> Grads {
+    let device = device.clone().autodiff();
+    let q = tensor(q, &device).require_grad();
+    let k = tensor(k, &device).require_grad();
+    let v = tensor(v, &device).require_grad();
+    let loss = (attention(q.clone(), k.clone(), v.clone()) * tensor(w, &device)).sum();
+    let grads = loss.backward();
+    Grads {
+        dq: q.grad(&grads).expect("q has a gradient"),
+        dk: k.grad(&grads).expect("k has a gradient"),
+        dv: v.grad(&grads).expect("v has a gradient"),
+    }
+}
+
+fn assert_grads_close(actual: Grads, expected: &Grads, what: &str) {
+    assert_close(actual.dq, expected.dq.clone(), 2e-4, &format!("dq of {what}"));
+    assert_close(actual.dk, expected.dk.clone(), 2e-4, &format!("dk of {what}"));
+    assert_close(actual.dv, expected.dv.clone(), 2e-4, &format!("dv of {what}"));
+}
+
+#[test]
+fn gradients_equal_masked_dense_autodiff() {
+    // (batch, heads, query len, key len, head dim, group size, key block, budget)
+    let cases = [
+        (1, 2, 32, 32, 32, 8, 1, 10),
+        (2, 2, 37, 37, 64, 8, 1, 7),
+        (1, 3, 29, 29, 96, 4, 1, 29),
+        (2, 1, 40, 40, 128, 16, 1, 5),
+        (1, 2, 45, 45, 32, 8, 8, 2),
+        (1, 2, 24, 33, 64, 6, 4, 3),
+    ];
+    for (n, (b, h, sq, sk, d, g, block, budget)) in cases.into_iter().enumerate() {
+        let seed = 1000 + 10 * n as u64;
+        let q = random_data([b, h, sq, d], seed);
+        let k = random_data([b, h, sk, d], seed + 1);
+        let v = random_data([b, h, sk, d], seed + 2);
+        let w = random_data([b, h, sq, d], seed + 3);
+        let units = sk.div_ceil(block);
+        let ids = random_index_data([b, h, sq.div_ceil(g)], units, budget, seed + 4);
+        let scale = 1.0 / (d as f64).sqrt();
+        let data = [&q, &k, &v, &w];
+
+        let oracle = oracle_device();
+        let expected = grads_of(&oracle, data, |q, k, v| {
+            let mask = critical_keys(&ids, g, block, sq, sk, &q.device()).dense_mask();
+            dense_masked_attention(q, k, v, Some(mask), scale)
+        });
+
+        for device in devices() {
+            let actual = grads_of(&device, data, |q, k, v| {
+                let keys = critical_keys(&ids, g, block, sq, sk, &q.device());
+                sparse_attention(q, k, v, &keys, None).unwrap()
+            });
+            assert_grads_close(actual, &expected, &format!("case {n} on {device:?}"));
+        }
+    }
+}
+
+#[test]
+fn gradient_of_q_matches_finite_differences() {
+    // Independent of any autodiff: central differences of the sparse forward itself.
+    let (b, h, s, d, g) = (1, 1, 12, 8, 4);
+    let q = random_data([b, h, s, d], 5);
+    let k = random_data([b, h, s, d], 6);
+    let v = random_data([b, h, s, d], 7);
+    let w = random_data([b, h, s, d], 8);
+    let ids = random_index_data([b, h, s.div_ceil(g)], s, 5, 9);
+    for device in devices() {
+        let keys = critical_keys(&ids, g, 1, s, s, &device);
+        let objective = |q: Tensor<4>| {
+            let out = sparse_attention(q, tensor(&k, &device), tensor(&v, &device), &keys, None).unwrap();
+            (out * tensor(&w, &device)).sum().into_scalar::<f32>()
+        };
+        let analytic = grads_of(&device, [&q, &k, &v, &w], |q, k, v| {
+            let keys = critical_keys(&ids, g, 1, s, s, &q.device());
+            sparse_attention(q, k, v, &keys, None).unwrap()
+        })
+        .dq
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+        let values = q.try_to_vec::<f32>().unwrap();
+        let eps = 1e-2f32;
+        for i in (0..values.len()).step_by(7) {
+            let shifted = |delta: f32| {
+                let mut x = values.clone();
+                x[i] += delta;
+                tensor(&TensorData::new(x, [b, h, s, d]), &device)
+            };
+            let numeric = (objective(shifted(eps)) - objective(shifted(-eps))) / (2.0 * eps);
+            assert!(
+                (numeric - analytic[i]).abs() <= 2e-3 + 1e-2 * numeric.abs(),
+                "dq[{i}] on {device:?}: autodiff {} vs finite difference {numeric}",
+                analytic[i]
+            );
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Shared helpers: deterministic inputs, the dense oracles and comparisons.
+#![allow(dead_code)]
+
+use burn::tensor::{
+    Bool, Device, Int, Tensor, TensorData, Tolerance, activation::softmax,
+    module::attention, ops::AttentionModuleOptions,
+};
+use burn_sparse_attn::CriticalKeys;
+
+/// Every backend this build can test, CPU ones first.
+pub fn devices() -> Vec<Device> {
+    #[allow(unused_mut)]
+    let mut out = vec![Device::flex()];
+    #[cfg(feature = "ndarray")]
+    out.push(Device::ndarray());
+    #[cfg(feature = "wgpu")]
+    out.push(Device::wgpu(burn::tensor::DeviceKind::Cpu));
+    out
+}
+
+/// Where the oracles run.
+pub fn oracle_device() -> Device {
+    Device::flex()
+}
+
+/// A small deterministic generator, so every backend sees the same numbers.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+pub fn random_data(shape: [usize; 4], seed: u64) -> TensorData {
+    let mut rng = Rng::new(seed);
+    let n = shape.iter().product();
+    TensorData::new((0..n).map(|_| rng.uniform()).collect::<Vec<f32>>(), shape)
+}
+
+pub fn tensor(data: &TensorData, device: &Device) -> Tensor<4> {
+    Tensor::from_data(data.clone(), device)
+}
+
+/// Random distinct ascending ids in `0..units`, `budget` per row.
+pub fn random_index_data(
+    [b, h, groups]: [usize; 3],
+    units: usize,
+    budget: usize,
+    seed: u64,
+) -> TensorData {
+    let mut rng = Rng::new(seed);
+    let mut ids = Vec::with_capacity(b * h * groups * budget);
+    let mut pool: Vec<i64> = Vec::new();
+    for _ in 0..b * h * groups {
+        pool.clear();
+        pool.extend(0..units as i64);
+        for i in 0..budget {
+            let j = i + rng.below(units - i);
+            pool.swap(i, j);
+        }
+        let mut row = pool[..budget].to_vec();
+        row.sort_unstable();
+        ids.extend(row);
+    }
+    TensorData::new(ids, [b, h, groups, budget])
+}
+
+/// Attention over explicit scores: softmax(mask(q·kᵀ·scale))·v, from plain tensor ops.
+pub fn dense_masked_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    scale: f64,
+) -> Tensor<4> {
+    let scores = masked_scores(q, k, mask, scale);
+    softmax(scores, 3).matmul(v)
+}
+
+pub fn masked_scores(q: Tensor<4>, k: Tensor<4>, mask: Option<Tensor<4, Bool>>, scale: f64) -> Tensor<4> {
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    match mask {
+        Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
+        None => scores,
+    }
+}
+
+/// Burn's own dense attention.
+pub fn burn_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
+    attention(q, k, v, mask, None, AttentionModuleOptions::default())
+}
+
+pub fn assert_close<const D: usize>(actual: Tensor<D>, expected: Tensor<D>, tolerance: f32, what: &str) {
+    let actual = actual.into_data().convert::<f32>();
+    let expected = expected.into_data().convert::<f32>();
+    assert_eq!(actual.shape(), expected.shape(), "{what}: shapes differ");
+    let a = actual.as_slice::<f32>().unwrap();
+    let e = expected.as_slice::<f32>().unwrap();
+    let mut worst = (0.0f32, 0usize);
+    for (i, (x, y)) in a.iter().zip(e).enumerate() {
+        assert!(x.is_finite(), "{what}: element {i} is {x}");
+        let err = (x - y).abs() / (1.0 + y.abs());
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    assert!(
+        worst.0 <= tolerance,
+        "{what}: element {} is {} but expected {} (error {:.2e} > {:.0e})",
+        worst.1,
+        a[worst.1],
+        e[worst.1],
+        worst.0,
+        tolerance
+    );
+    // Also keep Burn's own comparison honest about the overall closeness.
+    actual.assert_approx_eq::<f32>(&expected, Tolerance::rel_abs(tolerance, tolerance));
+}
+
+/// An index on `device` checked through the public constructor.
+pub fn critical_keys(
+    data: &TensorData,
+    group_size: usize,
+    key_block: usize,
+    query_len: usize,
+    key_len: usize,
+    device: &Device,
+) -> CriticalKeys {
+    let ids = Tensor::<4, Int>::from_data(data.clone(), device);
+    CriticalKeys::new(ids, group_size, key_block, query_len, key_len).expect("valid index")
+}

@@ -1,0 +1,128 @@
+use burn::tensor::Tensor;
+use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention, sparse_attention_with_lse};
+
+use crate::common::*;
+
+/// (batch, heads, query len, key len, head dim, group size, key block)
+type Case = (usize, usize, usize, usize, usize, usize, usize);
+
+/// Awkward on purpose: S not a multiple of the group or block, B > 1, several head dims,
+/// a group larger than the sequence, queries and keys of different lengths.
+const CASES: [Case; 8] = [
+    (1, 2, 64, 64, 32, 8, 1),
+    (2, 3, 50, 50, 64, 16, 1),
+    (1, 1, 37, 37, 96, 4, 1),
+    (2, 2, 33, 33, 128, 32, 1),
+    (1, 2, 20, 20, 64, 64, 1),
+    (1, 2, 45, 45, 32, 8, 8),
+    (2, 1, 24, 40, 64, 8, 1),
+    (1, 2, 30, 29, 32, 5, 4),
+];
+
+fn inputs(case: Case, seed: u64) -> [burn::tensor::TensorData; 3] {
+    let (b, h, sq, sk, d, _, _) = case;
+    [
+        random_data([b, h, sq, d], seed),
+        random_data([b, h, sk, d], seed + 1),
+        random_data([b, h, sk, d], seed + 2),
+    ]
+}
+
+#[test]
+fn all_keys_equals_burn_dense_attention() {
+    for (n, case) in CASES.into_iter().enumerate() {
+        let (_, _, _, sk, _, g, block) = case;
+        let [q, k, v] = inputs(case, 10 * n as u64);
+        let oracle = oracle_device();
+        let expected = burn_attention(tensor(&q, &oracle), tensor(&k, &oracle), tensor(&v, &oracle), None);
+        for device in devices() {
+            let (q, k, v) = (tensor(&q, &device), tensor(&k, &device), tensor(&v, &device));
+            // Budget = every unit: the selection keeps all keys whatever the scores.
+            let units = sk.div_ceil(block);
+            let config = SelectionConfig::new(g, units).with_key_block(block);
+            let keys = select_critical_keys(q.clone(), k.clone(), config).unwrap();
+            assert_eq!(keys.sparsity(), 0.0);
+            let out = sparse_attention(q, k, v, &keys, None).unwrap();
+            assert_close(out, expected.clone(), 1e-4, &format!("case {case:?} on {device:?}"));
+        }
+    }
+}
+
+#[test]
+fn random_index_equals_masked_dense_attention() {
+    for (n, case) in CASES.into_iter().enumerate() {
+        let (b, h, sq, sk, d, g, block) = case;
+        let [q, k, v] = inputs(case, 100 + n as u64);
+        let units = sk.div_ceil(block);
+        let budget = (units / 3).max(1);
+        let ids = random_index_data([b, h, sq.div_ceil(g)], units, budget, 7 + n as u64);
+        let scale = 0.7 / (d as f64).sqrt();
+
+        let oracle = oracle_device();
+        let keys = critical_keys(&ids, g, block, sq, sk, &oracle);
+        let mask = keys.dense_mask();
+        let (oq, ok, ov) = (tensor(&q, &oracle), tensor(&k, &oracle), tensor(&v, &oracle));
+        let expected = dense_masked_attention(oq.clone(), ok.clone(), ov, Some(mask.clone()), scale);
+        let expected_lse = masked_scores(oq, ok, Some(mask), scale)
+            .exp()
+            .sum_dim(3)
+            .log()
+            .reshape([b, h, sq]);
+
+        for device in devices() {
+            let keys = critical_keys(&ids, g, block, sq, sk, &device);
+            let out = sparse_attention_with_lse(
+                tensor(&q, &device),
+                tensor(&k, &device),
+                tensor(&v, &device),
+                &keys,
+                Some(scale),
+            )
+            .unwrap();
+            let what = format!("case {case:?} on {device:?}");
+            assert_close(out.output, expected.clone(), 1e-4, &what);
+            assert_close(out.lse, expected_lse.clone(), 1e-4, &format!("lse of {what}"));
+        }
+    }
+}
+
+#[test]
+fn dense_mask_keeps_exactly_the_selected_keys() {
+    // 2 groups of 3 queries over 7 keys in blocks of 3: block 2 holds key 6 only.
+    let device = oracle_device();
+    let ids = burn::tensor::TensorData::new(vec![0i64, 2, 1, 2], [1, 1, 2, 2]);
+    let keys = critical_keys(&ids, 3, 3, 5, 7, &device);
+    let mask: Vec<bool> = keys.dense_mask().into_data().try_to_vec().unwrap();
+    let allowed = |q: usize, key: usize| {
+        let blocks: &[usize] = if q < 3 { &[0, 2] } else { &[1, 2] };
+        blocks.contains(&(key / 3))
+    };
+    for q in 0..5 {
+        for key in 0..7 {
+            assert_eq!(!mask[q * 7 + key], allowed(q, key), "query {q}, key {key}");
+        }
+    }
+    assert!((keys.sparsity() - (1.0 - 6.0 / 7.0)).abs() < 1e-12);
+}
+
+#[test]
+fn half_precision_inputs_follow_the_f32_result() {
+    use burn::tensor::DType;
+    let (b, h, s, d, g) = (1, 2, 40, 64, 8);
+    let q = random_data([b, h, s, d], 1);
+    let k = random_data([b, h, s, d], 2);
+    let v = random_data([b, h, s, d], 3);
+    let ids = random_index_data([b, h, s.div_ceil(g)], s, 12, 4);
+    for device in devices() {
+        if !device.supports_dtype(DType::F16) {
+            continue;
+        }
+        let keys = critical_keys(&ids, g, 1, s, s, &device);
+        let full = sparse_attention(tensor(&q, &device), tensor(&k, &device), tensor(&v, &device), &keys, None).unwrap();
+        let half = |x: &burn::tensor::TensorData| tensor(x, &device).cast(DType::F16);
+        let out: Tensor<4> = sparse_attention(half(&q), half(&k), half(&v), &keys, None).unwrap();
+        assert_eq!(out.dtype(), DType::F16);
+        // f16 keeps ~3 decimal digits; inputs round at 2^-11 relative.
+        assert_close(out.cast(DType::F32), full, 5e-3, &format!("f16 on {device:?}"));
+    }
+}
