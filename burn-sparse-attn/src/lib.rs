@@ -36,7 +36,9 @@ mod backends;
 mod critical_keys;
 mod error;
 mod functions;
+mod kernel;
 mod ops;
+pub mod oracle;
 mod reference;
 
 pub use critical_keys::CriticalKeys;

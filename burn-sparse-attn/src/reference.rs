@@ -7,6 +7,8 @@
 
 use alloc::vec::Vec;
 
+use crate::kernel::topk::top_k_ascending;
+
 use burn::backend::{
     Backend, Scalar, TensorMetadata,
     tensor::{BoolTensor, FloatTensor, IntTensor},
@@ -133,31 +135,6 @@ fn block_means<B: Backend>(x: FloatTensor<B>, block: usize) -> FloatTensor<B> {
     B::float_div(sums, counts)
 }
 
-/// Exact top-k per row with ties to the lower id, returned in ascending id order.
-///
-/// Done on the host: Burn's sorts are unstable, and the oracle must be exact.
-fn top_k_rows(scores: &[f32], row_len: usize, k: usize) -> Vec<i64> {
-    let mut out = Vec::with_capacity(scores.len() / row_len * k);
-    let mut order: Vec<u32> = Vec::with_capacity(row_len);
-    for row in scores.chunks_exact(row_len) {
-        let key = |i: u32| {
-            let s = row[i as usize];
-            if s.is_nan() { f32::NEG_INFINITY } else { s }
-        };
-        order.clear();
-        order.extend(0..row_len as u32);
-        // Higher score first, then lower id: a total order, so the selection is unique.
-        let better = |a: &u32, b: &u32| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
-        if k < row_len {
-            order.select_nth_unstable_by(k - 1, better);
-        }
-        let chosen = &mut order[..k];
-        chosen.sort_unstable();
-        out.extend(chosen.iter().map(|&i| i as i64));
-    }
-    out
-}
-
 /// Reference body of [`SparseAttnOps::select_critical_keys`](crate::SparseAttnOps::select_critical_keys).
 pub(crate) fn select_critical_keys<B: Backend>(
     q_lr: FloatTensor<B>,
@@ -188,7 +165,12 @@ pub(crate) fn select_critical_keys<B: Backend>(
         .as_slice::<f32>()
         .expect("select_critical_keys: scores are f32 after convert");
 
-    let ids = top_k_rows(scores, unit_count, budget);
+    // Exact top-k on the host: Burn's sorts are unstable, and the oracle must be exact.
+    let mut ids = alloc::vec![0i64; scores.len() / unit_count * budget];
+    let mut order = Vec::new();
+    for (row, out) in scores.chunks_exact(unit_count).zip(ids.chunks_exact_mut(budget)) {
+        top_k_ascending(row, budget, &mut order, out);
+    }
     let ids = TensorData::new(ids, [dims.batch, dims.heads, dims.groups, budget]);
     B::int_cast(B::int_from_data(ids, &device), index_dtype)
 }

@@ -11,5 +11,7 @@ mod forward;
 mod backward;
 #[path = "sparse_attn/selection.rs"]
 mod selection;
+#[path = "sparse_attn/kernels.rs"]
+mod kernels;
 #[path = "sparse_attn/validation.rs"]
 mod validation;

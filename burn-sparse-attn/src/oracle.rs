@@ -1,0 +1,45 @@
+//! The reference maths at the Tensor level, on any device: the oracle that kernels are
+//! tested against. Built from Burn's own differentiable ops, so on an autodiff device its
+//! gradients come from Burn's autodiff, independent of the hand-written backward.
+
+use burn::backend::Dispatch;
+use burn::tensor::{Int, Tensor};
+
+use crate::{CriticalKeys, SelectionConfig, reference};
+
+/// [`select_critical_keys`](crate::select_critical_keys) computed by the reference body.
+/// Arguments are trusted: validate them with the public function first.
+pub fn select_critical_keys(q_lr: Tensor<4>, k_lr: Tensor<4>, config: SelectionConfig) -> CriticalKeys {
+    let (sq, sk) = (q_lr.dims()[2], k_lr.dims()[2]);
+    let index_dtype = q_lr.device().settings().int_dtype;
+    let index = reference::select_critical_keys::<Dispatch>(
+        q_lr.into_dispatch(),
+        k_lr.into_dispatch(),
+        config.group_size,
+        config.key_block,
+        config.budget,
+        index_dtype,
+    );
+    CriticalKeys::trusted(Tensor::<4, Int>::from_dispatch(index), config.group_size, config.key_block, sq, sk)
+}
+
+/// [`sparse_attention_with_lse`](crate::sparse_attention_with_lse) computed by the
+/// reference body: `(output, lse)`. Arguments are trusted.
+pub fn sparse_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    keys: &CriticalKeys,
+    scale: f64,
+) -> (Tensor<4>, Tensor<3>) {
+    let (out, lse) = reference::sparse_attention_forward::<Dispatch>(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        keys.indices().clone().into_dispatch(),
+        keys.group_size(),
+        keys.key_block(),
+        scale,
+    );
+    (Tensor::from_dispatch(out), Tensor::from_dispatch(lse))
+}
