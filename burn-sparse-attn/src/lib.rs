@@ -34,6 +34,7 @@ extern crate alloc;
 
 mod backends;
 mod critical_keys;
+pub mod dsv;
 mod error;
 mod functions;
 mod kernel;

@@ -5,6 +5,8 @@
 
 #[path = "sparse_attn/common.rs"]
 mod common;
+#[path = "sparse_attn/dsv.rs"]
+mod dsv;
 #[path = "sparse_attn/forward.rs"]
 mod forward;
 #[path = "sparse_attn/backward.rs"]

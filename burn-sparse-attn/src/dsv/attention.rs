@@ -1,0 +1,419 @@
+//! The DSV attention module: dense while its predictor learns, then sparse per head.
+
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use std::sync::Mutex;
+
+use burn::config::Config;
+use burn::module::{Module, ModuleVisitor, Param, ParamId, RunningState};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
+
+use super::grid::{Reorder, TokenGrid};
+use super::predictor::{LowRankPredictor, predictor_loss};
+use super::profiler::{critical_recall, critical_sets, row_probabilities};
+use crate::{SelectionConfig, SparseAttnError, error::ensure, select_critical_keys, sparse_attention};
+
+/// Configuration of [`DsvAttention`]; defaults follow the DSV paper and artifact.
+#[derive(Config, Debug)]
+pub struct DsvAttentionConfig {
+    /// Width of the layer input the predictor reads.
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Head dimension of q, k and v.
+    pub head_dim: usize,
+    /// Rank `r` of the low-rank predictor per head.
+    #[config(default = 16)]
+    pub predictor_rank: usize,
+    /// Query group as a cube of the token grid `[frames, height, width]`.
+    #[config(default = "[2, 4, 4]")]
+    pub query_cube: [usize; 3],
+    /// Softmax mass θ that the critical keys of a query must reach.
+    #[config(default = 0.9)]
+    pub mass_threshold: f64,
+    /// A layer goes sparse only when its measured sparsity reaches this.
+    #[config(default = 0.8)]
+    pub sparsity_threshold: f64,
+    /// Lower bound of the budget as a fraction of the keys.
+    #[config(default = 0.02)]
+    pub min_budget_fraction: f64,
+    /// Budgets are rounded up to a multiple of this (the kernels' key tile).
+    #[config(default = 16)]
+    pub budget_multiple: usize,
+    /// Below this many tokens sparse attention cannot beat dense: stay dense.
+    #[config(default = 1024)]
+    pub min_sparse_len: usize,
+    /// Profile every this many training steps early on...
+    #[config(default = 25)]
+    pub profile_every: usize,
+    /// ...and every this many once `late_after_steps` have passed.
+    #[config(default = 100)]
+    pub profile_every_late: usize,
+    /// Step after which profiling becomes rare.
+    #[config(default = 1000)]
+    pub late_after_steps: usize,
+    /// Momentum of the smoothed sparsity and predictor loss.
+    #[config(default = 0.9)]
+    pub momentum: f64,
+    /// Predictor loss under which the layer switches to sparse.
+    #[config(default = 0.01)]
+    pub switch_loss: f64,
+    /// Every this many query rows are sampled for the predictor loss and the profiler.
+    #[config(default = 64)]
+    pub sample_stride: usize,
+}
+
+impl DsvAttentionConfig {
+    /// Builds the module.
+    pub fn init(&self, device: &Device) -> DsvAttention {
+        assert!(self.heads > 0 && self.head_dim > 0 && self.d_model > 0, "DsvAttentionConfig: heads, head_dim and d_model must be ≥ 1");
+        assert!(self.query_cube.iter().all(|&c| c > 0), "DsvAttentionConfig: `query_cube` entries must be ≥ 1, got {:?}", self.query_cube);
+        assert!((0.0..=1.0).contains(&self.mass_threshold), "DsvAttentionConfig: `mass_threshold` must be in [0, 1], got {}", self.mass_threshold);
+        assert!((0.0..=1.0).contains(&self.min_budget_fraction), "DsvAttentionConfig: `min_budget_fraction` must be in [0, 1], got {}", self.min_budget_fraction);
+        let unknown = Tensor::<1>::full([self.heads], -1.0, device);
+        let schedule = Tensor::<1>::from_data(TensorData::new(alloc::vec![0.0f32, 0.0, f32::NAN, f32::NAN], [SCHEDULE_LEN]), device);
+        DsvAttention {
+            predictor: LowRankPredictor::new(self.d_model, self.heads, self.predictor_rank, device),
+            head_sparsity: RunningState::new(unknown),
+            schedule: RunningState::new(schedule),
+            config: self.clone(),
+            runtime: Arc::new(Mutex::new(Runtime::default())),
+        }
+    }
+}
+
+/// Which attention the layer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DsvStage {
+    /// Stage 1: dense attention while the predictor learns.
+    Dense,
+    /// Stage 2: sparse attention with per-head budgets.
+    Sparse,
+}
+
+/// What a user can log about one DSV layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DsvLayerStats {
+    /// Current stage.
+    pub stage: DsvStage,
+    /// Training steps seen.
+    pub step: usize,
+    /// Smoothed fraction of non-critical keys per head (`None` before the first profile).
+    pub head_sparsity: Option<Vec<f32>>,
+    /// Keys each head attends to in the sparse stage.
+    pub head_budgets: Vec<usize>,
+    /// Smoothed predictor loss (`None` before the first update).
+    pub predictor_loss: Option<f32>,
+    /// Share of the true critical mass the predicted keys cover, per head, at the last profile.
+    pub critical_recall: Option<Vec<f32>>,
+    /// Whether the last forward ran sparse.
+    pub ran_sparse: bool,
+    /// Sequence length of the last forward.
+    pub seq_len: usize,
+}
+
+/// Slots of the persisted schedule tensor.
+const STAGE: usize = 0;
+const STEP: usize = 1;
+const LOSS: usize = 2;
+const SCHEDULE_LEN: usize = 4;
+
+/// Per-process state that is not saved: the pending predictor loss and the last stats.
+#[derive(Debug, Default)]
+struct Runtime {
+    pending_loss: Option<Tensor<1>>,
+    recall: Option<Vec<f32>>,
+    ran_sparse: bool,
+    seq_len: usize,
+    reorder: Option<(TokenGrid, [usize; 3], Reorder)>,
+}
+
+/// DSV dynamic sparse attention over video tokens, a drop-in for dense self-attention.
+///
+/// Give it the layer input and the projected (and, if you use it, rotary-embedded) q, k, v:
+/// it runs dense attention while its [`LowRankPredictor`] learns to rank keys, then, per
+/// layer, switches to sparse attention over each query cube's predicted critical keys with
+/// per-head budgets from the profiled sparsity. Train it with
+/// [`DsvTrainer`](super::DsvTrainer); its statistics, predictor and stage are saved with
+/// the model, so a resumed run continues where it stopped.
+#[derive(Module, Debug)]
+pub struct DsvAttention {
+    predictor: LowRankPredictor,
+    head_sparsity: RunningState<Tensor<1>>,
+    schedule: RunningState<Tensor<1>>,
+    #[module(skip)]
+    config: DsvAttentionConfig,
+    #[module(skip)]
+    runtime: Arc<Mutex<Runtime>>,
+}
+
+impl DsvAttention {
+    /// Attention of `q, k, v: [B, H, S, D]` (tokens frame-major on `grid`) with the layer
+    /// input `x: [B, S, d_model]` feeding the predictor. Returns `[B, H, S, D]`.
+    ///
+    /// When the module is trainable (on an autodiff device; call `.valid()` for inference)
+    /// this also counts a step, records the
+    /// predictor loss for [`DsvTrainer::step`](super::DsvTrainer::step) and profiles
+    /// sparsity on schedule.
+    pub fn forward(&self, x: Tensor<3>, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, grid: TokenGrid) -> Result<Tensor<4>, SparseAttnError> {
+        const F: &str = "DsvAttention::forward";
+        let c = &self.config;
+        let [b, h, s, d] = q.dims();
+        ensure((h, d) == (c.heads, c.head_dim) && b * s > 0, F, "q", format!("[B, {}, S, {}]", c.heads, c.head_dim), format!("{:?}", q.dims()))?;
+        ensure(k.dims() == q.dims(), F, "k", format!("{:?} like q", q.dims()), format!("{:?}", k.dims()))?;
+        ensure(v.dims() == q.dims(), F, "v", format!("{:?} like q", q.dims()), format!("{:?}", v.dims()))?;
+        ensure(x.dims() == [b, s, c.d_model], F, "x", format!("[{b}, {s}, {}]", c.d_model), format!("{:?}", x.dims()))?;
+        grid.check_len(F, s)?;
+
+        let training = self.predictor.is_trainable();
+        let device = q.device();
+        let mut schedule = self.schedule_values();
+        if training {
+            schedule[STEP] += 1.0;
+        }
+        let step = schedule[STEP] as usize;
+        let sparsity = self.head_sparsity_values();
+        let stage = self.stage_of(&schedule);
+        let scale = 1.0 / (d as f64).sqrt();
+        let rows = Self::sampled_rows(s, c.sample_stride, &device);
+
+        let xd = x.detach();
+        // The predictor reads a detached input, so it never sends gradient into the host.
+        let (q_lr, k_lr) = self.predictor.forward(xd);
+        if training {
+            let target = q.clone().detach().select(2, rows.clone()).matmul(k.clone().detach().swap_dims(2, 3));
+            let predicted = q_lr.clone().select(2, rows.clone()).matmul(k_lr.clone().swap_dims(2, 3));
+            let loss = predictor_loss(predicted, target);
+            let mut rt = self.runtime.lock().expect("DSV runtime lock");
+            rt.pending_loss = Some(match rt.pending_loss.take() {
+                Some(prev) => prev + loss,
+                None => loss,
+            });
+        }
+
+        let budgets = self.budgets(s, sparsity.as_deref());
+        let layer_sparsity = sparsity.as_ref().map(|v| v.iter().sum::<f32>() / v.len() as f32).unwrap_or(0.0);
+        let go_sparse = stage == DsvStage::Sparse && s >= c.min_sparse_len && f64::from(layer_sparsity) >= c.sparsity_threshold;
+        let reorder = self.reorder(grid, &device);
+        let (q_lr, k_lr) = (reorder.apply(q_lr.detach(), 2), reorder.apply(k_lr.detach(), 2));
+
+        let out = if go_sparse {
+            let [qc, kc, vc] = [q.clone(), k.clone(), v.clone()].map(|t| reorder.apply(t, 2));
+            let out = self.sparse_by_budget(qc, kc, vc, q_lr.clone(), k_lr.clone(), &budgets)?;
+            reorder.undo(out, 2)
+        } else {
+            attention(q.clone(), k.clone(), v, None, None, AttentionModuleOptions::default())
+        };
+
+        let profile_due = training && (sparsity.is_none() || step % self.profile_interval(step) == 0);
+        let recall = if profile_due {
+            let probs = row_probabilities(q.detach().select(2, rows.clone()), k.detach(), scale);
+            let (critical, measured) = critical_sets(probs.clone(), c.mass_threshold);
+            let measured: Vec<f32> = measured.into_data().convert::<f32>().try_to_vec().expect("f32 sparsity");
+            let smoothed: Vec<f32> = match &sparsity {
+                Some(old) => old.iter().zip(&measured).map(|(o, m)| (c.momentum as f32) * o + (1.0 - c.momentum as f32) * m).collect(),
+                None => measured,
+            };
+            self.head_sparsity.update(Tensor::from_data(TensorData::new(smoothed.clone(), [h]), &device));
+            self.head_sparsity.value_sync();
+            let budgets = self.budgets(s, Some(&smoothed));
+            let selected = self.predicted_rows_mask(&q_lr, &k_lr, &budgets, grid, s);
+            Some(critical_recall(probs, critical, selected).into_data().convert::<f32>().try_to_vec().expect("f32 recall"))
+        } else {
+            None
+        };
+
+        if training {
+            self.set_schedule(schedule, &device);
+        }
+        let mut rt = self.runtime.lock().expect("DSV runtime lock");
+        rt.ran_sparse = go_sparse;
+        rt.seq_len = s;
+        if recall.is_some() {
+            rt.recall = recall;
+        }
+        Ok(out)
+    }
+
+    /// Runs sparse attention head-bucket by head-bucket: heads sharing a budget share a call.
+    fn sparse_by_budget(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, q_lr: Tensor<4>, k_lr: Tensor<4>, budgets: &[usize]) -> Result<Tensor<4>, SparseAttnError> {
+        let group = self.config.query_cube.iter().product();
+        let device = q.device();
+        let mut distinct: Vec<usize> = budgets.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut outputs = Vec::new();
+        let mut head_order = Vec::new();
+        for budget in distinct {
+            let heads: Vec<i64> = (0..budgets.len()).filter(|&i| budgets[i] == budget).map(|i| i as i64).collect();
+            head_order.extend(heads.iter().copied());
+            let ids = Tensor::<1, Int>::from_data(TensorData::new(heads.clone(), [heads.len()]), &device);
+            let pick = |t: &Tensor<4>| t.clone().select(1, ids.clone());
+            let keys = select_critical_keys(pick(&q_lr), pick(&k_lr), SelectionConfig::new(group, budget))?;
+            outputs.push(sparse_attention(pick(&q), pick(&k), pick(&v), &keys, None)?);
+        }
+        let out = Tensor::cat(outputs, 1);
+        if head_order.windows(2).all(|w| w[0] < w[1]) {
+            return Ok(out);
+        }
+        let mut inverse = alloc::vec![0i64; head_order.len()];
+        for (pos, &head) in head_order.iter().enumerate() {
+            inverse[head as usize] = pos as i64;
+        }
+        Ok(out.select(1, Tensor::<1, Int>::from_data(TensorData::new(inverse, [head_order.len()]), &device)))
+    }
+
+    /// `[B, H, n, S]` mask (original token order) of the keys the predictor would give each
+    /// sampled row with these budgets.
+    fn predicted_rows_mask(&self, q_lr: &Tensor<4>, k_lr: &Tensor<4>, budgets: &[usize], grid: TokenGrid, s: usize) -> Tensor<4, Bool> {
+        let [b, h, _, _] = q_lr.dims();
+        let group: usize = self.config.query_cube.iter().product();
+        let order = grid.cube_order(self.config.query_cube);
+        let mut position = alloc::vec![0usize; s];
+        for (pos, &token) in order.iter().enumerate() {
+            position[token] = pos;
+        }
+        let rows: Vec<usize> = (0..s).step_by(self.config.sample_stride.max(1)).collect();
+        let mut mask = alloc::vec![true; b * h * rows.len() * s];
+        for (head, &budget) in budgets.iter().enumerate() {
+            let pick = |t: &Tensor<4>| t.clone().narrow(1, head, 1);
+            let keys = select_critical_keys(pick(q_lr), pick(k_lr), SelectionConfig::new(group, budget)).expect("budgets are validated");
+            let ids: Vec<i64> = keys.indices().to_data().convert::<i64>().try_to_vec().expect("i64 ids");
+            let groups = s.div_ceil(group);
+            for bi in 0..b {
+                for (ri, &row) in rows.iter().enumerate() {
+                    let g = position[row] / group;
+                    let base = ((bi * h + head) * rows.len() + ri) * s;
+                    for &key_pos in &ids[(bi * groups + g) * budget..][..budget] {
+                        mask[base + order[key_pos as usize]] = false;
+                    }
+                }
+            }
+        }
+        Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, h, rows.len(), s]), &q_lr.device()).bool_not()
+    }
+
+    fn sampled_rows(s: usize, stride: usize, device: &Device) -> Tensor<1, Int> {
+        let rows: Vec<i64> = (0..s).step_by(stride.max(1)).map(|r| r as i64).collect();
+        let n = rows.len();
+        Tensor::from_data(TensorData::new(rows, [n]), device)
+    }
+
+    fn reorder(&self, grid: TokenGrid, device: &Device) -> Reorder {
+        let cube = self.config.query_cube;
+        let mut rt = self.runtime.lock().expect("DSV runtime lock");
+        match &rt.reorder {
+            Some((g, c, r)) if *g == grid && *c == cube => r.clone(),
+            _ => {
+                let r = Reorder::new(&grid.cube_order(cube), device);
+                rt.reorder = Some((grid, cube, r.clone()));
+                r
+            }
+        }
+    }
+
+    /// Keys per head: `max(S·(1 − s_h), min_fraction·S)` rounded up to the kernel tile.
+    fn budgets(&self, s: usize, sparsity: Option<&[f32]>) -> Vec<usize> {
+        let c = &self.config;
+        let floor = (c.min_budget_fraction * s as f64).ceil() as usize;
+        (0..c.heads)
+            .map(|h| {
+                let dense_share = sparsity.map(|v| 1.0 - f64::from(v[h]).clamp(0.0, 1.0)).unwrap_or(1.0);
+                let want = ((s as f64 * dense_share).ceil() as usize).max(floor).max(1);
+                want.div_ceil(c.budget_multiple.max(1)).saturating_mul(c.budget_multiple.max(1)).min(s)
+            })
+            .collect()
+    }
+
+    fn profile_interval(&self, step: usize) -> usize {
+        let c = &self.config;
+        if step > c.late_after_steps { c.profile_every_late.max(1) } else { c.profile_every.max(1) }
+    }
+
+    fn schedule_values(&self) -> [f32; SCHEDULE_LEN] {
+        let v: Vec<f32> = self.schedule.value_sync().into_data().convert::<f32>().try_to_vec().expect("f32 schedule");
+        v.try_into().expect("schedule has SCHEDULE_LEN slots")
+    }
+
+    fn set_schedule(&self, values: [f32; SCHEDULE_LEN], device: &Device) {
+        self.schedule.update(Tensor::from_data(TensorData::new(values.to_vec(), [SCHEDULE_LEN]), device));
+        self.schedule.value_sync();
+    }
+
+    fn head_sparsity_values(&self) -> Option<Vec<f32>> {
+        let v: Vec<f32> = self.head_sparsity.value_sync().into_data().convert::<f32>().try_to_vec().expect("f32 sparsity");
+        (v.iter().all(|x| *x >= 0.0)).then_some(v)
+    }
+
+    fn stage_of(&self, schedule: &[f32; SCHEDULE_LEN]) -> DsvStage {
+        if schedule[STAGE] >= 1.0 { DsvStage::Sparse } else { DsvStage::Dense }
+    }
+
+    /// Takes the predictor loss recorded by training forwards since the last call.
+    pub fn take_predictor_loss(&self) -> Option<Tensor<1>> {
+        self.runtime.lock().expect("DSV runtime lock").pending_loss.take()
+    }
+
+    /// Folds an observed predictor loss into the smoothed loss and switches the layer to the
+    /// sparse stage once that falls under `switch_loss`.
+    pub fn record_predictor_loss(&self, loss: f32) {
+        let mut schedule = self.schedule_values();
+        let m = self.config.momentum as f32;
+        schedule[LOSS] = if schedule[LOSS].is_nan() { loss } else { m * schedule[LOSS] + (1.0 - m) * loss };
+        if f64::from(schedule[LOSS]) < self.config.switch_loss {
+            schedule[STAGE] = 1.0;
+        }
+        let device = self.schedule.value().device();
+        self.set_schedule(schedule, &device);
+    }
+
+    /// Forces a stage (e.g. to resume from a known schedule or to test the sparse path).
+    pub fn set_stage(&self, stage: DsvStage) {
+        let mut schedule = self.schedule_values();
+        schedule[STAGE] = if stage == DsvStage::Sparse { 1.0 } else { 0.0 };
+        let device = self.schedule.value().device();
+        self.set_schedule(schedule, &device);
+    }
+
+    /// Parameter ids of the predictor, which its own optimizer updates.
+    pub fn predictor_param_ids(&self) -> Vec<ParamId> {
+        struct Ids(Vec<ParamId>);
+        impl ModuleVisitor for Ids {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                self.0.push(param.id);
+            }
+        }
+        let mut ids = Ids(Vec::new());
+        self.predictor.visit(&mut ids);
+        ids.0
+    }
+
+    /// The predictor.
+    pub fn predictor(&self) -> &LowRankPredictor {
+        &self.predictor
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DsvAttentionConfig {
+        &self.config
+    }
+
+    /// Statistics for logging.
+    pub fn stats(&self) -> DsvLayerStats {
+        let schedule = self.schedule_values();
+        let sparsity = self.head_sparsity_values();
+        let rt = self.runtime.lock().expect("DSV runtime lock");
+        let seq_len = rt.seq_len;
+        DsvLayerStats {
+            stage: self.stage_of(&schedule),
+            step: schedule[STEP] as usize,
+            head_budgets: if seq_len > 0 { self.budgets(seq_len, sparsity.as_deref()) } else { Vec::new() },
+            head_sparsity: sparsity,
+            predictor_loss: (!schedule[LOSS].is_nan()).then_some(schedule[LOSS]),
+            critical_recall: rt.recall.clone(),
+            ran_sparse: rt.ran_sparse,
+            seq_len,
+        }
+    }
+}

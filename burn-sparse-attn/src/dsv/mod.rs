@@ -1,0 +1,13 @@
+//! DSV attention as a Burn module: a learned low-rank predictor, a sparsity profiler and the
+//! two-stage (dense, then sparse) schedule, over video tokens grouped into 3D cubes.
+
+mod attention;
+mod grid;
+mod predictor;
+mod profiler;
+mod trainer;
+
+pub use attention::{DsvAttention, DsvAttentionConfig, DsvLayerStats, DsvStage};
+pub use grid::TokenGrid;
+pub use predictor::LowRankPredictor;
+pub use trainer::{DsvHost, DsvStepReport, DsvTrainer};

@@ -1,0 +1,214 @@
+//! The DSV module: predictor learning, stage switch, gradient isolation, dense equivalence,
+//! save/load.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::store::ModuleRecord;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvHost, DsvStage, DsvTrainer, TokenGrid};
+
+use crate::common::*;
+
+const GRID: TokenGrid = TokenGrid { frames: 4, height: 8, width: 8 };
+const HEADS: usize = 2;
+const HEAD_DIM: usize = 16;
+const D_MODEL: usize = HEADS * HEAD_DIM;
+
+/// A minimal host: projections around a DSV layer.
+#[derive(Module, Debug)]
+struct Host {
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    attn: DsvAttention,
+}
+
+impl DsvHost for Host {
+    fn dsv_layers(&self) -> Vec<&DsvAttention> {
+        vec![&self.attn]
+    }
+}
+
+impl Host {
+    fn new(config: DsvAttentionConfig, device: &Device) -> Self {
+        let linear = || LinearConfig::new(D_MODEL, D_MODEL).with_bias(false).init(device);
+        Self { wq: linear(), wk: linear(), wv: linear(), attn: config.init(device) }
+    }
+
+    fn heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [b, s, _] = x.dims();
+        x.reshape([b, s, HEADS, HEAD_DIM]).swap_dims(1, 2)
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<4> {
+        let (q, k, v) = (self.heads(self.wq.forward(x.clone())), self.heads(self.wk.forward(x.clone())), self.heads(self.wv.forward(x.clone())));
+        self.attn.forward(x, q, k, v, GRID).unwrap()
+    }
+}
+
+fn small_config() -> DsvAttentionConfig {
+    DsvAttentionConfig::new(D_MODEL, HEADS, HEAD_DIM)
+        .with_predictor_rank(16)
+        .with_query_cube([2, 4, 4])
+        .with_min_sparse_len(0)
+        .with_profile_every(5)
+        .with_sample_stride(4)
+}
+
+/// Tokens of the same 2×4×4 cube share a cluster embedding: attention is block-sparse
+/// (each query's mass sits on its cube's 32 of 256 tokens) and the structure is planted.
+fn clustered_tokens(seed: u64, device: &Device) -> Tensor<3> {
+    let mut rng = Rng::new(seed);
+    let clusters: Vec<Vec<f32>> = (0..8).map(|_| (0..D_MODEL).map(|_| 1.5 * 1.7 * rng.uniform()).collect()).collect();
+    let order = GRID.cube_order([2, 4, 4]);
+    let mut cube_of = vec![0usize; GRID.len()];
+    for (pos, &token) in order.iter().enumerate() {
+        cube_of[token] = pos / 32;
+    }
+    let data: Vec<f32> = (0..GRID.len())
+        .flat_map(|t| clusters[cube_of[t]].iter().map(|c| c + 0.1 * rng.uniform()).collect::<Vec<_>>())
+        .collect();
+    Tensor::from_data(TensorData::new(data, [1, GRID.len(), D_MODEL]), device)
+}
+
+/// Identity projections (frozen by a zero learning rate): q = k = v = x, split into heads.
+fn identity_host(config: DsvAttentionConfig, device: &Device) -> Host {
+    let host = Host::new(config, device);
+    let eye = || Tensor::<2>::eye(D_MODEL, device);
+    Host {
+        wq: Linear { weight: burn::module::Param::from_tensor(eye()), bias: None },
+        wk: Linear { weight: burn::module::Param::from_tensor(eye()), bias: None },
+        wv: Linear { weight: burn::module::Param::from_tensor(eye()), bias: None },
+        ..host
+    }
+}
+
+#[test]
+fn predictor_learns_planted_structure_and_switches_stage() {
+    let device = Device::flex().autodiff();
+    let mut host = identity_host(small_config().with_switch_loss(0.02), &device);
+    let x = clustered_tokens(1, &device);
+    let mut model_optim: ModuleOptimizer = AdamWConfig::new().init();
+    let mut trainer = DsvTrainer::new(1e-2);
+    let mut losses = Vec::new();
+    for _ in 0..150 {
+        let loss = host.forward(x.clone()).square().mean();
+        let (next, report) = trainer.step(host, loss, &mut model_optim, 0.0);
+        host = next;
+        losses.push(report.predictor_losses[0].expect("training forward records a predictor loss"));
+    }
+    let stats = host.attn.stats();
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(last < 0.1 * first, "predictor loss fell only from {first} to {last}");
+    assert_eq!(stats.stage, DsvStage::Sparse, "loss {:?} should have crossed the switch threshold", stats.predictor_loss);
+    let sparsity = stats.head_sparsity.expect("profiled");
+    assert!(sparsity.iter().all(|&s| s > 0.8), "planted sparsity ≈ 0.87, measured {sparsity:?}");
+    let recall = stats.critical_recall.expect("profiled");
+    assert!(recall.iter().all(|&r| r >= 0.9), "recall of critical mass {recall:?}");
+    // After the switch the layer really runs sparse, with budgets from the profile.
+    let _ = host.forward(x);
+    let stats = host.attn.stats();
+    assert!(stats.ran_sparse);
+    assert!(stats.head_budgets.iter().all(|&k| k < GRID.len() / 4), "budgets {:?}", stats.head_budgets);
+}
+
+#[test]
+fn host_gradients_are_untouched_by_the_predictor() {
+    let device = Device::flex().autodiff();
+    let host = Host::new(small_config().with_sparsity_threshold(0.0), &device);
+    let x = Tensor::<3>::random([2, GRID.len(), D_MODEL], Distribution::Normal(0.0, 1.0), &device);
+    // One training forward profiles the heads; then the layer runs sparse.
+    let _ = host.forward(x.clone());
+    let _ = host.attn.take_predictor_loss();
+    host.attn.set_stage(DsvStage::Sparse);
+
+    // Two identical sparse forwards (no profile falls between them): one trains the
+    // predictor alongside, one does not.
+    let with = {
+        let host_loss = (host.forward(x.clone()) * 0.5).sum();
+        let predictor_loss = host.attn.take_predictor_loss().expect("recorded");
+        (host_loss + predictor_loss).backward()
+    };
+    let without = {
+        let host_loss = (host.forward(x.clone()) * 0.5).sum();
+        let _ = host.attn.take_predictor_loss();
+        host_loss.backward()
+    };
+    assert!(host.attn.stats().ran_sparse);
+    for (name, w) in [("wq", &host.wq.weight), ("wk", &host.wk.weight), ("wv", &host.wv.weight)] {
+        let a = w.val().grad(&with).expect("host gradient");
+        let b = w.val().grad(&without).expect("host gradient");
+        assert_close(a, b, 0.0, &format!("{name} gradient with vs without predictor loss"));
+    }
+    let ids = host.attn.predictor_param_ids();
+    assert_eq!(ids.len(), 2);
+    let grads = burn::optim::GradientsParams::from_grads(without, &host);
+    assert!(ids.iter().all(|id| grads.get::<2>(*id).is_none()), "the host loss must not reach the predictor");
+}
+
+#[test]
+fn full_budget_equals_dense_attention_and_its_gradients() {
+    let config = small_config().with_mass_threshold(1.0).with_min_budget_fraction(1.0).with_sparsity_threshold(0.0);
+    let device = Device::flex().autodiff();
+    let host = Host::new(config, &device);
+    let x = Tensor::<3>::random([2, GRID.len(), D_MODEL], Distribution::Normal(0.0, 1.0), &device);
+    let _ = host.forward(x.clone());
+    let _ = host.attn.take_predictor_loss();
+    host.attn.set_stage(DsvStage::Sparse);
+
+    let sparse = host.forward(x.clone());
+    assert!(host.attn.stats().ran_sparse);
+    assert!(host.attn.stats().head_budgets.iter().all(|&k| k == GRID.len()));
+    let heads = |w: &Linear| host.heads(w.forward(x.clone()));
+    let dense = burn_attention(heads(&host.wq), heads(&host.wk), heads(&host.wv), None);
+    assert_close(sparse.clone(), dense.clone(), 1e-4, "full-budget DSV vs dense");
+
+    let grads_sparse = sparse.sum().backward();
+    let grads_dense = dense.sum().backward();
+    for w in [&host.wq.weight, &host.wk.weight, &host.wv.weight] {
+        assert_close(w.val().grad(&grads_sparse).unwrap(), w.val().grad(&grads_dense).unwrap(), 2e-4, "weight gradient");
+    }
+}
+
+#[test]
+fn state_round_trips_through_save_and_load() {
+    let device = Device::flex().autodiff();
+    let mut host = identity_host(small_config().with_switch_loss(0.5), &device);
+    let x = clustered_tokens(3, &device);
+    let mut model_optim: ModuleOptimizer = AdamWConfig::new().init();
+    let mut trainer = DsvTrainer::new(1e-2);
+    for _ in 0..12 {
+        let loss = host.forward(x.clone()).square().mean();
+        host = trainer.step(host, loss, &mut model_optim, 0.0).0;
+    }
+    let before = host.attn.stats();
+    assert_eq!(before.stage, DsvStage::Sparse);
+    let bytes = host.clone().into_record().into_bytes().unwrap();
+
+    let fresh = Host::new(small_config().with_switch_loss(0.5), &device);
+    assert_eq!(fresh.attn.stats().stage, DsvStage::Dense);
+    let loaded = fresh.try_load_record(ModuleRecord::from_bytes(bytes).unwrap()).unwrap();
+    let after = loaded.attn.stats();
+    assert_eq!((after.stage, after.step), (before.stage, before.step));
+    assert_eq!(after.head_sparsity, before.head_sparsity);
+    assert_eq!(after.predictor_loss, before.predictor_loss);
+    let (q1, k1) = host.attn.predictor().forward(x.clone());
+    let (q2, k2) = loaded.attn.predictor().forward(x);
+    assert_close(q2, q1, 0.0, "loaded predictor q");
+    assert_close(k2, k1, 0.0, "loaded predictor k");
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let device = Device::flex();
+    let attn = small_config().init(&device);
+    let q = Tensor::<4>::zeros([1, HEADS, GRID.len(), HEAD_DIM], &device);
+    let x = Tensor::<3>::zeros([1, GRID.len(), D_MODEL], &device);
+    let err = attn.forward(x.clone(), q.clone(), q.clone(), q.clone(), TokenGrid::new(4, 8, 7)).unwrap_err();
+    assert_eq!(err.argument, "grid");
+    let wrong_heads = Tensor::<4>::zeros([1, HEADS + 1, GRID.len(), HEAD_DIM], &device);
+    assert_eq!(attn.forward(x.clone(), wrong_heads.clone(), wrong_heads.clone(), wrong_heads, GRID).unwrap_err().argument, "q");
+    let wrong_x = Tensor::<3>::zeros([1, GRID.len(), D_MODEL + 1], &device);
+    assert_eq!(attn.forward(wrong_x, q.clone(), q.clone(), q, GRID).unwrap_err().argument, "x");
+}
