@@ -156,14 +156,14 @@ fn main() {
             let dense_bytes = (args.heads * s * s * 4) as f64 * 3.0;
             let dense_fits = dense_bytes / (1u64 << 30) as f64 <= args.dense_mem_gib;
             let opts = AttentionModuleOptions::default;
-            let dense_fwd = dense_fits.then(|| {
+            // Burn's Flex forward streams over keys; only the autodiff path materialises scores.
+            let dense_fwd = Some(()).map(|_| {
                 measure(&device, args.repeats, || {
                     let _ = attention(q.clone(), k.clone(), v.clone(), None, None, opts());
                 })
             });
             let dense_fb = dense_fits.then(|| {
-                let ad = device.clone().autodiff();
-                let (q, k, v, w) = (q.clone().to_device(&ad).require_grad(), k.clone().to_device(&ad).require_grad(), v.clone().to_device(&ad).require_grad(), w.clone().to_device(&ad));
+                let (q, k, v, w) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad(), w.clone().autodiff());
                 measure(&device, args.repeats, || {
                     let _ = (attention(q.clone(), k.clone(), v.clone(), None, None, opts()) * w.clone()).sum().backward();
                 })
@@ -178,8 +178,7 @@ fn main() {
                 let (sparse_fwd_t, sparse_fwd_mem) = measure(&device, args.repeats, || {
                     let _ = sparse_attention(q.clone(), k.clone(), v.clone(), &keys, None).unwrap();
                 });
-                let ad = device.clone().autodiff();
-                let (qa, ka, va, wa) = (q.clone().to_device(&ad).require_grad(), k.clone().to_device(&ad).require_grad(), v.clone().to_device(&ad).require_grad(), w.clone().to_device(&ad));
+                let (qa, ka, va, wa) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad(), w.clone().autodiff());
                 let keys_ad = select_critical_keys(qa.clone().narrow(3, 0, args.rank), ka.clone().narrow(3, 0, args.rank), config).unwrap();
                 let (sparse_fb_t, sparse_fb_mem) = measure(&device, args.repeats, || {
                     let _ = (sparse_attention(qa.clone(), ka.clone(), va.clone(), &keys_ad, None).unwrap() * wa.clone()).sum().backward();

@@ -167,9 +167,9 @@ pub(crate) fn select_critical_keys<B: Backend>(
 
     // Exact top-k on the host: Burn's sorts are unstable, and the oracle must be exact.
     let mut ids = alloc::vec![0i64; scores.len() / unit_count * budget];
-    let mut order = Vec::new();
+    let mut scratch = crate::kernel::topk::TopKScratch::default();
     for (row, out) in scores.chunks_exact(unit_count).zip(ids.chunks_exact_mut(budget)) {
-        top_k_ascending(row, budget, &mut order, out);
+        top_k_ascending(row, budget, &mut scratch, out);
     }
     let ids = TensorData::new(ids, [dims.batch, dims.heads, dims.groups, budget]);
     B::int_cast(B::int_from_data(ids, &device), index_dtype)

@@ -1,7 +1,7 @@
 use rayon::prelude::*;
 
 use super::math::{Mat, matmul};
-use crate::kernel::topk::top_k_ascending;
+use crate::kernel::topk::{TopKScratch, top_k_ascending};
 
 /// Shapes of one selection call on `[B·H, S, r]` buffers.
 #[derive(Clone, Copy, Debug)]
@@ -32,14 +32,14 @@ pub(crate) fn select_critical_keys(shape: SelectShape, q_lr: &[f32], k_lr: &[f32
         let proxies = row_block_means(q, r, g, false);
         let unit_keys = row_block_means(k, r, shape.key_block, true);
         out.par_chunks_mut(CHUNK * budget).enumerate().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(scores, order): &mut (Vec<f32>, Vec<u32>), (chunk, out)| {
+            || (Vec::new(), TopKScratch::default()),
+            |(scores, scratch): &mut (Vec<f32>, TopKScratch), (chunk, out)| {
                 let rows = out.len() / budget;
                 let proxies = &proxies[chunk * CHUNK * r..][..rows * r];
                 scores.resize(rows * units, 0.0);
                 matmul(scores, Mat::rows(proxies, rows, r), Mat::transposed(&unit_keys, r, units), 1.0, false);
                 for (row, out) in scores.chunks_exact(units).zip(out.chunks_exact_mut(budget)) {
-                    top_k_ascending(row, budget, order, out);
+                    top_k_ascending(row, budget, scratch, out);
                 }
             },
         );
@@ -48,17 +48,18 @@ pub(crate) fn select_critical_keys(shape: SelectShape, q_lr: &[f32], k_lr: &[f32
 
 /// Sums (or means) of consecutive blocks of `block` rows of an `[n, r]` matrix.
 fn row_block_means(x: &[f32], r: usize, block: usize, mean: bool) -> Vec<f32> {
-    x.chunks(block * r)
-        .flat_map(|rows| {
+    if block == 1 {
+        return x.to_vec();
+    }
+    let mut out = vec![0.0f32; (x.len() / r).div_ceil(block) * r];
+    for (rows, acc) in x.chunks(block * r).zip(out.chunks_exact_mut(r)) {
+        for row in rows.chunks_exact(r) {
+            acc.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+        if mean {
             let count = (rows.len() / r) as f32;
-            let mut acc = vec![0.0f32; r];
-            for row in rows.chunks_exact(r) {
-                acc.iter_mut().zip(row).for_each(|(a, b)| *a += b);
-            }
-            if mean {
-                acc.iter_mut().for_each(|a| *a /= count);
-            }
-            acc
-        })
-        .collect()
+            acc.iter_mut().for_each(|a| *a /= count);
+        }
+    }
+    out
 }
