@@ -1,10 +1,22 @@
 #![warn(missing_docs)]
 
-//! Context parallelism for attention over a group of devices: head sharding (all-to-all),
-//! sequence sharding (ring with log-sum-exp merge), DSV's sparsity-aware hybrid, and
-//! Video-Infinity's clip parallelism.
+//! Context parallelism for attention over a group of devices driven from one process.
 //!
-//! Status: the crate is laid out; its collectives and parallel attention are still to come.
-//! It builds on [`burn_sparse_attn`] and knows nothing of models.
+//! - [`DeviceGroup`]: ranks over a [`Transport`] (Burn's `Tensor::to_device` by default:
+//!   NCCL send/recv between CUDA devices, a plain move on CPU) with all-gather, all-to-all
+//!   (equal and uneven), all-reduce, reduce-scatter and halo exchange, all differentiable and
+//!   all counting the bytes they move. The [`group`] module docs say how a multi-process
+//!   transport plugs in.
+//! - [`head_parallel_attention`]: head sharding (Ulysses), dense or sparse per head shard.
+//! - [`ring_attention`]: sequence sharding with a log-sum-exp merge.
+//!
+//! Not yet here: DSV's sparsity-aware hybrid with its planner, and clip parallelism.
+
+pub mod group;
+mod head_parallel;
+mod ring;
 
 pub use burn_sparse_attn;
+pub use group::{CommStats, DeviceGroup, DeviceTransport, Transport};
+pub use head_parallel::{head_parallel_attention, head_parallel_bytes_per_rank};
+pub use ring::ring_attention;

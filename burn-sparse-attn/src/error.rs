@@ -45,6 +45,20 @@ impl fmt::Display for SparseAttnError {
 
 impl core::error::Error for SparseAttnError {}
 
+impl SparseAttnError {
+    /// `Ok(())` when `ok`, else the error naming `argument` of `function`. Lets crates built
+    /// on this one report bad input the same way.
+    pub fn check(
+        ok: bool,
+        function: &'static str,
+        argument: &'static str,
+        expected: impl ToString,
+        actual: impl ToString,
+    ) -> Result<(), Self> {
+        if ok { Ok(()) } else { Err(Self::new(function, argument, expected, actual)) }
+    }
+}
+
 /// Checks one condition, naming the argument when it fails.
 pub(crate) fn ensure(
     ok: bool,
@@ -53,9 +67,5 @@ pub(crate) fn ensure(
     expected: impl ToString,
     actual: impl ToString,
 ) -> Result<(), SparseAttnError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(SparseAttnError::new(function, argument, expected, actual))
-    }
+    SparseAttnError::check(ok, function, argument, expected, actual)
 }

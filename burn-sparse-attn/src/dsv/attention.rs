@@ -14,7 +14,7 @@ use super::predictor::{LowRankPredictor, predictor_loss};
 use super::profiler::{critical_recall, critical_sets, row_probabilities};
 use crate::{SelectionConfig, SparseAttnError, error::ensure, select_critical_keys, sparse_attention};
 
-/// Configuration of [`DsvAttention`]; defaults follow the DSV paper and artifact.
+/// Configuration of [`DsvAttention`]: the layer's shape and its [`DsvPolicy`].
 #[derive(Config, Debug)]
 pub struct DsvAttentionConfig {
     /// Width of the layer input the predictor reads.
@@ -23,6 +23,14 @@ pub struct DsvAttentionConfig {
     pub heads: usize,
     /// Head dimension of q, k and v.
     pub head_dim: usize,
+    /// How the layer learns, measures and goes sparse.
+    pub policy: DsvPolicy,
+}
+
+/// How a DSV layer learns its predictor, measures sparsity and chooses budgets; defaults
+/// follow the DSV paper and artifact.
+#[derive(Config, Debug, PartialEq)]
+pub struct DsvPolicy {
     /// Rank `r` of the low-rank predictor per head.
     #[config(default = 16)]
     pub predictor_rank: usize,
@@ -38,6 +46,10 @@ pub struct DsvAttentionConfig {
     /// Lower bound of the budget as a fraction of the keys.
     #[config(default = 0.02)]
     pub min_budget_fraction: f64,
+    /// Upper bound of the budget as a fraction of the keys: caps the cost of a layer
+    /// whatever its measured sparsity (1 = no cap).
+    #[config(default = 1.0)]
+    pub max_budget_fraction: f64,
     /// Budgets are rounded up to a multiple of this (the kernels' key tile).
     #[config(default = 16)]
     pub budget_multiple: usize,
@@ -68,13 +80,14 @@ impl DsvAttentionConfig {
     /// Builds the module.
     pub fn init(&self, device: &Device) -> DsvAttention {
         assert!(self.heads > 0 && self.head_dim > 0 && self.d_model > 0, "DsvAttentionConfig: heads, head_dim and d_model must be ≥ 1");
-        assert!(self.query_cube.iter().all(|&c| c > 0), "DsvAttentionConfig: `query_cube` entries must be ≥ 1, got {:?}", self.query_cube);
-        assert!((0.0..=1.0).contains(&self.mass_threshold), "DsvAttentionConfig: `mass_threshold` must be in [0, 1], got {}", self.mass_threshold);
-        assert!((0.0..=1.0).contains(&self.min_budget_fraction), "DsvAttentionConfig: `min_budget_fraction` must be in [0, 1], got {}", self.min_budget_fraction);
+        assert!(self.policy.query_cube.iter().all(|&c| c > 0), "DsvAttentionConfig: `query_cube` entries must be ≥ 1, got {:?}", self.policy.query_cube);
+        assert!((0.0..=1.0).contains(&self.policy.mass_threshold), "DsvAttentionConfig: `mass_threshold` must be in [0, 1], got {}", self.policy.mass_threshold);
+        assert!((0.0..=1.0).contains(&self.policy.min_budget_fraction), "DsvAttentionConfig: `min_budget_fraction` must be in [0, 1], got {}", self.policy.min_budget_fraction);
+        assert!(self.policy.max_budget_fraction > 0.0 && self.policy.max_budget_fraction <= 1.0, "DsvAttentionConfig: `max_budget_fraction` must be in (0, 1], got {}", self.policy.max_budget_fraction);
         let unknown = Tensor::<1>::full([self.heads], -1.0, device);
         let schedule = Tensor::<1>::from_data(TensorData::new(alloc::vec![0.0f32, 0.0, f32::NAN, f32::NAN], [SCHEDULE_LEN]), device);
         DsvAttention {
-            predictor: LowRankPredictor::new(self.d_model, self.heads, self.predictor_rank, device),
+            predictor: LowRankPredictor::new(self.d_model, self.heads, self.policy.predictor_rank, device),
             head_sparsity: RunningState::new(unknown),
             schedule: RunningState::new(schedule),
             config: self.clone(),
@@ -176,7 +189,7 @@ impl DsvAttention {
         let sparsity = self.head_sparsity_values();
         let stage = self.stage_of(&schedule);
         let scale = 1.0 / (d as f64).sqrt();
-        let rows = Self::sampled_rows(s, c.sample_stride, &device);
+        let rows = Self::sampled_rows(s, c.policy.sample_stride, &device);
 
         let xd = x.detach();
         // The predictor reads a detached input, so it never sends gradient into the host.
@@ -194,7 +207,7 @@ impl DsvAttention {
 
         let budgets = self.budgets(s, sparsity.as_deref());
         let layer_sparsity = sparsity.as_ref().map(|v| v.iter().sum::<f32>() / v.len() as f32).unwrap_or(0.0);
-        let go_sparse = stage == DsvStage::Sparse && s >= c.min_sparse_len && f64::from(layer_sparsity) >= c.sparsity_threshold;
+        let go_sparse = stage == DsvStage::Sparse && s >= c.policy.min_sparse_len && f64::from(layer_sparsity) >= c.policy.sparsity_threshold;
         let reorder = self.reorder(grid, &device);
         let (q_lr, k_lr) = (reorder.apply(q_lr.detach(), 2), reorder.apply(k_lr.detach(), 2));
 
@@ -209,10 +222,10 @@ impl DsvAttention {
         let profile_due = training && (sparsity.is_none() || step % self.profile_interval(step) == 0);
         let recall = if profile_due {
             let probs = row_probabilities(q.detach().select(2, rows.clone()), k.detach(), scale);
-            let (critical, measured) = critical_sets(probs.clone(), c.mass_threshold);
+            let (critical, measured) = critical_sets(probs.clone(), c.policy.mass_threshold);
             let measured: Vec<f32> = measured.into_data().convert::<f32>().try_to_vec().expect("f32 sparsity");
             let smoothed: Vec<f32> = match &sparsity {
-                Some(old) => old.iter().zip(&measured).map(|(o, m)| (c.momentum as f32) * o + (1.0 - c.momentum as f32) * m).collect(),
+                Some(old) => old.iter().zip(&measured).map(|(o, m)| (c.policy.momentum as f32) * o + (1.0 - c.policy.momentum as f32) * m).collect(),
                 None => measured,
             };
             self.head_sparsity.update(Tensor::from_data(TensorData::new(smoothed.clone(), [h]), &device));
@@ -238,7 +251,7 @@ impl DsvAttention {
 
     /// Runs sparse attention head-bucket by head-bucket: heads sharing a budget share a call.
     fn sparse_by_budget(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, q_lr: Tensor<4>, k_lr: Tensor<4>, budgets: &[usize]) -> Result<Tensor<4>, SparseAttnError> {
-        let group = self.config.query_cube.iter().product();
+        let group = self.config.policy.query_cube.iter().product();
         let device = q.device();
         let mut distinct: Vec<usize> = budgets.to_vec();
         distinct.sort_unstable();
@@ -268,13 +281,13 @@ impl DsvAttention {
     /// sampled row with these budgets.
     fn predicted_rows_mask(&self, q_lr: &Tensor<4>, k_lr: &Tensor<4>, budgets: &[usize], grid: TokenGrid, s: usize) -> Tensor<4, Bool> {
         let [b, h, _, _] = q_lr.dims();
-        let group: usize = self.config.query_cube.iter().product();
-        let order = grid.cube_order(self.config.query_cube);
+        let group: usize = self.config.policy.query_cube.iter().product();
+        let order = grid.cube_order(self.config.policy.query_cube);
         let mut position = alloc::vec![0usize; s];
         for (pos, &token) in order.iter().enumerate() {
             position[token] = pos;
         }
-        let rows: Vec<usize> = (0..s).step_by(self.config.sample_stride.max(1)).collect();
+        let rows: Vec<usize> = (0..s).step_by(self.config.policy.sample_stride.max(1)).collect();
         let mut mask = alloc::vec![true; b * h * rows.len() * s];
         for (head, &budget) in budgets.iter().enumerate() {
             let pick = |t: &Tensor<4>| t.clone().narrow(1, head, 1);
@@ -301,7 +314,7 @@ impl DsvAttention {
     }
 
     fn reorder(&self, grid: TokenGrid, device: &Device) -> Reorder {
-        let cube = self.config.query_cube;
+        let cube = self.config.policy.query_cube;
         let mut rt = self.runtime.lock().expect("DSV runtime lock");
         match &rt.reorder {
             Some((g, c, r)) if *g == grid && *c == cube => r.clone(),
@@ -313,22 +326,24 @@ impl DsvAttention {
         }
     }
 
-    /// Keys per head: `max(S·(1 − s_h), min_fraction·S)` rounded up to the kernel tile.
+    /// Keys per head: `max(S·(1 − s_h), min_fraction·S)` rounded up to the kernel tile, at
+    /// most `max_fraction·S`.
     fn budgets(&self, s: usize, sparsity: Option<&[f32]>) -> Vec<usize> {
         let c = &self.config;
-        let floor = (c.min_budget_fraction * s as f64).ceil() as usize;
+        let floor = (c.policy.min_budget_fraction * s as f64).ceil() as usize;
+        let cap = ((c.policy.max_budget_fraction * s as f64).ceil() as usize).max(1);
         (0..c.heads)
             .map(|h| {
                 let dense_share = sparsity.map(|v| 1.0 - f64::from(v[h]).clamp(0.0, 1.0)).unwrap_or(1.0);
                 let want = ((s as f64 * dense_share).ceil() as usize).max(floor).max(1);
-                want.div_ceil(c.budget_multiple.max(1)).saturating_mul(c.budget_multiple.max(1)).min(s)
+                want.div_ceil(c.policy.budget_multiple.max(1)).saturating_mul(c.policy.budget_multiple.max(1)).min(cap).min(s)
             })
             .collect()
     }
 
     fn profile_interval(&self, step: usize) -> usize {
         let c = &self.config;
-        if step > c.late_after_steps { c.profile_every_late.max(1) } else { c.profile_every.max(1) }
+        if step > c.policy.late_after_steps { c.policy.profile_every_late.max(1) } else { c.policy.profile_every.max(1) }
     }
 
     fn schedule_values(&self) -> [f32; SCHEDULE_LEN] {
@@ -359,9 +374,9 @@ impl DsvAttention {
     /// sparse stage once that falls under `switch_loss`.
     pub fn record_predictor_loss(&self, loss: f32) {
         let mut schedule = self.schedule_values();
-        let m = self.config.momentum as f32;
+        let m = self.config.policy.momentum as f32;
         schedule[LOSS] = if schedule[LOSS].is_nan() { loss } else { m * schedule[LOSS] + (1.0 - m) * loss };
-        if f64::from(schedule[LOSS]) < self.config.switch_loss {
+        if f64::from(schedule[LOSS]) < self.config.policy.switch_loss {
             schedule[STAGE] = 1.0;
         }
         let device = self.schedule.value().device();

@@ -7,7 +7,7 @@ mod predictor;
 mod profiler;
 mod trainer;
 
-pub use attention::{DsvAttention, DsvAttentionConfig, DsvLayerStats, DsvStage};
+pub use attention::{DsvAttention, DsvAttentionConfig, DsvLayerStats, DsvPolicy, DsvStage};
 pub use grid::TokenGrid;
 pub use predictor::LowRankPredictor;
 pub use trainer::{DsvHost, DsvStepReport, DsvTrainer};

@@ -6,7 +6,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvHost, DsvStage, DsvTrainer, TokenGrid};
+use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvHost, DsvPolicy, DsvStage, DsvTrainer, TokenGrid};
 
 use crate::common::*;
 
@@ -48,12 +48,21 @@ impl Host {
 }
 
 fn small_config() -> DsvAttentionConfig {
-    DsvAttentionConfig::new(D_MODEL, HEADS, HEAD_DIM)
-        .with_predictor_rank(16)
-        .with_query_cube([2, 4, 4])
-        .with_min_sparse_len(0)
-        .with_profile_every(5)
-        .with_sample_stride(4)
+    small_policy().config()
+}
+
+fn small_policy() -> DsvPolicy {
+    DsvPolicy::new().with_predictor_rank(16).with_query_cube([2, 4, 4]).with_min_sparse_len(0).with_profile_every(5).with_sample_stride(4)
+}
+
+trait PolicyExt {
+    fn config(self) -> DsvAttentionConfig;
+}
+
+impl PolicyExt for DsvPolicy {
+    fn config(self) -> DsvAttentionConfig {
+        DsvAttentionConfig::new(D_MODEL, HEADS, HEAD_DIM, self)
+    }
 }
 
 /// Tokens of the same 2×4×4 cube share a cluster embedding: attention is block-sparse
@@ -87,7 +96,7 @@ fn identity_host(config: DsvAttentionConfig, device: &Device) -> Host {
 #[test]
 fn predictor_learns_planted_structure_and_switches_stage() {
     let device = Device::flex().autodiff();
-    let mut host = identity_host(small_config().with_switch_loss(0.02), &device);
+    let mut host = identity_host(small_policy().with_switch_loss(0.02).config(), &device);
     let x = clustered_tokens(1, &device);
     let mut model_optim: ModuleOptimizer = AdamWConfig::new().init();
     let mut trainer = DsvTrainer::new(1e-2);
@@ -116,7 +125,7 @@ fn predictor_learns_planted_structure_and_switches_stage() {
 #[test]
 fn host_gradients_are_untouched_by_the_predictor() {
     let device = Device::flex().autodiff();
-    let host = Host::new(small_config().with_sparsity_threshold(0.0), &device);
+    let host = Host::new(small_policy().with_sparsity_threshold(0.0).config(), &device);
     let x = Tensor::<3>::random([2, GRID.len(), D_MODEL], Distribution::Normal(0.0, 1.0), &device);
     // One training forward profiles the heads; then the layer runs sparse.
     let _ = host.forward(x.clone());
@@ -149,7 +158,7 @@ fn host_gradients_are_untouched_by_the_predictor() {
 
 #[test]
 fn full_budget_equals_dense_attention_and_its_gradients() {
-    let config = small_config().with_mass_threshold(1.0).with_min_budget_fraction(1.0).with_sparsity_threshold(0.0);
+    let config = small_policy().with_mass_threshold(1.0).with_min_budget_fraction(1.0).with_sparsity_threshold(0.0).config();
     let device = Device::flex().autodiff();
     let host = Host::new(config, &device);
     let x = Tensor::<3>::random([2, GRID.len(), D_MODEL], Distribution::Normal(0.0, 1.0), &device);
@@ -174,7 +183,7 @@ fn full_budget_equals_dense_attention_and_its_gradients() {
 #[test]
 fn state_round_trips_through_save_and_load() {
     let device = Device::flex().autodiff();
-    let mut host = identity_host(small_config().with_switch_loss(0.5), &device);
+    let mut host = identity_host(small_policy().with_switch_loss(0.5).config(), &device);
     let x = clustered_tokens(3, &device);
     let mut model_optim: ModuleOptimizer = AdamWConfig::new().init();
     let mut trainer = DsvTrainer::new(1e-2);
@@ -186,7 +195,7 @@ fn state_round_trips_through_save_and_load() {
     assert_eq!(before.stage, DsvStage::Sparse);
     let bytes = host.clone().into_record().into_bytes().unwrap();
 
-    let fresh = Host::new(small_config().with_switch_loss(0.5), &device);
+    let fresh = Host::new(small_policy().with_switch_loss(0.5).config(), &device);
     assert_eq!(fresh.attn.stats().stage, DsvStage::Dense);
     let loaded = fresh.try_load_record(ModuleRecord::from_bytes(bytes).unwrap()).unwrap();
     let after = loaded.attn.stats();

@@ -1,0 +1,7 @@
+//! One test binary for the crate; modules inside. Ranks are virtual ranks on Flex.
+#![cfg(feature = "flex")]
+
+#[path = "ctx_parallel/attention.rs"]
+mod attention;
+#[path = "ctx_parallel/collectives.rs"]
+mod collectives;

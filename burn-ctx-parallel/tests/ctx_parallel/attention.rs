@@ -1,0 +1,93 @@
+use burn::tensor::{Device, Distribution, Tensor, module::attention, ops::AttentionModuleOptions};
+use burn_ctx_parallel::{DeviceGroup, head_parallel_attention, head_parallel_bytes_per_rank, ring_attention};
+use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
+
+/// Splits `x` along the sequence into `world` shards (the first ones one longer when uneven).
+fn shard(x: &Tensor<4>, world: usize) -> Vec<Tensor<4>> {
+    let s = x.dims()[2];
+    let mut out = Vec::new();
+    let mut start = 0;
+    for r in 0..world {
+        let len = s / world + usize::from(r < s % world);
+        out.push(x.clone().narrow(2, start, len));
+        start += len;
+    }
+    out
+}
+
+fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+/// Output and input gradients of `Σ w ∘ f(q, k, v)`.
+fn run(device: &Device, data: &[Tensor<4>; 4], f: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>) -> [Tensor<4>; 4] {
+    let ad = device.clone().autodiff();
+    let [q, k, v] = [0, 1, 2].map(|i| data[i].clone().autodiff().require_grad());
+    let out = f(q.clone(), k.clone(), v.clone());
+    let grads = (out.clone() * data[3].clone().autodiff()).sum().backward();
+    let _ = ad;
+    [out.inner(), q.grad(&grads).unwrap(), k.grad(&grads).unwrap(), v.grad(&grads).unwrap()]
+}
+
+#[test]
+fn head_and_ring_sharding_equal_unsharded_attention() {
+    let device = Device::flex();
+    let (b, h, s, d) = (1, 12, 29, 16);
+    let data = [0, 1, 2, 3].map(|_| Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device));
+    let dense = |q, k, v| attention(q, k, v, None, None, AttentionModuleOptions::default());
+    let expected = run(&device, &data, dense);
+    for world in [1usize, 2, 3, 4] {
+        let group = DeviceGroup::virtual_ranks(&device, world).unwrap();
+        let head = run(&device, &data, |q, k, v| {
+            let out = head_parallel_attention(&group, shard(&q, world), shard(&k, world), shard(&v, world), |_, q, k, v| Ok(dense(q, k, v))).unwrap();
+            Tensor::cat(out, 2)
+        });
+        let ring = run(&device, &data, |q, k, v| Tensor::cat(ring_attention(&group, shard(&q, world), shard(&k, world), shard(&v, world), None).unwrap(), 2));
+        for (name, got) in [("head", head), ("ring", ring)] {
+            for (i, (g, e)) in got.into_iter().zip(expected.iter()).enumerate() {
+                let diff = max_diff(g, e.clone());
+                assert!(diff < 2e-5, "{name} sharding over {world} ranks, {}: differs by {diff}", ["output", "dq", "dk", "dv"][i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn head_sharding_runs_sparse_attention_per_head_shard() {
+    let device = Device::flex();
+    let (b, h, s, d, g, budget) = (2, 4, 40, 16, 8, 9);
+    let data = [0, 1, 2, 3].map(|_| Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device));
+    let sparse = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
+        let keys = select_critical_keys(q.clone().narrow(3, 0, 8), k.clone().narrow(3, 0, 8), SelectionConfig::new(g, budget)).unwrap();
+        sparse_attention(q, k, v, &keys, None).unwrap()
+    };
+    let expected = run(&device, &data, sparse);
+    for world in [2usize, 4] {
+        let group = DeviceGroup::virtual_ranks(&device, world).unwrap();
+        let got = run(&device, &data, |q, k, v| {
+            Tensor::cat(head_parallel_attention(&group, shard(&q, world), shard(&k, world), shard(&v, world), |_, q, k, v| Ok(sparse(q, k, v))).unwrap(), 2)
+        });
+        for (i, (g, e)) in got.into_iter().zip(expected.iter()).enumerate() {
+            assert!(max_diff(g, e.clone()) < 2e-5, "sparse head sharding over {world}, tensor {i}");
+        }
+    }
+}
+
+#[test]
+fn communication_matches_the_formulas_and_bad_splits_are_named() {
+    let device = Device::flex();
+    let (b, h, s, d) = (1, 8, 32, 16);
+    let x = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
+    for world in [2usize, 4] {
+        let group = DeviceGroup::virtual_ranks(&device, world).unwrap();
+        head_parallel_attention(&group, shard(&x, world), shard(&x, world), shard(&x, world), |_, q, k, v| Ok(attention(q, k, v, None, None, AttentionModuleOptions::default()))).unwrap();
+        assert_eq!(group.stats().bytes, world as u64 * head_parallel_bytes_per_rank(b, h, s, d, world));
+        group.reset_stats();
+        ring_attention(&group, shard(&x, world), shard(&x, world), shard(&x, world), None).unwrap();
+        // K and V shards each travel world − 1 hops from every rank.
+        assert_eq!(group.stats().bytes, (2 * (world - 1) * world * b * h * (s / world) * d * 4) as u64);
+    }
+    let group = DeviceGroup::virtual_ranks(&device, 3).unwrap();
+    let err = head_parallel_attention(&group, shard(&x, 3), shard(&x, 3), shard(&x, 3), |_, q, k, v| Ok(attention(q, k, v, None, None, AttentionModuleOptions::default()))).unwrap_err();
+    assert!(err.to_string().contains("divisible by the world size 3"), "{err}");
+}

@@ -1,0 +1,66 @@
+//! Model configuration and presets.
+
+use burn::config::Config;
+use burn_sparse_attn::dsv::DsvPolicy;
+
+/// Which self-attention the DiT blocks run.
+#[derive(Config, Debug, PartialEq)]
+pub enum AttentionKind {
+    /// Full 3D dense attention.
+    Dense,
+    /// DSV dynamic sparse attention with this policy (dense until each layer's predictor is
+    /// ready); the layer shapes come from the model.
+    Dsv(DsvPolicy),
+}
+
+/// A video DiT in the style of Wan2.1.
+#[derive(Config, Debug)]
+pub struct VideoDitConfig {
+    /// Channels of the (latent) video.
+    pub channels: usize,
+    /// Patch size `[frames, height, width]`.
+    pub patch: [usize; 3],
+    /// Token width.
+    pub d_model: usize,
+    /// Blocks.
+    pub depth: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP hidden width as a multiple of `d_model`.
+    #[config(default = 4)]
+    pub mlp_ratio: usize,
+    /// Width of the conditioning embeddings fed to cross-attention.
+    #[config(default = 64)]
+    pub cond_dim: usize,
+    /// Vocabulary of conditioning tokens (id 0 is the null token of classifier-free guidance).
+    #[config(default = 16)]
+    pub cond_vocab: usize,
+    /// RoPE base.
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    /// Self-attention of every block.
+    #[config(default = "AttentionKind::Dense")]
+    pub attention: AttentionKind,
+}
+
+impl VideoDitConfig {
+    /// Trains on a 2-core CPU in minutes: 8×32×32 RGB clips → 512 tokens of width 128.
+    pub fn tiny() -> Self {
+        Self::new(3, [1, 4, 4], 128, 4, 4)
+    }
+
+    /// 16×64×64 clips with 2×4×4 patches → 2048 tokens of width 384.
+    pub fn small() -> Self {
+        Self::new(3, [2, 4, 4], 384, 12, 6)
+    }
+
+    /// A Wan-1.3B-like shape for latents (16 channels, 1×2×2 patches).
+    pub fn base() -> Self {
+        Self::new(16, [1, 2, 2], 1536, 30, 12).with_cond_dim(4096).with_cond_vocab(1)
+    }
+
+    /// Head dimension.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.heads
+    }
+}

@@ -1,0 +1,97 @@
+//! Flow matching: the noising convention, σ sampling and the Euler sampler with CFG.
+//!
+//! Convention (Wan2.1, SD3): `x_σ = (1 − σ)·x0 + σ·ε` with `σ ∈ [0, 1]` (σ = 1 is pure
+//! noise); the model predicts the velocity `v = ε − x0`, so `dx_σ/dσ = v` and the Euler
+//! step from σ to σ' is `x ← x + (σ' − σ)·v`.
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::model::VideoDit;
+use burn_sparse_attn::SparseAttnError;
+
+/// How training draws noise levels.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SigmaSampling {
+    /// `σ = sigmoid(n)`, `n ~ N(mean, std²)` (SD3's logit-normal).
+    LogitNormal {
+        /// Mean of the normal.
+        mean: f64,
+        /// Standard deviation of the normal.
+        std: f64,
+    },
+    /// `σ ~ U(0, 1)`.
+    Uniform,
+}
+
+impl SigmaSampling {
+    /// Draws `batch` noise levels on `device` (from the device's seeded generator).
+    pub fn sample(&self, batch: usize, device: &Device) -> Tensor<1> {
+        match *self {
+            Self::LogitNormal { mean, std } => burn::tensor::activation::sigmoid(Tensor::random([batch], Distribution::Normal(mean, std), device)),
+            Self::Uniform => Tensor::random([batch], Distribution::Uniform(0.0, 1.0), device),
+        }
+    }
+}
+
+/// `x_σ = (1 − σ)·x0 + σ·ε` for per-sample `sigma: [B]`.
+pub fn add_noise(x0: Tensor<5>, noise: Tensor<5>, sigma: Tensor<1>) -> Tensor<5> {
+    let s = sigma.reshape([x0.dims()[0], 1, 1, 1, 1]);
+    x0 * (s.clone().neg() + 1.0) + noise * s
+}
+
+/// The regression target `v = ε − x0`.
+pub fn velocity_target(x0: Tensor<5>, noise: Tensor<5>) -> Tensor<5> {
+    noise - x0
+}
+
+/// Timestep shift `σ' = s·σ / (1 + (s − 1)·σ)`: spends more steps at high noise for larger
+/// `s` (Wan uses 3–5 for video).
+pub fn shift_sigma(sigma: f64, shift: f64) -> f64 {
+    shift * sigma / (1.0 + (shift - 1.0) * sigma)
+}
+
+/// Settings of [`sample_euler`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplerConfig {
+    /// Euler steps from σ = 1 to 0.
+    pub steps: usize,
+    /// Classifier-free guidance scale (1 = no guidance).
+    pub guidance: f64,
+    /// Timestep shift.
+    pub shift: f64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self { steps: 24, guidance: 3.0, shift: 3.0 }
+    }
+}
+
+/// Generates videos from `noise: [B, C, T, H, W]` with conditioning `cond` and, for guidance,
+/// the null conditioning `uncond` (both `[B, M, cond_dim]`). The model should not track
+/// gradients (use `model.valid()`).
+pub fn sample_euler(model: &VideoDit, noise: Tensor<5>, cond: Tensor<3>, uncond: Tensor<3>, config: SamplerConfig) -> Result<Tensor<5>, SparseAttnError> {
+    SparseAttnError::check(config.steps >= 1, "sample_euler", "config.steps", "≥ 1", config.steps)?;
+    SparseAttnError::check(config.shift > 0.0, "sample_euler", "config.shift", "> 0", config.shift)?;
+    let b = noise.dims()[0];
+    let device = noise.device();
+    let sigmas: Vec<f64> = (0..=config.steps).map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift)).collect();
+    let guided = (config.guidance - 1.0).abs() > 1e-12;
+    let mut x = noise;
+    for pair in sigmas.windows(2) {
+        let (sigma, next) = (pair[0], pair[1]);
+        let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
+        let v = if guided {
+            // One batched call for both branches.
+            let both = model.forward(Tensor::cat(vec![x.clone(), x.clone()], 0), Tensor::cat(vec![s.clone(), s], 0), Tensor::cat(vec![cond.clone(), uncond.clone()], 0))?;
+            let v_cond = both.clone().narrow(0, 0, b);
+            let v_uncond = both.narrow(0, b, b);
+            v_uncond.clone() + (v_cond - v_uncond) * config.guidance
+        } else {
+            model.forward(x.clone(), s, cond.clone())?
+        };
+        x = x + v * (next - sigma);
+    }
+    Ok(x)
+}

@@ -1,0 +1,11 @@
+//! One test binary for the crate; modules inside.
+#![cfg(feature = "flex")]
+
+#[path = "dit/common.rs"]
+mod common;
+#[path = "dit/data.rs"]
+mod data;
+#[path = "dit/model.rs"]
+mod model;
+#[path = "dit/training.rs"]
+mod training;

@@ -1,0 +1,92 @@
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn_dit::flow::{SamplerConfig, add_noise, sample_euler, shift_sigma, velocity_target};
+use burn_dit::{AttentionKind, Rope3d, patchify, rope_split, unpatchify};
+use burn_sparse_attn::dsv::DsvHost;
+
+use crate::common::*;
+
+#[test]
+fn patches_round_trip_exactly() {
+    let device = Device::flex();
+    let video = Tensor::<5>::random([2, 3, 4, 8, 12], Distribution::Normal(0.0, 1.0), &device);
+    let tokens = patchify(video.clone(), [2, 4, 4]);
+    assert_eq!(tokens.dims(), [2, 2 * 2 * 3, 3 * 2 * 4 * 4]);
+    assert_eq!(max_abs_diff(unpatchify(tokens.clone(), 3, [2, 4, 4], [2, 2, 3]), video.clone()), 0.0);
+    // Token 1 is patch (t=0, y=0, x=1): frame-major order.
+    let expected = video.slice([0..1, 0..1, 0..2, 0..4, 4..8]).reshape([32]);
+    let got = tokens.slice([0..1, 1..2, 0..32]).reshape([32]);
+    assert_eq!(max_abs_diff(got, expected), 0.0);
+}
+
+#[test]
+fn rope_is_relative_and_keeps_norms() {
+    let device = Device::flex();
+    assert_eq!(rope_split(32), [12, 10, 10]);
+    let grid = [3, 2, 2];
+    let q = Tensor::<4>::random([1, 1, 12, 32], Distribution::Normal(0.0, 1.0), &device);
+    let k = Tensor::<4>::random([1, 1, 12, 32], Distribution::Normal(0.0, 1.0), &device);
+    let at = |offset| Rope3d::new(32, grid, offset, 1e4, &device);
+    let scores = |r: &Rope3d| r.apply(q.clone()).matmul(r.apply(k.clone()).swap_dims(2, 3));
+    // Shifting every frame by the same offset leaves all dot products unchanged...
+    assert!(max_abs_diff(scores(&at(0)), scores(&at(17))) < 1e-3);
+    // ...rotations keep lengths...
+    let norms = |x: Tensor<4>| x.square().sum_dim(3);
+    assert!(max_abs_diff(norms(at(5).apply(q.clone())), norms(q.clone())) < 1e-3);
+    // ...and positions do matter.
+    assert!(max_abs_diff(scores(&at(0)), q.clone().matmul(k.clone().swap_dims(2, 3))) > 1e-2);
+}
+
+#[test]
+fn fresh_model_is_zero_and_validates_inputs() {
+    let device = Device::flex();
+    for attention in [AttentionKind::Dense, micro_dsv()] {
+        let model = micro_model(attention).init(&device);
+        let x = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [2]), &device);
+        let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
+        // Zero-initialised head: a fresh model predicts exactly zero velocity.
+        let v = model.forward(x.clone(), sigma.clone(), cond.clone()).unwrap();
+        assert_eq!(v.dims(), [2, 3, 4, 16, 16]);
+        assert_eq!(v.abs().max().into_scalar::<f32>(), 0.0);
+        let err = model.forward(Tensor::zeros([2, 3, 4, 16, 15], &device), sigma.clone(), cond.clone()).unwrap_err();
+        assert_eq!(err.argument, "x");
+        assert_eq!(model.forward(Tensor::zeros([2, 4, 4, 16, 16], &device), sigma.clone(), cond.clone()).unwrap_err().argument, "x");
+        assert_eq!(model.forward(x.clone(), Tensor::zeros([3], &device), cond.clone()).unwrap_err().argument, "sigma");
+        assert_eq!(model.forward(x, sigma, Tensor::zeros([2, 2, 7], &device)).unwrap_err().argument, "cond");
+    }
+    assert_eq!(micro_model(micro_dsv()).init(&device).dsv_layers().len(), 2);
+    assert_eq!(micro_model(AttentionKind::Dense).init(&device).dsv_layers().len(), 0);
+}
+
+#[test]
+fn flow_matching_conventions() {
+    let device = Device::flex();
+    let x0 = Tensor::<5>::random([2, 3, 2, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+    let eps = Tensor::<5>::random([2, 3, 2, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+    let sigma = |s: f32| Tensor::<1>::from_data(TensorData::new(vec![s; 2], [2]), &device);
+    assert!(max_abs_diff(add_noise(x0.clone(), eps.clone(), sigma(0.0)), x0.clone()) < 1e-6);
+    assert!(max_abs_diff(add_noise(x0.clone(), eps.clone(), sigma(1.0)), eps.clone()) < 1e-6);
+    // d x_σ / dσ = v: a finite difference along σ equals the target.
+    let slope = (add_noise(x0.clone(), eps.clone(), sigma(0.6)) - add_noise(x0.clone(), eps.clone(), sigma(0.4))) / 0.2;
+    assert!(max_abs_diff(slope, velocity_target(x0, eps)) < 1e-4);
+    assert_eq!((shift_sigma(0.0, 3.0), shift_sigma(1.0, 3.0)), (0.0, 1.0));
+    assert!(shift_sigma(0.5, 3.0) > 0.5 && shift_sigma(0.5, 1.0) == 0.5);
+}
+
+#[test]
+fn euler_sampler_integrates_the_predicted_velocity() {
+    // A fresh model predicts v = 0, so sampling must return the starting noise unchanged,
+    // with and without guidance.
+    let device = Device::flex();
+    let model = micro_model(AttentionKind::Dense).init(&device);
+    let noise = Tensor::<5>::random([1, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4], [1, 2]), &device));
+    let uncond = model.embed_labels(Tensor::zeros([1, 2], &device));
+    for guidance in [1.0, 3.0] {
+        let config = SamplerConfig { steps: 3, guidance, shift: 2.0 };
+        let out = sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
+        assert_eq!(max_abs_diff(out, noise.clone()), 0.0);
+    }
+    let bad = SamplerConfig { steps: 0, guidance: 1.0, shift: 1.0 };
+    assert_eq!(sample_euler(&model, noise, cond, uncond, bad).unwrap_err().argument, "config.steps");
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The README's main job: train the tiny video DiT with DSV sparse attention on CPU (Flex),
+# then write sample GIFs, a contact sheet, a loss plot and a report under out/tiny.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo run --release --example video_dit -- train --out out/tiny "$@"
