@@ -1,11 +1,12 @@
 //! Training throughput of the video DiT, dense vs DSV attention, side by side in one run.
 //!
 //! ```text
-//! cargo run --release --example bench_training -- [--frames 4,8,16] [--size 64]
+//! cargo run --release --example bench_training -- [--frames 8,16,32] [--size 64]
 //!     [--steps 6] [--quality-steps 0] [--sparsity 0.9] [--out out/bench_training.json]
 //! ```
 //!
-//! For each clip geometry (1×4×4 patches: tokens = frames·(size/4)²) it trains the same model
+//! For each clip geometry (the tiny model's 2×4×4 patches: tokens = (frames/2)·(size/4)²) it
+//! trains the same model
 //! from the same seed with dense attention and with DSV attention held in its sparse stage at
 //! the given sparsity (budget = (1 − s)·N keys per head, from step 2 on), and prints steps/s,
 //! their ratio, the share of a dense step spent in attention (attention forward+backward
@@ -77,7 +78,7 @@ fn attention_seconds(tokens: usize, model: &VideoDitConfig, device: &Device) -> 
 }
 
 fn main() {
-    let frames = arg_list("--frames", "4,8,16");
+    let frames = arg_list("--frames", "8,16,32");
     let size = arg_list("--size", "64")[0];
     let steps = arg_list("--steps", "6")[0];
     let quality_steps = arg_list("--quality-steps", "0")[0];
@@ -98,7 +99,8 @@ fn main() {
     let mut rows = Vec::new();
     for &t in &frames {
         let clip = ClipShape { frames: t, height: size, width: size };
-        let tokens = t * (size / 4) * (size / 4);
+        let [pt, ph, pw] = VideoDitConfig::tiny().patch;
+        let tokens = (t / pt) * (size / ph) * (size / pw);
         let (dense_rate, _) = run(config(clip, AttentionKind::Dense), steps, false, &device);
         let (dsv_rate, _) = run(config(clip, dsv.clone()), steps, true, &device);
         let step_seconds = 1.0 / dense_rate;

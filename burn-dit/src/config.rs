@@ -44,9 +44,10 @@ pub struct VideoDitConfig {
 }
 
 impl VideoDitConfig {
-    /// Trains on a 2-core CPU in minutes: 8×32×32 RGB clips → 512 tokens of width 128.
+    /// Trains on a 2-core CPU in minutes: 8×32×32 RGB clips in 2×4×4 patches → 256 tokens
+    /// of width 128.
     pub fn tiny() -> Self {
-        Self::new(3, [1, 4, 4], 128, 4, 4)
+        Self::new(3, [2, 4, 4], 128, 4, 4)
     }
 
     /// 16×64×64 clips with 2×4×4 patches → 2048 tokens of width 384.

@@ -70,12 +70,13 @@ impl TrainConfig {
             warmup_steps: 50,
             predictor_lr: 2e-3,
             ema_decay: 0.99,
-            sigma: SigmaSampling::LogitNormal { mean: 0.0, std: 1.0 },
+            // Uniform σ: a short run must learn the ends of the schedule the sampler visits.
+            sigma: SigmaSampling::Uniform,
             cond_dropout: 0.1,
             sample_every: 250,
             checkpoint_every: 250,
             log_every: 10,
-            sampler: SamplerConfig { steps: 20, guidance: 2.0, shift: 2.0 },
+            sampler: SamplerConfig { steps: 20, guidance: 1.5, shift: 2.0 },
             seed: 42,
         }
     }
@@ -238,7 +239,9 @@ impl Trainer {
         let model = self.model.clone();
         let (model, report) = self.dsv.step(model, loss, &mut self.optimizer, lr);
         self.model = model;
-        self.ema = ema_update(self.ema.clone(), &self.model, self.config.ema_decay);
+        // EMA warm-up: early averages would otherwise be dominated by the initial weights.
+        let decay = self.config.ema_decay.min((1 + self.step) as f64 / (10 + self.step) as f64);
+        self.ema = ema_update(self.ema.clone(), &self.model, decay);
         self.step += 1;
 
         let layers = self.model.dsv_layers();
