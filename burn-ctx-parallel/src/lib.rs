@@ -10,10 +10,14 @@
 //! - [`head_parallel_attention`]: head sharding (Ulysses), dense or sparse per head shard.
 //! - [`ring_attention`]: sequence sharding with a log-sum-exp merge.
 //!
-//! Not yet here: DSV's sparsity-aware hybrid with its planner, and clip parallelism.
+//! - [`planner`]: DSV's Longest-Processing-Time head placement and a cost model that picks
+//!   the head × sequence split of a device group.
+//!
+//! Not yet here: execution of DSV's hybrid (sparse remote-key fetch), and clip parallelism.
 
 pub mod group;
 mod head_parallel;
+pub mod planner;
 mod ring;
 
 pub use burn_sparse_attn;

@@ -5,3 +5,5 @@
 mod attention;
 #[path = "ctx_parallel/collectives.rs"]
 mod collectives;
+#[path = "ctx_parallel/planner.rs"]
+mod planner;
