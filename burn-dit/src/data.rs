@@ -83,6 +83,20 @@ impl SplitMix {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+
+    /// A tensor of standard normals on `device`, drawn from this generator: runs stay
+    /// reproducible even when other threads use the device's own generator.
+    pub fn normal_tensor<const D: usize>(&mut self, shape: [usize; D], device: &burn::tensor::Device) -> Tensor<D> {
+        let n = shape.iter().product();
+        Tensor::from_data(TensorData::new((0..n).map(|_| self.normal()).collect::<Vec<f32>>(), shape), device)
+    }
+
     /// Uniform integer below `n`.
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize

@@ -4,7 +4,9 @@
 //! noise); the model predicts the velocity `v = ε − x0`, so `dx_σ/dσ = v` and the Euler
 //! step from σ to σ' is `x ← x + (σ' − σ)·v`.
 
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::data::SplitMix;
 use serde::{Deserialize, Serialize};
 
 use crate::model::VideoDit;
@@ -25,12 +27,15 @@ pub enum SigmaSampling {
 }
 
 impl SigmaSampling {
-    /// Draws `batch` noise levels on `device` (from the device's seeded generator).
-    pub fn sample(&self, batch: usize, device: &Device) -> Tensor<1> {
-        match *self {
-            Self::LogitNormal { mean, std } => burn::tensor::activation::sigmoid(Tensor::random([batch], Distribution::Normal(mean, std), device)),
-            Self::Uniform => Tensor::random([batch], Distribution::Uniform(0.0, 1.0), device),
-        }
+    /// Draws `batch` noise levels from `rng` onto `device`.
+    pub fn sample(&self, batch: usize, rng: &mut SplitMix, device: &Device) -> Tensor<1> {
+        let sigmas: Vec<f32> = (0..batch)
+            .map(|_| match *self {
+                Self::LogitNormal { mean, std } => 1.0 / (1.0 + (-(mean as f32 + std as f32 * rng.normal())).exp()),
+                Self::Uniform => rng.unit(),
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(sigmas, [batch]), device)
     }
 }
 

@@ -9,7 +9,7 @@ use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::store::ModuleRecord;
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_sparse_attn::dsv::{DsvHost, DsvStage, DsvTrainer};
 use serde::{Deserialize, Serialize};
 
@@ -213,13 +213,13 @@ impl Trainer {
         self.config.lr * ((self.step + 1) as f64 / warm).min(1.0)
     }
 
-    /// One optimisation step; everything random is seeded by `(seed, step)`.
+    /// One optimisation step; everything random comes from a generator seeded by
+    /// `(seed, step)`, so a resumed run repeats the same steps.
     pub fn train_step(&mut self) -> StepLog {
         let start = Instant::now();
         let c = &self.config;
         let b = c.batch_size;
         let mut rng = SplitMix(c.seed ^ (self.step as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-        self.device.seed(rng.next_u64());
         let items = (0..b).map(|_| self.data.get(rng.below(c.dataset_size)).expect("index below len")).collect();
         let batch = self.batcher.batch(items, &self.device);
         // Classifier-free guidance: drop the whole conditioning of some clips to the null id.
@@ -228,8 +228,8 @@ impl Trainer {
         let labels = batch.labels * keep;
 
         let x0 = batch.videos;
-        let noise = Tensor::random(x0.shape(), Distribution::Normal(0.0, 1.0), &self.device);
-        let sigma = c.sigma.sample(b, &self.device);
+        let noise = rng.normal_tensor(x0.dims(), &self.device);
+        let sigma = c.sigma.sample(b, &mut rng, &self.device);
         let x_t = add_noise(x0.clone(), noise.clone(), sigma.clone());
         let cond = self.model.embed_labels(labels);
         let pred = self.model.forward(x_t, sigma, cond).expect("training shapes come from the config");
@@ -335,8 +335,7 @@ impl Trainer {
 pub fn generate(model: &VideoDit, clip: ClipShape, labels: &[(usize, usize)], sampler: SamplerConfig, seed: u64) -> Vec<Frames> {
     let device = model.devices().into_iter().next().expect("a model lives on a device");
     let n = labels.len();
-    device.seed(seed);
-    let noise = Tensor::<5>::random([n, 3, clip.frames, clip.height, clip.width], Distribution::Normal(0.0, 1.0), &device);
+    let noise = SplitMix(seed).normal_tensor([n, 3, clip.frames, clip.height, clip.width], &device);
     let cond = model.embed_labels(label_ids(labels, &device));
     let uncond = model.embed_labels(Tensor::zeros([n, COND_TOKENS], &device));
     let videos = sample_euler(model, noise, cond, uncond, sampler).expect("sampling shapes come from the config");
