@@ -2,7 +2,8 @@
 # Idempotent machine setup for the README commands; fast when everything is already there.
 #   scripts/setup.sh            checks the Rust toolchain
 #   scripts/setup.sh --vulkan   also installs Mesa's software Vulkan driver (lavapipe), which
-#                               runs the CubeCL kernels on CPU through the `wgpu` feature
+#                               runs the CubeCL backends on CPU through the `wgpu` feature
+#                               (needs root or sudo the first time)
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -18,7 +19,4 @@ if [[ "${1:-}" == "--vulkan" ]]; then
         $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers >/dev/null
     fi
-    # wgpu warns without a runtime dir; any private writable folder will do.
-    export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
-    mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 fi

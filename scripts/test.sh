@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The README's test command: every crate's tests on the CPU backends (Flex and NdArray),
-# closed by one total over all test binaries.
+# The README's test command: every crate's tests on the CPU backends (Flex and NdArray), then
+# the sparse-attention tests once more with the CubeCL (wgpu) backend on Mesa's software
+# Vulkan driver; closed by one total over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --vulkan
+# wgpu warns without a runtime dir; any private writable folder will do.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --features ndarray "$@" 2>&1 | tee "$log" || status=$?
+if [[ $status -eq 0 ]]; then
+    cargo test -p burn-sparse-attn --features wgpu --test sparse_attn "$@" 2>&1 | tee -a "$log" || status=$?
+fi
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
 echo "tests: ${passed} passed, ${failed} failed"

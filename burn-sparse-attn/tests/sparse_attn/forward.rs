@@ -126,3 +126,15 @@ fn half_precision_inputs_follow_the_f32_result() {
         assert_close(out.cast(DType::F32), full, 5e-3, &format!("f16 on {device:?}"));
     }
 }
+
+#[test]
+fn every_compiled_backend_is_tested() {
+    let devices = devices();
+    let expected = 1 + usize::from(cfg!(feature = "ndarray")) + usize::from(cfg!(feature = "wgpu"));
+    assert_eq!(devices.len(), expected, "{devices:?}");
+    for device in devices {
+        let x = Tensor::<4>::ones([1, 1, 2, 2], &device);
+        assert_eq!(x.device(), device);
+        assert_eq!(x.sum().into_scalar::<f32>(), 4.0, "{device:?}");
+    }
+}
