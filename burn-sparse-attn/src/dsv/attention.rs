@@ -191,36 +191,40 @@ impl DsvAttention {
         let scale = 1.0 / (d as f64).sqrt();
         let rows = Self::sampled_rows(s, c.policy.sample_stride, &device);
 
-        let xd = x.detach();
-        // The predictor reads a detached input, so it never sends gradient into the host.
-        let (q_lr, k_lr) = self.predictor.forward(xd);
-        if training {
-            let target = q.clone().detach().select(2, rows.clone()).matmul(k.clone().detach().swap_dims(2, 3));
-            let predicted = q_lr.clone().select(2, rows.clone()).matmul(k_lr.clone().swap_dims(2, 3));
-            let loss = predictor_loss(predicted, target);
-            let mut rt = self.runtime.lock().expect("DSV runtime lock");
-            rt.pending_loss = Some(match rt.pending_loss.take() {
-                Some(prev) => prev + loss,
-                None => loss,
-            });
-        }
-
         let budgets = self.budgets(s, sparsity.as_deref());
         let layer_sparsity = sparsity.as_ref().map(|v| v.iter().sum::<f32>() / v.len() as f32).unwrap_or(0.0);
         let go_sparse = stage == DsvStage::Sparse && s >= c.policy.min_sparse_len && f64::from(layer_sparsity) >= c.policy.sparsity_threshold;
-        let reorder = self.reorder(grid, &device);
-        let (q_lr, k_lr) = (reorder.apply(q_lr.detach(), 2), reorder.apply(k_lr.detach(), 2));
+        let profile_due = training && (sparsity.is_none() || step % self.profile_interval(step) == 0);
 
-        let out = if go_sparse {
-            let [qc, kc, vc] = [q.clone(), k.clone(), v.clone()].map(|t| reorder.apply(t, 2));
-            let out = self.sparse_by_budget(qc, kc, vc, q_lr.clone(), k_lr.clone(), &budgets)?;
-            reorder.undo(out, 2)
-        } else {
-            attention(q.clone(), k.clone(), v, None, None, AttentionModuleOptions::default())
+        // The predictor runs only where its output is used: training (its loss, the profiler's
+        // recall) or sparse attention. It reads a detached input, so it never sends gradient
+        // into the host.
+        let low_rank = (training || go_sparse).then(|| {
+            let (q_lr, k_lr) = self.predictor.forward(x.detach());
+            if training {
+                let target = q.clone().detach().select(2, rows.clone()).matmul(k.clone().detach().swap_dims(2, 3));
+                let predicted = q_lr.clone().select(2, rows.clone()).matmul(k_lr.clone().swap_dims(2, 3));
+                let loss = predictor_loss(predicted, target);
+                let mut rt = self.runtime.lock().expect("DSV runtime lock");
+                rt.pending_loss = Some(match rt.pending_loss.take() {
+                    Some(prev) => prev + loss,
+                    None => loss,
+                });
+            }
+            let reorder = self.reorder(grid, &device);
+            (reorder.apply(q_lr.detach(), 2), reorder.apply(k_lr.detach(), 2), reorder)
+        });
+
+        let out = match &low_rank {
+            Some((q_lr, k_lr, reorder)) if go_sparse => {
+                let [qc, kc, vc] = [q.clone(), k.clone(), v.clone()].map(|t| reorder.apply(t, 2));
+                let out = self.sparse_by_budget(qc, kc, vc, q_lr.clone(), k_lr.clone(), &budgets)?;
+                reorder.undo(out, 2)
+            }
+            _ => attention(q.clone(), k.clone(), v, None, None, AttentionModuleOptions::default()),
         };
 
-        let profile_due = training && (sparsity.is_none() || step % self.profile_interval(step) == 0);
-        let recall = if profile_due {
+        let recall = if let (true, Some((q_lr, k_lr, _))) = (profile_due, &low_rank) {
             let probs = row_probabilities(q.detach().select(2, rows.clone()), k.detach(), scale);
             let (critical, measured) = critical_sets(probs.clone(), c.policy.mass_threshold);
             let measured: Vec<f32> = measured.into_data().convert::<f32>().try_to_vec().expect("f32 sparsity");
@@ -231,7 +235,7 @@ impl DsvAttention {
             self.head_sparsity.update(Tensor::from_data(TensorData::new(smoothed.clone(), [h]), &device));
             self.head_sparsity.value_sync();
             let budgets = self.budgets(s, Some(&smoothed));
-            let selected = self.predicted_rows_mask(&q_lr, &k_lr, &budgets, grid, s);
+            let selected = self.predicted_rows_mask(q_lr, k_lr, &budgets, grid, s);
             Some(critical_recall(probs, critical, selected).into_data().convert::<f32>().try_to_vec().expect("f32 recall"))
         } else {
             None
