@@ -13,14 +13,23 @@
 //! - [`planner`]: DSV's Longest-Processing-Time head placement and a cost model that picks
 //!   the head × sequence split of a device group.
 //!
-//! Not yet here: execution of DSV's hybrid (sparse remote-key fetch), and clip parallelism.
+//! - Clip parallelism (Video-Infinity): [`ClipLayout`] cuts a long video along time into
+//!   clips held by ranks; [`DualScopePlan`] runs dual-scope attention over them (a local
+//!   window through halo exchange plus all-gathered global frames, scope balance by noise
+//!   level); [`synced_moments`] gives frame-spanning norms the whole video's statistics.
+//!
+//! Not yet here: execution of DSV's hybrid (sparse remote-key fetch).
 
+pub mod clips;
+mod dual_scope;
 pub mod group;
 mod head_parallel;
 pub mod planner;
 mod ring;
 
 pub use burn_sparse_attn;
+pub use clips::{ClipLayout, synced_moments};
+pub use dual_scope::{DualScopeConfig, DualScopePlan, clip_devices, dual_scope_bytes_per_layer};
 pub use group::{CommStats, DeviceGroup, DeviceTransport, Transport};
 pub use head_parallel::{head_parallel_attention, head_parallel_bytes_per_rank};
 pub use ring::ring_attention;

@@ -5,5 +5,7 @@
 mod attention;
 #[path = "ctx_parallel/collectives.rs"]
 mod collectives;
+#[path = "ctx_parallel/dual_scope.rs"]
+mod dual_scope;
 #[path = "ctx_parallel/planner.rs"]
 mod planner;

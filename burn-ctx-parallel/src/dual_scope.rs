@@ -1,0 +1,236 @@
+//! Video-Infinity's dual-scope attention over clips: every query of a clip sees a local
+//! window of frames around it (crossing clip boundaries through a halo exchange) and a
+//! handful of global frames sampled from the whole video (all-gathered).
+//!
+//! Frames here are frames of the token grid: tokens are frame-major, `tokens_per_frame`
+//! tokens per frame. Differences from Video-Infinity's public code:
+//! - the edges of the video are masked, never padded with zero keys;
+//! - a key is seen once: a global frame inside a query's local window counts as local (the
+//!   paper concatenates and so double-counts it);
+//! - global frames are spaced evenly over the whole video, not per clip, so the all-gather
+//!   moves the same bytes whatever the video length.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
+use burn_sparse_attn::SparseAttnError;
+
+use crate::clips::ClipLayout;
+use crate::group::{DeviceGroup, Transport};
+
+/// Settings of dual-scope attention.
+#[derive(Config, Debug, PartialEq)]
+pub struct DualScopeConfig {
+    /// Local scope: a query at frame `f` sees frames `f − window ..= f + window`.
+    #[config(default = 2)]
+    pub window: usize,
+    /// Global scope: frames spaced evenly over the whole video that every query sees.
+    #[config(default = 4)]
+    pub global_frames: usize,
+    /// Logit bias of the favoured scope (0 = both scopes weigh alike).
+    #[config(default = 10.0)]
+    pub scope_bias: f64,
+    /// Noise level of the switch: while `σ ≥ switch_sigma` global keys get `scope_bias`
+    /// (layout first), below it local keys do (detail) — Video-Infinity's phase switch.
+    #[config(default = 0.5)]
+    pub switch_sigma: f64,
+}
+
+impl DualScopeConfig {
+    /// `(local, global)` logit biases at noise level `sigma`.
+    pub fn biases(&self, sigma: f64) -> (f64, f64) {
+        if sigma >= self.switch_sigma { (0.0, self.scope_bias) } else { (self.scope_bias, 0.0) }
+    }
+
+    /// The global frames of a video of `total_frames` frames: the centres of
+    /// `global_frames` equal spans (all frames when the video is shorter).
+    pub fn global_frame_ids(&self, total_frames: usize) -> Vec<usize> {
+        let g = self.global_frames.min(total_frames);
+        (0..g).map(|i| (2 * i + 1) * total_frames / (2 * g)).collect()
+    }
+}
+
+/// Which scope, if any, lets a query at frame `query` see a key frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    Local,
+    Global,
+}
+
+/// One key frame of a clip's key list: its global frame index and how it was fetched.
+#[derive(Clone, Copy, Debug)]
+struct KeyFrame {
+    frame: usize,
+    scope: Scope,
+}
+
+/// Whether a query at `query` sees `key` (union semantics: a global frame inside the local
+/// window is already a local key).
+fn visible(query: usize, key: KeyFrame, window: usize) -> bool {
+    let near = query.abs_diff(key.frame) <= window;
+    match key.scope {
+        Scope::Local => near,
+        Scope::Global => !near,
+    }
+}
+
+/// Dual-scope attention over one layout, for one forward pass at fixed noise levels: the
+/// masks and biases are built once and reused by every layer.
+pub struct DualScopePlan<'g, T: Transport> {
+    group: &'g DeviceGroup<T>,
+    layout: ClipLayout,
+    tokens_per_frame: usize,
+    window: usize,
+    global: Vec<usize>,
+    batch: usize,
+    /// Per clip: `[1, 1, S_q, S_k]`, true = hidden.
+    masks: Vec<Tensor<4, Bool>>,
+    /// Per clip: `[B, 1, S_q, S_k]` scope biases, `None` when all are zero.
+    biases: Vec<Option<Tensor<4>>>,
+}
+
+impl<'g, T: Transport> DualScopePlan<'g, T> {
+    /// Plans dual-scope attention for `layout` (in frames of the token grid) with
+    /// `tokens_per_frame` tokens per frame, at per-sample noise levels `sigmas` (length B).
+    pub fn new(group: &'g DeviceGroup<T>, layout: &ClipLayout, tokens_per_frame: usize, config: &DualScopeConfig, sigmas: &[f64]) -> Result<Self, SparseAttnError> {
+        const F: &str = "DualScopePlan::new";
+        SparseAttnError::check(layout.world() == group.world(), F, "layout", format!("a layout over the group's {} ranks", group.world()), layout.world())?;
+        SparseAttnError::check(tokens_per_frame > 0, F, "tokens_per_frame", "≥ 1", tokens_per_frame)?;
+        SparseAttnError::check(!sigmas.is_empty(), F, "sigmas", "one noise level per sample (B ≥ 1)", 0)?;
+        SparseAttnError::check(config.scope_bias.is_finite(), F, "config.scope_bias", "a finite bias", config.scope_bias)?;
+        let p = config.window;
+        if layout.clips() > 1 {
+            // The halo comes from the adjacent clip only.
+            let shortest = (0..layout.clips()).map(|c| layout.frames(c)).min().unwrap_or(0);
+            SparseAttnError::check(shortest >= p, F, "config.window", format!("≤ the shortest clip ({shortest} frames)"), p)?;
+        }
+        let global = config.global_frame_ids(layout.total_frames());
+        let mut masks = Vec::with_capacity(layout.clips());
+        let mut biases = Vec::with_capacity(layout.clips());
+        for c in 0..layout.clips() {
+            let device = group.device(layout.owner(c));
+            let keys = key_frames(layout, c, p, &global);
+            let (o, t) = (layout.frame_offset(c), layout.frames(c));
+            let n = tokens_per_frame;
+            let (sq, sk) = (t * n, keys.len() * n);
+            let mut hidden = Vec::with_capacity(sq * sk);
+            for fq in o..o + t {
+                let row: Vec<bool> = keys.iter().flat_map(|&k| std::iter::repeat_n(!visible(fq, k, p), n)).collect();
+                for _ in 0..n {
+                    hidden.extend_from_slice(&row);
+                }
+            }
+            masks.push(Tensor::<4, Bool>::from_data(TensorData::new(hidden, [1, 1, sq, sk]), &device));
+            let per_sample: Vec<(f64, f64)> = sigmas.iter().map(|&s| config.biases(s)).collect();
+            biases.push(per_sample.iter().any(|&(l, g)| l != 0.0 || g != 0.0).then(|| {
+                let mut bias = Vec::with_capacity(sigmas.len() * sq * sk);
+                for &(local, global) in &per_sample {
+                    let row: Vec<f32> = keys.iter().flat_map(|k| std::iter::repeat_n(if k.scope == Scope::Local { local } else { global } as f32, n)).collect();
+                    for _ in 0..sq {
+                        bias.extend_from_slice(&row);
+                    }
+                }
+                Tensor::<4>::from_data(TensorData::new(bias, [sigmas.len(), 1, sq, sk]), &device)
+            }));
+        }
+        Ok(Self { group, layout: layout.clone(), tokens_per_frame, window: p, global, batch: sigmas.len(), masks, biases })
+    }
+
+    /// The global frames every query sees.
+    pub fn global_frames(&self) -> &[usize] {
+        &self.global
+    }
+
+    /// Attention of every clip's queries over its local window and the global frames.
+    /// `q, k, v`: one `[B, H, frames(c)·tokens_per_frame, D]` tensor per clip, on the clip's
+    /// rank, with positions already encoded (RoPE of global frame indices). Returns one
+    /// output per clip, like `q`.
+    pub fn attend(&self, q: Vec<Tensor<4>>, k: Vec<Tensor<4>>, v: Vec<Tensor<4>>) -> Result<Vec<Tensor<4>>, SparseAttnError> {
+        const F: &str = "DualScopePlan::attend";
+        let (layout, n, p) = (&self.layout, self.tokens_per_frame, self.window);
+        let clips = layout.clips();
+        SparseAttnError::check(q.len() == clips && k.len() == clips && v.len() == clips, F, "q", format!("one tensor per clip ({clips}) in q, k and v"), format!("{}, {}, {}", q.len(), k.len(), v.len()))?;
+        let [_, h, _, d] = q[0].dims();
+        for c in 0..clips {
+            let want = [self.batch, h, layout.frames(c) * n, d];
+            for (name, x) in [("q", &q[c]), ("k", &k[c]), ("v", &v[c])] {
+                SparseAttnError::check(x.dims() == want, F, name, format!("{want:?} for clip {c} (B from sigmas, frames × tokens per frame)"), format!("{:?}", x.dims()))?;
+            }
+        }
+        let group = self.group;
+        // Global scope: each clip's share of the global frames, all-gathered per rank.
+        let global_kv: Vec<Option<(Tensor<4>, Tensor<4>)>> = (0..clips)
+            .map(|c| {
+                let (o, t) = (layout.frame_offset(c), layout.frames(c));
+                let tokens: Vec<i64> = self.global.iter().filter(|&&f| f >= o && f < o + t).flat_map(|&f| ((f - o) * n..(f - o + 1) * n).map(|i| i as i64)).collect();
+                (!tokens.is_empty()).then(|| {
+                    let len = tokens.len();
+                    let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [len]), &k[c].device());
+                    (k[c].clone().select(2, idx.clone()), v[c].clone().select(2, idx))
+                })
+            })
+            .collect();
+        let gathered: Vec<Option<(Tensor<4>, Tensor<4>)>> = (0..group.world())
+            .map(|rank| {
+                let (ks, vs): (Vec<_>, Vec<_>) = global_kv.iter().enumerate().filter_map(|(c, kv)| kv.as_ref().map(|(gk, gv)| (group.send(gk.clone(), layout.owner(c), rank), group.send(gv.clone(), layout.owner(c), rank)))).unzip();
+                (!ks.is_empty()).then(|| (Tensor::cat(ks, 2), Tensor::cat(vs, 2)))
+            })
+            .collect();
+        // Local scope: the last / first `p` frames of the neighbouring clips.
+        let halo = |x: &[Tensor<4>], from: usize, to: usize, tail: bool| {
+            let len = layout.frames(from) * n;
+            let part = if tail { x[from].clone().narrow(2, len - p * n, p * n) } else { x[from].clone().narrow(2, 0, p * n) };
+            group.send(part, layout.owner(from), layout.owner(to))
+        };
+        let mut out = Vec::with_capacity(clips);
+        for (c, q_c) in q.into_iter().enumerate() {
+            let (mut keys, mut values) = (Vec::with_capacity(4), Vec::with_capacity(4));
+            if c > 0 && p > 0 {
+                keys.push(halo(&k, c - 1, c, true));
+                values.push(halo(&v, c - 1, c, true));
+            }
+            keys.push(k[c].clone());
+            values.push(v[c].clone());
+            if c + 1 < clips && p > 0 {
+                keys.push(halo(&k, c + 1, c, false));
+                values.push(halo(&v, c + 1, c, false));
+            }
+            if let Some((gk, gv)) = &gathered[layout.owner(c)] {
+                keys.push(gk.clone());
+                values.push(gv.clone());
+            }
+            let (keys, values) = (Tensor::cat(keys, 2), Tensor::cat(values, 2));
+            let (sq, sk) = (q_c.dims()[2], keys.dims()[2]);
+            let full = [self.batch, h, sq, sk];
+            let mask = self.masks[c].clone().expand(full);
+            let bias = self.biases[c].clone().map(|b| b.expand(full));
+            out.push(attention(q_c, keys, values, Some(mask), bias, AttentionModuleOptions::default()));
+        }
+        Ok(out)
+    }
+}
+
+/// The key frames of clip `c` in the order [`DualScopePlan::attend`] concatenates them:
+/// left halo, the clip, right halo, global frames.
+fn key_frames(layout: &ClipLayout, c: usize, window: usize, global: &[usize]) -> Vec<KeyFrame> {
+    let (o, t) = (layout.frame_offset(c), layout.frames(c));
+    let lo = if c > 0 { o - window } else { o };
+    let hi = if c + 1 < layout.clips() { o + t + window } else { o + t };
+    (lo..hi).map(|frame| KeyFrame { frame, scope: Scope::Local }).chain(global.iter().map(|&frame| KeyFrame { frame, scope: Scope::Global })).collect()
+}
+
+/// Bytes one dual-scope layer moves between ranks for K and V of `elem_bytes`-byte
+/// elements, `[batch, heads, ·, head_dim]`: two halos per clip boundary that crosses ranks
+/// and, on every rank, the global frames held elsewhere. Independent of the video length.
+pub fn dual_scope_bytes_per_layer(layout: &ClipLayout, tokens_per_frame: usize, config: &DualScopeConfig, batch: usize, heads: usize, head_dim: usize, elem_bytes: usize) -> u64 {
+    let frame_bytes = (2 * batch * heads * head_dim * tokens_per_frame * elem_bytes) as u64;
+    let crossings = (1..layout.clips()).filter(|&c| layout.owner(c) != layout.owner(c - 1)).count() as u64;
+    let halo = if layout.clips() > 1 { 2 * crossings * config.window as u64 } else { 0 };
+    let global = config.global_frame_ids(layout.total_frames());
+    let remote: u64 = (0..layout.world()).map(|r| global.iter().filter(|&&f| layout.owner(layout.clip_of(f)) != r).count() as u64).sum();
+    (halo + remote) * frame_bytes
+}
+
+/// The device of every clip of `layout` in `group`.
+pub fn clip_devices<T: Transport>(group: &DeviceGroup<T>, layout: &ClipLayout) -> Vec<Device> {
+    (0..layout.clips()).map(|c| group.device(layout.owner(c))).collect()
+}
