@@ -4,6 +4,8 @@
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, activation::sigmoid, module::attention, ops::AttentionModuleOptions};
+use burn_ctx_parallel::{DualScopePlan, Transport};
+use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, TokenGrid};
 
 use crate::config::{AttentionKind, VideoDitConfig};
@@ -28,7 +30,25 @@ pub(crate) fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tens
     x * (scale + 1.0) + shift
 }
 
-/// The block's self-attention: projections, 3D RoPE and dense or DSV attention.
+/// How the self-attention of one forward pass runs over its clips.
+pub(crate) enum AttentionMode<'a, T: Transport> {
+    /// Every clip alone, with the block's own attention (dense or DSV).
+    PerClip,
+    /// Dual-scope attention across the clips of a plan.
+    DualScope(&'a DualScopePlan<'a, T>),
+}
+
+/// What one clip's blocks share: the time projection, the conditioning, positions.
+pub(crate) struct ClipContext {
+    /// `[B, 6, d]` shared time projection.
+    pub time: Tensor<3>,
+    /// `[B, M, d]` conditioning tokens.
+    pub cond: Tensor<3>,
+    pub rope: Rope3d,
+    pub grid: TokenGrid,
+}
+
+/// The block's self-attention: projections, 3D RoPE and dense, DSV or dual-scope attention.
 #[derive(Module, Debug)]
 pub struct SelfAttention {
     qkv: Linear,
@@ -41,7 +61,7 @@ impl SelfAttention {
     fn new(config: &VideoDitConfig, device: &Device) -> Self {
         let d = config.d_model;
         let dsv = match &config.attention {
-            AttentionKind::Dense => None,
+            AttentionKind::Dense | AttentionKind::DualScope(_) => None,
             AttentionKind::Dsv(policy) => Some(DsvAttentionConfig::new(d, config.heads, config.head_dim(), policy.clone()).init(device)),
         };
         Self {
@@ -52,17 +72,31 @@ impl SelfAttention {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, rope: &Rope3d, grid: TokenGrid) -> Tensor<3> {
-        let [b, s, d] = x.dims();
-        let dh = d / self.heads;
-        let qkv = self.qkv.forward(x.clone()).reshape([b, s, 3, self.heads, dh]).permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, self.heads, s, dh]);
-        let (q, k, v) = (rope.apply(part(0)), rope.apply(part(1)), part(2));
-        let out = match &self.dsv {
-            Some(dsv) => dsv.forward(x, q, k, v, grid).expect("DiT shapes are validated at construction"),
-            None => attention(q, k, v, None, None, AttentionModuleOptions::default()),
+    /// `xs`: one `[B, S_c, d]` per clip, attended together when the mode spans clips.
+    fn forward<T: Transport>(&self, xs: Vec<Tensor<3>>, clips: &[ClipContext], mode: &AttentionMode<T>) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+        let dims: Vec<[usize; 3]> = xs.iter().map(|x| x.dims()).collect();
+        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for (x, clip) in xs.iter().zip(clips) {
+            let [b, s, d] = x.dims();
+            let qkv = self.qkv.forward(x.clone()).reshape([b, s, 3, self.heads, d / self.heads]).permute([2, 0, 3, 1, 4]);
+            let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, self.heads, s, d / self.heads]);
+            q.push(clip.rope.apply(part(0)));
+            k.push(clip.rope.apply(part(1)));
+            v.push(part(2));
+        }
+        let outs = match mode {
+            AttentionMode::DualScope(plan) => plan.attend(q, k, v)?,
+            AttentionMode::PerClip => xs
+                .into_iter()
+                .zip(q.into_iter().zip(k).zip(v))
+                .zip(clips)
+                .map(|((x, ((q, k), v)), clip)| match &self.dsv {
+                    Some(dsv) => dsv.forward(x, q, k, v, clip.grid),
+                    None => Ok(attention(q, k, v, None, None, AttentionModuleOptions::default())),
+                })
+                .collect::<Result<_, _>>()?,
         };
-        self.out.forward(out.swap_dims(1, 2).reshape([b, s, d]))
+        Ok(outs.into_iter().zip(dims).map(|(o, [b, s, d])| self.out.forward(o.swap_dims(1, 2).reshape([b, s, d]))).collect())
     }
 
     /// The DSV layer, when this block uses DSV.
@@ -130,17 +164,22 @@ impl DitBlock {
         }
     }
 
-    /// `x: [B, S, d]`, `time: [B, 6, d]` (shared time projection), `cond: [B, M, d]`.
-    pub(crate) fn forward(&self, x: Tensor<3>, time: Tensor<3>, cond: Tensor<3>, rope: &Rope3d, grid: TokenGrid) -> Tensor<3> {
-        let m = time + self.modulation.val().unsqueeze::<3>();
-        let chunk = |i: usize| m.clone().narrow(1, i, 1);
-        let (shift1, scale1, gate1) = (chunk(0), chunk(1), chunk(2));
-        let (shift2, scale2, gate2) = (chunk(3), chunk(4), chunk(5));
-        let h = modulate(plain_norm(x.clone()), shift1, scale1);
-        let x = x + self.attn.forward(h, rope, grid) * gate1;
-        let x = x.clone() + self.cross.forward(x, cond);
-        let h = modulate(plain_norm(x.clone()), shift2, scale2);
-        x + self.mlp_out.forward(quick_gelu(self.mlp_in.forward(h))) * gate2
+    /// `xs`: one `[B, S_c, d]` per clip, with that clip's context.
+    pub(crate) fn forward<T: Transport>(&self, xs: Vec<Tensor<3>>, clips: &[ClipContext], mode: &AttentionMode<T>) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+        let mods: Vec<Vec<Tensor<3>>> = clips.iter().map(|c| (c.time.clone() + self.modulation.val().unsqueeze::<3>()).chunk(6, 1)).collect();
+        let h = xs.iter().zip(&mods).map(|(x, m)| modulate(plain_norm(x.clone()), m[0].clone(), m[1].clone())).collect();
+        let attended = self.attn.forward(h, clips, mode)?;
+        Ok(xs
+            .into_iter()
+            .zip(attended)
+            .zip(mods.into_iter().zip(clips))
+            .map(|((x, a), (m, clip))| {
+                let x = x + a * m[2].clone();
+                let x = x.clone() + self.cross.forward(x, clip.cond.clone());
+                let h = modulate(plain_norm(x.clone()), m[3].clone(), m[4].clone());
+                x + self.mlp_out.forward(quick_gelu(self.mlp_in.forward(h))) * m[5].clone()
+            })
+            .collect())
     }
 
     /// The block's self-attention.

@@ -1,6 +1,7 @@
 //! Model configuration and presets.
 
 use burn::config::Config;
+use burn_ctx_parallel::DualScopeConfig;
 use burn_sparse_attn::dsv::DsvPolicy;
 
 /// Which self-attention the DiT blocks run.
@@ -11,6 +12,10 @@ pub enum AttentionKind {
     /// DSV dynamic sparse attention with this policy (dense until each layer's predictor is
     /// ready); the layer shapes come from the model.
     Dsv(DsvPolicy),
+    /// Video-Infinity's dual-scope attention on the frame axis of the token grid: a local
+    /// window of frames plus global frames, balanced by noise level. On one device the video
+    /// is one clip; [`crate::VideoDit::forward_clips`] spreads clips over a device group.
+    DualScope(DualScopeConfig),
 }
 
 /// A video DiT in the style of Wan2.1.

@@ -9,6 +9,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::data::SplitMix;
 use serde::{Deserialize, Serialize};
 
+use burn_ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig, Transport};
+
 use crate::model::VideoDit;
 use burn_sparse_attn::SparseAttnError;
 
@@ -77,26 +79,59 @@ impl Default for SamplerConfig {
 /// the null conditioning `uncond` (both `[B, M, cond_dim]`). The model should not track
 /// gradients (use `model.valid()`).
 pub fn sample_euler(model: &VideoDit, noise: Tensor<5>, cond: Tensor<3>, uncond: Tensor<3>, config: SamplerConfig) -> Result<Tensor<5>, SparseAttnError> {
-    SparseAttnError::check(config.steps >= 1, "sample_euler", "config.steps", "≥ 1", config.steps)?;
-    SparseAttnError::check(config.shift > 0.0, "sample_euler", "config.shift", "> 0", config.shift)?;
-    let b = noise.dims()[0];
     let device = noise.device();
+    let velocity = |mut x: Vec<Tensor<5>>, sigma: f64, mut cond: Vec<Tensor<3>>| {
+        let b = x[0].dims()[0];
+        let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
+        model.forward(x.remove(0), s, cond.remove(0)).map(|v| vec![v])
+    };
+    euler_with_guidance(vec![noise], vec![cond], vec![uncond], config, velocity).map(|mut x| x.remove(0))
+}
+
+/// [`sample_euler`] for a long video cut into clips over a device group (see
+/// [`VideoDit::forward_clips`]): `noise[c]`, `cond[c]` and `uncond[c]` belong to clip `c`
+/// and live on its rank. Returns the clips of the generated video.
+pub fn sample_euler_clips<T: Transport>(model: &VideoDit, group: &DeviceGroup<T>, layout: &ClipLayout, noise: Vec<Tensor<5>>, cond: Vec<Tensor<3>>, uncond: Vec<Tensor<3>>, config: SamplerConfig, scope: &DualScopeConfig) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    let velocity = |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>| {
+        let b = x.first().map_or(0, |x| x.dims()[0]);
+        model.forward_clips(group, layout, x, &vec![sigma; b], cond, scope)
+    };
+    euler_with_guidance(noise, cond, uncond, config, velocity)
+}
+
+/// The Euler loop over clips; `velocity(x, σ, cond)` predicts every clip at once. With
+/// guidance both branches go through one call at twice the batch.
+fn euler_with_guidance(
+    noise: Vec<Tensor<5>>,
+    cond: Vec<Tensor<3>>,
+    uncond: Vec<Tensor<3>>,
+    config: SamplerConfig,
+    velocity: impl Fn(Vec<Tensor<5>>, f64, Vec<Tensor<3>>) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    const F: &str = "sample_euler";
+    SparseAttnError::check(config.steps >= 1, F, "config.steps", "≥ 1", config.steps)?;
+    SparseAttnError::check(config.shift > 0.0, F, "config.shift", "> 0", config.shift)?;
+    SparseAttnError::check(cond.len() == noise.len() && uncond.len() == noise.len(), F, "cond", format!("one conditioning and one null conditioning per clip ({})", noise.len()), format!("{}, {}", cond.len(), uncond.len()))?;
     let sigmas: Vec<f64> = (0..=config.steps).map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift)).collect();
     let guided = (config.guidance - 1.0).abs() > 1e-12;
+    let both: Vec<Tensor<3>> = cond.iter().zip(&uncond).map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0)).collect();
     let mut x = noise;
     for pair in sigmas.windows(2) {
         let (sigma, next) = (pair[0], pair[1]);
-        let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
         let v = if guided {
-            // One batched call for both branches.
-            let both = model.forward(Tensor::cat(vec![x.clone(), x.clone()], 0), Tensor::cat(vec![s.clone(), s], 0), Tensor::cat(vec![cond.clone(), uncond.clone()], 0))?;
-            let v_cond = both.clone().narrow(0, 0, b);
-            let v_uncond = both.narrow(0, b, b);
-            v_uncond.clone() + (v_cond - v_uncond) * config.guidance
+            let doubled = x.iter().map(|x| Tensor::cat(vec![x.clone(), x.clone()], 0)).collect();
+            velocity(doubled, sigma, both.clone())?
+                .into_iter()
+                .map(|v| {
+                    let b = v.dims()[0] / 2;
+                    let (v_cond, v_uncond) = (v.clone().narrow(0, 0, b), v.narrow(0, b, b));
+                    v_uncond.clone() + (v_cond - v_uncond) * config.guidance
+                })
+                .collect()
         } else {
-            model.forward(x.clone(), s, cond.clone())?
+            velocity(x.clone(), sigma, cond.clone())?
         };
-        x = x + v * (next - sigma);
+        x = x.into_iter().zip(v).map(|(x, v)| x + v * (next - sigma)).collect();
     }
     Ok(x)
 }

@@ -1,18 +1,23 @@
 #![warn(missing_docs)]
 
-//! A video diffusion transformer for Burn whose self-attention is dense or DSV-sparse,
-//! with flow-matching training, an Euler sampler with classifier-free guidance, a seeded
-//! synthetic data set and network-free video metrics.
+//! A video diffusion transformer for Burn whose self-attention is dense, DSV-sparse or
+//! dual-scope, with flow-matching training, an Euler sampler with classifier-free guidance,
+//! a seeded synthetic data set and network-free video metrics.
 //!
 //! Model (Wan2.1 style): 3D patch embedding, full 3D self-attention with 3D RoPE over global
 //! frame positions, adaLN-Zero time conditioning (a shared time projection plus per-block
 //! modulation), cross-attention to conditioning tokens, a zero-initialised output head.
+//!
+//! Long videos ([`long_video`]): [`VideoDit::forward_clips`] runs a video cut into clips
+//! over a device group of `burn-ctx-parallel` with Video-Infinity's dual-scope attention,
+//! and [`flow::sample_euler_clips`] samples it, each clip with its own noise and prompt.
 
 mod block;
 mod config;
 pub mod data;
 mod ema;
 pub mod flow;
+pub mod long_video;
 pub mod media;
 pub mod metrics;
 mod model;
@@ -22,6 +27,7 @@ pub mod train;
 
 pub use block::{CrossAttention, DitBlock, SelfAttention};
 pub use burn_ctx_parallel;
+pub use burn_ctx_parallel::{ClipLayout, DualScopeConfig};
 pub use burn_sparse_attn;
 pub use config::{AttentionKind, VideoDitConfig};
 pub use burn_sparse_attn::dsv::DsvPolicy;

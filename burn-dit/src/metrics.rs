@@ -35,6 +35,28 @@ pub fn dynamic_degree(video: &Frames) -> f64 {
     if diffs.is_empty() { 0.0 } else { diffs.iter().sum::<f64>() / diffs.len() as f64 }
 }
 
+/// How smoothly consecutive clips of a long video join: mean absolute frame difference
+/// (0–255) across clip boundaries against within clips. Seamless clips give `across ≈ within`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClipContinuity {
+    /// Mean |f_b − f_{b−1}| over the first frames `b` of every clip but the first.
+    pub across: f64,
+    /// Mean |f_t − f_{t−1}| over every other pair of consecutive frames.
+    pub within: f64,
+}
+
+/// [`ClipContinuity`] of `video` whose clips start at frames `clip_starts` (0 may be
+/// included; it starts no boundary).
+pub fn clip_continuity(video: &Frames, clip_starts: &[usize]) -> ClipContinuity {
+    let (mut across, mut within) = (Vec::new(), Vec::new());
+    for t in 1..video.len() {
+        let diff = mean_abs_diff(&video.frames[t - 1], &video.frames[t]);
+        if clip_starts.contains(&t) { across.push(diff) } else { within.push(diff) }
+    }
+    let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+    ClipContinuity { across: mean(&across), within: mean(&within) }
+}
+
 /// What the detector finds of the single shape in one frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Detection {

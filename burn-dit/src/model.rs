@@ -6,8 +6,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvHost, TokenGrid};
 
-use crate::block::{DitBlock, modulate, plain_norm, quick_gelu};
-use crate::config::VideoDitConfig;
+use burn_ctx_parallel::{ClipLayout, DeviceGroup, DeviceTransport, DualScopeConfig, DualScopePlan, Transport};
+
+use crate::block::{AttentionMode, ClipContext, DitBlock, modulate, plain_norm, quick_gelu};
+use crate::config::{AttentionKind, VideoDitConfig};
 use crate::patch::{patchify, unpatchify};
 use crate::rope::Rope3d;
 
@@ -89,43 +91,101 @@ impl VideoDit {
     /// Velocity prediction for noisy videos `x: [B, C, T, H, W]` at noise levels
     /// `sigma: [B]` given conditioning embeddings `cond: [B, M, cond_dim]`.
     pub fn forward(&self, x: Tensor<5>, sigma: Tensor<1>, cond: Tensor<3>) -> Result<Tensor<5>, SparseAttnError> {
-        self.forward_clip(x, sigma, cond, 0)
+        const F: &str = "VideoDit::forward";
+        let [b, ch, t, h, w] = x.dims();
+        SparseAttnError::check(sigma.dims() == [b], F, "sigma", format!("[{b}]"), format!("{:?}", sigma.dims()))?;
+        self.check_clip(F, "x", &x, [b, ch, t, h, w])?;
+        self.check_cond(F, &cond, b)?;
+        let device = x.device();
+        match &self.config.attention {
+            AttentionKind::DualScope(scope) => {
+                // The whole video is one clip on one rank; the scope balance needs σ on the host.
+                let sigmas: Vec<f64> = sigma.into_data().convert::<f64>().try_to_vec().expect("f64 noise levels");
+                let group = DeviceGroup::virtual_ranks(&device, 1)?;
+                let layout = ClipLayout::new(vec![t], 1)?;
+                self.forward_clips(&group, &layout, vec![x], &sigmas, vec![cond], scope).map(|mut v| v.remove(0))
+            }
+            _ => self.run(vec![x], vec![sigma], vec![cond], &[0], &AttentionMode::<DeviceTransport>::PerClip).map(|mut v| v.remove(0)),
+        }
     }
 
-    /// [`VideoDit::forward`] for a clip whose first frame is global frame `frame_offset`
-    /// of a longer video (positions stay global).
-    pub fn forward_clip(&self, x: Tensor<5>, sigma: Tensor<1>, cond: Tensor<3>, frame_offset: usize) -> Result<Tensor<5>, SparseAttnError> {
-        const F: &str = "VideoDit::forward";
+    /// Velocity prediction for a long video cut into clips along time (`layout`, in video
+    /// frames; every clip a multiple of the frame patch) and spread over `group`: clip `c` is
+    /// `x[c]: [B, C, frames(c), H, W]` with conditioning `cond[c]: [B, M, cond_dim]` (a video
+    /// may change prompt over time), both on the clip's rank. Self-attention is dual-scope
+    /// with `scope` whatever the model was trained with; positions are global frame indices.
+    /// `sigmas`: the B noise levels, shared by all clips. Returns one velocity per clip.
+    ///
+    /// The blocks' other ops (per-token norms, linear layers, cross-attention) see one token at
+    /// a time, so nothing else needs synchronising across clips.
+    pub fn forward_clips<T: Transport>(&self, group: &DeviceGroup<T>, layout: &ClipLayout, x: Vec<Tensor<5>>, sigmas: &[f64], cond: Vec<Tensor<3>>, scope: &DualScopeConfig) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+        const F: &str = "VideoDit::forward_clips";
         let c = &self.config;
-        let [b, ch, t, h, w] = x.dims();
-        let [pt, ph, pw] = c.patch;
-        SparseAttnError::check(
-            ch == c.channels && t % pt == 0 && h % ph == 0 && w % pw == 0 && b > 0 && t > 0 && h > 0 && w > 0,
-            F,
-            "x",
-            format!("[B, {}, T, H, W] with T, H, W multiples of the patch {:?}", c.channels, c.patch),
-            format!("{:?}", x.dims()),
-        )?;
-        SparseAttnError::check(sigma.dims() == [b], F, "sigma", format!("[{b}]"), format!("{:?}", sigma.dims()))?;
-        SparseAttnError::check(cond.dims()[0] == b && cond.dims()[2] == c.cond_dim && cond.dims()[1] > 0, F, "cond", format!("[{b}, M ≥ 1, {}]", c.cond_dim), format!("{:?}", cond.dims()))?;
-        let grid = [t / pt, h / ph, w / pw];
-        let token_grid = TokenGrid::new(grid[0], grid[1], grid[2]);
-        let device = x.device();
-        let rope = Rope3d::new(c.head_dim(), grid, frame_offset, c.rope_theta, &device);
-
-        let d = c.d_model;
-        let tokens = self.patch_embed.forward(patchify(x, c.patch));
-        let t_emb = self.time_out.forward(silu(self.time_in.forward(time_features(sigma))));
-        let time = self.time_proj.forward(silu(t_emb.clone())).reshape([b, 6, d]);
-        let cond = self.cond_out.forward(quick_gelu(self.cond_in.forward(cond)));
-
-        let mut x = tokens;
-        for block in &self.blocks {
-            x = block.forward(x, time.clone(), cond.clone(), &rope, token_grid);
+        let pt = c.patch[0];
+        let clips = layout.clips();
+        SparseAttnError::check(x.len() == clips, F, "x", format!("one video per clip ({clips})"), x.len())?;
+        SparseAttnError::check(cond.len() == clips, F, "cond", format!("one conditioning per clip ({clips})"), cond.len())?;
+        SparseAttnError::check((0..clips).all(|i| layout.frames(i) % pt == 0), F, "layout", format!("clips of a multiple of the frame patch ({pt}) frames"), format!("{:?}", (0..clips).map(|i| layout.frames(i)).collect::<Vec<_>>()))?;
+        let [b, ch, _, h, w] = x[0].dims();
+        SparseAttnError::check(sigmas.len() == b, F, "sigmas", format!("{b} noise levels (the batch)"), sigmas.len())?;
+        for (i, (xi, ci)) in x.iter().zip(&cond).enumerate() {
+            self.check_clip(F, "x", xi, [b, ch, layout.frames(i), h, w])?;
+            self.check_cond(F, ci, b)?;
         }
-        let head_mod = self.head_time.forward(silu(t_emb)).reshape([b, 2, d]);
-        let x = modulate(plain_norm(x), head_mod.clone().narrow(1, 0, 1), head_mod.narrow(1, 1, 1));
-        Ok(unpatchify(self.head.forward(x), c.channels, c.patch, grid))
+        let tokens = ClipLayout::new((0..clips).map(|i| layout.frames(i) / pt).collect(), layout.world())?;
+        let plan = DualScopePlan::new(group, &tokens, (h / c.patch[1]) * (w / c.patch[2]), scope, sigmas)?;
+        let sigma: Vec<Tensor<1>> = x.iter().map(|xi| Tensor::from_data(TensorData::new(sigmas.iter().map(|&s| s as f32).collect(), [b]), &xi.device())).collect();
+        let offsets: Vec<usize> = (0..clips).map(|i| tokens.frame_offset(i)).collect();
+        self.run(x, sigma, cond, &offsets, &AttentionMode::DualScope(&plan))
+    }
+
+    fn check_clip(&self, function: &'static str, argument: &'static str, x: &Tensor<5>, want: [usize; 5]) -> Result<(), SparseAttnError> {
+        let c = &self.config;
+        let [b, _, t, h, w] = want;
+        let p = c.patch;
+        SparseAttnError::check(
+            x.dims() == [b, c.channels, t, h, w] && b > 0 && t > 0 && h > 0 && w > 0 && t % p[0] == 0 && h % p[1] == 0 && w % p[2] == 0,
+            function,
+            argument,
+            format!("[B, {}, T, H, W] with T, H, W multiples of the patch {p:?} (here [{b}, {}, {t}, {h}, {w}])", c.channels, c.channels),
+            format!("{:?}", x.dims()),
+        )
+    }
+
+    fn check_cond(&self, function: &'static str, cond: &Tensor<3>, b: usize) -> Result<(), SparseAttnError> {
+        let d = self.config.cond_dim;
+        SparseAttnError::check(cond.dims()[0] == b && cond.dims()[2] == d && cond.dims()[1] > 0, function, "cond", format!("[{b}, M ≥ 1, {d}]"), format!("{:?}", cond.dims()))
+    }
+
+    /// The network over clips whose first token frames are `frame_offsets`.
+    fn run<T: Transport>(&self, x: Vec<Tensor<5>>, sigma: Vec<Tensor<1>>, cond: Vec<Tensor<3>>, frame_offsets: &[usize], mode: &AttentionMode<T>) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+        let c = &self.config;
+        let d = c.d_model;
+        let mut grids = Vec::with_capacity(x.len());
+        let mut contexts = Vec::with_capacity(x.len());
+        let mut tokens = Vec::with_capacity(x.len());
+        let mut head_mods = Vec::with_capacity(x.len());
+        for ((xi, si), (ci, &offset)) in x.into_iter().zip(sigma).zip(cond.into_iter().zip(frame_offsets)) {
+            let [b, _, t, h, w] = xi.dims();
+            let grid = [t / c.patch[0], h / c.patch[1], w / c.patch[2]];
+            let rope = Rope3d::new(c.head_dim(), grid, offset, c.rope_theta, &xi.device());
+            tokens.push(self.patch_embed.forward(patchify(xi, c.patch)));
+            let t_emb = self.time_out.forward(silu(self.time_in.forward(time_features(si))));
+            let time = self.time_proj.forward(silu(t_emb.clone())).reshape([b, 6, d]);
+            head_mods.push(self.head_time.forward(silu(t_emb)).reshape([b, 2, d]));
+            let cond = self.cond_out.forward(quick_gelu(self.cond_in.forward(ci)));
+            contexts.push(ClipContext { time, cond, rope, grid: TokenGrid::new(grid[0], grid[1], grid[2]) });
+            grids.push(grid);
+        }
+        for block in &self.blocks {
+            tokens = block.forward(tokens, &contexts, mode)?;
+        }
+        Ok(tokens
+            .into_iter()
+            .zip(head_mods)
+            .zip(grids)
+            .map(|((x, m), grid)| unpatchify(self.head.forward(modulate(plain_norm(x), m.clone().narrow(1, 0, 1), m.narrow(1, 1, 1))), c.channels, c.patch, grid))
+            .collect())
     }
 
     /// The DiT blocks.

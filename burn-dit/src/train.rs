@@ -288,16 +288,7 @@ impl Trainer {
     /// Resumes from the checkpoint `dir/checkpoints/latest` points to. Everything is read and
     /// checked before anything changes: on error this trainer is left as it was.
     pub fn resume(&mut self, dir: &Path) -> Result<(), CheckpointError> {
-        let root = dir.join("checkpoints");
-        let latest = root.join("latest");
-        let name = std::fs::read_to_string(&latest).map_err(|e| CheckpointError::Io(latest.clone(), e))?;
-        let ckpt = root.join(name.trim());
-        let state_path = ckpt.join("state.json");
-        let bytes = std::fs::read(&state_path).map_err(|e| CheckpointError::Io(state_path.clone(), e))?;
-        let state: SavedState = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
-        if state.format != FORMAT {
-            return Err(CheckpointError::Mismatch { field: "format", expected: FORMAT.to_string(), found: state.format.to_string() });
-        }
+        let (ckpt, state) = read_checkpoint(dir)?;
         let ours = serde_json::to_string(&self.config.model).expect("config serialises");
         let theirs = serde_json::to_string(&state.config.model).expect("config serialises");
         if ours != theirs {
@@ -306,13 +297,7 @@ impl Trainer {
         if state.config.clip != self.config.clip {
             return Err(CheckpointError::Mismatch { field: "clip", expected: format!("{:?}", self.config.clip), found: format!("{:?}", state.config.clip) });
         }
-        let load_record = |file: &str| {
-            let path = ckpt.join(file);
-            if !path.exists() {
-                return Err(CheckpointError::Io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
-            }
-            ModuleRecord::load(&path).map_err(|e| CheckpointError::Corrupt(path, e.to_string()))
-        };
+        let load_record = |file: &str| load_module_record(&ckpt, file);
         let fresh = self.config.model.init(&self.device);
         let model = fresh.clone().try_load_record(load_record("model.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("model.bpk"), e.to_string()))?;
         let ema = fresh.valid().try_load_record(load_record("ema.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
@@ -329,6 +314,38 @@ impl Trainer {
         self.history = state.history;
         Ok(())
     }
+}
+
+/// The checkpoint `dir/checkpoints/latest` points to and its saved state.
+fn read_checkpoint(dir: &Path) -> Result<(PathBuf, SavedState), CheckpointError> {
+    let root = dir.join("checkpoints");
+    let latest = root.join("latest");
+    let name = std::fs::read_to_string(&latest).map_err(|e| CheckpointError::Io(latest.clone(), e))?;
+    let ckpt = root.join(name.trim());
+    let state_path = ckpt.join("state.json");
+    let bytes = std::fs::read(&state_path).map_err(|e| CheckpointError::Io(state_path.clone(), e))?;
+    let state: SavedState = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
+    if state.format != FORMAT {
+        return Err(CheckpointError::Mismatch { field: "format", expected: FORMAT.to_string(), found: state.format.to_string() });
+    }
+    Ok((ckpt, state))
+}
+
+fn load_module_record(ckpt: &Path, file: &str) -> Result<ModuleRecord, CheckpointError> {
+    let path = ckpt.join(file);
+    if !path.exists() {
+        return Err(CheckpointError::Io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+    }
+    ModuleRecord::load(&path).map_err(|e| CheckpointError::Corrupt(path, e.to_string()))
+}
+
+/// The EMA (sampling) weights and the training configuration of the checkpoint that
+/// `dir/checkpoints/latest` points to, on `device` without autodiff: what a sampler needs,
+/// whatever attention the run trained with.
+pub fn load_for_sampling(dir: &Path, device: &Device) -> Result<(VideoDit, TrainConfig), CheckpointError> {
+    let (ckpt, state) = read_checkpoint(dir)?;
+    let model = state.config.model.init(device).try_load_record(load_module_record(&ckpt, "ema.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
+    Ok((model, state.config))
 }
 
 /// Samples one clip per `(shape, colour)` label with `model` (no autodiff).

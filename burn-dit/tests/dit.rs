@@ -5,6 +5,8 @@
 mod common;
 #[path = "dit/data.rs"]
 mod data;
+#[path = "dit/long_video.rs"]
+mod long_video;
 #[path = "dit/model.rs"]
 mod model;
 #[path = "dit/training.rs"]
