@@ -13,53 +13,12 @@
 //! forward, and the peak heap memory of each (CPU backends; counted by this binary's
 //! allocator). Dense runs whose score matrices would not fit `--dense-mem-gib` are skipped.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
-
 use burn::tensor::{Device, Distribution, Tensor, module::attention, ops::AttentionModuleOptions};
 use burn_sparse_video::sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
 
-/// Counts live heap bytes and their peak, so CPU runs can report peak memory.
-struct CountingAlloc;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-/// Runs `f` `repeats` times after one warm-up; returns the median seconds and the peak
-/// heap growth in bytes over the live set at the start.
-fn measure(device: &Device, repeats: usize, mut f: impl FnMut()) -> (f64, usize) {
-    f();
-    device.sync().expect("device sync");
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let mut times = Vec::with_capacity(repeats);
-    for _ in 0..repeats {
-        let start = Instant::now();
-        f();
-        device.sync().expect("device sync");
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], PEAK.load(Ordering::Relaxed).saturating_sub(base))
-}
+#[path = "common/measure.rs"]
+mod measure;
+use measure::measure;
 
 struct Args {
     device: String,

@@ -41,15 +41,17 @@ pub fn dynamic_degree(video: &Frames) -> f64 {
 pub struct ClipContinuity {
     /// Mean |f_b − f_{b−1}| over the first frames `b` of every clip but the first.
     pub across: f64,
-    /// Mean |f_t − f_{t−1}| over every other pair of consecutive frames.
+    /// Mean |f_t − f_{t−1}| over the frames `t` inside clips that start a latent frame.
     pub within: f64,
 }
 
 /// [`ClipContinuity`] of `video` whose clips start at frames `clip_starts` (0 may be
-/// included; it starts no boundary).
-pub fn clip_continuity(video: &Frames, clip_starts: &[usize]) -> ClipContinuity {
+/// included; it starts no boundary). With a temporal patch of `frame_patch` frames only
+/// pairs that cross a latent-frame boundary (`t % frame_patch == 0`) are compared, as clip
+/// boundaries always are: frames inside one patch come from one token and differ less.
+pub fn clip_continuity(video: &Frames, clip_starts: &[usize], frame_patch: usize) -> ClipContinuity {
     let (mut across, mut within) = (Vec::new(), Vec::new());
-    for t in 1..video.len() {
+    for t in (1..video.len()).filter(|t| t % frame_patch.max(1) == 0) {
         let diff = mean_abs_diff(&video.frames[t - 1], &video.frames[t]);
         if clip_starts.contains(&t) { across.push(diff) } else { within.push(diff) }
     }

@@ -121,7 +121,12 @@ fn forward_clips_names_bad_arguments() {
 fn continuity_separates_clip_boundaries_from_the_rest() {
     let frame = |v: u8| vec![v; 12];
     let video = Frames { height: 2, width: 2, frames: vec![frame(10), frame(12), frame(14), frame(40), frame(42), frame(44)] };
-    let c = clip_continuity(&video, &[0, 3]);
+    let c = clip_continuity(&video, &[0, 3], 1);
     assert_eq!(c.across, 26.0);
     assert_eq!(c.within, 2.0);
+    // With two-frame patches only the pairs (1, 2) and (3, 4) count; (3, 4) is not compared.
+    let video = Frames { height: 2, width: 2, frames: vec![frame(10), frame(11), frame(15), frame(16), frame(40), frame(41)] };
+    let c = clip_continuity(&video, &[0, 4], 2);
+    assert_eq!(c.across, 24.0);
+    assert_eq!(c.within, 4.0);
 }
