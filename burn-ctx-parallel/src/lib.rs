@@ -9,6 +9,8 @@
 //!   transport plugs in.
 //! - [`head_parallel_attention`]: head sharding (Ulysses), dense or sparse per head shard.
 //! - [`ring_attention`]: sequence sharding with a log-sum-exp merge.
+//! - [`sparse_sequence_attention`]: DSV's sequence sharding for sparse attention — each rank
+//!   fetches only the remote key/value rows its index selected.
 //!
 //! - [`planner`]: DSV's Longest-Processing-Time head placement and a cost model that picks
 //!   the head × sequence split of a device group.
@@ -18,7 +20,8 @@
 //!   window through halo exchange plus all-gathered global frames, scope balance by noise
 //!   level); [`synced_moments`] gives frame-spanning norms the whole video's statistics.
 //!
-//! Not yet here: execution of DSV's hybrid (sparse remote-key fetch).
+//! Not yet here: one call that runs DSV's full hybrid (head groups × sparse sequence groups);
+//! [`head_parallel_attention`] and [`sparse_sequence_attention`] are its two halves.
 
 pub mod clips;
 mod dual_scope;
@@ -26,6 +29,7 @@ pub mod group;
 mod head_parallel;
 pub mod planner;
 mod ring;
+mod sparse_sequence;
 
 pub use burn_sparse_attn;
 pub use clips::{ClipLayout, synced_moments};
@@ -33,3 +37,4 @@ pub use dual_scope::{DualScopeConfig, DualScopePlan, clip_devices, dual_scope_by
 pub use group::{CommStats, DeviceGroup, DeviceTransport, Transport};
 pub use head_parallel::{head_parallel_attention, head_parallel_bytes_per_rank};
 pub use ring::ring_attention;
+pub use sparse_sequence::sparse_sequence_attention;

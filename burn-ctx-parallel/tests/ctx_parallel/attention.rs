@@ -1,6 +1,6 @@
 use burn::tensor::{Device, Distribution, Tensor, module::attention, ops::AttentionModuleOptions};
-use burn_ctx_parallel::{DeviceGroup, head_parallel_attention, head_parallel_bytes_per_rank, ring_attention};
-use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
+use burn_ctx_parallel::{DeviceGroup, head_parallel_attention, head_parallel_bytes_per_rank, ring_attention, sparse_sequence_attention};
+use burn_sparse_attn::{CriticalKeys, SelectionConfig, select_critical_keys, sparse_attention};
 
 /// Splits `x` along the sequence into `world` shards (the first ones one longer when uneven).
 fn shard(x: &Tensor<4>, world: usize) -> Vec<Tensor<4>> {
@@ -90,4 +90,76 @@ fn communication_matches_the_formulas_and_bad_splits_are_named() {
     let group = DeviceGroup::virtual_ranks(&device, 3).unwrap();
     let err = head_parallel_attention(&group, shard(&x, 3), shard(&x, 3), shard(&x, 3), |_, q, k, v| Ok(attention(q, k, v, None, None, AttentionModuleOptions::default()))).unwrap_err();
     assert!(err.to_string().contains("divisible by the world size 3"), "{err}");
+}
+
+/// Splits along the sequence into shards of `units` aligned units of `align` positions each.
+fn shard_aligned(x: &Tensor<4>, units: &[usize], align: usize) -> Vec<Tensor<4>> {
+    let mut start = 0;
+    units
+        .iter()
+        .map(|&u| {
+            let len = (u * align).min(x.dims()[2] - start);
+            let part = x.clone().narrow(2, start, len);
+            start += len;
+            part
+        })
+        .collect()
+}
+
+#[test]
+fn sparse_sequence_sharding_fetches_only_selected_keys_and_equals_unsharded() {
+    let device = Device::flex();
+    let (b, h, s, d, g) = (2, 3, 40, 16, 4);
+    let data = [0, 1, 2, 3].map(|_| Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device));
+    let low_rank = [0, 1].map(|_| Tensor::<4>::random([b, h, s, 4], Distribution::Normal(0.0, 1.0), &device));
+    // Units of 4 positions: 10 of them, split unevenly (and over a non-power-of-two world).
+    for (block, budget) in [(1, 7), (4, 3), (1, 40)] {
+        let keys = select_critical_keys(low_rank[0].clone(), low_rank[1].clone(), SelectionConfig::new(g, budget).with_key_block(block)).unwrap();
+        let expected = run(&device, &data, |q, k, v| sparse_attention(q, k, v, &keys, None).unwrap());
+        for split in [vec![10], vec![6, 4], vec![3, 3, 4], vec![1, 4, 2, 3]] {
+            let world = split.len();
+            let group = DeviceGroup::virtual_ranks(&device, world).unwrap();
+            let mut index = Vec::new();
+            let mut host = Vec::new();
+            let mut first_group = 0;
+            for &units in &split {
+                let idx = keys.indices().clone().narrow(2, first_group, units);
+                host.push(idx.to_data().convert::<i64>().try_into_vec::<i64>().unwrap());
+                index.push(CriticalKeys::new(idx, g, block, units * 4, s).unwrap());
+                first_group += units;
+            }
+            let parts = |x: &Tensor<4>| shard_aligned(x, &split, 4);
+            let got = run(&device, &data, |q, k, v| Tensor::cat(sparse_sequence_attention(&group, parts(&q), parts(&k), parts(&v), &index, None).unwrap(), 2));
+            for (i, (got, want)) in got.into_iter().zip(expected.iter()).enumerate() {
+                let diff = max_diff(got, want.clone());
+                assert!(diff < 2e-5, "block {block}, budget {budget}, shards {split:?}, {}: differs by {diff}", ["output", "dq", "dk", "dv"][i]);
+            }
+            // Bytes: each remote selected row once per (batch, head), K and V.
+            group.reset_stats();
+            sparse_sequence_attention(&group, parts(&data[0]), parts(&data[1]), parts(&data[2]), &index, None).unwrap();
+            let mut rows = 0;
+            let mut start = 0;
+            for (r, ids) in host.iter().enumerate() {
+                let end = start + split[r] * 4;
+                for per_head in ids.chunks_exact(ids.len() / (b * h)) {
+                    let distinct: std::collections::BTreeSet<i64> = per_head.iter().copied().collect();
+                    rows += distinct.iter().map(|&u| (u as usize * block..(u as usize + 1) * block).filter(|&key| key < start || key >= end).count()).sum::<usize>();
+                }
+                start = end;
+            }
+            assert_eq!(group.stats().bytes, (2 * rows * d * 4) as u64, "block {block}, shards {split:?}");
+            // Fewer bytes than every rank pulling every remote K/V row, unless all keys are selected.
+            let all_remote = (2 * (world - 1) * b * h * s * d * 4) as u64;
+            if budget * block < s && world > 1 {
+                assert!(group.stats().bytes < all_remote);
+            }
+        }
+    }
+    // Shards must keep key blocks whole.
+    let keys = select_critical_keys(low_rank[0].clone(), low_rank[1].clone(), SelectionConfig::new(g, 3).with_key_block(8)).unwrap();
+    let group = DeviceGroup::virtual_ranks(&device, 2).unwrap();
+    let index: Vec<_> = [(0, 3), (3, 7)].iter().map(|&(from, n)| CriticalKeys::new(keys.indices().clone().narrow(2, from, n), g, 8, n * 4, s).unwrap()).collect();
+    let parts = |x: &Tensor<4>| shard_aligned(x, &[3, 7], 4);
+    let err = sparse_sequence_attention(&group, parts(&data[0]), parts(&data[1]), parts(&data[2]), &index, None).unwrap_err();
+    assert_eq!(err.argument, "k", "{err}");
 }
