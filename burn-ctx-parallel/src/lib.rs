@@ -20,13 +20,14 @@
 //!   window through halo exchange plus all-gathered global frames, scope balance by noise
 //!   level); [`synced_moments`] gives frame-spanning norms the whole video's statistics.
 //!
-//! Not yet here: one call that runs DSV's full hybrid (head groups × sparse sequence groups);
-//! [`head_parallel_attention`] and [`sparse_sequence_attention`] are its two halves.
+//! - [`hybrid_attention`]: DSV's hybrid — head groups (all-to-all, LPT head placement) ×
+//!   sequence groups (sparse remote fetch), over subgroups of one device group.
 
 pub mod clips;
 mod dual_scope;
 pub mod group;
 mod head_parallel;
+mod hybrid;
 pub mod planner;
 mod ring;
 mod sparse_sequence;
@@ -34,7 +35,8 @@ mod sparse_sequence;
 pub use burn_sparse_attn;
 pub use clips::{ClipLayout, synced_moments};
 pub use dual_scope::{DualScopeConfig, DualScopePlan, clip_devices, dual_scope_bytes_per_layer};
-pub use group::{CommStats, DeviceGroup, DeviceTransport, Transport};
+pub use group::{CommStats, DeviceGroup, DeviceTransport, SubTransport, Transport};
+pub use hybrid::{HybridSplit, hybrid_attention};
 pub use head_parallel::{head_parallel_attention, head_parallel_bytes_per_rank};
 pub use ring::ring_attention;
 pub use sparse_sequence::sparse_sequence_attention;

@@ -1,5 +1,6 @@
 use burn::tensor::{Device, Distribution, Tensor, module::attention, ops::AttentionModuleOptions};
-use burn_ctx_parallel::{DeviceGroup, head_parallel_attention, head_parallel_bytes_per_rank, ring_attention, sparse_sequence_attention};
+use burn_ctx_parallel::planner::lpt_assign;
+use burn_ctx_parallel::{DeviceGroup, HybridSplit, head_parallel_attention, head_parallel_bytes_per_rank, hybrid_attention, ring_attention, sparse_sequence_attention};
 use burn_sparse_attn::{CriticalKeys, SelectionConfig, select_critical_keys, sparse_attention};
 
 /// Splits `x` along the sequence into `world` shards (the first ones one longer when uneven).
@@ -162,4 +163,43 @@ fn sparse_sequence_sharding_fetches_only_selected_keys_and_equals_unsharded() {
     let parts = |x: &Tensor<4>| shard_aligned(x, &[3, 7], 4);
     let err = sparse_sequence_attention(&group, parts(&data[0]), parts(&data[1]), parts(&data[2]), &index, None).unwrap_err();
     assert_eq!(err.argument, "k", "{err}");
+}
+
+#[test]
+fn hybrid_head_by_sequence_split_equals_unsharded_sparse_attention() {
+    let device = Device::flex();
+    let (b, h, s, d, g) = (1, 6, 48, 8, 4);
+    let data = [0, 1, 2, 3].map(|_| Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device));
+    let low_rank = [0, 1].map(|_| Tensor::<4>::random([b, h, s, 4], Distribution::Normal(0.0, 1.0), &device));
+    let keys = select_critical_keys(low_rank[0].clone(), low_rank[1].clone(), SelectionConfig::new(g, 2).with_key_block(4)).unwrap();
+    let expected = run(&device, &data, |q, k, v| sparse_attention(q, k, v, &keys, None).unwrap());
+    // Per-head costs 1 − sparsity, as the planner would see them.
+    let costs = [0.9, 0.1, 0.5, 0.3, 0.8, 0.2];
+    for (head_groups, seq_groups) in [(1, 1), (2, 1), (1, 2), (2, 2), (3, 1), (1, 3), (3, 2)] {
+        let world = head_groups * seq_groups;
+        let group = DeviceGroup::virtual_ranks(&device, world).unwrap();
+        let split = HybridSplit { head_groups, seq_groups, heads: lpt_assign(&costs, head_groups) };
+        let units = s / 4;
+        let shard_units: Vec<usize> = (0..world).map(|r| (r + 1) * units / world - r * units / world).collect();
+        let group_len = |sg: usize| shard_units[sg * head_groups..(sg + 1) * head_groups].iter().sum::<usize>() * 4;
+        let index = |hg: usize, sg: usize| {
+            let heads: Vec<i64> = split.heads[hg].iter().map(|&x| x as i64).collect();
+            let first = (0..sg).map(group_len).sum::<usize>() / g;
+            let idx = keys.indices().clone().select(1, Tensor::from_data(burn::tensor::TensorData::new(heads.clone(), [heads.len()]), &device));
+            CriticalKeys::new(idx.narrow(2, first, group_len(sg) / g), g, 4, group_len(sg), s)
+        };
+        let got = run(&device, &data, |q, k, v| {
+            let parts = |x: &Tensor<4>| shard_aligned(x, &shard_units, 4);
+            Tensor::cat(hybrid_attention(&group, &split, parts(&q), parts(&k), parts(&v), index).unwrap(), 2)
+        });
+        for (i, (got, want)) in got.into_iter().zip(expected.iter()).enumerate() {
+            let diff = max_diff(got, want.clone());
+            assert!(diff < 2e-5, "{head_groups} head groups × {seq_groups} sequence groups, {}: differs by {diff}", ["output", "dq", "dk", "dv"][i]);
+        }
+    }
+    let group = DeviceGroup::virtual_ranks(&device, 4).unwrap();
+    let bad = HybridSplit { head_groups: 3, seq_groups: 1, heads: lpt_assign(&costs, 3) };
+    let parts = |x: &Tensor<4>| shard_aligned(x, &[3, 3, 3, 3], 4);
+    let err = hybrid_attention(&group, &bad, parts(&data[0]), parts(&data[1]), parts(&data[2]), |_, _| unreachable!()).unwrap_err();
+    assert_eq!(err.argument, "split");
 }
