@@ -2,4 +2,6 @@
 
 #[cfg(feature = "flex")]
 pub(crate) mod cpu;
+#[cfg(feature = "cube")]
+pub(crate) mod cube;
 pub(crate) mod topk;

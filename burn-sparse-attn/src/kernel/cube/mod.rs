@@ -1,0 +1,3 @@
+//! CubeCL kernels for the Cube backends (CUDA, wgpu/Vulkan; on CPU through lavapipe).
+
+pub(crate) mod forward;
