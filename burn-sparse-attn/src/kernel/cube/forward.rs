@@ -17,7 +17,7 @@ pub(crate) const MAX_GROUP: usize = 256;
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// Shared-memory budget of one K and one V tile, in f32 elements each (8 KiB each: WebGPU's
 /// default 16 KiB workgroup storage holds both).
-const TILE_ELEMS: usize = 2048;
+pub(crate) const TILE_ELEMS: usize = 2048;
 
 /// Whether the kernel serves these shapes (else the reference body runs).
 pub(crate) fn supports(group_size: usize, head_dim: usize) -> bool {
@@ -27,7 +27,7 @@ pub(crate) fn supports(group_size: usize, head_dim: usize) -> bool {
 /// Key `p` of a group's flattened selection (`p / key_block`-th unit, `p % key_block`-th key
 /// in it), or `key_len` when it lies past the end of a partial last block.
 #[cube]
-fn selected_key<I: Numeric>(index: &Tensor<I>, base: usize, p: usize, key_len: usize, #[comptime] key_block: usize) -> usize {
+pub(crate) fn selected_key<I: Numeric>(index: &Tensor<I>, base: usize, p: usize, key_len: usize, #[comptime] key_block: usize) -> usize {
     let unit = u32::cast_from(index[base + (p / key_block) * index.stride(3)]) as usize;
     let key = unit * key_block + p % key_block;
     if key < key_len { key } else { key_len }

@@ -1,3 +1,4 @@
 //! CubeCL kernels for the Cube backends (CUDA, wgpu/Vulkan; on CPU through lavapipe).
 
+pub(crate) mod backward;
 pub(crate) mod forward;
