@@ -1,17 +1,34 @@
-//! The Cube backends (wgpu, Vulkan, CUDA): the CubeCL forward and backward kernels
-//! (`kernel::cube`); selection runs the reference body, made of Burn's own CubeCL kernels.
+//! The Cube backends (wgpu, Vulkan, CUDA): the CubeCL selection, forward and backward
+//! kernels (`kernel::cube`); shapes beyond their limits run the reference bodies.
 
 use burn::backend::{
     TensorMetadata,
     tensor::{FloatTensor, IntTensor},
 };
+use burn::tensor::{DType, IntDType};
 use burn_cubecl::CubeBackend;
 
 use crate::SparseAttnOps;
-use crate::kernel::cube::{backward, forward};
+use crate::kernel::cube::{backward, forward, select};
 use crate::reference;
 
 impl SparseAttnOps for CubeBackend {
+    fn select_critical_keys(
+        q_lr: FloatTensor<Self>,
+        k_lr: FloatTensor<Self>,
+        group_size: usize,
+        key_block: usize,
+        budget: usize,
+        index_dtype: IntDType,
+    ) -> IntTensor<Self> {
+        let rank = q_lr.shape().dims::<4>()[3];
+        if select::supports(rank) {
+            select::select_critical_keys(q_lr, k_lr, group_size, key_block, budget, DType::from(index_dtype))
+        } else {
+            reference::select_critical_keys::<Self>(q_lr, k_lr, group_size, key_block, budget, index_dtype)
+        }
+    }
+
     fn sparse_attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,

@@ -2,3 +2,4 @@
 
 pub(crate) mod backward;
 pub(crate) mod forward;
+pub(crate) mod select;
