@@ -123,6 +123,24 @@ pub fn sparse_attention_with_lse(
     keys: &CriticalKeys,
     scale: Option<f64>,
 ) -> Result<SparseAttentionOutput, SparseAttnError> {
+    let scale = sparse_attention_shapes(&q, &k, &v, keys, scale)?;
+    let (out, lse) = <Dispatch as SparseAttnOps>::sparse_attention_forward(
+        q.dequantize().into_dispatch(),
+        k.dequantize().into_dispatch(),
+        v.dequantize().into_dispatch(),
+        keys.indices().clone().into_dispatch(),
+        keys.group_size(),
+        keys.key_block(),
+        scale,
+    );
+    Ok(SparseAttentionOutput {
+        output: Tensor::from_dispatch(out),
+        lse: Tensor::from_dispatch(lse),
+    })
+}
+
+/// Checks the arguments of the attention functions; returns the scale to use.
+fn sparse_attention_shapes(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, keys: &CriticalKeys, scale: Option<f64>) -> Result<f64, SparseAttnError> {
     const F: &str = "sparse_attention";
     let [b, h, sq, d] = q.dims();
     let sk = k.dims()[2];
@@ -147,18 +165,68 @@ pub fn sparse_attention_with_lse(
     ensure(keys.indices().device() == q.device(), F, "keys", "on q's device", "another device")?;
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
     ensure(scale.is_finite() && scale > 0.0, F, "scale", "finite and > 0", scale)?;
+    Ok(scale)
+}
 
-    let (out, lse) = <Dispatch as SparseAttnOps>::sparse_attention_forward(
-        q.dequantize().into_dispatch(),
-        k.dequantize().into_dispatch(),
-        v.dequantize().into_dispatch(),
-        keys.indices().clone().into_dispatch(),
-        keys.group_size(),
-        keys.key_block(),
-        scale,
-    );
-    Ok(SparseAttentionOutput {
-        output: Tensor::from_dispatch(out),
-        lse: Tensor::from_dispatch(lse),
-    })
+/// When [`sparse_attention_auto`] runs Burn's dense attention (masked to the same keys)
+/// instead of the sparse kernels: where sparse cannot win.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DenseFallback {
+    /// Key sequences shorter than this run dense.
+    pub min_sparse_len: usize,
+    /// Selections that keep more than this share of the keys run dense.
+    pub max_density: f64,
+}
+
+impl DenseFallback {
+    /// The crossovers measured for `device`'s backend (see the README's benchmarks): on the
+    /// CPU backends the sparse kernels win from 128 keys at half density; the Cube backends
+    /// have a fused dense flash kernel that wins on short sequences.
+    pub fn for_device(device: &burn::tensor::Device) -> Self {
+        if is_cpu_backend(device) { Self { min_sparse_len: 128, max_density: 0.6 } } else { Self { min_sparse_len: 2048, max_density: 0.5 } }
+    }
+
+    /// Whether `keys` should run dense under this policy.
+    pub fn prefers_dense(&self, keys: &CriticalKeys) -> bool {
+        keys.key_len() < self.min_sparse_len || 1.0 - keys.sparsity() > self.max_density
+    }
+}
+
+/// Whether `device` is one of the CPU backends (Flex, NdArray).
+fn is_cpu_backend(device: &burn::tensor::Device) -> bool {
+    let plain = device.clone().inner();
+    #[cfg(feature = "flex")]
+    if plain == burn::tensor::Device::flex() {
+        return true;
+    }
+    #[cfg(feature = "ndarray")]
+    if plain == burn::tensor::Device::ndarray() {
+        return true;
+    }
+    let _ = plain;
+    false
+}
+
+/// [`sparse_attention`] that runs Burn's dense `module::attention` with the equivalent mask
+/// when `fallback` says sparse cannot win (short sequences, dense selections); the result is
+/// the same either way. With `k` = all keys no mask is built.
+pub fn sparse_attention_auto(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    keys: &CriticalKeys,
+    scale: Option<f64>,
+    fallback: DenseFallback,
+) -> Result<Tensor<4>, SparseAttnError> {
+    if !fallback.prefers_dense(keys) {
+        return sparse_attention(q, k, v, keys, scale);
+    }
+    // The same checks as the sparse path, so both fail alike on bad input.
+    let d = q.dims()[3];
+    let checked = sparse_attention_shapes(&q, &k, &v, keys, scale)?;
+    let default_scale = 1.0 / (d as f64).sqrt();
+    // Fused dense kernels want the default scale: fold a custom one into q.
+    let q = if (checked - default_scale).abs() > f64::EPSILON * default_scale { q * (checked / default_scale) } else { q };
+    let mask = (keys.sparsity() > 0.0).then(|| keys.dense_mask());
+    Ok(burn::tensor::module::attention(q, k, v, mask, None, burn::tensor::ops::AttentionModuleOptions::default()))
 }

@@ -45,7 +45,7 @@ mod reference;
 pub use critical_keys::CriticalKeys;
 pub use error::SparseAttnError;
 pub use functions::{
-    SelectionConfig, SparseAttentionOutput, select_critical_keys, sparse_attention,
-    sparse_attention_with_lse,
+    DenseFallback, SelectionConfig, SparseAttentionOutput, select_critical_keys, sparse_attention,
+    sparse_attention_auto, sparse_attention_with_lse,
 };
 pub use ops::SparseAttnOps;

@@ -1,4 +1,4 @@
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention, sparse_attention_with_lse};
 
 use crate::common::*;
@@ -137,4 +137,35 @@ fn every_compiled_backend_is_tested() {
         assert_eq!(x.device(), device);
         assert_eq!(x.sum().into_scalar::<f32>(), 4.0, "{device:?}");
     }
+}
+
+#[test]
+fn auto_mode_falls_back_to_dense_with_the_same_result() {
+    use burn_sparse_attn::{DenseFallback, sparse_attention_auto};
+    let (b, h, s, d, g) = (1, 2, 96, 32, 8);
+    let [q, k, v] = [1, 2, 3].map(|seed| random_data([b, h, s, d], 40 + seed));
+    let scale = Some(0.8 / (d as f64).sqrt());
+    let always_sparse = DenseFallback { min_sparse_len: 0, max_density: 1.0 };
+    let always_dense = DenseFallback { min_sparse_len: 10_000, max_density: 1.0 };
+    for device in devices() {
+        for budget in [s, 60, 9] {
+            let ids = random_index_data([b, h, s.div_ceil(g)], s, budget, 50 + budget as u64);
+            let keys = critical_keys(&ids, g, 1, s, s, &device);
+            let (q, k, v) = (tensor(&q, &device), tensor(&k, &device), tensor(&v, &device));
+            let sparse = sparse_attention(q.clone(), k.clone(), v.clone(), &keys, scale).unwrap();
+            assert!(!always_sparse.prefers_dense(&keys) && always_dense.prefers_dense(&keys));
+            for fallback in [always_sparse, always_dense, DenseFallback::for_device(&device)] {
+                let auto = sparse_attention_auto(q.clone(), k.clone(), v.clone(), &keys, scale, fallback).unwrap();
+                assert_close(auto, sparse.clone(), 1e-4, &format!("budget {budget}, {fallback:?} on {device:?}"));
+            }
+            // Denser than 60% of the keys runs dense under a 0.6 density cap.
+            let capped = DenseFallback { min_sparse_len: 0, max_density: 0.6 };
+            assert_eq!(capped.prefers_dense(&keys), budget > 57, "budget {budget}");
+            // The dense path checks its arguments like the sparse one.
+            let err = sparse_attention_auto(q.clone(), k.clone(), v.narrow(3, 0, 8), &keys, scale, always_dense).unwrap_err();
+            assert_eq!(err.argument, "v");
+        }
+    }
+    // The measured CPU crossover: sequences this short run dense on Flex.
+    assert!(DenseFallback::for_device(&Device::flex()).prefers_dense(&critical_keys(&random_index_data([1, 1, 8], 64, 6, 3), 8, 1, 64, 64, &Device::flex())));
 }
