@@ -118,13 +118,13 @@ fn main() {
             // Burn's Flex forward streams over keys; only the autodiff path materialises scores.
             let dense_fwd = Some(()).map(|_| {
                 measure(&device, args.repeats, || {
-                    let _ = attention(q.clone(), k.clone(), v.clone(), None, None, opts());
+                    attention(q.clone(), k.clone(), v.clone(), None, None, opts())
                 })
             });
             let dense_fb = dense_fits.then(|| {
                 let (q, k, v, w) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad(), w.clone().autodiff());
                 measure(&device, args.repeats, || {
-                    let _ = (attention(q.clone(), k.clone(), v.clone(), None, None, opts()) * w.clone()).sum().backward();
+                    (attention(q.clone(), k.clone(), v.clone(), None, None, opts()) * w.clone()).sum().backward()
                 })
             });
             for &sparsity in &args.sparsities {
@@ -132,15 +132,15 @@ fn main() {
                 let config = SelectionConfig::new(args.group, budget);
                 let keys = select_critical_keys(q_lr.clone(), k_lr.clone(), config).unwrap();
                 let (select_t, _) = measure(&device, args.repeats, || {
-                    let _ = select_critical_keys(q_lr.clone(), k_lr.clone(), config).unwrap();
+                    select_critical_keys(q_lr.clone(), k_lr.clone(), config).unwrap()
                 });
                 let (sparse_fwd_t, sparse_fwd_mem) = measure(&device, args.repeats, || {
-                    let _ = sparse_attention(q.clone(), k.clone(), v.clone(), &keys, None).unwrap();
+                    sparse_attention(q.clone(), k.clone(), v.clone(), &keys, None).unwrap()
                 });
                 let (qa, ka, va, wa) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad(), w.clone().autodiff());
                 let keys_ad = select_critical_keys(qa.clone().narrow(3, 0, args.rank), ka.clone().narrow(3, 0, args.rank), config).unwrap();
                 let (sparse_fb_t, sparse_fb_mem) = measure(&device, args.repeats, || {
-                    let _ = (sparse_attention(qa.clone(), ka.clone(), va.clone(), &keys_ad, None).unwrap() * wa.clone()).sum().backward();
+                    (sparse_attention(qa.clone(), ka.clone(), va.clone(), &keys_ad, None).unwrap() * wa.clone()).sum().backward()
                 });
                 let sparse_flops = 4.0 * (args.heads * s * budget * d) as f64;
                 let sparse_total = sparse_fwd_t + select_t;

@@ -17,7 +17,8 @@ use burn::tensor::Device;
 use burn_sparse_video::dit::data::{BouncingShapes, COLOURS, SHAPES};
 use burn_sparse_video::dit::media::{Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png};
 use burn_sparse_video::dit::metrics::{VideoMetrics, measure};
-use burn_sparse_video::dit::train::{TrainConfig, Trainer};
+use burn_sparse_video::dit::flow::SamplerConfig;
+use burn_sparse_video::dit::train::{TrainConfig, Trainer, generate};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::DsvHost;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -91,6 +92,15 @@ enum Command {
         /// Clips to generate and compare.
         #[arg(long, default_value_t = 12)]
         clips: usize,
+        /// Classifier-free guidance scale (default: the training run's sampler).
+        #[arg(long)]
+        guidance: Option<f64>,
+        /// Euler steps (default: the training run's sampler).
+        #[arg(long)]
+        sampling_steps: Option<usize>,
+        /// Timestep shift (default: the training run's sampler).
+        #[arg(long)]
+        shift: Option<f64>,
     },
 }
 
@@ -154,7 +164,7 @@ fn write_video_set(path: &Path, videos: &[Frames]) {
 }
 
 /// Samples of the trainer's EMA model and held-out real clips, measured alike.
-fn evaluate(trainer: &Trainer, clips: usize) -> (Vec<Frames>, Vec<(usize, usize)>, VideoMetrics, VideoMetrics) {
+fn evaluate(trainer: &Trainer, clips: usize, sampler: SamplerConfig) -> (Vec<Frames>, Vec<(usize, usize)>, VideoMetrics, VideoMetrics) {
     let c = trainer.config();
     let heldout = BouncingShapes::new(c.clip, c.dataset_size + clips, c.seed);
     let real: Vec<_> = (c.dataset_size..c.dataset_size + clips).map(|i| heldout.generate(i)).collect();
@@ -162,7 +172,7 @@ fn evaluate(trainer: &Trainer, clips: usize) -> (Vec<Frames>, Vec<(usize, usize)
     let real_frames: Vec<Frames> = real.iter().map(|r| Frames::from_chw(&r.pixels, c.clip.frames, c.clip.height, c.clip.width)).collect();
     let trajectories: Vec<Vec<(f32, f32)>> = real.iter().map(|r| r.trajectory.clone()).collect();
     let real_metrics = measure(&real_frames, &labels, Some(&trajectories));
-    let samples = trainer.sample(&labels, 1234);
+    let samples = generate(trainer.ema(), c.clip, &labels, sampler, 1234);
     let sample_metrics = measure(&samples, &labels, None);
     (samples, labels, sample_metrics, real_metrics)
 }
@@ -225,7 +235,7 @@ fn train(common: Common, steps: usize, batch: usize, resume: bool) {
 
 fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_per_second: f64) {
     let out = &common.out;
-    let (samples, labels, sample_metrics, real_metrics) = evaluate(trainer, 12);
+    let (samples, labels, sample_metrics, real_metrics) = evaluate(trainer, 12, trainer.config().sampler);
     write_video_set(&out.join("samples.gif"), &samples);
     let (w, h, sheet) = contact_sheet(&samples.iter().take(6).map(|v| upscale(v, 2)).collect::<Vec<_>>());
     write_png(&out.join("contact_sheet.png"), w, h, &sheet).unwrap_or_else(|e| fail(&format!("contact sheet: {e}")));
@@ -292,9 +302,14 @@ fn main() {
             write_video_set(&path, &trainer.sample(&labels, seed));
             println!("wrote {}", path.display());
         }
-        Command::Eval { common, clips } => {
+        Command::Eval { common, clips, guidance, sampling_steps, shift } => {
             let trainer = load_trainer(&common);
-            let (_, _, samples, real) = evaluate(&trainer, clips);
+            let mut sampler = trainer.config().sampler;
+            sampler.guidance = guidance.unwrap_or(sampler.guidance);
+            sampler.steps = sampling_steps.unwrap_or(sampler.steps);
+            sampler.shift = shift.unwrap_or(sampler.shift);
+            println!("sampler: {sampler:?}");
+            let (_, _, samples, real) = evaluate(&trainer, clips, sampler);
             println!("samples: {}", serde_json::to_string_pretty(&samples).unwrap());
             println!("held-out real clips: {}", serde_json::to_string_pretty(&real).unwrap());
         }

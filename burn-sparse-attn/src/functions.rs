@@ -179,9 +179,11 @@ pub struct DenseFallback {
 }
 
 impl DenseFallback {
-    /// The crossovers measured for `device`'s backend (see the README's benchmarks): on the
-    /// CPU backends the sparse kernels win from 128 keys at half density; the Cube backends
-    /// have a fused dense flash kernel that wins on short sequences.
+    /// The policy for `device`'s backend. CPU backends (Flex, NdArray): sparse from 128 keys
+    /// and at most 60% density — measured, the sparse kernels win there (README). Cube
+    /// backends: sparse from 2048 keys and at most 50% density — a guess, not a measurement:
+    /// no GPU was available, and on lavapipe (software Vulkan) Burn's fused dense flash
+    /// kernel beat ours at every length measured. Set the fields from your own benchmark.
     pub fn for_device(device: &burn::tensor::Device) -> Self {
         if is_cpu_backend(device) { Self { min_sparse_len: 128, max_density: 0.6 } } else { Self { min_sparse_len: 2048, max_density: 0.5 } }
     }

@@ -31,18 +31,21 @@ unsafe impl GlobalAlloc for CountingAlloc {
 static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Runs `f` `repeats` times after one warm-up; returns the median seconds and the peak
-/// heap growth in bytes over the live set at the start.
-pub fn measure(device: &Device, repeats: usize, mut f: impl FnMut()) -> (f64, usize) {
-    f();
+/// heap growth in bytes over the live set at the start. What `f` returns stays alive until
+/// the device has synced: a lazy backend (Fusion) may skip work whose result is dropped.
+pub fn measure<T>(device: &Device, repeats: usize, mut f: impl FnMut() -> T) -> (f64, usize) {
+    let kept = f();
     device.sync().expect("device sync");
+    drop(kept);
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let start = Instant::now();
-        f();
+        let kept = f();
         device.sync().expect("device sync");
         times.push(start.elapsed().as_secs_f64());
+        drop(kept);
     }
     times.sort_by(f64::total_cmp);
     (times[times.len() / 2], PEAK.load(Ordering::Relaxed).saturating_sub(base))
