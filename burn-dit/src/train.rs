@@ -76,7 +76,9 @@ impl TrainConfig {
             sample_every: 250,
             checkpoint_every: 250,
             log_every: 10,
-            sampler: SamplerConfig { steps: 20, guidance: 1.5, shift: 2.0 },
+            // Strong guidance: measured on the 900-step checkpoint, colour matches the label in
+            // 11 of 12 samples at 5 against 5 of 12 at 1.5 (`video_dit eval --guidance`).
+            sampler: SamplerConfig { steps: 20, guidance: 5.0, shift: 2.0 },
             seed: 42,
         }
     }
