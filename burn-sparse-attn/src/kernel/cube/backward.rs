@@ -16,7 +16,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
-use super::forward::{TILE_ELEMS, selected_key};
+use super::forward::{TILE_ELEMS, load_tile};
 
 /// Threads of the element-wise kernels.
 const UNITS: u32 = 64;
@@ -65,7 +65,6 @@ fn dq_kernel<F: Float, I: Numeric>(
     let h = CUBE_POS_Y as usize;
     let b = CUBE_POS_Z as usize;
     let unit = UNIT_POS_X as usize;
-    let threads = CUBE_DIM_X as usize;
     let key_len = key_len as usize;
     let row = g * group_size + unit;
     let active = row < query_len as usize;
@@ -102,34 +101,7 @@ fn dq_kernel<F: Float, I: Numeric>(
     let total = budget as usize * key_block;
     let mut start = 0usize;
     while start < total {
-        let mut e = unit;
-        while e < tile * head_dim {
-            let j = e / head_dim;
-            let d = e % head_dim;
-            let mut kv = f32::new(0.0);
-            let mut vv = f32::new(0.0);
-            if start + j < total {
-                let key = selected_key::<I>(index, index_base, start + j, key_len, key_block);
-                if key < key_len {
-                    kv = f32::cast_from(k[k_base + key * k.stride(2) + d * k.stride(3)]);
-                    vv = f32::cast_from(v[v_base + key * v.stride(2) + d * v.stride(3)]);
-                }
-            }
-            k_tile[e] = kv;
-            v_tile[e] = vv;
-            e += threads;
-        }
-        let mut j = unit;
-        while j < tile {
-            let mut ok = u32::new(0);
-            if start + j < total {
-                if selected_key::<I>(index, index_base, start + j, key_len, key_block) < key_len {
-                    ok = 1u32;
-                }
-            }
-            valid[j] = ok;
-            j += threads;
-        }
+        load_tile::<F, I>(k, v, index, &mut k_tile, &mut v_tile, &mut valid, k_base, v_base, index_base, start, total, key_len, key_block, head_dim, tile);
         sync_cube();
         if active {
             for j in 0..tile {

@@ -33,6 +33,60 @@ pub(crate) fn selected_key<I: Numeric>(index: &Tensor<I>, base: usize, p: usize,
     if key < key_len { key } else { key_len }
 }
 
+/// Loads keys `start .. start + tile` of a group's flattened selection into the shared K/V
+/// tiles (as f32, zero past the end) and marks which slots hold a key; every unit of the
+/// cube loads a share.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_tile<F: Float, I: Numeric>(
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    index: &Tensor<I>,
+    k_tile: &mut Shared<[f32]>,
+    v_tile: &mut Shared<[f32]>,
+    valid: &mut Shared<[u32]>,
+    k_base: usize,
+    v_base: usize,
+    index_base: usize,
+    start: usize,
+    total: usize,
+    key_len: usize,
+    #[comptime] key_block: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] tile: usize,
+) {
+    let unit = UNIT_POS_X as usize;
+    let threads = CUBE_DIM_X as usize;
+    let mut e = unit;
+    while e < tile * head_dim {
+        let j = e / head_dim;
+        let d = e % head_dim;
+        let mut kv = f32::new(0.0);
+        let mut vv = f32::new(0.0);
+        if start + j < total {
+            let key = selected_key::<I>(index, index_base, start + j, key_len, key_block);
+            if key < key_len {
+                kv = f32::cast_from(k[k_base + key * k.stride(2) + d * k.stride(3)]);
+                vv = f32::cast_from(v[v_base + key * v.stride(2) + d * v.stride(3)]);
+            }
+        }
+        k_tile[e] = kv;
+        v_tile[e] = vv;
+        e += threads;
+    }
+    let mut j = unit;
+    while j < tile {
+        let mut ok = u32::new(0);
+        if start + j < total {
+            if selected_key::<I>(index, index_base, start + j, key_len, key_block) < key_len {
+                ok = 1u32;
+            }
+        }
+        valid[j] = ok;
+        j += threads;
+    }
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn sparse_forward_kernel<F: Float, I: Numeric>(
@@ -56,7 +110,6 @@ fn sparse_forward_kernel<F: Float, I: Numeric>(
     let h = CUBE_POS_Y as usize;
     let b = CUBE_POS_Z as usize;
     let unit = UNIT_POS_X as usize;
-    let threads = CUBE_DIM_X as usize;
     let key_len = key_len as usize;
     let row = g * group_size + unit;
     let active = row < query_len as usize;
@@ -86,35 +139,7 @@ fn sparse_forward_kernel<F: Float, I: Numeric>(
     let mut running_sum = f32::new(0.0);
     let mut start = 0usize;
     while start < total {
-        // Every unit of the cube loads part of the tile.
-        let mut e = unit;
-        while e < tile * head_dim {
-            let j = e / head_dim;
-            let d = e % head_dim;
-            let mut kv = f32::new(0.0);
-            let mut vv = f32::new(0.0);
-            if start + j < total {
-                let key = selected_key::<I>(index, index_base, start + j, key_len, key_block);
-                if key < key_len {
-                    kv = f32::cast_from(k[k_base + key * k.stride(2) + d * k.stride(3)]);
-                    vv = f32::cast_from(v[v_base + key * v.stride(2) + d * v.stride(3)]);
-                }
-            }
-            k_tile[e] = kv;
-            v_tile[e] = vv;
-            e += threads;
-        }
-        let mut j = unit;
-        while j < tile {
-            let mut ok = u32::new(0);
-            if start + j < total {
-                if selected_key::<I>(index, index_base, start + j, key_len, key_block) < key_len {
-                    ok = 1u32;
-                }
-            }
-            valid[j] = ok;
-            j += threads;
-        }
+        load_tile::<F, I>(k, v, index, &mut k_tile, &mut v_tile, &mut valid, k_base, v_base, index_base, start, total, key_len, key_block, head_dim, tile);
         sync_cube();
 
         if active {
