@@ -2,7 +2,7 @@
 //! clips long, one or more clips per rank, with dual-scope attention joining the clips.
 
 use burn::tensor::Tensor;
-use burn_ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig, Transport};
+use burn_ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig, Transport, clip_devices};
 use burn_sparse_attn::SparseAttnError;
 
 use crate::data::SplitMix;
@@ -23,7 +23,7 @@ pub fn clip_noise(seed: u64, clip: usize, shape: [usize; 5], device: &burn::tens
 #[allow(clippy::too_many_arguments)]
 pub fn generate_long<T: Transport>(model: &VideoDit, group: &DeviceGroup<T>, layout: &ClipLayout, [height, width]: [usize; 2], cond: Vec<Tensor<3>>, uncond: Vec<Tensor<3>>, sampler: SamplerConfig, scope: &DualScopeConfig, seed: u64) -> Result<Frames, SparseAttnError> {
     let channels = model.config().channels;
-    let noise = (0..layout.clips()).map(|c| clip_noise(seed, c, [1, channels, layout.frames(c), height, width], &group.device(layout.owner(c)))).collect();
+    let noise = clip_devices(group, layout).iter().enumerate().map(|(c, device)| clip_noise(seed, c, [1, channels, layout.frames(c), height, width], device)).collect();
     let clips = sample_euler_clips(model, group, layout, noise, cond, uncond, sampler, scope)?;
     let mut video = Frames { width, height, frames: Vec::with_capacity(layout.total_frames()) };
     for (c, clip) in clips.into_iter().enumerate() {
