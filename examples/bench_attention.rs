@@ -6,18 +6,24 @@
 //!     [--heads 8] [--group 32] [--rank 16] [--repeats 3] [--out out/bench_attention.json]
 //! ```
 //!
-//! For each shape it times Burn's dense `module::attention` and our selection + sparse
-//! attention, forward and forward+backward (autodiff), and prints the speedup, the ideal
+//! For each shape it times dense attention and our selection + sparse attention, forward and
+//! forward+backward (autodiff). Dense is the faster of Burn's fused `module::attention` (`f`
+//! in the table; first checked on the last 128 query rows against the matmul form, and
+//! dropped if it disagrees) and the plain matmul-softmax-matmul form (`m`; run where its
+//! score matrices fit `--dense-mem-gib`). It prints the speedup, the ideal
 //! `1/(1−s)`, effective GFLOP/s (work actually done: 4·S·K·D forward, 3.5× that for
 //! forward+backward, the FlashAttention convention), selection as a share of the sparse
 //! forward, and the peak heap memory of each (CPU backends; counted by this binary's
 //! allocator). Dense runs whose score matrices would not fit `--dense-mem-gib` are skipped.
 
-use burn::tensor::{Device, Distribution, Tensor, module::attention, ops::AttentionModuleOptions};
+use burn::tensor::{Distribution, Tensor, activation::softmax, module::attention, ops::AttentionModuleOptions};
 use burn_sparse_video::sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
 
+#[path = "common/device.rs"]
+mod device;
 #[path = "common/measure.rs"]
 mod measure;
+use device::device_named;
 use measure::measure;
 
 struct Args {
@@ -70,19 +76,29 @@ fn parse_args() -> Args {
     a
 }
 
-fn device_named(name: &str) -> Device {
-    match name {
-        "flex" => Device::flex(),
-        #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        "ndarray" => Device::ndarray(),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        #[cfg(feature = "vulkan")]
-        "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
-        #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0),
-        other => panic!("device `{other}` is not compiled in (features: flex, ndarray, wgpu, vulkan, cuda)"),
+/// Dense attention as plain ops, `softmax(q kᵀ / √D) v`, over blocks of query rows whose
+/// scores stay under 1 GiB (a single `[B, H, S, S]` buffer outgrows a GPU API's largest
+/// buffer at S = 16k): the baseline every backend computes correctly.
+fn matmul_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let [batch, heads, rows, head_dim] = q.dims();
+    let keys = k.dims()[2];
+    let scale = (head_dim as f64).powf(-0.5);
+    let block = ((1usize << 28) / (batch * heads * keys)).clamp(1, rows);
+    let kt = k.swap_dims(2, 3);
+    let blocks = (0..rows)
+        .step_by(block)
+        .map(|start| softmax(q.clone().narrow(2, start, block.min(rows - start)).matmul(kt.clone()) * scale, 3).matmul(v.clone()))
+        .collect();
+    Tensor::cat(blocks, 2)
+}
+
+/// The faster of two optional timings, with its name: the dense baseline.
+fn fastest(flash: Option<(f64, usize)>, matmul: Option<(f64, usize)>) -> (Option<(f64, usize)>, &'static str) {
+    match (flash, matmul) {
+        (Some(f), Some(m)) if m.0 < f.0 => (Some(m), "matmul"),
+        (Some(f), _) => (Some(f), "flash"),
+        (None, Some(m)) => (Some(m), "matmul"),
+        (None, None) => (None, "-"),
     }
 }
 
@@ -113,20 +129,35 @@ fn main() {
             let dense_flops = 4.0 * (args.heads * s * s * d) as f64;
             // Scores and probabilities of every head, f32, twice over for autodiff.
             let dense_bytes = (args.heads * s * s * 4) as f64 * 3.0;
-            let dense_fits = dense_bytes / (1u64 << 30) as f64 <= args.dense_mem_gib;
+            let dense_limit = args.dense_mem_gib * (1u64 << 30) as f64;
             let opts = AttentionModuleOptions::default;
-            // Burn's Flex forward streams over keys; only the autodiff path materialises scores.
-            let dense_fwd = Some(()).map(|_| {
-                measure(&device, args.repeats, || {
-                    attention(q.clone(), k.clone(), v.clone(), None, None, opts())
-                })
+            let flash = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| attention(q, k, v, None, None, opts());
+            // Burn's fused kernel is checked on the last query rows against the plain
+            // matmul-softmax form: a backend that silently skips it must not set the baseline.
+            let flash_error = {
+                let rows = s.min(128);
+                let tail = |x: Tensor<4>| x.narrow(2, s - rows, rows);
+                let diff = (tail(flash(q.clone(), k.clone(), v.clone())) - matmul_attention(tail(q.clone()), k.clone(), v.clone())).abs().max();
+                // A kernel that failed on the device (e.g. a buffer over the API's limit) fails here.
+                diff.try_into_scalar::<f32>().map_or(f64::NAN, f64::from)
+            };
+            let flash_ok = flash_error.is_finite() && flash_error < 1e-2;
+            let flash_fwd = flash_ok.then(|| measure(&device, args.repeats, || flash(q.clone(), k.clone(), v.clone())));
+            // The matmul form holds 1 GiB of scores at a time (autodiff keeps every block's); it
+            // runs where its gradients would fit, or where there is no other baseline.
+            let matmul_fwd = (!flash_ok || dense_bytes <= dense_limit).then(|| measure(&device, args.repeats, || matmul_attention(q.clone(), k.clone(), v.clone())));
+            let (qa, ka, va, wa) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad(), w.clone().autodiff());
+            let flash_fb = (flash_ok && dense_bytes <= dense_limit).then(|| {
+                measure(&device, args.repeats, || (flash(qa.clone(), ka.clone(), va.clone()) * wa.clone()).sum().backward())
             });
-            let dense_fb = dense_fits.then(|| {
-                let (q, k, v, w) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad(), w.clone().autodiff());
-                measure(&device, args.repeats, || {
-                    (attention(q.clone(), k.clone(), v.clone(), None, None, opts()) * w.clone()).sum().backward()
-                })
+            let matmul_fb = (dense_bytes <= dense_limit).then(|| {
+                measure(&device, args.repeats, || (matmul_attention(qa.clone(), ka.clone(), va.clone()) * wa.clone()).sum().backward())
             });
+            if !flash_ok {
+                println!("{s:>6} {d:>4}   Burn's fused attention failed or disagrees with the matmul form (max |diff| {flash_error:.2e}): not a baseline");
+            }
+            let (dense_fwd, dense_fwd_kind) = fastest(flash_fwd, matmul_fwd);
+            let (dense_fb, dense_fb_kind) = fastest(flash_fb, matmul_fb);
             for &sparsity in &args.sparsities {
                 let budget = ((s as f64 * (1.0 - sparsity)).round() as usize).clamp(1, s);
                 let config = SelectionConfig::new(args.group, budget);
@@ -137,28 +168,31 @@ fn main() {
                 let (sparse_fwd_t, sparse_fwd_mem) = measure(&device, args.repeats, || {
                     sparse_attention(q.clone(), k.clone(), v.clone(), &keys, None).unwrap()
                 });
-                let (qa, ka, va, wa) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad(), w.clone().autodiff());
                 let keys_ad = select_critical_keys(qa.clone().narrow(3, 0, args.rank), ka.clone().narrow(3, 0, args.rank), config).unwrap();
                 let (sparse_fb_t, sparse_fb_mem) = measure(&device, args.repeats, || {
                     (sparse_attention(qa.clone(), ka.clone(), va.clone(), &keys_ad, None).unwrap() * wa.clone()).sum().backward()
                 });
                 let sparse_flops = 4.0 * (args.heads * s * budget * d) as f64;
                 let sparse_total = sparse_fwd_t + select_t;
-                let fmt_t = |x: Option<(f64, usize)>| x.map(|(t, _)| format!("{:.4}", t)).unwrap_or_else(|| "skipped".into());
+                // The dense time carries its kind: `f` Burn's fused kernel, `m` the matmul form.
+                let fmt_t = |x: Option<(f64, usize)>, kind: &str| x.map(|(t, _)| format!("{:.4}{}", t, &kind[..1])).unwrap_or_else(|| "skipped".into());
                 let speed = |dense: Option<(f64, usize)>, sparse: f64| dense.map(|(t, _)| format!("{:.2}x", t / sparse)).unwrap_or_else(|| "-".into());
                 let mem_ratio = dense_fb.map(|(_, m)| format!("{:.3}", sparse_fb_mem as f64 / m.max(1) as f64)).unwrap_or_else(|| "-".into());
                 println!(
                     "{:>6} {:>4} {:>5.2} | {:>9} {:>9.4} {:>7} {:>5.1}x | {:>9} {:>9.4} {:>7} | {:>7.1} {:>7.1} | {:>8.1}% {:>9}",
-                    s, d, sparsity, fmt_t(dense_fwd), sparse_total, speed(dense_fwd, sparse_total), 1.0 / (1.0 - sparsity),
-                    fmt_t(dense_fb), sparse_fb_t + select_t, speed(dense_fb, sparse_fb_t + select_t),
+                    s, d, sparsity, fmt_t(dense_fwd, dense_fwd_kind), sparse_total, speed(dense_fwd, sparse_total), 1.0 / (1.0 - sparsity),
+                    fmt_t(dense_fb, dense_fb_kind), sparse_fb_t + select_t, speed(dense_fb, sparse_fb_t + select_t),
                     gflops(sparse_flops, sparse_fwd_t), gflops(3.5 * sparse_flops, sparse_fb_t),
                     100.0 * select_t / sparse_fwd_t, mem_ratio
                 );
                 rows.push(serde_json::json!({
                     "seq": s, "head_dim": d, "heads": args.heads, "group": args.group, "rank": args.rank,
                     "sparsity": sparsity, "budget": budget,
-                    "dense_fwd_s": dense_fwd.map(|x| x.0), "dense_fwd_peak_bytes": dense_fwd.map(|x| x.1),
-                    "dense_fwd_bwd_s": dense_fb.map(|x| x.0), "dense_fwd_bwd_peak_bytes": dense_fb.map(|x| x.1),
+                    "dense_fwd_s": dense_fwd.map(|x| x.0), "dense_fwd_peak_bytes": dense_fwd.map(|x| x.1), "dense_fwd_kind": dense_fwd_kind,
+                    "dense_fwd_bwd_s": dense_fb.map(|x| x.0), "dense_fwd_bwd_peak_bytes": dense_fb.map(|x| x.1), "dense_fwd_bwd_kind": dense_fb_kind,
+                    "flash_fwd_s": flash_fwd.map(|x| x.0), "matmul_fwd_s": matmul_fwd.map(|x| x.0),
+                    "flash_fwd_bwd_s": flash_fb.map(|x| x.0), "matmul_fwd_bwd_s": matmul_fb.map(|x| x.0),
+                    "flash_max_abs_error": flash_error,
                     "select_s": select_t, "sparse_fwd_s": sparse_fwd_t, "sparse_fwd_peak_bytes": sparse_fwd_mem,
                     "sparse_fwd_bwd_s": sparse_fb_t, "sparse_fwd_bwd_peak_bytes": sparse_fb_mem,
                     "speedup_fwd": dense_fwd.map(|x| x.0 / sparse_total),

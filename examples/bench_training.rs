@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example bench_training -- [--frames 8,16,32] [--size 64]
-//!     [--steps 6] [--quality-steps 0] [--sparsity 0.9] [--out out/bench_training.json]
+//!     [--steps 6] [--quality-steps 0] [--sparsity 0.9] [--device flex|ndarray|wgpu|vulkan|cuda]
+//!     [--out out/bench_training.json]
 //! ```
 //!
 //! For each clip geometry (the tiny model's 2×4×4 patches: tokens = (frames/2)·(size/4)²) it
@@ -20,6 +21,10 @@ use burn_sparse_video::dit::data::ClipShape;
 use burn_sparse_video::dit::train::{TrainConfig, Trainer};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
+
+#[path = "common/device.rs"]
+mod device;
+use device::device_named;
 
 fn arg_list(name: &str, default: &str) -> Vec<usize> {
     let args: Vec<String> = std::env::args().collect();
@@ -84,7 +89,7 @@ fn main() {
     let quality_steps = arg_list("--quality-steps", "0")[0];
     let sparsity: f64 = arg_str("--sparsity", "0.9").parse().expect("--sparsity");
     let out = arg_str("--out", "out/bench_training.json");
-    let device = Device::flex();
+    let device = device_named(&arg_str("--device", "flex"));
     let dsv = AttentionKind::Dsv(
         DsvPolicy::new()
             .with_min_sparse_len(0)

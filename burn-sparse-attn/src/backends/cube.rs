@@ -9,6 +9,7 @@ use burn::tensor::{DType, IntDType};
 use burn_cubecl::CubeBackend;
 
 use crate::SparseAttnOps;
+use crate::kernel::cube::tiles::TilePlan;
 use crate::kernel::cube::{backward, forward, select};
 use crate::reference;
 
@@ -38,9 +39,8 @@ impl SparseAttnOps for CubeBackend {
         key_block: usize,
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let head_dim = q.shape().dims::<4>()[3];
-        if forward::supports(group_size, head_dim) {
-            forward::sparse_attention_forward(q, k, v, index, group_size, key_block, scale)
+        if let Some(plan) = TilePlan::new(&q, group_size, 1) {
+            forward::sparse_attention_forward(q, k, v, index, group_size, key_block, scale, plan)
         } else {
             reference::sparse_attention_forward::<Self>(q, k, v, index, group_size, key_block, scale)
         }
@@ -58,9 +58,8 @@ impl SparseAttnOps for CubeBackend {
         key_block: usize,
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let head_dim = q.shape().dims::<4>()[3];
-        if forward::supports(group_size, head_dim) {
-            backward::sparse_attention_backward(q, k, v, index, out, lse, grad_out, group_size, key_block, scale)
+        if let Some(plan) = TilePlan::new(&q, group_size, 2) {
+            backward::sparse_attention_backward(q, k, v, index, out, lse, grad_out, group_size, key_block, scale, plan)
         } else {
             reference::sparse_attention_backward::<Self>(q, k, v, index, out, lse, grad_out, group_size, key_block, scale)
         }

@@ -15,6 +15,9 @@ pub fn devices() -> Vec<Device> {
     out.push(Device::ndarray());
     #[cfg(feature = "wgpu")]
     out.push(Device::wgpu(burn::tensor::DeviceKind::Cpu));
+    // Never in CI: a build with `vulkan` runs the same tests on the machine's GPU.
+    #[cfg(feature = "vulkan")]
+    out.push(Device::vulkan(burn::tensor::DeviceKind::DefaultDevice));
     out
 }
 

@@ -130,7 +130,7 @@ fn half_precision_inputs_follow_the_f32_result() {
 #[test]
 fn every_compiled_backend_is_tested() {
     let devices = devices();
-    let expected = 1 + usize::from(cfg!(feature = "ndarray")) + usize::from(cfg!(feature = "wgpu"));
+    let expected = 1 + usize::from(cfg!(feature = "ndarray")) + usize::from(cfg!(feature = "wgpu")) + usize::from(cfg!(feature = "vulkan"));
     assert_eq!(devices.len(), expected, "{devices:?}");
     for device in devices {
         let x = Tensor::<4>::ones([1, 1, 2, 2], &device);

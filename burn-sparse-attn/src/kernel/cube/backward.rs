@@ -14,12 +14,13 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
+use cubecl::features::Plane;
 use cubecl::prelude::*;
 
-use super::forward::{TILE_ELEMS, load_tile};
+use super::tiles::{TilePlan, lane_partials, load_tile, row_score};
 
 /// Threads of the element-wise kernels.
-const UNITS: u32 = 64;
+const UNITS: u32 = 128;
 
 #[cube(launch)]
 fn row_delta_kernel<F: Float>(d_out: &Tensor<F>, out: &Tensor<F>, delta: &mut Tensor<f32>, heads: u32, query_len: u32, rows: u32, #[comptime] head_dim: usize, #[define(F)] _dtype: ElemType) {
@@ -59,19 +60,26 @@ fn dq_kernel<F: Float, I: Numeric>(
     #[comptime] key_block: usize,
     #[comptime] head_dim: usize,
     #[comptime] tile: usize,
+    #[comptime] lanes: usize,
+    #[comptime] row_stride: usize,
+    #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
     let g = CUBE_POS_X as usize;
     let h = CUBE_POS_Y as usize;
     let b = CUBE_POS_Z as usize;
     let unit = UNIT_POS_X as usize;
+    let local = unit / lanes;
+    let lane = unit % lanes;
     let key_len = key_len as usize;
-    let row = g * group_size + unit;
+    let row = g * group_size + local;
     let active = row < query_len as usize;
+    let per_lane = comptime!(head_dim / lanes);
 
-    let mut q_row = Array::<f32>::new(head_dim);
-    let mut do_row = Array::<f32>::new(head_dim);
-    let mut acc = Array::<f32>::new(head_dim);
+    // This unit's dims of the row's q, dO and dQ accumulator.
+    let mut q_part = Array::<f32>::new(per_lane);
+    let mut do_part = Array::<f32>::new(per_lane);
+    let mut acc = Array::<f32>::new(per_lane);
     let q_base = b * q.stride(0) + h * q.stride(1) + row * q.stride(2);
     let do_base = b * d_out.stride(0) + h * d_out.stride(1) + row * d_out.stride(2);
     let mut row_lse = f32::new(0.0);
@@ -80,21 +88,25 @@ fn dq_kernel<F: Float, I: Numeric>(
         row_lse = lse[b * lse.stride(0) + h * lse.stride(1) + row * lse.stride(2)];
         row_delta = delta[b * delta.stride(0) + h * delta.stride(1) + row * delta.stride(2)];
     }
-    for d in 0..head_dim {
+    #[unroll(unroll)]
+    for i in 0..per_lane {
+        let d = lane + lanes * i;
         let mut qv = f32::new(0.0);
         let mut dv = f32::new(0.0);
         if active {
             qv = f32::cast_from(q[q_base + d * q.stride(3)]);
             dv = f32::cast_from(d_out[do_base + d * d_out.stride(3)]);
         }
-        q_row[d] = qv;
-        do_row[d] = dv;
-        acc[d] = 0.0f32;
+        q_part[i] = qv;
+        do_part[i] = dv;
+        acc[i] = 0.0f32;
     }
 
     let mut k_tile = Shared::<[f32]>::new_slice(tile * head_dim);
     let mut v_tile = Shared::<[f32]>::new_slice(tile * head_dim);
     let mut valid = Shared::<[u32]>::new_slice(tile);
+    let mut score_partial = Shared::<[f32]>::new_slice(group_size * row_stride);
+    let mut dp_partial = Shared::<[f32]>::new_slice(group_size * row_stride);
     let k_base = b * k.stride(0) + h * k.stride(1);
     let v_base = b * v.stride(0) + h * v.stride(1);
     let index_base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
@@ -103,21 +115,19 @@ fn dq_kernel<F: Float, I: Numeric>(
     while start < total {
         load_tile::<F, I>(k, v, index, &mut k_tile, &mut v_tile, &mut valid, k_base, v_base, index_base, start, total, key_len, key_block, head_dim, tile);
         sync_cube();
-        if active {
-            for j in 0..tile {
-                if valid[j] == 1u32 {
-                    let mut score = f32::new(0.0);
-                    let mut dp = f32::new(0.0);
-                    for d in 0..head_dim {
-                        score += q_row[d] * k_tile[j * head_dim + d];
-                        dp += do_row[d] * v_tile[j * head_dim + d];
-                    }
-                    let p = (score * scale - row_lse).exp();
-                    let ds = p * (dp - row_delta) * scale;
-                    for d in 0..head_dim {
-                        acc[d] += ds * k_tile[j * head_dim + d];
-                    }
-                }
+        lane_partials(&q_part, &k_tile, &mut score_partial, local, lane, tile, head_dim, lanes, row_stride, unroll);
+        lane_partials(&do_part, &v_tile, &mut dp_partial, local, lane, tile, head_dim, lanes, row_stride, unroll);
+        sync_cube();
+        #[unroll(unroll)]
+        for j in 0..tile {
+            let mut ds = f32::new(0.0);
+            if valid[j] == 1u32 {
+                let p = (row_score(&score_partial, local, j, lanes, row_stride, unroll) * scale - row_lse).exp();
+                ds = p * (row_score(&dp_partial, local, j, lanes, row_stride, unroll) - row_delta) * scale;
+            }
+            #[unroll(unroll)]
+            for i in 0..per_lane {
+                acc[i] += ds * k_tile[j * head_dim + lane + lanes * i];
             }
         }
         sync_cube();
@@ -126,8 +136,9 @@ fn dq_kernel<F: Float, I: Numeric>(
     if active {
         let base = b * dq.stride(0) + h * dq.stride(1) + row * dq.stride(2);
         let step = dq.stride(3);
-        for d in 0..head_dim {
-            dq[base + d * step] = F::cast_from(acc[d]);
+        #[unroll(unroll)]
+        for i in 0..per_lane {
+            dq[base + (lane + lanes * i) * step] = F::cast_from(acc[i]);
         }
     }
 }
@@ -208,30 +219,39 @@ fn dkdv_kernel<F: Float, I: Numeric>(
     #[comptime] group_size: usize,
     #[comptime] key_block: usize,
     #[comptime] head_dim: usize,
+    #[comptime] lanes: usize,
+    #[comptime] unroll: bool,
     #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
-    let pos = ABSOLUTE_POS;
+    // `lanes` neighbouring units of one plane share a key, each owning dims `lane + lanes·i`.
+    let slot = ABSOLUTE_POS / lanes;
+    let lane = ABSOLUTE_POS % lanes;
     let key_len = key_len as usize;
     let query_len = query_len as usize;
-    if pos >= key_len * heads as usize * k.shape(0) {
+    if slot >= key_len * heads as usize * k.shape(0) {
         terminate!();
     }
-    let key = pos % key_len;
-    let h = (pos / key_len) % heads as usize;
-    let b = pos / (key_len * heads as usize);
+    let key = slot % key_len;
+    let h = (slot / key_len) % heads as usize;
+    let b = slot / (key_len * heads as usize);
     let u = key / key_block;
+    let per_lane = comptime!(head_dim / lanes);
 
-    let mut k_row = Array::<f32>::new(head_dim);
-    let mut v_row = Array::<f32>::new(head_dim);
-    let mut dk_acc = Array::<f32>::new(head_dim);
-    let mut dv_acc = Array::<f32>::new(head_dim);
+    let mut k_part = Array::<f32>::new(per_lane);
+    let mut v_part = Array::<f32>::new(per_lane);
+    let mut dk_acc = Array::<f32>::new(per_lane);
+    let mut dv_acc = Array::<f32>::new(per_lane);
+    let mut q_part = Array::<f32>::new(per_lane);
+    let mut do_part = Array::<f32>::new(per_lane);
     let k_base = b * k.stride(0) + h * k.stride(1) + key * k.stride(2);
     let v_base = b * v.stride(0) + h * v.stride(1) + key * v.stride(2);
-    for d in 0..head_dim {
-        k_row[d] = f32::cast_from(k[k_base + d * k.stride(3)]);
-        v_row[d] = f32::cast_from(v[v_base + d * v.stride(3)]);
-        dk_acc[d] = 0.0f32;
-        dv_acc[d] = 0.0f32;
+    #[unroll(unroll)]
+    for i in 0..per_lane {
+        let d = lane + lanes * i;
+        k_part[i] = f32::cast_from(k[k_base + d * k.stride(3)]);
+        v_part[i] = f32::cast_from(v[v_base + d * v.stride(3)]);
+        dk_acc[i] = 0.0f32;
+        dv_acc[i] = 0.0f32;
     }
     let unit_at = b * counts.stride(0) + h * counts.stride(1) + u * counts.stride(2);
     let count = u32::cast_from(counts[unit_at]) as usize;
@@ -246,40 +266,74 @@ fn dkdv_kernel<F: Float, I: Numeric>(
             let do_base = b * d_out.stride(0) + h * d_out.stride(1) + row * d_out.stride(2);
             let mut score = f32::new(0.0);
             let mut dp = f32::new(0.0);
-            for d in 0..head_dim {
-                score += f32::cast_from(q[q_base + d * q.stride(3)]) * k_row[d];
-                dp += f32::cast_from(d_out[do_base + d * d_out.stride(3)]) * v_row[d];
+            #[unroll(unroll)]
+            for i in 0..per_lane {
+                let d = lane + lanes * i;
+                q_part[i] = f32::cast_from(q[q_base + d * q.stride(3)]);
+                do_part[i] = f32::cast_from(d_out[do_base + d * d_out.stride(3)]);
+                score += q_part[i] * k_part[i];
+                dp += do_part[i] * v_part[i];
             }
+            let score = lane_sum(score, lanes);
+            let dp = lane_sum(dp, lanes);
             let row_lse = lse[b * lse.stride(0) + h * lse.stride(1) + row * lse.stride(2)];
             let row_delta = delta[b * delta.stride(0) + h * delta.stride(1) + row * delta.stride(2)];
             let p = (score * scale - row_lse).exp();
             let ds = p * (dp - row_delta) * scale;
-            for d in 0..head_dim {
-                dk_acc[d] += ds * f32::cast_from(q[q_base + d * q.stride(3)]);
-                dv_acc[d] += p * f32::cast_from(d_out[do_base + d * d_out.stride(3)]);
+            #[unroll(unroll)]
+            for i in 0..per_lane {
+                dk_acc[i] += ds * q_part[i];
+                dv_acc[i] += p * do_part[i];
             }
             row += 1;
         }
     }
     let dk_base = b * dk.stride(0) + h * dk.stride(1) + key * dk.stride(2);
-    let dk_step = dk.stride(3);
     let dv_base = b * dv.stride(0) + h * dv.stride(1) + key * dv.stride(2);
-    let dv_step = dv.stride(3);
-    for d in 0..head_dim {
-        dk[dk_base + d * dk_step] = F::cast_from(dk_acc[d]);
-        dv[dv_base + d * dv_step] = F::cast_from(dv_acc[d]);
+    let (dk_step, dv_step) = (dk.stride(3), dv.stride(3));
+    #[unroll(unroll)]
+    for i in 0..per_lane {
+        let d = lane + lanes * i;
+        dk[dk_base + d * dk_step] = F::cast_from(dk_acc[i]);
+        dv[dv_base + d * dv_step] = F::cast_from(dv_acc[i]);
     }
 }
 
-/// A unit per element, in cubes of [`UNITS`].
-fn elementwise(n: usize) -> (CubeCount, CubeDim) {
-    (CubeCount::Static(n.div_ceil(UNITS as usize) as u32, 1, 1), CubeDim::new_1d(UNITS))
+/// Sum over the `lanes` neighbouring units that share a key (a butterfly of plane shuffles;
+/// nothing to do for one lane).
+#[cube]
+fn lane_sum(value: f32, #[comptime] lanes: usize) -> f32 {
+    let mut sum = value;
+    let steps = comptime!(lanes.trailing_zeros());
+    #[unroll]
+    for step in 0..steps {
+        sum += plane_shuffle_xor(sum, 1u32 << step);
+    }
+    sum
 }
 
-/// Launches the backward kernels → `(dq, dk, dv)` typed like `q, k, v`. Shapes must pass
-/// [`super::forward::supports`].
+/// Units sharing one key in the dK/dV kernel: as many as the plane is wide (at most 32) and
+/// divide the head dim, where the device has plane shuffles; else one.
+fn dkdv_lanes(client: &cubecl::client::Client, head_dim: usize) -> usize {
+    let properties = client.properties();
+    if !properties.features.plane.contains(Plane::Ops) {
+        return 1;
+    }
+    let width = (properties.hardware.plane_size_min as usize).clamp(1, 32);
+    [32, 16, 8, 4, 2].into_iter().find(|&l| l <= width && head_dim % l == 0 && UNITS as usize % l == 0).unwrap_or(1)
+}
+
+/// A unit per element, in cubes of [`UNITS`] spread over as many grid dims as the device's
+/// per-dim cube limit needs (`ABSOLUTE_POS` is linear over them).
+fn elementwise(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(UNITS);
+    (cubecl::calculate_cube_count_elemwise(client, n, dim), dim)
+}
+
+/// Launches the backward kernels → `(dq, dk, dv)` typed like `q, k, v`; dQ laid out by
+/// `plan` ([`TilePlan::new`] with two score arrays).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTensor, index: CubeTensor, out: CubeTensor, lse: CubeTensor, grad_out: CubeTensor, group_size: usize, key_block: usize, scale: f64) -> (CubeTensor, CubeTensor, CubeTensor) {
+pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTensor, index: CubeTensor, out: CubeTensor, lse: CubeTensor, grad_out: CubeTensor, group_size: usize, key_block: usize, scale: f64, plan: TilePlan) -> (CubeTensor, CubeTensor, CubeTensor) {
     let [q, k, v, index, out, lse, grad_out] = [q, k, v, index, out, lse, grad_out].map(into_contiguous);
     let [batch, heads, query_len, head_dim] = q.shape().dims::<4>();
     let key_len = k.shape().dims::<4>()[2];
@@ -292,15 +346,14 @@ pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTen
 
     let rows = batch * heads * query_len;
     let delta = empty(Shape::new([batch, heads, query_len]), DType::F32);
-    let (count, dim) = elementwise(rows);
+    let (count, dim) = elementwise(&client, rows);
     row_delta_kernel::launch(&client, count, dim, grad_out.clone().into_tensor_arg(), out.into_tensor_arg(), delta.clone().into_tensor_arg(), heads as u32, query_len as u32, rows as u32, head_dim, dtype_to_storage_type(fdt));
 
     let dq = empty(q.shape(), fdt);
-    let tile = (TILE_ELEMS / head_dim).max(1);
     dq_kernel::launch(
         &client,
         CubeCount::Static(groups as u32, heads as u32, batch as u32),
-        CubeDim::new_1d(group_size as u32),
+        CubeDim::new_1d(plan.units(group_size)),
         q.clone().into_tensor_arg(),
         k.clone().into_tensor_arg(),
         v.clone().into_tensor_arg(),
@@ -316,7 +369,10 @@ pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTen
         group_size,
         key_block,
         head_dim,
-        tile,
+        plan.tile,
+        plan.lanes,
+        plan.row_stride(),
+        plan.unroll,
         [dtype_to_storage_type(fdt), dtype_to_storage_type(idt)],
     );
 
@@ -327,7 +383,7 @@ pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTen
     // Unused arguments get their own scratch tensors: a writable binding must not alias.
     let scratch = || empty(Shape::new([1, 1, 1]), idt);
     let launch_invert = |offsets: CubeTensor, counts: CubeTensor, lists: CubeTensor, fill: bool| {
-        let (count, dim) = elementwise(batch * heads * units);
+        let (count, dim) = elementwise(&client, batch * heads * units);
         invert_kernel::launch(&client, count, dim, index.clone().into_tensor_arg(), offsets.into_tensor_arg(), counts.into_tensor_arg(), lists.into_tensor_arg(), heads as u32, groups as u32, budget as u32, units as u32, fill, dtype_to_storage_type(idt));
     };
     launch_invert(scratch(), counts.clone(), scratch(), false);
@@ -337,7 +393,8 @@ pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTen
 
     let dk = empty(k.shape(), k.dtype);
     let dv = empty(v.shape(), v.dtype);
-    let (count, dim) = elementwise(batch * heads * key_len);
+    let lanes = dkdv_lanes(&client, head_dim);
+    let (count, dim) = elementwise(&client, batch * heads * key_len * lanes);
     dkdv_kernel::launch(
         &client,
         count,
@@ -360,6 +417,8 @@ pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTen
         group_size,
         key_block,
         head_dim,
+        lanes,
+        plan.unroll,
         [dtype_to_storage_type(fdt), dtype_to_storage_type(idt)],
     );
     (dq, dk, dv)

@@ -3,3 +3,4 @@
 pub(crate) mod backward;
 pub(crate) mod forward;
 pub(crate) mod select;
+pub(crate) mod tiles;
