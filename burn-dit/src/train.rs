@@ -76,8 +76,9 @@ impl TrainConfig {
             sample_every: 250,
             checkpoint_every: 250,
             log_every: 10,
-            // Strong guidance: measured on the 900-step checkpoint, colour matches the label in
-            // 11 of 12 samples at 5 against 5 of 12 at 1.5 (`video_dit eval --guidance`).
+            // Strong guidance: on one 900-step checkpoint colour matched the label in 11 of 12
+            // samples at 5 against 5 of 12 at 1.5 (`video_dit eval --guidance`); a later run's
+            // checkpoint scored 4 of 12 at both (README, the main job).
             sampler: SamplerConfig { steps: 20, guidance: 5.0, shift: 2.0 },
             seed: 42,
         }
