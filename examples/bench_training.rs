@@ -47,7 +47,7 @@ fn config(clip: ClipShape, attention: AttentionKind) -> TrainConfig {
 
 /// Trains `steps` steps after one warm-up step; returns (steps/s, losses of every step).
 fn run(config: TrainConfig, steps: usize, sparse: bool, device: &Device) -> (f64, Vec<f32>) {
-    let mut trainer = Trainer::new(config, device);
+    let mut trainer = Trainer::new(config, device).expect("bouncing shapes need no files");
     let mut losses = vec![trainer.train_step().loss];
     if sparse {
         for layer in trainer.model().dsv_layers() {

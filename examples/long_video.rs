@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use burn_sparse_video::ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig};
-use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, SHAPES};
+use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS};
 use burn_sparse_video::dit::flow::sample_euler;
 use burn_sparse_video::dit::long_video::{clip_noise, generate_long};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
@@ -49,7 +49,7 @@ struct Args {
     /// Noise level where the favoured scope switches from global to local.
     #[arg(long, default_value_t = 0.5)]
     switch_sigma: f64,
-    /// `shape:colour` prompts, spread over the video in order.
+    /// `object:colour` prompts, spread over the video in order.
     #[arg(long, default_value = "circle:red,square:blue")]
     prompts: String,
     /// Euler steps (default: the training run's sampler).
@@ -65,9 +65,9 @@ fn fail(message: &str) -> ! {
     std::process::exit(2)
 }
 
-fn parse_prompt(pair: &str) -> (usize, usize) {
-    let (s, c) = pair.split_once(':').unwrap_or_else(|| fail(&format!("--prompts: expected shape:colour, got `{pair}`")));
-    let shape = SHAPES.iter().position(|x| *x == s.trim()).unwrap_or_else(|| fail(&format!("--prompts: unknown shape `{s}` (one of {SHAPES:?})")));
+fn parse_prompt(pair: &str, classes: &[&str]) -> (usize, usize) {
+    let (s, c) = pair.split_once(':').unwrap_or_else(|| fail(&format!("--prompts: expected object:colour, got `{pair}`")));
+    let shape = classes.iter().position(|x| *x == s.trim()).unwrap_or_else(|| fail(&format!("--prompts: unknown object `{s}` (one of {classes:?})")));
     let colour = COLOURS.iter().position(|x| x.0 == c.trim()).unwrap_or_else(|| fail(&format!("--prompts: unknown colour `{c}`")));
     (shape, colour)
 }
@@ -103,7 +103,7 @@ fn main() {
     if let Some(steps) = args.steps {
         sampler.steps = steps;
     }
-    let prompts: Vec<(usize, usize)> = args.prompts.split(',').map(parse_prompt).collect();
+    let prompts: Vec<(usize, usize)> = args.prompts.split(',').map(|p| parse_prompt(p, config.data.classes())).collect();
     let clip_prompt: Vec<(usize, usize)> = (0..clips).map(|c| prompts[c * prompts.len() / clips]).collect();
     let cond: Vec<Tensor<3>> = clip_prompt.iter().map(|&p| model.embed_labels(label_ids(&[p], &device))).collect();
     let uncond: Vec<Tensor<3>> = (0..clips).map(|_| model.embed_labels(Tensor::zeros([1, COND_TOKENS], &device))).collect();
@@ -141,7 +141,7 @@ fn main() {
         "training_clip_frames": clip.frames, "ranks": args.ranks, "clips": clips,
         "scope": { "window": args.window, "global_frames": args.global_frames, "scope_bias": args.scope_bias, "switch_sigma": args.switch_sigma },
         "sampler": sampler, "seed": args.seed,
-        "prompts": clip_prompt.iter().map(|&(s, c)| format!("{}:{}", SHAPES[s], COLOURS[c].0)).collect::<Vec<_>>(),
+        "prompts": clip_prompt.iter().map(|&(s, c)| format!("{}:{}", config.data.classes()[s], COLOURS[c].0)).collect::<Vec<_>>(),
         "dual_scope": { "seconds": dual_seconds, "frames_per_second": frames / dual_seconds, "bytes_between_ranks": comm.bytes, "messages": comm.messages, "metrics": metrics(&video, &clip_starts, config.model.patch[0]) },
         "independent_clips": { "seconds": alone_seconds, "frames_per_second": frames / alone_seconds, "metrics": metrics(&alone, &clip_starts, config.model.patch[0]) },
     });

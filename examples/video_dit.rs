@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use burn_sparse_video::dit::data::{BouncingShapes, COLOURS, SHAPES};
+use burn_sparse_video::dit::data::{COLOURS, DataSource, FASHION_DIR};
 use burn_sparse_video::dit::media::{Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png};
-use burn_sparse_video::dit::metrics::{VideoMetrics, measure};
+use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
 use burn_sparse_video::dit::flow::SamplerConfig;
 use burn_sparse_video::dit::train::{TrainConfig, Trainer, generate};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
@@ -40,6 +40,14 @@ enum DeviceChoice {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum DataChoice {
+    /// Bouncing shapes (generated).
+    Shapes,
+    /// Moving Fashion-MNIST (needs the dataset files, see `--fashion-dir`).
+    Fashion,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum AttentionChoice {
     Dsv,
     Dense,
@@ -56,6 +64,21 @@ struct Common {
     /// Self-attention of the DiT.
     #[arg(long, value_enum, default_value = "dsv")]
     attention: AttentionChoice,
+    /// Training clips.
+    #[arg(long, value_enum, default_value = "shapes")]
+    data: DataChoice,
+    /// Folder of the Fashion-MNIST `.gz` files (`apt install dataset-fashion-mnist`).
+    #[arg(long, default_value = FASHION_DIR)]
+    fashion_dir: PathBuf,
+}
+
+impl Common {
+    fn data_source(&self) -> DataSource {
+        match self.data {
+            DataChoice::Shapes => DataSource::BouncingShapes,
+            DataChoice::Fashion => DataSource::MovingFashion { dir: self.fashion_dir.clone() },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -73,12 +96,16 @@ enum Command {
         /// Continue from `OUT/checkpoints/latest`.
         #[arg(long)]
         resume: bool,
+        /// Peak learning rate (default: the tiny preset's).
+        #[arg(long)]
+        lr: Option<f64>,
     },
     /// Sample clips from the latest checkpoint.
     Sample {
         #[command(flatten)]
         common: Common,
-        /// `shape:colour` pairs, comma separated (shapes: square, circle, triangle).
+        /// `object:colour` pairs, comma separated (shapes: square, circle, triangle; Fashion-MNIST:
+        /// t-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle-boot).
         #[arg(long, default_value = "square:red,circle:green,triangle:blue,circle:yellow")]
         labels: String,
         /// Noise seed.
@@ -127,14 +154,15 @@ fn fail(message: &str) -> ! {
 }
 
 /// The tiny preset; DSV may go sparse from 256 tokens here, the length of the tiny clips.
-fn train_config(attention: AttentionChoice, steps: usize, batch: usize) -> TrainConfig {
-    let kind = match attention {
+fn train_config(common: &Common, steps: usize, batch: usize) -> TrainConfig {
+    let kind = match common.attention {
         AttentionChoice::Dense => AttentionKind::Dense,
         AttentionChoice::Dsv => AttentionKind::Dsv(
             DsvPolicy::new().with_min_sparse_len(256).with_query_cube([1, 4, 4]).with_sparsity_threshold(0.5).with_switch_loss(0.05).with_sample_stride(8).with_profile_every(10),
         ),
     };
     let mut config = TrainConfig::tiny(VideoDitConfig::tiny().with_attention(kind));
+    config.data = common.data_source();
     config.steps = steps;
     config.batch_size = batch;
     config.sample_every = (steps / 2).max(1);
@@ -142,20 +170,20 @@ fn train_config(attention: AttentionChoice, steps: usize, batch: usize) -> Train
     config
 }
 
-fn parse_labels(text: &str) -> Vec<(usize, usize)> {
+fn parse_labels(text: &str, classes: &[&str]) -> Vec<(usize, usize)> {
     text.split(',')
         .map(|pair| {
-            let (s, c) = pair.split_once(':').unwrap_or_else(|| fail(&format!("--labels: expected shape:colour, got `{pair}`")));
-            let shape = SHAPES.iter().position(|x| *x == s.trim()).unwrap_or_else(|| fail(&format!("--labels: unknown shape `{s}` (one of {SHAPES:?})")));
+            let (s, c) = pair.split_once(':').unwrap_or_else(|| fail(&format!("--labels: expected object:colour, got `{pair}`")));
+            let shape = classes.iter().position(|x| *x == s.trim()).unwrap_or_else(|| fail(&format!("--labels: unknown object `{s}` (one of {classes:?})")));
             let colour = COLOURS.iter().position(|x| x.0 == c.trim()).unwrap_or_else(|| fail(&format!("--labels: unknown colour `{c}`")));
             (shape, colour)
         })
         .collect()
 }
 
-/// One label per shape×colour pair, cycled.
-fn showcase_labels(n: usize) -> Vec<(usize, usize)> {
-    (0..n).map(|i| (i % SHAPES.len(), (i / SHAPES.len() + i) % COLOURS.len())).collect()
+/// One label per object×colour pair, cycled.
+fn showcase_labels(n: usize, classes: usize) -> Vec<(usize, usize)> {
+    (0..n).map(|i| (i % classes, (i / classes + i) % COLOURS.len())).collect()
 }
 
 fn write_video_set(path: &Path, videos: &[Frames]) {
@@ -166,32 +194,38 @@ fn write_video_set(path: &Path, videos: &[Frames]) {
 /// Samples of the trainer's EMA model and held-out real clips, measured alike.
 fn evaluate(trainer: &Trainer, clips: usize, sampler: SamplerConfig) -> (Vec<Frames>, Vec<(usize, usize)>, VideoMetrics, VideoMetrics) {
     let c = trainer.config();
-    let heldout = BouncingShapes::new(c.clip, c.dataset_size + clips, c.seed);
-    let real: Vec<_> = (c.dataset_size..c.dataset_size + clips).map(|i| heldout.generate(i)).collect();
-    let labels: Vec<(usize, usize)> = real.iter().map(|r| (r.shape, r.colour)).collect();
+    let real: Vec<_> = (c.dataset_size..c.dataset_size + clips).map(|i| trainer.data().generate(i)).collect();
+    let labels: Vec<(usize, usize)> = real.iter().map(|r| (r.object, r.colour)).collect();
     let real_frames: Vec<Frames> = real.iter().map(|r| Frames::from_chw(&r.pixels, c.clip.frames, c.clip.height, c.clip.width)).collect();
     let trajectories: Vec<Vec<(f32, f32)>> = real.iter().map(|r| r.trajectory.clone()).collect();
-    let real_metrics = measure(&real_frames, &labels, Some(&trajectories));
+    let classifier = ObjectClassifier::for_set(trainer.data(), 2000);
+    let real_metrics = measure(&real_frames, &labels, Some(&trajectories), &classifier);
     let samples = generate(trainer.ema(), c.clip, &labels, sampler, 1234);
-    let sample_metrics = measure(&samples, &labels, None);
+    let sample_metrics = measure(&samples, &labels, None, &classifier);
     (samples, labels, sample_metrics, real_metrics)
 }
 
 fn load_trainer(common: &Common) -> Trainer {
-    let config = train_config(common.attention, 1, 8);
-    let mut trainer = Trainer::new(config, &device(common.device));
+    let config = train_config(common, 1, 8);
+    let mut trainer = Trainer::new(config, &device(common.device)).unwrap_or_else(|e| fail(&format!("--data: {e}")));
     trainer.resume(&common.out).unwrap_or_else(|e| fail(&format!("{e} (train first, with the same --attention)")));
     trainer
 }
 
-fn train(common: Common, steps: usize, batch: usize, resume: bool) {
+fn train(common: Common, steps: usize, batch: usize, lr: Option<f64>, resume: bool) {
     if steps == 0 || batch == 0 {
         fail("--steps and --batch must be ≥ 1");
     }
     let out = &common.out;
     std::fs::create_dir_all(out.join("samples")).unwrap_or_else(|e| fail(&format!("creating {}: {e}", out.display())));
-    let config = train_config(common.attention, steps, batch);
-    let mut trainer = Trainer::new(config, &device(common.device));
+    let mut config = train_config(&common, steps, batch);
+    if let Some(lr) = lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            fail(&format!("--lr must be a positive number, got {lr}"));
+        }
+        config.lr = lr;
+    }
+    let mut trainer = Trainer::new(config, &device(common.device)).unwrap_or_else(|e| fail(&format!("--data: {e}")));
     if resume {
         trainer.resume(out).unwrap_or_else(|e| fail(&e.to_string()));
         println!("resumed at step {}", trainer.step());
@@ -205,7 +239,7 @@ fn train(common: Common, steps: usize, batch: usize, resume: bool) {
     );
     let start = Instant::now();
     let first = trainer.step();
-    let showcase = showcase_labels(8);
+    let showcase = showcase_labels(8, c.data.classes().len());
     while trainer.step() < c.steps {
         let log = trainer.train_step();
         let done = trainer.step();
@@ -261,8 +295,9 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
     });
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap_or_else(|e| fail(&format!("report: {e}")));
     let mut md = format!(
-        "# Tiny video DiT — {} attention\n\n{} steps in {:.0} s ({:.2} steps/s), final loss (10-step mean) {:.4}.\n\n",
+        "# Tiny video DiT — {} attention, {:?}\n\n{} steps in {:.0} s ({:.2} steps/s), final loss (10-step mean) {:.4}.\n\n",
         if common.attention == AttentionChoice::Dsv { "DSV" } else { "dense" },
+        trainer.config().data,
         trainer.step(), train_seconds, steps_per_second, final_loss
     );
     if !layers.is_empty() {
@@ -279,7 +314,7 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
         ("motion smoothness (1 = linear)", sample_metrics.motion_smoothness, real_metrics.motion_smoothness),
         ("dynamic degree (mean |Δframe|, 0–255)", sample_metrics.dynamic_degree, real_metrics.dynamic_degree),
         ("object detected (share of frames)", sample_metrics.detection_rate, real_metrics.detection_rate),
-        ("shape matches the label", sample_metrics.shape_accuracy, real_metrics.shape_accuracy),
+        ("object class matches the label", sample_metrics.object_accuracy, real_metrics.object_accuracy),
         ("colour matches the label", sample_metrics.colour_accuracy, real_metrics.colour_accuracy),
         ("area variation (0 = rigid)", sample_metrics.area_variation, real_metrics.area_variation),
         ("centroid acceleration px (0 = constant velocity)", sample_metrics.acceleration_px, real_metrics.acceleration_px),
@@ -294,10 +329,10 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
 
 fn main() {
     match Cli::parse().command {
-        Command::Train { common, steps, batch, resume } => train(common, steps, batch, resume),
+        Command::Train { common, steps, batch, lr, resume } => train(common, steps, batch, lr, resume),
         Command::Sample { common, labels, seed } => {
             let trainer = load_trainer(&common);
-            let labels = parse_labels(&labels);
+            let labels = parse_labels(&labels, trainer.config().data.classes());
             let path = common.out.join(format!("sample_seed{seed}.gif"));
             write_video_set(&path, &trainer.sample(&labels, seed));
             println!("wrote {}", path.display());
@@ -309,7 +344,10 @@ fn main() {
             sampler.steps = sampling_steps.unwrap_or(sampler.steps);
             sampler.shift = shift.unwrap_or(sampler.shift);
             println!("sampler: {sampler:?}");
-            let (_, _, samples, real) = evaluate(&trainer, clips, sampler);
+            let (videos, _, samples, real) = evaluate(&trainer, clips, sampler);
+            let path = common.out.join(format!("eval_guidance{}_steps{}_shift{}.gif", sampler.guidance, sampler.steps, sampler.shift));
+            write_video_set(&path, &videos);
+            println!("wrote {}", path.display());
             println!("samples: {}", serde_json::to_string_pretty(&samples).unwrap());
             println!("held-out real clips: {}", serde_json::to_string_pretty(&real).unwrap());
         }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent machine setup for the README commands; fast when everything is already there.
 #   scripts/setup.sh            checks the Rust toolchain
-#   scripts/setup.sh --vulkan   also installs Mesa's software Vulkan driver (lavapipe), which
+#   --vulkan                    also installs Mesa's software Vulkan driver (lavapipe), which
 #                               runs the CubeCL backends on CPU through the `wgpu` feature
-#                               (needs root or sudo the first time)
+#   --fashion                   also installs Debian's Fashion-MNIST files (moving
+#                               Fashion-MNIST clips: `video_dit train --data fashion`)
+# Packages need root or sudo the first time.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -11,12 +13,19 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-if [[ "${1:-}" == "--vulkan" ]]; then
-    if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
-        echo "setup: installing mesa-vulkan-drivers (software Vulkan for CubeCL on CPU)"
-        SUDO=""
-        [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers >/dev/null
-    fi
+packages=()
+for arg in "$@"; do
+    case "$arg" in
+        --vulkan) ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers) ;;
+        --fashion) [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || packages+=(dataset-fashion-mnist) ;;
+        *) echo "setup: unknown option $arg (expected --vulkan, --fashion)" >&2; exit 2 ;;
+    esac
+done
+
+if (( ${#packages[@]} )); then
+    echo "setup: installing ${packages[*]}"
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
 fi

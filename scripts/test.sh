@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The README's test command: every crate's tests on the CPU backends (Flex and NdArray), then
+# The README's test command: every crate's tests on the CPU backends (Flex and NdArray, with
+# Debian's Fashion-MNIST files for the moving Fashion-MNIST test), then
 # the sparse-attention tests once more with the CubeCL (wgpu) backend on Mesa's software
 # Vulkan driver; closed by one total over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --vulkan
+scripts/setup.sh --vulkan --fashion
+# The Fashion-MNIST test must run here, not skip.
+export DIT_REQUIRE_FASHION=1
 # wgpu warns without a runtime dir; any private writable folder will do.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"

@@ -2,7 +2,7 @@
 //! conditioning tokens.
 
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor, activation::sigmoid, module::attention, ops::AttentionModuleOptions};
 use burn_ctx_parallel::{DualScopePlan, Transport};
 use burn_sparse_attn::SparseAttnError;
@@ -52,6 +52,9 @@ pub(crate) struct ClipContext {
 #[derive(Module, Debug)]
 pub struct SelfAttention {
     qkv: Linear,
+    /// Per-head RMS norms of queries and keys (`qk_norm`).
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     out: Linear,
     dsv: Option<DsvAttention>,
     heads: usize,
@@ -64,8 +67,11 @@ impl SelfAttention {
             AttentionKind::Dense | AttentionKind::DualScope(_) => None,
             AttentionKind::Dsv(policy) => Some(DsvAttentionConfig::new(d, config.heads, config.head_dim(), policy.clone()).init(device)),
         };
+        let norm = || config.qk_norm.then(|| RmsNormConfig::new(config.head_dim()).init(device));
         Self {
             qkv: LinearConfig::new(d, 3 * d).init(device),
+            q_norm: norm(),
+            k_norm: norm(),
             out: LinearConfig::new(d, d).init(device),
             dsv,
             heads: config.heads,
@@ -80,8 +86,12 @@ impl SelfAttention {
             let [b, s, d] = x.dims();
             let qkv = self.qkv.forward(x.clone()).reshape([b, s, 3, self.heads, d / self.heads]).permute([2, 0, 3, 1, 4]);
             let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, self.heads, s, d / self.heads]);
-            q.push(clip.rope.apply(part(0)));
-            k.push(clip.rope.apply(part(1)));
+            let normed = |x: Tensor<4>, norm: &Option<RmsNorm>| match norm {
+                Some(norm) => norm.forward(x),
+                None => x,
+            };
+            q.push(clip.rope.apply(normed(part(0), &self.q_norm)));
+            k.push(clip.rope.apply(normed(part(1), &self.k_norm)));
             v.push(part(2));
         }
         let outs = match mode {

@@ -37,9 +37,21 @@ pub struct VideoDitConfig {
     /// Width of the conditioning embeddings fed to cross-attention.
     #[config(default = 64)]
     pub cond_dim: usize,
-    /// Vocabulary of conditioning tokens (id 0 is the null token of classifier-free guidance).
-    #[config(default = 16)]
+    /// Vocabulary of conditioning tokens (id 0 is the null token of classifier-free guidance);
+    /// the default holds the labels of every set in [`crate::data`].
+    #[config(default = "crate::data::COND_VOCAB")]
     pub cond_vocab: usize,
+    /// Also add the mean of the conditioning tokens to the time embedding, so every block's
+    /// adaLN modulation sees the prompt (as SD3 does with its pooled text embedding) besides
+    /// the cross-attention. Class-like conditioning is learned far sooner this way (DiT's
+    /// finding that adaLN beats cross-attention for class labels).
+    #[config(default = true)]
+    pub pooled_cond: bool,
+    /// RMS-normalise queries and keys per head (learned gain) before RoPE, as Wan2.1 does:
+    /// attention logits start at unit scale instead of ~0.3, so a fresh model can attend
+    /// locally at once rather than averaging every token for its first thousand steps.
+    #[config(default = true)]
+    pub qk_norm: bool,
     /// RoPE base.
     #[config(default = 10000.0)]
     pub rope_theta: f64,

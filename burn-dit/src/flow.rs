@@ -26,6 +26,12 @@ pub enum SigmaSampling {
     },
     /// `σ ~ U(0, 1)`.
     Uniform,
+    /// `σ = shift_sigma(u, shift)`, `u ~ U(0, 1)`: the sampler's timestep shift applied to
+    /// training, so training spends its steps where sampling does (SD3's shifted schedule).
+    ShiftedUniform {
+        /// The shift (> 0; 1 is uniform, larger favours high noise).
+        shift: f64,
+    },
 }
 
 impl SigmaSampling {
@@ -35,6 +41,7 @@ impl SigmaSampling {
             .map(|_| match *self {
                 Self::LogitNormal { mean, std } => 1.0 / (1.0 + (-(mean as f32 + std as f32 * rng.normal())).exp()),
                 Self::Uniform => rng.unit(),
+                Self::ShiftedUniform { shift } => shift_sigma(rng.unit() as f64, shift) as f32,
             })
             .collect();
         Tensor::from_data(TensorData::new(sigmas, [batch]), device)

@@ -4,9 +4,10 @@
 //! dual-scope, with flow-matching training, an Euler sampler with classifier-free guidance,
 //! a seeded synthetic data set and network-free video metrics.
 //!
-//! Model (Wan2.1 style): 3D patch embedding, full 3D self-attention with 3D RoPE over global
-//! frame positions, adaLN-Zero time conditioning (a shared time projection plus per-block
-//! modulation), cross-attention to conditioning tokens, a zero-initialised output head.
+//! Model (Wan2.1 style): 3D patch embedding, full 3D self-attention with per-head QK-norm
+//! and 3D RoPE over global frame positions, adaLN-Zero time conditioning (a shared time
+//! projection plus per-block modulation; the pooled conditioning joins the time embedding),
+//! cross-attention to conditioning tokens, a zero-initialised output head.
 //!
 //! Long videos ([`long_video`]): [`VideoDit::forward_clips`] runs a video cut into clips
 //! over a device group of `burn-ctx-parallel` with Video-Infinity's dual-scope attention,

@@ -1,8 +1,9 @@
-//! Network-free video metrics (VBench-style proxies) and bouncing-shape fidelity.
+//! Network-free video metrics (VBench-style proxies) and object fidelity against the labels
+//! and ground truth of the synthetic sets.
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{COLOURS, SHAPES};
+use crate::data::{COLOURS, ClipSet, SHAPES};
 use crate::media::Frames;
 
 fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
@@ -59,7 +60,7 @@ pub fn clip_continuity(video: &Frames, clip_starts: &[usize], frame_patch: usize
     ClipContinuity { across: mean(&across), within: mean(&within) }
 }
 
-/// What the detector finds of the single shape in one frame.
+/// What the detector finds of the single object in one frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Detection {
     /// Centroid `(x, y)` in pixels.
@@ -70,6 +71,8 @@ pub struct Detection {
     pub fill: f64,
     /// Mean foreground colour in [0, 1].
     pub colour: [f64; 3],
+    /// Bounding box of the foreground, `[x0, y0, x1, y1]` inclusive.
+    pub bbox: [usize; 4],
 }
 
 /// Finds the bright object on the dark background of a frame (`None` if nothing is lit).
@@ -93,7 +96,7 @@ pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
         return None;
     }
     let bbox = ((x1 - x0 + 1) * (y1 - y0 + 1)) as f64;
-    Some(Detection { centre: (sx / n, sy / n), area: n, fill: n / bbox, colour: rgb.map(|c| c / n) })
+    Some(Detection { centre: (sx / n, sy / n), area: n, fill: n / bbox, colour: rgb.map(|c| c / n), bbox: [x0, y0, x1, y1] })
 }
 
 /// The label a fill ratio looks most like.
@@ -102,19 +105,101 @@ pub fn classify_shape(fill: f64) -> usize {
     (0..SHAPES.len()).min_by(|&a, &b| (fill - expected[a]).abs().total_cmp(&(fill - expected[b]).abs())).unwrap()
 }
 
-/// The palette colour nearest to an RGB value.
+/// The palette colour nearest to an RGB value, compared at full brightness (a dim garment
+/// or a faded sample keeps its hue).
 pub fn classify_colour(rgb: [f64; 3]) -> usize {
-    let dist = |c: [f32; 3]| (0..3).map(|i| (rgb[i] - c[i] as f64).powi(2)).sum::<f64>();
+    let peak = rgb.iter().copied().fold(1e-6, f64::max);
+    let dist = |c: [f32; 3]| (0..3).map(|i| (rgb[i] / peak - c[i] as f64).powi(2)).sum::<f64>();
     (0..COLOURS.len()).min_by(|&a, &b| dist(COLOURS[a].1).total_cmp(&dist(COLOURS[b].1))).unwrap()
 }
 
-/// Bouncing-shape fidelity of one video against the labels it was asked for.
+/// Side of the square a detected object is resampled to for template matching.
+const TEMPLATE_SIDE: usize = 12;
+
+/// The detected object's brightness (largest channel, 0–1) in its bounding box, fitted into
+/// a `TEMPLATE_SIDE²` square keeping its aspect ratio, centred, zero-mean and unit-norm.
+fn object_features(frame: &[u8], width: usize, d: &Detection) -> Vec<f64> {
+    let [x0, y0, x1, y1] = d.bbox;
+    let (w, h) = ((x1 - x0 + 1) as f64, (y1 - y0 + 1) as f64);
+    let step = w.max(h) / TEMPLATE_SIDE as f64;
+    let (ox, oy) = ((w.max(h) - w) / 2.0, (w.max(h) - h) / 2.0);
+    let mut out = vec![0.0; TEMPLATE_SIDE * TEMPLATE_SIDE];
+    for ty in 0..TEMPLATE_SIDE {
+        for tx in 0..TEMPLATE_SIDE {
+            let (fx, fy) = ((tx as f64 + 0.5) * step - ox, (ty as f64 + 0.5) * step - oy);
+            if fx >= 0.0 && fy >= 0.0 && fx < w && fy < h {
+                let i = (y0 + fy as usize) * width + x0 + fx as usize;
+                out[ty * TEMPLATE_SIDE + tx] = *frame[3 * i..3 * i + 3].iter().max().unwrap() as f64 / 255.0;
+            }
+        }
+    }
+    let mean = out.iter().sum::<f64>() / out.len() as f64;
+    out.iter_mut().for_each(|v| *v -= mean);
+    let norm = out.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-9);
+    out.iter_mut().for_each(|v| *v /= norm);
+    out
+}
+
+/// Names the object class a detection shows, without a network.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ObjectClassifier {
+    /// Bouncing shapes, by fill ratio ([`classify_shape`]).
+    ShapeFill,
+    /// Nearest class-mean template (correlation of [`object_features`]): for sets whose
+    /// classes no rule separates, such as Fashion-MNIST. Weak but honest: it scores real
+    /// held-out clips too, for comparison.
+    Templates(Vec<Vec<f64>>),
+}
+
+impl ObjectClassifier {
+    /// The classifier for `set`; templates are the class means over the first frames of
+    /// `items` training clips.
+    pub fn for_set(set: &ClipSet, items: usize) -> Self {
+        let ClipSet::Fashion(_) = set else { return Self::ShapeFill };
+        let mut sums: Vec<(Vec<f64>, usize)> = Vec::new();
+        for i in 0..items {
+            let clip = set.generate(i);
+            let g = set.clip();
+            let frames = Frames::from_chw(&clip.pixels, g.frames, g.height, g.width);
+            let Some(d) = detect(&frames.frames[0], frames.width) else { continue };
+            if sums.len() <= clip.object {
+                sums.resize(clip.object + 1, (vec![0.0; TEMPLATE_SIDE * TEMPLATE_SIDE], 0));
+            }
+            let (sum, n) = &mut sums[clip.object];
+            sum.iter_mut().zip(object_features(&frames.frames[0], frames.width, &d)).for_each(|(s, f)| *s += f);
+            *n += 1;
+        }
+        Self::Templates(sums.into_iter().map(|(sum, n)| sum.into_iter().map(|s| s / n.max(1) as f64).collect()).collect())
+    }
+
+    /// The class `d` (found in `frame` of `width` pixels) looks most like.
+    pub fn classify(&self, frame: &[u8], width: usize, d: &Detection) -> usize {
+        match self {
+            Self::ShapeFill => classify_shape(d.fill),
+            Self::Templates(means) => {
+                let f = object_features(frame, width, d);
+                let score = |m: &Vec<f64>| m.iter().zip(&f).map(|(a, b)| a * b).sum::<f64>();
+                (0..means.len()).max_by(|&a, &b| score(&means[a]).total_cmp(&score(&means[b]))).unwrap_or(0)
+            }
+        }
+    }
+
+    /// Classes this classifier can name.
+    fn classes(&self) -> usize {
+        match self {
+            Self::ShapeFill => SHAPES.len(),
+            Self::Templates(means) => means.len(),
+        }
+    }
+}
+
+/// Object fidelity of one video against the labels it was asked for.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ShapeFidelity {
+pub struct ObjectFidelity {
     /// Frames with a detected object.
     pub detection_rate: f64,
-    /// Whether the majority shape matches the label.
-    pub shape_correct: bool,
+    /// Whether the majority object class matches the label.
+    pub object_correct: bool,
     /// Whether the majority colour matches the label.
     pub colour_correct: bool,
     /// Coefficient of variation of the object's area over frames (0 for a rigid shape).
@@ -127,18 +212,18 @@ pub struct ShapeFidelity {
 }
 
 /// Measures one video; `trajectory` is the ground truth when the video is a real clip.
-pub fn shape_fidelity(video: &Frames, shape: usize, colour: usize, trajectory: Option<&[(f32, f32)]>) -> ShapeFidelity {
+pub fn object_fidelity(video: &Frames, object: usize, colour: usize, trajectory: Option<&[(f32, f32)]>, classifier: &ObjectClassifier) -> ObjectFidelity {
     let detections: Vec<Option<Detection>> = video.frames.iter().map(|f| detect(f, video.width)).collect();
-    let found: Vec<&Detection> = detections.iter().flatten().collect();
-    let mut out = ShapeFidelity { detection_rate: found.len() as f64 / video.len().max(1) as f64, ..Default::default() };
+    let found: Vec<(usize, &Detection)> = detections.iter().enumerate().filter_map(|(t, d)| d.as_ref().map(|d| (t, d))).collect();
+    let mut out = ObjectFidelity { detection_rate: found.len() as f64 / video.len().max(1) as f64, ..Default::default() };
     if found.is_empty() {
         return out;
     }
     let majority = |votes: Vec<usize>, classes: usize| (0..classes).max_by_key(|c| votes.iter().filter(|v| *v == c).count()).unwrap();
-    out.shape_correct = majority(found.iter().map(|d| classify_shape(d.fill)).collect(), SHAPES.len()) == shape;
-    out.colour_correct = majority(found.iter().map(|d| classify_colour(d.colour)).collect(), COLOURS.len()) == colour;
-    let mean_area = found.iter().map(|d| d.area).sum::<f64>() / found.len() as f64;
-    let var = found.iter().map(|d| (d.area - mean_area).powi(2)).sum::<f64>() / found.len() as f64;
+    out.object_correct = majority(found.iter().map(|&(t, d)| classifier.classify(&video.frames[t], video.width, d)).collect(), classifier.classes()) == object;
+    out.colour_correct = majority(found.iter().map(|(_, d)| classify_colour(d.colour)).collect(), COLOURS.len()) == colour;
+    let mean_area = found.iter().map(|(_, d)| d.area).sum::<f64>() / found.len() as f64;
+    let var = found.iter().map(|(_, d)| (d.area - mean_area).powi(2)).sum::<f64>() / found.len() as f64;
     out.area_variation = var.sqrt() / mean_area;
     let margin = mean_area.sqrt();
     let away = |d: &Detection| d.centre.0 > margin && d.centre.0 < video.width as f64 - margin && d.centre.1 > margin && d.centre.1 < video.height as f64 - margin;
@@ -172,8 +257,8 @@ pub struct VideoMetrics {
     pub dynamic_degree: f64,
     /// Mean detection rate.
     pub detection_rate: f64,
-    /// Share of videos showing the asked-for shape.
-    pub shape_accuracy: f64,
+    /// Share of videos showing the asked-for object class.
+    pub object_accuracy: f64,
     /// Share of videos showing the asked-for colour.
     pub colour_accuracy: f64,
     /// Mean area variation.
@@ -184,18 +269,19 @@ pub struct VideoMetrics {
     pub trajectory_error_px: Option<f64>,
 }
 
-/// Measures videos with their labels (and ground-truth trajectories for real clips).
-pub fn measure(videos: &[Frames], labels: &[(usize, usize)], trajectories: Option<&[Vec<(f32, f32)>]>) -> VideoMetrics {
+/// Measures videos with their `(object, colour)` labels (and ground-truth trajectories for
+/// real clips), naming objects with `classifier`.
+pub fn measure(videos: &[Frames], labels: &[(usize, usize)], trajectories: Option<&[Vec<(f32, f32)>]>, classifier: &ObjectClassifier) -> VideoMetrics {
     let n = videos.len().max(1) as f64;
     let mut m = VideoMetrics { videos: videos.len(), ..Default::default() };
     let mut traj = Vec::new();
-    for (i, (video, &(shape, colour))) in videos.iter().zip(labels).enumerate() {
+    for (i, (video, &(object, colour))) in videos.iter().zip(labels).enumerate() {
         m.temporal_flickering += temporal_flickering(video) / n;
         m.motion_smoothness += motion_smoothness(video) / n;
         m.dynamic_degree += dynamic_degree(video) / n;
-        let f = shape_fidelity(video, shape, colour, trajectories.map(|t| t[i].as_slice()));
+        let f = object_fidelity(video, object, colour, trajectories.map(|t| t[i].as_slice()), classifier);
         m.detection_rate += f.detection_rate / n;
-        m.shape_accuracy += f.shape_correct as u8 as f64 / n;
+        m.object_accuracy += f.object_correct as u8 as f64 / n;
         m.colour_accuracy += f.colour_correct as u8 as f64 / n;
         m.area_variation += f.area_variation / n;
         m.acceleration_px += f.acceleration_px / n;

@@ -34,6 +34,7 @@ pub struct VideoDit {
     cond_embed: Embedding,
     cond_in: Linear,
     cond_out: Linear,
+    cond_pool: Option<Linear>,
     blocks: Vec<DitBlock>,
     head_time: Linear,
     head: Linear,
@@ -58,6 +59,7 @@ impl VideoDitConfig {
             cond_embed: EmbeddingConfig::new(self.cond_vocab, self.cond_dim).init(device),
             cond_in: LinearConfig::new(self.cond_dim, d).init(device),
             cond_out: LinearConfig::new(d, d).init(device),
+            cond_pool: self.pooled_cond.then(|| LinearConfig::new(self.cond_dim, d).init(device)),
             blocks: (0..self.depth).map(|_| DitBlock::new(self, device)).collect(),
             head_time: zero_linear(d, 2 * d, device),
             head: zero_linear(d, patch_dim, device),
@@ -170,7 +172,10 @@ impl VideoDit {
             let grid = [t / c.patch[0], h / c.patch[1], w / c.patch[2]];
             let rope = Rope3d::new(c.head_dim(), grid, offset, c.rope_theta, &xi.device());
             tokens.push(self.patch_embed.forward(patchify(xi, c.patch)));
-            let t_emb = self.time_out.forward(silu(self.time_in.forward(time_features(si))));
+            let mut t_emb = self.time_out.forward(silu(self.time_in.forward(time_features(si))));
+            if let Some(pool) = &self.cond_pool {
+                t_emb = t_emb + pool.forward(ci.clone().mean_dim(1).reshape([b, c.cond_dim]));
+            }
             let time = self.time_proj.forward(silu(t_emb.clone())).reshape([b, 6, d]);
             head_mods.push(self.head_time.forward(silu(t_emb)).reshape([b, 2, d]));
             let cond = self.cond_out.forward(quick_gelu(self.cond_in.forward(ci)));

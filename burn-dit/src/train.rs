@@ -14,7 +14,7 @@ use burn_sparse_attn::dsv::{DsvHost, DsvStage, DsvTrainer};
 use serde::{Deserialize, Serialize};
 
 use crate::config::VideoDitConfig;
-use crate::data::{BouncingShapes, COND_TOKENS, ClipBatcher, ClipShape, SplitMix, colour_token, shape_token};
+use crate::data::{COND_TOKENS, ClipBatcher, ClipSet, ClipShape, DataSource, SplitMix, colour_token, object_token};
 use crate::ema::ema_update;
 use crate::flow::{SamplerConfig, SigmaSampling, add_noise, sample_euler, velocity_target};
 use crate::media::Frames;
@@ -25,6 +25,8 @@ use crate::model::VideoDit;
 pub struct TrainConfig {
     /// The model.
     pub model: VideoDitConfig,
+    /// The clips trained on.
+    pub data: DataSource,
     /// Clip geometry.
     pub clip: ClipShape,
     /// Training clips (the held-out set follows them).
@@ -37,6 +39,9 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Linear warm-up steps.
     pub warmup_steps: usize,
+    /// Learning rate at the last step as a fraction of `lr`, reached by a cosine after the
+    /// warm-up (1 = constant). A short run ends sharper when the rate has come down.
+    pub final_lr_fraction: f64,
     /// Learning rate of the DSV predictors.
     pub predictor_lr: f64,
     /// EMA decay of the sampling weights.
@@ -62,16 +67,19 @@ impl TrainConfig {
     pub fn tiny(model: VideoDitConfig) -> Self {
         Self {
             model,
+            data: DataSource::BouncingShapes,
             clip: ClipShape { frames: 8, height: 32, width: 32 },
             dataset_size: 4096,
             steps: 500,
             batch_size: 8,
-            lr: 1e-3,
+            lr: 2e-3,
             warmup_steps: 50,
+            final_lr_fraction: 0.1,
             predictor_lr: 2e-3,
             ema_decay: 0.99,
-            // Uniform σ: a short run must learn the ends of the schedule the sampler visits.
-            sigma: SigmaSampling::Uniform,
+            // Train where the sampler steps (shift 2): the object's place and shape are decided
+            // at high noise, where a short uniform run left scattered patches.
+            sigma: SigmaSampling::ShiftedUniform { shift: 2.0 },
             cond_dropout: 0.1,
             sample_every: 250,
             checkpoint_every: 250,
@@ -82,6 +90,20 @@ impl TrainConfig {
             sampler: SamplerConfig { steps: 20, guidance: 5.0, shift: 2.0 },
             seed: 42,
         }
+    }
+}
+
+impl TrainConfig {
+    /// Learning rate of step `step` (0-based): a linear warm-up to `lr`, then a cosine down to
+    /// `lr · final_lr_fraction` at the last step.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let warm = self.warmup_steps.max(1);
+        if step + 1 < warm {
+            return self.lr * (step + 1) as f64 / warm as f64;
+        }
+        let progress = (step + 1 - warm) as f64 / self.steps.saturating_sub(warm).max(1) as f64;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
+        self.lr * (self.final_lr_fraction + (1.0 - self.final_lr_fraction) * cosine)
     }
 }
 
@@ -142,7 +164,8 @@ struct SavedState {
     history: Vec<StepLog>,
 }
 
-const FORMAT: u32 = 1;
+/// Version 2: the model gained QK-norm and the pooled conditioning, the run its data source.
+const FORMAT: u32 = 2;
 
 /// A training run in progress.
 pub struct Trainer {
@@ -154,25 +177,26 @@ pub struct Trainer {
     dsv: DsvTrainer,
     step: usize,
     history: Vec<StepLog>,
-    data: BouncingShapes,
+    data: ClipSet,
     batcher: ClipBatcher,
 }
 
-/// Clip labels `(shape, colour)` as conditioning ids `[B, COND_TOKENS]`.
+/// Clip labels `(object, colour)` as conditioning ids `[B, COND_TOKENS]`.
 pub fn label_ids(labels: &[(usize, usize)], device: &Device) -> Tensor<2, Int> {
-    let ids: Vec<i64> = labels.iter().flat_map(|&(s, c)| [shape_token(s), colour_token(c)]).collect();
+    let ids: Vec<i64> = labels.iter().flat_map(|&(s, c)| [object_token(s), colour_token(c)]).collect();
     Tensor::from_data(TensorData::new(ids, [labels.len(), COND_TOKENS]), device)
 }
 
 impl Trainer {
-    /// A fresh run on `device` (an autodiff device is made from it).
-    pub fn new(config: TrainConfig, device: &Device) -> Self {
+    /// A fresh run on `device` (an autodiff device is made from it); fails, naming the file,
+    /// when the data set's files cannot be read.
+    pub fn new(config: TrainConfig, device: &Device) -> std::io::Result<Self> {
+        let data = config.data.open(config.clip, config.dataset_size, config.dataset_size, config.seed)?;
         let device = device.clone().autodiff();
         device.seed(config.seed);
         let model = config.model.init(&device);
         let ema = model.clone().valid();
-        let data = BouncingShapes::new(config.clip, config.dataset_size, config.seed);
-        Self {
+        Ok(Self {
             batcher: ClipBatcher::new(config.clip),
             optimizer: AdamWConfig::new().with_weight_decay(0.0).init(),
             dsv: DsvTrainer::new(config.predictor_lr),
@@ -183,7 +207,12 @@ impl Trainer {
             step: 0,
             history: Vec::new(),
             data,
-        }
+        })
+    }
+
+    /// The training clips; items from `config().dataset_size` on are the held-out ones.
+    pub fn data(&self) -> &ClipSet {
+        &self.data
     }
 
     /// Steps done.
@@ -211,10 +240,7 @@ impl Trainer {
         &self.ema
     }
 
-    fn lr(&self) -> f64 {
-        let warm = self.config.warmup_steps.max(1) as f64;
-        self.config.lr * ((self.step + 1) as f64 / warm).min(1.0)
-    }
+
 
     /// One optimisation step; everything random comes from a generator seeded by
     /// `(seed, step)`, so a resumed run repeats the same steps.
@@ -238,7 +264,7 @@ impl Trainer {
         let pred = self.model.forward(x_t, sigma, cond).expect("training shapes come from the config");
         let loss = (pred - velocity_target(x0, noise)).square().mean();
 
-        let lr = self.lr();
+        let lr = self.config.lr_at(self.step);
         let model = self.model.clone();
         let (model, report) = self.dsv.step(model, loss, &mut self.optimizer, lr);
         self.model = model;
@@ -297,6 +323,9 @@ impl Trainer {
         if ours != theirs {
             return Err(CheckpointError::Mismatch { field: "model", expected: ours, found: theirs });
         }
+        if state.config.data != self.config.data {
+            return Err(CheckpointError::Mismatch { field: "data", expected: format!("{:?}", self.config.data), found: format!("{:?}", state.config.data) });
+        }
         if state.config.clip != self.config.clip {
             return Err(CheckpointError::Mismatch { field: "clip", expected: format!("{:?}", self.config.clip), found: format!("{:?}", state.config.clip) });
         }
@@ -327,10 +356,16 @@ fn read_checkpoint(dir: &Path) -> Result<(PathBuf, SavedState), CheckpointError>
     let ckpt = root.join(name.trim());
     let state_path = ckpt.join("state.json");
     let bytes = std::fs::read(&state_path).map_err(|e| CheckpointError::Io(state_path.clone(), e))?;
-    let state: SavedState = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
-    if state.format != FORMAT {
-        return Err(CheckpointError::Mismatch { field: "format", expected: FORMAT.to_string(), found: state.format.to_string() });
+    // The format first: an older checkpoint is named as such, not as a parse error.
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
     }
+    let format: Format = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
+    if format.format != FORMAT {
+        return Err(CheckpointError::Mismatch { field: "format", expected: FORMAT.to_string(), found: format.format.to_string() });
+    }
+    let state: SavedState = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
     Ok((ckpt, state))
 }
 
@@ -351,7 +386,7 @@ pub fn load_for_sampling(dir: &Path, device: &Device) -> Result<(VideoDit, Train
     Ok((model, state.config))
 }
 
-/// Samples one clip per `(shape, colour)` label with `model` (no autodiff).
+/// Samples one clip per `(object, colour)` label with `model` (no autodiff).
 pub fn generate(model: &VideoDit, clip: ClipShape, labels: &[(usize, usize)], sampler: SamplerConfig, seed: u64) -> Vec<Frames> {
     let device = model.devices().into_iter().next().expect("a model lives on a device");
     let n = labels.len();

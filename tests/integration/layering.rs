@@ -26,7 +26,7 @@ fn a_dit_with_dsv_trains_and_samples() {
     config.clip = ClipShape { frames: 2, height: 16, width: 16 };
     config.batch_size = 2;
     config.sampler.steps = 2;
-    let mut trainer = Trainer::new(config, &Device::flex());
+    let mut trainer = Trainer::new(config, &Device::flex()).unwrap();
     let log = trainer.train_step();
     assert!(log.loss.is_finite() && log.predictor_loss.is_some());
     assert_eq!(trainer.model().dsv_layers().len(), 2);

@@ -1,5 +1,7 @@
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use burn_dit::flow::{SamplerConfig, add_noise, sample_euler, shift_sigma, velocity_target};
+use burn::module::Module;
+use burn_dit::data::SplitMix;
+use burn_dit::flow::{SamplerConfig, SigmaSampling, add_noise, sample_euler, shift_sigma, velocity_target};
 use burn_dit::{AttentionKind, Rope3d, patchify, rope_split, unpatchify};
 use burn_sparse_attn::dsv::DsvHost;
 
@@ -54,6 +56,10 @@ fn fresh_model_is_zero_and_validates_inputs() {
         assert_eq!(model.forward(x.clone(), Tensor::zeros([3], &device), cond.clone()).unwrap_err().argument, "sigma");
         assert_eq!(model.forward(x, sigma, Tensor::zeros([2, 2, 7], &device)).unwrap_err().argument, "cond");
     }
+    // The pooled conditioning is one `cond_dim → d` projection into the time embedding.
+    let pooled = micro_model(AttentionKind::Dense).init(&device).num_params();
+    let plain = micro_model(AttentionKind::Dense).with_pooled_cond(false).init(&device).num_params();
+    assert_eq!(pooled - plain, 16 * 32 + 32);
     assert_eq!(micro_model(micro_dsv()).init(&device).dsv_layers().len(), 2);
     assert_eq!(micro_model(AttentionKind::Dense).init(&device).dsv_layers().len(), 0);
 }
@@ -71,6 +77,12 @@ fn flow_matching_conventions() {
     assert!(max_abs_diff(slope, velocity_target(x0, eps)) < 1e-4);
     assert_eq!((shift_sigma(0.0, 3.0), shift_sigma(1.0, 3.0)), (0.0, 1.0));
     assert!(shift_sigma(0.5, 3.0) > 0.5 && shift_sigma(0.5, 1.0) == 0.5);
+    // Shifted training noise levels: in [0, 1], median at the shifted median of U(0, 1).
+    let mut rng = SplitMix(11);
+    let mut draws: Vec<f32> = SigmaSampling::ShiftedUniform { shift: 2.0 }.sample(4001, &mut rng, &device).into_data().convert::<f32>().try_to_vec().unwrap();
+    draws.sort_by(f32::total_cmp);
+    assert!(draws[0] >= 0.0 && draws[4000] <= 1.0);
+    assert!((draws[2000] as f64 - shift_sigma(0.5, 2.0)).abs() < 0.03, "median {}", draws[2000]);
 }
 
 #[test]

@@ -23,7 +23,8 @@ fn loss_falls_on_a_small_problem() {
     let mut config = micro_train(micro_dsv());
     config.dataset_size = 4;
     config.lr = 3e-3;
-    let mut trainer = Trainer::new(config, &Device::flex());
+    config.steps = 40;
+    let mut trainer = Trainer::new(config, &Device::flex()).unwrap();
     let losses: Vec<f32> = (0..40).map(|_| trainer.train_step().loss).collect();
     let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
     assert!(mean(&losses[30..]) < 0.8 * mean(&losses[..10]), "loss did not fall: {losses:?}");
@@ -37,7 +38,7 @@ fn checkpoints_resume_exactly() {
     let dir = std::env::temp_dir().join(format!("dit-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let device = Device::flex();
-    let mut straight = Trainer::new(micro_train(micro_dsv()), &device);
+    let mut straight = Trainer::new(micro_train(micro_dsv()), &device).unwrap();
     for _ in 0..2 {
         straight.train_step();
     }
@@ -46,7 +47,7 @@ fn checkpoints_resume_exactly() {
         straight.train_step();
     }
 
-    let mut resumed = Trainer::new(micro_train(micro_dsv()), &device);
+    let mut resumed = Trainer::new(micro_train(micro_dsv()), &device).unwrap();
     resumed.resume(&dir).unwrap();
     assert_eq!(resumed.step(), 2);
     for _ in 0..2 {
@@ -67,12 +68,12 @@ fn bad_checkpoints_fail_cleanly() {
     let dir = std::env::temp_dir().join(format!("dit-bad-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let device = Device::flex();
-    let mut trainer = Trainer::new(micro_train(micro_dsv()), &device);
+    let mut trainer = Trainer::new(micro_train(micro_dsv()), &device).unwrap();
     trainer.train_step();
     let ckpt = trainer.save_checkpoint(&dir).unwrap();
 
     // Another model shape: refused by name, nothing loaded.
-    let mut other = Trainer::new(micro_train(AttentionKind::Dense), &device);
+    let mut other = Trainer::new(micro_train(AttentionKind::Dense), &device).unwrap();
     match other.resume(&dir) {
         Err(CheckpointError::Mismatch { field: "model", .. }) => {}
         other => panic!("expected a model mismatch, got {other:?}"),
@@ -82,7 +83,7 @@ fn bad_checkpoints_fail_cleanly() {
     // Corrupt weights: refused, the trainer keeps its state, the file stays as it was.
     let garbage = b"not a burnpack file".to_vec();
     std::fs::write(ckpt.join("model.bpk"), &garbage).unwrap();
-    let mut fresh = Trainer::new(micro_train(micro_dsv()), &device);
+    let mut fresh = Trainer::new(micro_train(micro_dsv()), &device).unwrap();
     let before = params(&fresh);
     match fresh.resume(&dir) {
         Err(CheckpointError::Corrupt(path, _)) => assert!(path.ends_with("model.bpk")),
@@ -98,4 +99,18 @@ fn bad_checkpoints_fail_cleanly() {
     // A missing checkpoint folder says which file is missing.
     assert!(matches!(fresh.resume(&dir.join("nowhere")), Err(CheckpointError::Io(..))));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn learning_rate_warms_up_then_follows_a_cosine_to_its_floor() {
+    let mut c = micro_train(AttentionKind::Dense);
+    (c.lr, c.warmup_steps, c.steps, c.final_lr_fraction) = (1e-3, 10, 110, 0.1);
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(c.lr_at(0), 1e-4) && close(c.lr_at(4), 5e-4) && close(c.lr_at(9), 1e-3));
+    // Halfway through the cosine the rate is midway between peak and floor.
+    assert!(close(c.lr_at(59), 0.55e-3), "{}", c.lr_at(59));
+    assert!(close(c.lr_at(109), 1e-4) && close(c.lr_at(500), 1e-4));
+    assert!((10..109).all(|s| c.lr_at(s + 1) <= c.lr_at(s)), "not monotone after warm-up");
+    c.final_lr_fraction = 1.0;
+    assert!((9..200).all(|s| close(c.lr_at(s), 1e-3)), "fraction 1 must keep the rate constant");
 }

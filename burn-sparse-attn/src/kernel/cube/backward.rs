@@ -14,10 +14,9 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
-use cubecl::features::Plane;
 use cubecl::prelude::*;
 
-use super::tiles::{TilePlan, lane_partials, load_tile, row_score};
+use super::tiles::{TilePlan, has_plane_ops, lane_partials, load_tile, row_score, unrolls};
 
 /// Threads of the element-wise kernels.
 const UNITS: u32 = 128;
@@ -315,11 +314,10 @@ fn lane_sum(value: f32, #[comptime] lanes: usize) -> f32 {
 /// Units sharing one key in the dK/dV kernel: as many as the plane is wide (at most 32) and
 /// divide the head dim, where the device has plane shuffles; else one.
 fn dkdv_lanes(client: &cubecl::client::Client, head_dim: usize) -> usize {
-    let properties = client.properties();
-    if !properties.features.plane.contains(Plane::Ops) {
+    if !has_plane_ops(client) {
         return 1;
     }
-    let width = (properties.hardware.plane_size_min as usize).clamp(1, 32);
+    let width = (client.properties().hardware.plane_size_min as usize).clamp(1, 32);
     [32, 16, 8, 4, 2].into_iter().find(|&l| l <= width && head_dim % l == 0 && UNITS as usize % l == 0).unwrap_or(1)
 }
 
@@ -418,7 +416,7 @@ pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTen
         key_block,
         head_dim,
         lanes,
-        plan.unroll,
+        unrolls(&client),
         [dtype_to_storage_type(fdt), dtype_to_storage_type(idt)],
     );
     (dq, dk, dv)

@@ -92,7 +92,6 @@ fn select_kernel<F: Float, I: Numeric>(
     query_len: u32,
     key_len: u32,
     budget: u32,
-    groups: u32,
     #[comptime] group_size: usize,
     #[comptime] key_block: usize,
     #[comptime] rank: usize,
@@ -109,6 +108,7 @@ fn select_kernel<F: Float, I: Numeric>(
     let query_len = query_len as usize;
     let units = key_len.div_ceil(key_block);
     let budget = budget as usize;
+    let groups = index.shape(2);
 
     // Each group's proxy: the mean of its low-rank queries (zero for slots past the last
     // group, whose results are not written).
@@ -119,7 +119,7 @@ fn select_kernel<F: Float, I: Numeric>(
         let g = first_group + e / rank;
         let d = e % rank;
         let mut mean = f32::new(0.0);
-        if g < groups as usize {
+        if g < groups {
             let first_row = g * group_size;
             let end_row = if first_row + group_size < query_len { first_row + group_size } else { query_len };
             let mut sum = f32::new(0.0);
@@ -245,7 +245,7 @@ fn select_kernel<F: Float, I: Numeric>(
             let ties_placed = if ties_before < ties_left { ties_before } else { ties_left };
             let take = packed == 1u32 || (packed == (1u32 << 16u32) && ties_before < ties_left);
             let g = first_group + p;
-            if take && g < groups as usize {
+            if take && g < groups {
                 let slot = written[p] + (before & 0xFFFFu32) + ties_placed;
                 let out_base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
                 index[out_base + slot as usize * out_step] = I::cast_from(u as u32);
@@ -303,7 +303,6 @@ pub(crate) fn select_critical_keys(q_lr: CubeTensor, k_lr: CubeTensor, group_siz
         query_len as u32,
         key_len as u32,
         budget as u32,
-        groups as u32,
         group_size,
         key_block,
         rank,

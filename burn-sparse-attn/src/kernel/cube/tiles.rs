@@ -24,12 +24,17 @@ pub(crate) struct TilePlan {
     pub unroll: bool,
 }
 
+/// Whether the device has plane (warp) operations: shuffles and the like.
+pub(crate) fn has_plane_ops(client: &cubecl::client::Client) -> bool {
+    client.properties().features.plane.contains(Plane::Ops)
+}
+
 /// Whether the kernels unroll their register loops on this device: yes on GPUs (the loop
 /// arrays then live in registers); no on CPU adapters, recognised by their lack of plane
 /// operations (lavapipe: LLVM's coroutine lowering of workgroup barriers takes minutes on
 /// the unrolled kernels, and registers buy nothing there).
 pub(crate) fn unrolls(client: &cubecl::client::Client) -> bool {
-    client.properties().features.plane.contains(Plane::Ops)
+    has_plane_ops(client)
 }
 
 impl TilePlan {
