@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use burn_sparse_video::ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig};
-use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS};
+use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, parse_label};
 use burn_sparse_video::dit::flow::sample_euler;
 use burn_sparse_video::dit::long_video::{clip_noise, generate_long};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
@@ -66,10 +66,7 @@ fn fail(message: &str) -> ! {
 }
 
 fn parse_prompt(pair: &str, classes: &[&str]) -> (usize, usize) {
-    let (s, c) = pair.split_once(':').unwrap_or_else(|| fail(&format!("--prompts: expected object:colour, got `{pair}`")));
-    let shape = classes.iter().position(|x| *x == s.trim()).unwrap_or_else(|| fail(&format!("--prompts: unknown object `{s}` (one of {classes:?})")));
-    let colour = COLOURS.iter().position(|x| x.0 == c.trim()).unwrap_or_else(|| fail(&format!("--prompts: unknown colour `{c}`")));
-    (shape, colour)
+    parse_label(pair, classes).unwrap_or_else(|e| fail(&format!("--prompts: {e}")))
 }
 
 /// The network-free metrics of one long video.

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use burn_sparse_video::dit::data::{COLOURS, DataSource, FASHION_DIR};
+use burn_sparse_video::dit::data::{COLOURS, DataSource, FASHION_DIR, parse_label};
 use burn_sparse_video::dit::media::{Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png};
 use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
 use burn_sparse_video::dit::flow::SamplerConfig;
@@ -171,14 +171,7 @@ fn train_config(common: &Common, steps: usize, batch: usize) -> TrainConfig {
 }
 
 fn parse_labels(text: &str, classes: &[&str]) -> Vec<(usize, usize)> {
-    text.split(',')
-        .map(|pair| {
-            let (s, c) = pair.split_once(':').unwrap_or_else(|| fail(&format!("--labels: expected object:colour, got `{pair}`")));
-            let shape = classes.iter().position(|x| *x == s.trim()).unwrap_or_else(|| fail(&format!("--labels: unknown object `{s}` (one of {classes:?})")));
-            let colour = COLOURS.iter().position(|x| x.0 == c.trim()).unwrap_or_else(|| fail(&format!("--labels: unknown colour `{c}`")));
-            (shape, colour)
-        })
-        .collect()
+    text.split(',').map(|pair| parse_label(pair, classes).unwrap_or_else(|e| fail(&format!("--labels: {e}")))).collect()
 }
 
 /// One label per object×colour pair, cycled.
@@ -208,7 +201,7 @@ fn evaluate(trainer: &Trainer, clips: usize, sampler: SamplerConfig) -> (Vec<Fra
 fn load_trainer(common: &Common) -> Trainer {
     let config = train_config(common, 1, 8);
     let mut trainer = Trainer::new(config, &device(common.device)).unwrap_or_else(|e| fail(&format!("--data: {e}")));
-    trainer.resume(&common.out).unwrap_or_else(|e| fail(&format!("{e} (train first, with the same --attention)")));
+    trainer.resume(&common.out).unwrap_or_else(|e| fail(&format!("{e} (train first, with the same --attention and --data)")));
     trainer
 }
 

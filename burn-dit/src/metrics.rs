@@ -157,9 +157,9 @@ impl ObjectClassifier {
     pub fn for_set(set: &ClipSet, items: usize) -> Self {
         let ClipSet::Fashion(_) = set else { return Self::ShapeFill };
         let mut sums: Vec<(Vec<f64>, usize)> = Vec::new();
+        let g = set.clip();
         for i in 0..items {
             let clip = set.generate(i);
-            let g = set.clip();
             let frames = Frames::from_chw(&clip.pixels, g.frames, g.height, g.width);
             let Some(d) = detect(&frames.frames[0], frames.width) else { continue };
             if sums.len() <= clip.object {

@@ -91,9 +91,7 @@ impl TrainConfig {
             seed: 42,
         }
     }
-}
 
-impl TrainConfig {
     /// Learning rate of step `step` (0-based): a linear warm-up to `lr`, then a cosine down to
     /// `lr · final_lr_fraction` at the last step.
     pub fn lr_at(&self, step: usize) -> f64 {
@@ -239,8 +237,6 @@ impl Trainer {
     pub fn ema(&self) -> &VideoDit {
         &self.ema
     }
-
-
 
     /// One optimisation step; everything random comes from a generator seeded by
     /// `(seed, step)`, so a resumed run repeats the same steps.

@@ -25,9 +25,9 @@ pub const COLOURS: [(&str, [f32; 3]); 6] = [
     ("magenta", [1.0, 0.2, 1.0]),
 ];
 
-/// Object classes any data set may have: the token layout leaves room for this many, so one
+/// Object classes of the largest set: the token layout leaves room for this many, so one
 /// vocabulary serves every set.
-pub const MAX_OBJECTS: usize = 10;
+pub const MAX_OBJECTS: usize = if SHAPES.len() > FASHION_CLASSES.len() { SHAPES.len() } else { FASHION_CLASSES.len() };
 
 /// Conditioning vocabulary: the null token, the object tokens, the colour tokens.
 pub const COND_VOCAB: usize = 1 + MAX_OBJECTS + COLOURS.len();
@@ -138,6 +138,15 @@ pub(crate) fn bouncing_trajectory(rng: &mut SplitMix, clip: ClipShape, radius: f
         }
     }
     trajectory
+}
+
+/// Parses an `object:colour` label such as `circle:red` against the set's `classes`; the
+/// error says which part is wrong and what it may be.
+pub fn parse_label(pair: &str, classes: &[&str]) -> Result<(usize, usize), String> {
+    let (object, colour) = pair.split_once(':').ok_or_else(|| format!("expected object:colour, got `{pair}`"))?;
+    let object_id = classes.iter().position(|x| *x == object.trim()).ok_or_else(|| format!("unknown object `{object}` (one of {classes:?})"))?;
+    let colour_id = COLOURS.iter().position(|x| x.0 == colour.trim()).ok_or_else(|| format!("unknown colour `{colour}` (one of {:?})", COLOURS.map(|c| c.0)))?;
+    Ok((object_id, colour_id))
 }
 
 fn out_of_range(set: &str, index: usize, len: usize) -> DatasetError {

@@ -4,7 +4,7 @@ use burn::tensor::Device;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn_dit::data::{BouncingShapes, COLOURS, COND_VOCAB, ClipBatcher, ClipSet, ClipShape, DataSource, FASHION_CLASSES, FASHION_DIR, FashionImages, MovingFashion, SHAPES, colour_token, inside, object_token};
+use burn_dit::data::{BouncingShapes, COLOURS, COND_VOCAB, ClipBatcher, ClipSet, ClipShape, DataSource, FASHION_CLASSES, FASHION_DIR, FashionImages, MovingFashion, SHAPES, colour_token, inside, object_token, parse_label};
 use burn_dit::media::Frames;
 use burn_dit::metrics::{ObjectClassifier, dynamic_degree, measure, motion_smoothness, temporal_flickering};
 
@@ -174,4 +174,15 @@ fn real_fashion_mnist_where_installed() {
     eprintln!("moving Fashion-MNIST, 100 held-out real clips: template class accuracy {:.2}", m.object_accuracy);
     assert!(m.object_accuracy > 0.4, "{m:?}");
     assert!(m.colour_accuracy > 0.9, "{m:?}");
+}
+
+#[test]
+fn labels_parse_against_the_set_and_name_what_is_wrong() {
+    assert_eq!(parse_label("circle:red", &SHAPES), Ok((1, 0)));
+    assert_eq!(parse_label(" bag : cyan", &FASHION_CLASSES), Ok((8, 4)));
+    assert!(parse_label("circle", &SHAPES).unwrap_err().contains("expected object:colour"));
+    let e = parse_label("bag:red", &SHAPES).unwrap_err();
+    assert!(e.contains("unknown object `bag`") && e.contains("square"), "{e}");
+    let e = parse_label("circle:pink", &SHAPES).unwrap_err();
+    assert!(e.contains("unknown colour `pink`") && e.contains("magenta"), "{e}");
 }
