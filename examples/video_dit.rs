@@ -128,6 +128,9 @@ enum Command {
         /// Timestep shift (default: the training run's sampler).
         #[arg(long)]
         shift: Option<f64>,
+        /// Guide only steps starting at σ ≤ this (default: the training run's sampler).
+        #[arg(long)]
+        guidance_max_sigma: Option<f64>,
     },
 }
 
@@ -307,6 +310,7 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
         ("motion smoothness (1 = linear)", sample_metrics.motion_smoothness, real_metrics.motion_smoothness),
         ("dynamic degree (mean |Δframe|, 0–255)", sample_metrics.dynamic_degree, real_metrics.dynamic_degree),
         ("object detected (share of frames)", sample_metrics.detection_rate, real_metrics.detection_rate),
+        ("exactly one object (share of frames)", sample_metrics.single_object_rate, real_metrics.single_object_rate),
         ("object class matches the label", sample_metrics.object_accuracy, real_metrics.object_accuracy),
         ("colour matches the label", sample_metrics.colour_accuracy, real_metrics.colour_accuracy),
         ("area variation (0 = rigid)", sample_metrics.area_variation, real_metrics.area_variation),
@@ -330,15 +334,16 @@ fn main() {
             write_video_set(&path, &trainer.sample(&labels, seed));
             println!("wrote {}", path.display());
         }
-        Command::Eval { common, clips, guidance, sampling_steps, shift } => {
+        Command::Eval { common, clips, guidance, sampling_steps, shift, guidance_max_sigma } => {
             let trainer = load_trainer(&common);
             let mut sampler = trainer.config().sampler;
             sampler.guidance = guidance.unwrap_or(sampler.guidance);
             sampler.steps = sampling_steps.unwrap_or(sampler.steps);
             sampler.shift = shift.unwrap_or(sampler.shift);
+            sampler.guidance_max_sigma = guidance_max_sigma.unwrap_or(sampler.guidance_max_sigma);
             println!("sampler: {sampler:?}");
             let (videos, _, samples, real) = evaluate(&trainer, clips, sampler);
-            let path = common.out.join(format!("eval_guidance{}_steps{}_shift{}.gif", sampler.guidance, sampler.steps, sampler.shift));
+            let path = common.out.join(format!("eval_guidance{}_below{}_steps{}_shift{}.gif", sampler.guidance, sampler.guidance_max_sigma, sampler.steps, sampler.shift));
             write_video_set(&path, &videos);
             println!("wrote {}", path.display());
             println!("samples: {}", serde_json::to_string_pretty(&samples).unwrap());

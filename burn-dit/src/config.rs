@@ -60,16 +60,24 @@ pub struct VideoDitConfig {
     pub attention: AttentionKind,
 }
 
+/// RoPE base for token grids of ~4–16 positions per axis (the `tiny` and `small` presets).
+/// With Wan's 1e4, an axis of 10 rotated dims turns at 1, 0.16, 0.025, … rad per patch: over
+/// an 8-patch axis only the first pair tells positions apart, so a layer can hardly attend to
+/// its neighbours. Base 10 spreads the 5 pairs over 1 … 0.16 rad per patch, all of which
+/// resolve such a grid. Measured on the tiny preset (900 steps, README): frames showing one
+/// object went from 1% to 38% of the samples.
+pub const SMALL_GRID_ROPE_THETA: f64 = 10.0;
+
 impl VideoDitConfig {
     /// Trains on a 2-core CPU in minutes: 8×32×32 RGB clips in 2×4×4 patches → 256 tokens
     /// of width 128.
     pub fn tiny() -> Self {
-        Self::new(3, [2, 4, 4], 128, 4, 4)
+        Self::new(3, [2, 4, 4], 128, 4, 4).with_rope_theta(SMALL_GRID_ROPE_THETA)
     }
 
     /// 16×64×64 clips with 2×4×4 patches → 2048 tokens of width 384.
     pub fn small() -> Self {
-        Self::new(3, [2, 4, 4], 384, 12, 6)
+        Self::new(3, [2, 4, 4], 384, 12, 6).with_rope_theta(SMALL_GRID_ROPE_THETA)
     }
 
     /// A Wan-1.3B-like shape for latents (16 channels, 1×2×2 patches).

@@ -60,7 +60,7 @@ pub fn clip_continuity(video: &Frames, clip_starts: &[usize], frame_patch: usize
     ClipContinuity { across: mean(&across), within: mean(&within) }
 }
 
-/// What the detector finds of the single object in one frame.
+/// What the detector finds of the object in one frame: the largest lit region.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Detection {
     /// Centroid `(x, y)` in pixels.
@@ -73,30 +73,70 @@ pub struct Detection {
     pub colour: [f64; 3],
     /// Bounding box of the foreground, `[x0, y0, x1, y1]` inclusive.
     pub bbox: [usize; 4],
+    /// Lit regions of at least [`MIN_REGION`] pixels in the frame: 1 for a clip of one object;
+    /// a sample that grew its object in several places shows more.
+    pub regions: usize,
 }
 
-/// Finds the bright object on the dark background of a frame (`None` if nothing is lit).
+/// Smallest lit region (8-connected pixels) the detector counts as an object.
+pub const MIN_REGION: usize = 3;
+
+/// Finds the bright object on the dark background of a frame: the largest 8-connected region
+/// of lit pixels (`None` if no region reaches [`MIN_REGION`] pixels). Stray lit patches
+/// elsewhere do not move its centre or spoil its shape; they are counted in `regions`.
 pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
-    let (mut n, mut sx, mut sy, mut rgb) = (0.0, 0.0, 0.0, [0.0f64; 3]);
-    let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
-    for (i, px) in frame.chunks_exact(3).enumerate() {
-        if *px.iter().max().unwrap() < 128 {
+    let pixels = frame.len() / 3;
+    let lit: Vec<bool> = frame.chunks_exact(3).map(|px| *px.iter().max().unwrap() >= 128).collect();
+    let mut region = vec![u32::MAX; pixels];
+    let (mut regions, mut best): (usize, Vec<usize>) = (0, Vec::new());
+    let mut stack = Vec::new();
+    for seed in 0..pixels {
+        if !lit[seed] || region[seed] != u32::MAX {
             continue;
         }
+        let id = regions as u32;
+        let mut members = vec![seed];
+        region[seed] = id;
+        stack.push(seed);
+        while let Some(i) = stack.pop() {
+            let (x, y) = ((i % width) as isize, (i / width) as isize);
+            for (dx, dy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+                let (nx, ny) = (x + dx, y + dy);
+                if nx < 0 || ny < 0 || nx >= width as isize || ny as usize * width >= pixels {
+                    continue;
+                }
+                let j = ny as usize * width + nx as usize;
+                if lit[j] && region[j] == u32::MAX {
+                    region[j] = id;
+                    members.push(j);
+                    stack.push(j);
+                }
+            }
+        }
+        if members.len() >= MIN_REGION {
+            regions += 1;
+            if members.len() > best.len() {
+                best = members;
+            }
+        }
+    }
+    if best.is_empty() {
+        return None;
+    }
+    let n = best.len() as f64;
+    let (mut sx, mut sy, mut rgb) = (0.0, 0.0, [0.0f64; 3]);
+    let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
+    for &i in &best {
         let (x, y) = (i % width, i / width);
-        n += 1.0;
         sx += x as f64 + 0.5;
         sy += y as f64 + 0.5;
         for c in 0..3 {
-            rgb[c] += px[c] as f64 / 255.0;
+            rgb[c] += frame[3 * i + c] as f64 / 255.0;
         }
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
-    if n < 3.0 {
-        return None;
-    }
     let bbox = ((x1 - x0 + 1) * (y1 - y0 + 1)) as f64;
-    Some(Detection { centre: (sx / n, sy / n), area: n, fill: n / bbox, colour: rgb.map(|c| c / n), bbox: [x0, y0, x1, y1] })
+    Some(Detection { centre: (sx / n, sy / n), area: n, fill: n / bbox, colour: rgb.map(|c| c / n), bbox: [x0, y0, x1, y1], regions })
 }
 
 /// The label a fill ratio looks most like.
@@ -198,6 +238,8 @@ impl ObjectClassifier {
 pub struct ObjectFidelity {
     /// Frames with a detected object.
     pub detection_rate: f64,
+    /// Frames showing exactly one lit region (one object, nothing stray).
+    pub single_object_rate: f64,
     /// Whether the majority object class matches the label.
     pub object_correct: bool,
     /// Whether the majority colour matches the label.
@@ -215,7 +257,12 @@ pub struct ObjectFidelity {
 pub fn object_fidelity(video: &Frames, object: usize, colour: usize, trajectory: Option<&[(f32, f32)]>, classifier: &ObjectClassifier) -> ObjectFidelity {
     let detections: Vec<Option<Detection>> = video.frames.iter().map(|f| detect(f, video.width)).collect();
     let found: Vec<(usize, &Detection)> = detections.iter().enumerate().filter_map(|(t, d)| d.as_ref().map(|d| (t, d))).collect();
-    let mut out = ObjectFidelity { detection_rate: found.len() as f64 / video.len().max(1) as f64, ..Default::default() };
+    let frames = video.len().max(1) as f64;
+    let mut out = ObjectFidelity {
+        detection_rate: found.len() as f64 / frames,
+        single_object_rate: found.iter().filter(|(_, d)| d.regions == 1).count() as f64 / frames,
+        ..Default::default()
+    };
     if found.is_empty() {
         return out;
     }
@@ -257,6 +304,8 @@ pub struct VideoMetrics {
     pub dynamic_degree: f64,
     /// Mean detection rate.
     pub detection_rate: f64,
+    /// Mean share of frames showing exactly one object.
+    pub single_object_rate: f64,
     /// Share of videos showing the asked-for object class.
     pub object_accuracy: f64,
     /// Share of videos showing the asked-for colour.
@@ -281,6 +330,7 @@ pub fn measure(videos: &[Frames], labels: &[(usize, usize)], trajectories: Optio
         m.dynamic_degree += dynamic_degree(video) / n;
         let f = object_fidelity(video, object, colour, trajectories.map(|t| t[i].as_slice()), classifier);
         m.detection_rate += f.detection_rate / n;
+        m.single_object_rate += f.single_object_rate / n;
         m.object_accuracy += f.object_correct as u8 as f64 / n;
         m.colour_accuracy += f.colour_correct as u8 as f64 / n;
         m.area_variation += f.area_variation / n;

@@ -87,7 +87,7 @@ impl TrainConfig {
             // Strong guidance: on one 900-step checkpoint colour matched the label in 11 of 12
             // samples at 5 against 5 of 12 at 1.5 (`video_dit eval --guidance`); a later run's
             // checkpoint scored 4 of 12 at both (README, the main job).
-            sampler: SamplerConfig { steps: 20, guidance: 5.0, shift: 2.0 },
+            sampler: SamplerConfig { steps: 20, guidance: 5.0, shift: 2.0, guidance_max_sigma: 1.0 },
             seed: 42,
         }
     }

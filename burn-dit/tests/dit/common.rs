@@ -1,9 +1,10 @@
 #![allow(dead_code)]
 
-use burn::tensor::Tensor;
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Distribution, Tensor};
 use burn_dit::data::ClipShape;
 use burn_dit::train::TrainConfig;
-use burn_dit::{AttentionKind, DsvPolicy, VideoDitConfig};
+use burn_dit::{AttentionKind, DsvPolicy, VideoDit, VideoDitConfig};
 
 /// A model small enough for debug-build tests: 4×16×16 clips → 64 tokens of width 32.
 pub fn micro_model(attention: AttentionKind) -> VideoDitConfig {
@@ -28,3 +29,21 @@ pub fn micro_train(attention: AttentionKind) -> TrainConfig {
 pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
 }
+
+/// Adds noise to every weight: a fresh model's zero head and gates would hide any error.
+struct Jitter;
+
+impl ModuleMapper for Jitter {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|w| {
+            let noise = Tensor::random(w.shape(), Distribution::Normal(0.0, 0.2), &w.device());
+            w + noise
+        })
+    }
+}
+
+pub fn jittered(attention: AttentionKind, device: &Device) -> VideoDit {
+    device.seed(11);
+    micro_model(attention).init(device).map(&mut Jitter)
+}
+

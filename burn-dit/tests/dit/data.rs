@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn_dit::data::{BouncingShapes, COLOURS, COND_VOCAB, ClipBatcher, ClipSet, ClipShape, DataSource, FASHION_CLASSES, FASHION_DIR, FashionImages, MovingFashion, SHAPES, colour_token, inside, object_token, parse_label};
 use burn_dit::media::Frames;
-use burn_dit::metrics::{ObjectClassifier, dynamic_degree, measure, motion_smoothness, temporal_flickering};
+use burn_dit::metrics::{ObjectClassifier, classify_colour, detect, dynamic_degree, measure, motion_smoothness, temporal_flickering};
 
 const CLIP: ClipShape = ClipShape { frames: 8, height: 32, width: 32 };
 
@@ -56,7 +56,7 @@ fn metrics_recognise_real_clips() {
     let classifier = ObjectClassifier::for_set(&ClipSet::Shapes(set), 0);
     assert_eq!(classifier, ObjectClassifier::ShapeFill);
     let m = measure(&frames, &labels, Some(&trajectories), &classifier);
-    assert!(m.detection_rate > 1.0 - 1e-9 && m.colour_accuracy > 1.0 - 1e-9, "{m:?}");
+    assert!(m.detection_rate > 1.0 - 1e-9 && m.colour_accuracy > 1.0 - 1e-9 && m.single_object_rate > 1.0 - 1e-9, "{m:?}");
     assert!(m.object_accuracy >= 0.9, "shape classifier: {}", m.object_accuracy);
     assert!(m.trajectory_error_px.unwrap() < 1.5, "detector error {:?}", m.trajectory_error_px);
     // A still video is perfectly steady and smooth; noise is not.
@@ -65,6 +65,29 @@ fn metrics_recognise_real_clips() {
     let noisy = Frames { height: 4, width: 4, frames: (0..5).map(|t| (0..48).map(|i| ((i * 37 + t * 101) % 256) as u8).collect()).collect() };
     assert!(temporal_flickering(&noisy) < 0.9 && dynamic_degree(&noisy) > 20.0);
     assert!(inside(0, 2.9, -2.9, 3.0) && !inside(1, 2.9, -2.9, 3.0));
+}
+
+#[test]
+fn the_detector_takes_the_largest_region_and_counts_strays() {
+    // A 6×6 red square at (4..10, 5..11), a 2×2 stray patch, and one lone lit pixel (below
+    // the region minimum) on a 20×20 frame.
+    let width = 20;
+    let mut frame = vec![0u8; 3 * width * width];
+    let mut light = |x: usize, y: usize| frame[3 * (y * width + x)] = 250;
+    (4..10).for_each(|x| (5..11).for_each(|y| light(x, y)));
+    (15..17).for_each(|x| (15..17).for_each(|y| light(x, y)));
+    light(0, 19);
+    let d = detect(&frame, width).expect("the square is found");
+    assert_eq!((d.area, d.bbox, d.regions), (36.0, [4, 5, 9, 10], 2));
+    assert!((d.fill - 1.0).abs() < 1e-12 && (d.centre.0 - 7.0).abs() < 1e-12 && (d.centre.1 - 8.0).abs() < 1e-12, "{d:?}");
+    assert_eq!(classify_colour(d.colour), 0);
+    // Diagonal neighbours join one region; nothing lit finds nothing.
+    let mut diagonal = vec![0u8; 3 * width * width];
+    for i in 0..4 {
+        diagonal[3 * (i * width + i) + 1] = 200;
+    }
+    assert_eq!(detect(&diagonal, width).map(|d| (d.area, d.regions)), Some((4.0, 1)));
+    assert_eq!(detect(&vec![0u8; 3 * width * width], width), None);
 }
 
 /// Writes a gzip-compressed IDX file of unsigned bytes.

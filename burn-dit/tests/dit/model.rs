@@ -95,10 +95,31 @@ fn euler_sampler_integrates_the_predicted_velocity() {
     let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4], [1, 2]), &device));
     let uncond = model.embed_labels(Tensor::zeros([1, 2], &device));
     for guidance in [1.0, 3.0] {
-        let config = SamplerConfig { steps: 3, guidance, shift: 2.0 };
+        let config = SamplerConfig { steps: 3, guidance, shift: 2.0, guidance_max_sigma: 1.0 };
         let out = sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
         assert_eq!(max_abs_diff(out, noise.clone()), 0.0);
     }
-    let bad = SamplerConfig { steps: 0, guidance: 1.0, shift: 1.0 };
+    let bad = SamplerConfig { steps: 0, guidance: 1.0, shift: 1.0, guidance_max_sigma: 1.0 };
     assert_eq!(sample_euler(&model, noise, cond, uncond, bad).unwrap_err().argument, "config.steps");
+}
+
+#[test]
+fn guidance_acts_only_below_its_noise_limit() {
+    let device = Device::flex();
+    let model = jittered(AttentionKind::Dense, &device);
+    let noise = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
+    let uncond = model.embed_labels(Tensor::zeros([2, 2], &device));
+    // Four steps start at σ = 1, 0.75, 0.5, 0.25 (shift 1).
+    let run = |guidance: f64, guidance_max_sigma: f64| {
+        let config = SamplerConfig { steps: 4, guidance, shift: 1.0, guidance_max_sigma };
+        sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config)
+    };
+    let unguided = run(1.0, 1.0).unwrap();
+    let always = run(4.0, 1.0).unwrap();
+    let late = run(4.0, 0.5).unwrap();
+    assert_eq!(max_abs_diff(run(4.0, 0.1).unwrap(), unguided.clone()), 0.0, "no step starts at σ ≤ 0.1");
+    assert!(max_abs_diff(always.clone(), unguided.clone()) > 1e-3, "guidance must change a jittered model's samples");
+    assert!(max_abs_diff(late.clone(), unguided) > 1e-3 && max_abs_diff(late, always) > 1e-3, "guiding the last two steps differs from both");
+    assert_eq!(run(4.0, -0.5).unwrap_err().argument, "config.guidance_max_sigma");
 }
