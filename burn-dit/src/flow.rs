@@ -129,8 +129,8 @@ fn euler_with_guidance(
     SparseAttnError::check(config.steps >= 1, F, "config.steps", "≥ 1", config.steps)?;
     SparseAttnError::check(config.shift > 0.0, F, "config.shift", "> 0", config.shift)?;
     SparseAttnError::check(cond.len() == noise.len() && uncond.len() == noise.len(), F, "cond", format!("one conditioning and one null conditioning per clip ({})", noise.len()), format!("{}, {}", cond.len(), uncond.len()))?;
-    let sigmas: Vec<f64> = (0..=config.steps).map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift)).collect();
     SparseAttnError::check(config.guidance_max_sigma >= 0.0, F, "config.guidance_max_sigma", "≥ 0", config.guidance_max_sigma)?;
+    let sigmas: Vec<f64> = (0..=config.steps).map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift)).collect();
     let guided = (config.guidance - 1.0).abs() > 1e-12;
     let both: Vec<Tensor<3>> = cond.iter().zip(&uncond).map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0)).collect();
     let mut x = noise;

@@ -86,17 +86,16 @@ pub const MIN_REGION: usize = 3;
 /// elsewhere do not move its centre or spoil its shape; they are counted in `regions`.
 pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
     let pixels = frame.len() / 3;
-    let lit: Vec<bool> = frame.chunks_exact(3).map(|px| *px.iter().max().unwrap() >= 128).collect();
-    let mut region = vec![u32::MAX; pixels];
+    // Lit pixels not yet assigned to a region: a flood fill clears them as it goes.
+    let mut unvisited: Vec<bool> = frame.chunks_exact(3).map(|px| *px.iter().max().unwrap() >= 128).collect();
     let (mut regions, mut best): (usize, Vec<usize>) = (0, Vec::new());
     let mut stack = Vec::new();
     for seed in 0..pixels {
-        if !lit[seed] || region[seed] != u32::MAX {
+        if !unvisited[seed] {
             continue;
         }
-        let id = regions as u32;
         let mut members = vec![seed];
-        region[seed] = id;
+        unvisited[seed] = false;
         stack.push(seed);
         while let Some(i) = stack.pop() {
             let (x, y) = ((i % width) as isize, (i / width) as isize);
@@ -106,8 +105,8 @@ pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
                     continue;
                 }
                 let j = ny as usize * width + nx as usize;
-                if lit[j] && region[j] == u32::MAX {
-                    region[j] = id;
+                if unvisited[j] {
+                    unvisited[j] = false;
                     members.push(j);
                     stack.push(j);
                 }

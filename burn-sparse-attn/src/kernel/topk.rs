@@ -20,15 +20,25 @@ pub(crate) struct TopKScratch {
     inside: Vec<(i32, u32)>,
 }
 
-/// The k-th largest value of a NaN-free, finite `row`: a value histogram between the row's
-/// min and max finds the bin holding it, and an exact selection inside that bin (a few
-/// elements for smooth score distributions) finishes. Two linear passes plus a small select.
-fn kth_largest_finite(row: &[f32], k: usize, lo: f32, hi: f32, scratch: &mut TopKScratch) -> f32 {
-    let candidates = &mut scratch.candidates;
-    candidates.clear();
-    if hi <= lo {
-        return hi;
+/// The bin holding the `rank`-th largest element (1-based) of a histogram, and how many
+/// elements lie in the bins above it.
+fn bin_holding(counts: &[u32], rank: usize) -> (usize, usize) {
+    let mut above = 0;
+    for (b, &c) in counts.iter().enumerate().rev() {
+        if above + c as usize >= rank {
+            return (b, above);
+        }
+        above += c as usize;
     }
+    (0, above)
+}
+
+/// The k-th largest value of a NaN-free, finite `row` with `lo < hi` its min and max: a
+/// value histogram between them finds the bin holding it, and an exact selection inside that
+/// bin (a few elements for smooth score distributions) finishes. Two linear passes plus a
+/// small select.
+fn kth_largest_finite(row: &[f32], k: usize, lo: f32, hi: f32, scratch: &mut TopKScratch) -> f32 {
+    debug_assert!(lo < hi, "kth_largest_finite: needs lo < hi, got {lo} and {hi}");
     let scale = (BINS as f32 - 1.0) / (hi - lo);
     let bin = |s: f32| (((s - lo) * scale) as usize).min(BINS - 1);
     scratch.counts.clear();
@@ -36,17 +46,9 @@ fn kth_largest_finite(row: &[f32], k: usize, lo: f32, hi: f32, scratch: &mut Top
     for &s in row {
         scratch.counts[bin(s)] += 1;
     }
-    // Walk down from the top bin until it holds the k-th largest.
-    let mut above = 0usize;
-    let mut target = 0;
-    for b in (0..BINS).rev() {
-        let c = scratch.counts[b] as usize;
-        if above + c >= k {
-            target = b;
-            break;
-        }
-        above += c;
-    }
+    let (target, above) = bin_holding(&scratch.counts, k);
+    let candidates = &mut scratch.candidates;
+    candidates.clear();
     candidates.extend(row.iter().copied().filter(|&s| bin(s) == target));
     let (_, &mut kth, _) = candidates.select_nth_unstable_by(k - above - 1, |a, b| b.total_cmp(a));
     kth
@@ -149,15 +151,7 @@ fn kth_key_in_range(items: &[(i32, u32)], rank: usize, lo: i32, hi: i32, counts:
     for &(key, _) in items {
         counts[bin(key)] += 1;
     }
-    let mut above = 0;
-    let mut target = 0;
-    for (b, &c) in counts.iter().enumerate().rev() {
-        if above + c as usize >= rank {
-            target = b;
-            break;
-        }
-        above += c as usize;
-    }
+    let (target, above) = bin_holding(counts, rank);
     keys.clear();
     keys.extend(items.iter().map(|&(key, _)| key).filter(|&key| bin(key) == target));
     *keys.select_nth_unstable_by(rank - above - 1, |a, b| b.cmp(a)).1
