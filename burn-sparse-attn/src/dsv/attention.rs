@@ -10,7 +10,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId, RunningState};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
 
 use super::grid::{Reorder, TokenGrid};
-use super::predictor::{LowRankPredictor, predictor_loss};
+use super::predictor::{LowRankPredictor, PredictorInput, predictor_loss};
 use super::profiler::{critical_recall, critical_sets, row_probabilities};
 use crate::{SelectionConfig, SparseAttnError, error::ensure, select_critical_keys, sparse_attention};
 
@@ -34,6 +34,10 @@ pub struct DsvPolicy {
     /// Rank `r` of the low-rank predictor per head.
     #[config(default = 16)]
     pub predictor_rank: usize,
+    /// What the predictor projects: the layer's queries and keys by default, so that it sees
+    /// RoPE and QK-norm (the DSV paper projects the layer input).
+    #[config(default = "PredictorInput::QueryKey")]
+    pub predictor_input: PredictorInput,
     /// Query group as a cube of the token grid `[frames, height, width]`.
     #[config(default = "[2, 4, 4]")]
     pub query_cube: [usize; 3],
@@ -87,7 +91,7 @@ impl DsvAttentionConfig {
         let unknown = Tensor::<1>::full([self.heads], -1.0, device);
         let schedule = Tensor::<1>::from_data(TensorData::new(alloc::vec![0.0f32, 0.0, f32::NAN, f32::NAN], [SCHEDULE_LEN]), device);
         DsvAttention {
-            predictor: LowRankPredictor::new(self.d_model, self.heads, self.policy.predictor_rank, device),
+            predictor: LowRankPredictor::new(self.policy.predictor_input, self.d_model, self.heads, self.head_dim, self.policy.predictor_rank, device),
             head_sparsity: RunningState::new(unknown),
             schedule: RunningState::new(schedule),
             config: self.clone(),
@@ -162,8 +166,8 @@ pub struct DsvAttention {
 }
 
 impl DsvAttention {
-    /// Attention of `q, k, v: [B, H, S, D]` (tokens frame-major on `grid`) with the layer
-    /// input `x: [B, S, d_model]` feeding the predictor. Returns `[B, H, S, D]`.
+    /// Attention of `q, k, v: [B, H, S, D]` (tokens frame-major on `grid`); the layer input
+    /// `x: [B, S, d_model]` feeds the predictor when its [`PredictorInput`] says so. Returns `[B, H, S, D]`.
     ///
     /// When the module is trainable (on an autodiff device; call `.valid()` for inference)
     /// this also counts a step, records the
@@ -200,7 +204,7 @@ impl DsvAttention {
         // recall) or sparse attention. It reads a detached input, so it never sends gradient
         // into the host.
         let low_rank = (training || go_sparse).then(|| {
-            let (q_lr, k_lr) = self.predictor.forward(x.detach());
+            let (q_lr, k_lr) = self.predictor.forward(x, q.clone(), k.clone());
             if training {
                 let target = q.clone().detach().select(2, rows.clone()).matmul(k.clone().detach().swap_dims(2, 3));
                 let predicted = q_lr.clone().select(2, rows.clone()).matmul(k_lr.clone().swap_dims(2, 3));

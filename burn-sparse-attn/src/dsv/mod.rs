@@ -9,5 +9,5 @@ mod trainer;
 
 pub use attention::{DsvAttention, DsvAttentionConfig, DsvLayerStats, DsvPolicy, DsvStage};
 pub use grid::TokenGrid;
-pub use predictor::LowRankPredictor;
+pub use predictor::{LowRankPredictor, PredictorInput};
 pub use trainer::{DsvHost, DsvStepReport, DsvTrainer};

@@ -6,7 +6,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvHost, DsvPolicy, DsvStage, DsvTrainer, TokenGrid};
+use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvHost, DsvPolicy, DsvStage, DsvTrainer, PredictorInput, TokenGrid};
 
 use crate::common::*;
 
@@ -93,33 +93,68 @@ fn identity_host(config: DsvAttentionConfig, device: &Device) -> Host {
     }
 }
 
+/// Either predictor input learns the planted structure when q = k = x.
 #[test]
 fn predictor_learns_planted_structure_and_switches_stage() {
-    let device = Device::flex().autodiff();
-    let mut host = identity_host(small_policy().with_switch_loss(0.02).config(), &device);
-    let x = clustered_tokens(1, &device);
-    let mut model_optim: ModuleOptimizer = AdamWConfig::new().init();
-    let mut trainer = DsvTrainer::new(1e-2);
-    let mut losses = Vec::new();
-    for _ in 0..150 {
-        let loss = host.forward(x.clone()).square().mean();
-        let (next, report) = trainer.step(host, loss, &mut model_optim, 0.0);
-        host = next;
-        losses.push(report.predictor_losses[0].expect("training forward records a predictor loss"));
+    for input in [PredictorInput::QueryKey, PredictorInput::LayerInput] {
+        let device = Device::flex().autodiff();
+        let mut host = identity_host(small_policy().with_switch_loss(0.02).with_predictor_input(input).config(), &device);
+        let x = clustered_tokens(1, &device);
+        let mut model_optim: ModuleOptimizer = AdamWConfig::new().init();
+        let mut trainer = DsvTrainer::new(1e-2);
+        let mut losses = Vec::new();
+        for _ in 0..150 {
+            let loss = host.forward(x.clone()).square().mean();
+            let (next, report) = trainer.step(host, loss, &mut model_optim, 0.0);
+            host = next;
+            losses.push(report.predictor_losses[0].expect("training forward records a predictor loss"));
+        }
+        let stats = host.attn.stats();
+        let (first, last) = (losses[0], *losses.last().unwrap());
+        assert!(last < 0.1 * first, "{input:?}: predictor loss fell only from {first} to {last}");
+        assert_eq!(stats.stage, DsvStage::Sparse, "{input:?}: loss {:?} should have crossed the switch threshold", stats.predictor_loss);
+        let sparsity = stats.head_sparsity.expect("profiled");
+        assert!(sparsity.iter().all(|&s| s > 0.8), "planted sparsity ≈ 0.87, measured {sparsity:?}");
+        let recall = stats.critical_recall.expect("profiled");
+        assert!(recall.iter().all(|&r| r >= 0.9), "{input:?}: recall of critical mass {recall:?}");
+        // After the switch the layer really runs sparse, with budgets from the profile.
+        let _ = host.forward(x);
+        let stats = host.attn.stats();
+        assert!(stats.ran_sparse);
+        assert!(stats.head_budgets.iter().all(|&k| k < GRID.len() / 4), "budgets {:?}", stats.head_budgets);
     }
-    let stats = host.attn.stats();
-    let (first, last) = (losses[0], *losses.last().unwrap());
-    assert!(last < 0.1 * first, "predictor loss fell only from {first} to {last}");
-    assert_eq!(stats.stage, DsvStage::Sparse, "loss {:?} should have crossed the switch threshold", stats.predictor_loss);
-    let sparsity = stats.head_sparsity.expect("profiled");
-    assert!(sparsity.iter().all(|&s| s > 0.8), "planted sparsity ≈ 0.87, measured {sparsity:?}");
+}
+
+/// Attention that depends on position alone, as RoPE makes it in part: the layer input is the
+/// same at every token, the queries and keys carry the planted cube structure. A predictor of
+/// q and k learns it; one of x cannot tell the tokens apart.
+#[test]
+fn only_a_query_key_predictor_learns_positional_attention() {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<3>::ones([1, GRID.len(), D_MODEL], &device);
+    let positional = clustered_tokens(2, &device);
+    let train = |input: PredictorInput| {
+        let mut host = Host::new(small_policy().with_switch_loss(0.02).with_predictor_input(input).config(), &device);
+        let mut model_optim: ModuleOptimizer = AdamWConfig::new().init();
+        let mut trainer = DsvTrainer::new(1e-2);
+        let mut last = f32::NAN;
+        for _ in 0..100 {
+            let qkv = host.heads(positional.clone());
+            let loss = host.attn.forward(x.clone(), qkv.clone(), qkv.clone(), qkv, GRID).unwrap().square().mean();
+            let (next, report) = trainer.step(host, loss, &mut model_optim, 0.0);
+            host = next;
+            last = report.predictor_losses[0].expect("recorded");
+        }
+        (last, host.attn.stats())
+    };
+    let (loss, stats) = train(PredictorInput::QueryKey);
+    assert!(loss < 0.02, "query/key predictor loss {loss}");
+    assert_eq!(stats.stage, DsvStage::Sparse);
     let recall = stats.critical_recall.expect("profiled");
-    assert!(recall.iter().all(|&r| r >= 0.9), "recall of critical mass {recall:?}");
-    // After the switch the layer really runs sparse, with budgets from the profile.
-    let _ = host.forward(x);
-    let stats = host.attn.stats();
-    assert!(stats.ran_sparse);
-    assert!(stats.head_budgets.iter().all(|&k| k < GRID.len() / 4), "budgets {:?}", stats.head_budgets);
+    assert!(recall.iter().all(|&r| r >= 0.9), "query/key predictor recall {recall:?}");
+    let (loss, stats) = train(PredictorInput::LayerInput);
+    assert!(loss > 0.3, "a predictor of a constant input cannot rank keys, yet its loss is {loss}");
+    assert_eq!(stats.stage, DsvStage::Dense);
 }
 
 #[test]
@@ -153,7 +188,7 @@ fn host_gradients_are_untouched_by_the_predictor() {
     let ids = host.attn.predictor_param_ids();
     assert_eq!(ids.len(), 2);
     let grads = burn::optim::GradientsParams::from_grads(without, &host);
-    assert!(ids.iter().all(|id| grads.get::<2>(*id).is_none()), "the host loss must not reach the predictor");
+    assert!(ids.iter().all(|id| grads.get::<3>(*id).is_none()), "the host loss must not reach the predictor");
 }
 
 #[test]
@@ -202,8 +237,9 @@ fn state_round_trips_through_save_and_load() {
     assert_eq!((after.stage, after.step), (before.stage, before.step));
     assert_eq!(after.head_sparsity, before.head_sparsity);
     assert_eq!(after.predictor_loss, before.predictor_loss);
-    let (q1, k1) = host.attn.predictor().forward(x.clone());
-    let (q2, k2) = loaded.attn.predictor().forward(x);
+    let qk = host.heads(x.clone());
+    let (q1, k1) = host.attn.predictor().forward(x.clone(), qk.clone(), qk.clone());
+    let (q2, k2) = loaded.attn.predictor().forward(x, qk.clone(), qk);
     assert_close(q2, q1, 0.0, "loaded predictor q");
     assert_close(k2, k1, 0.0, "loaded predictor k");
 }
