@@ -297,10 +297,10 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
         trainer.step(), train_seconds, steps_per_second, final_loss
     );
     if !layers.is_empty() {
-        md += "| layer | stage | mean sparsity | budgets | predictor loss | recall |\n|---|---|---|---|---|---|\n";
+        md += "| layer | stage | runs | mean sparsity | budgets | predictor loss | recall |\n|---|---|---|---|---|---|---|\n";
         for (i, s) in layers.iter().enumerate() {
             let mean = |v: &Option<Vec<f32>>| v.as_ref().map(|v| format!("{:.3}", v.iter().sum::<f32>() / v.len() as f32)).unwrap_or("-".into());
-            md += &format!("| {i} | {:?} | {} | {:?} | {} | {} |\n", s.stage, mean(&s.head_sparsity), s.head_budgets, s.predictor_loss.map(|l| format!("{l:.4}")).unwrap_or("-".into()), mean(&s.critical_recall));
+            md += &format!("| {i} | {:?} | {} | {} | {:?} | {} | {} |\n", s.stage, if s.ran_sparse { "sparse" } else { "dense" }, mean(&s.head_sparsity), s.head_budgets, s.predictor_loss.map(|l| format!("{l:.4}")).unwrap_or("-".into()), mean(&s.critical_recall));
         }
         md += "\n";
     }

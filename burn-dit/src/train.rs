@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_sparse_attn::dsv::{DsvHost, DsvStage, DsvTrainer};
+use burn_sparse_attn::dsv::{DsvHost, DsvTrainer};
 use serde::{Deserialize, Serialize};
 
 use crate::config::VideoDitConfig;
@@ -114,7 +114,7 @@ pub struct StepLog {
     pub loss: f32,
     /// Mean predictor loss over DSV layers (if any recorded one).
     pub predictor_loss: Option<f32>,
-    /// DSV layers in the sparse stage.
+    /// DSV layers that ran sparse attention this step (in the sparse stage and sparse enough).
     pub sparse_layers: usize,
     /// Mean measured sparsity over DSV layers and heads.
     pub mean_sparsity: Option<f32>,
@@ -277,7 +277,7 @@ impl Trainer {
             step: self.step,
             loss: report.loss,
             predictor_loss: (!predictor.is_empty()).then(|| predictor.iter().sum::<f32>() / predictor.len() as f32),
-            sparse_layers: stats.iter().filter(|s| s.stage == DsvStage::Sparse).count(),
+            sparse_layers: stats.iter().filter(|s| s.ran_sparse).count(),
             mean_sparsity: (!sparsities.is_empty()).then(|| sparsities.iter().sum::<f32>() / sparsities.len() as f32),
             seconds: start.elapsed().as_secs_f64(),
         };
