@@ -77,11 +77,13 @@ fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round-to-nearest by the 1.5·2²³ trick: float adds and bit casts only, so it vectorises
+    // (`as i32` would not: Rust's saturating conversion compiles to scalar compares).
+    const ROUNDER: f32 = 12_582_912.0;
     let x = x.max(-87.0);
-    // n = floor(x·log2(e) + 0.5), branch-free so it vectorises.
-    let t = x * LOG2E + 0.5;
-    let truncated = t as i32 as f32;
-    let n = if truncated > t { truncated - 1.0 } else { truncated };
+    let rounded = x * LOG2E + ROUNDER;
+    // n = round(x·log2(e)) ∈ [-126, 0], exact.
+    let n = rounded - ROUNDER;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf).
     let p = 1.987_569_1e-4_f32;
@@ -91,7 +93,8 @@ fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let p = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // The low mantissa bits of `rounded` hold n: 2ⁿ is (n + 127) shifted into the exponent.
+    let scale = f32::from_bits(rounded.to_bits().wrapping_sub(ROUNDER.to_bits()).wrapping_add(127) << 23);
     p * scale
 }
 
