@@ -257,3 +257,20 @@ fn bad_inputs_are_named() {
     let wrong_x = Tensor::<3>::zeros([1, GRID.len(), D_MODEL + 1], &device);
     assert_eq!(attn.forward(wrong_x, q.clone(), q.clone(), q, GRID).unwrap_err().argument, "x");
 }
+
+/// Both predictor inputs round-trip through the config's JSON; a policy saved before
+/// `predictor_input` existed (whose checkpoints hold the other predictor shape) is refused
+/// with an error naming the field.
+#[test]
+fn policy_json_round_trips_and_names_a_missing_predictor_input() {
+    use burn::config::Config;
+    for input in [PredictorInput::QueryKey, PredictorInput::LayerInput] {
+        let policy = DsvPolicy::new().with_predictor_input(input);
+        assert_eq!(DsvPolicy::load_binary(policy.to_string().as_bytes()).unwrap(), policy);
+    }
+    let json = DsvPolicy::new().to_string();
+    let field = json.lines().find(|l| l.contains("\"predictor_input\"")).expect("the field is saved");
+    let old = json.replace(&format!("{field}\n"), "");
+    let err = DsvPolicy::load_binary(old.as_bytes()).unwrap_err();
+    assert!(format!("{err:?}").contains("predictor_input"), "{err:?}");
+}
