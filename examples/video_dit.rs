@@ -23,6 +23,10 @@ use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::DsvHost;
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[path = "common/device.rs"]
+mod device_names;
+use device_names::try_device_named;
+
 #[derive(Parser)]
 #[command(about = "Video DiT with DSV dynamic sparse attention on Burn")]
 struct Cli {
@@ -135,20 +139,8 @@ enum Command {
 }
 
 fn device(choice: DeviceChoice) -> Device {
-    match choice {
-        DeviceChoice::Flex => Device::flex(),
-        #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        DeviceChoice::Ndarray => Device::ndarray(),
-        #[cfg(feature = "wgpu")]
-        DeviceChoice::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        #[cfg(feature = "vulkan")]
-        DeviceChoice::Vulkan => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda => Device::cuda(0),
-        #[allow(unreachable_patterns)]
-        _ => fail("--device: this build lacks that backend; rebuild with its cargo feature (ndarray, wgpu, vulkan, cuda)"),
-    }
+    let name = choice.to_possible_value().expect("every choice has a name");
+    try_device_named(name.get_name()).unwrap_or_else(|e| fail(&format!("--device: {e}")))
 }
 
 fn fail(message: &str) -> ! {

@@ -1,10 +1,11 @@
-//! The bench examples' `--device NAME` (include with `#[path]`).
+//! The examples' `--device NAME` (include with `#[path]`).
 
 use burn::tensor::Device;
 
-/// The device called `name` on the command line; panics with the compiled-in choices.
-pub fn device_named(name: &str) -> Device {
-    match name {
+/// The device called `name` on the command line, or an error naming the choices this build
+/// has (each backend is a cargo feature).
+pub fn try_device_named(name: &str) -> Result<Device, String> {
+    Ok(match name {
         "flex" => Device::flex(),
         #[cfg(feature = "ndarray")]
         #[allow(deprecated)]
@@ -15,6 +16,12 @@ pub fn device_named(name: &str) -> Device {
         "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
-        other => panic!("device `{other}` is not compiled in (features: flex, ndarray, wgpu, vulkan, cuda)"),
-    }
+        other => return Err(format!("device `{other}` is not compiled in; rebuild with its cargo feature (ndarray, wgpu, vulkan, cuda)")),
+    })
+}
+
+/// [`try_device_named`] for the benches: panics on an unknown name.
+#[allow(dead_code)]
+pub fn device_named(name: &str) -> Device {
+    try_device_named(name).unwrap_or_else(|e| panic!("{e}"))
 }
