@@ -102,6 +102,9 @@ fn sample_bracket(row: &[f32], k: usize, scratch: &mut TopKScratch) -> (i32, i32
     (lo, hi)
 }
 
+/// Elements whose bracket test makes one bit mask in [`top_k_in_bracket`].
+const SPLIT_CHUNK: usize = 16;
+
 /// The top-k of `row` when its k-th best key lies in `[lo, hi]`; false (and `out`
 /// untouched) when it does not.
 fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKScratch, out: &mut [i64]) -> bool {
@@ -113,15 +116,32 @@ fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKS
     }
     // Local slices: the loop then keeps its pointers in registers.
     let (above, inside) = (&mut above[..=n], &mut inside[..=n]);
-    // Write every element to both lists, advance each only past the kept ones: no branches.
+    // Most keys lie below the bracket: a vectorised compare marks, per chunk, the few that do
+    // not, and only those are visited. Each is written to both lists and advances the one it
+    // belongs to, so the visit has no data-dependent branch.
     let (mut n_above, mut n_inside) = (0, 0);
-    for (i, &s) in row.iter().enumerate() {
-        let key = order_key(s);
-        above[n_above] = i as u32;
-        inside[n_inside] = (key, i as u32);
-        n_above += (key > hi) as usize;
-        n_inside += (key >= lo && key <= hi) as usize;
+    let mut keep = |mut mask: u32, keys: &[i32], first: usize| {
+        while mask != 0 {
+            let j = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let (key, id) = (keys[j], (first + j) as u32);
+            above[n_above] = id;
+            inside[n_inside] = (key, id);
+            let is_above = key > hi;
+            n_above += is_above as usize;
+            n_inside += !is_above as usize;
+        }
+    };
+    let mut chunks = row.chunks_exact(SPLIT_CHUNK);
+    for (c, chunk) in (&mut chunks).enumerate() {
+        let keys: [i32; SPLIT_CHUNK] = core::array::from_fn(|j| order_key(chunk[j]));
+        let mask = keys.iter().enumerate().fold(0u32, |m, (j, &key)| m | ((key >= lo) as u32) << j);
+        keep(mask, &keys, c * SPLIT_CHUNK);
     }
+    let tail = chunks.remainder();
+    let tail_keys: [i32; SPLIT_CHUNK] = core::array::from_fn(|j| tail.get(j).map_or(i32::MIN, |&s| order_key(s)));
+    let mask = tail_keys.iter().enumerate().fold(0u32, |m, (j, &key)| m | ((key >= lo) as u32) << j);
+    keep(mask & ((1u32 << tail.len()) - 1), &tail_keys, n - tail.len());
     if n_above >= k || n_above + n_inside < k {
         return false;
     }
@@ -143,9 +163,12 @@ fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKS
 /// that key range finds the bin holding it, a selection inside the bin finishes.
 fn kth_key_in_range(items: &[(i32, u32)], rank: usize, lo: i32, hi: i32, counts: &mut Vec<u32>, keys: &mut Vec<i32>) -> i32 {
     let bins = (items.len() / 4).clamp(1, BINS);
-    // Monotone in the key, which is all the walk below needs; no division per element.
-    let scale = bins as f64 / (hi as f64 - lo as f64 + 1.0);
-    let bin = |key: i32| (((key as f64 - lo as f64) * scale) as usize).min(bins - 1);
+    // Monotone in the key, which is all the walk below needs: a fixed-point multiply, with
+    // no division or (scalar, saturating) float-to-int cast per element. `offset < range`
+    // keeps the bin below `bins` and the product below 2⁴².
+    let range = (i64::from(hi) - i64::from(lo) + 1) as u64;
+    let step = ((bins as u64) << 32) / range;
+    let bin = |key: i32| (((i64::from(key) - i64::from(lo)) as u64 * step) >> 32) as usize;
     counts.clear();
     counts.resize(bins, 0);
     for &(key, _) in items {
