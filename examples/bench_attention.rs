@@ -129,8 +129,11 @@ fn main() {
             let k = Tensor::<4>::random(shape, normal, &device);
             let v = Tensor::<4>::random(shape, normal, &device);
             let w = Tensor::<4>::random(shape, normal, &device);
-            let q_lr = q.clone().narrow(3, 0, args.rank);
-            let k_lr = k.clone().narrow(3, 0, args.rank);
+            // Contiguous, as a predictor hands them over: a narrowed view would add Flex's
+            // strided copy (a fifth of the selection time at 4k keys) to what is timed.
+            let contiguous = |x: Tensor<4>| Tensor::<4>::from_data(x.into_data(), &device);
+            let q_lr = contiguous(q.clone().narrow(3, 0, args.rank));
+            let k_lr = contiguous(k.clone().narrow(3, 0, args.rank));
             let dense_flops = 4.0 * (args.heads * s * s * d) as f64;
             // Scores and probabilities of every head, f32, twice over for autodiff.
             let dense_bytes = (args.heads * s * s * 4) as f64 * 3.0;
