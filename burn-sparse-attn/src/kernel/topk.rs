@@ -120,11 +120,11 @@ fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKS
     // not, and only those are visited. Each is written to both lists and advances the one it
     // belongs to, so the visit has no data-dependent branch.
     let (mut n_above, mut n_inside) = (0, 0);
-    let mut keep = |mut mask: u32, keys: &[i32], first: usize| {
+    let mut keep = |mut mask: u32, chunk_keys: &[i32; SPLIT_CHUNK], first: usize| {
         while mask != 0 {
             let j = mask.trailing_zeros() as usize;
             mask &= mask - 1;
-            let (key, id) = (keys[j], (first + j) as u32);
+            let (key, id) = (chunk_keys[j], (first + j) as u32);
             above[n_above] = id;
             inside[n_inside] = (key, id);
             let is_above = key > hi;
@@ -134,14 +134,13 @@ fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKS
     };
     let mut chunks = row.chunks_exact(SPLIT_CHUNK);
     for (c, chunk) in (&mut chunks).enumerate() {
-        let keys: [i32; SPLIT_CHUNK] = core::array::from_fn(|j| order_key(chunk[j]));
-        let mask = keys.iter().enumerate().fold(0u32, |m, (j, &key)| m | ((key >= lo) as u32) << j);
-        keep(mask, &keys, c * SPLIT_CHUNK);
+        let chunk_keys: [i32; SPLIT_CHUNK] = core::array::from_fn(|j| order_key(chunk[j]));
+        keep(at_or_above(&chunk_keys, lo), &chunk_keys, c * SPLIT_CHUNK);
     }
+    // The tail is padded to a whole chunk; the mask drops the padding.
     let tail = chunks.remainder();
     let tail_keys: [i32; SPLIT_CHUNK] = core::array::from_fn(|j| tail.get(j).map_or(i32::MIN, |&s| order_key(s)));
-    let mask = tail_keys.iter().enumerate().fold(0u32, |m, (j, &key)| m | ((key >= lo) as u32) << j);
-    keep(mask & ((1u32 << tail.len()) - 1), &tail_keys, n - tail.len());
+    keep(at_or_above(&tail_keys, lo) & ((1u32 << tail.len()) - 1), &tail_keys, n - tail.len());
     if n_above >= k || n_above + n_inside < k {
         return false;
     }
@@ -157,6 +156,12 @@ fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKS
     });
     merge_ascending(&above[..n_above], chosen.map(|&(_, i)| i), out);
     true
+}
+
+/// Bit `j` set where `keys[j] ≥ lo`: one vector compare for the whole chunk.
+#[inline(always)]
+fn at_or_above(keys: &[i32; SPLIT_CHUNK], lo: i32) -> u32 {
+    keys.iter().enumerate().fold(0u32, |mask, (j, &key)| mask | ((key >= lo) as u32) << j)
 }
 
 /// The `rank`-th largest key (1-based) of `items`, all inside `[lo, hi]`: a histogram over
