@@ -2,7 +2,8 @@
 //! conditioning tokens.
 
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor, activation::sigmoid, module::attention, ops::AttentionModuleOptions};
 use burn_ctx_parallel::{DualScopePlan, Transport};
 use burn_sparse_attn::SparseAttnError;
@@ -150,6 +151,25 @@ impl CrossAttention {
     }
 }
 
+/// Depthwise 3×3 convolution over each frame's token grid (see [`VideoDitConfig::mlp_conv`]).
+#[derive(Module, Debug)]
+pub struct FrameConv {
+    conv: Conv2d,
+}
+
+impl FrameConv {
+    fn new(channels: usize, device: &Device) -> Self {
+        Self { conv: Conv2dConfig::new([channels, channels], [3, 3]).with_groups(channels).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device) }
+    }
+
+    /// `x: [B, S, C]` with `S` tokens laid out frame-major on `grid`.
+    fn forward(&self, x: Tensor<3>, grid: TokenGrid) -> Tensor<3> {
+        let [b, s, c] = x.dims();
+        let frames = x.reshape([b * grid.frames, grid.height, grid.width, c]).permute([0, 3, 1, 2]);
+        self.conv.forward(frames).permute([0, 2, 3, 1]).reshape([b, s, c])
+    }
+}
+
 /// A DiT block with adaLN-Zero: the shared time projection plus this block's learned
 /// modulation give shift/scale/gate for attention and MLP; gates start at zero, so a fresh
 /// block is the identity.
@@ -159,6 +179,7 @@ pub struct DitBlock {
     attn: SelfAttention,
     cross: CrossAttention,
     mlp_in: Linear,
+    mlp_conv: Option<FrameConv>,
     mlp_out: Linear,
 }
 
@@ -170,6 +191,7 @@ impl DitBlock {
             attn: SelfAttention::new(config, device),
             cross: CrossAttention::new(config, device),
             mlp_in: LinearConfig::new(d, config.mlp_ratio * d).init(device),
+            mlp_conv: config.mlp_conv.then(|| FrameConv::new(d, device)),
             mlp_out: LinearConfig::new(config.mlp_ratio * d, d).init(device),
         }
     }
@@ -187,6 +209,10 @@ impl DitBlock {
                 let x = x + a * m[2].clone();
                 let x = x.clone() + self.cross.forward(x, clip.cond.clone());
                 let h = modulate(plain_norm(x.clone()), m[3].clone(), m[4].clone());
+                let h = match &self.mlp_conv {
+                    Some(conv) => conv.forward(h, clip.grid),
+                    None => h,
+                };
                 x + self.mlp_out.forward(quick_gelu(self.mlp_in.forward(h))) * m[5].clone()
             })
             .collect())

@@ -34,6 +34,13 @@ pub struct VideoDitConfig {
     /// MLP hidden width as a multiple of `d_model`.
     #[config(default = 4)]
     pub mlp_ratio: usize,
+    /// A depthwise 3×3 convolution over each frame's token grid on the MLP's input (with the
+    /// first MLP layer, a separable convolution; PVTv2's ConvFFN puts it after the expansion,
+    /// at four times the cost): a local prior that lets a small model trained for minutes draw
+    /// solid objects instead of scattered patches. Spatial only, so tokens mix across frames
+    /// through attention alone and clips parallelise exactly.
+    #[config(default = false)]
+    pub mlp_conv: bool,
     /// Width of the conditioning embeddings fed to cross-attention.
     #[config(default = 64)]
     pub cond_dim: usize,
@@ -70,9 +77,10 @@ pub const SMALL_GRID_ROPE_THETA: f64 = 10.0;
 
 impl VideoDitConfig {
     /// Trains on a 2-core CPU in minutes: 8×32×32 RGB clips in 2×4×4 patches → 256 tokens
-    /// of width 128.
+    /// of width 128, with the MLP's frame convolution (README, the main job: frames showing
+    /// one object 63% → 89% of 48 held-out labels).
     pub fn tiny() -> Self {
-        Self::new(3, [2, 4, 4], 128, 4, 4).with_rope_theta(SMALL_GRID_ROPE_THETA)
+        Self::new(3, [2, 4, 4], 128, 4, 4).with_rope_theta(SMALL_GRID_ROPE_THETA).with_mlp_conv(true)
     }
 
     /// 16×64×64 clips with 2×4×4 patches → 2048 tokens of width 384.

@@ -22,6 +22,7 @@ pub mod long_video;
 pub mod media;
 pub mod metrics;
 mod model;
+pub mod optim;
 mod patch;
 mod rope;
 pub mod train;

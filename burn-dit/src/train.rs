@@ -19,6 +19,7 @@ use crate::ema::ema_update;
 use crate::flow::{SamplerConfig, SigmaSampling, add_noise, sample_euler, velocity_target};
 use crate::media::Frames;
 use crate::model::VideoDit;
+use crate::optim::{OptimizerKind, dit_optimizer};
 
 /// Everything a training run is made of; saved in every checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,6 +36,9 @@ pub struct TrainConfig {
     pub steps: usize,
     /// Clips per step.
     pub batch_size: usize,
+    /// Optimiser of the DiT (configs written before this field existed used AdamW).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
     /// Peak learning rate of the DiT.
     pub lr: f64,
     /// Linear warm-up steps.
@@ -72,6 +76,10 @@ impl TrainConfig {
             dataset_size: 4096,
             steps: 500,
             batch_size: 8,
+            // Muon on the block matrices: at 900 steps the loss ends 18% lower than AdamW's and
+            // frames show one object 63% of the time instead of 42% (48 held-out labels,
+            // README, the main job), for ~12% more time per step.
+            optimizer: OptimizerKind::Muon,
             lr: 2e-3,
             warmup_steps: 50,
             final_lr_fraction: 0.1,
@@ -163,7 +171,8 @@ struct SavedState {
 }
 
 /// Version 2: the model gained QK-norm and the pooled conditioning, the run its data source.
-const FORMAT: u32 = 2;
+/// Version 3: the model gained the MLP's frame convolution, the run its optimiser.
+const FORMAT: u32 = 3;
 
 /// A training run in progress.
 pub struct Trainer {
@@ -196,7 +205,7 @@ impl Trainer {
         let ema = model.clone().valid();
         Ok(Self {
             batcher: ClipBatcher::new(config.clip),
-            optimizer: AdamWConfig::new().with_weight_decay(0.0).init(),
+            optimizer: dit_optimizer(config.optimizer),
             dsv: DsvTrainer::new(config.predictor_lr),
             config,
             device,
@@ -325,12 +334,15 @@ impl Trainer {
         if state.config.clip != self.config.clip {
             return Err(CheckpointError::Mismatch { field: "clip", expected: format!("{:?}", self.config.clip), found: format!("{:?}", state.config.clip) });
         }
+        if state.config.optimizer != self.config.optimizer {
+            return Err(CheckpointError::Mismatch { field: "optimizer", expected: format!("{:?}", self.config.optimizer), found: format!("{:?}", state.config.optimizer) });
+        }
         let load_record = |file: &str| load_module_record(&ckpt, file);
         let fresh = self.config.model.init(&self.device);
         let model = fresh.clone().try_load_record(load_record("model.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("model.bpk"), e.to_string()))?;
         let ema = fresh.valid().try_load_record(load_record("ema.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
         let optim_path = ckpt.join("optimizer.bpk");
-        let optimizer = AdamWConfig::new().with_weight_decay(0.0).init().load(&optim_path).map_err(|e| CheckpointError::Corrupt(optim_path, e.to_string()))?;
+        let optimizer = dit_optimizer(self.config.optimizer).load(&optim_path).map_err(|e| CheckpointError::Corrupt(optim_path, e.to_string()))?;
         let pred_path = ckpt.join("predictor_optimizer.bpk");
         let predictor_optimizer = AdamWConfig::new().with_weight_decay(0.0).init().load(&pred_path).map_err(|e| CheckpointError::Corrupt(pred_path, e.to_string()))?;
 
@@ -371,6 +383,11 @@ fn load_module_record(ckpt: &Path, file: &str) -> Result<ModuleRecord, Checkpoin
         return Err(CheckpointError::Io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
     }
     ModuleRecord::load(&path).map_err(|e| CheckpointError::Corrupt(path, e.to_string()))
+}
+
+/// The training configuration of the checkpoint that `dir/checkpoints/latest` points to.
+pub fn saved_config(dir: &Path) -> Result<TrainConfig, CheckpointError> {
+    read_checkpoint(dir).map(|(_, state)| state.config)
 }
 
 /// The EMA (sampling) weights and the training configuration of the checkpoint that

@@ -60,6 +60,9 @@ fn fresh_model_is_zero_and_validates_inputs() {
     let pooled = micro_model(AttentionKind::Dense).init(&device).num_params();
     let plain = micro_model(AttentionKind::Dense).with_pooled_cond(false).init(&device).num_params();
     assert_eq!(pooled - plain, 16 * 32 + 32);
+    // The frame convolution is one depthwise 3×3 filter (and bias) per channel per block.
+    let without_conv = micro_model(AttentionKind::Dense).with_mlp_conv(false).init(&device).num_params();
+    assert_eq!(pooled - without_conv, 2 * (32 * 9 + 32));
     assert_eq!(micro_model(micro_dsv()).init(&device).dsv_layers().len(), 2);
     assert_eq!(micro_model(AttentionKind::Dense).init(&device).dsv_layers().len(), 0);
 }

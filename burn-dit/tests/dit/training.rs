@@ -1,7 +1,8 @@
 use burn::module::Module;
 use burn::tensor::Device;
 use burn_dit::AttentionKind;
-use burn_dit::train::{CheckpointError, Trainer};
+use burn_dit::optim::{MUON_PARAMS, OptimizerKind};
+use burn_dit::train::{CheckpointError, TrainConfig, Trainer};
 use burn_sparse_attn::dsv::DsvHost;
 
 use crate::common::*;
@@ -33,12 +34,23 @@ fn loss_falls_on_a_small_problem() {
     assert!(stats.predictor_loss.is_some() && stats.head_sparsity.is_some());
 }
 
+fn train_with(optimizer: OptimizerKind) -> TrainConfig {
+    let mut config = micro_train(micro_dsv());
+    config.optimizer = optimizer;
+    config
+}
+
 #[test]
 fn checkpoints_resume_exactly() {
-    let dir = std::env::temp_dir().join(format!("dit-resume-{}", std::process::id()));
+    resumes_exactly(train_with(OptimizerKind::AdamW), "adamw");
+    resumes_exactly(train_with(OptimizerKind::Muon), "muon");
+}
+
+fn resumes_exactly(config: TrainConfig, name: &str) {
+    let dir = std::env::temp_dir().join(format!("dit-resume-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let device = Device::flex();
-    let mut straight = Trainer::new(micro_train(micro_dsv()), &device).unwrap();
+    let mut straight = Trainer::new(config.clone(), &device).unwrap();
     for _ in 0..2 {
         straight.train_step();
     }
@@ -47,7 +59,7 @@ fn checkpoints_resume_exactly() {
         straight.train_step();
     }
 
-    let mut resumed = Trainer::new(micro_train(micro_dsv()), &device).unwrap();
+    let mut resumed = Trainer::new(config, &device).unwrap();
     resumed.resume(&dir).unwrap();
     assert_eq!(resumed.step(), 2);
     for _ in 0..2 {
@@ -55,7 +67,7 @@ fn checkpoints_resume_exactly() {
     }
     let (a, b) = (params(&straight), params(&resumed));
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(worst < 1e-5, "resumed run drifted by {worst}");
+    assert!(worst < 1e-5, "{name}: resumed run drifted by {worst}");
     let losses = |t: &Trainer| t.history().iter().map(|l| (l.step, l.loss, l.predictor_loss, l.mean_sparsity)).collect::<Vec<_>>();
     assert_eq!(losses(&straight), losses(&resumed));
     let (sa, sb) = (straight.model().dsv_layers()[0].stats(), resumed.model().dsv_layers()[0].stats());
@@ -79,6 +91,14 @@ fn bad_checkpoints_fail_cleanly() {
         other => panic!("expected a model mismatch, got {other:?}"),
     }
     assert_eq!(other.step(), 0);
+
+    // Another optimiser: refused by name (its state would not fit).
+    let mut adamw = Trainer::new(train_with(OptimizerKind::AdamW), &device).unwrap();
+    match adamw.resume(&dir) {
+        Err(CheckpointError::Mismatch { field: "optimizer", .. }) => {}
+        other => panic!("expected an optimizer mismatch, got {other:?}"),
+    }
+    assert_eq!(adamw.step(), 0);
 
     // Corrupt weights: refused, the trainer keeps its state, the file stays as it was.
     let garbage = b"not a burnpack file".to_vec();
@@ -113,4 +133,49 @@ fn learning_rate_warms_up_then_follows_a_cosine_to_its_floor() {
     assert!((10..109).all(|s| c.lr_at(s + 1) <= c.lr_at(s)), "not monotone after warm-up");
     c.final_lr_fraction = 1.0;
     assert!((9..200).all(|s| close(c.lr_at(s), 1e-3)), "fraction 1 must keep the rate constant");
+}
+
+#[test]
+fn muon_trains_exactly_the_blocks_weight_matrices() {
+    use burn::module::{ModuleVisitor, Param, ParamGroup};
+    use burn::tensor::Tensor;
+    struct Matched {
+        path: Vec<String>,
+        group: ParamGroup,
+        all: usize,
+        muon: Vec<(String, usize)>,
+    }
+    impl ModuleVisitor for Matched {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let path = self.path.join(".");
+            self.all += 1;
+            if self.group.matches(&param.id, Some(&path)) {
+                self.muon.push((path, D));
+            }
+        }
+    }
+    let config = micro_model(micro_dsv());
+    let model = config.init(&Device::flex());
+    let mut visitor = Matched { path: Vec::new(), group: ParamGroup::from_regex(MUON_PARAMS).unwrap(), all: 0, muon: Vec::new() };
+    model.visit(&mut visitor);
+    // Seven projections per block: self-attention qkv and out, cross-attention q, kv and out, two MLP layers.
+    assert_eq!(visitor.muon.len(), 7 * config.depth, "{:?}", visitor.muon);
+    assert!(visitor.muon.iter().all(|(path, rank)| *rank == 2 && path.starts_with("blocks.") && path.ends_with(".weight")), "{:?}", visitor.muon);
+    assert!(visitor.muon.iter().all(|(path, _)| !path.contains("predictor")), "the DSV predictors have their own optimiser");
+    assert!(visitor.all > visitor.muon.len() + 20, "AdamW keeps the embeddings, biases, norms and head ({} parameters in all)", visitor.all);
+}
+
+#[test]
+fn a_run_config_without_an_optimizer_field_means_adamw() {
+    let config = train_with(OptimizerKind::Muon);
+    let mut json: serde_json::Value = serde_json::to_value(&config).unwrap();
+    json.as_object_mut().unwrap().remove("optimizer").expect("the field is written");
+    let read: TrainConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(read.optimizer, OptimizerKind::AdamW);
 }

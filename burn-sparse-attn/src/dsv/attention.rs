@@ -216,14 +216,14 @@ impl DsvAttention {
                 });
             }
             let reorder = self.reorder(grid, &device);
-            (reorder.apply(q_lr.detach(), 2), reorder.apply(k_lr.detach(), 2), reorder)
+            (reorder.apply(q_lr.detach()), reorder.apply(k_lr.detach()), reorder)
         });
 
         let out = match &low_rank {
             Some((q_lr, k_lr, reorder)) if go_sparse => {
-                let [qc, kc, vc] = [q.clone(), k.clone(), v.clone()].map(|t| reorder.apply(t, 2));
+                let [qc, kc, vc] = [q.clone(), k.clone(), v.clone()].map(|t| reorder.apply(t));
                 let out = self.sparse_by_budget(qc, kc, vc, q_lr.clone(), k_lr.clone(), &budgets)?;
-                reorder.undo(out, 2)
+                reorder.undo(out)
             }
             _ => attention(q.clone(), k.clone(), v, None, None, AttentionModuleOptions::default()),
         };
@@ -257,32 +257,23 @@ impl DsvAttention {
         Ok(out)
     }
 
-    /// Runs sparse attention head-bucket by head-bucket: heads sharing a budget share a call.
+    /// Runs sparse attention over runs of neighbouring heads with the same budget: a run is
+    /// a narrow of the head axis and the outputs concatenate in head order, so no head is
+    /// gathered or scattered (an index select's backward is a scatter-add).
     fn sparse_by_budget(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, q_lr: Tensor<4>, k_lr: Tensor<4>, budgets: &[usize]) -> Result<Tensor<4>, SparseAttnError> {
         let group = self.config.policy.query_cube.iter().product();
-        let device = q.device();
-        let mut distinct: Vec<usize> = budgets.to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
+        let heads = budgets.len();
         let mut outputs = Vec::new();
-        let mut head_order = Vec::new();
-        for budget in distinct {
-            let heads: Vec<i64> = (0..budgets.len()).filter(|&i| budgets[i] == budget).map(|i| i as i64).collect();
-            head_order.extend(heads.iter().copied());
-            let ids = Tensor::<1, Int>::from_data(TensorData::new(heads.clone(), [heads.len()]), &device);
-            let pick = |t: &Tensor<4>| t.clone().select(1, ids.clone());
+        let mut start = 0;
+        while start < heads {
+            let budget = budgets[start];
+            let len = budgets[start..].iter().take_while(|&&b| b == budget).count();
+            let pick = |t: &Tensor<4>| if len == heads { t.clone() } else { t.clone().narrow(1, start, len) };
             let keys = select_critical_keys(pick(&q_lr), pick(&k_lr), SelectionConfig::new(group, budget))?;
             outputs.push(sparse_attention(pick(&q), pick(&k), pick(&v), &keys, None)?);
+            start += len;
         }
-        let out = Tensor::cat(outputs, 1);
-        if head_order.windows(2).all(|w| w[0] < w[1]) {
-            return Ok(out);
-        }
-        let mut inverse = alloc::vec![0i64; head_order.len()];
-        for (pos, &head) in head_order.iter().enumerate() {
-            inverse[head as usize] = pos as i64;
-        }
-        Ok(out.select(1, Tensor::<1, Int>::from_data(TensorData::new(inverse, [head_order.len()]), &device)))
+        Ok(if outputs.len() == 1 { outputs.remove(0) } else { Tensor::cat(outputs, 1) })
     }
 
     /// `[B, H, n, S]` mask (original token order) of the keys the predictor would give each
@@ -327,7 +318,7 @@ impl DsvAttention {
         match &rt.reorder {
             Some((g, c, r)) if *g == grid && *c == cube => r.clone(),
             _ => {
-                let r = Reorder::new(&grid.cube_order(cube), device);
+                let r = Reorder::new(grid, cube, device);
                 rt.reorder = Some((grid, cube, r.clone()));
                 r
             }

@@ -8,6 +8,6 @@ mod profiler;
 mod trainer;
 
 pub use attention::{DsvAttention, DsvAttentionConfig, DsvLayerStats, DsvPolicy, DsvStage};
-pub use grid::TokenGrid;
+pub use grid::{Reorder, TokenGrid};
 pub use predictor::{LowRankPredictor, PredictorInput};
 pub use trainer::{DsvHost, DsvStepReport, DsvTrainer};

@@ -6,7 +6,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvHost, DsvPolicy, DsvStage, DsvTrainer, PredictorInput, TokenGrid};
+use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvHost, DsvPolicy, DsvStage, DsvTrainer, PredictorInput, Reorder, TokenGrid};
+
+use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
 
 use crate::common::*;
 
@@ -273,4 +275,72 @@ fn policy_json_round_trips_and_names_a_missing_predictor_input() {
     let old = json.replace(&format!("{field}\n"), "");
     let err = DsvPolicy::load_binary(old.as_bytes()).unwrap_err();
     assert!(format!("{err:?}").contains("predictor_input"), "{err:?}");
+}
+
+/// The reorder into cubes is `cube_order` as an index select, by axis permutation where the
+/// cubes divide the grid and by indices where they are cut; `undo` inverts it, and gradients
+/// come back to the tokens they left.
+#[test]
+fn reorder_matches_cube_order_and_inverts() {
+    let device = Device::flex().autodiff();
+    for (grid, cube) in [(TokenGrid::new(4, 8, 8), [1, 4, 4]), (TokenGrid::new(4, 8, 8), [2, 2, 4]), (TokenGrid::new(3, 5, 6), [2, 4, 4]), (TokenGrid::new(2, 4, 4), [1, 1, 1])] {
+        let s = grid.len();
+        let x = Tensor::<4>::random([2, 3, s, 5], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let reorder = Reorder::new(grid, cube, &device);
+        let order: Vec<i64> = grid.cube_order(cube).iter().map(|&t| t as i64).collect();
+        let want = x.clone().select(2, Tensor::from_data(TensorData::new(order, [s]), &device));
+        let got = reorder.apply(x.clone());
+        assert_eq!(got.clone().into_data(), want.into_data(), "grid {grid:?}, cube {cube:?}");
+        assert_eq!(reorder.undo(got.clone()).into_data(), x.clone().into_data(), "undo, grid {grid:?}, cube {cube:?}");
+        // A weight per position: each token's gradient is the weight of the place it moved to.
+        let weights = Tensor::<4>::random([2, 3, s, 5], Distribution::Normal(0.0, 1.0), &device);
+        let grads = (got * weights.clone()).sum().backward();
+        let grad = x.grad(&grads).expect("x gets a gradient");
+        assert_eq!(grad.into_data(), reorder.undo(weights).inner().into_data(), "gradient, grid {grid:?}, cube {cube:?}");
+    }
+}
+
+/// With a different budget per head, the sparse stage is per-head `select_critical_keys` on the
+/// predictor's scores and `sparse_attention`, in cube order, for every head and its gradients.
+#[test]
+fn per_head_budgets_run_each_head_with_its_own_budget() {
+    let policy = small_policy().with_mass_threshold(0.8).with_min_budget_fraction(0.1).with_sparsity_threshold(0.0);
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    // The last head's queries are sharpened, so its attention is sparser and its budget smaller.
+    let host = Host::new(policy.clone().config(), &device);
+    let sharpen: Vec<f32> = (0..D_MODEL).map(|i| if i >= D_MODEL - HEAD_DIM { 6.0 } else { 1.0 }).collect();
+    let sharpen = Tensor::<1>::from_data(TensorData::new(sharpen, [D_MODEL]), &device).unsqueeze::<2>();
+    let host = Host { wq: Linear { weight: burn::module::Param::from_tensor((host.wq.weight.val() * sharpen).detach()), bias: None }, ..host };
+    let x = Tensor::<3>::random([2, GRID.len(), D_MODEL], Distribution::Normal(0.0, 1.0), &device);
+    let _ = host.forward(x.clone());
+    let _ = host.attn.take_predictor_loss();
+    host.attn.set_stage(DsvStage::Sparse);
+    let got = host.forward(x.clone());
+    let _ = host.attn.take_predictor_loss();
+    let stats = host.attn.stats();
+    assert!(stats.ran_sparse);
+    let budgets = stats.head_budgets.clone();
+    assert!(budgets.windows(2).any(|w| w[0] != w[1]), "the test needs unequal budgets, got {budgets:?}");
+
+    let heads = |w: &Linear| host.heads(w.forward(x.clone()));
+    let (q, k, v) = (heads(&host.wq), heads(&host.wk), heads(&host.wv));
+    let (q_lr, k_lr) = host.attn.predictor().forward(x.clone(), q.clone(), k.clone());
+    let reorder = Reorder::new(GRID, policy.query_cube, &device);
+    let group = policy.query_cube.iter().product();
+    let per_head: Vec<Tensor<4>> = budgets
+        .iter()
+        .enumerate()
+        .map(|(h, &budget)| {
+            let head = |t: &Tensor<4>| reorder.apply(t.clone().narrow(1, h, 1));
+            let keys = select_critical_keys(head(&q_lr).detach(), head(&k_lr).detach(), SelectionConfig::new(group, budget)).unwrap();
+            sparse_attention(head(&q), head(&k), head(&v), &keys, None).unwrap()
+        })
+        .collect();
+    let want = reorder.undo(Tensor::cat(per_head, 1));
+    assert_close(got.clone(), want.clone(), 1e-5, "per-head budgets");
+    let (grads_got, grads_want) = (got.sum().backward(), want.sum().backward());
+    for w in [&host.wq.weight, &host.wk.weight, &host.wv.weight] {
+        assert_close(w.val().grad(&grads_got).unwrap(), w.val().grad(&grads_want).unwrap(), 1e-4, "weight gradient");
+    }
 }
