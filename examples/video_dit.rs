@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! cargo run --release --example video_dit -- train [--out out/tiny] [--attention dsv|dense]
-//!     [--steps 900] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
+//!     [--steps 900] [--optimizer muon|adamw] [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
 //! cargo run --release --example video_dit -- sample --out out/tiny --labels circle:red,square:blue
 //! cargo run --release --example video_dit -- eval --out out/tiny
 //! ```
-//! `train` writes under `--out`: periodic `samples/step_N.gif`, `samples.gif`,
-//! `contact_sheet.png`, `loss.png`, `report.json`, `report.md` and `checkpoints/`.
+//! `train` writes under `--out`: periodic `samples/step_N.gif`, `samples.gif` (12 of the 48
+//! clips the report measures), `contact_sheet.png`, `loss.png`, `report.json`, `report.md`
+//! and `checkpoints/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
