@@ -78,7 +78,7 @@ impl TrainConfig {
             batch_size: 8,
             // Muon on the block matrices: at 900 steps the loss ends 18% lower than AdamW's and
             // frames show one object 63% of the time instead of 42% (48 held-out labels,
-            // README, the main job), for ~12% more time per step.
+            // README, the main job), for 10–19% more time per step (80-step runs, alternated).
             optimizer: OptimizerKind::Muon,
             lr: 2e-3,
             warmup_steps: 50,
