@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example bench_training -- [--frames 8,16,32] [--size 64]
 //!     [--steps 6] [--quality-steps 0] [--sparsity 0.9] [--device flex|ndarray|wgpu|vulkan|cuda]
-//!     [--out out/bench_training.json]
+//!     [--out out/bench_training.json, or out/bench_training_quality.json with --quality-steps]
 //! ```
 //!
 //! For each clip geometry (the tiny model's 2×4×4 patches: tokens = (frames/2)·(size/4)²) it
@@ -88,7 +88,8 @@ fn main() {
     let steps = arg_list("--steps", "6")[0];
     let quality_steps = arg_list("--quality-steps", "0")[0];
     let sparsity: f64 = arg_str("--sparsity", "0.9").parse().expect("--sparsity");
-    let out = arg_str("--out", "out/bench_training.json");
+    // A quality run writes beside the length sweep, not over it.
+    let out = arg_str("--out", if quality_steps > 0 { "out/bench_training_quality.json" } else { "out/bench_training.json" });
     let device = device_named(&arg_str("--device", "flex"));
     let dsv = AttentionKind::Dsv(
         DsvPolicy::new()

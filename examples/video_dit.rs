@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example video_dit -- train [--out out/tiny] [--attention dsv|dense]
-//!     [--steps 900] [--optimizer muon|adamw] [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
+//!     [--steps 900] [--optimizer muon|adamw] [--prediction velocity|clean] [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
 //! cargo run --release --example video_dit -- sample --out out/tiny --labels circle:red,square:blue
 //! cargo run --release --example video_dit -- eval --out out/tiny
 //! ```
@@ -21,7 +21,7 @@ use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
 use burn_sparse_video::dit::flow::SamplerConfig;
 use burn_sparse_video::dit::optim::OptimizerKind;
 use burn_sparse_video::dit::train::{TrainConfig, Trainer, generate, saved_config};
-use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
+use burn_sparse_video::dit::{AttentionKind, DsvPolicy, Prediction, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::DsvHost;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -65,6 +65,14 @@ enum OptimizerChoice {
     Adamw,
     /// Muon on the blocks' weight matrices, AdamW on the rest.
     Muon,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PredictionChoice {
+    /// The head predicts the velocity ε − x0.
+    Velocity,
+    /// The head predicts the clean video x0.
+    Clean,
 }
 
 #[derive(clap::Args, Clone)]
@@ -116,6 +124,9 @@ enum Command {
         /// Optimiser of the DiT (default: the tiny preset's, Muon).
         #[arg(long, value_enum)]
         optimizer: Option<OptimizerChoice>,
+        /// What the DiT's head predicts (default: the tiny preset's).
+        #[arg(long, value_enum)]
+        prediction: Option<PredictionChoice>,
     },
     /// Sample clips from the latest checkpoint.
     Sample {
@@ -148,6 +159,9 @@ enum Command {
         /// Guide only steps starting at σ ≤ this (default: the training run's sampler).
         #[arg(long)]
         guidance_max_sigma: Option<f64>,
+        /// Fresh noise per sampling step, 0 (Euler) to 1 (ancestral) (default: the training run's sampler).
+        #[arg(long)]
+        stochasticity: Option<f64>,
     },
 }
 
@@ -210,14 +224,17 @@ fn evaluate(trainer: &Trainer, clips: usize, sampler: SamplerConfig) -> (Vec<Fra
 
 fn load_trainer(common: &Common) -> Trainer {
     let mut config = train_config(common, 1, 8);
-    // Resuming rebuilds the run's optimiser, whichever it trained with.
-    config.optimizer = saved_config(&common.out).unwrap_or_else(|e| fail(&format!("{e} (train first)"))).optimizer;
+    // Resuming rebuilds the run's model and optimiser, whichever preset it trained with;
+    // only the attention comes from the command line (and must match).
+    let saved = saved_config(&common.out).unwrap_or_else(|e| fail(&format!("{e} (train first)")));
+    config.optimizer = saved.optimizer;
+    config.model = VideoDitConfig { attention: config.model.attention, ..saved.model };
     let mut trainer = Trainer::new(config, &device(common.device)).unwrap_or_else(|e| fail(&format!("--data: {e}")));
     trainer.resume(&common.out).unwrap_or_else(|e| fail(&format!("{e} (train first, with the same --attention and --data)")));
     trainer
 }
 
-fn train(common: Common, steps: usize, batch: usize, lr: Option<f64>, optimizer: Option<OptimizerChoice>, resume: bool) {
+fn train(common: Common, steps: usize, batch: usize, lr: Option<f64>, optimizer: Option<OptimizerChoice>, prediction: Option<PredictionChoice>, resume: bool) {
     if steps == 0 || batch == 0 {
         fail("--steps and --batch must be ≥ 1");
     }
@@ -228,6 +245,12 @@ fn train(common: Common, steps: usize, batch: usize, lr: Option<f64>, optimizer:
         config.optimizer = match choice {
             OptimizerChoice::Adamw => OptimizerKind::AdamW,
             OptimizerChoice::Muon => OptimizerKind::Muon,
+        };
+    }
+    if let Some(choice) = prediction {
+        config.model.prediction = match choice {
+            PredictionChoice::Velocity => Prediction::Velocity,
+            PredictionChoice::Clean => Prediction::Clean,
         };
     }
     if let Some(lr) = lr {
@@ -345,7 +368,7 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
 
 fn main() {
     match Cli::parse().command {
-        Command::Train { common, steps, batch, lr, optimizer, resume } => train(common, steps, batch, lr, optimizer, resume),
+        Command::Train { common, steps, batch, lr, optimizer, prediction, resume } => train(common, steps, batch, lr, optimizer, prediction, resume),
         Command::Sample { common, labels, seed } => {
             let trainer = load_trainer(&common);
             let labels = parse_labels(&labels, trainer.config().data.classes());
@@ -353,16 +376,18 @@ fn main() {
             write_video_set(&path, &trainer.sample(&labels, seed));
             println!("wrote {}", path.display());
         }
-        Command::Eval { common, clips, guidance, sampling_steps, shift, guidance_max_sigma } => {
+        Command::Eval { common, clips, guidance, sampling_steps, shift, guidance_max_sigma, stochasticity } => {
             let trainer = load_trainer(&common);
             let mut sampler = trainer.config().sampler;
             sampler.guidance = guidance.unwrap_or(sampler.guidance);
             sampler.steps = sampling_steps.unwrap_or(sampler.steps);
             sampler.shift = shift.unwrap_or(sampler.shift);
             sampler.guidance_max_sigma = guidance_max_sigma.unwrap_or(sampler.guidance_max_sigma);
+            sampler.stochasticity = stochasticity.unwrap_or(sampler.stochasticity);
+            sampler.check("video_dit eval").unwrap_or_else(|e| fail(&format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity)")));
             println!("sampler: {sampler:?}");
             let (videos, _, samples, real) = evaluate(&trainer, clips, sampler);
-            let path = common.out.join(format!("eval_guidance{}_below{}_steps{}_shift{}.gif", sampler.guidance, sampler.guidance_max_sigma, sampler.steps, sampler.shift));
+            let path = common.out.join(format!("eval_guidance{}_below{}_steps{}_shift{}_eta{}.gif", sampler.guidance, sampler.guidance_max_sigma, sampler.steps, sampler.shift, sampler.stochasticity));
             write_video_set(&path, &videos);
             println!("wrote {}", path.display());
             println!("samples: {}", serde_json::to_string_pretty(&samples).unwrap());

@@ -78,6 +78,29 @@ impl ClipLayout {
     }
 }
 
+/// What one clip receives from its two neighbours: the slices before it and after it.
+pub type Halo<const D: usize> = (Option<Tensor<D>>, Option<Tensor<D>>);
+
+/// The slices clip `c` needs from its neighbours along `dim` for anything that looks
+/// `halo` slices past its edges (a temporal convolution, a local attention window): the last
+/// `halo` slices of clip `c − 1` and the first `halo` of clip `c + 1`, on clip `c`'s rank
+/// (a send between ranks, free within one). `None` at the video's two ends and where `halo`
+/// is 0.
+pub fn clip_halos<T: Transport, const D: usize>(group: &DeviceGroup<T>, layout: &ClipLayout, parts: &[Tensor<D>], dim: usize, halo: usize) -> Result<Vec<Halo<D>>, SparseAttnError> {
+    const F: &str = "clip_halos";
+    let clips = layout.clips();
+    SparseAttnError::check(parts.len() == clips, F, "parts", format!("one tensor per clip ({clips})"), parts.len())?;
+    SparseAttnError::check(dim < D, F, "dim", format!("< {D}"), dim)?;
+    let shortest = parts.iter().map(|p| p.dims()[dim]).min().unwrap_or(0);
+    SparseAttnError::check(clips < 2 || halo <= shortest, F, "halo", format!("≤ the shortest clip's size along dim {dim} ({shortest})"), halo)?;
+    let send = |from: usize, to: usize, tail: bool| {
+        let len = parts[from].dims()[dim];
+        let part = parts[from].clone().narrow(dim, if tail { len - halo } else { 0 }, halo);
+        group.send(part, layout.owner(from), layout.owner(to))
+    };
+    Ok((0..clips).map(|c| ((c > 0 && halo > 0).then(|| send(c - 1, c, true)), (c + 1 < clips && halo > 0).then(|| send(c + 1, c, false)))).collect())
+}
+
 /// Mean and variance over `dims` of a tensor split along one of them across clips, computed
 /// with one all-reduce of `[Σx, Σx²]` (each clip weighted by its element count), so every
 /// clip normalises with the statistics of the whole video — what a GroupNorm or any other

@@ -14,7 +14,7 @@ use burn::config::Config;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
 use burn_sparse_attn::SparseAttnError;
 
-use crate::clips::ClipLayout;
+use crate::clips::{ClipLayout, clip_halos};
 use crate::group::{DeviceGroup, Transport};
 
 /// Settings of dual-scope attention.
@@ -135,6 +135,16 @@ impl<'g, T: Transport> DualScopePlan<'g, T> {
         Ok(Self { group, layout: layout.clone(), tokens_per_frame, window: p, global, batch: sigmas.len(), masks, biases })
     }
 
+    /// The device group the clips live on.
+    pub fn group(&self) -> &'g DeviceGroup<T> {
+        self.group
+    }
+
+    /// The clips, in frames of the token grid.
+    pub fn layout(&self) -> &ClipLayout {
+        &self.layout
+    }
+
     /// The global frames every query sees.
     pub fn global_frames(&self) -> &[usize] {
         &self.global
@@ -176,24 +186,12 @@ impl<'g, T: Transport> DualScopePlan<'g, T> {
             })
             .collect();
         // Local scope: the last / first `p` frames of the neighbouring clips.
-        let halo = |x: &[Tensor<4>], from: usize, to: usize, tail: bool| {
-            let len = layout.frames(from) * n;
-            let part = if tail { x[from].clone().narrow(2, len - p * n, p * n) } else { x[from].clone().narrow(2, 0, p * n) };
-            group.send(part, layout.owner(from), layout.owner(to))
-        };
+        let k_halos = clip_halos(group, layout, &k, 2, p * n)?;
+        let v_halos = clip_halos(group, layout, &v, 2, p * n)?;
         let mut out = Vec::with_capacity(clips);
-        for (c, q_c) in q.into_iter().enumerate() {
-            let (mut keys, mut values) = (Vec::with_capacity(4), Vec::with_capacity(4));
-            if c > 0 && p > 0 {
-                keys.push(halo(&k, c - 1, c, true));
-                values.push(halo(&v, c - 1, c, true));
-            }
-            keys.push(k[c].clone());
-            values.push(v[c].clone());
-            if c + 1 < clips && p > 0 {
-                keys.push(halo(&k, c + 1, c, false));
-                values.push(halo(&v, c + 1, c, false));
-            }
+        for (c, ((q_c, (k_before, k_after)), (v_before, v_after))) in q.into_iter().zip(k_halos).zip(v_halos).enumerate() {
+            let mut keys: Vec<Tensor<4>> = k_before.into_iter().chain([k[c].clone()]).chain(k_after).collect();
+            let mut values: Vec<Tensor<4>> = v_before.into_iter().chain([v[c].clone()]).chain(v_after).collect();
             if let Some((gk, gv)) = &gathered[layout.owner(c)] {
                 keys.push(gk.clone());
                 values.push(gv.clone());

@@ -19,6 +19,8 @@ use burn::tensor::{Device, Tensor};
 
 use burn_sparse_attn::SparseAttnError;
 
+use crate::clips::{ClipLayout, Halo, clip_halos};
+
 /// Moves tensors between ranks.
 pub trait Transport: Send + Sync {
     /// The device rank `rank` computes on.
@@ -194,22 +196,14 @@ impl<T: Transport> DeviceGroup<T> {
 
     /// Halo exchange along `dim`: rank `r` receives the last `halo` slices of rank `r − 1`
     /// (`None` on rank 0) and the first `halo` slices of rank `r + 1` (`None` on the last).
-    pub fn halo_exchange<const D: usize>(&self, parts: &[Tensor<D>], dim: usize, halo: usize) -> Result<Vec<(Option<Tensor<D>>, Option<Tensor<D>>)>, SparseAttnError> {
+    pub fn halo_exchange<const D: usize>(&self, parts: &[Tensor<D>], dim: usize, halo: usize) -> Result<Vec<Halo<D>>, SparseAttnError> {
         const F: &str = "DeviceGroup::halo_exchange";
         self.check_parts(F, parts)?;
         for p in parts {
             SparseAttnError::check(p.dims()[dim] >= halo, F, "halo", format!("≤ every part's size along dim {dim}"), halo)?;
         }
-        Ok((0..self.world)
-            .map(|r| {
-                let before = (r > 0 && halo > 0).then(|| {
-                    let p = &parts[r - 1];
-                    let n = p.dims()[dim];
-                    self.send(p.clone().narrow(dim, n - halo, halo), r - 1, r)
-                });
-                let after = (r + 1 < self.world && halo > 0).then(|| self.send(parts[r + 1].clone().narrow(dim, 0, halo), r + 1, r));
-                (before, after)
-            })
-            .collect())
+        // One clip per rank.
+        let layout = ClipLayout::new(parts.iter().map(|p| p.dims()[dim].max(1)).collect(), self.world)?;
+        clip_halos(self, &layout, parts, dim, halo)
     }
 }

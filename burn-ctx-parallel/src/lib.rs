@@ -33,7 +33,7 @@ mod ring;
 mod sparse_sequence;
 
 pub use burn_sparse_attn;
-pub use clips::{ClipLayout, synced_moments};
+pub use clips::{ClipLayout, Halo, clip_halos, synced_moments};
 pub use dual_scope::{DualScopeConfig, DualScopePlan, clip_devices, dual_scope_bytes_per_layer};
 pub use group::{CommStats, DeviceGroup, DeviceTransport, SubTransport, Transport};
 pub use hybrid::{HybridSplit, hybrid_attention};

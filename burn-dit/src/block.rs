@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor, activation::sigmoid, module::attention, ops::AttentionModuleOptions};
-use burn_ctx_parallel::{DualScopePlan, Transport};
+use burn_ctx_parallel::{DualScopePlan, Transport, clip_halos};
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, TokenGrid};
 
@@ -170,6 +170,35 @@ impl FrameConv {
     }
 }
 
+/// Depthwise 3-tap convolution across token frames (see [`VideoDitConfig::mlp_time_conv`]).
+#[derive(Module, Debug)]
+pub struct TimeConv {
+    /// `[3, C]` taps for the previous, current and next frame.
+    taps: Param<Tensor<2>>,
+}
+
+impl TimeConv {
+    /// Starts as the identity, so the block starts as it would without it.
+    fn new(channels: usize, device: &Device) -> Self {
+        let identity = Tensor::<1>::from_floats([0.0, 1.0, 0.0], device).reshape([3, 1]).repeat_dim(1, channels);
+        Self { taps: Param::from_tensor(identity) }
+    }
+
+    /// `x: [B, S, C]` frame-major on `grid`; `before` / `after`: `[B, 1, S / frames, C]`, the
+    /// neighbouring clips' edge frames, or zeros at the video's ends.
+    fn forward(&self, x: Tensor<3>, grid: TokenGrid, before: Option<Tensor<4>>, after: Option<Tensor<4>>) -> Tensor<3> {
+        let [b, s, c] = x.dims();
+        let (t, plane) = (grid.frames, s / grid.frames);
+        let x = x.reshape([b, t, plane, c]);
+        let device = x.device();
+        let zero = || Tensor::<4>::zeros([b, 1, plane, c], &device);
+        let padded = Tensor::cat(vec![before.unwrap_or_else(zero), x, after.unwrap_or_else(zero)], 1);
+        let tap = |i: usize| self.taps.val().narrow(0, i, 1).reshape([1, 1, 1, c]);
+        let out = padded.clone().narrow(1, 0, t) * tap(0) + padded.clone().narrow(1, 1, t) * tap(1) + padded.narrow(1, 2, t) * tap(2);
+        out.reshape([b, s, c])
+    }
+}
+
 /// A DiT block with adaLN-Zero: the shared time projection plus this block's learned
 /// modulation give shift/scale/gate for attention and MLP; gates start at zero, so a fresh
 /// block is the identity.
@@ -180,6 +209,7 @@ pub struct DitBlock {
     cross: CrossAttention,
     mlp_in: Linear,
     mlp_conv: Option<FrameConv>,
+    mlp_time_conv: Option<TimeConv>,
     mlp_out: Linear,
 }
 
@@ -192,6 +222,7 @@ impl DitBlock {
             cross: CrossAttention::new(config, device),
             mlp_in: LinearConfig::new(d, config.mlp_ratio * d).init(device),
             mlp_conv: config.mlp_conv.then(|| FrameConv::new(d, device)),
+            mlp_time_conv: config.mlp_time_conv.then(|| TimeConv::new(d, device)),
             mlp_out: LinearConfig::new(config.mlp_ratio * d, d).init(device),
         }
     }
@@ -201,10 +232,10 @@ impl DitBlock {
         let mods: Vec<Vec<Tensor<3>>> = clips.iter().map(|c| (c.time.clone() + self.modulation.val().unsqueeze::<3>()).chunk(6, 1)).collect();
         let h = xs.iter().zip(&mods).map(|(x, m)| modulate(plain_norm(x.clone()), m[0].clone(), m[1].clone())).collect();
         let attended = self.attn.forward(h, clips, mode)?;
-        Ok(xs
+        let (xs, hs): (Vec<Tensor<3>>, Vec<Tensor<3>>) = xs
             .into_iter()
             .zip(attended)
-            .zip(mods.into_iter().zip(clips))
+            .zip(mods.iter().zip(clips))
             .map(|((x, a), (m, clip))| {
                 let x = x + a * m[2].clone();
                 let x = x.clone() + self.cross.forward(x, clip.cond.clone());
@@ -213,9 +244,30 @@ impl DitBlock {
                     Some(conv) => conv.forward(h, clip.grid),
                     None => h,
                 };
-                x + self.mlp_out.forward(quick_gelu(self.mlp_in.forward(h))) * m[5].clone()
+                (x, h)
             })
-            .collect())
+            .unzip();
+        let hs = match &self.mlp_time_conv {
+            Some(conv) => self.time_conv(conv, hs, clips, mode)?,
+            None => hs,
+        };
+        Ok(xs.into_iter().zip(hs).zip(mods).map(|((x, h), m)| x + self.mlp_out.forward(quick_gelu(self.mlp_in.forward(h))) * m[5].clone()).collect())
+    }
+
+    /// The temporal convolution over every clip; across clips it reads the neighbours' edge
+    /// frames, so a video split over ranks convolves as it would whole.
+    fn time_conv<T: Transport>(&self, conv: &TimeConv, hs: Vec<Tensor<3>>, clips: &[ClipContext], mode: &AttentionMode<T>) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+        let halos = match mode {
+            AttentionMode::PerClip => vec![(None, None); hs.len()],
+            AttentionMode::DualScope(plan) => {
+                let framed: Vec<Tensor<4>> = hs.iter().zip(clips).map(|(h, c)| {
+                    let [b, s, d] = h.dims();
+                    h.clone().reshape([b, c.grid.frames, s / c.grid.frames, d])
+                }).collect();
+                clip_halos(plan.group(), plan.layout(), &framed, 1, 1)?
+            }
+        };
+        Ok(hs.into_iter().zip(clips).zip(halos).map(|((h, c), (before, after))| conv.forward(h, c.grid, before, after)).collect())
     }
 
     /// The block's self-attention.

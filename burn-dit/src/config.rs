@@ -18,6 +18,20 @@ pub enum AttentionKind {
     DualScope(DualScopeConfig),
 }
 
+/// What the network's output head predicts. [`crate::VideoDit::forward`] returns the
+/// flow-matching velocity either way, so training, sampling and guidance are the same code.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum Prediction {
+    /// The velocity `ε − x0` directly (SD3, Wan2.1).
+    Velocity,
+    /// The clean video `x̂0`, returned as the velocity `(x_σ − x̂0) / max(σ, σ_min)`
+    /// ([`crate::flow::velocity_from_clean`]). The velocity loss then weighs the clean-video
+    /// error by 1/σ², and the last Euler step lands on `x̂0` itself: the head draws images,
+    /// not noise (JiT, Li & He 2025: clean data lies near a low-dimensional manifold, noise
+    /// does not, so small networks predict it better).
+    Clean,
+}
+
 /// A video DiT in the style of Wan2.1.
 #[derive(Config, Debug)]
 pub struct VideoDitConfig {
@@ -41,6 +55,13 @@ pub struct VideoDitConfig {
     /// through attention alone and clips parallelise exactly.
     #[config(default = false)]
     pub mlp_conv: bool,
+    /// A depthwise 3-tap convolution across token frames after the frame convolution (one
+    /// separable 3×3×3 convolution in all), starting as the identity: neighbouring frames
+    /// share features directly, not only through attention. Across clips it reads one edge
+    /// frame from each neighbouring clip ([`burn_ctx_parallel::clip_halos`]), so clip
+    /// parallelism stays exact.
+    #[config(default = false)]
+    pub mlp_time_conv: bool,
     /// Width of the conditioning embeddings fed to cross-attention.
     #[config(default = 64)]
     pub cond_dim: usize,
@@ -59,6 +80,9 @@ pub struct VideoDitConfig {
     /// locally at once rather than averaging every token for its first thousand steps.
     #[config(default = true)]
     pub qk_norm: bool,
+    /// What the output head predicts.
+    #[config(default = "Prediction::Velocity")]
+    pub prediction: Prediction,
     /// RoPE base.
     #[config(default = 10000.0)]
     pub rope_theta: f64,
@@ -78,9 +102,10 @@ pub const SMALL_GRID_ROPE_THETA: f64 = 10.0;
 impl VideoDitConfig {
     /// Trains on a 2-core CPU in minutes: 8×32×32 RGB clips in 2×4×4 patches → 256 tokens
     /// of width 128, with the MLP's frame convolution (README, the main job: frames showing
-    /// one object 63% → 89% of 48 held-out labels).
+    /// one object 63% → 89% of 48 held-out labels) and temporal convolution (frames with an
+    /// object detected 97–98% → 99.5%, motion smoothness 0.91–0.92 → 0.93, in two runs each).
     pub fn tiny() -> Self {
-        Self::new(3, [2, 4, 4], 128, 4, 4).with_rope_theta(SMALL_GRID_ROPE_THETA).with_mlp_conv(true)
+        Self::new(3, [2, 4, 4], 128, 4, 4).with_rope_theta(SMALL_GRID_ROPE_THETA).with_mlp_conv(true).with_mlp_time_conv(true)
     }
 
     /// 16×64×64 clips with 2×4×4 patches → 2048 tokens of width 384.

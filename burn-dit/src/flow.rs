@@ -4,7 +4,7 @@
 //! noise); the model predicts the velocity `v = ε − x0`, so `dx_σ/dσ = v` and the Euler
 //! step from σ to σ' is `x ← x + (σ' − σ)·v`.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::data::SplitMix;
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,17 @@ pub fn velocity_target(x0: Tensor<5>, noise: Tensor<5>) -> Tensor<5> {
     noise - x0
 }
 
+/// Noise levels below this divide as this in [`velocity_from_clean`] (JiT's clamp): the
+/// velocity of a clean-video prediction at σ → 0 would be unbounded.
+pub const CLEAN_PREDICTION_MIN_SIGMA: f64 = 0.05;
+
+/// The velocity `(x_σ − x̂0) / max(σ, σ_min)` of a clean-video prediction `x0_hat` for
+/// `x_sigma` at per-sample `sigma: [B]`. Exact for σ ≥ σ_min: `x_σ − x0 = σ·(ε − x0)`.
+pub fn velocity_from_clean(x_sigma: Tensor<5>, x0_hat: Tensor<5>, sigma: Tensor<1>) -> Tensor<5> {
+    let s = sigma.clamp_min(CLEAN_PREDICTION_MIN_SIGMA).reshape([x_sigma.dims()[0], 1, 1, 1, 1]);
+    (x_sigma - x0_hat) / s
+}
+
 /// Timestep shift `σ' = s·σ / (1 + (s − 1)·σ)`: spends more steps at high noise for larger
 /// `s` (Wan uses 3–5 for video).
 pub fn shift_sigma(sigma: f64, shift: f64) -> f64 {
@@ -80,15 +91,31 @@ pub struct SamplerConfig {
     /// in a limited interval").
     #[serde(default = "always")]
     pub guidance_max_sigma: f64,
+    /// Fraction η ∈ [0, 1] of fresh noise per step: each step re-noises its clean estimate
+    /// `x̂0 = x − σ·v` to σ' with `√(1 − η²)·ε̂ + η·z` (`ε̂ = x + (1 − σ)·v`, `z` drawn from
+    /// the device's generator). 0 is the deterministic Euler step; 1 is ancestral sampling.
+    #[serde(default)]
+    pub stochasticity: f64,
 }
 
 fn always() -> f64 {
     1.0
 }
 
+impl SamplerConfig {
+    /// Checks every field's range, naming `function` in the error.
+    pub fn check(&self, function: &'static str) -> Result<(), SparseAttnError> {
+        SparseAttnError::check(self.steps >= 1, function, "config.steps", "≥ 1", self.steps)?;
+        SparseAttnError::check(self.shift > 0.0, function, "config.shift", "> 0", self.shift)?;
+        SparseAttnError::check(self.guidance.is_finite(), function, "config.guidance", "a finite scale", self.guidance)?;
+        SparseAttnError::check(self.guidance_max_sigma >= 0.0, function, "config.guidance_max_sigma", "≥ 0", self.guidance_max_sigma)?;
+        SparseAttnError::check((0.0..=1.0).contains(&self.stochasticity), function, "config.stochasticity", "in [0, 1]", self.stochasticity)
+    }
+}
+
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { steps: 24, guidance: 3.0, shift: 3.0, guidance_max_sigma: 1.0 }
+        Self { steps: 24, guidance: 3.0, shift: 3.0, guidance_max_sigma: 1.0, stochasticity: 0.0 }
     }
 }
 
@@ -126,10 +153,9 @@ fn euler_with_guidance(
     velocity: impl Fn(Vec<Tensor<5>>, f64, Vec<Tensor<3>>) -> Result<Vec<Tensor<5>>, SparseAttnError>,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     const F: &str = "sample_euler";
-    SparseAttnError::check(config.steps >= 1, F, "config.steps", "≥ 1", config.steps)?;
-    SparseAttnError::check(config.shift > 0.0, F, "config.shift", "> 0", config.shift)?;
+    config.check(F)?;
     SparseAttnError::check(cond.len() == noise.len() && uncond.len() == noise.len(), F, "cond", format!("one conditioning and one null conditioning per clip ({})", noise.len()), format!("{}, {}", cond.len(), uncond.len()))?;
-    SparseAttnError::check(config.guidance_max_sigma >= 0.0, F, "config.guidance_max_sigma", "≥ 0", config.guidance_max_sigma)?;
+    let eta = config.stochasticity;
     let sigmas: Vec<f64> = (0..=config.steps).map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift)).collect();
     let guided = (config.guidance - 1.0).abs() > 1e-12;
     let both: Vec<Tensor<3>> = cond.iter().zip(&uncond).map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0)).collect();
@@ -149,7 +175,19 @@ fn euler_with_guidance(
         } else {
             velocity(x.clone(), sigma, cond.clone())?
         };
-        x = x.into_iter().zip(v).map(|(x, v)| x + v * (next - sigma)).collect();
+        x = x
+            .into_iter()
+            .zip(v)
+            .map(|(x, v)| {
+                if eta == 0.0 || next == 0.0 {
+                    return x + v * (next - sigma);
+                }
+                let clean = x.clone() - v.clone() * sigma;
+                let noise = x + v * (1.0 - sigma);
+                let fresh = Tensor::random(noise.shape(), Distribution::Normal(0.0, 1.0), &noise.device());
+                clean * (1.0 - next) + (noise * (1.0 - eta * eta).sqrt() + fresh * eta) * next
+            })
+            .collect();
     }
     Ok(x)
 }

@@ -7,7 +7,9 @@
 //! Model (Wan2.1 style): 3D patch embedding, full 3D self-attention with per-head QK-norm
 //! and 3D RoPE over global frame positions, adaLN-Zero time conditioning (a shared time
 //! projection plus per-block modulation; the pooled conditioning joins the time embedding),
-//! cross-attention to conditioning tokens, a zero-initialised output head.
+//! cross-attention to conditioning tokens, optional depthwise convolutions over each frame
+//! and across frames in the MLP, and a zero-initialised output head predicting the velocity
+//! or the clean video.
 //!
 //! Long videos ([`long_video`]): [`VideoDit::forward_clips`] runs a video cut into clips
 //! over a device group of `burn-ctx-parallel` with Video-Infinity's dual-scope attention,
@@ -31,7 +33,7 @@ pub use block::{CrossAttention, DitBlock, SelfAttention};
 pub use burn_ctx_parallel;
 pub use burn_ctx_parallel::{ClipLayout, DualScopeConfig};
 pub use burn_sparse_attn;
-pub use config::{AttentionKind, VideoDitConfig};
+pub use config::{AttentionKind, Prediction, VideoDitConfig};
 pub use burn_sparse_attn::dsv::DsvPolicy;
 pub use ema::ema_update;
 pub use model::VideoDit;

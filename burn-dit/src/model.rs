@@ -9,7 +9,8 @@ use burn_sparse_attn::dsv::{DsvAttention, DsvHost, TokenGrid};
 use burn_ctx_parallel::{ClipLayout, DeviceGroup, DeviceTransport, DualScopeConfig, DualScopePlan, Transport};
 
 use crate::block::{AttentionMode, ClipContext, DitBlock, modulate, plain_norm, quick_gelu};
-use crate::config::{AttentionKind, VideoDitConfig};
+use crate::config::{AttentionKind, Prediction, VideoDitConfig};
+use crate::flow::velocity_from_clean;
 use crate::patch::{patchify, unpatchify};
 use crate::rope::Rope3d;
 
@@ -24,7 +25,8 @@ fn zero_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     }
 }
 
-/// A video diffusion transformer that predicts the flow-matching velocity `ε − x0`.
+/// A video diffusion transformer; [`VideoDit::forward`] returns the flow-matching velocity
+/// `ε − x0` whatever its head predicts ([`crate::config::Prediction`]).
 #[derive(Module, Debug)]
 pub struct VideoDit {
     patch_embed: Linear,
@@ -167,6 +169,11 @@ impl VideoDit {
         let mut contexts = Vec::with_capacity(x.len());
         let mut tokens = Vec::with_capacity(x.len());
         let mut head_mods = Vec::with_capacity(x.len());
+        // A clean-video head's output becomes a velocity against its input.
+        let inputs: Vec<(Tensor<5>, Tensor<1>)> = match c.prediction {
+            Prediction::Velocity => Vec::new(),
+            Prediction::Clean => x.iter().cloned().zip(sigma.iter().cloned()).collect(),
+        };
         for ((xi, si), (ci, &offset)) in x.into_iter().zip(sigma).zip(cond.into_iter().zip(frame_offsets)) {
             let [b, _, t, h, w] = xi.dims();
             let grid = [t / c.patch[0], h / c.patch[1], w / c.patch[2]];
@@ -185,12 +192,15 @@ impl VideoDit {
         for block in &self.blocks {
             tokens = block.forward(tokens, &contexts, mode)?;
         }
-        Ok(tokens
+        let outputs = tokens
             .into_iter()
             .zip(head_mods)
             .zip(grids)
-            .map(|((x, m), grid)| unpatchify(self.head.forward(modulate(plain_norm(x), m.clone().narrow(1, 0, 1), m.narrow(1, 1, 1))), c.channels, c.patch, grid))
-            .collect())
+            .map(|((x, m), grid)| unpatchify(self.head.forward(modulate(plain_norm(x), m.clone().narrow(1, 0, 1), m.narrow(1, 1, 1))), c.channels, c.patch, grid));
+        Ok(match c.prediction {
+            Prediction::Velocity => outputs.collect(),
+            Prediction::Clean => outputs.zip(inputs).map(|(x0_hat, (x, sigma))| velocity_from_clean(x, x0_hat, sigma)).collect(),
+        })
     }
 
     /// The DiT blocks.

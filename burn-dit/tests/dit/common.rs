@@ -7,9 +7,9 @@ use burn_dit::train::TrainConfig;
 use burn_dit::{AttentionKind, DsvPolicy, VideoDit, VideoDitConfig};
 
 /// A model small enough for debug-build tests: 4×16×16 clips → 64 tokens of width 32, with
-/// the tiny preset's frame convolution in the MLP.
+/// the tiny preset's frame and temporal convolutions in the MLP.
 pub fn micro_model(attention: AttentionKind) -> VideoDitConfig {
-    VideoDitConfig::new(3, [1, 4, 4], 32, 2, 2).with_cond_dim(16).with_mlp_conv(true).with_attention(attention)
+    VideoDitConfig::new(3, [1, 4, 4], 32, 2, 2).with_cond_dim(16).with_mlp_conv(true).with_mlp_time_conv(true).with_attention(attention)
 }
 
 pub fn micro_dsv() -> AttentionKind {

@@ -55,7 +55,7 @@ fn long_video_sampling_gives_each_clip_its_noise_and_prompt() {
     let device = Device::flex();
     let scope = DualScopeConfig::new().with_window(1).with_global_frames(2);
     let model = jittered(AttentionKind::Dense, &device);
-    let sampler = SamplerConfig { steps: 2, guidance: 2.0, shift: 2.0, guidance_max_sigma: 1.0 };
+    let sampler = SamplerConfig { steps: 2, guidance: 2.0, shift: 2.0, guidance_max_sigma: 1.0, stochasticity: 0.0 };
     // One clip on one rank is the ordinary sampler of a dual-scope model.
     let dual = jittered(AttentionKind::DualScope(scope.clone()), &device);
     let one = ClipLayout::new(vec![4], 1).unwrap();

@@ -1,8 +1,8 @@
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn::module::Module;
 use burn_dit::data::SplitMix;
-use burn_dit::flow::{SamplerConfig, SigmaSampling, add_noise, sample_euler, shift_sigma, velocity_target};
-use burn_dit::{AttentionKind, Rope3d, patchify, rope_split, unpatchify};
+use burn_dit::flow::{CLEAN_PREDICTION_MIN_SIGMA, SamplerConfig, SigmaSampling, add_noise, sample_euler, shift_sigma, velocity_from_clean, velocity_target};
+use burn_dit::{AttentionKind, Prediction, Rope3d, patchify, rope_split, unpatchify};
 use burn_sparse_attn::dsv::DsvHost;
 
 use crate::common::*;
@@ -63,6 +63,9 @@ fn fresh_model_is_zero_and_validates_inputs() {
     // The frame convolution is one depthwise 3×3 filter (and bias) per channel per block.
     let without_conv = micro_model(AttentionKind::Dense).with_mlp_conv(false).init(&device).num_params();
     assert_eq!(pooled - without_conv, 2 * (32 * 9 + 32));
+    // The temporal convolution is three taps per channel per block.
+    let without_time_conv = micro_model(AttentionKind::Dense).with_mlp_time_conv(false).init(&device).num_params();
+    assert_eq!(pooled - without_time_conv, 2 * 3 * 32);
     assert_eq!(micro_model(micro_dsv()).init(&device).dsv_layers().len(), 2);
     assert_eq!(micro_model(AttentionKind::Dense).init(&device).dsv_layers().len(), 0);
 }
@@ -89,6 +92,33 @@ fn flow_matching_conventions() {
 }
 
 #[test]
+fn clean_prediction_returns_the_velocity_towards_its_estimate() {
+    let device = Device::flex();
+    let x0 = Tensor::<5>::random([3, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let eps = Tensor::<5>::random([3, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let levels = [0.01f32, 0.3, 0.8];
+    let sigma = Tensor::<1>::from_data(TensorData::new(levels.to_vec(), [3]), &device);
+    let x = add_noise(x0.clone(), eps.clone(), sigma.clone());
+    // The exact clean video gives the exact velocity wherever σ ≥ σ_min...
+    let v = velocity_from_clean(x.clone(), x0.clone(), sigma.clone());
+    assert!(max_abs_diff(v.clone().narrow(0, 1, 2), velocity_target(x0.clone(), eps.clone()).narrow(0, 1, 2)) < 1e-4);
+    // ...and below it divides by σ_min: finite, a fraction σ/σ_min of the velocity.
+    let floor = (0.01 / CLEAN_PREDICTION_MIN_SIGMA) as f32;
+    assert!(max_abs_diff(v.narrow(0, 0, 1), velocity_target(x0, eps).narrow(0, 0, 1) * floor) < 1e-4);
+
+    // A clean-video model is the velocity model's network with that conversion on its output.
+    let cond_ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5, 3, 6], [3, 2]), &device);
+    for attention in [AttentionKind::Dense, AttentionKind::DualScope(burn_dit::DualScopeConfig::new().with_window(1))] {
+        let velocity = jittered(attention.clone(), &device);
+        let clean = micro_model(attention).with_prediction(Prediction::Clean).init(&device).load_record(velocity.clone().into_record());
+        let cond = velocity.embed_labels(cond_ids.clone());
+        let head = velocity.forward(x.clone(), sigma.clone(), cond.clone()).unwrap();
+        let v = clean.forward(x.clone(), sigma.clone(), cond).unwrap();
+        assert!(max_abs_diff(v, velocity_from_clean(x.clone(), head, sigma.clone())) < 1e-4);
+    }
+}
+
+#[test]
 fn euler_sampler_integrates_the_predicted_velocity() {
     // A fresh model predicts v = 0, so sampling must return the starting noise unchanged,
     // with and without guidance.
@@ -98,12 +128,36 @@ fn euler_sampler_integrates_the_predicted_velocity() {
     let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4], [1, 2]), &device));
     let uncond = model.embed_labels(Tensor::zeros([1, 2], &device));
     for guidance in [1.0, 3.0] {
-        let config = SamplerConfig { steps: 3, guidance, shift: 2.0, guidance_max_sigma: 1.0 };
+        let config = SamplerConfig { steps: 3, guidance, shift: 2.0, guidance_max_sigma: 1.0, stochasticity: 0.0 };
         let out = sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
         assert_eq!(max_abs_diff(out, noise.clone()), 0.0);
     }
-    let bad = SamplerConfig { steps: 0, guidance: 1.0, shift: 1.0, guidance_max_sigma: 1.0 };
+    let bad = SamplerConfig { steps: 0, guidance: 1.0, shift: 1.0, guidance_max_sigma: 1.0, stochasticity: 0.0 };
     assert_eq!(sample_euler(&model, noise, cond, uncond, bad).unwrap_err().argument, "config.steps");
+}
+
+#[test]
+fn stochastic_sampling_renoises_the_clean_estimate() {
+    // A fresh model predicts v = 0, so x̂0 = ε̂ = x. Two steps σ = 1 → 0.5 → 0: the first
+    // gives 0.5·x + 0.5·(√(1 − η²)·x + η·z); the last step lands on its clean estimate. The
+    // generator is shared with other tests, so check the mix by regression: the share of x
+    // and the variance of the rest.
+    let device = Device::flex();
+    let model = micro_model(AttentionKind::Dense).init(&device);
+    let noise = Tensor::<5>::random([4, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5, 3, 6, 1, 5], [4, 2]), &device));
+    let uncond = model.embed_labels(Tensor::zeros([4, 2], &device));
+    for eta in [0.0f64, 0.6, 1.0] {
+        let config = SamplerConfig { steps: 2, guidance: 1.0, shift: 1.0, guidance_max_sigma: 1.0, stochasticity: eta };
+        let out = sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
+        let share = ((out.clone() * noise.clone()).mean() / noise.clone().square().mean()).into_scalar::<f32>() as f64;
+        let rest = (out - noise.clone() * share).square().mean().into_scalar::<f32>() as f64;
+        let (want_share, want_rest) = (0.5 + 0.5 * (1.0 - eta * eta).sqrt(), (0.5 * eta).powi(2));
+        assert!((share - want_share).abs() < 0.02, "η = {eta}: share of x {share}, want {want_share}");
+        assert!((rest - want_rest).abs() < 0.1 * want_rest + 1e-6, "η = {eta}: fresh-noise variance {rest}, want {want_rest}");
+    }
+    let bad = SamplerConfig { steps: 2, guidance: 1.0, shift: 1.0, guidance_max_sigma: 1.0, stochasticity: 1.5 };
+    assert_eq!(sample_euler(&model, noise, cond, uncond, bad).unwrap_err().argument, "config.stochasticity");
 }
 
 #[test]
@@ -115,7 +169,7 @@ fn guidance_acts_only_below_its_noise_limit() {
     let uncond = model.embed_labels(Tensor::zeros([2, 2], &device));
     // Four steps start at σ = 1, 0.75, 0.5, 0.25 (shift 1).
     let run = |guidance: f64, guidance_max_sigma: f64| {
-        let config = SamplerConfig { steps: 4, guidance, shift: 1.0, guidance_max_sigma };
+        let config = SamplerConfig { steps: 4, guidance, shift: 1.0, guidance_max_sigma, stochasticity: 0.0 };
         sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config)
     };
     let unguided = run(1.0, 1.0).unwrap();
