@@ -407,8 +407,11 @@ pub fn generate(model: &VideoDit, clip: ClipShape, labels: &[(usize, usize)], sa
     let device = model.devices().into_iter().next().expect("a model lives on a device");
     let n = labels.len();
     let noise = SplitMix(seed).normal_tensor([n, 3, clip.frames, clip.height, clip.width], &device);
-    // A stochastic sampler draws its step noise from the device's generator.
-    device.seed(seed);
+    // A stochastic sampler draws its step noise from the device's (global) generator; the
+    // deterministic one draws nothing, so leave the generator alone.
+    if sampler.stochasticity > 0.0 {
+        device.seed(seed);
+    }
     let cond = model.embed_labels(label_ids(labels, &device));
     let uncond = model.embed_labels(Tensor::zeros([n, COND_TOKENS], &device));
     let videos = sample_euler(model, noise, cond, uncond, sampler).expect("sampling shapes come from the config");
