@@ -197,6 +197,26 @@ impl TimeConv {
         let out = padded.clone().narrow(1, 0, t) * tap(0) + padded.clone().narrow(1, 1, t) * tap(1) + padded.narrow(1, 2, t) * tap(2);
         out.reshape([b, s, c])
     }
+
+    /// Every clip's frames, `xs[c]: [B, S_c, C]`; across clips it reads the neighbours' edge
+    /// frames, so a video split over ranks convolves as it would whole.
+    fn forward_clips<T: Transport>(&self, xs: Vec<Tensor<3>>, clips: &[ClipContext], mode: &AttentionMode<T>) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+        let halos = match mode {
+            AttentionMode::PerClip => vec![(None, None); xs.len()],
+            AttentionMode::DualScope(plan) => {
+                let framed: Vec<Tensor<4>> = xs
+                    .iter()
+                    .zip(clips)
+                    .map(|(x, c)| {
+                        let [b, s, d] = x.dims();
+                        x.clone().reshape([b, c.grid.frames, s / c.grid.frames, d])
+                    })
+                    .collect();
+                clip_halos(plan.group(), plan.layout(), &framed, 1, 1)?
+            }
+        };
+        Ok(xs.into_iter().zip(clips).zip(halos).map(|((x, c), (before, after))| self.forward(x, c.grid, before, after)).collect())
+    }
 }
 
 /// A DiT block with adaLN-Zero: the shared time projection plus this block's learned
@@ -248,26 +268,10 @@ impl DitBlock {
             })
             .unzip();
         let hs = match &self.mlp_time_conv {
-            Some(conv) => self.time_conv(conv, hs, clips, mode)?,
+            Some(conv) => conv.forward_clips(hs, clips, mode)?,
             None => hs,
         };
         Ok(xs.into_iter().zip(hs).zip(mods).map(|((x, h), m)| x + self.mlp_out.forward(quick_gelu(self.mlp_in.forward(h))) * m[5].clone()).collect())
-    }
-
-    /// The temporal convolution over every clip; across clips it reads the neighbours' edge
-    /// frames, so a video split over ranks convolves as it would whole.
-    fn time_conv<T: Transport>(&self, conv: &TimeConv, hs: Vec<Tensor<3>>, clips: &[ClipContext], mode: &AttentionMode<T>) -> Result<Vec<Tensor<3>>, SparseAttnError> {
-        let halos = match mode {
-            AttentionMode::PerClip => vec![(None, None); hs.len()],
-            AttentionMode::DualScope(plan) => {
-                let framed: Vec<Tensor<4>> = hs.iter().zip(clips).map(|(h, c)| {
-                    let [b, s, d] = h.dims();
-                    h.clone().reshape([b, c.grid.frames, s / c.grid.frames, d])
-                }).collect();
-                clip_halos(plan.group(), plan.layout(), &framed, 1, 1)?
-            }
-        };
-        Ok(hs.into_iter().zip(clips).zip(halos).map(|((h, c), (before, after))| conv.forward(h, c.grid, before, after)).collect())
     }
 
     /// The block's self-attention.
