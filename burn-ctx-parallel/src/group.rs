@@ -199,6 +199,7 @@ impl<T: Transport> DeviceGroup<T> {
     pub fn halo_exchange<const D: usize>(&self, parts: &[Tensor<D>], dim: usize, halo: usize) -> Result<Vec<Halo<D>>, SparseAttnError> {
         const F: &str = "DeviceGroup::halo_exchange";
         self.check_parts(F, parts)?;
+        SparseAttnError::check(dim < D, F, "dim", format!("< {D}"), dim)?;
         for p in parts {
             SparseAttnError::check(p.dims()[dim] >= halo, F, "halo", format!("≤ every part's size along dim {dim}"), halo)?;
         }

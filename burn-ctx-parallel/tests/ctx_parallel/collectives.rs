@@ -64,6 +64,7 @@ fn collectives_compute_the_right_values_and_count_bytes() {
         }
         assert_eq!(group.stats().bytes, 2 * (w - 1) * 2 * 4 * elem, "halo bytes of {world}");
         assert!(group.halo_exchange(&x, 0, 7).is_err());
+        assert_eq!(group.halo_exchange(&x, 2, 1).unwrap_err().argument, "dim");
     }
 }
 
