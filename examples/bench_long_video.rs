@@ -62,7 +62,7 @@ fn main() {
             let group = DeviceGroup::virtual_ranks(&device, world).expect("group");
             let parts: Vec<Tensor<5>> = (0..clips).map(|i| video.clone().narrow(2, layout.frame_offset(i), per_clip)).collect();
             let step = || {
-                for v in model.forward_clips(&group, &layout, parts.clone(), &sigmas, vec![cond.clone(); clips], &scope).expect("shapes") {
+                for v in model.forward_clips(&group, &layout, parts.clone(), &sigmas, vec![cond.clone(); clips], None, &scope).expect("shapes") {
                     v.into_data();
                 }
             };

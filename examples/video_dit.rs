@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example video_dit -- train [--out out/tiny] [--attention dsv|dense]
-//!     [--steps 900] [--optimizer muon|adamw] [--prediction velocity|clean] [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
+//!     [--steps 900] [--optimizer muon|adamw] [--prediction velocity|clean] [--head-conv] [--self-condition]
+//!     [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
 //! cargo run --release --example video_dit -- sample --out out/tiny --labels circle:red,square:blue
 //! cargo run --release --example video_dit -- eval --out out/tiny
 //! ```
@@ -127,6 +128,12 @@ enum Command {
         /// What the DiT's head predicts (default: the tiny preset's).
         #[arg(long, value_enum)]
         prediction: Option<PredictionChoice>,
+        /// Add the 3×3 convolution over each output frame (`VideoDitConfig::head_conv`).
+        #[arg(long)]
+        head_conv: bool,
+        /// Self-condition on the model's previous clean-video estimate (`VideoDitConfig::self_condition`).
+        #[arg(long)]
+        self_condition: bool,
     },
     /// Sample clips from the latest checkpoint.
     Sample {
@@ -234,7 +241,14 @@ fn load_trainer(common: &Common) -> Trainer {
     trainer
 }
 
-fn train(common: Common, steps: usize, batch: usize, lr: Option<f64>, optimizer: Option<OptimizerChoice>, prediction: Option<PredictionChoice>, resume: bool) {
+/// Model options of `train` beyond the tiny preset.
+struct ModelFlags {
+    prediction: Option<PredictionChoice>,
+    head_conv: bool,
+    self_condition: bool,
+}
+
+fn train(common: Common, steps: usize, batch: usize, lr: Option<f64>, optimizer: Option<OptimizerChoice>, flags: ModelFlags, resume: bool) {
     if steps == 0 || batch == 0 {
         fail("--steps and --batch must be ≥ 1");
     }
@@ -247,12 +261,14 @@ fn train(common: Common, steps: usize, batch: usize, lr: Option<f64>, optimizer:
             OptimizerChoice::Muon => OptimizerKind::Muon,
         };
     }
-    if let Some(choice) = prediction {
+    if let Some(choice) = flags.prediction {
         config.model.prediction = match choice {
             PredictionChoice::Velocity => Prediction::Velocity,
             PredictionChoice::Clean => Prediction::Clean,
         };
     }
+    config.model.head_conv |= flags.head_conv;
+    config.model.self_condition |= flags.self_condition;
     if let Some(lr) = lr {
         if !(lr > 0.0 && lr.is_finite()) {
             fail(&format!("--lr must be a positive number, got {lr}"));
@@ -358,17 +374,34 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
         ("area variation (0 = rigid)", sample_metrics.area_variation, real_metrics.area_variation),
         ("centroid acceleration px (0 = constant velocity)", sample_metrics.acceleration_px, real_metrics.acceleration_px),
     ];
-    for (name, s, r) in rows {
+    let shape_fit = sample_metrics.shape_iou.zip(real_metrics.shape_iou).map(|(s, r)| ("shape IoU with the asked-for shape (1 = drawn exactly)", s, r));
+    for (name, s, r) in rows.into_iter().chain(shape_fit) {
         md += &format!("| {name} | {s:.3} | {r:.3} |\n");
     }
+    md += &confusion_table(trainer.config().data.classes(), &sample_metrics);
     md += &format!("\nDetector check on real clips: centroid error vs ground truth {:.2} px.\n\nFiles: samples.gif, contact_sheet.png, loss.png, report.json, samples/, checkpoints/.\n", real_metrics.trajectory_error_px.unwrap_or(f64::NAN));
     std::fs::write(out.join("report.md"), &md).unwrap_or_else(|e| fail(&format!("report: {e}")));
     println!("{md}");
 }
 
+/// The samples' object classes as the classifier saw them, by asked-for class.
+fn confusion_table(classes: &[&str], metrics: &VideoMetrics) -> String {
+    let mut md = format!("\nObject class seen in the samples (majority over frames), by class asked for:\n\n| asked \\ seen | {} | none |\n|---|{}---|\n", classes.join(" | "), "---|".repeat(classes.len()));
+    for (name, row) in classes.iter().zip(&metrics.object_confusion) {
+        md += &format!("| {name} | {} |\n", row.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" | "));
+    }
+    if !metrics.shape_iou_by_class.is_empty() {
+        md += &format!("\nMean shape IoU of the samples with each drawn shape, by class asked for:\n\n| asked \\ fitted | {} |\n|---|{}\n", classes.join(" | "), "---|".repeat(classes.len()));
+        for (name, row) in classes.iter().zip(&metrics.shape_iou_by_class) {
+            md += &format!("| {name} | {} |\n", row.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" | "));
+        }
+    }
+    md
+}
+
 fn main() {
     match Cli::parse().command {
-        Command::Train { common, steps, batch, lr, optimizer, prediction, resume } => train(common, steps, batch, lr, optimizer, prediction, resume),
+        Command::Train { common, steps, batch, lr, optimizer, prediction, head_conv, self_condition, resume } => train(common, steps, batch, lr, optimizer, ModelFlags { prediction, head_conv, self_condition }, resume),
         Command::Sample { common, labels, seed } => {
             let trainer = load_trainer(&common);
             let labels = parse_labels(&labels, trainer.config().data.classes());
@@ -391,6 +424,7 @@ fn main() {
             write_video_set(&path, &videos);
             println!("wrote {}", path.display());
             println!("samples: {}", serde_json::to_string_pretty(&samples).unwrap());
+            println!("{}", confusion_table(trainer.config().data.classes(), &samples));
             println!("held-out real clips: {}", serde_json::to_string_pretty(&real).unwrap());
         }
     }

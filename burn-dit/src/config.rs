@@ -62,6 +62,19 @@ pub struct VideoDitConfig {
     /// parallelism stays exact.
     #[config(default = false)]
     pub mlp_time_conv: bool,
+    /// A 3×3 convolution over each output frame's pixels after unpatchify (U-ViT's final
+    /// convolution), starting as the identity: neighbouring patches' edge pixels can agree,
+    /// where a per-token linear head draws every patch on its own. Within a frame, so clips
+    /// parallelise exactly.
+    #[config(default = false)]
+    pub head_conv: bool,
+    /// Self-conditioning (Chen et al. 2022, "Analog Bits"; RIN): the patch embedding also
+    /// reads the model's previous clean-video estimate `x̂0`, zeros when there is none. The
+    /// sampler hands each step's estimate to the next, so a sample's outline, once guessed,
+    /// is refined instead of re-guessed from the noisy input at every step; training makes
+    /// the estimate without gradient on half of its steps ([`crate::VideoDit::forward_refining`]).
+    #[config(default = false)]
+    pub self_condition: bool,
     /// Width of the conditioning embeddings fed to cross-attention.
     #[config(default = 64)]
     pub cond_dim: usize,

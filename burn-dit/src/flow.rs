@@ -124,33 +124,37 @@ impl Default for SamplerConfig {
 /// gradients (use `model.valid()`).
 pub fn sample_euler(model: &VideoDit, noise: Tensor<5>, cond: Tensor<3>, uncond: Tensor<3>, config: SamplerConfig) -> Result<Tensor<5>, SparseAttnError> {
     let device = noise.device();
-    let velocity = |mut x: Vec<Tensor<5>>, sigma: f64, mut cond: Vec<Tensor<3>>| {
+    let velocity = |mut x: Vec<Tensor<5>>, sigma: f64, mut cond: Vec<Tensor<3>>, estimate: Option<Vec<Tensor<5>>>| {
         let b = x[0].dims()[0];
         let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
-        model.forward(x.remove(0), s, cond.remove(0)).map(|v| vec![v])
+        model.forward_refining(x.remove(0), s, cond.remove(0), estimate.map(|mut e| e.remove(0))).map(|v| vec![v])
     };
-    euler_with_guidance(vec![noise], vec![cond], vec![uncond], config, velocity).map(|mut x| x.remove(0))
+    euler_with_guidance(vec![noise], vec![cond], vec![uncond], config, model.config().self_condition, velocity).map(|mut x| x.remove(0))
 }
 
 /// [`sample_euler`] for a long video cut into clips over a device group (see
 /// [`VideoDit::forward_clips`]): `noise[c]`, `cond[c]` and `uncond[c]` belong to clip `c`
 /// and live on its rank. Returns the clips of the generated video.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_euler_clips<T: Transport>(model: &VideoDit, group: &DeviceGroup<T>, layout: &ClipLayout, noise: Vec<Tensor<5>>, cond: Vec<Tensor<3>>, uncond: Vec<Tensor<3>>, config: SamplerConfig, scope: &DualScopeConfig) -> Result<Vec<Tensor<5>>, SparseAttnError> {
-    let velocity = |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>| {
+    let velocity = |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
         let b = x.first().map_or(0, |x| x.dims()[0]);
-        model.forward_clips(group, layout, x, &vec![sigma; b], cond, scope)
+        model.forward_clips(group, layout, x, &vec![sigma; b], cond, estimates, scope)
     };
-    euler_with_guidance(noise, cond, uncond, config, velocity)
+    euler_with_guidance(noise, cond, uncond, config, model.config().self_condition, velocity)
 }
 
-/// The Euler loop over clips; `velocity(x, σ, cond)` predicts every clip at once. With
-/// guidance both branches go through one call at twice the batch.
+/// The Euler loop over clips; `velocity(x, σ, cond, estimates)` predicts every clip at once.
+/// With guidance both branches go through one call at twice the batch. With `refine` (a
+/// self-conditioning model) each branch gets its own clean estimate `x − σ·v` of the step
+/// before, unguided: the kind of estimate the model was trained on.
 fn euler_with_guidance(
     noise: Vec<Tensor<5>>,
     cond: Vec<Tensor<3>>,
     uncond: Vec<Tensor<3>>,
     config: SamplerConfig,
-    velocity: impl Fn(Vec<Tensor<5>>, f64, Vec<Tensor<3>>) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+    refine: bool,
+    velocity: impl Fn(Vec<Tensor<5>>, f64, Vec<Tensor<3>>, Option<Vec<Tensor<5>>>) -> Result<Vec<Tensor<5>>, SparseAttnError>,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     const F: &str = "sample_euler";
     config.check(F)?;
@@ -160,12 +164,19 @@ fn euler_with_guidance(
     let guided = (config.guidance - 1.0).abs() > 1e-12;
     let both: Vec<Tensor<3>> = cond.iter().zip(&uncond).map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0)).collect();
     let mut x = noise;
+    // Per clip: [B] estimates after an unguided step, [2B] (cond; uncond) after a guided one.
+    let mut estimates: Option<Vec<Tensor<5>>> = None;
+    let clean = |x: &[Tensor<5>], v: &[Tensor<5>], sigma: f64| x.iter().zip(v).map(|(x, v)| x.clone() - v.clone() * sigma).collect::<Vec<_>>();
     for pair in sigmas.windows(2) {
         let (sigma, next) = (pair[0], pair[1]);
         let v = if guided && sigma <= config.guidance_max_sigma {
-            let doubled = x.iter().map(|x| Tensor::cat(vec![x.clone(), x.clone()], 0)).collect();
-            velocity(doubled, sigma, both.clone())?
-                .into_iter()
+            let doubled: Vec<Tensor<5>> = x.iter().map(|x| Tensor::cat(vec![x.clone(), x.clone()], 0)).collect();
+            let given = estimates.take().map(|e| e.into_iter().zip(&x).map(|(e, x)| if e.dims()[0] == x.dims()[0] { Tensor::cat(vec![e.clone(), e], 0) } else { e }).collect());
+            let v = velocity(doubled.clone(), sigma, both.clone(), given)?;
+            if refine {
+                estimates = Some(clean(&doubled, &v, sigma));
+            }
+            v.into_iter()
                 .map(|v| {
                     let b = v.dims()[0] / 2;
                     let (v_cond, v_uncond) = (v.clone().narrow(0, 0, b), v.narrow(0, b, b));
@@ -173,7 +184,12 @@ fn euler_with_guidance(
                 })
                 .collect()
         } else {
-            velocity(x.clone(), sigma, cond.clone())?
+            let given = estimates.take().map(|e| e.into_iter().zip(&x).map(|(e, x)| e.narrow(0, 0, x.dims()[0])).collect());
+            let v = velocity(x.clone(), sigma, cond.clone(), given)?;
+            if refine {
+                estimates = Some(clean(&x, &v, sigma));
+            }
+            v
         };
         x = x
             .into_iter()

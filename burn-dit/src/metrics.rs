@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{COLOURS, ClipSet, SHAPES};
+use crate::data::{COLOURS, ClipSet, SHAPES, inside};
 use crate::media::Frames;
 
 fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
@@ -81,10 +81,9 @@ pub struct Detection {
 /// Smallest lit region (8-connected pixels) the detector counts as an object.
 pub const MIN_REGION: usize = 3;
 
-/// Finds the bright object on the dark background of a frame: the largest 8-connected region
-/// of lit pixels (`None` if no region reaches [`MIN_REGION`] pixels). Stray lit patches
-/// elsewhere do not move its centre or spoil its shape; they are counted in `regions`.
-pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
+/// The largest 8-connected region of lit pixels of `frame` (pixel indices; empty when no
+/// region reaches [`MIN_REGION`] pixels) and how many regions reach [`MIN_REGION`].
+fn largest_region(frame: &[u8], width: usize) -> (Vec<usize>, usize) {
     let pixels = frame.len() / 3;
     // Lit pixels not yet assigned to a region: a flood fill clears them as it goes.
     let mut unvisited: Vec<bool> = frame.chunks_exact(3).map(|px| *px.iter().max().unwrap() >= 128).collect();
@@ -119,6 +118,14 @@ pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
             }
         }
     }
+    (best, regions)
+}
+
+/// Finds the bright object on the dark background of a frame: the largest 8-connected region
+/// of lit pixels (`None` if no region reaches [`MIN_REGION`] pixels). Stray lit patches
+/// elsewhere do not move its centre or spoil its shape; they are counted in `regions`.
+pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
+    let (best, regions) = largest_region(frame, width);
     if best.is_empty() {
         return None;
     }
@@ -138,10 +145,62 @@ pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
     Some(Detection { centre: (sx / n, sy / n), area: n, fill: n / bbox, colour: rgb.map(|c| c / n), bbox: [x0, y0, x1, y1], regions })
 }
 
-/// The label a fill ratio looks most like.
-pub fn classify_shape(fill: f64) -> usize {
-    let expected = [1.0, std::f64::consts::FRAC_PI_4, 0.5];
-    (0..SHAPES.len()).min_by(|&a, &b| (fill - expected[a]).abs().total_cmp(&(fill - expected[b]).abs())).unwrap()
+/// Intersection over union of the largest lit region of `frame` with each shape of
+/// [`SHAPES`] drawn as the data set draws it ([`inside`]) and fitted to the region: the same
+/// area, centred on its centroid (a triangle's box sits a third of its half-size above it),
+/// then the best of shifts up to a pixel and sizes ±10%, so that a ragged edge pixel does not
+/// decide. A clean shape scores near 1 with its own class; a square drawn as a blob scores
+/// low with the square. All zeros when nothing is detected.
+pub fn shape_ious(frame: &[u8], width: usize) -> [f64; 3] {
+    let (region, _) = largest_region(frame, width);
+    if region.is_empty() {
+        return [0.0; 3];
+    }
+    let height = frame.len() / 3 / width;
+    let mut lit = vec![false; width * height];
+    let (mut cx, mut cy) = (0.0, 0.0);
+    for &i in &region {
+        lit[i] = true;
+        cx += (i % width) as f64 + 0.5;
+        cy += (i / width) as f64 + 0.5;
+    }
+    let n = region.len() as f64;
+    let (cx, cy) = (cx / n, cy / n);
+    // Half-size giving area n: 4r² (square), πr² (circle), 2r² (triangle).
+    let half_size = [(n / 4.0).sqrt(), (n / std::f64::consts::PI).sqrt(), (n / 2.0).sqrt()];
+    let iou = |shape: usize, bx: f64, by: f64, r: f64| {
+        let (mut inter, mut drawn) = (0.0, 0.0);
+        let (xs, ys) = (((bx - r - 1.0).max(0.0) as usize)..((bx + r + 1.0).min(width as f64) as usize), ((by - r - 1.0).max(0.0) as usize)..((by + r + 1.0).min(height as f64) as usize));
+        for y in ys {
+            for x in xs.clone() {
+                if inside(shape, (x as f64 + 0.5 - bx) as f32, (y as f64 + 0.5 - by) as f32, r as f32) {
+                    drawn += 1.0;
+                    inter += lit[y * width + x] as u8 as f64;
+                }
+            }
+        }
+        inter / (n + drawn - inter)
+    };
+    let offsets = [-1.0, -0.5, 0.0, 0.5, 1.0];
+    std::array::from_fn(|shape| {
+        let mut best = 0.0f64;
+        for scale in [0.9, 1.0, 1.1] {
+            let r = half_size[shape] * scale;
+            let lift = if shape == 2 { r / 3.0 } else { 0.0 };
+            for dy in offsets {
+                for dx in offsets {
+                    best = best.max(iou(shape, cx + dx, cy + dy - lift, r));
+                }
+            }
+        }
+        best
+    })
+}
+
+/// The shape a frame's object fits best ([`shape_ious`]).
+pub fn classify_shape(frame: &[u8], width: usize) -> usize {
+    let ious = shape_ious(frame, width);
+    (0..SHAPES.len()).max_by(|&a, &b| ious[a].total_cmp(&ious[b])).unwrap()
 }
 
 /// The palette colour nearest to an RGB value, compared at full brightness (a dim garment
@@ -182,8 +241,8 @@ fn object_features(frame: &[u8], width: usize, d: &Detection) -> Vec<f64> {
 /// Names the object class a detection shows, without a network.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ObjectClassifier {
-    /// Bouncing shapes, by fill ratio ([`classify_shape`]).
-    ShapeFill,
+    /// Bouncing shapes, by the best-fitting drawn shape ([`classify_shape`]).
+    ShapeFit,
     /// Nearest class-mean template (correlation of [`object_features`]): for sets whose
     /// classes no rule separates, such as Fashion-MNIST. Weak but honest: it scores real
     /// held-out clips too, for comparison.
@@ -194,7 +253,7 @@ impl ObjectClassifier {
     /// The classifier for `set`; templates are the class means over the first frames of
     /// `items` training clips.
     pub fn for_set(set: &ClipSet, items: usize) -> Self {
-        let ClipSet::Fashion(_) = set else { return Self::ShapeFill };
+        let ClipSet::Fashion(_) = set else { return Self::ShapeFit };
         let mut sums: Vec<(Vec<f64>, usize)> = Vec::new();
         let g = set.clip();
         for i in 0..items {
@@ -214,7 +273,7 @@ impl ObjectClassifier {
     /// The class `d` (found in `frame` of `width` pixels) looks most like.
     pub fn classify(&self, frame: &[u8], width: usize, d: &Detection) -> usize {
         match self {
-            Self::ShapeFill => classify_shape(d.fill),
+            Self::ShapeFit => classify_shape(frame, width),
             Self::Templates(means) => {
                 let f = object_features(frame, width, d);
                 let score = |m: &Vec<f64>| m.iter().zip(&f).map(|(a, b)| a * b).sum::<f64>();
@@ -226,7 +285,7 @@ impl ObjectClassifier {
     /// Classes this classifier can name.
     fn classes(&self) -> usize {
         match self {
-            Self::ShapeFill => SHAPES.len(),
+            Self::ShapeFit => SHAPES.len(),
             Self::Templates(means) => means.len(),
         }
     }
@@ -241,8 +300,13 @@ pub struct ObjectFidelity {
     pub single_object_rate: f64,
     /// Whether the majority object class matches the label.
     pub object_correct: bool,
+    /// The majority object class over the frames with a detection (`None` without any).
+    pub object_seen: Option<usize>,
     /// Whether the majority colour matches the label.
     pub colour_correct: bool,
+    /// Mean over frames of the object's [`shape_ious`] with each shape (0 in frames without
+    /// one); bouncing shapes only.
+    pub shape_ious: Option<[f64; 3]>,
     /// Coefficient of variation of the object's area over frames (0 for a rigid shape).
     pub area_variation: f64,
     /// Mean |second difference| of the centroid in pixels, away from walls (0 for
@@ -266,7 +330,16 @@ pub fn object_fidelity(video: &Frames, object: usize, colour: usize, trajectory:
         return out;
     }
     let majority = |votes: Vec<usize>, classes: usize| (0..classes).max_by_key(|c| votes.iter().filter(|v| *v == c).count()).unwrap();
-    out.object_correct = majority(found.iter().map(|&(t, d)| classifier.classify(&video.frames[t], video.width, d)).collect(), classifier.classes()) == object;
+    let seen = majority(found.iter().map(|&(t, d)| classifier.classify(&video.frames[t], video.width, d)).collect(), classifier.classes());
+    out.object_seen = Some(seen);
+    out.object_correct = seen == object;
+    if *classifier == ObjectClassifier::ShapeFit {
+        let mut mean = [0.0; 3];
+        for f in &video.frames {
+            mean.iter_mut().zip(shape_ious(f, video.width)).for_each(|(m, iou)| *m += iou / frames);
+        }
+        out.shape_ious = Some(mean);
+    }
     out.colour_correct = majority(found.iter().map(|(_, d)| classify_colour(d.colour)).collect(), COLOURS.len()) == colour;
     let mean_area = found.iter().map(|(_, d)| d.area).sum::<f64>() / found.len() as f64;
     let var = found.iter().map(|(_, d)| (d.area - mean_area).powi(2)).sum::<f64>() / found.len() as f64;
@@ -307,8 +380,19 @@ pub struct VideoMetrics {
     pub single_object_rate: f64,
     /// Share of videos showing the asked-for object class.
     pub object_accuracy: f64,
+    /// Videos by asked-for object class (row) and the class the classifier saw (column; the
+    /// last column counts videos with no object detected in any frame).
+    #[serde(default)]
+    pub object_confusion: Vec<Vec<usize>>,
     /// Share of videos showing the asked-for colour.
     pub colour_accuracy: f64,
+    /// Mean [`ObjectFidelity::shape_ious`] with the asked-for shape (bouncing shapes only).
+    #[serde(default)]
+    pub shape_iou: Option<f64>,
+    /// Mean [`ObjectFidelity::shape_ious`] by asked-for shape (row) and drawn shape
+    /// (column): whether samples asked for a square are more square than the others.
+    #[serde(default)]
+    pub shape_iou_by_class: Vec<Vec<f64>>,
     /// Mean area variation.
     pub area_variation: f64,
     /// Mean centroid acceleration in pixels.
@@ -322,7 +406,10 @@ pub struct VideoMetrics {
 pub fn measure(videos: &[Frames], labels: &[(usize, usize)], trajectories: Option<&[Vec<(f32, f32)>]>, classifier: &ObjectClassifier) -> VideoMetrics {
     let n = videos.len().max(1) as f64;
     let mut m = VideoMetrics { videos: videos.len(), ..Default::default() };
-    let mut traj = Vec::new();
+    let (mut traj, mut ious) = (Vec::new(), Vec::new());
+    let classes = classifier.classes().max(labels.iter().map(|l| l.0 + 1).max().unwrap_or(0));
+    let mut by_class = vec![Vec::new(); classes];
+    m.object_confusion = vec![vec![0; classes + 1]; classes];
     for (i, (video, &(object, colour))) in videos.iter().zip(labels).enumerate() {
         m.temporal_flickering += temporal_flickering(video) / n;
         m.motion_smoothness += motion_smoothness(video) / n;
@@ -331,10 +418,19 @@ pub fn measure(videos: &[Frames], labels: &[(usize, usize)], trajectories: Optio
         m.detection_rate += f.detection_rate / n;
         m.single_object_rate += f.single_object_rate / n;
         m.object_accuracy += f.object_correct as u8 as f64 / n;
+        m.object_confusion[object][f.object_seen.unwrap_or(classes)] += 1;
         m.colour_accuracy += f.colour_correct as u8 as f64 / n;
         m.area_variation += f.area_variation / n;
         m.acceleration_px += f.acceleration_px / n;
         traj.extend(f.trajectory_error_px);
+        if let Some(fit) = f.shape_ious {
+            ious.push(fit[object]);
+            by_class[object].push(fit);
+        }
+    }
+    m.shape_iou = (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64);
+    if m.shape_iou.is_some() {
+        m.shape_iou_by_class = by_class.iter().map(|fits| (0..SHAPES.len()).map(|k| fits.iter().map(|f| f[k]).sum::<f64>() / fits.len().max(1) as f64).collect()).collect();
     }
     m.trajectory_error_px = (!traj.is_empty()).then(|| traj.iter().sum::<f64>() / traj.len() as f64);
     m

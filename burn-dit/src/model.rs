@@ -1,7 +1,8 @@
 //! The video DiT: patches in, 3D-RoPE blocks with adaLN-Zero and cross-attention, patches out.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvHost, TokenGrid};
@@ -40,6 +41,7 @@ pub struct VideoDit {
     blocks: Vec<DitBlock>,
     head_time: Linear,
     head: Linear,
+    head_conv: Option<Conv2d>,
     #[module(skip)]
     config: VideoDitConfig,
 }
@@ -53,8 +55,9 @@ impl VideoDitConfig {
         assert!(self.channels > 0 && self.depth > 0 && self.cond_vocab > 0, "VideoDitConfig: `channels`, `depth` and `cond_vocab` must be ≥ 1");
         let d = self.d_model;
         let patch_dim = self.channels * self.patch.iter().product::<usize>();
+        let inputs = 1 + self.self_condition as usize;
         VideoDit {
-            patch_embed: LinearConfig::new(patch_dim, d).init(device),
+            patch_embed: LinearConfig::new(inputs * patch_dim, d).init(device),
             time_in: LinearConfig::new(TIME_FEATURES, d).init(device),
             time_out: LinearConfig::new(d, d).init(device),
             time_proj: zero_linear(d, 6 * d, device),
@@ -65,9 +68,31 @@ impl VideoDitConfig {
             blocks: (0..self.depth).map(|_| DitBlock::new(self, device)).collect(),
             head_time: zero_linear(d, 2 * d, device),
             head: zero_linear(d, patch_dim, device),
+            head_conv: self.head_conv.then(|| identity_conv(self.channels, device)),
             config: self.clone(),
         }
     }
+}
+
+/// A 3×3 convolution `channels → channels` that starts as the identity.
+fn identity_conv(channels: usize, device: &Device) -> Conv2d {
+    // Zeros, not a random init overwritten: drawing from the generator here would shift the
+    // draws of every parameter initialised after it.
+    let mut conv = Conv2dConfig::new([channels, channels], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).with_initializer(Initializer::Zeros).init(device);
+    let mut taps = vec![0.0f32; channels * channels * 9];
+    for c in 0..channels {
+        taps[(c * channels + c) * 9 + 4] = 1.0;
+    }
+    conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(taps, [channels, channels, 3, 3]), device));
+    conv.bias = Some(Param::from_tensor(Tensor::zeros([channels], device)));
+    conv
+}
+
+/// `conv` over every frame of `video: [B, C, T, H, W]`.
+fn per_frame(conv: &Conv2d, video: Tensor<5>) -> Tensor<5> {
+    let [b, c, t, h, w] = video.dims();
+    let frames = video.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+    conv.forward(frames).reshape([b, t, c, h, w]).permute([0, 2, 1, 3, 4])
 }
 
 /// Sinusoidal features of `t = 1000·σ`: `[B]` → `[B, TIME_FEATURES]`.
@@ -93,13 +118,22 @@ impl VideoDit {
     }
 
     /// Velocity prediction for noisy videos `x: [B, C, T, H, W]` at noise levels
-    /// `sigma: [B]` given conditioning embeddings `cond: [B, M, cond_dim]`.
+    /// `sigma: [B]` given conditioning embeddings `cond: [B, M, cond_dim]`. A
+    /// self-conditioning model ([`VideoDitConfig::self_condition`]) sees no estimate here.
     pub fn forward(&self, x: Tensor<5>, sigma: Tensor<1>, cond: Tensor<3>) -> Result<Tensor<5>, SparseAttnError> {
-        const F: &str = "VideoDit::forward";
+        self.forward_refining(x, sigma, cond, None)
+    }
+
+    /// [`VideoDit::forward`] with the model's previous clean-video estimate of `x`
+    /// (`estimate: [B, C, T, H, W]`, without gradient) for a self-conditioning model; `None`
+    /// is the first step. A model built without `self_condition` takes only `None`.
+    pub fn forward_refining(&self, x: Tensor<5>, sigma: Tensor<1>, cond: Tensor<3>, estimate: Option<Tensor<5>>) -> Result<Tensor<5>, SparseAttnError> {
+        const F: &str = "VideoDit::forward_refining";
         let [b, ch, t, h, w] = x.dims();
         SparseAttnError::check(sigma.dims() == [b], F, "sigma", format!("[{b}]"), format!("{:?}", sigma.dims()))?;
         self.check_clip(F, "x", &x, [b, ch, t, h, w])?;
         self.check_cond(F, &cond, b)?;
+        self.check_estimate(F, estimate.as_ref(), &x)?;
         let device = x.device();
         match &self.config.attention {
             AttentionKind::DualScope(scope) => {
@@ -107,9 +141,9 @@ impl VideoDit {
                 let sigmas: Vec<f64> = sigma.into_data().convert::<f64>().try_to_vec().expect("f64 noise levels");
                 let group = DeviceGroup::virtual_ranks(&device, 1)?;
                 let layout = ClipLayout::new(vec![t], 1)?;
-                self.forward_clips(&group, &layout, vec![x], &sigmas, vec![cond], scope).map(|mut v| v.remove(0))
+                self.forward_clips(&group, &layout, vec![x], &sigmas, vec![cond], estimate.map(|e| vec![e]), scope).map(|mut v| v.remove(0))
             }
-            _ => self.run(vec![x], vec![sigma], vec![cond], &[0], &AttentionMode::<DeviceTransport>::PerClip).map(|mut v| v.remove(0)),
+            _ => self.run(vec![x], vec![sigma], vec![cond], vec![estimate], &[0], &AttentionMode::<DeviceTransport>::PerClip).map(|mut v| v.remove(0)),
         }
     }
 
@@ -118,11 +152,14 @@ impl VideoDit {
     /// `x[c]: [B, C, frames(c), H, W]` with conditioning `cond[c]: [B, M, cond_dim]` (a video
     /// may change prompt over time), both on the clip's rank. Self-attention is dual-scope
     /// with `scope` whatever the model was trained with; positions are global frame indices.
-    /// `sigmas`: the B noise levels, shared by all clips. Returns one velocity per clip.
+    /// `sigmas`: the B noise levels, shared by all clips. `estimates`: each clip's previous
+    /// clean-video estimate for a self-conditioning model, as in
+    /// [`VideoDit::forward_refining`]. Returns one velocity per clip.
     ///
     /// The blocks' other ops (per-token norms, linear layers, cross-attention) see one token at
     /// a time, so nothing else needs synchronising across clips.
-    pub fn forward_clips<T: Transport>(&self, group: &DeviceGroup<T>, layout: &ClipLayout, x: Vec<Tensor<5>>, sigmas: &[f64], cond: Vec<Tensor<3>>, scope: &DualScopeConfig) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_clips<T: Transport>(&self, group: &DeviceGroup<T>, layout: &ClipLayout, x: Vec<Tensor<5>>, sigmas: &[f64], cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>, scope: &DualScopeConfig) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         const F: &str = "VideoDit::forward_clips";
         let c = &self.config;
         let pt = c.patch[0];
@@ -136,11 +173,21 @@ impl VideoDit {
             self.check_clip(F, "x", xi, [b, ch, layout.frames(i), h, w])?;
             self.check_cond(F, ci, b)?;
         }
+        let estimates: Vec<Option<Tensor<5>>> = match estimates {
+            Some(e) => {
+                SparseAttnError::check(e.len() == clips, F, "estimates", format!("one estimate per clip ({clips})"), e.len())?;
+                e.into_iter().map(Some).collect()
+            }
+            None => vec![None; clips],
+        };
+        for (xi, ei) in x.iter().zip(&estimates) {
+            self.check_estimate(F, ei.as_ref(), xi)?;
+        }
         let tokens = ClipLayout::new((0..clips).map(|i| layout.frames(i) / pt).collect(), layout.world())?;
         let plan = DualScopePlan::new(group, &tokens, (h / c.patch[1]) * (w / c.patch[2]), scope, sigmas)?;
         let sigma: Vec<Tensor<1>> = x.iter().map(|xi| Tensor::from_data(TensorData::new(sigmas.iter().map(|&s| s as f32).collect(), [b]), &xi.device())).collect();
         let offsets: Vec<usize> = (0..clips).map(|i| tokens.frame_offset(i)).collect();
-        self.run(x, sigma, cond, &offsets, &AttentionMode::DualScope(&plan))
+        self.run(x, sigma, cond, estimates, &offsets, &AttentionMode::DualScope(&plan))
     }
 
     fn check_clip(&self, function: &'static str, argument: &'static str, x: &Tensor<5>, want: [usize; 5]) -> Result<(), SparseAttnError> {
@@ -156,13 +203,19 @@ impl VideoDit {
         )
     }
 
+    fn check_estimate(&self, function: &'static str, estimate: Option<&Tensor<5>>, x: &Tensor<5>) -> Result<(), SparseAttnError> {
+        let Some(e) = estimate else { return Ok(()) };
+        SparseAttnError::check(self.config.self_condition, function, "estimate", "None: the model was built without `self_condition`", format!("{:?}", e.dims()))?;
+        SparseAttnError::check(e.dims() == x.dims(), function, "estimate", format!("{:?} like x", x.dims()), format!("{:?}", e.dims()))
+    }
+
     fn check_cond(&self, function: &'static str, cond: &Tensor<3>, b: usize) -> Result<(), SparseAttnError> {
         let d = self.config.cond_dim;
         SparseAttnError::check(cond.dims()[0] == b && cond.dims()[2] == d && cond.dims()[1] > 0, function, "cond", format!("[{b}, M ≥ 1, {d}]"), format!("{:?}", cond.dims()))
     }
 
     /// The network over clips whose first token frames are `frame_offsets`.
-    fn run<T: Transport>(&self, x: Vec<Tensor<5>>, sigma: Vec<Tensor<1>>, cond: Vec<Tensor<3>>, frame_offsets: &[usize], mode: &AttentionMode<T>) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    fn run<T: Transport>(&self, x: Vec<Tensor<5>>, sigma: Vec<Tensor<1>>, cond: Vec<Tensor<3>>, estimates: Vec<Option<Tensor<5>>>, frame_offsets: &[usize], mode: &AttentionMode<T>) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         let c = &self.config;
         let d = c.d_model;
         let mut grids = Vec::with_capacity(x.len());
@@ -174,11 +227,18 @@ impl VideoDit {
             Prediction::Velocity => Vec::new(),
             Prediction::Clean => x.iter().cloned().zip(sigma.iter().cloned()).collect(),
         };
-        for ((xi, si), (ci, &offset)) in x.into_iter().zip(sigma).zip(cond.into_iter().zip(frame_offsets)) {
+        for (((xi, si), (ci, &offset)), ei) in x.into_iter().zip(sigma).zip(cond.into_iter().zip(frame_offsets)).zip(estimates) {
             let [b, _, t, h, w] = xi.dims();
             let grid = [t / c.patch[0], h / c.patch[1], w / c.patch[2]];
             let rope = Rope3d::new(c.head_dim(), grid, offset, c.rope_theta, &xi.device());
-            tokens.push(self.patch_embed.forward(patchify(xi, c.patch)));
+            let input = match c.self_condition {
+                true => {
+                    let estimate = ei.unwrap_or_else(|| xi.zeros_like());
+                    Tensor::cat(vec![xi, estimate], 1)
+                }
+                false => xi,
+            };
+            tokens.push(self.patch_embed.forward(patchify(input, c.patch)));
             let mut t_emb = self.time_out.forward(silu(self.time_in.forward(time_features(si))));
             if let Some(pool) = &self.cond_pool {
                 t_emb = t_emb + pool.forward(ci.clone().mean_dim(1).reshape([b, c.cond_dim]));
@@ -196,7 +256,11 @@ impl VideoDit {
             .into_iter()
             .zip(head_mods)
             .zip(grids)
-            .map(|((x, m), grid)| unpatchify(self.head.forward(modulate(plain_norm(x), m.clone().narrow(1, 0, 1), m.narrow(1, 1, 1))), c.channels, c.patch, grid));
+            .map(|((x, m), grid)| unpatchify(self.head.forward(modulate(plain_norm(x), m.clone().narrow(1, 0, 1), m.narrow(1, 1, 1))), c.channels, c.patch, grid))
+            .map(|video| match &self.head_conv {
+                Some(conv) => per_frame(conv, video),
+                None => video,
+            });
         Ok(match c.prediction {
             Prediction::Velocity => outputs.collect(),
             Prediction::Clean => outputs.zip(inputs).map(|(x0_hat, (x, sigma))| velocity_from_clean(x, x0_hat, sigma)).collect(),

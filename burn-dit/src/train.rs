@@ -175,7 +175,12 @@ struct SavedState {
 /// Version 2: the model gained QK-norm and the pooled conditioning, the run its data source.
 /// Version 3: the model gained the MLP's frame convolution, the run its optimiser.
 /// Version 4: the model gained its prediction target and the MLP's temporal convolution.
-const FORMAT: u32 = 4;
+/// Version 5: the model gained self-conditioning and the output convolution.
+const FORMAT: u32 = 5;
+
+/// Share of training steps that self-condition (where the model does): the rest teach the
+/// first sampling step, which has no estimate yet (Chen et al. 2022 use one half).
+pub const SELF_CONDITION_RATE: f64 = 0.5;
 
 /// A training run in progress.
 pub struct Trainer {
@@ -269,7 +274,14 @@ impl Trainer {
         let sigma = c.sigma.sample(b, &mut rng, &self.device);
         let x_t = add_noise(x0.clone(), noise.clone(), sigma.clone());
         let cond = self.model.embed_labels(labels);
-        let pred = self.model.forward(x_t, sigma, cond).expect("training shapes come from the config");
+        // Self-conditioning: on some steps the model first estimates the clean video without
+        // gradient (and without counting a DSV step), then refines with the estimate in view.
+        let estimate = (c.model.self_condition && (rng.unit() as f64) < SELF_CONDITION_RATE).then(|| {
+            let frozen = self.model.clone().valid();
+            let v = frozen.forward(x_t.clone().inner(), sigma.clone().inner(), cond.clone().inner()).expect("training shapes come from the config");
+            (x_t.clone().inner() - v * sigma.clone().inner().reshape([b, 1, 1, 1, 1])).autodiff()
+        });
+        let pred = self.model.forward_refining(x_t, sigma, cond, estimate).expect("training shapes come from the config");
         let loss = (pred - velocity_target(x0, noise)).square().mean();
 
         let lr = self.config.lr_at(self.step);

@@ -44,7 +44,11 @@ impl ModuleMapper for Jitter {
 }
 
 pub fn jittered(attention: AttentionKind, device: &Device) -> VideoDit {
+    jittered_model(micro_model(attention), device)
+}
+
+pub fn jittered_model(config: VideoDitConfig, device: &Device) -> VideoDit {
     device.seed(11);
-    micro_model(attention).init(device).map(&mut Jitter)
+    config.init(device).map(&mut Jitter)
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn_dit::data::{BouncingShapes, COLOURS, COND_VOCAB, ClipBatcher, ClipSet, ClipShape, DataSource, FASHION_CLASSES, FASHION_DIR, FashionImages, MovingFashion, SHAPES, colour_token, inside, object_token, parse_label};
 use burn_dit::media::Frames;
-use burn_dit::metrics::{ObjectClassifier, classify_colour, detect, dynamic_degree, measure, motion_smoothness, temporal_flickering};
+use burn_dit::metrics::{ObjectClassifier, classify_colour, detect, dynamic_degree, measure, motion_smoothness, shape_ious, temporal_flickering};
 
 const CLIP: ClipShape = ClipShape { frames: 8, height: 32, width: 32 };
 
@@ -54,10 +54,26 @@ fn metrics_recognise_real_clips() {
     let labels: Vec<(usize, usize)> = clips.iter().map(|c| (c.object, c.colour)).collect();
     let trajectories: Vec<Vec<(f32, f32)>> = clips.iter().map(|c| c.trajectory.clone()).collect();
     let classifier = ObjectClassifier::for_set(&ClipSet::Shapes(set), 0);
-    assert_eq!(classifier, ObjectClassifier::ShapeFill);
+    assert_eq!(classifier, ObjectClassifier::ShapeFit);
     let m = measure(&frames, &labels, Some(&trajectories), &classifier);
     assert!(m.detection_rate > 1.0 - 1e-9 && m.colour_accuracy > 1.0 - 1e-9 && m.single_object_rate > 1.0 - 1e-9, "{m:?}");
-    assert!(m.object_accuracy >= 0.9, "shape classifier: {}", m.object_accuracy);
+    assert!(m.object_accuracy > 1.0 - 1e-9, "shape classifier: {}", m.object_accuracy);
+    assert_eq!(m.object_confusion.iter().map(|row| row.iter().sum::<usize>()).sum::<usize>(), 30);
+    assert!((0..3).all(|k| m.object_confusion[k][k] == m.object_confusion[k].iter().sum::<usize>()), "{:?}", m.object_confusion);
+    // Each drawn shape fits its own class almost exactly and the others clearly worse.
+    let (mut own, mut other) = (f64::MAX, 0.0f64);
+    for (clip, video) in clips.iter().zip(&frames) {
+        for frame in &video.frames {
+            let ious = shape_ious(frame, 32);
+            own = own.min(ious[clip.object]);
+            other = other.max((0..3).filter(|&k| k != clip.object).map(|k| ious[k]).fold(0.0, f64::max));
+        }
+    }
+    eprintln!("shape IoU of real frames: own class ≥ {own:.3}, other classes ≤ {other:.3}");
+    assert!(own > 0.95 && other < 0.9, "own {own}, other {other}");
+    assert!(m.shape_iou.unwrap() > 0.95, "{m:?}");
+    let by_class = &m.shape_iou_by_class;
+    assert!((0..3).all(|k| by_class[k][k] > 0.95 && (0..3).all(|j| j == k || by_class[k][j] < 0.9)), "{by_class:?}");
     assert!(m.trajectory_error_px.unwrap() < 1.5, "detector error {:?}", m.trajectory_error_px);
     // A still video is perfectly steady and smooth; noise is not.
     let still = Frames { height: 4, width: 4, frames: vec![vec![50u8; 48]; 5] };

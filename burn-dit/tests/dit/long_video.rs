@@ -21,19 +21,25 @@ fn split(x: &Tensor<5>, layout: &ClipLayout) -> Vec<Tensor<5>> {
 fn a_video_over_ranks_equals_the_whole_video_on_one_device() {
     let device = Device::flex();
     let scope = DualScopeConfig::new().with_window(2).with_global_frames(3).with_scope_bias(3.0);
-    let model = jittered(AttentionKind::DualScope(scope.clone()), &device);
     let x = Tensor::<5>::random([2, 3, 8, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let sigmas = [0.9, 0.2];
     let sigma = Tensor::<1>::from_data(TensorData::new(sigmas.iter().map(|&s| s as f32).collect(), [2]), &device);
-    let cond = model.embed_labels(labels(&[1, 4, 2, 5], &device));
-    let whole = model.forward(x.clone(), sigma, cond.clone()).unwrap();
-    assert!(whole.clone().abs().max().into_scalar::<f32>() > 1e-2, "the jittered model must produce something");
-    for (frames, world) in [(vec![8], 1), (vec![4, 4], 2), (vec![2, 3, 3], 3), (vec![2, 2, 2, 2], 3)] {
-        let layout = ClipLayout::new(frames.clone(), world).unwrap();
-        let group = DeviceGroup::virtual_ranks(&device, world).unwrap();
-        let clips = model.forward_clips(&group, &layout, split(&x, &layout), &sigmas, vec![cond.clone(); layout.clips()], &scope).unwrap();
-        let err = max_abs_diff(Tensor::cat(clips, 2), whole.clone());
-        assert!(err < 1e-4, "clips {frames:?} on {world} ranks: error {err}");
+    // The micro model, then with the output convolution and a self-conditioning estimate.
+    let plain = micro_model(AttentionKind::DualScope(scope.clone()));
+    for config in [plain.clone(), plain.with_head_conv(true).with_self_condition(true)] {
+        let estimate = config.self_condition.then(|| Tensor::<5>::random([2, 3, 8, 16, 16], Distribution::Normal(0.0, 1.0), &device));
+        let model = jittered_model(config, &device);
+        let cond = model.embed_labels(labels(&[1, 4, 2, 5], &device));
+        let whole = model.forward_refining(x.clone(), sigma.clone(), cond.clone(), estimate.clone()).unwrap();
+        assert!(whole.clone().abs().max().into_scalar::<f32>() > 1e-2, "the jittered model must produce something");
+        for (frames, world) in [(vec![8], 1), (vec![4, 4], 2), (vec![2, 3, 3], 3), (vec![2, 2, 2, 2], 3)] {
+            let layout = ClipLayout::new(frames.clone(), world).unwrap();
+            let group = DeviceGroup::virtual_ranks(&device, world).unwrap();
+            let estimates = estimate.as_ref().map(|e| split(e, &layout));
+            let clips = model.forward_clips(&group, &layout, split(&x, &layout), &sigmas, vec![cond.clone(); layout.clips()], estimates, &scope).unwrap();
+            let err = max_abs_diff(Tensor::cat(clips, 2), whole.clone());
+            assert!(err < 1e-4, "clips {frames:?} on {world} ranks: error {err}");
+        }
     }
 }
 
@@ -92,12 +98,18 @@ fn forward_clips_names_bad_arguments() {
     let layout = ClipLayout::uniform(2, 2, 2).unwrap();
     let x = Tensor::<5>::zeros([1, 3, 2, 16, 16], &device);
     let cond = model.embed_labels(labels(&[1, 4], &device));
-    let run = |x: Vec<Tensor<5>>, sigmas: &[f64], cond: Vec<Tensor<3>>, layout: &ClipLayout, scope: &DualScopeConfig| model.forward_clips(&group, layout, x, sigmas, cond, scope).unwrap_err().argument;
+    let run = |x: Vec<Tensor<5>>, sigmas: &[f64], cond: Vec<Tensor<3>>, layout: &ClipLayout, scope: &DualScopeConfig| model.forward_clips(&group, layout, x, sigmas, cond, None, scope).unwrap_err().argument;
     assert_eq!(run(vec![x.clone()], &[0.5], vec![cond.clone(); 2], &layout, &scope), "x");
     assert_eq!(run(vec![x.clone(); 2], &[0.5], vec![cond.clone()], &layout, &scope), "cond");
     assert_eq!(run(vec![x.clone(); 2], &[0.5, 0.5], vec![cond.clone(); 2], &layout, &scope), "sigmas");
     assert_eq!(run(vec![x.clone(), x.clone().narrow(2, 0, 1)], &[0.5], vec![cond.clone(); 2], &layout, &scope), "x");
     assert_eq!(run(vec![x.clone(); 2], &[0.5], vec![cond.clone(); 2], &layout, &scope.clone().with_window(3)), "config.window");
+    // Estimates: one per clip, and only for a self-conditioning model.
+    let refining = micro_model(AttentionKind::Dense).with_self_condition(true).init(&device);
+    let estimates = |n: usize| Some(vec![x.clone(); n]);
+    assert_eq!(refining.forward_clips(&group, &layout, vec![x.clone(); 2], &[0.5], vec![cond.clone(); 2], estimates(1), &scope).unwrap_err().argument, "estimates");
+    assert!(refining.forward_clips(&group, &layout, vec![x.clone(); 2], &[0.5], vec![cond.clone(); 2], estimates(2), &scope).is_ok());
+    assert_eq!(model.forward_clips(&group, &layout, vec![x.clone(); 2], &[0.5], vec![cond.clone(); 2], estimates(2), &scope).unwrap_err().argument, "estimate");
 }
 
 #[test]

@@ -34,6 +34,18 @@ fn loss_falls_on_a_small_problem() {
     assert!(stats.predictor_loss.is_some() && stats.head_sparsity.is_some());
 }
 
+#[test]
+fn self_conditioning_trains_and_resumes_exactly() {
+    let mut config = train_with(OptimizerKind::Muon);
+    config.model.self_condition = true;
+    resumes_exactly(config.clone(), "self-conditioning");
+    // The estimate is made without gradient and without counting a DSV step.
+    let mut trainer = Trainer::new(config, &Device::flex()).unwrap();
+    let losses: Vec<f32> = (0..4).map(|_| trainer.train_step().loss).collect();
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert_eq!(trainer.model().dsv_layers()[0].stats().step, 4);
+}
+
 fn train_with(optimizer: OptimizerKind) -> TrainConfig {
     let mut config = micro_train(micro_dsv());
     config.optimizer = optimizer;
