@@ -166,7 +166,7 @@ fn euler_with_guidance(
     let mut x = noise;
     // Per clip: [B] estimates after an unguided step, [2B] (cond; uncond) after a guided one.
     let mut estimates: Option<Vec<Tensor<5>>> = None;
-    let clean = |x: &[Tensor<5>], v: &[Tensor<5>], sigma: f64| x.iter().zip(v).map(|(x, v)| x.clone() - v.clone() * sigma).collect::<Vec<_>>();
+    let estimate_of = |x: &[Tensor<5>], v: &[Tensor<5>], sigma: f64| x.iter().zip(v).map(|(x, v)| x.clone() - v.clone() * sigma).collect::<Vec<_>>();
     for pair in sigmas.windows(2) {
         let (sigma, next) = (pair[0], pair[1]);
         let v = if guided && sigma <= config.guidance_max_sigma {
@@ -174,7 +174,7 @@ fn euler_with_guidance(
             let given = estimates.take().map(|e| e.into_iter().zip(&x).map(|(e, x)| if e.dims()[0] == x.dims()[0] { Tensor::cat(vec![e.clone(), e], 0) } else { e }).collect());
             let v = velocity(doubled.clone(), sigma, both.clone(), given)?;
             if refine {
-                estimates = Some(clean(&doubled, &v, sigma));
+                estimates = Some(estimate_of(&doubled, &v, sigma));
             }
             v.into_iter()
                 .map(|v| {
@@ -187,7 +187,7 @@ fn euler_with_guidance(
             let given = estimates.take().map(|e| e.into_iter().zip(&x).map(|(e, x)| e.narrow(0, 0, x.dims()[0])).collect());
             let v = velocity(x.clone(), sigma, cond.clone(), given)?;
             if refine {
-                estimates = Some(clean(&x, &v, sigma));
+                estimates = Some(estimate_of(&x, &v, sigma));
             }
             v
         };
