@@ -157,7 +157,8 @@ impl VideoDit {
     /// [`VideoDit::forward_refining`]. Returns one velocity per clip.
     ///
     /// The blocks' other ops (per-token norms, linear layers, cross-attention) see one token at
-    /// a time, so nothing else needs synchronising across clips.
+    /// a time and the output convolution one frame, so nothing else needs synchronising across
+    /// clips.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_clips<T: Transport>(&self, group: &DeviceGroup<T>, layout: &ClipLayout, x: Vec<Tensor<5>>, sigmas: &[f64], cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>, scope: &DualScopeConfig) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         const F: &str = "VideoDit::forward_clips";
