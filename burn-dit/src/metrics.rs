@@ -199,7 +199,11 @@ pub fn shape_ious(frame: &[u8], width: usize) -> [f64; 3] {
 
 /// The shape a frame's object fits best ([`shape_ious`]).
 pub fn classify_shape(frame: &[u8], width: usize) -> usize {
-    let ious = shape_ious(frame, width);
+    best_fit(&shape_ious(frame, width))
+}
+
+/// The shape with the highest IoU.
+fn best_fit(ious: &[f64; 3]) -> usize {
     (0..SHAPES.len()).max_by(|&a, &b| ious[a].total_cmp(&ious[b])).unwrap()
 }
 
@@ -330,16 +334,19 @@ pub fn object_fidelity(video: &Frames, object: usize, colour: usize, trajectory:
         return out;
     }
     let majority = |votes: Vec<usize>, classes: usize| (0..classes).max_by_key(|c| votes.iter().filter(|v| *v == c).count()).unwrap();
-    let seen = majority(found.iter().map(|&(t, d)| classifier.classify(&video.frames[t], video.width, d)).collect(), classifier.classes());
+    // Shapes: each frame's fit serves both the vote and the mean IoU.
+    let fits: Option<Vec<[f64; 3]>> = (*classifier == ObjectClassifier::ShapeFit).then(|| video.frames.iter().map(|f| shape_ious(f, video.width)).collect());
+    let votes = found
+        .iter()
+        .map(|&(t, d)| match &fits {
+            Some(fits) => best_fit(&fits[t]),
+            None => classifier.classify(&video.frames[t], video.width, d),
+        })
+        .collect();
+    let seen = majority(votes, classifier.classes());
     out.object_seen = Some(seen);
     out.object_correct = seen == object;
-    if *classifier == ObjectClassifier::ShapeFit {
-        let mut mean = [0.0; 3];
-        for f in &video.frames {
-            mean.iter_mut().zip(shape_ious(f, video.width)).for_each(|(m, iou)| *m += iou / frames);
-        }
-        out.shape_ious = Some(mean);
-    }
+    out.shape_ious = fits.map(|fits| std::array::from_fn(|k| fits.iter().map(|f| f[k]).sum::<f64>() / frames));
     out.colour_correct = majority(found.iter().map(|(_, d)| classify_colour(d.colour)).collect(), COLOURS.len()) == colour;
     let mean_area = found.iter().map(|(_, d)| d.area).sum::<f64>() / found.len() as f64;
     let var = found.iter().map(|(_, d)| (d.area - mean_area).powi(2)).sum::<f64>() / found.len() as f64;
