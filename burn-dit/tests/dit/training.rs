@@ -191,3 +191,62 @@ fn a_run_config_without_an_optimizer_field_means_adamw() {
     let read: TrainConfig = serde_json::from_value(json).unwrap();
     assert_eq!(read.optimizer, OptimizerKind::AdamW);
 }
+
+/// Every trained weight of the live model but the DSV predictors', which (like the DSV
+/// profiler's sparsity, a running state) learn from the first replica's share only.
+fn host_params(trainer: &Trainer) -> Vec<f32> {
+    struct Collect<'a>(&'a mut Vec<f32>, Vec<burn::module::ParamId>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            if param.val().is_require_grad() && !self.1.contains(&param.id) {
+                self.0.extend(param.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
+            }
+        }
+    }
+    let predictors = trainer.model().dsv_layers().iter().flat_map(|l| l.predictor_param_ids()).collect();
+    let mut out = Vec::new();
+    trainer.model().visit(&mut Collect(&mut out, predictors));
+    out
+}
+
+#[test]
+fn replicas_train_like_one_model() {
+    let device = Device::flex();
+    let run = |replicas: usize| {
+        let mut config = train_with(OptimizerKind::Muon);
+        config.replicas = replicas;
+        let mut trainer = Trainer::new(config, &device).unwrap();
+        let logs: Vec<_> = (0..4).map(|_| trainer.train_step()).collect();
+        (trainer, logs)
+    };
+    let (one, one_logs) = run(1);
+    let one_params = host_params(&one);
+    // Batch 4 in shares of 2+2 and (uneven) 2+1+1.
+    for replicas in [2, 3] {
+        let (many, logs) = run(replicas);
+        for (a, b) in one_logs.iter().zip(&logs) {
+            assert!((a.loss - b.loss).abs() < 1e-4 * a.loss.abs().max(1.0), "{replicas} replicas, step {}: loss {} against {}", a.step, b.loss, a.loss);
+            assert_eq!(a.predictor_loss.is_some(), b.predictor_loss.is_some(), "{replicas} replicas, step {}", a.step);
+        }
+        let params = host_params(&many);
+        assert_eq!(params.len(), one_params.len());
+        let worst = one_params.iter().zip(&params).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{replicas} replicas drifted from one model by {worst}");
+        // Only the model itself counts DSV steps and profiles; replicas follow its schedule.
+        for layer in many.model().dsv_layers() {
+            let stats = layer.stats();
+            assert_eq!(stats.step, 4, "{replicas} replicas");
+            assert!(stats.head_sparsity.is_some() && stats.predictor_loss.is_some());
+        }
+    }
+}
+
+#[test]
+fn a_run_config_without_replicas_means_one() {
+    let config = train_with(OptimizerKind::Muon);
+    assert_eq!(config.replicas, 2, "the tiny preset trains two replicas");
+    let mut json: serde_json::Value = serde_json::to_value(&config).unwrap();
+    json.as_object_mut().unwrap().remove("replicas").expect("the field is written");
+    let read: TrainConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(read.replicas, 1);
+}

@@ -10,4 +10,4 @@ mod trainer;
 pub use attention::{DsvAttention, DsvAttentionConfig, DsvLayerStats, DsvPolicy, DsvStage};
 pub use grid::{Reorder, TokenGrid};
 pub use predictor::{LowRankPredictor, PredictorInput};
-pub use trainer::{DsvHost, DsvStepReport, DsvTrainer};
+pub use trainer::{DsvGradients, DsvHost, DsvStepReport, DsvTrainer};

@@ -2,8 +2,8 @@
 
 use alloc::vec::Vec;
 
-use burn::module::{Module, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
 use super::DsvAttention;
@@ -69,7 +69,8 @@ impl DsvTrainer {
     }
 
     /// One training step: backward, host update with `model_optimizer` at `lr`, predictor
-    /// update, then each layer's stage schedule.
+    /// update, then each layer's stage schedule. [`DsvTrainer::backward`] then
+    /// [`DsvTrainer::apply`].
     pub fn step<M: Module + DsvHost>(
         &mut self,
         model: M,
@@ -77,23 +78,91 @@ impl DsvTrainer {
         model_optimizer: &mut ModuleOptimizer,
         lr: f64,
     ) -> (M, DsvStepReport) {
-        let pending: Vec<Option<Tensor<1>>> = model.dsv_layers().iter().map(|l| l.take_predictor_loss()).collect();
+        let grads = Self::backward(&model, loss);
+        self.apply(model, grads, model_optimizer, lr)
+    }
+
+    /// Back-propagates `loss + Σ predictor losses` of `model` (the model itself or a
+    /// [`DsvTrainer::replica`]) and splits the gradients into the host's and the predictors'.
+    /// Needs no trainer, so replicas can call it on their own threads.
+    pub fn backward<M: Module + DsvHost>(model: &M, loss: Tensor<1>) -> DsvGradients {
+        // A replica shares its layers' pending-loss slot with the model it was made from, and
+        // must leave the model's loss there for the model's own backward.
+        let pending: Vec<Option<Tensor<1>>> = model.dsv_layers().iter().map(|l| if l.predictor().is_trainable() { l.take_predictor_loss() } else { None }).collect();
         let predictor_losses: Vec<Option<f32>> = pending.iter().map(|l| l.as_ref().map(|t| t.clone().into_scalar::<f32>())).collect();
         let host_loss = loss.clone().into_scalar::<f32>();
         let total = pending.into_iter().flatten().fold(loss, |acc, l| acc + l);
 
         let mut grads = total.backward();
         let predictor_ids: Vec<ParamId> = model.dsv_layers().iter().flat_map(|l| l.predictor_param_ids()).collect();
-        let predictor_grads = GradientsParams::from_params(&mut grads, &model, &predictor_ids);
-        let model_grads = GradientsParams::from_grads(grads, &model);
-        let model = model_optimizer.step(lr, model, model_grads);
-        let model = if predictor_grads.is_empty() { model } else { self.optimizer.step(self.lr, model, predictor_grads) };
+        let predictors = GradientsParams::from_params(&mut grads, model, &predictor_ids);
+        let host = GradientsParams::from_grads(grads, model);
+        DsvGradients { host, predictors, loss: host_loss, predictor_losses }
+    }
 
+    /// Updates `model` with `grads` (one replica's, or several [`DsvGradients::merge`]d):
+    /// the host with `model_optimizer` at `lr`, the predictors with this trainer's optimizer,
+    /// then each layer's stage schedule from the recorded predictor losses.
+    pub fn apply<M: Module + DsvHost>(&mut self, model: M, grads: DsvGradients, model_optimizer: &mut ModuleOptimizer, lr: f64) -> (M, DsvStepReport) {
+        let DsvGradients { host, predictors, loss, predictor_losses } = grads;
+        let model = model_optimizer.step(lr, model, host);
+        let model = if predictors.is_empty() { model } else { self.optimizer.step(self.lr, model, predictors) };
         for (layer, loss) in model.dsv_layers().iter().zip(&predictor_losses) {
             if let Some(loss) = loss {
                 layer.record_predictor_loss(*loss);
             }
         }
-        (model, DsvStepReport { loss: host_loss, predictor_losses })
+        (model, DsvStepReport { loss, predictor_losses })
+    }
+
+    /// A replica of `model` for data-parallel training: each replica takes a share of the
+    /// batch on its own thread, and their [`DsvTrainer::backward`] gradients are merged into
+    /// one [`DsvTrainer::apply`] on `model`.
+    ///
+    /// The replica has the same weights as separate autodiff leaves (so its graph, and its
+    /// backward pass, are its own) and a snapshot of every DSV layer's stage, step and
+    /// sparsity, so it attends exactly as `model` does this step whatever `model` records
+    /// meanwhile. Its predictors are frozen: it counts no DSV step, profiles nothing and
+    /// records no predictor loss, which stay with `model` (the predictors learn from
+    /// `model`'s share of the batch).
+    pub fn replica<M: Module + DsvHost>(model: &M) -> M {
+        struct Freeze(Vec<ParamId>);
+        impl ModuleMapper for Freeze {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                if self.0.contains(&param.id) { param.set_require_grad(false) } else { param }
+            }
+        }
+        let predictors = model.dsv_layers().iter().flat_map(|l| l.predictor_param_ids()).collect();
+        // `valid` copies the running states (a snapshot); `train` makes fresh leaves.
+        model.valid().map(&mut Freeze(predictors)).train()
+    }
+}
+
+/// One replica's gradients from [`DsvTrainer::backward`].
+pub struct DsvGradients {
+    host: GradientsParams,
+    predictors: GradientsParams,
+    loss: f32,
+    predictor_losses: Vec<Option<f32>>,
+}
+
+impl DsvGradients {
+    /// Sums two replicas' gradients and host losses (weigh each replica's loss by its share
+    /// of the batch); predictor losses come from whichever recorded them. `model` lists the
+    /// parameters.
+    pub fn merge<M: Module>(self, other: DsvGradients, model: &M) -> DsvGradients {
+        let sum = |a: GradientsParams, b: GradientsParams| {
+            let mut acc = GradientsAccumulator::<M>::new();
+            acc.accumulate(model, a);
+            acc.accumulate(model, b);
+            acc.grads()
+        };
+        let predictor_losses = self.predictor_losses.iter().zip(&other.predictor_losses).map(|(a, b)| a.or(*b)).collect();
+        DsvGradients { host: sum(self.host, other.host), predictors: sum(self.predictors, other.predictors), loss: self.loss + other.loss, predictor_losses }
+    }
+
+    /// The host loss (summed over merged replicas).
+    pub fn loss(&self) -> f32 {
+        self.loss
     }
 }

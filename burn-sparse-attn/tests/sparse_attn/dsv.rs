@@ -159,15 +159,21 @@ fn only_a_query_key_predictor_learns_positional_attention() {
     assert_eq!(stats.stage, DsvStage::Dense);
 }
 
-#[test]
-fn host_gradients_are_untouched_by_the_predictor() {
+/// A trainable host and a random batch of two, after one training forward has profiled the
+/// heads, with the layer switched to the sparse stage.
+fn sparse_host(config: DsvAttentionConfig) -> (Host, Tensor<3>) {
     let device = Device::flex().autodiff();
-    let host = Host::new(small_policy().with_sparsity_threshold(0.0).config(), &device);
+    let host = Host::new(config, &device);
     let x = Tensor::<3>::random([2, GRID.len(), D_MODEL], Distribution::Normal(0.0, 1.0), &device);
-    // One training forward profiles the heads; then the layer runs sparse.
     let _ = host.forward(x.clone());
     let _ = host.attn.take_predictor_loss();
     host.attn.set_stage(DsvStage::Sparse);
+    (host, x)
+}
+
+#[test]
+fn host_gradients_are_untouched_by_the_predictor() {
+    let (host, x) = sparse_host(small_policy().with_sparsity_threshold(0.0).config());
 
     // Two identical sparse forwards (no profile falls between them): one trains the
     // predictor alongside, one does not.
@@ -196,12 +202,7 @@ fn host_gradients_are_untouched_by_the_predictor() {
 #[test]
 fn full_budget_equals_dense_attention_and_its_gradients() {
     let config = small_policy().with_mass_threshold(1.0).with_min_budget_fraction(1.0).with_sparsity_threshold(0.0).config();
-    let device = Device::flex().autodiff();
-    let host = Host::new(config, &device);
-    let x = Tensor::<3>::random([2, GRID.len(), D_MODEL], Distribution::Normal(0.0, 1.0), &device);
-    let _ = host.forward(x.clone());
-    let _ = host.attn.take_predictor_loss();
-    host.attn.set_stage(DsvStage::Sparse);
+    let (host, x) = sparse_host(config);
 
     let sparse = host.forward(x.clone());
     assert!(host.attn.stats().ran_sparse);
@@ -342,5 +343,44 @@ fn per_head_budgets_run_each_head_with_its_own_budget() {
     let (grads_got, grads_want) = (got.sum().backward(), want.sum().backward());
     for w in [&host.wq.weight, &host.wk.weight, &host.wv.weight] {
         assert_close(w.val().grad(&grads_got).unwrap(), w.val().grad(&grads_want).unwrap(), 1e-4, "weight gradient");
+    }
+}
+
+/// A replica attends exactly as the model does, counts and records nothing, and the merged
+/// gradients of two half batches are the full batch's.
+#[test]
+fn replicas_split_a_batch_without_touching_the_schedule() {
+    let (host, x) = sparse_host(small_policy().with_sparsity_threshold(0.0).config());
+    let before = host.attn.stats();
+
+    let replica = DsvTrainer::replica(&host);
+    let half = |i: usize| x.clone().narrow(0, i, 1);
+    let on_replica = std::thread::scope(|s| s.spawn(|| replica.forward(half(1))).join().unwrap());
+    assert!(host.attn.stats().ran_sparse, "the replica runs the model's stage");
+    assert!(host.attn.take_predictor_loss().is_none(), "a replica records no predictor loss");
+    assert_eq!(host.attn.stats().step, before.step, "a replica counts no step");
+    assert!(!replica.attn.predictor().is_trainable());
+    assert_close(on_replica.clone().inner(), host.forward(half(1)).inner(), 0.0, "replica vs model output");
+    let _ = host.attn.take_predictor_loss();
+
+    // A replica's backward leaves the model's pending predictor loss to the model.
+    let _ = host.forward(half(0));
+    let _ = DsvTrainer::backward(&replica, replica.forward(half(1)).sum());
+    assert!(host.attn.take_predictor_loss().is_some(), "a replica took the model's predictor loss");
+
+    // Full batch on the model, against model (first clip) + replica (second clip).
+    let whole = DsvTrainer::backward(&host, host.forward(x.clone()).square().mean());
+    let mine = DsvTrainer::backward(&host, host.forward(half(0)).square().mean() * 0.5);
+    let theirs = std::thread::scope(|s| s.spawn(|| DsvTrainer::backward(&replica, replica.forward(half(1)).square().mean() * 0.5)).join().unwrap());
+    let merged = mine.merge(theirs, &host);
+    assert!((merged.loss() - whole.loss()).abs() < 1e-5 * whole.loss().abs().max(1.0), "loss {} against {}", merged.loss(), whole.loss());
+    // Plain SGD at rate 1: the update is the gradient itself.
+    let update = |grads| {
+        let mut opt: ModuleOptimizer = burn::optim::SgdConfig::new().init();
+        DsvTrainer::new(1e-2).apply(host.clone(), grads, &mut opt, 1.0).0
+    };
+    let (a, b) = (update(whole), update(merged));
+    for (wa, wb) in [(&a.wq.weight, &b.wq.weight), (&a.wk.weight, &b.wk.weight), (&a.wv.weight, &b.wv.weight)] {
+        assert_close(wa.val().inner(), wb.val().inner(), 1e-5, "host weights after one update");
     }
 }
