@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
 use burn_sparse_attn::dsv::{DsvGradients, DsvHost, DsvTrainer};
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +40,8 @@ pub struct TrainConfig {
     /// Model replicas that train on shares of each batch in parallel, their gradients summed
     /// into one update ([`DsvTrainer::replica`]). Flex runs most ops on one core, so on a
     /// 2-core CPU two replicas keep both busy. The DSV predictors and profiler learn from the
-    /// first share only. Configs written before this field existed trained with 1.
+    /// first share only. 0 counts as 1, more than `batch_size` as `batch_size`. Configs
+    /// written before this field existed trained with 1.
     #[serde(default = "one")]
     pub replicas: usize,
     /// Optimiser of the DiT (configs written before this field existed used AdamW).
@@ -320,21 +322,15 @@ impl Trainer {
             let loss = (pred - target.clone().narrow(0, start, n)).square().mean() * (n as f64 / b as f64);
             DsvTrainer::backward(model, loss)
         };
-        // The model takes the first share; replicas take the others. They run as tasks of the
-        // thread pool Flex's matmuls use, so the cores are shared, not oversubscribed.
+        // The model takes the first share, replicas the others, as tasks of the thread pool
+        // Flex's matmuls use (so the cores are shared, not oversubscribed); the results come
+        // back in share order, so the sum is the same whatever ran first.
         let replicas: Vec<VideoDit> = shares[1..].iter().map(|_| DsvTrainer::replica(&self.model)).collect();
-        let mut results: Vec<Option<DsvGradients>> = (0..shares.len()).map(|_| None).collect();
-        rayon::scope(|scope| {
-            let (mine, others) = results.split_first_mut().expect("at least one share");
-            for ((slot, replica), &share) in others.iter_mut().zip(&replicas).zip(&shares[1..]) {
-                let work = &replica_grads;
-                scope.spawn(move |_| *slot = Some(work(replica, share)));
-            }
-            *mine = Some(replica_grads(&self.model, shares[0]));
-        });
-        let mut results = results.into_iter().map(|g| g.expect("every share ran"));
-        let first = results.next().expect("at least one share");
-        let grads = results.fold(first, |acc, other| acc.merge(other, &self.model));
+        let models: Vec<&VideoDit> = std::iter::once(&self.model).chain(&replicas).collect();
+        let grads: Vec<DsvGradients> = models.into_par_iter().zip(shares).map(|(model, share)| replica_grads(model, share)).collect();
+        let mut grads = grads.into_iter();
+        let first = grads.next().expect("at least one share");
+        let grads = grads.fold(first, |acc, other| acc.merge(other, &self.model));
 
         let lr = self.config.lr_at(self.step);
         let model = self.model.clone();

@@ -364,8 +364,14 @@ impl DsvAttention {
         if schedule[STAGE] >= 1.0 { DsvStage::Sparse } else { DsvStage::Dense }
     }
 
-    /// Takes the predictor loss recorded by training forwards since the last call.
+    /// Takes the predictor loss recorded by training forwards since the last call; `None` for
+    /// a layer whose predictor is frozen (it records none), such as a
+    /// [`DsvTrainer::replica`](super::DsvTrainer::replica)'s, which shares this slot with the
+    /// layer it was made from and must leave that layer's loss to it.
     pub fn take_predictor_loss(&self) -> Option<Tensor<1>> {
+        if !self.predictor.is_trainable() {
+            return None;
+        }
         self.runtime.lock().expect("DSV runtime lock").pending_loss.take()
     }
 

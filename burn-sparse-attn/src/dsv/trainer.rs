@@ -86,9 +86,7 @@ impl DsvTrainer {
     /// [`DsvTrainer::replica`]) and splits the gradients into the host's and the predictors'.
     /// Needs no trainer, so replicas can call it on their own threads.
     pub fn backward<M: Module + DsvHost>(model: &M, loss: Tensor<1>) -> DsvGradients {
-        // A replica shares its layers' pending-loss slot with the model it was made from, and
-        // must leave the model's loss there for the model's own backward.
-        let pending: Vec<Option<Tensor<1>>> = model.dsv_layers().iter().map(|l| if l.predictor().is_trainable() { l.take_predictor_loss() } else { None }).collect();
+        let pending: Vec<Option<Tensor<1>>> = model.dsv_layers().iter().map(|l| l.take_predictor_loss()).collect();
         let predictor_losses: Vec<Option<f32>> = pending.iter().map(|l| l.as_ref().map(|t| t.clone().into_scalar::<f32>())).collect();
         let host_loss = loss.clone().into_scalar::<f32>();
         let total = pending.into_iter().flatten().fold(loss, |acc, l| acc + l);
