@@ -22,6 +22,8 @@ use burn_sparse_video::dit::train::{TrainConfig, Trainer};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/device.rs"]
 mod device;
 use device::device_named;
@@ -83,6 +85,7 @@ fn attention_seconds(tokens: usize, model: &VideoDitConfig, device: &Device) -> 
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     let frames = arg_list("--frames", "8,16,32");
     let size = arg_list("--size", "64")[0];
     let steps = arg_list("--steps", "6")[0];

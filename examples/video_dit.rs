@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example video_dit -- train [--out out/tiny] [--attention dsv|dense]
-//!     [--steps 1800] [--replicas 2] [--optimizer muon|adamw] [--prediction velocity|clean] [--head-conv] [--self-condition]
+//!     [--steps 2400] [--replicas 2] [--optimizer muon|adamw] [--prediction velocity|clean] [--head-conv] [--self-condition]
 //!     [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
 //! cargo run --release --example video_dit -- sample --out out/tiny --labels circle:red,square:blue
 //! cargo run --release --example video_dit -- eval --out out/tiny
@@ -26,6 +26,8 @@ use burn_sparse_video::dit::{AttentionKind, DsvPolicy, Prediction, VideoDitConfi
 use burn_sparse_video::sparse_attn::dsv::DsvHost;
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/device.rs"]
 mod device_names;
 use device_names::try_device_named;
@@ -110,8 +112,8 @@ enum Command {
     Train {
         #[command(flatten)]
         common: Common,
-        /// Optimisation steps (1800 ≈ 10 minutes on 2 cores with two replicas).
-        #[arg(long, default_value_t = 1800)]
+        /// Optimisation steps (2400 ≈ 10 minutes on 2 cores with two replicas).
+        #[arg(long, default_value_t = 2400)]
         steps: usize,
         /// Clips per step.
         #[arg(long, default_value_t = 8)]
@@ -419,6 +421,7 @@ fn confusion_table(classes: &[&str], metrics: &VideoMetrics) -> String {
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     match Cli::parse().command {
         Command::Train { common, steps, batch, replicas, lr, optimizer, prediction, head_conv, self_condition, resume } => train(common, Schedule { steps, batch, replicas, lr }, optimizer, ModelFlags { prediction, head_conv, self_condition }, resume),
         Command::Sample { common, labels, seed } => {

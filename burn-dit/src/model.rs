@@ -274,6 +274,13 @@ impl VideoDit {
     }
 }
 
+impl VideoDit {
+    /// Replaces block `i` (the optimiser merges its shards' updates).
+    pub(crate) fn replace_block(&mut self, i: usize, block: DitBlock) {
+        self.blocks[i] = block;
+    }
+}
+
 impl DsvHost for VideoDit {
     fn dsv_layers(&self) -> Vec<&DsvAttention> {
         self.blocks.iter().filter_map(|b| b.self_attention().dsv()).collect()

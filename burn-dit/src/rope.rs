@@ -6,9 +6,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 /// of a longer video keeps its true positions.
 #[derive(Clone, Debug)]
 pub struct Rope3d {
-    /// `[S, D/2]` cosines and sines of each rotated pair.
+    /// `[S, D]`: each pair's cosine at both of its places.
     cos: Tensor<2>,
+    /// `[S, D]`: each pair's sine, negated at its first place.
     sin: Tensor<2>,
+    /// `[D, D]` permutation that swaps the two halves of every pair.
+    swap: Tensor<2>,
 }
 
 /// How a head dimension `d` splits between time, height and width (pairs of each part
@@ -26,7 +29,7 @@ impl Rope3d {
         let parts = rope_split(head_dim);
         let half = head_dim / 2;
         let n = frames * height * width;
-        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        let (mut cos, mut sin) = (Vec::with_capacity(n * head_dim), Vec::with_capacity(n * head_dim));
         for t in 0..frames {
             for y in 0..height {
                 for x in 0..width {
@@ -35,29 +38,32 @@ impl Rope3d {
                         for j in 0..dims / 2 {
                             let freq = theta.powf(-2.0 * j as f64 / dims as f64);
                             let angle = pos[axis] * freq;
-                            cos.push(angle.cos() as f32);
-                            sin.push(angle.sin() as f32);
+                            let (c, s) = (angle.cos() as f32, angle.sin() as f32);
+                            cos.extend([c, c]);
+                            sin.extend([-s, s]);
                         }
                     }
                 }
             }
         }
+        let mut swap = vec![0f32; head_dim * head_dim];
+        for i in 0..half {
+            swap[2 * i * head_dim + 2 * i + 1] = 1.0;
+            swap[(2 * i + 1) * head_dim + 2 * i] = 1.0;
+        }
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [n, half]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [n, half]), device),
+            cos: Tensor::from_data(TensorData::new(cos, [n, head_dim]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [n, head_dim]), device),
+            swap: Tensor::from_data(TensorData::new(swap, [head_dim, head_dim]), device),
         }
     }
 
-    /// Rotates `x: [B, H, S, D]` (pairs `(2i, 2i+1)`).
+    /// Rotates `x: [B, H, S, D]` (pairs `(2i, 2i+1)`): `x·cos + swap(x)·sin`, with the pair
+    /// swap as one small matmul rather than slicing and re-interleaving the halves (four ops
+    /// instead of ten, each with its backward). Same values for finite inputs: the swap only moves elements.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, h, s, d] = x.dims();
-        let pairs = x.reshape([b, h, s, d / 2, 2]);
-        let even = pairs.clone().narrow(4, 0, 1).reshape([b, h, s, d / 2]);
-        let odd = pairs.narrow(4, 1, 1).reshape([b, h, s, d / 2]);
-        let cos = self.cos.clone().reshape([1, 1, s, d / 2]);
-        let sin = self.sin.clone().reshape([1, 1, s, d / 2]);
-        let re = even.clone() * cos.clone() - odd.clone() * sin.clone();
-        let im = even * sin + odd * cos;
-        Tensor::stack::<5>(vec![re, im], 4).reshape([b, h, s, d])
+        let [_, _, s, d] = x.dims();
+        let swapped = x.clone().matmul(self.swap.clone().reshape([1, 1, d, d]));
+        x * self.cos.clone().reshape([1, 1, s, d]) + swapped * self.sin.clone().reshape([1, 1, s, d])
     }
 }

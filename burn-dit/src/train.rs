@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::AdamWConfig;
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
@@ -20,7 +20,7 @@ use crate::ema::ema_update;
 use crate::flow::{SamplerConfig, SigmaSampling, add_noise, sample_euler, velocity_target};
 use crate::media::Frames;
 use crate::model::VideoDit;
-use crate::optim::{OptimizerKind, dit_optimizer};
+use crate::optim::{DitOptimizer, OptimizerKind};
 
 /// Everything a training run is made of; saved in every checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -206,7 +206,11 @@ struct SavedState {
 /// Version 3: the model gained the MLP's frame convolution, the run its optimiser.
 /// Version 4: the model gained its prediction target and the MLP's temporal convolution.
 /// Version 5: the model gained self-conditioning and the output convolution.
-const FORMAT: u32 = 5;
+/// Version 6: the optimiser state is in two files (`DitOptimizer`'s shards); version 5, in one,
+/// still loads.
+const FORMAT: u32 = 6;
+/// The oldest format this version reads.
+const OLDEST_FORMAT: u32 = 5;
 
 /// Share of training steps that self-condition (where the model does): the rest teach the
 /// first sampling step, which has no estimate yet (Chen et al. 2022 use one half).
@@ -218,7 +222,7 @@ pub struct Trainer {
     device: Device,
     model: VideoDit,
     ema: VideoDit,
-    optimizer: ModuleOptimizer,
+    optimizer: DitOptimizer,
     dsv: DsvTrainer,
     step: usize,
     history: Vec<StepLog>,
@@ -243,7 +247,7 @@ impl Trainer {
         let ema = model.clone().valid();
         Ok(Self {
             batcher: ClipBatcher::new(config.clip),
-            optimizer: dit_optimizer(config.optimizer),
+            optimizer: DitOptimizer::new(config.optimizer),
             dsv: DsvTrainer::new(config.predictor_lr),
             config,
             device,
@@ -334,7 +338,8 @@ impl Trainer {
 
         let lr = self.config.lr_at(self.step);
         let model = self.model.clone();
-        let (model, report) = self.dsv.apply(model, grads, &mut self.optimizer, lr);
+        let optimizer = &mut self.optimizer;
+        let (model, report) = self.dsv.apply_with(model, grads, |model, host| optimizer.step(lr, model, host));
         self.model = model;
         // EMA warm-up: early averages would otherwise be dominated by the initial weights.
         let decay = self.config.ema_decay.min((1 + self.step) as f64 / (10 + self.step) as f64);
@@ -372,7 +377,7 @@ impl Trainer {
         let io = |e: burn::store::RecordError| std::io::Error::other(e.to_string());
         self.model.clone().into_record().save(ckpt.join("model.bpk")).map_err(io)?;
         self.ema.clone().into_record().save(ckpt.join("ema.bpk")).map_err(io)?;
-        self.optimizer.save(ckpt.join("optimizer.bpk")).map_err(io)?;
+        self.optimizer.save(&ckpt).map_err(io)?;
         self.dsv.optimizer().save(ckpt.join("predictor_optimizer.bpk")).map_err(io)?;
         let state = SavedState { format: FORMAT, step: self.step, config: self.config.clone(), history: self.history.clone() };
         std::fs::write(ckpt.join("state.json"), serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?)?;
@@ -404,8 +409,7 @@ impl Trainer {
         let fresh = self.config.model.init(&self.device);
         let model = fresh.clone().try_load_record(load_record("model.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("model.bpk"), e.to_string()))?;
         let ema = fresh.valid().try_load_record(load_record("ema.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
-        let optim_path = ckpt.join("optimizer.bpk");
-        let optimizer = dit_optimizer(self.config.optimizer).load(&optim_path).map_err(|e| CheckpointError::Corrupt(optim_path, e.to_string()))?;
+        let optimizer = DitOptimizer::load(self.config.optimizer, &ckpt).map_err(|(file, e)| CheckpointError::Corrupt(file, e.to_string()))?;
         let pred_path = ckpt.join("predictor_optimizer.bpk");
         let predictor_optimizer = AdamWConfig::new().with_weight_decay(0.0).init().load(&pred_path).map_err(|e| CheckpointError::Corrupt(pred_path, e.to_string()))?;
 
@@ -433,8 +437,8 @@ fn read_checkpoint(dir: &Path) -> Result<(PathBuf, SavedState), CheckpointError>
         format: u32,
     }
     let format: Format = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
-    if format.format != FORMAT {
-        return Err(CheckpointError::Mismatch { field: "format", expected: FORMAT.to_string(), found: format.format.to_string() });
+    if !(OLDEST_FORMAT..=FORMAT).contains(&format.format) {
+        return Err(CheckpointError::Mismatch { field: "format", expected: format!("{OLDEST_FORMAT}..={FORMAT}"), found: format.format.to_string() });
     }
     let state: SavedState = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
     Ok((ckpt, state))

@@ -36,6 +36,18 @@ fn rope_is_relative_and_keeps_norms() {
     assert!(max_abs_diff(norms(at(5).apply(q.clone())), norms(q.clone())) < 1e-3);
     // ...and positions do matter.
     assert!(max_abs_diff(scores(&at(0)), q.clone().matmul(k.clone().swap_dims(2, 3))) > 1e-2);
+    // The first time pair turns by the frame index (frequency 1): (1, 0) becomes (cos t, sin t)
+    // at frame t, and (0, 1) becomes (−sin t, cos t).
+    for (unit, expected) in [(0, [|t: f32| t.cos(), |t: f32| t.sin()]), (1, [|t: f32| -t.sin(), |t: f32| t.cos()])] {
+        let mut x = vec![0f32; 12 * 32];
+        (0..12).for_each(|i| x[i * 32 + unit] = 1.0);
+        let out = at(0).apply(Tensor::from_data(TensorData::new(x, [1, 1, 12, 32]), &device)).into_data().try_to_vec::<f32>().unwrap();
+        for token in 0..12 {
+            let t = (token / 4) as f32;
+            assert!((out[token * 32] - expected[0](t)).abs() < 1e-6 && (out[token * 32 + 1] - expected[1](t)).abs() < 1e-6, "token {token}, unit {unit}");
+            assert!(out[token * 32 + 2..token * 32 + 32].iter().all(|v| v.abs() < 1e-6), "other dims stay zero");
+        }
+    }
 }
 
 #[test]

@@ -1,13 +1,18 @@
 use burn::module::Module;
-use burn::tensor::Device;
-use burn_dit::AttentionKind;
-use burn_dit::optim::{MUON_PARAMS, OptimizerKind};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn_dit::optim::{DitOptimizer, MUON_PARAMS, ODD_BLOCKS_OPTIMIZER_FILE, OPTIMIZER_FILE, OptimizerKind, dit_optimizer};
+use burn_dit::{AttentionKind, VideoDit};
 use burn_dit::train::{CheckpointError, TrainConfig, Trainer};
 use burn_sparse_attn::dsv::DsvHost;
 
 use crate::common::*;
 
 fn params(trainer: &Trainer) -> Vec<f32> {
+    params_of(trainer.model())
+}
+
+fn params_of(model: &VideoDit) -> Vec<f32> {
     let mut out = Vec::new();
     struct Collect<'a>(&'a mut Vec<f32>);
     impl burn::module::ModuleVisitor for Collect<'_> {
@@ -15,7 +20,7 @@ fn params(trainer: &Trainer) -> Vec<f32> {
             self.0.extend(param.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
         }
     }
-    trainer.model().visit(&mut Collect(&mut out));
+    model.visit(&mut Collect(&mut out));
     out
 }
 
@@ -249,4 +254,48 @@ fn a_run_config_without_replicas_means_one() {
     json.as_object_mut().unwrap().remove("replicas").expect("the field is written");
     let read: TrainConfig = serde_json::from_value(json).unwrap();
     assert_eq!(read.replicas, 1);
+}
+
+#[test]
+fn the_optimizer_shards_update_like_one_optimizer() {
+    let device = Device::flex().autodiff();
+    let grads_of = |model: &VideoDit| {
+        device.seed(5);
+        let x = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [2]), &device);
+        let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
+        let loss = model.forward(x, sigma, cond).unwrap().square().mean();
+        GradientsParams::from_grads(loss.backward(), model)
+    };
+    let start = jittered(AttentionKind::Dense, &device);
+    assert_eq!(start.blocks().len(), 2, "one block in each shard");
+    let step_both = |one: &mut burn::optim::ModuleOptimizer, sharded: &mut DitOptimizer, (a, b): (VideoDit, VideoDit)| {
+        // Fresh autodiff leaves for each: the two models start from the same tensors.
+        let (a, b) = (a.valid().train(), b.valid().train());
+        let (a, b) = (one.step(1e-2, a.clone(), grads_of(&a)), sharded.step(1e-2, b.clone(), grads_of(&b)));
+        assert_eq!(params_of(&a), params_of(&b), "the shards update exactly as one optimiser");
+        (a, b)
+    };
+    let mut one = dit_optimizer(OptimizerKind::Muon);
+    let mut sharded = DitOptimizer::new(OptimizerKind::Muon);
+    let models = (0..3).fold((start.clone(), start), |models, _| step_both(&mut one, &mut sharded, models));
+    assert_ne!(params_of(&models.0), params_of(&jittered(AttentionKind::Dense, &device)), "the steps changed the model");
+
+    let dir = std::env::temp_dir().join(format!("dit-optimizer-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A missing file is named.
+    let (file, _) = DitOptimizer::load(OptimizerKind::Muon, &dir).err().expect("nothing to load");
+    assert_eq!(file, dir.join(OPTIMIZER_FILE));
+    // Saved and loaded, the shards go on exactly (momentum included).
+    sharded.save(&dir).unwrap();
+    assert!(dir.join(ODD_BLOCKS_OPTIMIZER_FILE).exists());
+    let mut reloaded = DitOptimizer::load(OptimizerKind::Muon, &dir).unwrap();
+    let models = step_both(&mut one.clone(), &mut reloaded, models.clone());
+    // A checkpoint from before the split (one file, every parameter's state) loads into both.
+    std::fs::remove_file(dir.join(ODD_BLOCKS_OPTIMIZER_FILE)).unwrap();
+    one.save(dir.join(OPTIMIZER_FILE)).unwrap();
+    let mut legacy = DitOptimizer::load(OptimizerKind::Muon, &dir).unwrap();
+    step_both(&mut one, &mut legacy, models);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -102,8 +102,14 @@ impl DsvTrainer {
     /// the host with `model_optimizer` at `lr`, the predictors with this trainer's optimizer,
     /// then each layer's stage schedule from the recorded predictor losses.
     pub fn apply<M: Module + DsvHost>(&mut self, model: M, grads: DsvGradients, model_optimizer: &mut ModuleOptimizer, lr: f64) -> (M, DsvStepReport) {
+        self.apply_with(model, grads, |model, host| model_optimizer.step(lr, model, host))
+    }
+
+    /// [`DsvTrainer::apply`] with your own host update (an optimizer split into shards that
+    /// step in parallel, say): `host_step` gets the model and the host's gradients.
+    pub fn apply_with<M: Module + DsvHost>(&mut self, model: M, grads: DsvGradients, host_step: impl FnOnce(M, GradientsParams) -> M) -> (M, DsvStepReport) {
         let DsvGradients { host, predictors, loss, predictor_losses } = grads;
-        let model = model_optimizer.step(lr, model, host);
+        let model = host_step(model, host);
         let model = if predictors.is_empty() { model } else { self.optimizer.step(self.lr, model, predictors) };
         for (layer, loss) in model.dsv_layers().iter().zip(&predictor_losses) {
             if let Some(loss) = loss {
