@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example video_dit -- train [--out out/tiny] [--attention dsv|dense]
-//!     [--steps 2400] [--replicas 2] [--optimizer muon|adamw] [--prediction velocity|clean] [--head-conv] [--self-condition]
+//!     [--steps 2700] [--replicas 2] [--optimizer muon|adamw] [--prediction velocity|clean] [--head-conv] [--self-condition]
 //!     [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
 //! cargo run --release --example video_dit -- sample --out out/tiny --labels circle:red,square:blue
 //! cargo run --release --example video_dit -- eval --out out/tiny
@@ -112,8 +112,8 @@ enum Command {
     Train {
         #[command(flatten)]
         common: Common,
-        /// Optimisation steps (2400 ≈ 10 minutes on 2 cores with two replicas).
-        #[arg(long, default_value_t = 2400)]
+        /// Optimisation steps (2700 ≈ 10.5 minutes on 2 cores with two replicas).
+        #[arg(long, default_value_t = 2700)]
         steps: usize,
         /// Clips per step.
         #[arg(long, default_value_t = 8)]
