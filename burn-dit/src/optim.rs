@@ -103,12 +103,19 @@ impl DitOptimizer {
     }
 
     /// Reads the shards of `kind` from the checkpoint folder `dir`; on error, the file that
-    /// failed. A checkpoint from before the split has one file with every parameter's state,
-    /// which then serves both shards (each uses only its own parameters' states).
+    /// failed.
     pub fn load(kind: OptimizerKind, dir: &Path) -> Result<Self, (PathBuf, RecordError)> {
-        let load = |file: PathBuf| dit_optimizer(kind).load(&file).map_err(|e| (file, e));
-        let odd_file = dir.join(ODD_BLOCKS_OPTIMIZER_FILE);
-        let odd_file = if odd_file.exists() { odd_file } else { dir.join(OPTIMIZER_FILE) };
-        Ok(Self { rest: load(dir.join(OPTIMIZER_FILE))?, odd_blocks: load(odd_file)? })
+        Ok(Self { rest: load_shard(kind, dir.join(OPTIMIZER_FILE))?, odd_blocks: load_shard(kind, dir.join(ODD_BLOCKS_OPTIMIZER_FILE))? })
     }
+
+    /// Reads a checkpoint from before the split (format 5): its one file holds every
+    /// parameter's state and serves both shards, each of which uses only its own parameters'.
+    pub fn load_unsharded(kind: OptimizerKind, dir: &Path) -> Result<Self, (PathBuf, RecordError)> {
+        let one = load_shard(kind, dir.join(OPTIMIZER_FILE))?;
+        Ok(Self { rest: one.clone(), odd_blocks: one })
+    }
+}
+
+fn load_shard(kind: OptimizerKind, file: PathBuf) -> Result<ModuleOptimizer, (PathBuf, RecordError)> {
+    dit_optimizer(kind).load(&file).map_err(|e| (file, e))
 }

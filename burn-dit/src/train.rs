@@ -211,6 +211,8 @@ struct SavedState {
 const FORMAT: u32 = 6;
 /// The oldest format this version reads.
 const OLDEST_FORMAT: u32 = 5;
+/// The first format with the optimiser state in two files.
+const SHARDED_OPTIMIZER_FORMAT: u32 = 6;
 
 /// Share of training steps that self-condition (where the model does): the rest teach the
 /// first sampling step, which has no estimate yet (Chen et al. 2022 use one half).
@@ -409,7 +411,8 @@ impl Trainer {
         let fresh = self.config.model.init(&self.device);
         let model = fresh.clone().try_load_record(load_record("model.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("model.bpk"), e.to_string()))?;
         let ema = fresh.valid().try_load_record(load_record("ema.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
-        let optimizer = DitOptimizer::load(self.config.optimizer, &ckpt).map_err(|(file, e)| CheckpointError::Corrupt(file, e.to_string()))?;
+        let optimizer = if state.format < SHARDED_OPTIMIZER_FORMAT { DitOptimizer::load_unsharded(self.config.optimizer, &ckpt) } else { DitOptimizer::load(self.config.optimizer, &ckpt) };
+        let optimizer = optimizer.map_err(|(file, e)| CheckpointError::Corrupt(file, e.to_string()))?;
         let pred_path = ckpt.join("predictor_optimizer.bpk");
         let predictor_optimizer = AdamWConfig::new().with_weight_decay(0.0).init().load(&pred_path).map_err(|e| CheckpointError::Corrupt(pred_path, e.to_string()))?;
 
