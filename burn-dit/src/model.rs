@@ -272,9 +272,7 @@ impl VideoDit {
     pub fn blocks(&self) -> &[DitBlock] {
         &self.blocks
     }
-}
 
-impl VideoDit {
     /// Replaces block `i` (the optimiser merges its shards' updates).
     pub(crate) fn replace_block(&mut self, i: usize, block: DitBlock) {
         self.blocks[i] = block;

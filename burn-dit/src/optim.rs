@@ -9,6 +9,7 @@ use burn::store::RecordError;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::block::DitBlock;
 use crate::model::VideoDit;
 
 /// Which optimiser trains the DiT (the DSV predictors keep their own AdamW).
@@ -82,7 +83,7 @@ impl DitOptimizer {
     /// Updates `model` with `grads` at learning rate `lr`, the two shards in parallel.
     pub fn step(&mut self, lr: f64, model: VideoDit, mut grads: GradientsParams) -> VideoDit {
         let mut odd = MoveGrads { from: &mut grads, to: GradientsParams::new() };
-        model.blocks().iter().skip(1).step_by(2).for_each(|block| block.visit(&mut odd));
+        odd_blocks_of(&model).for_each(|(_, block)| block.visit(&mut odd));
         let odd = odd.to;
         if odd.is_empty() {
             return self.rest.step(lr, model, grads);
@@ -90,7 +91,7 @@ impl DitOptimizer {
         let copy = model.clone();
         let Self { rest, odd_blocks } = self;
         let (mut model, updated) = rayon::join(|| rest.step(lr, model, grads), || odd_blocks.step(lr, copy, odd));
-        for (i, block) in updated.blocks().iter().enumerate().skip(1).step_by(2) {
+        for (i, block) in odd_blocks_of(&updated) {
             model.replace_block(i, block.clone());
         }
         model
@@ -114,6 +115,11 @@ impl DitOptimizer {
         let one = load_shard(kind, dir.join(OPTIMIZER_FILE))?;
         Ok(Self { rest: one.clone(), odd_blocks: one })
     }
+}
+
+/// The blocks of the odd-numbered shard, with their indices.
+fn odd_blocks_of(model: &VideoDit) -> impl Iterator<Item = (usize, &DitBlock)> {
+    model.blocks().iter().enumerate().skip(1).step_by(2)
 }
 
 fn load_shard(kind: OptimizerKind, file: PathBuf) -> Result<ModuleOptimizer, (PathBuf, RecordError)> {
