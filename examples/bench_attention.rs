@@ -20,6 +20,8 @@
 use burn::tensor::{Distribution, Tensor, activation::softmax, module::attention, ops::AttentionModuleOptions};
 use burn_sparse_video::sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/device.rs"]
 mod device;
 #[path = "common/measure.rs"]
@@ -112,6 +114,7 @@ fn gflops(flops: f64, secs: f64) -> f64 {
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     let args = parse_args();
     let device = device_named(&args.device);
     let normal = Distribution::Normal(0.0, 1.0);

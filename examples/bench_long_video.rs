@@ -16,6 +16,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use burn_sparse_video::ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig};
 use burn_sparse_video::dit::VideoDitConfig;
 
+#[path = "common/allocator.rs"]
+mod allocator;
 #[path = "common/measure.rs"]
 mod measure;
 use measure::measure;
@@ -25,6 +27,7 @@ fn list(text: &str) -> Vec<usize> {
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string());
     let lengths = list(&arg("--frames", "16,32,64,128,256"));

@@ -11,8 +11,9 @@
 //! from the same seed with dense attention and with DSV attention held in its sparse stage at
 //! the given sparsity (budget = (1 − s)·N keys per head, from step 2 on), and prints steps/s,
 //! their ratio, the share of a dense step spent in attention (attention forward+backward
-//! timed alone on the step's shapes), and — with `--quality-steps N` — the mean loss of the
-//! last 10 of N steps for both.
+//! timed alone on the step's shapes), and — with `--quality-steps N` — the mean training loss
+//! of the last 10 of N steps and the held-out validation loss after them
+//! ([`Trainer::validation_loss`]: the same clips, noise and noise levels for both).
 
 use std::time::Instant;
 
@@ -47,8 +48,13 @@ fn config(clip: ClipShape, attention: AttentionKind) -> TrainConfig {
     c
 }
 
-/// Trains `steps` steps after one warm-up step; returns (steps/s, losses of every step).
-fn run(config: TrainConfig, steps: usize, sparse: bool, device: &Device) -> (f64, Vec<f32>) {
+/// Held-out clips and noise levels of the validation loss: 16 forward passes per model.
+const VALIDATION_CLIPS: usize = 4;
+const VALIDATION_SIGMAS: [f64; 4] = [0.2, 0.4, 0.6, 0.8];
+
+/// Trains `steps` steps after one warm-up step; returns (steps/s, losses of every step, the
+/// trained run).
+fn run(config: TrainConfig, steps: usize, sparse: bool, device: &Device) -> (f64, Vec<f32>, Trainer) {
     let mut trainer = Trainer::new(config, device).expect("bouncing shapes need no files");
     let mut losses = vec![trainer.train_step().loss];
     if sparse {
@@ -64,7 +70,7 @@ fn run(config: TrainConfig, steps: usize, sparse: bool, device: &Device) -> (f64
     if sparse {
         assert!(trainer.model().dsv_layers().iter().all(|l| l.stats().ran_sparse), "DSV layers must run sparse in the benchmark");
     }
-    (rate, losses)
+    (rate, losses, trainer)
 }
 
 /// Seconds of dense attention forward+backward for one step's shapes (all layers).
@@ -104,31 +110,48 @@ fn main() {
             .with_profile_every(1000),
     );
     println!("device {device:?}; tiny DiT (width 128, depth 4, 4 heads), batch 1, {steps} timed steps, DSV at sparsity {sparsity}");
-    println!("{:>7} | {:>9} {:>9} {:>7} | {:>10} | {:>10} {:>10}", "tokens", "dense it/s", "DSV it/s", "ratio", "attn share", "dense loss", "DSV loss");
+    println!(
+        "{:>7} | {:>9} {:>9} {:>7} | {:>10} | {:>10} {:>10} | {:>10} {:>10}",
+        "tokens", "dense it/s", "DSV it/s", "ratio", "attn share", "dense loss", "DSV loss", "dense val", "DSV val"
+    );
     let mut rows = Vec::new();
     for &t in &frames {
         let clip = ClipShape { frames: t, height: size, width: size };
         let [pt, ph, pw] = VideoDitConfig::tiny().patch;
         let tokens = (t / pt) * (size / ph) * (size / pw);
-        let (dense_rate, _) = run(config(clip, AttentionKind::Dense), steps, false, &device);
-        let (dsv_rate, _) = run(config(clip, dsv.clone()), steps, true, &device);
+        let (dense_rate, ..) = run(config(clip, AttentionKind::Dense), steps, false, &device);
+        let (dsv_rate, ..) = run(config(clip, dsv.clone()), steps, true, &device);
         let step_seconds = 1.0 / dense_rate;
         let share = attention_seconds(tokens, &VideoDitConfig::tiny(), &device) / step_seconds;
+        // (mean of the last 10 training losses, validation loss) of each side.
         let quality = (quality_steps > 0).then(|| {
-            let tail = |l: Vec<f32>| l.iter().rev().take(10).sum::<f32>() / l.len().min(10) as f32;
-            let (_, dense_losses) = run(config(clip, AttentionKind::Dense), quality_steps, false, &device);
-            let (_, dsv_losses) = run(config(clip, dsv.clone()), quality_steps, true, &device);
-            (tail(dense_losses), tail(dsv_losses))
+            let measure = |(_, losses, trainer): (f64, Vec<f32>, Trainer)| {
+                let tail = losses.iter().rev().take(10).sum::<f32>() / losses.len().min(10) as f32;
+                (tail, trainer.validation_loss(VALIDATION_CLIPS, &VALIDATION_SIGMAS, 7).expect("valid validation settings"))
+            };
+            let dense = measure(run(config(clip, AttentionKind::Dense), quality_steps, false, &device));
+            let dsv = measure(run(config(clip, dsv.clone()), quality_steps, true, &device));
+            (dense, dsv)
         });
         let fmt = |x: Option<f32>| x.map(|v| format!("{v:.4}")).unwrap_or("-".into());
         println!(
-            "{:>7} | {:>9.3} {:>9.3} {:>6.2}x | {:>9.1}% | {:>10} {:>10}",
-            tokens, dense_rate, dsv_rate, dsv_rate / dense_rate, 100.0 * share, fmt(quality.map(|q| q.0)), fmt(quality.map(|q| q.1))
+            "{:>7} | {:>9.3} {:>9.3} {:>6.2}x | {:>9.1}% | {:>10} {:>10} | {:>10} {:>10}",
+            tokens,
+            dense_rate,
+            dsv_rate,
+            dsv_rate / dense_rate,
+            100.0 * share,
+            fmt(quality.map(|q| q.0.0)),
+            fmt(quality.map(|q| q.1.0)),
+            fmt(quality.map(|q| q.0.1)),
+            fmt(quality.map(|q| q.1.1))
         );
         rows.push(serde_json::json!({
             "tokens": tokens, "frames": t, "size": size, "dense_steps_per_s": dense_rate, "dsv_steps_per_s": dsv_rate,
             "ratio": dsv_rate / dense_rate, "attention_share_dense": share, "sparsity": sparsity,
-            "quality_steps": quality_steps, "dense_loss": quality.map(|q| q.0), "dsv_loss": quality.map(|q| q.1),
+            "quality_steps": quality_steps, "dense_loss": quality.map(|q| q.0.0), "dsv_loss": quality.map(|q| q.1.0),
+            "validation": quality.map(|_| serde_json::json!({ "clips": VALIDATION_CLIPS, "sigmas": VALIDATION_SIGMAS, "seed": 7 })),
+            "dense_validation_loss": quality.map(|q| q.0.1), "dsv_validation_loss": quality.map(|q| q.1.1),
         }));
     }
     if let Some(dir) = std::path::Path::new(&out).parent() {

@@ -84,7 +84,11 @@ fn metrics(video: &Frames, clip_starts: &[usize], frame_patch: usize) -> serde_j
     })
 }
 
+#[path = "common/allocator.rs"]
+mod allocator;
+
 fn main() {
+    allocator::keep_freed_memory();
     let args = Args::parse();
     if args.ranks == 0 || args.clips_per_rank == 0 {
         fail("--ranks and --clips-per-rank must be ≥ 1");

@@ -11,6 +11,7 @@ use burn::optim::AdamWConfig;
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
+use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvGradients, DsvHost, DsvTrainer};
 use serde::{Deserialize, Serialize};
 
@@ -364,6 +365,35 @@ impl Trainer {
         log
     }
 
+    /// Held-out flow-matching loss of the live weights: each of the first `clips` held-out
+    /// clips (the items after the training set), with its own labels, noised at every noise
+    /// level in `sigmas` by noise drawn from `seed`. The inputs depend only on the arguments
+    /// and the data, so two runs that trained differently (dense and DSV attention, say) are
+    /// compared on the same examples, free of the noise of their batch-by-batch training
+    /// losses. Runs without gradient; DSV layers attend as they train now (dense or sparse)
+    /// and count no step.
+    pub fn validation_loss(&self, clips: usize, sigmas: &[f64], seed: u64) -> Result<f32, SparseAttnError> {
+        const F: &str = "Trainer::validation_loss";
+        SparseAttnError::check(clips >= 1, F, "clips", "at least 1", clips)?;
+        SparseAttnError::check(!sigmas.is_empty() && sigmas.iter().all(|s| (0.0..=1.0).contains(s)), F, "sigmas", "one or more noise levels in [0, 1]", format!("{sigmas:?}"))?;
+        let model = self.model.valid();
+        let device = model.devices().into_iter().next().expect("a model lives on a device");
+        let n = sigmas.len();
+        let sigma = Tensor::<1>::from_data(TensorData::new(sigmas.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]), &device);
+        let mut rng = SplitMix(seed);
+        let mut total = 0.0;
+        // One clip at a time, its noise levels as the batch: memory stays that of `n` clips.
+        for i in 0..clips {
+            let clip = self.data.generate(self.config.dataset_size + i);
+            let batch = self.batcher.batch(vec![clip; n], &device);
+            let noise = rng.normal_tensor(batch.videos.dims(), &device);
+            let x_t = add_noise(batch.videos.clone(), noise.clone(), sigma.clone());
+            let v = model.forward(x_t, sigma.clone(), model.embed_labels(batch.labels))?;
+            total += (v - velocity_target(batch.videos, noise)).square().mean().into_scalar::<f32>();
+        }
+        Ok(total / clips as f32)
+    }
+
     /// Samples one clip per label with the EMA weights; `seed` fixes the noise.
     pub fn sample(&self, labels: &[(usize, usize)], seed: u64) -> Vec<Frames> {
         generate(&self.ema, self.config.clip, labels, self.config.sampler, seed)
@@ -473,15 +503,27 @@ pub fn load_for_sampling(dir: &Path, device: &Device) -> Result<(VideoDit, Train
 pub fn generate(model: &VideoDit, clip: ClipShape, labels: &[(usize, usize)], sampler: SamplerConfig, seed: u64) -> Vec<Frames> {
     let device = model.devices().into_iter().next().expect("a model lives on a device");
     let n = labels.len();
-    let noise = SplitMix(seed).normal_tensor([n, 3, clip.frames, clip.height, clip.width], &device);
-    // A stochastic sampler draws its step noise from the device's (global) generator; the
-    // deterministic one draws nothing, so leave the generator alone.
-    if sampler.stochasticity > 0.0 {
-        device.seed(seed);
+    if n == 0 {
+        return Vec::new();
     }
-    let cond = model.embed_labels(label_ids(labels, &device));
-    let uncond = model.embed_labels(Tensor::zeros([n, COND_TOKENS], &device));
-    let videos = sample_euler(model, noise, cond, uncond, sampler).expect("sampling shapes come from the config");
+    let noise = SplitMix(seed).normal_tensor([n, 3, clip.frames, clip.height, clip.width], &device);
+    let sample = |noise: Tensor<5>, labels: &[(usize, usize)]| {
+        let cond = model.embed_labels(label_ids(labels, &device));
+        let uncond = model.embed_labels(Tensor::zeros([labels.len(), COND_TOKENS], &device));
+        sample_euler(model, noise, cond, uncond, sampler).expect("sampling shapes come from the config")
+    };
+    let videos = if sampler.stochasticity > 0.0 {
+        // A stochastic sampler draws its step noise from the device's (global) generator, so
+        // it samples in one batch; the deterministic one draws nothing and leaves it alone.
+        device.seed(seed);
+        sample(noise, labels)
+    } else {
+        // Shares of the labels sample in parallel, as training replicas do (Flex runs most
+        // ops on one core); each clip starts from the noise it would get in one batch.
+        let shares = batch_shares(n, rayon::current_num_threads());
+        let parts: Vec<Tensor<5>> = shares.into_par_iter().map(|(start, len)| sample(noise.clone().narrow(0, start, len), &labels[start..start + len])).collect();
+        Tensor::cat(parts, 0)
+    };
     let pixels: Vec<f32> = videos.into_data().convert::<f32>().try_to_vec().expect("f32 video");
     let per = 3 * clip.frames * clip.height * clip.width;
     pixels.chunks_exact(per).map(|p| Frames::from_chw(p, clip.frames, clip.height, clip.width)).collect()

@@ -3,7 +3,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_dit::optim::{DitOptimizer, MUON_PARAMS, ODD_BLOCKS_OPTIMIZER_FILE, OPTIMIZER_FILE, OptimizerKind, dit_optimizer};
 use burn_dit::{AttentionKind, VideoDit};
-use burn_dit::train::{CheckpointError, TrainConfig, Trainer};
+use burn_dit::data::SplitMix;
+use burn_dit::flow::{add_noise, velocity_target};
+use burn_dit::train::{CheckpointError, TrainConfig, Trainer, label_ids};
 use burn_sparse_attn::dsv::DsvHost;
 
 use crate::common::*;
@@ -301,4 +303,45 @@ fn the_optimizer_shards_update_like_one_optimizer() {
     let mut legacy = DitOptimizer::load_unsharded(OptimizerKind::Muon, &dir).unwrap();
     step_both(&mut one, &mut legacy, models);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn validation_loss_is_the_held_out_flow_matching_loss() {
+    let device = Device::flex();
+    let config = micro_train(micro_dsv());
+    let mut trainer = Trainer::new(config.clone(), &device).unwrap();
+    for _ in 0..2 {
+        trainer.train_step();
+    }
+    let sigmas = [0.3, 0.8];
+    let loss = trainer.validation_loss(2, &sigmas, 5).unwrap();
+    assert_eq!(trainer.validation_loss(2, &sigmas, 5).unwrap(), loss, "the same inputs give the same loss");
+    assert_ne!(trainer.validation_loss(2, &sigmas, 6).unwrap(), loss, "the seed draws the noise");
+    assert_eq!(trainer.model().dsv_layers()[0].stats().step, 2, "validation counts no DSV step");
+
+    // One (clip, noise level) at a time, from the documented inputs: held-out clip i (item
+    // dataset_size + i), its labels, and noise drawn clip after clip from SplitMix(seed).
+    let model = trainer.model().valid();
+    let clip = config.clip;
+    let mut rng = SplitMix(5);
+    let mut losses = Vec::new();
+    for i in 0..2 {
+        let item = trainer.data().generate(config.dataset_size + i);
+        let x0 = Tensor::<5>::from_data(TensorData::new(item.pixels.clone(), [1, 3, clip.frames, clip.height, clip.width]), &device);
+        let noise = rng.normal_tensor([sigmas.len(), 3, clip.frames, clip.height, clip.width], &device);
+        for (j, &s) in sigmas.iter().enumerate() {
+            let noise = noise.clone().narrow(0, j, 1);
+            let sigma = Tensor::<1>::from_floats([s as f32], &device);
+            let x_t = add_noise(x0.clone(), noise.clone(), sigma.clone());
+            let v = model.forward(x_t, sigma, model.embed_labels(label_ids(&[(item.object, item.colour)], &device))).unwrap();
+            losses.push((v - velocity_target(x0.clone(), noise)).square().mean().into_scalar::<f32>());
+        }
+    }
+    let expected = losses.iter().sum::<f32>() / losses.len() as f32;
+    assert!((loss - expected).abs() < 1e-5 * expected, "validation loss {loss}, clip by clip {expected}");
+
+    let message = |r: Result<f32, burn_sparse_attn::SparseAttnError>| r.unwrap_err().to_string();
+    assert!(message(trainer.validation_loss(0, &sigmas, 5)).contains("clips"));
+    assert!(message(trainer.validation_loss(1, &[0.5, 1.5], 5)).contains("sigmas"));
+    assert!(message(trainer.validation_loss(1, &[], 5)).contains("sigmas"));
 }
