@@ -18,10 +18,9 @@ pub fn keep_freed_memory() {
     // SAFETY: mallopt only changes allocator parameters; it is called before any other thread
     // exists. A refused setting (return value 0) leaves glibc's default, which is still correct.
     unsafe {
-        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets; blocks past it
-        // would still be mapped, so mmap is off altogether (a thread arena that cannot grow
-        // its heap still maps a block: glibc falls back to mmap there).
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        // mmap off altogether: even at glibc's largest threshold (32 MiB) bigger blocks would
+        // still be mapped (a thread arena that cannot grow its heap still maps a block: glibc
+        // falls back to mmap there).
         libc::mallopt(libc::M_MMAP_MAX, 0);
         // -1: never trim.
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
