@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example bench_training -- [--frames 8,16,32] [--size 64]
-//!     [--steps 6] [--quality-steps 0] [--sparsity 0.9] [--device flex|ndarray|wgpu|vulkan|cuda]
+//!     [--steps 6] [--quality-steps 0] [--dense-steps 1] [--seeds 42] [--tail 10] [--sparsity 0.9]
+//!     [--device flex|ndarray|wgpu|vulkan|cuda]
 //!     [--out out/bench_training.json, or out/bench_training_quality.json with --quality-steps]
 //! ```
 //!
@@ -12,8 +13,17 @@
 //! the given sparsity (budget = (1 − s)·N keys per head, from step 2 on), and prints steps/s,
 //! their ratio, the share of a dense step spent in attention (attention forward+backward
 //! timed alone on the step's shapes), and — with `--quality-steps N` — the mean training loss
-//! of the last 10 of N steps and the held-out validation loss after them
-//! ([`Trainer::validation_loss`]: the same clips, noise and noise levels for both).
+//! of the last `--tail` of N steps and the held-out validation loss after them, of the live
+//! and of the EMA weights ([`Trainer::validation_loss`], [`Trainer::ema_validation_loss`]:
+//! the same clips, noise and noise levels for both).
+//!
+//! A quality run pairs DSV with its own twin held dense: the same model, initial weights,
+//! data and noise, whose layers never go sparse, so that the two losses differ only by the
+//! sparse attention (a dense-attention model from the same seed starts from other weights,
+//! the predictors drawing their weights from the same generator). It follows DSV's two stages: `--dense-steps
+//! D` steps in which the predictors learn, then N steps with DSV sparse. It is repeated for
+//! every seed of `--seeds`; the table shows the means and the JSON each seed with both loss
+//! curves, since one batch-1 run is noisy.
 
 use std::time::Instant;
 
@@ -40,9 +50,10 @@ fn arg_str(name: &str, default: &str) -> String {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
 }
 
-fn config(clip: ClipShape, attention: AttentionKind) -> TrainConfig {
+fn config(clip: ClipShape, attention: AttentionKind, seed: u64) -> TrainConfig {
     let mut c = TrainConfig::tiny(VideoDitConfig::tiny().with_attention(attention));
     c.clip = clip;
+    c.seed = seed;
     c.batch_size = 1;
     c.warmup_steps = 10;
     c
@@ -52,11 +63,38 @@ fn config(clip: ClipShape, attention: AttentionKind) -> TrainConfig {
 const VALIDATION_CLIPS: usize = 4;
 const VALIDATION_SIGMAS: [f64; 4] = [0.2, 0.4, 0.6, 0.8];
 
-/// Trains `steps` steps after one warm-up step; returns (steps/s, losses of every step, the
-/// trained run).
-fn run(config: TrainConfig, steps: usize, sparse: bool, device: &Device) -> (f64, Vec<f32>, Trainer) {
+/// What a quality run measures of one trained run.
+struct Quality {
+    /// Mean training loss of the last `--tail` steps.
+    loss: f32,
+    /// Held-out loss of the live weights, and of the EMA weights.
+    val: f32,
+    ema_val: f32,
+    /// Training losses as means of 10 steps, to see a run that diverged.
+    curve: Vec<f32>,
+}
+
+impl Quality {
+    fn of((_, losses, trainer): (f64, Vec<f32>, Trainer), tail_steps: usize) -> Self {
+        let valid = "valid validation settings";
+        Self {
+            loss: losses.iter().rev().take(tail_steps).sum::<f32>() / losses.len().min(tail_steps) as f32,
+            val: trainer.validation_loss(VALIDATION_CLIPS, &VALIDATION_SIGMAS, 7).expect(valid),
+            ema_val: trainer.ema_validation_loss(VALIDATION_CLIPS, &VALIDATION_SIGMAS, 7).expect(valid),
+            curve: losses.chunks(10).map(|c| c.iter().sum::<f32>() / c.len() as f32).collect(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "loss": self.loss, "validation_loss": self.val, "ema_validation_loss": self.ema_val, "loss_per_10_steps": self.curve })
+    }
+}
+
+/// Trains `dense_steps` untimed steps (DSV's dense stage), then `steps` timed ones with DSV
+/// (when `sparse`) held sparse; returns (steps/s, losses of every step, the trained run).
+fn run(config: TrainConfig, dense_steps: usize, steps: usize, sparse: bool, device: &Device) -> (f64, Vec<f32>, Trainer) {
     let mut trainer = Trainer::new(config, device).expect("bouncing shapes need no files");
-    let mut losses = vec![trainer.train_step().loss];
+    let mut losses: Vec<f32> = (0..dense_steps.max(1)).map(|_| trainer.train_step().loss).collect();
     if sparse {
         for layer in trainer.model().dsv_layers() {
             layer.set_stage(DsvStage::Sparse);
@@ -67,9 +105,8 @@ fn run(config: TrainConfig, steps: usize, sparse: bool, device: &Device) -> (f64
         losses.push(trainer.train_step().loss);
     }
     let rate = steps as f64 / start.elapsed().as_secs_f64();
-    if sparse {
-        assert!(trainer.model().dsv_layers().iter().all(|l| l.stats().ran_sparse), "DSV layers must run sparse in the benchmark");
-    }
+    let ran_sparse = trainer.model().dsv_layers().iter().map(|l| l.stats().ran_sparse).collect::<Vec<_>>();
+    assert!(ran_sparse.iter().all(|&r| r == sparse), "DSV layers must run sparse exactly when asked, ran sparse: {ran_sparse:?}");
     (rate, losses, trainer)
 }
 
@@ -96,62 +133,84 @@ fn main() {
     let size = arg_list("--size", "64")[0];
     let steps = arg_list("--steps", "6")[0];
     let quality_steps = arg_list("--quality-steps", "0")[0];
+    let dense_steps = arg_list("--dense-steps", "1")[0];
+    let seeds = arg_list("--seeds", "42");
     let sparsity: f64 = arg_str("--sparsity", "0.9").parse().expect("--sparsity");
     // A quality run writes beside the length sweep, not over it.
     let out = arg_str("--out", if quality_steps > 0 { "out/bench_training_quality.json" } else { "out/bench_training.json" });
     let device = device_named(&arg_str("--device", "flex"));
-    let dsv = AttentionKind::Dsv(
-        DsvPolicy::new()
-            .with_min_sparse_len(0)
-            .with_sparsity_threshold(0.0)
-            .with_min_budget_fraction(1.0 - sparsity)
-            .with_max_budget_fraction(1.0 - sparsity)
-            .with_sample_stride(64)
-            .with_profile_every(1000),
-    );
+    let tail_steps = arg_list("--tail", "10")[0].max(1);
+    let policy = DsvPolicy::new()
+        .with_min_sparse_len(0)
+        .with_sparsity_threshold(0.0)
+        .with_min_budget_fraction(1.0 - sparsity)
+        .with_max_budget_fraction(1.0 - sparsity)
+        .with_sample_stride(64)
+        .with_profile_every(1000);
+    let dsv = AttentionKind::Dsv(policy.clone());
+    // The quality baseline: the same DSV model (same initial weights, predictors learning
+    // alike) that never goes sparse, so the two runs differ only in the sparse attention.
+    let dense_twin = AttentionKind::Dsv(policy.with_min_sparse_len(usize::MAX));
     println!("device {device:?}; tiny DiT (width 128, depth 4, 4 heads), batch 1, {steps} timed steps, DSV at sparsity {sparsity}");
     println!(
-        "{:>7} | {:>9} {:>9} {:>7} | {:>10} | {:>10} {:>10} | {:>10} {:>10}",
-        "tokens", "dense it/s", "DSV it/s", "ratio", "attn share", "dense loss", "DSV loss", "dense val", "DSV val"
+        "{:>7} | {:>9} {:>9} {:>7} | {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10}",
+        "tokens", "dense it/s", "DSV it/s", "ratio", "attn share", "dense loss", "DSV loss", "dense val", "DSV val", "dense EMA", "DSV EMA"
     );
     let mut rows = Vec::new();
     for &t in &frames {
         let clip = ClipShape { frames: t, height: size, width: size };
         let [pt, ph, pw] = VideoDitConfig::tiny().patch;
         let tokens = (t / pt) * (size / ph) * (size / pw);
-        let (dense_rate, ..) = run(config(clip, AttentionKind::Dense), steps, false, &device);
-        let (dsv_rate, ..) = run(config(clip, dsv.clone()), steps, true, &device);
+        let (dense_rate, ..) = run(config(clip, AttentionKind::Dense, 42), 1, steps, false, &device);
+        let (dsv_rate, ..) = run(config(clip, dsv.clone(), 42), 1, steps, true, &device);
         let step_seconds = 1.0 / dense_rate;
         let share = attention_seconds(tokens, &VideoDitConfig::tiny(), &device) / step_seconds;
-        // (mean of the last 10 training losses, validation loss) of each side.
-        let quality = (quality_steps > 0).then(|| {
-            let measure = |(_, losses, trainer): (f64, Vec<f32>, Trainer)| {
-                let tail = losses.iter().rev().take(10).sum::<f32>() / losses.len().min(10) as f32;
-                (tail, trainer.validation_loss(VALIDATION_CLIPS, &VALIDATION_SIGMAS, 7).expect("valid validation settings"))
-            };
-            let dense = measure(run(config(clip, AttentionKind::Dense), quality_steps, false, &device));
-            let dsv = measure(run(config(clip, dsv.clone()), quality_steps, true, &device));
-            (dense, dsv)
-        });
+        // Per seed: (seed, dense twin's measures, DSV's measures).
+        let per_seed: Vec<(usize, Quality, Quality)> = if quality_steps == 0 {
+            Vec::new()
+        } else {
+            seeds
+                .iter()
+                .map(|&seed| {
+                    let dense = Quality::of(run(config(clip, dense_twin.clone(), seed as u64), dense_steps, quality_steps, false, &device), tail_steps);
+                    let dsv = Quality::of(run(config(clip, dsv.clone(), seed as u64), dense_steps, quality_steps, true, &device), tail_steps);
+                    let pct = |a: f32, b: f32| 100.0 * (b / a - 1.0);
+                    println!(
+                        "        seed {seed}: loss {:.4} vs DSV {:.4} ({:+.1}%), val {:.4} vs {:.4} ({:+.1}%), EMA val {:.4} vs {:.4} ({:+.1}%)",
+                        dense.loss, dsv.loss, pct(dense.loss, dsv.loss), dense.val, dsv.val, pct(dense.val, dsv.val), dense.ema_val, dsv.ema_val, pct(dense.ema_val, dsv.ema_val)
+                    );
+                    (seed, dense, dsv)
+                })
+                .collect()
+        };
+        let mean = |f: &dyn Fn(&(usize, Quality, Quality)) -> f32| (!per_seed.is_empty()).then(|| per_seed.iter().map(f).sum::<f32>() / per_seed.len() as f32);
         let fmt = |x: Option<f32>| x.map(|v| format!("{v:.4}")).unwrap_or("-".into());
+        let (dense_loss, dsv_loss) = (mean(&|q| q.1.loss), mean(&|q| q.2.loss));
+        let (dense_val, dsv_val) = (mean(&|q| q.1.val), mean(&|q| q.2.val));
+        let (dense_ema_val, dsv_ema_val) = (mean(&|q| q.1.ema_val), mean(&|q| q.2.ema_val));
         println!(
-            "{:>7} | {:>9.3} {:>9.3} {:>6.2}x | {:>9.1}% | {:>10} {:>10} | {:>10} {:>10}",
+            "{:>7} | {:>9.3} {:>9.3} {:>6.2}x | {:>9.1}% | {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10}",
             tokens,
             dense_rate,
             dsv_rate,
             dsv_rate / dense_rate,
             100.0 * share,
-            fmt(quality.map(|q| q.0.0)),
-            fmt(quality.map(|q| q.1.0)),
-            fmt(quality.map(|q| q.0.1)),
-            fmt(quality.map(|q| q.1.1))
+            fmt(dense_loss),
+            fmt(dsv_loss),
+            fmt(dense_val),
+            fmt(dsv_val),
+            fmt(dense_ema_val),
+            fmt(dsv_ema_val)
         );
         rows.push(serde_json::json!({
             "tokens": tokens, "frames": t, "size": size, "dense_steps_per_s": dense_rate, "dsv_steps_per_s": dsv_rate,
             "ratio": dsv_rate / dense_rate, "attention_share_dense": share, "sparsity": sparsity,
-            "quality_steps": quality_steps, "dense_loss": quality.map(|q| q.0.0), "dsv_loss": quality.map(|q| q.1.0),
-            "validation": quality.map(|_| serde_json::json!({ "clips": VALIDATION_CLIPS, "sigmas": VALIDATION_SIGMAS, "seed": 7 })),
-            "dense_validation_loss": quality.map(|q| q.0.1), "dsv_validation_loss": quality.map(|q| q.1.1),
+            "quality_steps": quality_steps, "dense_steps": dense_steps, "tail_steps": tail_steps,
+            "quality_baseline": "the DSV model held dense (same initial weights)", "dense_loss": dense_loss, "dsv_loss": dsv_loss,
+            "validation": (!per_seed.is_empty()).then(|| serde_json::json!({ "clips": VALIDATION_CLIPS, "sigmas": VALIDATION_SIGMAS, "seed": 7 })),
+            "dense_validation_loss": dense_val, "dsv_validation_loss": dsv_val,
+            "dense_ema_validation_loss": dense_ema_val, "dsv_ema_validation_loss": dsv_ema_val,
+            "seeds": per_seed.iter().map(|(seed, dense, dsv)| serde_json::json!({ "seed": seed, "dense": dense.json(), "dsv": dsv.json() })).collect::<Vec<_>>(),
         }));
     }
     if let Some(dir) = std::path::Path::new(&out).parent() {

@@ -373,10 +373,18 @@ impl Trainer {
     /// losses. Runs without gradient; DSV layers attend as they train now (dense or sparse)
     /// and count no step.
     pub fn validation_loss(&self, clips: usize, sigmas: &[f64], seed: u64) -> Result<f32, SparseAttnError> {
-        const F: &str = "Trainer::validation_loss";
-        SparseAttnError::check(clips >= 1, F, "clips", "at least 1", clips)?;
-        SparseAttnError::check(!sigmas.is_empty() && sigmas.iter().all(|s| (0.0..=1.0).contains(s)), F, "sigmas", "one or more noise levels in [0, 1]", format!("{sigmas:?}"))?;
-        let model = self.model.valid();
+        self.held_out_loss("Trainer::validation_loss", &self.model.valid(), clips, sigmas, seed)
+    }
+
+    /// [`Trainer::validation_loss`] of the EMA weights, the ones sampling uses: less noisy
+    /// than one snapshot of live weights that a small batch still moves at every step.
+    pub fn ema_validation_loss(&self, clips: usize, sigmas: &[f64], seed: u64) -> Result<f32, SparseAttnError> {
+        self.held_out_loss("Trainer::ema_validation_loss", &self.ema, clips, sigmas, seed)
+    }
+
+    fn held_out_loss(&self, function: &'static str, model: &VideoDit, clips: usize, sigmas: &[f64], seed: u64) -> Result<f32, SparseAttnError> {
+        SparseAttnError::check(clips >= 1, function, "clips", "at least 1", clips)?;
+        SparseAttnError::check(!sigmas.is_empty() && sigmas.iter().all(|s| (0.0..=1.0).contains(s)), function, "sigmas", "one or more noise levels in [0, 1]", format!("{sigmas:?}"))?;
         let device = model.devices().into_iter().next().expect("a model lives on a device");
         let n = sigmas.len();
         let sigma = Tensor::<1>::from_data(TensorData::new(sigmas.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]), &device);

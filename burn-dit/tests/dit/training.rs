@@ -321,27 +321,35 @@ fn validation_loss_is_the_held_out_flow_matching_loss() {
 
     // One (clip, noise level) at a time, from the documented inputs: held-out clip i (item
     // dataset_size + i), its labels, and noise drawn clip after clip from SplitMix(seed).
-    let model = trainer.model().valid();
     let clip = config.clip;
-    let mut rng = SplitMix(5);
-    let mut losses = Vec::new();
-    for i in 0..2 {
-        let item = trainer.data().generate(config.dataset_size + i);
-        let x0 = Tensor::<5>::from_data(TensorData::new(item.pixels.clone(), [1, 3, clip.frames, clip.height, clip.width]), &device);
-        let noise = rng.normal_tensor([sigmas.len(), 3, clip.frames, clip.height, clip.width], &device);
-        for (j, &s) in sigmas.iter().enumerate() {
-            let noise = noise.clone().narrow(0, j, 1);
-            let sigma = Tensor::<1>::from_floats([s as f32], &device);
-            let x_t = add_noise(x0.clone(), noise.clone(), sigma.clone());
-            let v = model.forward(x_t, sigma, model.embed_labels(label_ids(&[(item.object, item.colour)], &device))).unwrap();
-            losses.push((v - velocity_target(x0.clone(), noise)).square().mean().into_scalar::<f32>());
+    let clip_by_clip = |model: &VideoDit| {
+        let mut rng = SplitMix(5);
+        let mut losses = Vec::new();
+        for i in 0..2 {
+            let item = trainer.data().generate(config.dataset_size + i);
+            let x0 = Tensor::<5>::from_data(TensorData::new(item.pixels.clone(), [1, 3, clip.frames, clip.height, clip.width]), &device);
+            let noise = rng.normal_tensor([sigmas.len(), 3, clip.frames, clip.height, clip.width], &device);
+            for (j, &s) in sigmas.iter().enumerate() {
+                let noise = noise.clone().narrow(0, j, 1);
+                let sigma = Tensor::<1>::from_floats([s as f32], &device);
+                let x_t = add_noise(x0.clone(), noise.clone(), sigma.clone());
+                let v = model.forward(x_t, sigma, model.embed_labels(label_ids(&[(item.object, item.colour)], &device))).unwrap();
+                losses.push((v - velocity_target(x0.clone(), noise)).square().mean().into_scalar::<f32>());
+            }
         }
-    }
-    let expected = losses.iter().sum::<f32>() / losses.len() as f32;
+        losses.iter().sum::<f32>() / losses.len() as f32
+    };
+    let expected = clip_by_clip(&trainer.model().valid());
     assert!((loss - expected).abs() < 1e-5 * expected, "validation loss {loss}, clip by clip {expected}");
+    // The EMA weights' loss: the same inputs through the sampling weights.
+    let ema_loss = trainer.ema_validation_loss(2, &sigmas, 5).unwrap();
+    let ema_expected = clip_by_clip(trainer.ema());
+    assert!((ema_loss - ema_expected).abs() < 1e-5 * ema_expected, "EMA validation loss {ema_loss}, clip by clip {ema_expected}");
+    assert_ne!(ema_loss, loss, "the EMA weights are not the live ones after two steps");
 
     let message = |r: Result<f32, burn_sparse_attn::SparseAttnError>| r.unwrap_err().to_string();
     assert!(message(trainer.validation_loss(0, &sigmas, 5)).contains("clips"));
     assert!(message(trainer.validation_loss(1, &[0.5, 1.5], 5)).contains("sigmas"));
     assert!(message(trainer.validation_loss(1, &[], 5)).contains("sigmas"));
+    assert!(message(trainer.ema_validation_loss(0, &sigmas, 5)).contains("ema_validation_loss"));
 }
