@@ -5,6 +5,8 @@
 #                               runs the CubeCL backends on CPU through the `wgpu` feature
 #   --fashion                   also installs Debian's Fashion-MNIST files (moving
 #                               Fashion-MNIST clips: `video_dit train --data fashion`)
+#   --mpi                       also installs OpenMPI (`mpirun`, headers) and libclang, which
+#                               the `mpi` feature (multi-process context parallelism) needs
 # Packages need root or sudo the first time.
 set -euo pipefail
 
@@ -18,7 +20,11 @@ for arg in "$@"; do
     case "$arg" in
         --vulkan) ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers) ;;
         --fashion) [[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || packages+=(dataset-fashion-mnist) ;;
-        *) echo "setup: unknown option $arg (expected --vulkan, --fashion)" >&2; exit 2 ;;
+        --mpi)
+            command -v mpirun >/dev/null 2>&1 || packages+=(openmpi-bin)
+            command -v mpicc >/dev/null 2>&1 || packages+=(libopenmpi-dev)
+            ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || packages+=(libclang-dev) ;;
+        *) echo "setup: unknown option $arg (expected --vulkan, --fashion, --mpi)" >&2; exit 2 ;;
     esac
 done
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The README's test command: every crate's tests on the CPU backends (Flex and NdArray, with
-# Debian's Fashion-MNIST files for the moving Fashion-MNIST test), then
+# Debian's Fashion-MNIST files for the moving Fashion-MNIST test, and context parallelism
+# across processes under OpenMPI's mpirun), then
 # the sparse-attention tests once more with the CubeCL (wgpu) backend on Mesa's software
 # Vulkan driver; closed by one total over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --vulkan --fashion
+scripts/setup.sh --vulkan --fashion --mpi
 # The Fashion-MNIST test must run here, not skip.
 export DIT_REQUIRE_FASHION=1
 # wgpu warns without a runtime dir; any private writable folder will do.
@@ -14,7 +15,7 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --features ndarray "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --features ndarray,mpi "$@" 2>&1 | tee "$log" || status=$?
 if [[ $status -eq 0 ]]; then
     cargo test -p burn-sparse-attn --features wgpu --test sparse_attn "$@" 2>&1 | tee -a "$log" || status=$?
 fi

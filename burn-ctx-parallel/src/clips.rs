@@ -4,6 +4,7 @@
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 
+use crate::Halo;
 use crate::group::{DeviceGroup, Transport};
 
 /// How a video of `total_frames` frames is cut into clips along time and which rank holds
@@ -77,9 +78,6 @@ impl ClipLayout {
         Self::new(self.frames.iter().map(|f| f * factor).collect(), self.world).expect("scaling keeps a valid layout")
     }
 }
-
-/// What one clip receives from its two neighbours: the slices before it and after it.
-pub type Halo<const D: usize> = (Option<Tensor<D>>, Option<Tensor<D>>);
 
 /// The slices clip `c` needs from its neighbours along `dim` for anything that looks
 /// `halo` slices past its edges (a temporal convolution, a local attention window): the last

@@ -1,17 +1,9 @@
-//! A group of ranks driven from one process, and the collectives over it.
+//! A group of ranks driven from one process (one controller holds every rank's tensors), as
+//! used by clip-parallel video models; per-rank (SPMD) code uses
+//! [`Communicator`](crate::Communicator) instead.
 //!
-//! Every collective is written with two primitives: [`Transport::send`] (a tensor to another
-//! rank's device) and local tensor ops (slice, cat, add). With Burn's `Tensor::to_device` as
-//! the transport, that is NCCL send/recv between CUDA devices inside CubeCL and a plain move
-//! (or nothing, for ranks sharing a CPU device) elsewhere; both are differentiable, so the
-//! collectives are too.
-//!
-//! ## Adding a multi-process transport
-//! Implement [`Transport`] over a communicator (NCCL through cudarc's `Comm`, or MPI): `send`
-//! becomes a matched send/recv pair between the two processes and `rank_device` the local
-//! device. Only the driver changes — each process then holds one rank's tensors and runs the
-//! same collective code, with the loops over ranks reduced to its own; the parallel attention
-//! above calls collectives only and needs no change.
+//! Its collectives are written with [`Transport::send`] (a tensor to another rank's device,
+//! Burn's `Tensor::to_device`) and local tensor ops, so autodiff differentiates them.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +11,6 @@ use burn::tensor::{Device, Tensor};
 
 use burn_sparse_attn::SparseAttnError;
 
-use crate::clips::{ClipLayout, Halo, clip_halos};
 
 /// Moves tensors between ranks.
 pub trait Transport: Send + Sync {
@@ -63,13 +54,18 @@ impl<T: Transport> Transport for SubTransport<T> {
     }
 }
 
-/// Bytes and messages moved between distinct ranks, by collective.
+/// Bytes and messages sent to other ranks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommStats {
-    /// Bytes sent between distinct ranks.
+    /// Tensor bytes sent between distinct ranks in forward passes (metadata included for
+    /// [`Communicator`](crate::Communicator); message headers not).
     pub bytes: u64,
-    /// Point-to-point messages between distinct ranks.
+    /// Point-to-point messages between distinct ranks in forward passes.
     pub messages: u64,
+    /// Gradient bytes sent back by the collectives' backward passes.
+    pub backward_bytes: u64,
+    /// Messages of the backward passes.
+    pub backward_messages: u64,
 }
 
 /// Ranks `0..world` over a transport, with byte counters.
@@ -147,64 +143,10 @@ impl<T: Transport> DeviceGroup<T> {
         self.transport.send(tensor, from, to)
     }
 
-    /// Every rank receives the concatenation of all ranks' parts along `dim`.
-    pub fn all_gather<const D: usize>(&self, parts: Vec<Tensor<D>>, dim: usize) -> Result<Vec<Tensor<D>>, SparseAttnError> {
-        self.check_parts("DeviceGroup::all_gather", &parts)?;
-        Ok((0..self.world)
-            .map(|to| Tensor::cat(parts.iter().enumerate().map(|(from, p)| self.send(p.clone(), from, to)).collect(), dim))
-            .collect())
-    }
-
-    /// All-to-all with uneven splits: rank `r` cuts its part along `split_dim` into pieces of
-    /// `sizes[0..world]` and sends piece `j` to rank `j`; each rank concatenates what it
-    /// receives, in rank order, along `concat_dim`.
-    pub fn all_to_all<const D: usize>(&self, parts: Vec<Tensor<D>>, split_dim: usize, sizes: &[usize], concat_dim: usize) -> Result<Vec<Tensor<D>>, SparseAttnError> {
-        const F: &str = "DeviceGroup::all_to_all";
-        self.check_parts(F, &parts)?;
-        SparseAttnError::check(sizes.len() == self.world, F, "sizes", format!("one size per rank ({})", self.world), sizes.len())?;
-        let total: usize = sizes.iter().sum();
-        for p in &parts {
-            SparseAttnError::check(p.dims()[split_dim] == total, F, "parts", format!("size {total} along dim {split_dim} (the sum of `sizes`)"), p.dims()[split_dim])?;
-        }
-        let offsets: Vec<usize> = sizes.iter().scan(0, |acc, &s| { let o = *acc; *acc += s; Some(o) }).collect();
-        Ok((0..self.world)
-            .map(|to| {
-                let pieces = parts.iter().enumerate().filter(|_| sizes[to] > 0).map(|(from, p)| self.send(p.clone().narrow(split_dim, offsets[to], sizes[to]), from, to)).collect::<Vec<_>>();
-                Tensor::cat(pieces, concat_dim)
-            })
-            .collect())
-    }
-
     /// Sum over ranks, every rank receiving the total (reduce to rank 0, then broadcast).
     pub fn all_reduce<const D: usize>(&self, parts: Vec<Tensor<D>>) -> Result<Vec<Tensor<D>>, SparseAttnError> {
         self.check_parts("DeviceGroup::all_reduce", &parts)?;
         let total = parts.into_iter().enumerate().map(|(from, p)| self.send(p, from, 0)).reduce(|a, b| a + b).expect("non-empty group");
         Ok((0..self.world).map(|to| self.send(total.clone(), 0, to)).collect())
-    }
-
-    /// Sum over ranks, rank `r` keeping the `r`-th of `world` equal slices along `dim`.
-    pub fn reduce_scatter<const D: usize>(&self, parts: Vec<Tensor<D>>, dim: usize) -> Result<Vec<Tensor<D>>, SparseAttnError> {
-        const F: &str = "DeviceGroup::reduce_scatter";
-        self.check_parts(F, &parts)?;
-        let n = parts[0].dims()[dim];
-        SparseAttnError::check(n % self.world == 0, F, "parts", format!("a size along dim {dim} divisible by {}", self.world), n)?;
-        let chunk = n / self.world;
-        Ok((0..self.world)
-            .map(|to| parts.iter().enumerate().map(|(from, p)| self.send(p.clone().narrow(dim, to * chunk, chunk), from, to)).reduce(|a, b| a + b).expect("non-empty group"))
-            .collect())
-    }
-
-    /// Halo exchange along `dim`: rank `r` receives the last `halo` slices of rank `r − 1`
-    /// (`None` on rank 0) and the first `halo` slices of rank `r + 1` (`None` on the last).
-    pub fn halo_exchange<const D: usize>(&self, parts: &[Tensor<D>], dim: usize, halo: usize) -> Result<Vec<Halo<D>>, SparseAttnError> {
-        const F: &str = "DeviceGroup::halo_exchange";
-        self.check_parts(F, parts)?;
-        SparseAttnError::check(dim < D, F, "dim", format!("< {D}"), dim)?;
-        for p in parts {
-            SparseAttnError::check(p.dims()[dim] >= halo, F, "halo", format!("≤ every part's size along dim {dim}"), halo)?;
-        }
-        // One clip per rank.
-        let layout = ClipLayout::new(parts.iter().map(|p| p.dims()[dim].max(1)).collect(), self.world)?;
-        clip_halos(self, &layout, parts, dim, halo)
     }
 }

@@ -4,36 +4,23 @@
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 
-use crate::group::{DeviceGroup, Transport};
+use crate::Communicator;
 
-/// Attention over sequence-sharded `q, k, v` (rank `r` holds `[B, H, S_r, D]`, shards in
-/// sequence order) computed head-sharded: each rank attends over the whole sequence for
-/// `H / world` heads with `attend(rank, q, k, v)` — dense, or sparse with that rank's heads'
-/// index — and gets its sequence shard of the output back.
-pub fn head_parallel_attention<T: Transport>(
-    group: &DeviceGroup<T>,
-    q: Vec<Tensor<4>>,
-    k: Vec<Tensor<4>>,
-    v: Vec<Tensor<4>>,
-    attend: impl Fn(usize, Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, SparseAttnError>,
-) -> Result<Vec<Tensor<4>>, SparseAttnError> {
+/// Attention over this rank's sequence shard `q, k, v: [B, H, S_r, D]` (shards in rank
+/// order) computed head-sharded: this rank attends over the whole sequence for heads
+/// `rank·H/world .. (rank+1)·H/world` with `attend(q, k, v)` — dense, or sparse with those
+/// heads' index — and gets its sequence shard of the output back.
+pub fn head_parallel_attention(comm: &Communicator, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, attend: impl FnOnce(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, SparseAttnError>) -> Result<Tensor<4>, SparseAttnError> {
     const F: &str = "head_parallel_attention";
-    let world = group.world();
-    SparseAttnError::check(q.len() == world && k.len() == world && v.len() == world, F, "q", format!("one shard per rank ({world}) in q, k and v"), format!("{}, {}, {}", q.len(), k.len(), v.len()))?;
-    let heads = q[0].dims()[1];
+    let world = comm.world();
+    let heads = q.dims()[1];
     SparseAttnError::check(heads % world == 0, F, "q", format!("a head count divisible by the world size {world}"), heads)?;
-    let seq: Vec<usize> = q.iter().map(|t| t.dims()[2]).collect();
+    SparseAttnError::check(k.dims() == q.dims() && v.dims() == q.dims(), F, "k", format!("the shape of q, {:?}, in k and v", q.dims()), format!("{:?}, {:?}", k.dims(), v.dims()))?;
+    let seq = comm.gather_sizes(q.dims()[2])?;
     let head_split = vec![heads / world; world];
-    let to_heads = |x: Vec<Tensor<4>>| group.all_to_all(x, 1, &head_split, 2);
-    let (q, k, v) = (to_heads(q)?, to_heads(k)?, to_heads(v)?);
-    let out = q
-        .into_iter()
-        .zip(k)
-        .zip(v)
-        .enumerate()
-        .map(|(rank, ((q, k), v))| attend(rank, q, k, v))
-        .collect::<Result<Vec<_>, _>>()?;
-    group.all_to_all(out, 2, &seq, 1)
+    let to_heads = |x: Tensor<4>| comm.all_to_all(x, 1, &head_split, 2);
+    let out = attend(to_heads(q)?, to_heads(k)?, to_heads(v)?)?;
+    comm.all_to_all(out, 2, &seq, 1)
 }
 
 /// Bytes one rank sends in [`head_parallel_attention`] for `f32` q, k, v and output:

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 
-use crate::group::{DeviceGroup, Transport};
+use crate::Communicator;
 
 /// Dense attention of one query block against one key block, with its log-sum-exp
 /// (`[B, H, S_q, 1]`), from differentiable tensor ops.
@@ -28,37 +28,24 @@ fn merge(a: (Tensor<4>, Tensor<4>), b: (Tensor<4>, Tensor<4>)) -> (Tensor<4>, Te
     (out, max + total.log())
 }
 
-/// Attention over sequence-sharded `q, k, v` (rank `r` holds `[B, H, S_r, D]`): `world − 1`
-/// ring steps pass every K/V block once round the ring; outputs stay sharded. Forward and
-/// backward (through autodiff) equal unsharded attention.
-pub fn ring_attention<T: Transport>(group: &DeviceGroup<T>, q: Vec<Tensor<4>>, k: Vec<Tensor<4>>, v: Vec<Tensor<4>>, scale: Option<f64>) -> Result<Vec<Tensor<4>>, SparseAttnError> {
+/// Attention over this rank's sequence shard `q, k, v: [B, H, S_r, D]` (shards in rank
+/// order): `world − 1` ring steps pass every K/V block once round the ring; the output stays
+/// sharded. Forward and backward (through autodiff and the collectives' transposes) equal
+/// unsharded attention.
+pub fn ring_attention(comm: &Communicator, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -> Result<Tensor<4>, SparseAttnError> {
     const F: &str = "ring_attention";
-    let world = group.world();
-    SparseAttnError::check(q.len() == world && k.len() == world && v.len() == world, F, "q", format!("one shard per rank ({world}) in q, k and v"), format!("{}, {}, {}", q.len(), k.len(), v.len()))?;
-    let d = q[0].dims()[3];
+    SparseAttnError::check(k.dims() == v.dims() && k.dims()[..2] == q.dims()[..2] && k.dims()[3] == q.dims()[3], F, "k", format!("[{}, {}, S_r, {}] in k and v", q.dims()[0], q.dims()[1], q.dims()[3]), format!("{:?}, {:?}", k.dims(), v.dims()))?;
+    let (world, rank) = (comm.world(), comm.rank());
+    let d = q.dims()[3];
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
-    let mut acc: Vec<Option<(Tensor<4>, Tensor<4>)>> = vec![None; world];
-    let (mut k_blocks, mut v_blocks) = (k, v);
-    for step in 0..world {
-        for r in 0..world {
-            let part = partial_attention(q[r].clone(), k_blocks[r].clone(), v_blocks[r].clone(), scale);
-            acc[r] = Some(match acc[r].take() {
-                Some(prev) => merge(prev, part),
-                None => part,
-            });
-        }
-        if step + 1 < world {
-            // Each rank passes the block it holds to the next rank.
-            let pass = |blocks: Vec<Tensor<4>>| -> Vec<Tensor<4>> {
-                let mut next: Vec<Option<Tensor<4>>> = vec![None; world];
-                for (r, b) in blocks.into_iter().enumerate() {
-                    next[(r + 1) % world] = Some(group.send(b, r, (r + 1) % world));
-                }
-                next.into_iter().map(|b| b.expect("every rank receives a block")).collect()
-            };
-            k_blocks = pass(k_blocks);
-            v_blocks = pass(v_blocks);
-        }
+    let (next, prev) = ((rank + 1) % world, (rank + world - 1) % world);
+    let mut acc = partial_attention(q.clone(), k.clone(), v.clone(), scale);
+    // K and V travel together: one message per step.
+    let mut kv = Tensor::cat(vec![k, v], 3);
+    for _ in 1..world {
+        kv = comm.send_recv(kv, next, prev, 2)?;
+        let (k, v) = (kv.clone().narrow(3, 0, d), kv.clone().narrow(3, d, d));
+        acc = merge(acc, partial_attention(q.clone(), k, v, scale));
     }
-    Ok(acc.into_iter().map(|a| a.expect("world ≥ 1").0).collect())
+    Ok(acc.0)
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_sparse_attn::{CriticalKeys, SparseAttnError, sparse_attention};
 
-use crate::group::{DeviceGroup, Transport};
+use crate::Communicator;
 
 /// What one rank pulls: per source rank the flat row ids of that rank's `[B·H·S_j, D]` K/V,
 /// and the map from the pulled pool to the compact `[B, H, M·key_block, D]` keys.
@@ -18,57 +18,52 @@ struct FetchPlan {
     remapped: Vec<i64>,
 }
 
-/// Sparse attention over sequence-sharded `q, k, v` (rank `r` holds `[B, H, S_r, D]`, shards
-/// in sequence order) where rank `r`'s queries attend to the critical keys `index[r]`: its
-/// query groups' unit ids over the *whole* key sequence (`query_len = S_r`, `key_len = S`).
-/// Every rank gathers the selected rows from their owners — each row of each (batch, head)
-/// once, only what was selected — and runs sparse attention on them. Outputs stay sharded;
-/// gradients flow back through the gathers to the owners of the keys.
+/// Sparse attention over this rank's sequence shard `q, k, v: [B, H, S_r, D]` (shards in
+/// rank order) where its queries attend to the critical keys `index`: its query groups' unit
+/// ids over the *whole* key sequence (`query_len = S_r`, `key_len = S`). This rank asks every
+/// other rank for the rows its index selected there — each row of each (batch, head) once,
+/// only what was selected — serves the rows the others ask of it, and runs sparse attention
+/// on what it gathered. Gradients flow back through the fetch to the owners of the keys.
 ///
 /// Shards must align with units: every shard but the last a multiple of the key block, and
 /// with blocks (`key_block > 1`) the sequence a multiple of the block.
-pub fn sparse_sequence_attention<T: Transport>(group: &DeviceGroup<T>, q: Vec<Tensor<4>>, k: Vec<Tensor<4>>, v: Vec<Tensor<4>>, index: &[CriticalKeys], scale: Option<f64>) -> Result<Vec<Tensor<4>>, SparseAttnError> {
+pub fn sparse_sequence_attention(comm: &Communicator, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, index: &CriticalKeys, scale: Option<f64>) -> Result<Tensor<4>, SparseAttnError> {
     const F: &str = "sparse_sequence_attention";
-    let world = group.world();
-    SparseAttnError::check(q.len() == world && k.len() == world && v.len() == world && index.len() == world, F, "q", format!("one shard per rank ({world}) in q, k, v and index"), format!("{}, {}, {}, {}", q.len(), k.len(), v.len(), index.len()))?;
-    let [b, h, _, d] = k[0].dims();
-    let lens: Vec<usize> = k.iter().map(|x| x.dims()[2]).collect();
+    let (world, rank) = (comm.world(), comm.rank());
+    let [b, h, len, d] = k.dims();
+    SparseAttnError::check(v.dims() == k.dims() && q.dims()[..2] == [b, h] && q.dims()[3] == d, F, "k", format!("[{b}, {h}, S_r, {d}] in k and v, [{b}, {h}, S_r, {d}] in q"), format!("{:?}, {:?}, {:?}", q.dims(), k.dims(), v.dims()))?;
+    let lens = comm.gather_sizes(len)?;
     let total: usize = lens.iter().sum();
     let offsets: Vec<usize> = lens.iter().scan(0, |acc, &l| { let o = *acc; *acc += l; Some(o) }).collect();
-    let block = index[0].key_block();
-    for (r, keys) in index.iter().enumerate() {
-        SparseAttnError::check(keys.key_len() == total && keys.query_len() == q[r].dims()[2] && keys.key_block() == block, F, "index", format!("rank {r}: critical keys over all {total} keys for its {} queries, key block {block}", q[r].dims()[2]), format!("key_len {}, query_len {}, key block {}", keys.key_len(), keys.query_len(), keys.key_block()))?;
-        SparseAttnError::check(k[r].dims() == [b, h, lens[r], d] && v[r].dims() == [b, h, lens[r], d] && q[r].dims()[..2] == [b, h], F, "k", format!("rank {r}: [{b}, {h}, S_r, {d}] in k and v, [{b}, {h}, S_r, D] in q"), format!("{:?}, {:?}, {:?}", q[r].dims(), k[r].dims(), v[r].dims()))?;
-    }
+    let block = index.key_block();
+    SparseAttnError::check(index.key_len() == total && index.query_len() == q.dims()[2], F, "index", format!("critical keys over all {total} keys for this rank's {} queries", q.dims()[2]), format!("key_len {}, query_len {}", index.key_len(), index.query_len()))?;
+    SparseAttnError::check(index.indices().dims()[..2] == [b, h], F, "index", format!("an index of [{b}, {h}, G, k]"), format!("{:?}", index.indices().dims()))?;
     SparseAttnError::check(block == 1 || total % block == 0, F, "index", format!("a sequence ({total}) that is a multiple of the key block {block}"), total)?;
     SparseAttnError::check(lens[..world - 1].iter().all(|l| l % block == 0), F, "k", format!("shards (all but the last) that are multiples of the key block {block}"), format!("{lens:?}"))?;
 
-    let flat = |x: &Tensor<4>, len: usize| x.clone().reshape([b * h * len, d]);
-    let mut out = Vec::with_capacity(world);
-    for (r, q_r) in q.into_iter().enumerate() {
-        let plan = fetch_plan(&index[r], &offsets, &lens, [b, h]);
-        let device = q_r.device();
-        let gather = |x: &[Tensor<4>]| {
-            let pool: Vec<Tensor<2>> = plan
-                .rows_from
-                .iter()
-                .enumerate()
-                .filter(|(_, rows)| !rows.is_empty())
-                .map(|(j, rows)| {
-                    let ids = Tensor::<1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &x[j].device());
-                    group.send(flat(&x[j], lens[j]).select(0, ids), j, r)
-                })
-                .collect();
-            let map = Tensor::<1, Int>::from_data(TensorData::new(plan.compact_rows.clone(), [plan.compact_rows.len()]), &device);
-            Tensor::cat(pool, 0).select(0, map).reshape([b, h, plan.compact_units * block, d])
-        };
-        let (kc, vc) = (gather(&k), gather(&v));
-        let [_, _, groups, budget] = index[r].indices().dims();
-        let remapped = Tensor::<4, Int>::from_data(TensorData::new(plan.remapped, [b, h, groups, budget]), &device);
-        let keys = CriticalKeys::new(remapped, index[r].group_size(), block, index[r].query_len(), plan.compact_units * block)?;
-        out.push(sparse_attention(q_r, kc, vc, &keys, scale)?);
-    }
-    Ok(out)
+    let plan = fetch_plan(index, &offsets, &lens, [b, h]);
+    let device = q.device();
+    // Ask every rank for the rows wanted from it (an empty list says "nothing").
+    let others: Vec<usize> = (0..world).filter(|&j| j != rank).collect();
+    let asks = others.iter().map(|&j| (j, plan.rows_from[j].iter().flat_map(|r| r.to_le_bytes()).collect())).collect();
+    let asked: Vec<Vec<i64>> = comm.exchange_bytes(F, asks, &others)?.into_iter().map(|m| m.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()).collect();
+    // K and V rows travel together as [rows, 2D].
+    let kv = Tensor::cat(vec![k, v], 3).reshape([b * h * len, 2 * d]);
+    let rows = |ids: &[i64]| kv.clone().select(0, Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), &device));
+    let serve = others.iter().zip(&asked).filter(|(_, ids)| !ids.is_empty()).map(|(&j, ids)| (j, rows(ids))).collect();
+    let from: Vec<usize> = others.iter().copied().filter(|&j| !plan.rows_from[j].is_empty()).collect();
+    let agreed = format!("sparse_sequence_attention {:?} [{b}, {h}, *, {d}] block {block}", kv.dtype());
+    let delivery = comm.exchange(F, "k", &agreed, serve, &from)?;
+    // The pool is the sources' rows concatenated in rank order.
+    let mut fetched = delivery.received.clone().into_iter();
+    let pool: Vec<Tensor<2>> = (0..world).filter(|&j| !plan.rows_from[j].is_empty()).map(|j| if j == rank { rows(&plan.rows_from[j]) } else { fetched.next().expect("one block of rows per source") }).collect();
+    let map = Tensor::<1, Int>::from_data(TensorData::new(plan.compact_rows.clone(), [plan.compact_rows.len()]), &device);
+    let compact = delivery.tie(Tensor::cat(pool, 0).select(0, map).reshape([b, h, plan.compact_units * block, 2 * d]));
+    let (kc, vc) = (compact.clone().narrow(3, 0, d), compact.narrow(3, d, d));
+    let [_, _, groups, budget] = index.indices().dims();
+    let remapped = Tensor::<4, Int>::from_data(TensorData::new(plan.remapped, [b, h, groups, budget]), &device);
+    let keys = CriticalKeys::new(remapped, index.group_size(), block, index.query_len(), plan.compact_units * block)?;
+    sparse_attention(q, kc, vc, &keys, scale)
 }
 
 /// Reads one rank's index back and plans its fetch: the distinct units of every (batch,

@@ -1,0 +1,74 @@
+//! The SPMD cases with ranks as threads of this process, worlds 1 to 4, and what happens when
+//! ranks disagree or fail.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Device, Tensor};
+use burn_ctx_parallel::transport::run_in_process;
+
+use crate::spmd_cases::{CASES, normal, run_case};
+
+fn devices(world: usize) -> Vec<Device> {
+    vec![Device::flex(); world]
+}
+
+#[test]
+fn every_case_equals_unsharded_on_threads() {
+    let mut worst_seen = 0.0f64;
+    for world in 1..=4 {
+        for case in CASES {
+            let results = run_in_process(&devices(world), |comm| Ok(run_case(case, &comm)));
+            for (rank, result) in results.into_iter().enumerate() {
+                let worst = result.unwrap().unwrap_or_else(|e| panic!("{case}, world {world}, rank {rank}: {e}"));
+                assert!(worst <= 1e-5, "{case}, world {world}: {worst}");
+                worst_seen = worst_seen.max(worst);
+            }
+        }
+    }
+    println!("threads, worlds 1-4: worst relative difference {worst_seen:.3e}");
+}
+
+#[test]
+fn ranks_that_disagree_get_a_named_error_on_every_rank() {
+    // Rank 1 gathers a tensor of another width.
+    let results = run_in_process(&devices(3), |comm| {
+        let width = if comm.rank() == 1 { 5 } else { 4 };
+        comm.all_gather(normal([2, width], 1, comm.device()), 0)
+    });
+    for (rank, result) in results.into_iter().enumerate() {
+        let err = result.unwrap_err();
+        assert_eq!(err.argument, "x", "rank {rank}: {err}");
+        assert!(err.to_string().contains("[*, 5]") && err.to_string().contains("[*, 4]"), "rank {rank}: {err}");
+    }
+    // Different splits of an all-to-all.
+    let results = run_in_process(&devices(2), |comm| {
+        let sizes = if comm.rank() == 0 { [1, 3] } else { [2, 2] };
+        comm.all_to_all(normal([4, 2], 1, comm.device()), 0, &sizes, 1)
+    });
+    assert!(results.iter().all(|r| r.as_ref().is_err_and(|e| e.to_string().contains("split 0 by"))), "{:?}", results.iter().map(|r| r.as_ref().err().map(ToString::to_string)).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failing_rank_ends_the_job_with_its_cause_on_every_rank() {
+    for panics in [false, true] {
+        let started = Instant::now();
+        let results = run_in_process(&devices(3), |comm| {
+            if comm.rank() == 2 {
+                if panics {
+                    panic!("injected failure");
+                }
+                return Err(burn_sparse_attn::SparseAttnError::check(false, "test", "input", "valid", "injected failure").unwrap_err());
+            }
+            let x: Tensor<2> = normal([2, 2], 1, comm.device());
+            comm.all_reduce(x)
+        });
+        assert!(started.elapsed() < Duration::from_secs(30), "the job took {:?}", started.elapsed());
+        for (rank, result) in results.into_iter().enumerate() {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("injected failure"), "rank {rank}: {err}");
+            if rank != 2 {
+                assert!(err.contains("rank 2 failed"), "rank {rank}: {err}");
+            }
+        }
+    }
+}
