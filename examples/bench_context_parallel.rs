@@ -149,7 +149,8 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
         ("sparse sequence", Box::new(|q, k, v| sparse_sequence_attention(&comm, q, k, v, &my_keys(None, rank * shard, shard)?, None))),
     ];
     if let Some(split) = hybrid_split.clone() {
-        kinds.push(("dsv hybrid 2 x N/2", Box::new(move |q, k, v| hybrid_attention(&comm, &split, q, k, v, |g, sg| { let len = shard * 2; my_keys(Some(&split.heads[g]), sg * len, len) }))));
+        let (comm, my_keys) = (&comm, &my_keys);
+        kinds.push(("dsv hybrid 2 x N/2", Box::new(move |q, k, v| hybrid_attention(comm, &split, q, k, v, |g, sg| my_keys(Some(&split.heads[g]), sg * 2 * shard, 2 * shard)))));
     }
     if lead {
         println!("\nattention forward+backward over {world} ranks: [1, {h}, {s}, {d}], sparse at {:.0}% ({budget} of {} key blocks)", args.sparsity * 100.0, s / block);

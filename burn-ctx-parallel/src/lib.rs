@@ -1,4 +1,6 @@
 #![warn(missing_docs)]
+// Burn deprecates NdArray in favour of Flex; we keep serving its users.
+#![cfg_attr(feature = "ndarray", allow(deprecated))]
 
 //! Context parallelism for attention: every rank runs the same code on its own shard (SPMD)
 //! and calls collectives through its [`Communicator`].
