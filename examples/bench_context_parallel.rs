@@ -15,9 +15,14 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, module::attention, ops::AttentionModuleOptions};
-use burn_sparse_video::sparse_attn::{SelectionConfig, SparseAttnError, select_critical_keys, sparse_attention};
 use burn_sparse_video::ctx_parallel::planner::lpt_assign;
-use burn_sparse_video::ctx_parallel::{Communicator, HybridSplit, head_parallel_attention, hybrid_attention, ring_attention, sparse_sequence_attention};
+use burn_sparse_video::ctx_parallel::{
+    Communicator, HybridSplit, head_parallel_attention, hybrid_attention, ring_attention,
+    sparse_sequence_attention,
+};
+use burn_sparse_video::sparse_attn::{
+    SelectionConfig, SparseAttnError, select_critical_keys, sparse_attention,
+};
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 
@@ -60,8 +65,18 @@ struct Args {
     out: String,
 }
 
+/// One collective call of the sweep.
+type Collective<'a> = Box<dyn Fn() -> Result<(), SparseAttnError> + 'a>;
+/// One kind of context-parallel attention on this rank's q, k, v.
+type Attend<'a> =
+    Box<dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, SparseAttnError> + 'a>;
+
 /// The slowest rank's median of `repeats` timed runs of `f`, in seconds.
-fn time(comm: &Communicator, repeats: usize, mut f: impl FnMut() -> Result<(), SparseAttnError>) -> Result<f64, SparseAttnError> {
+fn time(
+    comm: &Communicator,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<(), SparseAttnError>,
+) -> Result<f64, SparseAttnError> {
     f()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {
@@ -83,21 +98,45 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
     let mut collectives = Vec::new();
     if lead {
         println!("collectives over {world} ranks ({:?})", args.transport);
-        println!("{:>16} {:>10} {:>12} {:>14} {:>10}", "collective", "KiB/rank", "time (ms)", "sent B/rank", "GB/s");
+        println!(
+            "{:>16} {:>10} {:>12} {:>14} {:>10}",
+            "collective", "KiB/rank", "time (ms)", "sent B/rank", "GB/s"
+        );
     }
     for &kib in &args.kib {
         let n = kib * 1024 / 4;
         let rows = n.div_ceil(world) * world;
-        let x = Tensor::<2>::ones([rows / world * world, 1], &device);
+        let x = Tensor::<2>::ones([rows, 1], &device);
         let sizes = vec![rows / world; world];
         let halo_x = Tensor::<2>::ones([n.max(1), 1], &device);
-        let cases: Vec<(&str, Box<dyn Fn() -> Result<(), SparseAttnError>>)> = vec![
-            ("all_gather", Box::new(|| comm.all_gather(x.clone(), 0).map(drop))),
-            ("all_to_all", Box::new(|| comm.all_to_all(x.clone(), 0, &sizes, 0).map(drop))),
-            ("all_reduce", Box::new(|| comm.all_reduce(x.clone()).map(drop))),
-            ("reduce_scatter", Box::new(|| comm.reduce_scatter(x.clone(), 0).map(drop))),
-            ("halo_exchange", Box::new(|| comm.halo_exchange(halo_x.clone(), 0, n.max(1)).map(drop))),
-            ("send_recv", Box::new(|| comm.send_recv(x.clone(), (rank + 1) % world, (rank + world - 1) % world, 0).map(drop))),
+        let cases: Vec<(&str, Collective)> = vec![
+            (
+                "all_gather",
+                Box::new(|| comm.all_gather(x.clone(), 0).map(drop)),
+            ),
+            (
+                "all_to_all",
+                Box::new(|| comm.all_to_all(x.clone(), 0, &sizes, 0).map(drop)),
+            ),
+            (
+                "all_reduce",
+                Box::new(|| comm.all_reduce(x.clone()).map(drop)),
+            ),
+            (
+                "reduce_scatter",
+                Box::new(|| comm.reduce_scatter(x.clone(), 0).map(drop)),
+            ),
+            (
+                "halo_exchange",
+                Box::new(|| comm.halo_exchange(halo_x.clone(), 0, n.max(1)).map(drop)),
+            ),
+            (
+                "send_recv",
+                Box::new(|| {
+                    comm.send_recv(x.clone(), (rank + 1) % world, (rank + world - 1) % world, 0)
+                        .map(drop)
+                }),
+            ),
         ];
         for (name, f) in cases {
             comm.reset_stats();
@@ -106,7 +145,10 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
             let seconds = time(&comm, args.repeats, &f)?;
             let gbps = sent as f64 / seconds / 1e9;
             if lead {
-                println!("{name:>16} {kib:>10} {:>12.3} {sent:>14} {gbps:>10.3}", seconds * 1e3);
+                println!(
+                    "{name:>16} {kib:>10} {:>12.3} {sent:>14} {gbps:>10.3}",
+                    seconds * 1e3
+                );
             }
             collectives.push(json!({"collective": name, "kib_per_rank": kib, "seconds": seconds, "bytes_sent_rank0": sent, "gb_per_s": gbps}));
         }
@@ -119,42 +161,117 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
     let ad = device.clone().autodiff();
     let q = Tensor::<4>::ones([1, h, shard, d], &ad);
     let budget = (((1.0 - args.sparsity) * (s / block) as f64).round() as usize).max(1);
-    let dense = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| attention(q, k, v, None, None, AttentionModuleOptions::default());
+    let dense = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
+        attention(q, k, v, None, None, AttentionModuleOptions::default())
+    };
     let sparse = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| -> Result<Tensor<4>, SparseAttnError> {
-        let keys = select_critical_keys(q.clone().narrow(3, 0, 16).detach(), k.clone().narrow(3, 0, 16).detach(), SelectionConfig::new(group, budget).with_key_block(block))?;
+        let keys = select_critical_keys(
+            q.clone().narrow(3, 0, 16).detach(),
+            k.clone().narrow(3, 0, 16).detach(),
+            SelectionConfig::new(group, budget).with_key_block(block),
+        )?;
         sparse_attention(q, k, v, &keys, None)
     };
-    let low_rank = Tensor::<4>::random([1, h, s, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let full_keys = select_critical_keys(low_rank.clone(), low_rank, SelectionConfig::new(group, budget).with_key_block(block))?;
+    let low_rank = Tensor::<4>::random(
+        [1, h, s, 16],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let full_keys = select_critical_keys(
+        low_rank.clone(),
+        low_rank,
+        SelectionConfig::new(group, budget).with_key_block(block),
+    )?;
     let my_keys = |heads: Option<&[usize]>, start: usize, len: usize| {
         let mut idx = full_keys.indices().clone();
         if let Some(heads) = heads {
             let ids: Vec<i64> = heads.iter().map(|&x| x as i64).collect();
-            idx = idx.select(1, Tensor::from_data(burn::tensor::TensorData::new(ids.clone(), [ids.len()]), &device));
+            idx = idx.select(
+                1,
+                Tensor::from_data(
+                    burn::tensor::TensorData::new(ids.clone(), [ids.len()]),
+                    &device,
+                ),
+            );
         }
-        burn_sparse_video::sparse_attn::CriticalKeys::new(idx.narrow(2, start / group, len / group), group, block, len, s)
+        burn_sparse_video::sparse_attn::CriticalKeys::new(
+            idx.narrow(2, start / group, len / group),
+            group,
+            block,
+            len,
+            s,
+        )
     };
-    let step = |f: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, SparseAttnError>| -> Result<(), SparseAttnError> {
+    let step = |f: &dyn Fn(
+        Tensor<4>,
+        Tensor<4>,
+        Tensor<4>,
+    ) -> Result<Tensor<4>, SparseAttnError>|
+     -> Result<(), SparseAttnError> {
         let [q, k, v] = [0; 3].map(|_| q.clone().detach().require_grad());
         let out = f(q.clone(), k, v)?;
         let _ = out.sum().backward();
         Ok(())
     };
-    let hybrid_split = (world >= 4 && world % 2 == 0 && h % 2 == 0).then(|| HybridSplit { head_groups: 2, seq_groups: world / 2, heads: lpt_assign(&vec![1.0; h], 2) });
-    let mut kinds: Vec<(&str, Box<dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, SparseAttnError>>)> = vec![
-        ("local dense (1 rank's share of the work)", Box::new(|q, k, v| Ok(dense(q, k, v)))),
-        ("ulysses dense", Box::new(|q, k, v| head_parallel_attention(&comm, q, k, v, |q, k, v| Ok(dense(q, k, v))))),
-        ("ring dense", Box::new(|q, k, v| ring_attention(&comm, q, k, v, None))),
-        ("ulysses sparse", Box::new(|q, k, v| head_parallel_attention(&comm, q, k, v, sparse))),
-        ("sparse sequence", Box::new(|q, k, v| sparse_sequence_attention(&comm, q, k, v, &my_keys(None, rank * shard, shard)?, None))),
+    let hybrid_split = (world >= 4 && world % 2 == 0 && h % 2 == 0).then(|| HybridSplit {
+        head_groups: 2,
+        seq_groups: world / 2,
+        heads: lpt_assign(&vec![1.0; h], 2),
+    });
+    let mut kinds: Vec<(&str, Attend)> = vec![
+        (
+            "local dense (own shard only, no messages)",
+            Box::new(|q, k, v| Ok(dense(q, k, v))),
+        ),
+        (
+            "ulysses dense",
+            Box::new(|q, k, v| {
+                head_parallel_attention(&comm, q, k, v, |q, k, v| Ok(dense(q, k, v)))
+            }),
+        ),
+        (
+            "ring dense",
+            Box::new(|q, k, v| ring_attention(&comm, q, k, v, None)),
+        ),
+        (
+            "ulysses sparse",
+            Box::new(|q, k, v| head_parallel_attention(&comm, q, k, v, sparse)),
+        ),
+        (
+            "sparse sequence",
+            Box::new(|q, k, v| {
+                sparse_sequence_attention(
+                    &comm,
+                    q,
+                    k,
+                    v,
+                    &my_keys(None, rank * shard, shard)?,
+                    None,
+                )
+            }),
+        ),
     ];
     if let Some(split) = hybrid_split.clone() {
         let (comm, my_keys) = (&comm, &my_keys);
-        kinds.push(("dsv hybrid 2 x N/2", Box::new(move |q, k, v| hybrid_attention(comm, &split, q, k, v, |g, sg| my_keys(Some(&split.heads[g]), sg * 2 * shard, 2 * shard)))));
+        kinds.push((
+            "dsv hybrid 2 x N/2",
+            Box::new(move |q, k, v| {
+                hybrid_attention(comm, &split, q, k, v, |g, sg| {
+                    my_keys(Some(&split.heads[g]), sg * 2 * shard, 2 * shard)
+                })
+            }),
+        ));
     }
     if lead {
-        println!("\nattention forward+backward over {world} ranks: [1, {h}, {s}, {d}], sparse at {:.0}% ({budget} of {} key blocks)", args.sparsity * 100.0, s / block);
-        println!("{:>42} {:>12} {:>14} {:>14}", "kind", "time (ms)", "fwd B/rank", "bwd B/rank");
+        println!(
+            "\nattention forward+backward over {world} ranks: [1, {h}, {s}, {d}], sparse at {:.0}% ({budget} of {} key blocks)",
+            args.sparsity * 100.0,
+            s / block
+        );
+        println!(
+            "{:>42} {:>12} {:>14} {:>14}",
+            "kind", "time (ms)", "fwd B/rank", "bwd B/rank"
+        );
     }
     let mut attention_rows = Vec::new();
     for (name, f) in &kinds {
@@ -163,18 +280,29 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
         let stats = comm.stats();
         let seconds = time(&comm, args.repeats, || step(f.as_ref()))?;
         if lead {
-            println!("{name:>42} {:>12.1} {:>14} {:>14}", seconds * 1e3, stats.bytes, stats.backward_bytes);
+            println!(
+                "{name:>42} {:>12.1} {:>14} {:>14}",
+                seconds * 1e3,
+                stats.bytes,
+                stats.backward_bytes
+            );
         }
         attention_rows.push(json!({"kind": name, "seconds": seconds, "forward_bytes_rank0": stats.bytes, "backward_bytes_rank0": stats.backward_bytes}));
     }
-    Ok(json!({"transport": format!("{:?}", args.transport), "world": world, "collectives": collectives, "attention": {"heads": h, "seq": s, "head_dim": d, "sparsity": args.sparsity, "rows": attention_rows}}))
+    Ok(
+        json!({"transport": format!("{:?}", args.transport), "world": world, "collectives": collectives, "attention": {"heads": h, "seq": s, "head_dim": d, "sparsity": args.sparsity, "rows": attention_rows}}),
+    )
 }
 
 fn finish(args: &Args, report: serde_json::Value) {
     if let Some(dir) = std::path::Path::new(&args.out).parent() {
         std::fs::create_dir_all(dir).expect("output folder");
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report).expect("json")).expect("writing the JSON");
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("writing the JSON");
     println!("\nwrote {}", args.out);
 }
 
@@ -182,11 +310,17 @@ fn main() {
     let args = Args::parse();
     match args.transport {
         Transport::Threads => {
-            if args.ranks == 0 || args.heads % args.ranks != 0 || args.seq % (args.ranks * 64) != 0 {
-                eprintln!("error: --ranks must be ≥ 1 and divide --heads, and --seq a multiple of 64 × ranks");
+            if args.ranks == 0 || args.heads % args.ranks != 0 || args.seq % (args.ranks * 64) != 0
+            {
+                eprintln!(
+                    "error: --ranks must be ≥ 1 and divide --heads, and --seq a multiple of 64 × ranks"
+                );
                 std::process::exit(2);
             }
-            let results = burn_sparse_video::ctx_parallel::transport::run_in_process(&vec![Device::flex(); args.ranks], |comm| bench(comm, &args));
+            let results = burn_sparse_video::ctx_parallel::transport::run_in_process(
+                &vec![Device::flex(); args.ranks],
+                |comm| bench(comm, &args),
+            );
             match results.into_iter().next().expect("rank 0") {
                 Ok(report) => finish(&args, report),
                 Err(e) => {

@@ -11,7 +11,6 @@ use burn::tensor::{Device, Tensor};
 
 use burn_sparse_attn::SparseAttnError;
 
-
 /// Moves tensors between ranks.
 pub trait Transport: Send + Sync {
     /// The device rank `rank` computes on.
@@ -34,23 +33,6 @@ impl Transport for DeviceTransport {
     fn send<const D: usize>(&self, tensor: Tensor<D>, _from: usize, to: usize) -> Tensor<D> {
         let target = &self.devices[to];
         if &tensor.device() == target { tensor } else { tensor.to_device(target) }
-    }
-}
-
-/// The ranks `ranks` of a parent transport, renumbered `0..ranks.len()`.
-#[derive(Clone, Debug)]
-pub struct SubTransport<T> {
-    parent: T,
-    ranks: Vec<usize>,
-}
-
-impl<T: Transport> Transport for SubTransport<T> {
-    fn rank_device(&self, rank: usize) -> Device {
-        self.parent.rank_device(self.ranks[rank])
-    }
-
-    fn send<const D: usize>(&self, tensor: Tensor<D>, from: usize, to: usize) -> Tensor<D> {
-        self.parent.send(tensor, self.ranks[from], self.ranks[to])
     }
 }
 
@@ -94,18 +76,6 @@ impl<T: Transport> DeviceGroup<T> {
     /// A group over your own transport.
     pub fn with_transport(transport: T, world: usize) -> Self {
         Self { transport, world, stats: Arc::new(Mutex::new(CommStats::default())) }
-    }
-
-    /// A group of some of this group's ranks (renumbered in the order given) whose traffic
-    /// counts in this group's statistics too: the head and sequence groups of a hybrid split.
-    pub fn subgroup(&self, ranks: Vec<usize>) -> Result<DeviceGroup<SubTransport<T>>, SparseAttnError>
-    where
-        T: Clone,
-    {
-        let distinct = ranks.iter().collect::<std::collections::BTreeSet<_>>().len() == ranks.len();
-        SparseAttnError::check(!ranks.is_empty() && distinct && ranks.iter().all(|&r| r < self.world), "DeviceGroup::subgroup", "ranks", format!("distinct ranks below {}", self.world), format!("{ranks:?}"))?;
-        let world = ranks.len();
-        Ok(DeviceGroup { transport: SubTransport { parent: self.transport.clone(), ranks }, world, stats: self.stats.clone() })
     }
 
     /// Number of ranks.

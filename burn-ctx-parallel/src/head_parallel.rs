@@ -14,7 +14,7 @@ pub fn head_parallel_attention(comm: &Communicator, q: Tensor<4>, k: Tensor<4>, 
     const F: &str = "head_parallel_attention";
     let world = comm.world();
     let heads = q.dims()[1];
-    SparseAttnError::check(heads % world == 0, F, "q", format!("a head count divisible by the world size {world}"), heads)?;
+    SparseAttnError::check(heads.is_multiple_of(world), F, "q", format!("a head count divisible by the world size {world}"), heads)?;
     SparseAttnError::check(k.dims() == q.dims() && v.dims() == q.dims(), F, "k", format!("the shape of q, {:?}, in k and v", q.dims()), format!("{:?}, {:?}", k.dims(), v.dims()))?;
     let seq = comm.gather_sizes(q.dims()[2])?;
     let head_split = vec![heads / world; world];

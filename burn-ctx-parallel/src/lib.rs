@@ -45,7 +45,7 @@ pub use burn_sparse_attn;
 pub use clips::{ClipLayout, clip_halos, synced_moments};
 pub use communicator::{Communicator, Halo};
 pub use dual_scope::{DualScopeConfig, DualScopePlan, clip_devices, dual_scope_bytes_per_layer};
-pub use group::{CommStats, DeviceGroup, DeviceTransport, SubTransport, Transport};
+pub use group::{CommStats, DeviceGroup, DeviceTransport, Transport};
 pub use head_parallel::{head_parallel_attention, head_parallel_bytes_per_rank};
 pub use hybrid::{HybridSplit, hybrid_attention};
 pub use ops::CollectiveOps;

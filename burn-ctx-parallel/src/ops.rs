@@ -19,7 +19,11 @@ pub trait CollectiveOps: Backend {
     /// `received`, recorded under Autodiff as a function of `sent` whose backward runs the
     /// reverse exchange registered as `route`.
     #[fusion(meta = |_sent, received, _route| received.clone())]
-    fn exchange_hook(sent: FloatTensor<Self>, received: FloatTensor<Self>, route: u64) -> FloatTensor<Self> {
+    fn exchange_hook(
+        sent: FloatTensor<Self>,
+        received: FloatTensor<Self>,
+        route: u64,
+    ) -> FloatTensor<Self> {
         let _ = (sent, route);
         received
     }

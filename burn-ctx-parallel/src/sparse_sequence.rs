@@ -38,13 +38,13 @@ pub fn sparse_sequence_attention(comm: &Communicator, q: Tensor<4>, k: Tensor<4>
     let block = index.key_block();
     SparseAttnError::check(index.key_len() == total && index.query_len() == q.dims()[2], F, "index", format!("critical keys over all {total} keys for this rank's {} queries", q.dims()[2]), format!("key_len {}, query_len {}", index.key_len(), index.query_len()))?;
     SparseAttnError::check(index.indices().dims()[..2] == [b, h], F, "index", format!("an index of [{b}, {h}, G, k]"), format!("{:?}", index.indices().dims()))?;
-    SparseAttnError::check(block == 1 || total % block == 0, F, "index", format!("a sequence ({total}) that is a multiple of the key block {block}"), total)?;
+    SparseAttnError::check(block == 1 || total.is_multiple_of(block), F, "index", format!("a sequence ({total}) that is a multiple of the key block {block}"), total)?;
     SparseAttnError::check(lens[..world - 1].iter().all(|l| l % block == 0), F, "k", format!("shards (all but the last) that are multiples of the key block {block}"), format!("{lens:?}"))?;
 
     let plan = fetch_plan(index, &offsets, &lens, [b, h]);
     let device = q.device();
     // Ask every rank for the rows wanted from it (an empty list says "nothing").
-    let others: Vec<usize> = (0..world).filter(|&j| j != rank).collect();
+    let others = comm.others();
     let asks = others.iter().map(|&j| (j, plan.rows_from[j].iter().flat_map(|r| r.to_le_bytes()).collect())).collect();
     let asked: Vec<Vec<i64>> = comm.exchange_bytes(F, asks, &others)?.into_iter().map(|m| m.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()).collect();
     // K and V rows travel together as [rows, 2D].

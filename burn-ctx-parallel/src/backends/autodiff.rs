@@ -24,11 +24,17 @@ struct ExchangeBackward;
 impl<B: CollectiveOps> Backward<B, 1> for ExchangeBackward {
     type State = Arc<ReverseRoute>;
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
         let [node_sent] = ops.parents;
         let grad_received = grads.consume::<B>(&ops.node);
         let device = grad_received.device();
-        let data = read_sync(B::float_into_data(grad_received)).unwrap_or_else(|e| panic!("reading a collective's gradient: {e:?}"));
+        let data = read_sync(B::float_into_data(grad_received))
+            .unwrap_or_else(|e| panic!("reading a collective's gradient: {e:?}"));
         // Every rank runs its reverse exchange, whether or not its own input needs a gradient:
         // its peers wait for the gradients it owes them.
         let grad_sent = ops.state.run(data).unwrap_or_else(|e| panic!("{e}"));
@@ -39,15 +45,23 @@ impl<B: CollectiveOps> Backward<B, 1> for ExchangeBackward {
 }
 
 impl<B: CollectiveOps, C: CheckpointStrategy> CollectiveOps for Autodiff<B, C> {
-    fn exchange_hook(sent: FloatTensor<Self>, received: FloatTensor<Self>, route_id: u64) -> FloatTensor<Self> {
+    fn exchange_hook(
+        sent: FloatTensor<Self>,
+        received: FloatTensor<Self>,
+        route_id: u64,
+    ) -> FloatTensor<Self> {
         let nodes = [sent.node()];
         let received = received.into_primitive();
-        let route = route::take(route_id).expect("exchange_hook: every route is registered once by Communicator::exchange");
+        let route = route::take(route_id)
+            .expect("exchange_hook: every route is registered once by Communicator::exchange");
         // Compute-bound: a checkpointing strategy must never replay a message.
-        match ExchangeBackward.prepare::<C>(nodes).compute_bound().stateful() {
+        match ExchangeBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish(route, received),
             OpsKind::UnTracked(prep) => prep.finish(received),
         }
     }
 }
-

@@ -12,22 +12,44 @@ pub type Halo<const D: usize> = (Option<Tensor<D>>, Option<Tensor<D>>);
 
 /// `dims` with `free` dims written as `*`: the shape every rank must share.
 fn pattern(dims: &[usize], free: &[usize]) -> String {
-    let parts: Vec<String> = dims.iter().enumerate().map(|(i, d)| if free.contains(&i) { "*".into() } else { d.to_string() }).collect();
+    let parts: Vec<String> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if free.contains(&i) {
+                "*".into()
+            } else {
+                d.to_string()
+            }
+        })
+        .collect();
     format!("[{}]", parts.join(", "))
 }
 
 impl Communicator {
-    fn check_dim<const D: usize>(function: &'static str, argument: &'static str, dim: usize) -> Result<(), SparseAttnError> {
+    fn check_dim<const D: usize>(
+        function: &'static str,
+        argument: &'static str,
+        dim: usize,
+    ) -> Result<(), SparseAttnError> {
         SparseAttnError::check(dim < D, function, argument, format!("a dim below {D}"), dim)
     }
 
     /// Every rank receives the concatenation of all ranks' `x` along `dim`, in rank order.
     /// Ranks may differ in size along `dim` only.
-    pub fn all_gather<const D: usize>(&self, x: Tensor<D>, dim: usize) -> Result<Tensor<D>, SparseAttnError> {
+    pub fn all_gather<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        dim: usize,
+    ) -> Result<Tensor<D>, SparseAttnError> {
         const F: &str = "Communicator::all_gather";
         Self::check_dim::<D>(F, "dim", dim)?;
-        let agreed = format!("all_gather {:?} {} along {dim}", x.dtype(), pattern(&x.dims(), &[dim]));
-        let others: Vec<usize> = (0..self.world()).filter(|&r| r != self.rank).collect();
+        let agreed = format!(
+            "all_gather {:?} {} along {dim}",
+            x.dtype(),
+            pattern(&x.dims(), &[dim])
+        );
+        let others = self.others();
         let sends = others.iter().map(|&r| (r, x.clone())).collect();
         let delivery = self.exchange(F, "x", &agreed, sends, &others)?;
         let mut parts = delivery.received.clone();
@@ -39,18 +61,40 @@ impl Communicator {
     /// `sizes[0..world]` (each ≥ 1) and sends piece `j` to rank `j`; it returns what it
     /// receives from every rank, in rank order, concatenated along `concat_dim`. Every rank
     /// passes the same `sizes`.
-    pub fn all_to_all<const D: usize>(&self, x: Tensor<D>, split_dim: usize, sizes: &[usize], concat_dim: usize) -> Result<Tensor<D>, SparseAttnError> {
+    pub fn all_to_all<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        split_dim: usize,
+        sizes: &[usize],
+        concat_dim: usize,
+    ) -> Result<Tensor<D>, SparseAttnError> {
         const F: &str = "Communicator::all_to_all";
         let world = self.world();
         Self::check_dim::<D>(F, "split_dim", split_dim)?;
         Self::check_dim::<D>(F, "concat_dim", concat_dim)?;
-        SparseAttnError::check(sizes.len() == world && sizes.iter().all(|&s| s > 0), F, "sizes", format!("one size ≥ 1 per rank ({world})"), format!("{sizes:?}"))?;
+        SparseAttnError::check(
+            sizes.len() == world && sizes.iter().all(|&s| s > 0),
+            F,
+            "sizes",
+            format!("one size ≥ 1 per rank ({world})"),
+            format!("{sizes:?}"),
+        )?;
         let total: usize = sizes.iter().sum();
-        SparseAttnError::check(x.dims()[split_dim] == total, F, "x", format!("size {total} along dim {split_dim} (the sum of `sizes`)"), x.dims()[split_dim])?;
-        let agreed = format!("all_to_all {:?} {} split {split_dim} by {sizes:?} concat {concat_dim}", x.dtype(), pattern(&x.dims(), &[split_dim, concat_dim]));
+        SparseAttnError::check(
+            x.dims()[split_dim] == total,
+            F,
+            "x",
+            format!("size {total} along dim {split_dim} (the sum of `sizes`)"),
+            x.dims()[split_dim],
+        )?;
+        let agreed = format!(
+            "all_to_all {:?} {} split {split_dim} by {sizes:?} concat {concat_dim}",
+            x.dtype(),
+            pattern(&x.dims(), &[split_dim, concat_dim])
+        );
         let offset = |r: usize| sizes[..r].iter().sum::<usize>();
         let piece = |r: usize| x.clone().narrow(split_dim, offset(r), sizes[r]);
-        let others: Vec<usize> = (0..world).filter(|&r| r != self.rank).collect();
+        let others = self.others();
         let sends = others.iter().map(|&r| (r, piece(r))).collect();
         let delivery = self.exchange(F, "x", &agreed, sends, &others)?;
         let mut parts = delivery.received.clone();
@@ -72,10 +116,13 @@ impl Communicator {
         let agreed = format!("all_reduce {:?} {:?}", x.dtype(), x.dims());
         let flat = x.reshape([n]);
         let bounds: Vec<usize> = (0..=world).map(|r| r * n / world).collect();
-        let slice = |t: &Tensor<1>, r: usize| t.clone().narrow(0, bounds[r], bounds[r + 1] - bounds[r]);
+        let slice =
+            |t: &Tensor<1>, r: usize| t.clone().narrow(0, bounds[r], bounds[r + 1] - bounds[r]);
         // Ranks that own a non-empty slice (all of them unless x has fewer elements than ranks).
-        let owners: Vec<usize> = (0..world).filter(|&r| r != self.rank && bounds[r + 1] > bounds[r]).collect();
-        let everyone: Vec<usize> = (0..world).filter(|&r| r != self.rank).collect();
+        let owners: Vec<usize> = (0..world)
+            .filter(|&r| r != self.rank && bounds[r + 1] > bounds[r])
+            .collect();
+        let everyone = self.others();
         let mine = bounds[self.rank + 1] > bounds[self.rank];
         // Reduce-scatter: slice r summed on rank r, in rank order.
         let sends = owners.iter().map(|&r| (r, slice(&flat, r))).collect();
@@ -87,26 +134,44 @@ impl Communicator {
             scattered.tie(parts.into_iter().reduce(|a, b| a + b).expect("non-empty"))
         });
         // All-gather of the summed slices.
-        let sends = own.iter().flat_map(|s| everyone.iter().map(move |&r| (r, s.clone()))).collect();
+        let sends = own
+            .iter()
+            .flat_map(|s| everyone.iter().map(move |&r| (r, s.clone())))
+            .collect();
         let gathered = self.exchange(F, "x", &agreed, sends, &owners)?;
         let mut parts = gathered.received.clone();
         if let Some(own) = own {
             parts.insert(owners.iter().filter(|&&r| r < self.rank).count(), own);
         }
-        Ok(scattered.tie(gathered.tie(Tensor::cat(parts, 0))).reshape(shape))
+        Ok(scattered
+            .tie(gathered.tie(Tensor::cat(parts, 0)))
+            .reshape(shape))
     }
 
     /// Sum over ranks, this rank keeping the `rank`-th of `world` equal slices along `dim`.
-    pub fn reduce_scatter<const D: usize>(&self, x: Tensor<D>, dim: usize) -> Result<Tensor<D>, SparseAttnError> {
+    pub fn reduce_scatter<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        dim: usize,
+    ) -> Result<Tensor<D>, SparseAttnError> {
         const F: &str = "Communicator::reduce_scatter";
         let world = self.world();
         Self::check_dim::<D>(F, "dim", dim)?;
         let n = x.dims()[dim];
-        SparseAttnError::check(n % world == 0, F, "x", format!("a size along dim {dim} divisible by {world}"), n)?;
+        SparseAttnError::check(
+            n.is_multiple_of(world),
+            F,
+            "x",
+            format!("a size along dim {dim} divisible by {world}"),
+            n,
+        )?;
         let chunk = n / world;
         let agreed = format!("reduce_scatter {:?} {:?} along {dim}", x.dtype(), x.dims());
-        let others: Vec<usize> = (0..world).filter(|&r| r != self.rank).collect();
-        let sends = others.iter().map(|&r| (r, x.clone().narrow(dim, r * chunk, chunk))).collect();
+        let others = self.others();
+        let sends = others
+            .iter()
+            .map(|&r| (r, x.clone().narrow(dim, r * chunk, chunk)))
+            .collect();
         let delivery = self.exchange(F, "x", &agreed, sends, &others)?;
         let mut parts = delivery.received.clone();
         parts.insert(self.rank, x.narrow(dim, self.rank * chunk, chunk));
@@ -116,15 +181,30 @@ impl Communicator {
     /// Halo exchange along `dim`: this rank receives the last `halo` slices of rank
     /// `rank − 1` and the first `halo` slices of rank `rank + 1`. Ranks may differ in size
     /// along `dim` only, and each must hold at least `halo` slices.
-    pub fn halo_exchange<const D: usize>(&self, x: Tensor<D>, dim: usize, halo: usize) -> Result<Halo<D>, SparseAttnError> {
+    pub fn halo_exchange<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        dim: usize,
+        halo: usize,
+    ) -> Result<Halo<D>, SparseAttnError> {
         const F: &str = "Communicator::halo_exchange";
         Self::check_dim::<D>(F, "dim", dim)?;
         let len = x.dims()[dim];
-        SparseAttnError::check(len >= halo, F, "halo", format!("≤ this rank's size along dim {dim} ({len})"), halo)?;
+        SparseAttnError::check(
+            len >= halo,
+            F,
+            "halo",
+            format!("≤ this rank's size along dim {dim} ({len})"),
+            halo,
+        )?;
         if halo == 0 || self.world() == 1 {
             return Ok((None, None));
         }
-        let agreed = format!("halo_exchange {:?} {} along {dim} halo {halo}", x.dtype(), pattern(&x.dims(), &[dim]));
+        let agreed = format!(
+            "halo_exchange {:?} {} along {dim} halo {halo}",
+            x.dtype(),
+            pattern(&x.dims(), &[dim])
+        );
         let (r, last) = (self.rank, self.world() - 1);
         let mut sends = Vec::new();
         if r > 0 {
@@ -133,7 +213,10 @@ impl Communicator {
         if r < last {
             sends.push((r + 1, x.narrow(dim, len - halo, halo)));
         }
-        let from: Vec<usize> = [(r > 0).then(|| r - 1), (r < last).then_some(r + 1)].into_iter().flatten().collect();
+        let from: Vec<usize> = [(r > 0).then(|| r - 1), (r < last).then_some(r + 1)]
+            .into_iter()
+            .flatten()
+            .collect();
         let delivery = self.exchange(F, "x", &agreed, sends, &from)?;
         let mut received = delivery.received.into_iter();
         let before = (r > 0).then(|| received.next().expect("from the left"));
@@ -144,14 +227,30 @@ impl Communicator {
     /// Sends `x` to rank `to` and returns what rank `from` sends this rank (one ring step
     /// when `to = rank + 1` and `from = rank − 1`, mod world). Ranks may differ in size
     /// along `free_dim` only.
-    pub fn send_recv<const D: usize>(&self, x: Tensor<D>, to: usize, from: usize, free_dim: usize) -> Result<Tensor<D>, SparseAttnError> {
+    pub fn send_recv<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        to: usize,
+        from: usize,
+        free_dim: usize,
+    ) -> Result<Tensor<D>, SparseAttnError> {
         const F: &str = "Communicator::send_recv";
         let world = self.world();
-        SparseAttnError::check(to < world && from < world, F, "to", format!("ranks below {world}"), format!("to {to}, from {from}"))?;
+        SparseAttnError::check(
+            to < world && from < world,
+            F,
+            "to",
+            format!("ranks below {world}"),
+            format!("to {to}, from {from}"),
+        )?;
         if to == self.rank && from == self.rank {
             return Ok(x);
         }
-        let agreed = format!("send_recv {:?} {}", x.dtype(), pattern(&x.dims(), &[free_dim]));
+        let agreed = format!(
+            "send_recv {:?} {}",
+            x.dtype(),
+            pattern(&x.dims(), &[free_dim])
+        );
         let delivery = self.exchange(F, "x", &agreed, vec![(to, x)], &[from])?;
         Ok(delivery.received.into_iter().next().expect("one message"))
     }
@@ -161,12 +260,20 @@ impl Communicator {
     /// Every rank's `value`, in rank order (metadata: shard lengths and the like).
     pub fn gather_sizes(&self, value: usize) -> Result<Vec<usize>, SparseAttnError> {
         const F: &str = "Communicator::gather_sizes";
-        let others: Vec<usize> = (0..self.world()).filter(|&r| r != self.rank).collect();
-        let sends = others.iter().map(|&r| (r, (value as u64).to_le_bytes().to_vec())).collect();
+        let others = self.others();
+        let sends = others
+            .iter()
+            .map(|&r| (r, (value as u64).to_le_bytes().to_vec()))
+            .collect();
         let replies = self.exchange_bytes(F, sends, &others)?;
         let mut out = Vec::with_capacity(self.world());
         for (reply, &peer) in replies.iter().zip(&others) {
-            let bytes: [u8; 8] = reply.as_slice().try_into().map_err(|_| SparseAttnError { function: F, argument: "peers", expected: "8 bytes".into(), actual: format!("{} from rank {peer}", reply.len()) })?;
+            let bytes: [u8; 8] = reply.as_slice().try_into().map_err(|_| SparseAttnError {
+                function: F,
+                argument: "peers",
+                expected: "8 bytes".into(),
+                actual: format!("{} from rank {peer}", reply.len()),
+            })?;
             out.push(u64::from_le_bytes(bytes) as usize);
         }
         out.insert(self.rank, value);

@@ -40,21 +40,35 @@ pub(crate) struct Link {
 
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Link").field("members", &self.members).field("group", &self.group).finish()
+        f.debug_struct("Link")
+            .field("members", &self.members)
+            .field("group", &self.group)
+            .finish()
     }
 }
 
 impl Link {
     /// Raw messages between group ranks, with a peer failure turned into a named error.
-    fn exchange_bytes(&self, function: &'static str, tag: Tag, sends: Vec<(usize, Vec<u8>)>, from: &[usize]) -> Result<Vec<Vec<u8>>, SparseAttnError> {
-        let sends = sends.into_iter().map(|(to, bytes)| (self.members[to], bytes)).collect();
+    fn exchange_bytes(
+        &self,
+        function: &'static str,
+        tag: Tag,
+        sends: Vec<(usize, Vec<u8>)>,
+        from: &[usize],
+    ) -> Result<Vec<Vec<u8>>, SparseAttnError> {
+        let sends = sends
+            .into_iter()
+            .map(|(to, bytes)| (self.members[to], bytes))
+            .collect();
         let from: Vec<usize> = from.iter().map(|&r| self.members[r]).collect();
-        self.messenger.exchange(tag, sends, &from).map_err(|e| SparseAttnError {
-            function,
-            argument: "peers",
-            expected: "every rank of the group to reach this collective".into(),
-            actual: format!("on rank {}: {e}", self.messenger.rank()),
-        })
+        self.messenger
+            .exchange(tag, sends, &from)
+            .map_err(|e| SparseAttnError {
+                function,
+                argument: "peers",
+                expected: "every rank of the group to reach this collective".into(),
+                actual: format!("on rank {}: {e}", self.messenger.rank()),
+            })
     }
 
     fn count(&self, bytes: usize, messages: usize) {
@@ -87,7 +101,11 @@ pub struct Communicator {
 
 impl fmt::Debug for Communicator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Communicator").field("rank", &self.rank).field("world", &self.world()).field("device", &self.device).finish()
+        f.debug_struct("Communicator")
+            .field("rank", &self.rank)
+            .field("world", &self.world())
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -114,8 +132,19 @@ impl Communicator {
     pub fn new(messenger: Arc<dyn Messenger>, device: Device) -> Self {
         let world = messenger.world();
         let rank = messenger.rank();
-        let link = Link { messenger, members: Arc::new((0..world).collect()), group: 0, stats: Arc::new(Mutex::new(CommStats::default())) };
-        Self { link, rank, device, seq: Arc::new(AtomicU64::new(0)), subgroups: Arc::new(Mutex::new(HashMap::new())) }
+        let link = Link {
+            messenger,
+            members: Arc::new((0..world).collect()),
+            group: 0,
+            stats: Arc::new(Mutex::new(CommStats::default())),
+        };
+        Self {
+            link,
+            rank,
+            device,
+            seq: Arc::new(AtomicU64::new(0)),
+            subgroups: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// This rank, `0..world()`.
@@ -148,29 +177,70 @@ impl Communicator {
     pub fn subgroup(&self, ranks: &[usize]) -> Result<Communicator, SparseAttnError> {
         const F: &str = "Communicator::subgroup";
         let world = self.world();
-        let distinct = ranks.iter().collect::<std::collections::BTreeSet<_>>().len() == ranks.len();
-        SparseAttnError::check(!ranks.is_empty() && distinct && ranks.iter().all(|&r| r < world), F, "ranks", format!("distinct ranks below {world}"), format!("{ranks:?}"))?;
+        let distinct = ranks
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == ranks.len();
+        SparseAttnError::check(
+            !ranks.is_empty() && distinct && ranks.iter().all(|&r| r < world),
+            F,
+            "ranks",
+            format!("distinct ranks below {world}"),
+            format!("{ranks:?}"),
+        )?;
         let me = ranks.iter().position(|&r| r == self.rank);
-        SparseAttnError::check(me.is_some(), F, "ranks", format!("a list that holds this rank ({})", self.rank), format!("{ranks:?}"))?;
+        SparseAttnError::check(
+            me.is_some(),
+            F,
+            "ranks",
+            format!("a list that holds this rank ({})", self.rank),
+            format!("{ranks:?}"),
+        )?;
         let mut cache = self.subgroups.lock().expect("subgroup cache");
         if let Some(sub) = cache.get(ranks) {
             return Ok(sub.clone());
         }
         let mut hasher = DefaultHasher::new();
         (self.link.group, ranks).hash(&mut hasher);
-        let link = Link { messenger: self.link.messenger.clone(), members: Arc::new(ranks.iter().map(|&r| self.link.members[r]).collect()), group: hasher.finish(), stats: self.link.stats.clone() };
-        let sub = Communicator { link, rank: me.expect("checked"), device: self.device.clone(), seq: Arc::new(AtomicU64::new(0)), subgroups: Arc::new(Mutex::new(HashMap::new())) };
+        let link = Link {
+            messenger: self.link.messenger.clone(),
+            members: Arc::new(ranks.iter().map(|&r| self.link.members[r]).collect()),
+            group: hasher.finish(),
+            stats: self.link.stats.clone(),
+        };
+        let sub = Communicator {
+            link,
+            rank: me.expect("checked"),
+            device: self.device.clone(),
+            seq: Arc::new(AtomicU64::new(0)),
+            subgroups: Arc::new(Mutex::new(HashMap::new())),
+        };
         cache.insert(ranks.to_vec(), sub.clone());
         Ok(sub)
     }
 
+    /// Every rank of the group but this one, in rank order.
+    pub(crate) fn others(&self) -> Vec<usize> {
+        (0..self.world()).filter(|&r| r != self.rank).collect()
+    }
+
     fn next_tag(&self) -> Tag {
-        Tag { group: self.link.group, seq: self.seq.fetch_add(1, Ordering::Relaxed), backward: false }
+        Tag {
+            group: self.link.group,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            backward: false,
+        }
     }
 
     /// Non-differentiable metadata (index lists, shapes): `sends` to group ranks, one message
     /// from each of `from`.
-    pub(crate) fn exchange_bytes(&self, function: &'static str, sends: Vec<(usize, Vec<u8>)>, from: &[usize]) -> Result<Vec<Vec<u8>>, SparseAttnError> {
+    pub(crate) fn exchange_bytes(
+        &self,
+        function: &'static str,
+        sends: Vec<(usize, Vec<u8>)>,
+        from: &[usize],
+    ) -> Result<Vec<Vec<u8>>, SparseAttnError> {
         let tag = self.next_tag();
         let bytes: usize = sends.iter().map(|(_, b)| b.len()).sum();
         let messages = sends.len();
@@ -182,7 +252,14 @@ impl Communicator {
     /// The differentiable primitive: sends each `(rank, tensor)` (never to this rank) and
     /// receives one tensor from each rank of `from`. `agreed` states what every rank must
     /// agree on for this call; `argument` is named when they don't.
-    pub(crate) fn exchange<const D: usize>(&self, function: &'static str, argument: &'static str, agreed: &str, sends: Vec<(usize, Tensor<D>)>, from: &[usize]) -> Result<Delivery<D>, SparseAttnError> {
+    pub(crate) fn exchange<const D: usize>(
+        &self,
+        function: &'static str,
+        argument: &'static str,
+        agreed: &str,
+        sends: Vec<(usize, Tensor<D>)>,
+        from: &[usize],
+    ) -> Result<Delivery<D>, SparseAttnError> {
         debug_assert!(sends.iter().all(|(to, _)| *to != self.rank) && !from.contains(&self.rank));
         let agreed = format!("{agreed}; autodiff {}", self.device.is_autodiff());
         let tag = self.next_tag();
@@ -193,7 +270,11 @@ impl Communicator {
             let tracked = x.is_tracked();
             let data = x.clone().into_data();
             payload_bytes += data.as_bytes().len();
-            sent.push(Piece { peer: *to, len: data.num_elements(), tracked });
+            sent.push(Piece {
+                peer: *to,
+                len: data.num_elements(),
+                tracked,
+            });
             messages.push((*to, wire::encode(&agreed, tracked, &data)));
         }
         let replies = self.link.exchange_bytes(function, tag, messages, from)?;
@@ -201,30 +282,86 @@ impl Communicator {
         let mut received = Vec::with_capacity(from.len());
         let mut pieces = Vec::with_capacity(from.len());
         for (reply, &peer) in replies.iter().zip(from) {
-            let message = wire::decode(reply).map_err(|why| SparseAttnError { function, argument: "peers", expected: "a well-formed message".into(), actual: format!("from rank {peer}: {why}") })?;
+            let message = wire::decode(reply).map_err(|why| SparseAttnError {
+                function,
+                argument: "peers",
+                expected: "a well-formed message".into(),
+                actual: format!("from rank {peer}: {why}"),
+            })?;
             if message.agreed != agreed {
-                return Err(SparseAttnError { function, argument, expected: format!("the same on every rank (rank {} has `{agreed}`)", self.rank), actual: format!("`{}` on rank {peer}", message.agreed) });
+                return Err(SparseAttnError {
+                    function,
+                    argument,
+                    expected: format!("the same on every rank (rank {} has `{agreed}`)", self.rank),
+                    actual: format!("`{}` on rank {peer}", message.agreed),
+                });
             }
-            pieces.push(Piece { peer, len: message.data.num_elements(), tracked: message.tracked });
+            pieces.push(Piece {
+                peer,
+                len: message.data.num_elements(),
+                tracked: message.tracked,
+            });
             received.push(Tensor::<D>::from_data(message.data, &self.device));
         }
         let needs_backward = sent.iter().chain(&pieces).any(|p| p.tracked);
         if !needs_backward {
-            return Ok(Delivery { received, tie: None });
+            return Ok(Delivery {
+                received,
+                tie: None,
+            });
         }
         // Flatten both sides into the one tracked op whose backward is the transposed exchange.
-        let dtype = sends.first().map(|(_, x)| x.dtype()).or_else(|| received.first().map(Tensor::dtype)).expect("an exchange moves something");
-        let flat = |xs: Vec<Tensor<D>>| -> Option<Tensor<1>> { (!xs.is_empty()).then(|| Tensor::cat(xs.into_iter().map(|x| { let n = x.shape().num_elements(); x.reshape([n]) }).collect(), 0)) };
+        let dtype = sends
+            .first()
+            .map(|(_, x)| x.dtype())
+            .or_else(|| received.first().map(Tensor::dtype))
+            .expect("an exchange moves something");
+        let flat = |xs: Vec<Tensor<D>>| -> Option<Tensor<1>> {
+            (!xs.is_empty()).then(|| {
+                Tensor::cat(
+                    xs.into_iter()
+                        .map(|x| {
+                            let n = x.shape().num_elements();
+                            x.reshape([n])
+                        })
+                        .collect(),
+                    0,
+                )
+            })
+        };
         // A rank that sent nothing tracked still runs the backward: it owes gradients to its
         // senders. A fresh one-element leaf stands in for its input.
-        let sent_flat = if sent.iter().any(|p| p.tracked) { flat(sends.into_iter().map(|(_, x)| x).collect()) } else { None }.unwrap_or_else(|| Tensor::<1>::zeros([1], &self.device).require_grad());
+        let sent_flat = if sent.iter().any(|p| p.tracked) {
+            flat(sends.into_iter().map(|(_, x)| x).collect())
+        } else {
+            None
+        }
+        .unwrap_or_else(|| Tensor::<1>::zeros([1], &self.device).require_grad());
         let sent_len = sent_flat.shape().num_elements();
         let shapes: Vec<_> = received.iter().map(|x| x.shape()).collect();
         let received_flat = flat(received).unwrap_or_else(|| Tensor::<1>::zeros([1], &self.device));
-        let route = route::register(ReverseRoute { link: self.link.clone(), function, tag: Tag { backward: true, ..tag }, sent, sent_len, received: pieces, dtype });
-        let joined = Tensor::<1>::from_dispatch(<Dispatch as CollectiveOps>::exchange_hook(sent_flat.into_dispatch(), received_flat.into_dispatch(), route));
+        let route = route::register(ReverseRoute {
+            link: self.link.clone(),
+            function,
+            tag: Tag {
+                backward: true,
+                ..tag
+            },
+            sent,
+            sent_len,
+            received: pieces,
+            dtype,
+        });
+        let joined = Tensor::<1>::from_dispatch(<Dispatch as CollectiveOps>::exchange_hook(
+            sent_flat.into_dispatch(),
+            received_flat.into_dispatch(),
+            route,
+        ));
         if shapes.is_empty() {
-            return Ok(Delivery { received: Vec::new(), tie: Some(joined) });
+            return Ok(Delivery {
+                received: Vec::new(),
+                tie: Some(joined),
+            });
         }
         let mut at = 0;
         let received = shapes
@@ -236,7 +373,10 @@ impl Communicator {
                 piece
             })
             .collect();
-        Ok(Delivery { received, tie: None })
+        Ok(Delivery {
+            received,
+            tie: None,
+        })
     }
 }
 
@@ -250,12 +390,23 @@ mod wire {
         pub data: TensorData,
     }
 
-    const DTYPES: [DType; 6] = [DType::F32, DType::F16, DType::BF16, DType::F64, DType::I64, DType::I32];
+    const DTYPES: [DType; 6] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F64,
+        DType::I64,
+        DType::I32,
+    ];
 
     pub(super) fn encode(agreed: &str, tracked: bool, data: &TensorData) -> Vec<u8> {
         let dims = data.shape().to_vec();
-        let code = DTYPES.iter().position(|d| *d == data.dtype()).expect("a float or int dtype") as u8;
-        let mut out = Vec::with_capacity(16 + agreed.len() + 8 * dims.len() + data.as_bytes().len());
+        let code = DTYPES
+            .iter()
+            .position(|d| *d == data.dtype())
+            .expect("a float or int dtype") as u8;
+        let mut out =
+            Vec::with_capacity(16 + agreed.len() + 8 * dims.len() + data.as_bytes().len());
         out.extend_from_slice(&(agreed.len() as u64).to_le_bytes());
         out.extend_from_slice(agreed.as_bytes());
         out.push(tracked as u8);
@@ -269,22 +420,39 @@ mod wire {
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Message, String> {
-        let take = |at: usize, n: usize| bytes.get(at..at + n).ok_or_else(|| format!("truncated at byte {at}"));
-        let u64_at = |at: usize| take(at, 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+        let take = |at: usize, n: usize| {
+            bytes
+                .get(at..at + n)
+                .ok_or_else(|| format!("truncated at byte {at}"))
+        };
+        let u64_at = |at: usize| {
+            take(at, 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        };
         let len = u64_at(0)?;
         let agreed = String::from_utf8(take(8, len)?.to_vec()).map_err(|e| e.to_string())?;
         let mut at = 8 + len;
         let head = take(at, 3)?;
         let (tracked, code, rank) = (head[0] != 0, head[1] as usize, head[2] as usize);
         at += 3;
-        let dtype = *DTYPES.get(code).ok_or_else(|| format!("dtype code {code}"))?;
-        let dims = (0..rank).map(|i| u64_at(at + 8 * i)).collect::<Result<Vec<_>, _>>()?;
+        let dtype = *DTYPES
+            .get(code)
+            .ok_or_else(|| format!("dtype code {code}"))?;
+        let dims = (0..rank)
+            .map(|i| u64_at(at + 8 * i))
+            .collect::<Result<Vec<_>, _>>()?;
         at += 8 * rank;
         let payload = bytes[at..].to_vec();
         let want = dims.iter().product::<usize>() * dtype.size();
         if payload.len() != want {
-            return Err(format!("{} payload bytes for {dims:?} of {dtype:?} ({want} expected)", payload.len()));
+            return Err(format!(
+                "{} payload bytes for {dims:?} of {dtype:?} ({want} expected)",
+                payload.len()
+            ));
         }
-        Ok(Message { agreed, tracked, data: TensorData::from_bytes_vec(payload, dims, dtype) })
+        Ok(Message {
+            agreed,
+            tracked,
+            data: TensorData::from_bytes_vec(payload, dims, dtype),
+        })
     }
 }

@@ -45,13 +45,23 @@ impl ReverseRoute {
         let mut sends = Vec::new();
         for piece in &self.received {
             if piece.tracked {
-                sends.push((piece.peer, bytes[at * width..(at + piece.len) * width].to_vec()));
+                sends.push((
+                    piece.peer,
+                    bytes[at * width..(at + piece.len) * width].to_vec(),
+                ));
             }
             at += piece.len;
         }
         let back_bytes: usize = sends.iter().map(|(_, b)| b.len()).sum();
-        let from: Vec<usize> = self.sent.iter().filter(|p| p.tracked).map(|p| p.peer).collect();
-        let replies = self.link.exchange_bytes(self.function, self.tag, sends, &from)?;
+        let from: Vec<usize> = self
+            .sent
+            .iter()
+            .filter(|p| p.tracked)
+            .map(|p| p.peer)
+            .collect();
+        let replies = self
+            .link
+            .exchange_bytes(self.function, self.tag, sends, &from)?;
         self.link.count_backward(back_bytes, from.len());
         let mut out = vec![0u8; self.sent_len * width];
         let mut replies = replies.into_iter();
@@ -59,7 +69,13 @@ impl ReverseRoute {
         for piece in &self.sent {
             if piece.tracked {
                 let reply = replies.next().expect("one reply per tracked piece");
-                SparseAttnError::check(reply.len() == piece.len * width, self.function, "gradient", format!("{} bytes from rank {}", piece.len * width, piece.peer), reply.len())?;
+                SparseAttnError::check(
+                    reply.len() == piece.len * width,
+                    self.function,
+                    "gradient",
+                    format!("{} bytes from rank {}", piece.len * width, piece.peer),
+                    reply.len(),
+                )?;
                 out[at * width..(at + piece.len) * width].copy_from_slice(&reply);
             }
             at += piece.len;
@@ -74,11 +90,19 @@ static ROUTES: Mutex<Option<HashMap<u64, Arc<ReverseRoute>>>> = Mutex::new(None)
 /// Keeps `route` until the op that records it takes it; returns its id.
 pub(crate) fn register(route: ReverseRoute) -> u64 {
     let id = NEXT_ROUTE.fetch_add(1, Ordering::Relaxed);
-    ROUTES.lock().expect("route registry").get_or_insert_with(HashMap::new).insert(id, Arc::new(route));
+    ROUTES
+        .lock()
+        .expect("route registry")
+        .get_or_insert_with(HashMap::new)
+        .insert(id, Arc::new(route));
     id
 }
 
 /// The route registered as `id`, removed from the registry.
 pub(crate) fn take(id: u64) -> Option<Arc<ReverseRoute>> {
-    ROUTES.lock().expect("route registry").as_mut().and_then(|routes| routes.remove(&id))
+    ROUTES
+        .lock()
+        .expect("route registry")
+        .as_mut()
+        .and_then(|routes| routes.remove(&id))
 }

@@ -26,7 +26,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The timeout from `CTX_PARALLEL_TIMEOUT_S`, else [`DEFAULT_TIMEOUT`].
 pub fn timeout_from_env() -> Duration {
-    std::env::var("CTX_PARALLEL_TIMEOUT_S").ok().and_then(|s| s.parse::<f64>().ok()).filter(|s| *s > 0.0).map(Duration::from_secs_f64).unwrap_or(DEFAULT_TIMEOUT)
+    std::env::var("CTX_PARALLEL_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_TIMEOUT)
 }
 
 /// A message's tag: the group that sent it, its place in that group's sequence of
@@ -66,7 +71,11 @@ impl fmt::Display for PeerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Failed { rank, cause } => write!(f, "rank {rank} failed: {cause}"),
-            Self::Timeout { rank, waited } => write!(f, "no message from rank {rank} within {:.1} s (it failed, hangs, or called a different collective)", waited.as_secs_f64()),
+            Self::Timeout { rank, waited } => write!(
+                f,
+                "no message from rank {rank} within {:.1} s (it failed, hangs, or called a different collective)",
+                waited.as_secs_f64()
+            ),
             Self::Messenger(why) => write!(f, "{why}"),
         }
     }
@@ -86,7 +95,12 @@ pub trait Messenger: Send + Sync {
     fn world(&self) -> usize;
     /// Sends each `(rank, bytes)` and receives one message tagged `tag` from each rank of
     /// `from`, returned in `from`'s order.
-    fn exchange(&self, tag: Tag, sends: Vec<(usize, Vec<u8>)>, from: &[usize]) -> Result<Vec<Vec<u8>>, PeerError>;
+    fn exchange(
+        &self,
+        tag: Tag,
+        sends: Vec<(usize, Vec<u8>)>,
+        from: &[usize],
+    ) -> Result<Vec<Vec<u8>>, PeerError>;
     /// Tells the job that this rank failed and why, so that no peer waits for it: peers'
     /// exchanges return [`PeerError::Failed`] (threads), or the job is aborted with the
     /// cause printed (MPI).

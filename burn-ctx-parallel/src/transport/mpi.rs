@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use burn_sparse_attn::SparseAttnError;
+use mpi::Threading;
 use mpi::environment::Universe;
 use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
 use mpi::request::scope;
 use mpi::topology::{Communicator as _, SimpleCommunicator};
-use mpi::Threading;
 
 use super::threads::panic_message;
 use super::{Messenger, PeerError, Tag, timeout_from_env};
@@ -47,13 +47,27 @@ impl MpiUniverse {
     /// Initialises MPI (once per process) and returns this rank's messenger, waiting
     /// [`timeout_from_env`] at most for a peer.
     pub fn init() -> Result<Arc<MpiMessenger>, PeerError> {
-        let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized).ok_or_else(|| PeerError::Messenger("MPI was already initialised in this process".into()))?;
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| {
+                PeerError::Messenger("MPI was already initialised in this process".into())
+            })?;
         if threading < Threading::Serialized {
-            return Err(PeerError::Messenger(format!("the MPI library offers {threading:?} threading; at least Serialized is needed")));
+            return Err(PeerError::Messenger(format!(
+                "the MPI library offers {threading:?} threading; at least Serialized is needed"
+            )));
         }
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
-        Ok(Arc::new(MpiMessenger { mpi: Mutex::new(Mpi { _universe: universe, world }), rank, world: size, timeout: timeout_from_env(), grace: Duration::from_secs(1) }))
+        Ok(Arc::new(MpiMessenger {
+            mpi: Mutex::new(Mpi {
+                _universe: universe,
+                world,
+            }),
+            rank,
+            world: size,
+            timeout: timeout_from_env(),
+            grace: Duration::from_secs(1),
+        }))
     }
 }
 
@@ -73,34 +87,70 @@ impl Messenger for MpiMessenger {
         self.world
     }
 
-    fn exchange(&self, tag: Tag, sends: Vec<(usize, Vec<u8>)>, from: &[usize]) -> Result<Vec<Vec<u8>>, PeerError> {
-        let mpi = self.mpi.lock().map_err(|_| PeerError::Messenger("MPI messenger poisoned".into()))?;
+    fn exchange(
+        &self,
+        tag: Tag,
+        sends: Vec<(usize, Vec<u8>)>,
+        from: &[usize],
+    ) -> Result<Vec<Vec<u8>>, PeerError> {
+        let mpi = self
+            .mpi
+            .lock()
+            .map_err(|_| PeerError::Messenger("MPI messenger poisoned".into()))?;
         let world = &mpi.world;
         let tag = mpi_tag(tag);
         let deadline = Instant::now() + self.timeout;
         scope(|scope| {
-            let mut pending: Vec<_> = sends.iter().map(|(to, bytes)| world.process_at_rank(*to as i32).immediate_send_with_tag(scope, &bytes[..], tag)).collect();
+            let mut pending: Vec<_> = sends
+                .iter()
+                .map(|(to, bytes)| {
+                    world.process_at_rank(*to as i32).immediate_send_with_tag(
+                        scope,
+                        &bytes[..],
+                        tag,
+                    )
+                })
+                .collect();
             let mut received: Vec<Option<Vec<u8>>> = vec![None; from.len()];
             loop {
                 let mut progress = false;
                 for (slot, &peer) in received.iter_mut().zip(from) {
-                    if slot.is_none() {
-                        if let Some(probed) = world.process_at_rank(peer as i32).immediate_matched_probe_with_tag(tag) {
-                            *slot = Some(probed.matched_receive_vec::<u8>().0);
-                            progress = true;
-                        }
+                    if slot.is_none()
+                        && let Some(probed) = world
+                            .process_at_rank(peer as i32)
+                            .immediate_matched_probe_with_tag(tag)
+                    {
+                        *slot = Some(probed.matched_receive_vec::<u8>().0);
+                        progress = true;
                     }
                 }
-                pending = pending.into_iter().filter_map(|request| request.test().err()).collect();
+                pending = pending
+                    .into_iter()
+                    .filter_map(|request| request.test().err())
+                    .collect();
                 if pending.is_empty() && received.iter().all(Option::is_some) {
-                    return Ok(received.into_iter().map(|m| m.expect("all received")).collect());
+                    return Ok(received
+                        .into_iter()
+                        .map(|m| m.expect("all received"))
+                        .collect());
                 }
                 if Instant::now() >= deadline {
                     // Pending sends cannot be abandoned safely: stop the job here.
-                    let waiting = from.iter().zip(&received).find(|(_, m)| m.is_none()).map(|(p, _)| *p);
+                    let waiting = from
+                        .iter()
+                        .zip(&received)
+                        .find(|(_, m)| m.is_none())
+                        .map(|(p, _)| *p);
                     let why = match waiting {
-                        Some(rank) => PeerError::Timeout { rank, waited: self.timeout }.to_string(),
-                        None => format!("sends not taken by their receivers within {:.1} s", self.timeout.as_secs_f64()),
+                        Some(rank) => PeerError::Timeout {
+                            rank,
+                            waited: self.timeout,
+                        }
+                        .to_string(),
+                        None => format!(
+                            "sends not taken by their receivers within {:.1} s",
+                            self.timeout.as_secs_f64()
+                        ),
                     };
                     eprintln!("rank {}: aborting the MPI job: {why}", self.rank);
                     world.abort(1);
@@ -125,7 +175,10 @@ impl Messenger for MpiMessenger {
 /// Runs `body` as this process's rank of an MPI job on `device` and returns its result. A
 /// rank whose body returns an error or panics prints the rank and the cause and aborts the
 /// whole job (exit code 1 from `mpirun`), so no rank waits for it.
-pub fn run_mpi<R>(device: Device, body: impl FnOnce(Communicator) -> Result<R, SparseAttnError>) -> Result<R, PeerError> {
+pub fn run_mpi<R>(
+    device: Device,
+    body: impl FnOnce(Communicator) -> Result<R, SparseAttnError>,
+) -> Result<R, PeerError> {
     let messenger = MpiUniverse::init()?;
     let comm = Communicator::new(messenger.clone(), device);
     let result = match catch_unwind(AssertUnwindSafe(|| body(comm))) {

@@ -38,8 +38,18 @@ pub struct ThreadMessenger {
 impl ThreadMessenger {
     /// The `world` ranks of a new job, each waiting at most `timeout` for a message.
     pub fn job(world: usize, timeout: Duration) -> Vec<Self> {
-        let shared = Arc::new(Shared { boxes: Mutex::new(Mailboxes::default()), arrived: Condvar::new() });
-        (0..world).map(|rank| Self { rank, world, timeout, shared: shared.clone() }).collect()
+        let shared = Arc::new(Shared {
+            boxes: Mutex::new(Mailboxes::default()),
+            arrived: Condvar::new(),
+        });
+        (0..world)
+            .map(|rank| Self {
+                rank,
+                world,
+                timeout,
+                shared: shared.clone(),
+            })
+            .collect()
     }
 }
 
@@ -52,28 +62,56 @@ impl Messenger for ThreadMessenger {
         self.world
     }
 
-    fn exchange(&self, tag: Tag, sends: Vec<(usize, Vec<u8>)>, from: &[usize]) -> Result<Vec<Vec<u8>>, PeerError> {
-        let mut boxes = self.shared.boxes.lock().map_err(|_| PeerError::Messenger("mailboxes poisoned".into()))?;
+    fn exchange(
+        &self,
+        tag: Tag,
+        sends: Vec<(usize, Vec<u8>)>,
+        from: &[usize],
+    ) -> Result<Vec<Vec<u8>>, PeerError> {
+        let mut boxes = self
+            .shared
+            .boxes
+            .lock()
+            .map_err(|_| PeerError::Messenger("mailboxes poisoned".into()))?;
         for (to, bytes) in sends {
-            boxes.queues.entry((self.rank, to, tag)).or_default().push_back(bytes);
+            boxes
+                .queues
+                .entry((self.rank, to, tag))
+                .or_default()
+                .push_back(bytes);
         }
         self.shared.arrived.notify_all();
         let deadline = Instant::now() + self.timeout;
         let mut received = Vec::with_capacity(from.len());
         for &peer in from {
             loop {
-                if let Some(message) = boxes.queues.get_mut(&(peer, self.rank, tag)).and_then(VecDeque::pop_front) {
+                if let Some(message) = boxes
+                    .queues
+                    .get_mut(&(peer, self.rank, tag))
+                    .and_then(VecDeque::pop_front)
+                {
                     received.push(message);
                     break;
                 }
                 if let Some((rank, cause)) = &boxes.failed {
-                    return Err(PeerError::Failed { rank: *rank, cause: cause.clone() });
+                    return Err(PeerError::Failed {
+                        rank: *rank,
+                        cause: cause.clone(),
+                    });
                 }
                 let now = Instant::now();
                 if now >= deadline {
-                    return Err(PeerError::Timeout { rank: peer, waited: self.timeout });
+                    return Err(PeerError::Timeout {
+                        rank: peer,
+                        waited: self.timeout,
+                    });
                 }
-                boxes = self.shared.arrived.wait_timeout(boxes, deadline - now).map_err(|_| PeerError::Messenger("mailboxes poisoned".into()))?.0;
+                boxes = self
+                    .shared
+                    .arrived
+                    .wait_timeout(boxes, deadline - now)
+                    .map_err(|_| PeerError::Messenger("mailboxes poisoned".into()))?
+                    .0;
             }
         }
         Ok(received)
@@ -81,7 +119,9 @@ impl Messenger for ThreadMessenger {
 
     fn fail(&self, cause: &str) {
         if let Ok(mut boxes) = self.shared.boxes.lock() {
-            boxes.failed.get_or_insert_with(|| (self.rank, cause.to_string()));
+            boxes
+                .failed
+                .get_or_insert_with(|| (self.rank, cause.to_string()));
         }
         self.shared.arrived.notify_all();
     }
@@ -92,7 +132,10 @@ impl Messenger for ThreadMessenger {
 /// others, whose pending and later collectives then fail with an error naming that rank and
 /// its cause, so the job ends instead of hanging. Ranks wait
 /// [`timeout_from_env`](super::timeout_from_env) at most for a peer.
-pub fn run_in_process<R: Send>(devices: &[Device], body: impl Fn(Communicator) -> Result<R, SparseAttnError> + Sync) -> Vec<Result<R, SparseAttnError>> {
+pub fn run_in_process<R: Send>(
+    devices: &[Device],
+    body: impl Fn(Communicator) -> Result<R, SparseAttnError> + Sync,
+) -> Vec<Result<R, SparseAttnError>> {
     let messengers = ThreadMessenger::job(devices.len(), timeout_from_env());
     std::thread::scope(|scope| {
         let handles: Vec<_> = messengers
@@ -104,7 +147,16 @@ pub fn run_in_process<R: Send>(devices: &[Device], body: impl Fn(Communicator) -
                     let comm = Communicator::new(Arc::new(messenger.clone()), device.clone());
                     let result = match catch_unwind(AssertUnwindSafe(|| body(comm))) {
                         Ok(result) => result,
-                        Err(panic) => Err(SparseAttnError { function: "run_in_process", argument: "body", expected: "to return".into(), actual: format!("rank {} panicked: {}", messenger.rank, panic_message(&*panic)) }),
+                        Err(panic) => Err(SparseAttnError {
+                            function: "run_in_process",
+                            argument: "body",
+                            expected: "to finish without panicking".into(),
+                            actual: format!(
+                                "rank {} panicked: {}",
+                                messenger.rank,
+                                panic_message(&*panic)
+                            ),
+                        }),
                     };
                     if let Err(e) = &result {
                         messenger.fail(&e.to_string());
@@ -113,11 +165,18 @@ pub fn run_in_process<R: Send>(devices: &[Device], body: impl Fn(Communicator) -
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("rank threads catch their panics")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank threads catch their panics"))
+            .collect()
     })
 }
 
 /// The text of a panic payload.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into())
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

@@ -19,7 +19,9 @@ fn every_case_equals_unsharded_on_threads() {
         for case in CASES {
             let results = run_in_process(&devices(world), |comm| Ok(run_case(case, &comm)));
             for (rank, result) in results.into_iter().enumerate() {
-                let worst = result.unwrap().unwrap_or_else(|e| panic!("{case}, world {world}, rank {rank}: {e}"));
+                let worst = result
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{case}, world {world}, rank {rank}: {e}"));
                 assert!(worst <= 1e-5, "{case}, world {world}: {worst}");
                 worst_seen = worst_seen.max(worst);
             }
@@ -38,14 +40,26 @@ fn ranks_that_disagree_get_a_named_error_on_every_rank() {
     for (rank, result) in results.into_iter().enumerate() {
         let err = result.unwrap_err();
         assert_eq!(err.argument, "x", "rank {rank}: {err}");
-        assert!(err.to_string().contains("[*, 5]") && err.to_string().contains("[*, 4]"), "rank {rank}: {err}");
+        assert!(
+            err.to_string().contains("[*, 5]") && err.to_string().contains("[*, 4]"),
+            "rank {rank}: {err}"
+        );
     }
     // Different splits of an all-to-all.
     let results = run_in_process(&devices(2), |comm| {
         let sizes = if comm.rank() == 0 { [1, 3] } else { [2, 2] };
         comm.all_to_all(normal([4, 2], 1, comm.device()), 0, &sizes, 1)
     });
-    assert!(results.iter().all(|r| r.as_ref().is_err_and(|e| e.to_string().contains("split 0 by"))), "{:?}", results.iter().map(|r| r.as_ref().err().map(ToString::to_string)).collect::<Vec<_>>());
+    assert!(
+        results.iter().all(|r| r
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("split 0 by"))),
+        "{:?}",
+        results
+            .iter()
+            .map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -57,12 +71,23 @@ fn a_failing_rank_ends_the_job_with_its_cause_on_every_rank() {
                 if panics {
                     panic!("injected failure");
                 }
-                return Err(burn_sparse_attn::SparseAttnError::check(false, "test", "input", "valid", "injected failure").unwrap_err());
+                return Err(burn_sparse_attn::SparseAttnError::check(
+                    false,
+                    "test",
+                    "input",
+                    "valid",
+                    "injected failure",
+                )
+                .unwrap_err());
             }
             let x: Tensor<2> = normal([2, 2], 1, comm.device());
             comm.all_reduce(x)
         });
-        assert!(started.elapsed() < Duration::from_secs(30), "the job took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the job took {:?}",
+            started.elapsed()
+        );
         for (rank, result) in results.into_iter().enumerate() {
             let err = result.unwrap_err().to_string();
             assert!(err.contains("injected failure"), "rank {rank}: {err}");

@@ -23,10 +23,32 @@ fn mpirun(np: usize, case: &str, limit: Duration) -> Job {
     let exe = std::env::current_exe().expect("the test binary");
     let started = Instant::now();
     let mut child = Command::new("mpirun")
-        .args(["--oversubscribe", "--allow-run-as-root", "--bind-to", "none", "-np", &np.to_string()])
-        .args(["-x", "CTX_PARALLEL_CASE", "-x", "CTX_PARALLEL_TIMEOUT_S", "-x", "RAYON_NUM_THREADS", "-x", "OMPI_MCA_btl_vader_single_copy_mechanism"])
+        .args([
+            "--oversubscribe",
+            "--allow-run-as-root",
+            "--bind-to",
+            "none",
+            "-np",
+            &np.to_string(),
+        ])
+        .args([
+            "-x",
+            "CTX_PARALLEL_CASE",
+            "-x",
+            "CTX_PARALLEL_TIMEOUT_S",
+            "-x",
+            "RAYON_NUM_THREADS",
+            "-x",
+            "OMPI_MCA_btl_vader_single_copy_mechanism",
+        ])
         .arg(exe)
-        .args(["--ignored", "--exact", "mpi::mpi_rank", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "mpi::mpi_rank",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("CTX_PARALLEL_CASE", case)
         .env("CTX_PARALLEL_TIMEOUT_S", "10")
         .env("RAYON_NUM_THREADS", "1")
@@ -42,12 +64,24 @@ fn mpirun(np: usize, case: &str, limit: Duration) -> Job {
         if started.elapsed() > limit {
             child.kill().ok();
             let out = child.wait_with_output().expect("mpirun output");
-            panic!("mpirun -np {np} {case} still running after {limit:?}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "mpirun -np {np} {case} still running after {limit:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().expect("mpirun output");
-    Job { success: out.status.success(), output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)), took: started.elapsed() }
+    Job {
+        success: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        took: started.elapsed(),
+    }
 }
 
 /// One rank of a job started by the tests below (ignored when run directly).
@@ -56,12 +90,21 @@ fn mpirun(np: usize, case: &str, limit: Duration) -> Job {
 fn mpi_rank() {
     let case = std::env::var("CTX_PARALLEL_CASE").expect("CTX_PARALLEL_CASE");
     run_mpi(Device::flex(), |comm| {
-        let fail = |why: String| burn_sparse_attn::SparseAttnError { function: "mpi_rank", argument: "case", expected: "to pass".into(), actual: why };
+        let fail = |why: String| burn_sparse_attn::SparseAttnError {
+            function: "mpi_rank",
+            argument: "case",
+            expected: "to pass".into(),
+            actual: why,
+        };
         match case.as_str() {
             "all" => {
                 for name in CASES {
                     let worst = run_case(name, &comm).map_err(fail)?;
-                    println!("rank {} of {}: {name} worst relative difference {worst:.3e}", comm.rank(), comm.world());
+                    println!(
+                        "rank {} of {}: {name} worst relative difference {worst:.3e}",
+                        comm.rank(),
+                        comm.world()
+                    );
                 }
             }
             "mismatch" => {
@@ -97,11 +140,22 @@ fn every_case_equals_unsharded_across_2_3_and_4_processes() {
         let job = mpirun(np, "all", Duration::from_secs(600));
         assert!(job.success, "mpirun -np {np}:\n{}", job.output);
         for case in CASES {
-            let lines = job.output.lines().filter(|l| l.contains(&format!(" {case} worst relative difference"))).count();
+            let lines = job
+                .output
+                .lines()
+                .filter(|l| l.contains(&format!(" {case} worst relative difference")))
+                .count();
             assert_eq!(lines, np, "every rank reports {case}:\n{}", job.output);
         }
-        let worst = job.output.lines().filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).fold(0.0, f64::max);
-        println!("mpirun -np {np}: worst relative difference {worst:.3e} in {:.1} s", job.took.as_secs_f64());
+        let worst = job
+            .output
+            .lines()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        println!(
+            "mpirun -np {np}: worst relative difference {worst:.3e} in {:.1} s",
+            job.took.as_secs_f64()
+        );
     }
 }
 
@@ -112,7 +166,13 @@ fn failures_end_the_job_with_the_rank_and_cause() {
     let job = mpirun(3, "mismatch", limit);
     assert!(!job.success);
     for rank in 0..3 {
-        assert!(job.output.contains(&format!("rank {rank} failed: Communicator::all_gather: `x` must be the same on every rank")), "rank {rank}:\n{}", job.output);
+        assert!(
+            job.output.contains(&format!(
+                "rank {rank} failed: Communicator::all_gather: `x` must be the same on every rank"
+            )),
+            "rank {rank}:\n{}",
+            job.output
+        );
     }
     // Heads that don't divide the world: every rank names the argument.
     let job = mpirun(2, "heads", limit);
@@ -123,10 +183,19 @@ fn failures_end_the_job_with_the_rank_and_cause() {
     // A rank that panics stops the job with its message.
     let job = mpirun(4, "panic", limit);
     assert!(!job.success);
-    assert!(job.output.contains("rank 1 failed: panicked: injected failure"), "{}", job.output);
+    assert!(
+        job.output
+            .contains("rank 1 failed: panicked: injected failure"),
+        "{}",
+        job.output
+    );
     // A rank that hangs: its peers give up after the 10 s timeout, naming it.
     let job = mpirun(2, "hang", limit);
     assert!(!job.success);
-    assert!(job.output.contains("no message from rank 1 within 10.0 s"), "{}", job.output);
+    assert!(
+        job.output.contains("no message from rank 1 within 10.0 s"),
+        "{}",
+        job.output
+    );
     assert!(job.took < Duration::from_secs(50), "{:?}", job.took);
 }

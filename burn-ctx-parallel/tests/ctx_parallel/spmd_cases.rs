@@ -3,13 +3,24 @@
 //! and its byte counters with the formulas. Run by `in_process` (ranks as threads) and, with
 //! the `mpi` feature, by `mpi` (ranks as processes under `mpirun`).
 
-use burn::tensor::{Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
+use burn::tensor::{
+    Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions,
+};
 use burn_ctx_parallel::planner::lpt_assign;
-use burn_ctx_parallel::{Communicator, HybridSplit, head_parallel_attention, head_parallel_bytes_per_rank, hybrid_attention, ring_attention, sparse_sequence_attention};
+use burn_ctx_parallel::{
+    Communicator, HybridSplit, head_parallel_attention, head_parallel_bytes_per_rank,
+    hybrid_attention, ring_attention, sparse_sequence_attention,
+};
 use burn_sparse_attn::{CriticalKeys, SelectionConfig, select_critical_keys, sparse_attention};
 
 /// The cases every world size runs, by name.
-pub const CASES: [&str; 5] = ["collectives", "head_parallel", "ring", "sparse_sequence", "hybrid"];
+pub const CASES: [&str; 5] = [
+    "collectives",
+    "head_parallel",
+    "ring",
+    "sparse_sequence",
+    "hybrid",
+];
 
 /// Runs case `name` on this rank; returns the worst relative difference from the unsharded
 /// computation, or what went wrong.
@@ -28,12 +39,20 @@ pub fn run_case(name: &str, comm: &Communicator) -> Result<f64, String> {
 /// through Box–Muller.
 pub fn normal<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
     let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut uniform = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     };
-    let values: Vec<f32> = (0..n).map(|_| ((-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos()) as f32).collect();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            ((-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos()) as f32
+        })
+        .collect();
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
@@ -45,7 +64,11 @@ fn rel<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f64 {
 
 /// Fails when `worst` exceeds the bound (1e-5 relative in f32).
 fn within(what: &str, worst: f64) -> Result<f64, String> {
-    if worst <= 1e-5 { Ok(worst) } else { Err(format!("{what}: relative difference {worst:.3e} > 1e-5")) }
+    if worst <= 1e-5 {
+        Ok(worst)
+    } else {
+        Err(format!("{what}: relative difference {worst:.3e} > 1e-5"))
+    }
 }
 
 /// Sequence shard bounds of `rank`: `units` aligned units of `align` positions, split as
@@ -60,26 +83,58 @@ fn shard_range(len: usize, align: usize, world: usize, rank: usize) -> (usize, u
 /// This rank's output shard and q, k, v gradient shards of `Σ w ∘ f`, computed sharded by
 /// `sharded`, against the same from `full` on the whole inputs; returns the worst relative
 /// difference over the four.
-fn compare(comm: &Communicator, dims: [usize; 4], align: usize, seed: u64, full: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>, sharded: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>) -> Result<f64, String> {
+fn compare(
+    comm: &Communicator,
+    dims: [usize; 4],
+    align: usize,
+    seed: u64,
+    full: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>,
+    sharded: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>,
+) -> Result<f64, String> {
     let device = comm.device().clone();
     let ad = device.clone().autodiff();
     let data: Vec<Tensor<4>> = (0..4).map(|i| normal(dims, seed + i, &ad)).collect();
-    let run = |inputs: [Tensor<4>; 3], weight: Tensor<4>, f: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>| -> Result<[Tensor<4>; 4], String> {
+    let run = |inputs: [Tensor<4>; 3],
+               weight: Tensor<4>,
+               f: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>|
+     -> Result<[Tensor<4>; 4], String> {
         let [q, k, v] = inputs.map(|x| x.detach().require_grad());
         let out = f(q.clone(), k.clone(), v.clone())?;
         let grads = (out.clone() * weight).sum().backward();
-        let grad = |x: &Tensor<4>| x.grad(&grads).ok_or("no gradient").map(|g| Tensor::<4>::from_data(g.into_data(), &device));
-        Ok([Tensor::from_data(out.into_data(), &device), grad(&q)?, grad(&k)?, grad(&v)?])
+        let grad = |x: &Tensor<4>| {
+            x.grad(&grads)
+                .ok_or("no gradient")
+                .map(|g| Tensor::<4>::from_data(g.into_data(), &device))
+        };
+        Ok([
+            Tensor::from_data(out.into_data(), &device),
+            grad(&q)?,
+            grad(&k)?,
+            grad(&v)?,
+        ])
     };
-    let whole = run([data[0].clone(), data[1].clone(), data[2].clone()], data[3].clone(), &|q, k, v| Ok(full(q, k, v)))?;
+    let whole = run(
+        [data[0].clone(), data[1].clone(), data[2].clone()],
+        data[3].clone(),
+        &|q, k, v| Ok(full(q, k, v)),
+    )?;
     let (start, len) = shard_range(dims[2], align, comm.world(), comm.rank());
     let part = |x: &Tensor<4>| x.clone().narrow(2, start, len);
-    let mine = run([part(&data[0]), part(&data[1]), part(&data[2])], part(&data[3]), &sharded)?;
+    let mine = run(
+        [part(&data[0]), part(&data[1]), part(&data[2])],
+        part(&data[3]),
+        &sharded,
+    )?;
     let mut worst = 0.0f64;
     for (i, (got, want)) in mine.into_iter().zip(whole).enumerate() {
         let diff = rel(got, part(&want));
         if diff > 1e-5 {
-            return Err(format!("rank {} of {}, {}: relative difference {diff:.3e}", comm.rank(), comm.world(), ["output", "dq", "dk", "dv"][i]));
+            return Err(format!(
+                "rank {} of {}, {}: relative difference {diff:.3e}",
+                comm.rank(),
+                comm.world(),
+                ["output", "dq", "dk", "dv"][i]
+            ));
         }
         worst = worst.max(diff);
     }
@@ -92,7 +147,14 @@ fn dense(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 
 fn check_bytes(comm: &Communicator, what: &str, want: u64) -> Result<(), String> {
     let got = comm.stats().bytes;
-    if got == want { Ok(()) } else { Err(format!("rank {}: {what} sent {got} bytes, the formula says {want}", comm.rank())) }
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "rank {}: {what} sent {got} bytes, the formula says {want}",
+            comm.rank()
+        ))
+    }
 }
 
 fn collectives(comm: &Communicator) -> Result<f64, String> {
@@ -113,50 +175,142 @@ fn collectives(comm: &Communicator) -> Result<f64, String> {
     comm.reset_stats();
     let xg = Tensor::<2>::from_data(x.clone().into_data(), &ad).require_grad();
     let gathered = comm.all_gather(xg.clone(), 0).map_err(e)?;
-    worst = worst.max(within("all_gather", rel(Tensor::from_data(gathered.clone().into_data(), &device), full.clone()))?);
-    let weights: Vec<Tensor<2>> = (0..world).map(|j| normal([total, 3], 100 + j as u64, &device)).collect();
-    let grads = (gathered * Tensor::from_data(weights[rank].clone().into_data(), &ad)).sum().backward();
-    let want = weights.iter().cloned().reduce(|a, b| a + b).expect("world ≥ 1").narrow(0, start, rows(rank));
-    worst = worst.max(within("all_gather gradient", rel(Tensor::from_data(xg.grad(&grads).ok_or("no grad")?.into_data(), &device), want))?);
-    check_bytes(comm, "all_gather", (rows(rank) * 3 * 4 * (world - 1)) as u64)?;
+    worst = worst.max(within(
+        "all_gather",
+        rel(
+            Tensor::from_data(gathered.clone().into_data(), &device),
+            full.clone(),
+        ),
+    )?);
+    let weights: Vec<Tensor<2>> = (0..world)
+        .map(|j| normal([total, 3], 100 + j as u64, &device))
+        .collect();
+    let grads = (gathered * Tensor::from_data(weights[rank].clone().into_data(), &ad))
+        .sum()
+        .backward();
+    let want = weights
+        .iter()
+        .cloned()
+        .reduce(|a, b| a + b)
+        .expect("world ≥ 1")
+        .narrow(0, start, rows(rank));
+    worst = worst.max(within(
+        "all_gather gradient",
+        rel(
+            Tensor::from_data(xg.grad(&grads).ok_or("no grad")?.into_data(), &device),
+            want,
+        ),
+    )?);
+    check_bytes(
+        comm,
+        "all_gather",
+        (rows(rank) * 3 * 4 * (world - 1)) as u64,
+    )?;
 
     // Uneven all-to-all: rank r splits its rows' columns... split along dim 0 of a fixed
     // [Σ sizes, 2] block per rank into sizes[j] = j + 1 rows for rank j; concat along dim 1.
     let sizes: Vec<usize> = (0..world).map(|j| j + 1).collect();
     let n: usize = sizes.iter().sum();
-    let blocks: Vec<Tensor<2>> = (0..world).map(|r| normal([n, 2], 200 + r as u64, &device)).collect();
+    let blocks: Vec<Tensor<2>> = (0..world)
+        .map(|r| normal([n, 2], 200 + r as u64, &device))
+        .collect();
     comm.reset_stats();
     let xa = Tensor::<2>::from_data(blocks[rank].clone().into_data(), &ad).require_grad();
     let got = comm.all_to_all(xa.clone(), 0, &sizes, 1).map_err(e)?;
     let offset: usize = sizes[..rank].iter().sum();
-    let want = Tensor::cat(blocks.iter().map(|b| b.clone().narrow(0, offset, sizes[rank])).collect(), 1);
-    worst = worst.max(within("all_to_all", rel(Tensor::from_data(got.clone().into_data(), &device), want))?);
+    let want = Tensor::cat(
+        blocks
+            .iter()
+            .map(|b| b.clone().narrow(0, offset, sizes[rank]))
+            .collect(),
+        1,
+    );
+    worst = worst.max(within(
+        "all_to_all",
+        rel(Tensor::from_data(got.clone().into_data(), &device), want),
+    )?);
     // Gradient of Σ_j w_j ∘ out_j at rank r's block: row piece j comes from w_j's columns r.
-    let w: Vec<Tensor<2>> = (0..world).map(|j| normal([sizes[j], 2 * world], 300 + j as u64, &device)).collect();
-    let grads = (got * Tensor::from_data(w[rank].clone().into_data(), &ad)).sum().backward();
-    let want = Tensor::cat((0..world).map(|j| w[j].clone().narrow(1, 2 * rank, 2)).collect(), 0);
-    worst = worst.max(within("all_to_all gradient", rel(Tensor::from_data(xa.grad(&grads).ok_or("no grad")?.into_data(), &device), want))?);
-    let sent: usize = (0..world).filter(|&j| j != rank).map(|j| sizes[j] * 2 * 4).sum();
+    let w: Vec<Tensor<2>> = (0..world)
+        .map(|j| normal([sizes[j], 2 * world], 300 + j as u64, &device))
+        .collect();
+    let grads = (got * Tensor::from_data(w[rank].clone().into_data(), &ad))
+        .sum()
+        .backward();
+    let want = Tensor::cat(
+        (0..world)
+            .map(|j| w[j].clone().narrow(1, 2 * rank, 2))
+            .collect(),
+        0,
+    );
+    worst = worst.max(within(
+        "all_to_all gradient",
+        rel(
+            Tensor::from_data(xa.grad(&grads).ok_or("no grad")?.into_data(), &device),
+            want,
+        ),
+    )?);
+    let sent: usize = (0..world)
+        .filter(|&j| j != rank)
+        .map(|j| sizes[j] * 2 * 4)
+        .sum();
     check_bytes(comm, "all_to_all", sent as u64)?;
 
     // All-reduce and reduce-scatter of [2·world, 5] blocks, one per rank.
-    let parts: Vec<Tensor<2>> = (0..world).map(|r| normal([2 * world, 5], 400 + r as u64, &device)).collect();
-    let sum = parts.iter().cloned().reduce(|a, b| a + b).expect("world ≥ 1");
+    let parts: Vec<Tensor<2>> = (0..world)
+        .map(|r| normal([2 * world, 5], 400 + r as u64, &device))
+        .collect();
+    let sum = parts
+        .iter()
+        .cloned()
+        .reduce(|a, b| a + b)
+        .expect("world ≥ 1");
     comm.reset_stats();
     let xr = Tensor::<2>::from_data(parts[rank].clone().into_data(), &ad).require_grad();
     let reduced = comm.all_reduce(xr.clone()).map_err(e)?;
-    worst = worst.max(within("all_reduce", rel(Tensor::from_data(reduced.clone().into_data(), &device), sum.clone()))?);
-    let w: Vec<Tensor<2>> = (0..world).map(|j| normal([2 * world, 5], 500 + j as u64, &device)).collect();
-    let grads = (reduced * Tensor::from_data(w[rank].clone().into_data(), &ad)).sum().backward();
+    worst = worst.max(within(
+        "all_reduce",
+        rel(
+            Tensor::from_data(reduced.clone().into_data(), &device),
+            sum.clone(),
+        ),
+    )?);
+    let w: Vec<Tensor<2>> = (0..world)
+        .map(|j| normal([2 * world, 5], 500 + j as u64, &device))
+        .collect();
+    let grads = (reduced * Tensor::from_data(w[rank].clone().into_data(), &ad))
+        .sum()
+        .backward();
     let want = w.iter().cloned().reduce(|a, b| a + b).expect("world ≥ 1");
-    worst = worst.max(within("all_reduce gradient", rel(Tensor::from_data(xr.grad(&grads).ok_or("no grad")?.into_data(), &device), want))?);
+    worst = worst.max(within(
+        "all_reduce gradient",
+        rel(
+            Tensor::from_data(xr.grad(&grads).ok_or("no grad")?.into_data(), &device),
+            want,
+        ),
+    )?);
     // Reduce-scatter then all-gather: each rank sends all but its slice, then its slice to all.
     let elems = 2 * world * 5;
     let slice = |r: usize| (r + 1) * elems / world - r * elems / world;
-    check_bytes(comm, "all_reduce", if world == 1 { 0 } else { ((elems - slice(rank)) * 4 + slice(rank) * 4 * (world - 1)) as u64 })?;
+    check_bytes(
+        comm,
+        "all_reduce",
+        if world == 1 {
+            0
+        } else {
+            ((elems - slice(rank)) * 4 + slice(rank) * 4 * (world - 1)) as u64
+        },
+    )?;
     comm.reset_stats();
-    let scattered = comm.reduce_scatter(Tensor::<2>::from_data(parts[rank].clone().into_data(), &device), 0).map_err(e)?;
-    worst = worst.max(within("reduce_scatter", rel(scattered, sum.narrow(0, 2 * rank, 2)))?);
+    let scattered = comm
+        .reduce_scatter(
+            Tensor::<2>::from_data(parts[rank].clone().into_data(), &device),
+            0,
+        )
+        .map_err(e)?;
+    worst = worst.max(within(
+        "reduce_scatter",
+        rel(scattered, sum.narrow(0, 2 * rank, 2)),
+    )?);
     check_bytes(comm, "reduce_scatter", (2 * 5 * 4 * (world - 1)) as u64)?;
 
     // Halo exchange of 2 rows, and one ring step.
@@ -164,19 +318,38 @@ fn collectives(comm: &Communicator) -> Result<f64, String> {
     let xh = Tensor::<2>::from_data(x.clone().into_data(), &ad).require_grad();
     let (before, after) = comm.halo_exchange(xh.clone(), 0, 2).map_err(e)?;
     if let Some(before) = &before {
-        worst = worst.max(within("halo before", rel(Tensor::from_data(before.clone().into_data(), &device), full.clone().narrow(0, start - 2, 2)))?);
+        worst = worst.max(within(
+            "halo before",
+            rel(
+                Tensor::from_data(before.clone().into_data(), &device),
+                full.clone().narrow(0, start - 2, 2),
+            ),
+        )?);
     }
     if let Some(after) = &after {
-        worst = worst.max(within("halo after", rel(Tensor::from_data(after.clone().into_data(), &device), full.clone().narrow(0, start + rows(rank), 2)))?);
+        worst = worst.max(within(
+            "halo after",
+            rel(
+                Tensor::from_data(after.clone().into_data(), &device),
+                full.clone().narrow(0, start + rows(rank), 2),
+            ),
+        )?);
     }
     if (before.is_some(), after.is_some()) != (rank > 0, rank + 1 < world) {
-        return Err(format!("rank {rank}: halo sides {:?}", (before.is_some(), after.is_some())));
+        return Err(format!(
+            "rank {rank}: halo sides {:?}",
+            (before.is_some(), after.is_some())
+        ));
     }
     let halo_sends = usize::from(rank > 0) + usize::from(rank + 1 < world);
     check_bytes(comm, "halo_exchange", (halo_sends * 2 * 3 * 4) as u64)?;
     // Backward of the halo: Σ of the halos' sums; rank r's first rows get 1 from the left
     // neighbour's `after`, its last rows 1 from the right neighbour's `before`.
-    let loss = [before, after].into_iter().flatten().map(|t| t.sum()).reduce(|a, b| a + b);
+    let loss = [before, after]
+        .into_iter()
+        .flatten()
+        .map(|t| t.sum())
+        .reduce(|a, b| a + b);
     if let Some(loss) = loss {
         let grads = loss.backward();
         let mut want = vec![0.0f32; rows(rank) * 3];
@@ -188,17 +361,33 @@ fn collectives(comm: &Communicator) -> Result<f64, String> {
             want[n - 6..].iter_mut().for_each(|g| *g += 1.0);
         }
         let got = xh.grad(&grads).ok_or("no halo gradient")?;
-        worst = worst.max(within("halo gradient", rel(Tensor::from_data(got.into_data(), &device), Tensor::<2>::from_data(TensorData::new(want, [rows(rank), 3]), &device)))?);
+        worst = worst.max(within(
+            "halo gradient",
+            rel(
+                Tensor::from_data(got.into_data(), &device),
+                Tensor::<2>::from_data(TensorData::new(want, [rows(rank), 3]), &device),
+            ),
+        )?);
     }
-    let next = comm.send_recv(x, (rank + 1) % world, (rank + world - 1) % world, 0).map_err(e)?;
+    let next = comm
+        .send_recv(x, (rank + 1) % world, (rank + world - 1) % world, 0)
+        .map_err(e)?;
     let prev = (rank + world - 1) % world;
     let prev_start: usize = (0..prev).map(rows).sum();
-    worst = worst.max(within("send_recv", rel(next, full.narrow(0, prev_start, rows(prev))))?);
+    worst = worst.max(within(
+        "send_recv",
+        rel(next, full.narrow(0, prev_start, rows(prev))),
+    )?);
 
     // Bad arguments are named before anything is sent.
-    let bad = comm.all_to_all(Tensor::<2>::zeros([n + 1, 2], &device), 0, &sizes, 1).unwrap_err();
+    let bad = comm
+        .all_to_all(Tensor::<2>::zeros([n + 1, 2], &device), 0, &sizes, 1)
+        .unwrap_err();
     if bad.argument != "x" {
-        return Err(format!("all_to_all with a wrong split size named `{}`", bad.argument));
+        return Err(format!(
+            "all_to_all with a wrong split size named `{}`",
+            bad.argument
+        ));
     }
     Ok(worst)
 }
@@ -207,25 +396,49 @@ fn head_parallel(comm: &Communicator) -> Result<f64, String> {
     let world = comm.world();
     let heads = 12 / world * world;
     let dims = [1, heads, 29, 16];
-    let worst = compare(comm, dims, 1, 1, dense, |q, k, v| head_parallel_attention(comm, q, k, v, |q, k, v| Ok(dense(q, k, v))).map_err(|e| e.to_string()))?;
+    let worst = compare(comm, dims, 1, 1, dense, |q, k, v| {
+        head_parallel_attention(comm, q, k, v, |q, k, v| Ok(dense(q, k, v)))
+            .map_err(|e| e.to_string())
+    })?;
     // Sparse attention per head shard: the index of this rank's heads.
     let (g, budget) = (8, 9);
-    let sparse = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| -> Result<Tensor<4>, burn_sparse_attn::SparseAttnError> {
-        let keys = select_critical_keys(q.clone().narrow(3, 0, 8).detach(), k.clone().narrow(3, 0, 8).detach(), SelectionConfig::new(g, budget))?;
+    let sparse = |q: Tensor<4>,
+                  k: Tensor<4>,
+                  v: Tensor<4>|
+     -> Result<Tensor<4>, burn_sparse_attn::SparseAttnError> {
+        let keys = select_critical_keys(
+            q.clone().narrow(3, 0, 8).detach(),
+            k.clone().narrow(3, 0, 8).detach(),
+            SelectionConfig::new(g, budget),
+        )?;
         sparse_attention(q, k, v, &keys, None)
     };
-    let worst = worst.max(compare(comm, [2, 4 / world.min(4) * world.min(4), 40, 16], 1, 5, |q, k, v| sparse(q, k, v).expect("valid"), |q, k, v| head_parallel_attention(comm, q, k, v, sparse).map_err(|e| e.to_string()))?);
+    let worst = worst.max(compare(
+        comm,
+        [2, 4 / world.min(4) * world.min(4), 40, 16],
+        1,
+        5,
+        |q, k, v| sparse(q, k, v).expect("valid"),
+        |q, k, v| head_parallel_attention(comm, q, k, v, sparse).map_err(|e| e.to_string()),
+    )?);
     // Bytes: q, k, v and the output, DSV's formula (equal shards).
     let [b, h, s, d] = [1, 4 * world, 8 * world, 8];
     comm.reset_stats();
     let x = normal([b, h, s / world, d], 9, comm.device());
-    head_parallel_attention(comm, x.clone(), x.clone(), x, |q, k, v| Ok(dense(q, k, v))).map_err(|e| e.to_string())?;
+    head_parallel_attention(comm, x.clone(), x.clone(), x, |q, k, v| Ok(dense(q, k, v)))
+        .map_err(|e| e.to_string())?;
     // gather_sizes adds world − 1 lengths of 8 bytes.
-    check_bytes(comm, "head_parallel_attention", head_parallel_bytes_per_rank(b, h, s, d, world) + 8 * (world as u64 - 1))?;
+    check_bytes(
+        comm,
+        "head_parallel_attention",
+        head_parallel_bytes_per_rank(b, h, s, d, world) + 8 * (world as u64 - 1),
+    )?;
     if world > 1 {
         // Heads that don't divide are named on every rank.
         let x = normal([1, world + 1, 4, 4], 3, comm.device());
-        let err = head_parallel_attention(comm, x.clone(), x.clone(), x, |q, k, v| Ok(dense(q, k, v))).unwrap_err();
+        let err =
+            head_parallel_attention(comm, x.clone(), x.clone(), x, |q, k, v| Ok(dense(q, k, v)))
+                .unwrap_err();
         if !err.to_string().contains("divisible by the world size") {
             return Err(format!("heads that don't divide: {err}"));
         }
@@ -235,20 +448,30 @@ fn head_parallel(comm: &Communicator) -> Result<f64, String> {
 
 fn ring(comm: &Communicator) -> Result<f64, String> {
     let world = comm.world();
-    let worst = compare(comm, [1, 3, 29, 16], 1, 21, dense, |q, k, v| ring_attention(comm, q, k, v, None).map_err(|e| e.to_string()))?;
+    let worst = compare(comm, [1, 3, 29, 16], 1, 21, dense, |q, k, v| {
+        ring_attention(comm, q, k, v, None).map_err(|e| e.to_string())
+    })?;
     let [b, h, s, d] = [1, 2, 8 * world, 8];
     comm.reset_stats();
     let x = normal([b, h, s / world, d], 9, comm.device());
     ring_attention(comm, x.clone(), x.clone(), x, None).map_err(|e| e.to_string())?;
     // K and V of one shard travel world − 1 hops.
-    check_bytes(comm, "ring_attention", (2 * (world - 1) * b * h * (s / world) * d * 4) as u64)?;
+    check_bytes(
+        comm,
+        "ring_attention",
+        (2 * (world - 1) * b * h * (s / world) * d * 4) as u64,
+    )?;
     Ok(worst)
 }
 
 /// The critical keys of `q_lr, k_lr` for the queries of `[start, start + len)`.
 fn shard_keys(keys: &CriticalKeys, group: usize, start: usize, len: usize) -> CriticalKeys {
-    let idx = keys.indices().clone().narrow(2, start / group, len.div_ceil(group));
-    CriticalKeys::new(idx, group, keys.key_block(), len, keys.key_len()).expect("a valid shard of a valid index")
+    let idx = keys
+        .indices()
+        .clone()
+        .narrow(2, start / group, len.div_ceil(group));
+    CriticalKeys::new(idx, group, keys.key_block(), len, keys.key_len())
+        .expect("a valid shard of a valid index")
 }
 
 fn sparse_sequence(comm: &Communicator) -> Result<f64, String> {
@@ -258,31 +481,67 @@ fn sparse_sequence(comm: &Communicator) -> Result<f64, String> {
     let low_rank = [0, 1].map(|i| normal([b, h, s, 4], 30 + i, &device));
     let mut worst = 0.0f64;
     for (block, budget) in [(1, 7), (4, 3), (1, 40)] {
-        let keys = select_critical_keys(low_rank[0].clone(), low_rank[1].clone(), SelectionConfig::new(g, budget).with_key_block(block)).map_err(|e| e.to_string())?;
+        let keys = select_critical_keys(
+            low_rank[0].clone(),
+            low_rank[1].clone(),
+            SelectionConfig::new(g, budget).with_key_block(block),
+        )
+        .map_err(|e| e.to_string())?;
         let (start, len) = shard_range(s, 4, world, rank);
         let mine = shard_keys(&keys, g, start, len);
         let full = |q, k, v| sparse_attention(q, k, v, &keys, None).expect("valid");
-        worst = worst.max(compare(comm, [b, h, s, d], 4, 40, full, |q, k, v| sparse_sequence_attention(comm, q, k, v, &mine, None).map_err(|e| e.to_string()))?);
+        worst = worst.max(compare(comm, [b, h, s, d], 4, 40, full, |q, k, v| {
+            sparse_sequence_attention(comm, q, k, v, &mine, None).map_err(|e| e.to_string())
+        })?);
         // Bytes: every row this rank serves, once per (batch, head), K and V together, plus
         // the row lists asked of it (8 bytes a row) and the shard lengths.
         comm.reset_stats();
         let x = normal([b, h, len, d], 41, &device);
-        sparse_sequence_attention(comm, x.clone(), x.clone(), x, &mine, None).map_err(|e| e.to_string())?;
+        sparse_sequence_attention(comm, x.clone(), x.clone(), x, &mine, None)
+            .map_err(|e| e.to_string())?;
         let mut served = 0;
         let mut asked = 0;
         for peer in 0..world {
             let (p_start, p_len) = shard_range(s, 4, world, peer);
-            let ids: Vec<i64> = shard_keys(&keys, g, p_start, p_len).indices().to_data().convert::<i64>().try_into_vec::<i64>().map_err(|e| format!("{e:?}"))?;
+            let ids: Vec<i64> = shard_keys(&keys, g, p_start, p_len)
+                .indices()
+                .to_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .map_err(|e| format!("{e:?}"))?;
             let rows_in = |lo: usize, hi: usize| -> usize {
-                ids.chunks_exact(ids.len() / (b * h)).map(|head| head.iter().map(|&u| u as usize).collect::<std::collections::BTreeSet<_>>().into_iter().map(|u| (u * block..(u + 1) * block).filter(|&key| key >= lo && key < hi).count()).sum::<usize>()).sum()
+                ids.chunks_exact(ids.len() / (b * h))
+                    .map(|head| {
+                        head.iter()
+                            .map(|&u| u as usize)
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .into_iter()
+                            .map(|u| {
+                                (u * block..(u + 1) * block)
+                                    .filter(|&key| key >= lo && key < hi)
+                                    .count()
+                            })
+                            .sum::<usize>()
+                    })
+                    .sum()
             };
             if peer != rank {
                 served += rows_in(start, start + len);
             } else {
-                asked = (0..world).filter(|&j| j != rank).map(|j| { let (lo, n) = shard_range(s, 4, world, j); rows_in(lo, lo + n) }).sum::<usize>();
+                asked = (0..world)
+                    .filter(|&j| j != rank)
+                    .map(|j| {
+                        let (lo, n) = shard_range(s, 4, world, j);
+                        rows_in(lo, lo + n)
+                    })
+                    .sum::<usize>();
             }
         }
-        check_bytes(comm, &format!("sparse_sequence_attention (block {block})"), (served * 2 * d * 4 + asked * 8 + 8 * (world - 1)) as u64)?;
+        check_bytes(
+            comm,
+            &format!("sparse_sequence_attention (block {block})"),
+            (served * 2 * d * 4 + asked * 8 + 8 * (world - 1)) as u64,
+        )?;
     }
     Ok(worst)
 }
@@ -292,12 +551,21 @@ fn hybrid(comm: &Communicator) -> Result<f64, String> {
     let device = comm.device().clone();
     let (b, h, s, d, g) = (1, 6, 48, 8, 4);
     let low_rank = [0, 1].map(|i| normal([b, h, s, 4], 50 + i, &device));
-    let keys = select_critical_keys(low_rank[0].clone(), low_rank[1].clone(), SelectionConfig::new(g, 2).with_key_block(4)).map_err(|e| e.to_string())?;
+    let keys = select_critical_keys(
+        low_rank[0].clone(),
+        low_rank[1].clone(),
+        SelectionConfig::new(g, 2).with_key_block(4),
+    )
+    .map_err(|e| e.to_string())?;
     let costs = [0.9, 0.1, 0.5, 0.3, 0.8, 0.2];
     let mut worst = 0.0f64;
     for head_groups in (1..=world).filter(|hg| world % hg == 0) {
         let seq_groups = world / head_groups;
-        let split = HybridSplit { head_groups, seq_groups, heads: lpt_assign(&costs, head_groups) };
+        let split = HybridSplit {
+            head_groups,
+            seq_groups,
+            heads: lpt_assign(&costs, head_groups),
+        };
         // The queries of sequence group sg: its ranks' shards.
         let group_range = |sg: usize| {
             let (lo, _) = shard_range(s, 4, world, sg * head_groups);
@@ -306,20 +574,34 @@ fn hybrid(comm: &Communicator) -> Result<f64, String> {
         };
         let index = |hg: usize, sg: usize| {
             let heads: Vec<i64> = split.heads[hg].iter().map(|&x| x as i64).collect();
-            let idx = keys.indices().clone().select(1, Tensor::<1, Int>::from_data(TensorData::new(heads.clone(), [heads.len()]), &device));
+            let idx = keys.indices().clone().select(
+                1,
+                Tensor::<1, Int>::from_data(TensorData::new(heads.clone(), [heads.len()]), &device),
+            );
             let (lo, len) = group_range(sg);
             CriticalKeys::new(idx.narrow(2, lo / g, len / g), g, 4, len, s)
         };
         let full = |q, k, v| sparse_attention(q, k, v, &keys, None).expect("valid");
-        let diff = compare(comm, [b, h, s, d], 4, 60, full, |q, k, v| hybrid_attention(comm, &split, q, k, v, index).map_err(|e| e.to_string())).map_err(|e| format!("{head_groups} head groups × {seq_groups} sequence groups: {e}"))?;
+        let diff = compare(comm, [b, h, s, d], 4, 60, full, |q, k, v| {
+            hybrid_attention(comm, &split, q, k, v, index).map_err(|e| e.to_string())
+        })
+        .map_err(|e| format!("{head_groups} head groups × {seq_groups} sequence groups: {e}"))?;
         worst = worst.max(diff);
     }
     let _ = rank;
-    let bad = HybridSplit { head_groups: world + 1, seq_groups: 1, heads: lpt_assign(&costs, world + 1) };
+    let bad = HybridSplit {
+        head_groups: world + 1,
+        seq_groups: 1,
+        heads: lpt_assign(&costs, world + 1),
+    };
     let x = normal([b, h, 4, d], 1, &device);
-    let err = hybrid_attention(comm, &bad, x.clone(), x.clone(), x, |_, _| unreachable!()).unwrap_err();
+    let err =
+        hybrid_attention(comm, &bad, x.clone(), x.clone(), x, |_, _| unreachable!()).unwrap_err();
     if err.argument != "split" {
-        return Err(format!("a split that does not fit the world named `{}`", err.argument));
+        return Err(format!(
+            "a split that does not fit the world named `{}`",
+            err.argument
+        ));
     }
     Ok(worst)
 }
