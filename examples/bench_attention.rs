@@ -17,7 +17,9 @@
 //! forward, and the peak heap memory of each (CPU backends; counted by this binary's
 //! allocator). Dense runs whose score matrices would not fit `--dense-mem-gib` are skipped.
 
-use burn::tensor::{Distribution, Tensor, activation::softmax, module::attention, ops::AttentionModuleOptions};
+use burn::tensor::{
+    Distribution, Tensor, activation::softmax, module::attention, ops::AttentionModuleOptions,
+};
 use burn_sparse_video::sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
 
 #[path = "common/allocator.rs"]
@@ -45,7 +47,13 @@ struct Args {
 }
 
 fn parse_list<T: std::str::FromStr>(s: &str) -> Vec<T> {
-    s.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("bad list item `{x}`"))).collect()
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad list item `{x}`"))
+        })
+        .collect()
 }
 
 fn parse_args() -> Args {
@@ -64,7 +72,12 @@ fn parse_args() -> Args {
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
-        let (flag, value) = (pair[0].as_str(), pair.get(1).map(String::as_str).unwrap_or_else(|| panic!("{} needs a value", pair[0])));
+        let (flag, value) = (
+            pair[0].as_str(),
+            pair.get(1)
+                .map(String::as_str)
+                .unwrap_or_else(|| panic!("{} needs a value", pair[0])),
+        );
         match flag {
             "--device" => a.device = value.into(),
             "--seq" => a.seqs = parse_list(value),
@@ -77,7 +90,9 @@ fn parse_args() -> Args {
             "--dense-mem-gib" => a.dense_mem_gib = value.parse().expect("--dense-mem-gib"),
             "--skip-dense" => a.skip_dense = value.parse().expect("--skip-dense true|false"),
             "--out" => a.out = value.into(),
-            other => panic!("unknown flag {other}; see the doc comment at the top of bench_attention.rs"),
+            other => {
+                panic!("unknown flag {other}; see the doc comment at the top of bench_attention.rs")
+            }
         }
     }
     a
@@ -94,13 +109,25 @@ fn matmul_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     let kt = k.swap_dims(2, 3);
     let blocks = (0..rows)
         .step_by(block)
-        .map(|start| softmax(q.clone().narrow(2, start, block.min(rows - start)).matmul(kt.clone()) * scale, 3).matmul(v.clone()))
+        .map(|start| {
+            softmax(
+                q.clone()
+                    .narrow(2, start, block.min(rows - start))
+                    .matmul(kt.clone())
+                    * scale,
+                3,
+            )
+            .matmul(v.clone())
+        })
         .collect();
     Tensor::cat(blocks, 2)
 }
 
 /// The faster of two optional timings, with its name: the dense baseline.
-fn fastest(flash: Option<(f64, usize)>, matmul: Option<(f64, usize)>) -> (Option<(f64, usize)>, &'static str) {
+fn fastest(
+    flash: Option<(f64, usize)>,
+    matmul: Option<(f64, usize)>,
+) -> (Option<(f64, usize)>, &'static str) {
     match (flash, matmul) {
         (Some(f), Some(m)) if m.0 < f.0 => (Some(m), "matmul"),
         (Some(f), _) => (Some(f), "flash"),
@@ -119,11 +146,26 @@ fn main() {
     let device = device_named(&args.device);
     let normal = Distribution::Normal(0.0, 1.0);
     let mut rows = Vec::new();
-    println!("device: {:?}, heads {}, group {}, rank {}, median of {}", device, args.heads, args.group, args.rank, args.repeats);
+    println!(
+        "device: {:?}, heads {}, group {}, rank {}, median of {}",
+        device, args.heads, args.group, args.rank, args.repeats
+    );
     println!(
         "{:>6} {:>4} {:>5} | {:>9} {:>9} {:>7} {:>6} | {:>9} {:>9} {:>7} | {:>7} {:>7} | {:>9} {:>9}",
-        "S", "D", "s", "dense fwd", "sparse fw", "speedup", "ideal", "dense f+b", "sparse fb", "speedup",
-        "GF/s fw", "GF/s fb", "select %", "mem ratio"
+        "S",
+        "D",
+        "s",
+        "dense fwd",
+        "sparse fw",
+        "speedup",
+        "ideal",
+        "dense f+b",
+        "sparse fb",
+        "speedup",
+        "GF/s fw",
+        "GF/s fb",
+        "select %",
+        "mem ratio"
     );
     for &d in &args.head_dims {
         for &s in &args.seqs {
@@ -142,7 +184,8 @@ fn main() {
             let dense_bytes = (args.heads * s * s * 4) as f64 * 3.0;
             let dense_limit = args.dense_mem_gib * (1u64 << 30) as f64;
             let opts = AttentionModuleOptions::default;
-            let flash = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| attention(q, k, v, None, None, opts());
+            let flash =
+                |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| attention(q, k, v, None, None, opts());
             // Burn's fused kernel is checked on the last query rows against the plain
             // matmul-softmax form: a backend that silently skips it must not set the baseline.
             let flash_error = if args.skip_dense {
@@ -150,24 +193,51 @@ fn main() {
             } else {
                 let rows = s.min(128);
                 let tail = |x: Tensor<4>| x.narrow(2, s - rows, rows);
-                let diff = (tail(flash(q.clone(), k.clone(), v.clone())) - matmul_attention(tail(q.clone()), k.clone(), v.clone())).abs().max();
+                let diff = (tail(flash(q.clone(), k.clone(), v.clone()))
+                    - matmul_attention(tail(q.clone()), k.clone(), v.clone()))
+                .abs()
+                .max();
                 // A kernel that failed on the device (e.g. a buffer over the API's limit) fails here.
                 diff.try_into_scalar::<f32>().map_or(f64::NAN, f64::from)
             };
             let flash_ok = flash_error.is_finite() && flash_error < 1e-2;
-            let flash_fwd = flash_ok.then(|| measure(&device, args.repeats, || flash(q.clone(), k.clone(), v.clone())));
+            let flash_fwd = flash_ok.then(|| {
+                measure(&device, args.repeats, || {
+                    flash(q.clone(), k.clone(), v.clone())
+                })
+            });
             // The matmul form holds 1 GiB of scores at a time (autodiff keeps every block's); it
             // runs where its gradients would fit, or where there is no other baseline.
-            let matmul_fwd = (!args.skip_dense && (!flash_ok || dense_bytes <= dense_limit)).then(|| measure(&device, args.repeats, || matmul_attention(q.clone(), k.clone(), v.clone())));
-            let (qa, ka, va, wa) = (q.clone().autodiff().require_grad(), k.clone().autodiff().require_grad(), v.clone().autodiff().require_grad(), w.clone().autodiff());
+            let matmul_fwd =
+                (!args.skip_dense && (!flash_ok || dense_bytes <= dense_limit)).then(|| {
+                    measure(&device, args.repeats, || {
+                        matmul_attention(q.clone(), k.clone(), v.clone())
+                    })
+                });
+            let (qa, ka, va, wa) = (
+                q.clone().autodiff().require_grad(),
+                k.clone().autodiff().require_grad(),
+                v.clone().autodiff().require_grad(),
+                w.clone().autodiff(),
+            );
             let flash_fb = (flash_ok && dense_bytes <= dense_limit).then(|| {
-                measure(&device, args.repeats, || (flash(qa.clone(), ka.clone(), va.clone()) * wa.clone()).sum().backward())
+                measure(&device, args.repeats, || {
+                    (flash(qa.clone(), ka.clone(), va.clone()) * wa.clone())
+                        .sum()
+                        .backward()
+                })
             });
             let matmul_fb = (!args.skip_dense && dense_bytes <= dense_limit).then(|| {
-                measure(&device, args.repeats, || (matmul_attention(qa.clone(), ka.clone(), va.clone()) * wa.clone()).sum().backward())
+                measure(&device, args.repeats, || {
+                    (matmul_attention(qa.clone(), ka.clone(), va.clone()) * wa.clone())
+                        .sum()
+                        .backward()
+                })
             });
             if !flash_ok && !args.skip_dense {
-                println!("{s:>6} {d:>4}   Burn's fused attention failed or disagrees with the matmul form (max |diff| {flash_error:.2e}): not a baseline");
+                println!(
+                    "{s:>6} {d:>4}   Burn's fused attention failed or disagrees with the matmul form (max |diff| {flash_error:.2e}): not a baseline"
+                );
             }
             let (dense_fwd, dense_fwd_kind) = fastest(flash_fwd, matmul_fwd);
             let (dense_fb, dense_fb_kind) = fastest(flash_fb, matmul_fb);
@@ -181,22 +251,49 @@ fn main() {
                 let (sparse_fwd_t, sparse_fwd_mem) = measure(&device, args.repeats, || {
                     sparse_attention(q.clone(), k.clone(), v.clone(), &keys, None).unwrap()
                 });
-                let keys_ad = select_critical_keys(qa.clone().narrow(3, 0, args.rank), ka.clone().narrow(3, 0, args.rank), config).unwrap();
+                let keys_ad = select_critical_keys(
+                    qa.clone().narrow(3, 0, args.rank),
+                    ka.clone().narrow(3, 0, args.rank),
+                    config,
+                )
+                .unwrap();
                 let (sparse_fb_t, sparse_fb_mem) = measure(&device, args.repeats, || {
-                    (sparse_attention(qa.clone(), ka.clone(), va.clone(), &keys_ad, None).unwrap() * wa.clone()).sum().backward()
+                    (sparse_attention(qa.clone(), ka.clone(), va.clone(), &keys_ad, None).unwrap()
+                        * wa.clone())
+                    .sum()
+                    .backward()
                 });
                 let sparse_flops = 4.0 * (args.heads * s * budget * d) as f64;
                 let sparse_total = sparse_fwd_t + select_t;
                 // The dense time carries its kind: `f` Burn's fused kernel, `m` the matmul form.
-                let fmt_t = |x: Option<(f64, usize)>, kind: &str| x.map(|(t, _)| format!("{:.4}{}", t, &kind[..1])).unwrap_or_else(|| "skipped".into());
-                let speed = |dense: Option<(f64, usize)>, sparse: f64| dense.map(|(t, _)| format!("{:.2}x", t / sparse)).unwrap_or_else(|| "-".into());
-                let mem_ratio = dense_fb.map(|(_, m)| format!("{:.3}", sparse_fb_mem as f64 / m.max(1) as f64)).unwrap_or_else(|| "-".into());
+                let fmt_t = |x: Option<(f64, usize)>, kind: &str| {
+                    x.map(|(t, _)| format!("{:.4}{}", t, &kind[..1]))
+                        .unwrap_or_else(|| "skipped".into())
+                };
+                let speed = |dense: Option<(f64, usize)>, sparse: f64| {
+                    dense
+                        .map(|(t, _)| format!("{:.2}x", t / sparse))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let mem_ratio = dense_fb
+                    .map(|(_, m)| format!("{:.3}", sparse_fb_mem as f64 / m.max(1) as f64))
+                    .unwrap_or_else(|| "-".into());
                 println!(
                     "{:>6} {:>4} {:>5.2} | {:>9} {:>9.4} {:>7} {:>5.1}x | {:>9} {:>9.4} {:>7} | {:>7.1} {:>7.1} | {:>8.1}% {:>9}",
-                    s, d, sparsity, fmt_t(dense_fwd, dense_fwd_kind), sparse_total, speed(dense_fwd, sparse_total), 1.0 / (1.0 - sparsity),
-                    fmt_t(dense_fb, dense_fb_kind), sparse_fb_t + select_t, speed(dense_fb, sparse_fb_t + select_t),
-                    gflops(sparse_flops, sparse_fwd_t), gflops(3.5 * sparse_flops, sparse_fb_t),
-                    100.0 * select_t / sparse_fwd_t, mem_ratio
+                    s,
+                    d,
+                    sparsity,
+                    fmt_t(dense_fwd, dense_fwd_kind),
+                    sparse_total,
+                    speed(dense_fwd, sparse_total),
+                    1.0 / (1.0 - sparsity),
+                    fmt_t(dense_fb, dense_fb_kind),
+                    sparse_fb_t + select_t,
+                    speed(dense_fb, sparse_fb_t + select_t),
+                    gflops(sparse_flops, sparse_fwd_t),
+                    gflops(3.5 * sparse_flops, sparse_fb_t),
+                    100.0 * select_t / sparse_fwd_t,
+                    mem_ratio
                 );
                 rows.push(serde_json::json!({
                     "seq": s, "head_dim": d, "heads": args.heads, "group": args.group, "rank": args.rank,

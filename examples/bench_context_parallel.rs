@@ -11,11 +11,18 @@
 //! ```
 //! Rank 0 prints the tables and writes `--out` (JSON). Collective times are the slowest
 //! rank's median over `--repeats`; bandwidth is the bytes one rank sends over that time.
+//!
+//! The planner's cost model is calibrated on the same run: a link (latency + bytes /
+//! bandwidth) fitted to the send/recv sweep, and the attention throughput of one rank from
+//! the local dense and local sparse rows (forward + backward FLOPs over their time). Each
+//! attention row prints the model's time next to the measured one.
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, module::attention, ops::AttentionModuleOptions};
-use burn_sparse_video::ctx_parallel::planner::lpt_assign;
+use burn_sparse_video::ctx_parallel::planner::{
+    AttentionWorkload, ClusterSpec, LinkModel, estimate, lpt_assign,
+};
 use burn_sparse_video::ctx_parallel::{
     Communicator, HybridSplit, head_parallel_attention, hybrid_attention, ring_attention,
     sparse_sequence_attention,
@@ -65,6 +72,10 @@ struct Args {
     out: String,
 }
 
+/// The rows that calibrate the planner's compute rate.
+const LOCAL_DENSE: &str = "local dense (own shard only, no messages)";
+const LOCAL_SPARSE: &str = "local sparse (own shard only, no messages)";
+
 /// One collective call of the sweep.
 type Collective<'a> = Box<dyn Fn() -> Result<(), SparseAttnError> + 'a>;
 /// One kind of context-parallel attention on this rank's q, k, v.
@@ -96,6 +107,7 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
     let device = comm.device().clone();
     let lead = rank == 0;
     let mut collectives = Vec::new();
+    let mut point_to_point = Vec::new();
     if lead {
         println!("collectives over {world} ranks ({:?})", args.transport);
         println!(
@@ -149,6 +161,9 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
                     "{name:>16} {kib:>10} {:>12.3} {sent:>14} {gbps:>10.3}",
                     seconds * 1e3
                 );
+            }
+            if name == "send_recv" {
+                point_to_point.push((sent as f64, seconds));
             }
             collectives.push(json!({"collective": name, "kib_per_rank": kib, "seconds": seconds, "bytes_sent_rank0": sent, "gb_per_s": gbps}));
         }
@@ -218,11 +233,20 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
         seq_groups: world / 2,
         heads: lpt_assign(&vec![1.0; h], 2),
     });
+    // The local sparse row keeps the same share of its own shard's key blocks.
+    let local_budget = (((1.0 - args.sparsity) * (shard / block) as f64).round() as usize).max(1);
+    let local_sparse =
+        |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| -> Result<Tensor<4>, SparseAttnError> {
+            let keys = select_critical_keys(
+                q.clone().narrow(3, 0, 16).detach(),
+                k.clone().narrow(3, 0, 16).detach(),
+                SelectionConfig::new(group, local_budget).with_key_block(block),
+            )?;
+            sparse_attention(q, k, v, &keys, None)
+        };
     let mut kinds: Vec<(&str, Attend)> = vec![
-        (
-            "local dense (own shard only, no messages)",
-            Box::new(|q, k, v| Ok(dense(q, k, v))),
-        ),
+        (LOCAL_DENSE, Box::new(|q, k, v| Ok(dense(q, k, v)))),
+        (LOCAL_SPARSE, Box::new(local_sparse)),
         (
             "ulysses dense",
             Box::new(|q, k, v| {
@@ -269,28 +293,98 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
             s / block
         );
         println!(
-            "{:>42} {:>12} {:>14} {:>14}",
-            "kind", "time (ms)", "fwd B/rank", "bwd B/rank"
+            "{:>42} {:>12} {:>12} {:>14} {:>14}",
+            "kind", "time (ms)", "model (ms)", "fwd B/rank", "bwd B/rank"
         );
     }
-    let mut attention_rows = Vec::new();
+    let mut measured = Vec::new();
     for (name, f) in &kinds {
         comm.reset_stats();
         step(f.as_ref())?;
         let stats = comm.stats();
         let seconds = time(&comm, args.repeats, || step(f.as_ref()))?;
+        measured.push((*name, seconds, stats));
+    }
+    // Calibration: the link from the send/recv sweep, compute from the local rows.
+    let link = LinkModel::fit(&point_to_point);
+    let local_flops = 3.5 * 4.0 * (shard * shard * d * h) as f64;
+    let rate = |name: &str, density: f64| {
+        measured
+            .iter()
+            .find(|m| m.0 == name)
+            .map(|m| local_flops * density / m.1)
+    };
+    let local_density = local_budget as f64 / (shard / block) as f64;
+    let (dense_rate, sparse_rate) = (rate(LOCAL_DENSE, 1.0), rate(LOCAL_SPARSE, local_density));
+    let density = budget as f64 / (s / block) as f64;
+    let model = |name: &str| -> Option<f64> {
+        let link = link?;
+        let work = |sparsity: f64| AttentionWorkload {
+            seq: s,
+            head_dim: d,
+            head_sparsity: vec![sparsity; h],
+            remote_fraction: (world - 1) as f64 / world as f64,
+            elem_bytes: 4,
+        };
+        let cluster = |flops: f64| ClusterSpec::measured(world, link, flops);
+        Some(match name {
+            LOCAL_DENSE | LOCAL_SPARSE => return None,
+            "ulysses dense" => estimate(&cluster(dense_rate?), &work(0.0), world, 1, true).total_s,
+            "ulysses sparse" => {
+                estimate(&cluster(sparse_rate?), &work(1.0 - density), world, 1, true).total_s
+            }
+            "sparse sequence" => {
+                estimate(&cluster(sparse_rate?), &work(1.0 - density), 1, world, true).total_s
+            }
+            "dsv hybrid 2 x N/2" => {
+                estimate(
+                    &cluster(sparse_rate?),
+                    &work(1.0 - density),
+                    2,
+                    world / 2,
+                    true,
+                )
+                .total_s
+            }
+            _ => return None, // ring attention is not in the planner
+        })
+    };
+    let mut attention_rows = Vec::new();
+    for (name, seconds, stats) in &measured {
+        let predicted = model(name);
         if lead {
             println!(
-                "{name:>42} {:>12.1} {:>14} {:>14}",
+                "{name:>42} {:>12.1} {:>12} {:>14} {:>14}",
                 seconds * 1e3,
+                predicted.map_or("-".into(), |p| format!("{:.1}", p * 1e3)),
                 stats.bytes,
                 stats.backward_bytes
             );
         }
-        attention_rows.push(json!({"kind": name, "seconds": seconds, "forward_bytes_rank0": stats.bytes, "backward_bytes_rank0": stats.backward_bytes}));
+        attention_rows.push(json!({"kind": name, "seconds": seconds, "model_seconds": predicted, "forward_bytes_rank0": stats.bytes, "backward_bytes_rank0": stats.backward_bytes}));
+    }
+    let calibration = json!({
+        "link_latency_s": link.map(|l| l.latency_s),
+        "link_bytes_per_s": link.map(|l| l.bytes_per_s),
+        "dense_flops_per_s": dense_rate,
+        "sparse_flops_per_s": sparse_rate,
+    });
+    if lead {
+        match link {
+            Some(l) => println!(
+                "
+model calibrated here: link {:.1} µs + bytes / {:.2} GB/s (send/recv sweep); attention {:.2} GFLOP/s dense, {:.2} GFLOP/s sparse (local rows)",
+                l.latency_s * 1e6,
+                l.bytes_per_s / 1e9,
+                dense_rate.unwrap_or(f64::NAN) / 1e9,
+                sparse_rate.unwrap_or(f64::NAN) / 1e9
+            ),
+            None => println!("
+no model: the send/recv sweep needs two or more --kib sizes over two or more ranks"),
+        }
     }
     Ok(
-        json!({"transport": format!("{:?}", args.transport), "world": world, "collectives": collectives, "attention": {"heads": h, "seq": s, "head_dim": d, "sparsity": args.sparsity, "rows": attention_rows}}),
+        json!({"transport": format!("{:?}", args.transport), "world": world, "collectives": collectives, "calibration": calibration, "attention": {"heads": h, "seq": s, "head_dim": d, "sparsity": args.sparsity, "rows": attention_rows}}),
     )
 }
 

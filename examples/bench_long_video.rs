@@ -1,93 +1,259 @@
-//! Long-video throughput and memory: clip parallelism with dual-scope attention against full
-//! 3D attention over the whole video, side by side on one device.
+//! Long-video throughput: clip parallelism with dual-scope attention over ranks (threads of
+//! this process or MPI processes) against full 3D attention over the whole video on one rank.
 //!
 //! ```text
 //! cargo run --release --example bench_long_video -- [--frames 16,32,64,128,256]
 //!     [--ranks 1,2,4,8] [--frames-per-clip 8] [--full-max-frames 128] [--repeats 2]
 //!     [--out out/bench_long_video.json]
+//! mpirun -np 4 -x RAYON_NUM_THREADS=1 target/release/examples/bench_long_video \
+//!     --transport mpi --frames 64 --full-max-frames 0 --out …
 //! ```
 //! One denoising step of the tiny DiT (32×32 frames, batch 2 as under guidance, no autodiff)
-//! per row: dual-scope clip parallelism over virtual ranks (window ±2 latent frames, 4 global
-//! frames), and the same model with full 3D attention over the whole video up to
-//! `--full-max-frames`. Prints frames/s, the process's peak heap growth (all virtual ranks
-//! together, counted by this binary's allocator), and the bytes moved between ranks.
+//! per row: dual-scope clip parallelism (window ±2 latent frames, 4 global frames), each rank
+//! stepping its own clips, and (threads only) the same model with full 3D attention over the
+//! whole video up to `--full-max-frames`. Prints the slowest rank's seconds per step, the
+//! share of it the ranks spend in collectives (sending and waiting), the bytes moved between
+//! ranks per step, and the peak heap growth of this process (all ranks with threads; rank 0's
+//! process under MPI). Under MPI the ranks are the job's processes and `--ranks` is ignored.
 
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn_sparse_video::ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig};
-use burn_sparse_video::dit::VideoDitConfig;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_sparse_video::ctx_parallel::burn_sparse_attn::SparseAttnError;
+use burn_sparse_video::ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
+use burn_sparse_video::dit::data::SplitMix;
+use burn_sparse_video::dit::{VideoDit, VideoDitConfig};
+use clap::Parser;
 
 #[path = "common/allocator.rs"]
 mod allocator;
 #[path = "common/measure.rs"]
 mod measure;
-use measure::measure;
+#[path = "common/ranks.rs"]
+mod ranks;
+use measure::{measure, peak_since, reset_peak};
+use ranks::{Transport, on_ranks};
 
-fn list(text: &str) -> Vec<usize> {
-    text.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("expected a list of integers, got `{text}`"))).collect()
+#[derive(Parser)]
+#[command(
+    about = "Long-video denoising steps: dual-scope clip parallelism over ranks against full attention"
+)]
+struct Args {
+    /// Video lengths in frames (multiples of --frames-per-clip).
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    frames: Vec<usize>,
+    /// Rank counts to run with `--transport threads`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    ranks: Vec<usize>,
+    /// What carries the messages between ranks.
+    #[arg(long, value_enum, default_value_t = Transport::Threads)]
+    transport: Transport,
+    /// Frames per clip.
+    #[arg(long, default_value_t = 8)]
+    frames_per_clip: usize,
+    /// Longest video run with full attention too (0 = none).
+    #[arg(long, default_value_t = 128)]
+    full_max_frames: usize,
+    /// Timed steps per row (after one warm-up step).
+    #[arg(long, default_value_t = 2)]
+    repeats: usize,
+    /// JSON report.
+    #[arg(long, default_value = "out/bench_long_video.json")]
+    out: String,
+}
+
+/// Batch 2 (both guidance branches), 32×32 frames.
+const BATCH: usize = 2;
+const SIZE: usize = 32;
+
+/// One row's measurements, as rank 0 reports them.
+struct Row {
+    ranks: usize,
+    seconds: f64,
+    comm_share: f64,
+    bytes: u64,
+    peak: usize,
+}
+
+/// Every rank steps its clips of a `frames`-frame video `1 + repeats` times; returns (on
+/// rank 0) the slowest rank's median step, the ranks' mean share of it in collectives and
+/// the bytes all ranks sent per step.
+fn dual_scope_step(
+    comm: &Communicator,
+    model: &VideoDit,
+    frames: usize,
+    args: &Args,
+) -> Result<Option<Row>, SparseAttnError> {
+    let device = comm.device();
+    let clips = frames / args.frames_per_clip;
+    let layout = ClipLayout::uniform(clips, args.frames_per_clip, comm.world())?;
+    let mine = layout.clips_of(comm.rank());
+    let cond = model.embed_labels(Tensor::from_data(
+        TensorData::new(vec![1i64, 4, 2, 5], [BATCH, 2]),
+        device,
+    ));
+    let parts: Vec<Tensor<5>> = mine
+        .clone()
+        .map(|c| SplitMix(c as u64).normal_tensor([BATCH, 3, layout.frames(c), SIZE, SIZE], device))
+        .collect();
+    let scope = DualScopeConfig::new();
+    let step = || -> Result<(), SparseAttnError> {
+        for v in model.forward_clips(
+            comm,
+            &layout,
+            parts.clone(),
+            &[0.7; BATCH],
+            vec![cond.clone(); mine.len()],
+            None,
+            &scope,
+        )? {
+            v.into_data();
+        }
+        Ok(())
+    };
+    step()?;
+    reset_peak();
+    comm.reset_stats();
+    let mut times = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats {
+        let start = Instant::now();
+        step()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let peak = peak_since();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let stats = comm.stats();
+    let nanos = |s: f64| (s * 1e9) as usize;
+    let medians = comm.gather_sizes(nanos(median))?;
+    let in_comm = comm.gather_sizes(nanos(stats.seconds / args.repeats as f64))?;
+    let bytes: usize = comm.gather_sizes(stats.bytes as usize)?.iter().sum();
+    let slowest = medians.iter().copied().max().unwrap_or(0) as f64 / 1e9;
+    let share = in_comm
+        .iter()
+        .zip(&medians)
+        .map(|(&c, &m)| c as f64 / m.max(1) as f64)
+        .sum::<f64>()
+        / comm.world() as f64;
+    Ok((comm.rank() == 0).then_some(Row {
+        ranks: comm.world(),
+        seconds: slowest,
+        comm_share: share,
+        bytes: (bytes / args.repeats) as u64,
+        peak,
+    }))
 }
 
 fn main() {
     allocator::keep_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string());
-    let lengths = list(&arg("--frames", "16,32,64,128,256"));
-    let ranks = list(&arg("--ranks", "1,2,4,8"));
-    let per_clip: usize = arg("--frames-per-clip", "8").parse().expect("--frames-per-clip");
-    let full_max: usize = arg("--full-max-frames", "128").parse().expect("--full-max-frames");
-    let repeats: usize = arg("--repeats", "2").parse().expect("--repeats");
-    let out = arg("--out", "out/bench_long_video.json");
-
+    let args = Args::parse();
+    if args.frames_per_clip == 0 || args.repeats == 0 || args.ranks.contains(&0) {
+        eprintln!("error: --frames-per-clip, --repeats and every --ranks entry must be ≥ 1");
+        std::process::exit(2);
+    }
+    if let Some(f) = args
+        .frames
+        .iter()
+        .find(|&&f| f == 0 || f % args.frames_per_clip != 0)
+    {
+        eprintln!(
+            "error: --frames: {f} is not a positive multiple of --frames-per-clip {}",
+            args.frames_per_clip
+        );
+        std::process::exit(2);
+    }
     let device = Device::flex();
     device.seed(3);
     let model = VideoDitConfig::tiny().init(&device);
     let c = model.config().clone();
-    let scope = DualScopeConfig::new();
-    let (b, size) = (2, 32);
-    let tokens_per_frame = (size / c.patch[1]) * (size / c.patch[2]);
-    let cond = model.embed_labels(Tensor::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
-    let sigmas = [0.7, 0.7];
-    let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.7f32; 2], [2]), &device);
-
-    println!("device Flex, tiny DiT (d {}, depth {}, heads {}), {size}×{size} frames, batch {b}, {per_clip}-frame clips", c.d_model, c.depth, c.heads);
-    println!("| frames | tokens | ranks | dual-scope s/step | frames/s | peak MiB | MiB between ranks | full attention s/step | frames/s | peak MiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let tokens_per_frame = (SIZE / c.patch[1]) * (SIZE / c.patch[2]);
+    let worlds: Vec<usize> = match args.transport {
+        Transport::Threads => args.ranks.clone(),
+        Transport::Mpi => vec![0], // the job's size
+    };
     let mut rows = Vec::new();
-    for &frames in &lengths {
-        let clips = frames / per_clip;
-        assert!(clips >= 1 && frames % per_clip == 0, "--frames: {frames} is not a multiple of --frames-per-clip {per_clip}");
-        let video = Tensor::<5>::random([b, 3, frames, size, size], Distribution::Normal(0.0, 1.0), &device);
+    let mut lead = true;
+    for &frames in &args.frames {
+        let clips = frames / args.frames_per_clip;
         let tokens = frames / c.patch[0] * tokens_per_frame;
-        let full = (frames <= full_max).then(|| measure(&device, repeats, || {
-            model.forward(video.clone(), sigma.clone(), cond.clone()).expect("shapes").into_data();
-        }));
-        for &world in ranks.iter().filter(|&&r| r <= clips) {
-            let layout = ClipLayout::uniform(clips, per_clip, world).expect("layout");
-            let group = DeviceGroup::virtual_ranks(&device, world).expect("group");
-            let parts: Vec<Tensor<5>> = (0..clips).map(|i| video.clone().narrow(2, layout.frame_offset(i), per_clip)).collect();
-            let step = || {
-                for v in model.forward_clips(&group, &layout, parts.clone(), &sigmas, vec![cond.clone(); clips], None, &scope).expect("shapes") {
-                    v.into_data();
+        let full =
+            (args.transport == Transport::Threads && frames <= args.full_max_frames).then(|| {
+                let video = SplitMix(0).normal_tensor([BATCH, 3, frames, SIZE, SIZE], &device);
+                let cond = model.embed_labels(Tensor::from_data(
+                    TensorData::new(vec![1i64, 4, 2, 5], [BATCH, 2]),
+                    &device,
+                ));
+                let sigma =
+                    Tensor::<1>::from_data(TensorData::new(vec![0.7f32; BATCH], [BATCH]), &device);
+                measure(&device, args.repeats, || {
+                    model
+                        .forward(video.clone(), sigma.clone(), cond.clone())
+                        .expect("shapes")
+                        .into_data()
+                })
+            });
+        for &world in worlds.iter().filter(|&&w| w <= clips) {
+            // Every rank's own copy of the model: the weights are read-only here.
+            let row = on_ranks(args.transport, world, &device, |comm| {
+                if comm.world() > clips {
+                    return Ok(None);
                 }
+                dual_scope_step(&comm, &model, frames, &args)
+            })
+            .unwrap_or_else(|e| {
+                eprintln!("error: {e}");
+                std::process::exit(1)
+            });
+            let Some(Some(row)) = row else {
+                lead = row.is_some();
+                continue;
             };
-            let (seconds, peak) = measure(&device, repeats, step);
-            group.reset_stats();
-            step();
-            let bytes = group.stats().bytes;
             let mib = |x: usize| x as f64 / (1 << 20) as f64;
-            let (fs, fp) = full.map_or(("-".to_string(), "-".to_string()), |(s, p)| (format!("{s:.3}"), format!("{:.0}", mib(p))));
-            let ffps = full.map_or("-".to_string(), |(s, _)| format!("{:.1}", frames as f64 / s));
-            println!("| {frames} | {tokens} | {world} | {seconds:.3} | {:.1} | {:.0} | {:.1} | {fs} | {ffps} | {fp} |", frames as f64 / seconds, mib(peak), bytes as f64 / (1 << 20) as f64);
+            if rows.is_empty() {
+                println!(
+                    "device Flex, tiny DiT (d {}, depth {}, heads {}), {SIZE}×{SIZE} frames, batch {BATCH}, {}-frame clips, {:?} ranks",
+                    c.d_model, c.depth, c.heads, args.frames_per_clip, args.transport
+                );
+                println!(
+                    "| frames | tokens | ranks | dual-scope s/step | frames/s | in collectives | KiB between ranks | peak MiB | full attention s/step | peak MiB |"
+                );
+                println!("|---|---|---|---|---|---|---|---|---|---|");
+            }
+            let (fs, fp) = full.map_or(("-".to_string(), "-".to_string()), |(s, p)| {
+                (format!("{s:.3}"), format!("{:.0}", mib(p)))
+            });
+            println!(
+                "| {frames} | {tokens} | {} | {:.3} | {:.1} | {:.1}% | {:.0} | {:.0} | {fs} | {fp} |",
+                row.ranks,
+                row.seconds,
+                frames as f64 / row.seconds,
+                100.0 * row.comm_share,
+                row.bytes as f64 / 1024.0,
+                mib(row.peak)
+            );
             rows.push(serde_json::json!({
-                "frames": frames, "tokens": tokens, "ranks": world, "clips": clips,
-                "dual_scope_s": seconds, "dual_scope_frames_per_s": frames as f64 / seconds, "dual_scope_peak_bytes": peak, "bytes_between_ranks": bytes,
+                "frames": frames, "tokens": tokens, "ranks": row.ranks, "clips": clips,
+                "dual_scope_s": row.seconds, "dual_scope_frames_per_s": frames as f64 / row.seconds, "share_in_collectives": row.comm_share,
+                "bytes_between_ranks_per_step": row.bytes, "peak_heap_bytes": row.peak,
                 "full_s": full.map(|x| x.0), "full_peak_bytes": full.map(|x| x.1),
             }));
         }
     }
-    let report = serde_json::json!({ "device": "flex", "model": "tiny", "batch": b, "frame_size": size, "frames_per_clip": per_clip, "scope": scope, "rows": rows });
-    if let Some(dir) = std::path::Path::new(&out).parent() {
+    if !lead {
+        return;
+    }
+    let threads = std::env::var("RAYON_NUM_THREADS").ok();
+    let report = serde_json::json!({
+        "device": "flex", "model": "tiny", "batch": BATCH, "frame_size": SIZE, "frames_per_clip": args.frames_per_clip,
+        "transport": format!("{:?}", args.transport).to_lowercase(), "rayon_threads_per_rank": threads, "scope": DualScopeConfig::new(), "rows": rows,
+    });
+    if let Some(dir) = std::path::Path::new(&args.out).parent() {
         std::fs::create_dir_all(dir).expect("creating the output folder");
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&report).expect("json")).expect("writing the JSON report");
-    println!("wrote {out}");
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("writing the JSON report");
+    println!("wrote {}", args.out);
 }

@@ -41,13 +41,28 @@ use device::device_named;
 
 fn arg_list(name: &str, default: &str) -> Vec<usize> {
     let args: Vec<String> = std::env::args().collect();
-    let value = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or(default);
-    value.split(',').map(|x| x.parse().unwrap_or_else(|_| panic!("{name}: bad number `{x}`"))).collect()
+    let value = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or(default);
+    value
+        .split(',')
+        .map(|x| {
+            x.parse()
+                .unwrap_or_else(|_| panic!("{name}: bad number `{x}`"))
+        })
+        .collect()
 }
 
 fn arg_str(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
 }
 
 fn config(clip: ClipShape, attention: AttentionKind, seed: u64) -> TrainConfig {
@@ -80,10 +95,18 @@ impl Quality {
     fn of((_, losses, trainer): (f64, Vec<f32>, Trainer), tail_steps: usize) -> Self {
         let valid = "valid validation settings";
         Self {
-            loss: losses.iter().rev().take(tail_steps).sum::<f32>() / losses.len().min(tail_steps) as f32,
-            val: trainer.validation_loss(VALIDATION_CLIPS, &VALIDATION_SIGMAS, VALIDATION_SEED).expect(valid),
-            ema_val: trainer.ema_validation_loss(VALIDATION_CLIPS, &VALIDATION_SIGMAS, VALIDATION_SEED).expect(valid),
-            curve: losses.chunks(10).map(|c| c.iter().sum::<f32>() / c.len() as f32).collect(),
+            loss: losses.iter().rev().take(tail_steps).sum::<f32>()
+                / losses.len().min(tail_steps) as f32,
+            val: trainer
+                .validation_loss(VALIDATION_CLIPS, &VALIDATION_SIGMAS, VALIDATION_SEED)
+                .expect(valid),
+            ema_val: trainer
+                .ema_validation_loss(VALIDATION_CLIPS, &VALIDATION_SIGMAS, VALIDATION_SEED)
+                .expect(valid),
+            curve: losses
+                .chunks(10)
+                .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+                .collect(),
         }
     }
 
@@ -94,9 +117,17 @@ impl Quality {
 
 /// Trains `dense_steps` untimed steps (at least one; DSV's dense stage), then `steps` timed ones with DSV
 /// (when `sparse`) held sparse; returns (steps/s, losses of every step, the trained run).
-fn run(config: TrainConfig, dense_steps: usize, steps: usize, sparse: bool, device: &Device) -> (f64, Vec<f32>, Trainer) {
+fn run(
+    config: TrainConfig,
+    dense_steps: usize,
+    steps: usize,
+    sparse: bool,
+    device: &Device,
+) -> (f64, Vec<f32>, Trainer) {
     let mut trainer = Trainer::new(config, device).expect("bouncing shapes need no files");
-    let mut losses: Vec<f32> = (0..dense_steps.max(1)).map(|_| trainer.train_step().loss).collect();
+    let mut losses: Vec<f32> = (0..dense_steps.max(1))
+        .map(|_| trainer.train_step().loss)
+        .collect();
     if sparse {
         for layer in trainer.model().dsv_layers() {
             layer.set_stage(DsvStage::Sparse);
@@ -107,8 +138,16 @@ fn run(config: TrainConfig, dense_steps: usize, steps: usize, sparse: bool, devi
         losses.push(trainer.train_step().loss);
     }
     let rate = steps as f64 / start.elapsed().as_secs_f64();
-    let ran_sparse = trainer.model().dsv_layers().iter().map(|l| l.stats().ran_sparse).collect::<Vec<_>>();
-    assert!(ran_sparse.iter().all(|&r| r == sparse), "DSV layers must run sparse exactly when asked, ran sparse: {ran_sparse:?}");
+    let ran_sparse = trainer
+        .model()
+        .dsv_layers()
+        .iter()
+        .map(|l| l.stats().ran_sparse)
+        .collect::<Vec<_>>();
+    assert!(
+        ran_sparse.iter().all(|&r| r == sparse),
+        "DSV layers must run sparse exactly when asked, ran sparse: {ran_sparse:?}"
+    );
     (rate, losses, trainer)
 }
 
@@ -119,7 +158,16 @@ fn attention_seconds(tokens: usize, model: &VideoDitConfig, device: &Device) -> 
     let make = || Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad).require_grad();
     let (q, k, v) = (make(), make(), make());
     let once = || {
-        let _ = attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default()).sum().backward();
+        let _ = attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        )
+        .sum()
+        .backward();
     };
     once();
     let start = Instant::now();
@@ -139,7 +187,14 @@ fn main() {
     let seeds = arg_list("--seeds", "42");
     let sparsity: f64 = arg_str("--sparsity", "0.9").parse().expect("--sparsity");
     // A quality run writes beside the length sweep, not over it.
-    let out = arg_str("--out", if quality_steps > 0 { "out/bench_training_quality.json" } else { "out/bench_training.json" });
+    let out = arg_str(
+        "--out",
+        if quality_steps > 0 {
+            "out/bench_training_quality.json"
+        } else {
+            "out/bench_training.json"
+        },
+    );
     let device = device_named(&arg_str("--device", "flex"));
     let tail_steps = arg_list("--tail", "10")[0].max(1);
     let policy = DsvPolicy::new()
@@ -153,17 +208,39 @@ fn main() {
     // The quality baseline: the same DSV model (same initial weights, predictors learning
     // alike) that never goes sparse, so the two runs differ only in the sparse attention.
     let dense_twin = AttentionKind::Dsv(policy.with_min_sparse_len(usize::MAX));
-    println!("device {device:?}; tiny DiT (width 128, depth 4, 4 heads), batch 1, {steps} timed steps, DSV at sparsity {sparsity}");
+    println!(
+        "device {device:?}; tiny DiT (width 128, depth 4, 4 heads), batch 1, {steps} timed steps, DSV at sparsity {sparsity}"
+    );
     println!(
         "{:>7} | {:>9} {:>9} {:>7} | {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10}",
-        "tokens", "dense it/s", "DSV it/s", "ratio", "attn share", "dense loss", "DSV loss", "dense val", "DSV val", "dense EMA", "DSV EMA"
+        "tokens",
+        "dense it/s",
+        "DSV it/s",
+        "ratio",
+        "attn share",
+        "dense loss",
+        "DSV loss",
+        "dense val",
+        "DSV val",
+        "dense EMA",
+        "DSV EMA"
     );
     let mut rows = Vec::new();
     for &t in &frames {
-        let clip = ClipShape { frames: t, height: size, width: size };
+        let clip = ClipShape {
+            frames: t,
+            height: size,
+            width: size,
+        };
         let [pt, ph, pw] = VideoDitConfig::tiny().patch;
         let tokens = (t / pt) * (size / ph) * (size / pw);
-        let (dense_rate, ..) = run(config(clip, AttentionKind::Dense, 42), 1, steps, false, &device);
+        let (dense_rate, ..) = run(
+            config(clip, AttentionKind::Dense, 42),
+            1,
+            steps,
+            false,
+            &device,
+        );
         let (dsv_rate, ..) = run(config(clip, dsv.clone(), 42), 1, steps, true, &device);
         let step_seconds = 1.0 / dense_rate;
         let share = attention_seconds(tokens, &VideoDitConfig::tiny(), &device) / step_seconds;
@@ -185,7 +262,10 @@ fn main() {
                 })
                 .collect()
         };
-        let mean = |f: &dyn Fn(&(usize, Quality, Quality)) -> f32| (!per_seed.is_empty()).then(|| per_seed.iter().map(f).sum::<f32>() / per_seed.len() as f32);
+        let mean = |f: &dyn Fn(&(usize, Quality, Quality)) -> f32| {
+            (!per_seed.is_empty())
+                .then(|| per_seed.iter().map(f).sum::<f32>() / per_seed.len() as f32)
+        };
         let fmt = |x: Option<f32>| x.map(|v| format!("{v:.4}")).unwrap_or("-".into());
         let (dense_loss, dsv_loss) = (mean(&|q| q.1.loss), mean(&|q| q.2.loss));
         let (dense_val, dsv_val) = (mean(&|q| q.1.val), mean(&|q| q.2.val));
@@ -218,6 +298,13 @@ fn main() {
     if let Some(dir) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(dir).expect("output folder");
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&serde_json::json!({ "device": format!("{device:?}"), "rows": rows })).unwrap()).expect("write JSON");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "device": format!("{device:?}"), "rows": rows }),
+        )
+        .unwrap(),
+    )
+    .expect("write JSON");
     println!("wrote {out}");
 }

@@ -5,33 +5,44 @@
 //! cargo run --release --example long_video -- [--out out/tiny] [--ranks 8] [--clips-per-rank 2]
 //!     [--window 2] [--global-frames 4] [--scope-bias 10] [--switch-sigma 0.5]
 //!     [--prompts circle:red,square:blue] [--steps 24] [--seed 7]
+//! mpirun -np 4 target/release/examples/long_video --transport mpi [--clips-per-rank 4] …
 //! ```
-//! Ranks are virtual ranks on the CPU (Flex). The video is cut into `ranks × clips-per-rank`
-//! clips of the training length; each clip has its own noise and its prompt (the prompts are
-//! spread over time in order). For comparison the same clips are also generated one by one
-//! with no attention between them. Writes under `OUT/long_video/`: `long_video.gif`,
-//! `side_by_side.gif` (dual-scope left, independent clips right), `report.json`, `report.md`.
+//! Ranks are threads of this process on the CPU (Flex), or with `--transport mpi` (a build
+//! with `--features mpi`) the processes of an MPI job, one rank each; rank 0 writes the
+//! files. The video is cut into `ranks × clips-per-rank` clips of the training length; each
+//! clip has its own noise and its prompt (the prompts are spread over time in order), so the
+//! video is the same however the clips are spread. For comparison rank 0 also generates the
+//! same clips one by one with no attention between them. Writes under `OUT/long_video/`:
+//! `long_video.gif`, `side_by_side.gif` (dual-scope left, independent clips right),
+//! `report.json`, `report.md`.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
-use burn_sparse_video::ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig};
+use burn_sparse_video::ctx_parallel::{ClipLayout, DualScopeConfig};
 use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, parse_label};
 use burn_sparse_video::dit::flow::sample_euler;
 use burn_sparse_video::dit::long_video::{clip_noise, generate_long};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
-use burn_sparse_video::dit::metrics::{clip_continuity, detect, dynamic_degree, motion_smoothness, temporal_flickering};
+use burn_sparse_video::dit::metrics::{
+    clip_continuity, detect, dynamic_degree, motion_smoothness, temporal_flickering,
+};
 use burn_sparse_video::dit::train::{label_ids, load_for_sampling};
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(about = "Generate a long video from the tiny DiT by clip parallelism with dual-scope attention")]
+#[command(
+    about = "Generate a long video from the tiny DiT by clip parallelism with dual-scope attention"
+)]
 struct Args {
     /// Folder of the main job (its `checkpoints/latest`); results go to `OUT/long_video`.
     #[arg(long, default_value = "out/tiny")]
     out: PathBuf,
-    /// Virtual ranks.
+    /// What carries the messages between ranks.
+    #[arg(long, value_enum, default_value_t = Transport::Threads)]
+    transport: Transport,
+    /// Ranks (threads) with `--transport threads`; an MPI job has as many as `mpirun -np`.
     #[arg(long, default_value_t = 8)]
     ranks: usize,
     /// Clips per rank (each as long as a training clip).
@@ -72,7 +83,12 @@ fn parse_prompt(pair: &str, classes: &[&str]) -> (usize, usize) {
 /// The network-free metrics of one long video.
 fn metrics(video: &Frames, clip_starts: &[usize], frame_patch: usize) -> serde_json::Value {
     let continuity = clip_continuity(video, clip_starts, frame_patch);
-    let detected = video.frames.iter().filter(|f| detect(f, video.width).is_some()).count() as f64 / video.len() as f64;
+    let detected = video
+        .frames
+        .iter()
+        .filter(|f| detect(f, video.width).is_some())
+        .count() as f64
+        / video.len() as f64;
     serde_json::json!({
         "temporal_flickering": temporal_flickering(video),
         "motion_smoothness": motion_smoothness(video),
@@ -86,6 +102,18 @@ fn metrics(video: &Frames, clip_starts: &[usize], frame_patch: usize) -> serde_j
 
 #[path = "common/allocator.rs"]
 mod allocator;
+#[path = "common/ranks.rs"]
+mod ranks;
+use ranks::{Transport, on_ranks};
+
+/// What rank 0 reports of the dual-scope generation.
+struct Generated {
+    video: Frames,
+    ranks: usize,
+    seconds: f64,
+    bytes: u64,
+    messages: u64,
+}
 
 fn main() {
     allocator::keep_freed_memory();
@@ -94,74 +122,188 @@ fn main() {
         fail("--ranks and --clips-per-rank must be ≥ 1");
     }
     let device = Device::flex();
-    let (model, config) = load_for_sampling(&args.out, &device).unwrap_or_else(|e| fail(&format!("{e}\n(run the main job first: scripts/main.sh)")));
+    let (model, config) = load_for_sampling(&args.out, &device)
+        .unwrap_or_else(|e| fail(&format!("{e}\n(run the main job first: scripts/main.sh)")));
     let clip = config.clip;
-    let clips = args.ranks * args.clips_per_rank;
-    let layout = ClipLayout::uniform(clips, clip.frames, args.ranks).unwrap_or_else(|e| fail(&e.to_string()));
-    let group = DeviceGroup::virtual_ranks(&device, args.ranks).unwrap_or_else(|e| fail(&e.to_string()));
-    let scope = DualScopeConfig::new().with_window(args.window).with_global_frames(args.global_frames).with_scope_bias(args.scope_bias).with_switch_sigma(args.switch_sigma);
+    let scope = DualScopeConfig::new()
+        .with_window(args.window)
+        .with_global_frames(args.global_frames)
+        .with_scope_bias(args.scope_bias)
+        .with_switch_sigma(args.switch_sigma);
     let mut sampler = config.sampler;
     if let Some(steps) = args.steps {
         sampler.steps = steps;
     }
-    let prompts: Vec<(usize, usize)> = args.prompts.split(',').map(|p| parse_prompt(p, config.data.classes())).collect();
-    let clip_prompt: Vec<(usize, usize)> = (0..clips).map(|c| prompts[c * prompts.len() / clips]).collect();
-    let cond: Vec<Tensor<3>> = clip_prompt.iter().map(|&p| model.embed_labels(label_ids(&[p], &device))).collect();
-    let uncond: Vec<Tensor<3>> = (0..clips).map(|_| model.embed_labels(Tensor::zeros([1, COND_TOKENS], &device))).collect();
+    let prompts: Vec<(usize, usize)> = args
+        .prompts
+        .split(',')
+        .map(|p| parse_prompt(p, config.data.classes()))
+        .collect();
+    // Every rank makes the same layout, prompts and noise from the same arguments.
+    let clip_prompts = |clips: usize| -> Vec<(usize, usize)> {
+        (0..clips)
+            .map(|c| prompts[c * prompts.len() / clips])
+            .collect()
+    };
+    // Each clip's conditioning and null conditioning.
+    let conditioning = |clip_prompt: &[(usize, usize)]| -> (Vec<Tensor<3>>, Vec<Tensor<3>>) {
+        let cond = clip_prompt
+            .iter()
+            .map(|&p| model.embed_labels(label_ids(&[p], &device)))
+            .collect();
+        let uncond = clip_prompt
+            .iter()
+            .map(|_| model.embed_labels(Tensor::zeros([1, COND_TOKENS], &device)))
+            .collect();
+        (cond, uncond)
+    };
+    let generated = on_ranks(args.transport, args.ranks, &device, |comm| {
+        let ranks = comm.world();
+        let clips = ranks * args.clips_per_rank;
+        let layout = ClipLayout::uniform(clips, clip.frames, ranks)?;
+        let (cond, uncond) = conditioning(&clip_prompts(clips));
+        if comm.rank() == 0 {
+            println!(
+                "{} frames of {}×{} ({}× the {}-frame training clips) on {ranks} ranks ({:?}), {} clips each; window ±{} latent frames, {} global frames",
+                layout.total_frames(),
+                clip.height,
+                clip.width,
+                clips,
+                clip.frames,
+                args.transport,
+                args.clips_per_rank,
+                args.window,
+                args.global_frames
+            );
+        }
+        let start = Instant::now();
+        let video = generate_long(
+            &model,
+            &comm,
+            &layout,
+            [clip.height, clip.width],
+            &cond,
+            &uncond,
+            sampler,
+            &scope,
+            args.seed,
+        )?;
+        let seconds = start.elapsed().as_secs_f64();
+        let stats = comm.stats();
+        let bytes: usize = comm.gather_sizes(stats.bytes as usize)?.iter().sum();
+        let messages: usize = comm.gather_sizes(stats.messages as usize)?.iter().sum();
+        Ok(video.map(|video| Generated {
+            video,
+            ranks,
+            seconds,
+            bytes: bytes as u64,
+            messages: messages as u64,
+        }))
+    });
+    let Some(Generated {
+        video,
+        ranks,
+        seconds: dual_seconds,
+        bytes,
+        messages,
+    }) = generated.unwrap_or_else(|e| fail(&e)).flatten()
+    else {
+        return;
+    };
+    let clips = ranks * args.clips_per_rank;
+    let layout = ClipLayout::uniform(clips, clip.frames, ranks).expect("made on every rank above");
+    let clip_prompt = clip_prompts(clips);
+    let (cond, uncond) = conditioning(&clip_prompt);
     let clip_starts: Vec<usize> = (0..clips).map(|c| layout.frame_offset(c)).collect();
-    println!(
-        "{} frames of {}×{} ({}× the {}-frame training clips) on {} virtual ranks, {} clips each; window ±{} latent frames, {} global frames",
-        layout.total_frames(), clip.height, clip.width, clips, clip.frames, args.ranks, args.clips_per_rank, args.window, args.global_frames
-    );
-
-    let start = Instant::now();
-    let video = generate_long(&model, &group, &layout, [clip.height, clip.width], cond.clone(), uncond.clone(), sampler, &scope, args.seed).unwrap_or_else(|e| fail(&e.to_string()));
-    let dual_seconds = start.elapsed().as_secs_f64();
-    let comm = group.stats();
 
     // The same clips with the same noise and prompts, each generated alone.
     let start = Instant::now();
-    let mut alone = Frames { width: clip.width, height: clip.height, frames: Vec::new() };
+    let mut alone = Frames {
+        width: clip.width,
+        height: clip.height,
+        frames: Vec::new(),
+    };
     for c in 0..clips {
-        let noise = clip_noise(args.seed, c, [1, 3, clip.frames, clip.height, clip.width], &device);
-        let x = sample_euler(&model, noise, cond[c].clone(), uncond[c].clone(), sampler).unwrap_or_else(|e| fail(&e.to_string()));
-        let pixels: Vec<f32> = x.into_data().convert::<f32>().try_to_vec().expect("f32 video");
-        alone.frames.extend(Frames::from_chw(&pixels, clip.frames, clip.height, clip.width).frames);
+        let noise = clip_noise(
+            args.seed,
+            c,
+            [1, 3, clip.frames, clip.height, clip.width],
+            &device,
+        );
+        let x = sample_euler(&model, noise, cond[c].clone(), uncond[c].clone(), sampler)
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        let pixels: Vec<f32> = x
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .expect("f32 video");
+        alone
+            .frames
+            .extend(Frames::from_chw(&pixels, clip.frames, clip.height, clip.width).frames);
     }
     let alone_seconds = start.elapsed().as_secs_f64();
 
     let dir = args.out.join("long_video");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("creating {}: {e}", dir.display())));
-    let write = |name: &str, v: &Frames| write_gif(&dir.join(name), v, 8).unwrap_or_else(|e| fail(&format!("writing {name}: {e}")));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| fail(&format!("creating {}: {e}", dir.display())));
+    let write = |name: &str, v: &Frames| {
+        write_gif(&dir.join(name), v, 8).unwrap_or_else(|e| fail(&format!("writing {name}: {e}")))
+    };
     write("long_video.gif", &upscale(&video, 3));
-    write("side_by_side.gif", &tile(&[upscale(&video, 3), upscale(&alone, 3)], 2));
+    write(
+        "side_by_side.gif",
+        &tile(&[upscale(&video, 3), upscale(&alone, 3)], 2),
+    );
 
     let frames = layout.total_frames() as f64;
     let report = serde_json::json!({
         "frames": layout.total_frames(), "height": clip.height, "width": clip.width,
-        "training_clip_frames": clip.frames, "ranks": args.ranks, "clips": clips,
+        "training_clip_frames": clip.frames, "ranks": ranks, "transport": format!("{:?}", args.transport).to_lowercase(), "clips": clips,
         "scope": { "window": args.window, "global_frames": args.global_frames, "scope_bias": args.scope_bias, "switch_sigma": args.switch_sigma },
         "sampler": sampler, "seed": args.seed,
         "prompts": clip_prompt.iter().map(|&(s, c)| format!("{}:{}", config.data.classes()[s], COLOURS[c].0)).collect::<Vec<_>>(),
-        "dual_scope": { "seconds": dual_seconds, "frames_per_second": frames / dual_seconds, "bytes_between_ranks": comm.bytes, "messages": comm.messages, "metrics": metrics(&video, &clip_starts, config.model.patch[0]) },
+        "dual_scope": { "seconds": dual_seconds, "frames_per_second": frames / dual_seconds, "bytes_between_ranks": bytes, "messages": messages, "metrics": metrics(&video, &clip_starts, config.model.patch[0]) },
         "independent_clips": { "seconds": alone_seconds, "frames_per_second": frames / alone_seconds, "metrics": metrics(&alone, &clip_starts, config.model.patch[0]) },
     });
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report).expect("json")).unwrap_or_else(|e| fail(&format!("report: {e}")));
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .unwrap_or_else(|e| fail(&format!("report: {e}")));
     let row = |name: &str, key: &str| {
         let v = |which: &str| report[which]["metrics"][key].as_f64().unwrap_or(f64::NAN);
-        format!("| {name} | {:.3} | {:.3} |\n", v("dual_scope"), v("independent_clips"))
+        format!(
+            "| {name} | {:.3} | {:.3} |\n",
+            v("dual_scope"),
+            v("independent_clips")
+        )
     };
     let mut md = format!(
-        "# Long video: {} frames from a model trained on {}-frame clips\n\n{} virtual ranks × {} clips, window ±{} latent frames, {} global frames, scope bias {} switching at σ = {}; {} Euler steps, guidance {}.\n\n\
+        "# Long video: {} frames from a model trained on {}-frame clips\n\n{} ranks × {} clips, window ±{} latent frames, {} global frames, scope bias {} switching at σ = {}; {} Euler steps, guidance {}.\n\n\
          Dual-scope: {:.1} s ({:.2} frames/s), {:.1} MiB between ranks. Independent clips: {:.1} s.\n\n| metric | dual-scope | independent clips |\n|---|---|---|\n",
-        layout.total_frames(), clip.frames, args.ranks, args.clips_per_rank, args.window, args.global_frames, args.scope_bias, args.switch_sigma,
-        sampler.steps, sampler.guidance, dual_seconds, frames / dual_seconds, comm.bytes as f64 / (1 << 20) as f64, alone_seconds
+        layout.total_frames(),
+        clip.frames,
+        ranks,
+        args.clips_per_rank,
+        args.window,
+        args.global_frames,
+        args.scope_bias,
+        args.switch_sigma,
+        sampler.steps,
+        sampler.guidance,
+        dual_seconds,
+        frames / dual_seconds,
+        bytes as f64 / (1 << 20) as f64,
+        alone_seconds
     );
     md += &row("temporal flickering (1 = steady)", "temporal_flickering");
     md += &row("motion smoothness (1 = linear)", "motion_smoothness");
     md += &row("dynamic degree (mean |Δframe|)", "dynamic_degree");
     md += &row("mean |Δframe| across clip boundaries", "boundary_change");
-    md += &row("mean |Δframe| within clips (at latent-frame steps)", "within_clip_change");
+    md += &row(
+        "mean |Δframe| within clips (at latent-frame steps)",
+        "within_clip_change",
+    );
     md += &row("boundary / within (1 = seamless)", "boundary_over_within");
     md += &row("object detected (share of frames)", "object_detected");
     md += "\nFiles: long_video.gif, side_by_side.gif (dual-scope left, independent clips right), report.json.\n";

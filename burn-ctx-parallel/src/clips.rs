@@ -1,11 +1,12 @@
 //! Clip parallelism: a long video cut along time into clips, each held by one rank, and the
 //! frame-spanning statistics those clips must share.
 
+use std::ops::Range;
+
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 
-use crate::Halo;
-use crate::group::{DeviceGroup, Transport};
+use crate::{Communicator, Halo};
 
 /// How a video of `total_frames` frames is cut into clips along time and which rank holds
 /// each clip. Clips are contiguous in time and ranks hold contiguous runs of clips, so only
@@ -24,16 +25,44 @@ impl ClipLayout {
     pub fn new(clip_frames: Vec<usize>, world: usize) -> Result<Self, SparseAttnError> {
         const F: &str = "ClipLayout::new";
         SparseAttnError::check(world >= 1, F, "world", "≥ 1", world)?;
-        SparseAttnError::check(clip_frames.len() >= world, F, "clip_frames", format!("at least one clip per rank ({world})"), clip_frames.len())?;
-        SparseAttnError::check(clip_frames.iter().all(|&f| f > 0), F, "clip_frames", "every clip ≥ 1 frame", format!("{clip_frames:?}"))?;
+        SparseAttnError::check(
+            clip_frames.len() >= world,
+            F,
+            "clip_frames",
+            format!("at least one clip per rank ({world})"),
+            clip_frames.len(),
+        )?;
+        SparseAttnError::check(
+            clip_frames.iter().all(|&f| f > 0),
+            F,
+            "clip_frames",
+            "every clip ≥ 1 frame",
+            format!("{clip_frames:?}"),
+        )?;
         let n = clip_frames.len();
-        let offsets = clip_frames.iter().scan(0, |acc, &f| { let o = *acc; *acc += f; Some(o) }).collect();
+        let offsets = clip_frames
+            .iter()
+            .scan(0, |acc, &f| {
+                let o = *acc;
+                *acc += f;
+                Some(o)
+            })
+            .collect();
         let owners = (0..n).map(|c| c * world / n).collect();
-        Ok(Self { frames: clip_frames, offsets, owners, world })
+        Ok(Self {
+            frames: clip_frames,
+            offsets,
+            owners,
+            world,
+        })
     }
 
     /// `clips` clips of `frames_per_clip` frames each over `world` ranks.
-    pub fn uniform(clips: usize, frames_per_clip: usize, world: usize) -> Result<Self, SparseAttnError> {
+    pub fn uniform(
+        clips: usize,
+        frames_per_clip: usize,
+        world: usize,
+    ) -> Result<Self, SparseAttnError> {
         Self::new(vec![frames_per_clip; clips], world)
     }
 
@@ -62,6 +91,29 @@ impl ClipLayout {
         self.owners[clip]
     }
 
+    /// The clips rank `rank` holds (a contiguous range, never empty for a rank of the layout).
+    pub fn clips_of(&self, rank: usize) -> Range<usize> {
+        let start = self.owners.partition_point(|&o| o < rank);
+        start..self.owners.partition_point(|&o| o <= rank)
+    }
+
+    /// The clips `comm`'s rank holds, or an error from `function` naming `layout` when this
+    /// layout is not over `comm`'s ranks.
+    pub fn clips_of_rank(
+        &self,
+        function: &'static str,
+        comm: &Communicator,
+    ) -> Result<Range<usize>, SparseAttnError> {
+        SparseAttnError::check(
+            self.world == comm.world(),
+            function,
+            "layout",
+            format!("a layout over the group's {} ranks", comm.world()),
+            self.world,
+        )?;
+        Ok(self.clips_of(comm.rank()))
+    }
+
     /// Frames of the whole video.
     pub fn total_frames(&self) -> usize {
         self.frames.iter().sum()
@@ -75,62 +127,128 @@ impl ClipLayout {
     /// The same cut with every frame count multiplied by `factor` (video frames ↔ latent or
     /// token frames).
     pub fn scaled(&self, factor: usize) -> Self {
-        Self::new(self.frames.iter().map(|f| f * factor).collect(), self.world).expect("scaling keeps a valid layout")
+        Self::new(self.frames.iter().map(|f| f * factor).collect(), self.world)
+            .expect("scaling keeps a valid layout")
     }
 }
 
-/// The slices clip `c` needs from its neighbours along `dim` for anything that looks
-/// `halo` slices past its edges (a temporal convolution, a local attention window): the last
-/// `halo` slices of clip `c − 1` and the first `halo` of clip `c + 1`, on clip `c`'s rank
-/// (a send between ranks, free within one). `None` at the video's two ends and where `halo`
-/// is 0.
-pub fn clip_halos<T: Transport, const D: usize>(group: &DeviceGroup<T>, layout: &ClipLayout, parts: &[Tensor<D>], dim: usize, halo: usize) -> Result<Vec<Halo<D>>, SparseAttnError> {
+/// Checks that `parts` are this rank's clips of `layout` in a group of `comm.world()`.
+pub(crate) fn check_local_clips<T>(
+    function: &'static str,
+    comm: &Communicator,
+    layout: &ClipLayout,
+    parts: &[T],
+) -> Result<Range<usize>, SparseAttnError> {
+    let mine = layout.clips_of_rank(function, comm)?;
+    SparseAttnError::check(
+        parts.len() == mine.len(),
+        function,
+        "parts",
+        format!(
+            "one tensor per clip of rank {} ({}: clips {mine:?})",
+            comm.rank(),
+            mine.len()
+        ),
+        parts.len(),
+    )?;
+    Ok(mine)
+}
+
+/// The slices each of this rank's clips needs from its neighbours along `dim` for anything
+/// that looks `halo` slices past its edges (a temporal convolution, a local attention
+/// window): the last `halo` slices of the clip before and the first `halo` of the clip
+/// after. `parts` are this rank's clips ([`ClipLayout::clips_of`]); neighbours on other ranks
+/// arrive in one halo exchange, those on this rank are sliced locally. `None` at the video's
+/// two ends and where `halo` is 0. Every rank of `comm` calls it.
+pub fn clip_halos<const D: usize>(
+    comm: &Communicator,
+    layout: &ClipLayout,
+    parts: &[Tensor<D>],
+    dim: usize,
+    halo: usize,
+) -> Result<Vec<Halo<D>>, SparseAttnError> {
     const F: &str = "clip_halos";
-    let clips = layout.clips();
-    SparseAttnError::check(parts.len() == clips, F, "parts", format!("one tensor per clip ({clips})"), parts.len())?;
+    let mine = check_local_clips(F, comm, layout, parts)?;
     SparseAttnError::check(dim < D, F, "dim", format!("< {D}"), dim)?;
     let shortest = parts.iter().map(|p| p.dims()[dim]).min().unwrap_or(0);
-    SparseAttnError::check(clips < 2 || halo <= shortest, F, "halo", format!("≤ the shortest clip's size along dim {dim} ({shortest})"), halo)?;
-    let send = |from: usize, to: usize, tail: bool| {
-        let len = parts[from].dims()[dim];
-        let part = parts[from].clone().narrow(dim, if tail { len - halo } else { 0 }, halo);
-        group.send(part, layout.owner(from), layout.owner(to))
-    };
-    Ok((0..clips).map(|c| ((c > 0 && halo > 0).then(|| send(c - 1, c, true)), (c + 1 < clips && halo > 0).then(|| send(c + 1, c, false)))).collect())
+    SparseAttnError::check(
+        layout.clips() < 2 || halo <= shortest,
+        F,
+        "halo",
+        format!("≤ the shortest clip's size along dim {dim} ({shortest})"),
+        halo,
+    )?;
+    if halo == 0 || layout.clips() < 2 {
+        return Ok(vec![(None, None); parts.len()]);
+    }
+    let len = |i: usize| parts[i].dims()[dim];
+    let head = |i: usize| parts[i].clone().narrow(dim, 0, halo);
+    let tail = |i: usize| parts[i].clone().narrow(dim, len(i) - halo, halo);
+    // One exchange: the first clip's head goes left and the last clip's tail right, so send
+    // them as one tensor whose first and last `halo` slices they are.
+    let last = parts.len() - 1;
+    let (mut left, mut right) =
+        comm.halo_exchange(Tensor::cat(vec![head(0), tail(last)], dim), dim, halo)?;
+    Ok((0..parts.len())
+        .map(|i| {
+            let c = mine.start + i;
+            let before = match (c > 0, i > 0) {
+                (true, true) => Some(tail(i - 1)),
+                (true, false) => left.take(),
+                (false, _) => None,
+            };
+            let after = match (c + 1 < layout.clips(), i < last) {
+                (true, true) => Some(head(i + 1)),
+                (true, false) => right.take(),
+                (false, _) => None,
+            };
+            (before, after)
+        })
+        .collect())
 }
 
 /// Mean and variance over `dims` of a tensor split along one of them across clips, computed
-/// with one all-reduce of `[Σx, Σx²]` (each clip weighted by its element count), so every
-/// clip normalises with the statistics of the whole video — what a GroupNorm or any other
-/// frame-spanning norm needs under clip parallelism. Returns per clip `(mean, var)` with the
-/// reduced dims kept at size 1, on the clip's device.
-pub fn synced_moments<T: Transport, const D: usize>(group: &DeviceGroup<T>, layout: &ClipLayout, parts: Vec<Tensor<D>>, dims: &[usize]) -> Result<Vec<(Tensor<D>, Tensor<D>)>, SparseAttnError> {
+/// with one all-reduce of `[Σx, Σx²]` and of the element count, so every clip normalises with
+/// the statistics of the whole video — what a GroupNorm or any other frame-spanning norm
+/// needs under clip parallelism. `parts` are this rank's clips; returns `(mean, var)` with
+/// the reduced dims kept at size 1, the same on every rank.
+pub fn synced_moments<const D: usize>(
+    comm: &Communicator,
+    layout: &ClipLayout,
+    parts: Vec<Tensor<D>>,
+    dims: &[usize],
+) -> Result<(Tensor<D>, Tensor<D>), SparseAttnError> {
     const F: &str = "synced_moments";
-    SparseAttnError::check(parts.len() == layout.clips(), F, "parts", format!("one tensor per clip ({})", layout.clips()), parts.len())?;
-    SparseAttnError::check(!dims.is_empty() && dims.iter().all(|&d| d < D), F, "dims", format!("1 to {D} dims below {D}"), format!("{dims:?}"))?;
-    let count: usize = parts.iter().map(|p| dims.iter().map(|&d| p.dims()[d]).product::<usize>()).sum();
-    // Per rank: its clips' sums and sums of squares stacked on a new leading axis.
-    let mut per_rank: Vec<Option<Tensor<D>>> = vec![None; group.world()];
-    for (c, p) in parts.iter().enumerate() {
-        let (mut sum, mut sq) = (p.clone(), p.clone().square());
-        for &d in dims {
-            sum = sum.sum_dim(d);
-            sq = sq.sum_dim(d);
-        }
-        let both = Tensor::cat(vec![sum, sq], 0);
-        let slot = &mut per_rank[layout.owner(c)];
-        *slot = Some(match slot.take() { Some(acc) => acc + both, None => both });
-    }
-    let parts = per_rank.into_iter().map(|p| p.expect("every rank holds a clip")).collect();
-    let totals = group.all_reduce(parts)?;
-    // Σx and Σx² sit in the two halves of the leading axis.
-    let lead = totals[0].dims()[0] / 2;
-    Ok((0..layout.clips())
-        .map(|c| {
-            let total = totals[layout.owner(c)].clone();
-            let mean = total.clone().narrow(0, 0, lead) / count as f64;
-            let var = total.narrow(0, lead, lead) / count as f64 - mean.clone().square();
-            (mean, var)
+    check_local_clips(F, comm, layout, &parts)?;
+    SparseAttnError::check(
+        !dims.is_empty() && dims.iter().all(|&d| d < D),
+        F,
+        "dims",
+        format!("1 to {D} dims below {D}"),
+        format!("{dims:?}"),
+    )?;
+    let local_count: usize = parts
+        .iter()
+        .map(|p| dims.iter().map(|&d| p.dims()[d]).product::<usize>())
+        .sum();
+    let count: usize = comm.gather_sizes(local_count)?.iter().sum();
+    // This rank's sums and sums of squares stacked on a new leading axis.
+    let both = parts
+        .into_iter()
+        .map(|p| {
+            let (mut sum, mut sq) = (p.clone(), p.square());
+            for &d in dims {
+                sum = sum.sum_dim(d);
+                sq = sq.sum_dim(d);
+            }
+            Tensor::cat(vec![sum, sq], 0)
         })
-        .collect())
+        .reduce(|a, b| a + b)
+        .expect("every rank holds a clip");
+    let total = comm.all_reduce(both)?;
+    // Σx and Σx² sit in the two halves of the leading axis.
+    let lead = total.dims()[0] / 2;
+    let mean = total.clone().narrow(0, 0, lead) / count as f64;
+    let var = total.narrow(0, lead, lead) / count as f64 - mean.clone().square();
+    Ok((mean, var))
 }

@@ -7,15 +7,17 @@
 //! - the edges of the video are masked, never padded with zero keys;
 //! - a key is seen once: a global frame inside a query's local window counts as local (the
 //!   paper concatenates and so double-counts it);
-//! - global frames are spaced evenly over the whole video, not per clip, so the all-gather
+//! - global frames are spaced evenly over the whole video, not per clip, so the gather
 //!   moves the same bytes whatever the video length.
 
+use std::ops::Range;
+
 use burn::config::Config;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
+use burn::tensor::{Bool, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
 use burn_sparse_attn::SparseAttnError;
 
+use crate::Communicator;
 use crate::clips::{ClipLayout, clip_halos};
-use crate::group::{DeviceGroup, Transport};
 
 /// Settings of dual-scope attention.
 #[derive(Config, Debug, PartialEq)]
@@ -38,14 +40,20 @@ pub struct DualScopeConfig {
 impl DualScopeConfig {
     /// `(local, global)` logit biases at noise level `sigma`.
     pub fn biases(&self, sigma: f64) -> (f64, f64) {
-        if sigma >= self.switch_sigma { (0.0, self.scope_bias) } else { (self.scope_bias, 0.0) }
+        if sigma >= self.switch_sigma {
+            (0.0, self.scope_bias)
+        } else {
+            (self.scope_bias, 0.0)
+        }
     }
 
     /// The global frames of a video of `total_frames` frames: the centres of
     /// `global_frames` equal spans (all frames when the video is shorter).
     pub fn global_frame_ids(&self, total_frames: usize) -> Vec<usize> {
         let g = self.global_frames.min(total_frames);
-        (0..g).map(|i| (2 * i + 1) * total_frames / (2 * g)).collect()
+        (0..g)
+            .map(|i| (2 * i + 1) * total_frames / (2 * g))
+            .collect()
     }
 }
 
@@ -74,70 +82,142 @@ fn visible(query: usize, key: KeyFrame, window: usize) -> bool {
 }
 
 /// Dual-scope attention over one layout, for one forward pass at fixed noise levels: the
-/// masks and biases are built once and reused by every layer.
-pub struct DualScopePlan<'g, T: Transport> {
-    group: &'g DeviceGroup<T>,
+/// masks and biases of this rank's clips are built once and reused by every layer. Every rank
+/// of the group makes the same plan and calls [`DualScopePlan::attend`] with its own clips.
+pub struct DualScopePlan<'c> {
+    comm: &'c Communicator,
     layout: ClipLayout,
+    mine: Range<usize>,
     tokens_per_frame: usize,
     window: usize,
     global: Vec<usize>,
     batch: usize,
-    /// Per clip: `[1, 1, S_q, S_k]`, true = hidden.
+    /// Per local clip: `[1, 1, S_q, S_k]`, true = hidden.
     masks: Vec<Tensor<4, Bool>>,
-    /// Per clip: `[B, 1, S_q, S_k]` scope biases, `None` when all are zero.
+    /// Per local clip: `[B, 1, S_q, S_k]` scope biases, `None` when all are zero.
     biases: Vec<Option<Tensor<4>>>,
 }
 
-impl<'g, T: Transport> DualScopePlan<'g, T> {
-    /// Plans dual-scope attention for `layout` (in frames of the token grid) with
-    /// `tokens_per_frame` tokens per frame, at per-sample noise levels `sigmas` (length B).
-    pub fn new(group: &'g DeviceGroup<T>, layout: &ClipLayout, tokens_per_frame: usize, config: &DualScopeConfig, sigmas: &[f64]) -> Result<Self, SparseAttnError> {
+impl<'c> DualScopePlan<'c> {
+    /// Plans dual-scope attention for `layout` (in frames of the token grid; over the ranks
+    /// of `comm`) with `tokens_per_frame` tokens per frame, at per-sample noise levels
+    /// `sigmas` (length B).
+    pub fn new(
+        comm: &'c Communicator,
+        layout: &ClipLayout,
+        tokens_per_frame: usize,
+        config: &DualScopeConfig,
+        sigmas: &[f64],
+    ) -> Result<Self, SparseAttnError> {
         const F: &str = "DualScopePlan::new";
-        SparseAttnError::check(layout.world() == group.world(), F, "layout", format!("a layout over the group's {} ranks", group.world()), layout.world())?;
-        SparseAttnError::check(tokens_per_frame > 0, F, "tokens_per_frame", "≥ 1", tokens_per_frame)?;
-        SparseAttnError::check(!sigmas.is_empty(), F, "sigmas", "one noise level per sample (B ≥ 1)", 0)?;
-        SparseAttnError::check(config.scope_bias.is_finite(), F, "config.scope_bias", "a finite bias", config.scope_bias)?;
+        let mine = layout.clips_of_rank(F, comm)?;
+        SparseAttnError::check(
+            tokens_per_frame > 0,
+            F,
+            "tokens_per_frame",
+            "≥ 1",
+            tokens_per_frame,
+        )?;
+        SparseAttnError::check(
+            !sigmas.is_empty(),
+            F,
+            "sigmas",
+            "one noise level per sample (B ≥ 1)",
+            0,
+        )?;
+        SparseAttnError::check(
+            config.scope_bias.is_finite(),
+            F,
+            "config.scope_bias",
+            "a finite bias",
+            config.scope_bias,
+        )?;
         let p = config.window;
         if layout.clips() > 1 {
             // The halo comes from the adjacent clip only.
-            let shortest = (0..layout.clips()).map(|c| layout.frames(c)).min().unwrap_or(0);
-            SparseAttnError::check(shortest >= p, F, "config.window", format!("≤ the shortest clip ({shortest} frames)"), p)?;
+            let shortest = (0..layout.clips())
+                .map(|c| layout.frames(c))
+                .min()
+                .unwrap_or(0);
+            SparseAttnError::check(
+                shortest >= p,
+                F,
+                "config.window",
+                format!("≤ the shortest clip ({shortest} frames)"),
+                p,
+            )?;
         }
+        let device = comm.device();
         let global = config.global_frame_ids(layout.total_frames());
-        let mut masks = Vec::with_capacity(layout.clips());
-        let mut biases = Vec::with_capacity(layout.clips());
-        for c in 0..layout.clips() {
-            let device = group.device(layout.owner(c));
+        let mut masks = Vec::with_capacity(mine.len());
+        let mut biases = Vec::with_capacity(mine.len());
+        for c in mine.clone() {
             let keys = key_frames(layout, c, p, &global);
             let (o, t) = (layout.frame_offset(c), layout.frames(c));
             let n = tokens_per_frame;
             let (sq, sk) = (t * n, keys.len() * n);
             let mut hidden = Vec::with_capacity(sq * sk);
             for fq in o..o + t {
-                let row: Vec<bool> = keys.iter().flat_map(|&k| std::iter::repeat_n(!visible(fq, k, p), n)).collect();
+                let row: Vec<bool> = keys
+                    .iter()
+                    .flat_map(|&k| std::iter::repeat_n(!visible(fq, k, p), n))
+                    .collect();
                 for _ in 0..n {
                     hidden.extend_from_slice(&row);
                 }
             }
-            masks.push(Tensor::<4, Bool>::from_data(TensorData::new(hidden, [1, 1, sq, sk]), &device));
+            masks.push(Tensor::<4, Bool>::from_data(
+                TensorData::new(hidden, [1, 1, sq, sk]),
+                device,
+            ));
             let per_sample: Vec<(f64, f64)> = sigmas.iter().map(|&s| config.biases(s)).collect();
-            biases.push(per_sample.iter().any(|&(l, g)| l != 0.0 || g != 0.0).then(|| {
-                let mut bias = Vec::with_capacity(sigmas.len() * sq * sk);
-                for &(local, global) in &per_sample {
-                    let row: Vec<f32> = keys.iter().flat_map(|k| std::iter::repeat_n(if k.scope == Scope::Local { local } else { global } as f32, n)).collect();
-                    for _ in 0..sq {
-                        bias.extend_from_slice(&row);
-                    }
-                }
-                Tensor::<4>::from_data(TensorData::new(bias, [sigmas.len(), 1, sq, sk]), &device)
-            }));
+            biases.push(
+                per_sample
+                    .iter()
+                    .any(|&(l, g)| l != 0.0 || g != 0.0)
+                    .then(|| {
+                        let mut bias = Vec::with_capacity(sigmas.len() * sq * sk);
+                        for &(local, global) in &per_sample {
+                            let row: Vec<f32> = keys
+                                .iter()
+                                .flat_map(|k| {
+                                    std::iter::repeat_n(
+                                        if k.scope == Scope::Local {
+                                            local
+                                        } else {
+                                            global
+                                        } as f32,
+                                        n,
+                                    )
+                                })
+                                .collect();
+                            for _ in 0..sq {
+                                bias.extend_from_slice(&row);
+                            }
+                        }
+                        Tensor::<4>::from_data(
+                            TensorData::new(bias, [sigmas.len(), 1, sq, sk]),
+                            device,
+                        )
+                    }),
+            );
         }
-        Ok(Self { group, layout: layout.clone(), tokens_per_frame, window: p, global, batch: sigmas.len(), masks, biases })
+        Ok(Self {
+            comm,
+            layout: layout.clone(),
+            mine,
+            tokens_per_frame,
+            window: p,
+            global,
+            batch: sigmas.len(),
+            masks,
+            biases,
+        })
     }
 
-    /// The device group the clips live on.
-    pub fn group(&self) -> &'g DeviceGroup<T> {
-        self.group
+    /// The group the clips live on.
+    pub fn comm(&self) -> &'c Communicator {
+        self.comm
     }
 
     /// The clips, in frames of the token grid.
@@ -150,58 +230,94 @@ impl<'g, T: Transport> DualScopePlan<'g, T> {
         &self.global
     }
 
-    /// Attention of every clip's queries over its local window and the global frames.
-    /// `q, k, v`: one `[B, H, frames(c)·tokens_per_frame, D]` tensor per clip, on the clip's
-    /// rank, with positions already encoded (RoPE of global frame indices). Returns one
-    /// output per clip, like `q`.
-    pub fn attend(&self, q: Vec<Tensor<4>>, k: Vec<Tensor<4>>, v: Vec<Tensor<4>>) -> Result<Vec<Tensor<4>>, SparseAttnError> {
+    /// Attention of this rank's clips' queries over their local windows and the global
+    /// frames. `q, k, v`: one `[B, H, frames(c)·tokens_per_frame, D]` tensor per clip of this
+    /// rank ([`ClipLayout::clips_of`]), with positions already encoded (RoPE of global frame
+    /// indices). Returns one output per clip, like `q`. K and V travel together: one halo
+    /// exchange and one gather of the global frames per call.
+    pub fn attend(
+        &self,
+        q: Vec<Tensor<4>>,
+        k: Vec<Tensor<4>>,
+        v: Vec<Tensor<4>>,
+    ) -> Result<Vec<Tensor<4>>, SparseAttnError> {
         const F: &str = "DualScopePlan::attend";
         let (layout, n, p) = (&self.layout, self.tokens_per_frame, self.window);
-        let clips = layout.clips();
-        SparseAttnError::check(q.len() == clips && k.len() == clips && v.len() == clips, F, "q", format!("one tensor per clip ({clips}) in q, k and v"), format!("{}, {}, {}", q.len(), k.len(), v.len()))?;
+        let clips = self.mine.len();
+        SparseAttnError::check(
+            q.len() == clips && k.len() == clips && v.len() == clips,
+            F,
+            "q",
+            format!(
+                "one tensor per clip of rank {} ({clips}) in q, k and v",
+                self.comm.rank()
+            ),
+            format!("{}, {}, {}", q.len(), k.len(), v.len()),
+        )?;
         let [_, h, _, d] = q[0].dims();
-        for c in 0..clips {
+        for (i, c) in self.mine.clone().enumerate() {
             let want = [self.batch, h, layout.frames(c) * n, d];
-            for (name, x) in [("q", &q[c]), ("k", &k[c]), ("v", &v[c])] {
-                SparseAttnError::check(x.dims() == want, F, name, format!("{want:?} for clip {c} (B from sigmas, frames × tokens per frame)"), format!("{:?}", x.dims()))?;
+            for (name, x) in [("q", &q[i]), ("k", &k[i]), ("v", &v[i])] {
+                SparseAttnError::check(
+                    x.dims() == want,
+                    F,
+                    name,
+                    format!("{want:?} for clip {c} (B from sigmas, frames × tokens per frame)"),
+                    format!("{:?}", x.dims()),
+                )?;
             }
         }
-        let group = self.group;
-        // Global scope: each clip's share of the global frames, all-gathered per rank.
-        let global_kv: Vec<Option<(Tensor<4>, Tensor<4>)>> = (0..clips)
-            .map(|c| {
-                let (o, t) = (layout.frame_offset(c), layout.frames(c));
-                let tokens: Vec<i64> = self.global.iter().filter(|&&f| f >= o && f < o + t).flat_map(|&f| ((f - o) * n..(f - o + 1) * n).map(|i| i as i64)).collect();
-                (!tokens.is_empty()).then(|| {
-                    let len = tokens.len();
-                    let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [len]), &k[c].device());
-                    (k[c].clone().select(2, idx.clone()), v[c].clone().select(2, idx))
+        let kv: Vec<Tensor<4>> = k
+            .into_iter()
+            .zip(v)
+            .map(|(k, v)| Tensor::cat(vec![k, v], 3))
+            .collect();
+        // Global scope: every rank that holds global frames sends them to all others.
+        let gathered = if self.global.is_empty() {
+            None
+        } else {
+            let owner = |f: usize| layout.owner(layout.clip_of(f));
+            let mut senders: Vec<usize> = self.global.iter().map(|&f| owner(f)).collect();
+            senders.dedup();
+            let rank = self.comm.rank();
+            let own: Vec<Tensor<4>> = self
+                .global
+                .iter()
+                .filter(|&&f| owner(f) == rank)
+                .map(|&f| {
+                    let c = layout.clip_of(f);
+                    kv[c - self.mine.start]
+                        .clone()
+                        .narrow(2, (f - layout.frame_offset(c)) * n, n)
                 })
-            })
-            .collect();
-        let gathered: Vec<Option<(Tensor<4>, Tensor<4>)>> = (0..group.world())
-            .map(|rank| {
-                let (ks, vs): (Vec<_>, Vec<_>) = global_kv.iter().enumerate().filter_map(|(c, kv)| kv.as_ref().map(|(gk, gv)| (group.send(gk.clone(), layout.owner(c), rank), group.send(gv.clone(), layout.owner(c), rank)))).unzip();
-                (!ks.is_empty()).then(|| (Tensor::cat(ks, 2), Tensor::cat(vs, 2)))
-            })
-            .collect();
+                .collect();
+            let own = (!own.is_empty()).then(|| Tensor::cat(own, 2));
+            Some(self.comm.gather_from(own, &senders, 2)?)
+        };
         // Local scope: the last / first `p` frames of the neighbouring clips.
-        let k_halos = clip_halos(group, layout, &k, 2, p * n)?;
-        let v_halos = clip_halos(group, layout, &v, 2, p * n)?;
+        let halos = clip_halos(self.comm, layout, &kv, 2, p * n)?;
         let mut out = Vec::with_capacity(clips);
-        for (c, ((q_c, (k_before, k_after)), (v_before, v_after))) in q.into_iter().zip(k_halos).zip(v_halos).enumerate() {
-            let mut keys: Vec<Tensor<4>> = k_before.into_iter().chain([k[c].clone()]).chain(k_after).collect();
-            let mut values: Vec<Tensor<4>> = v_before.into_iter().chain([v[c].clone()]).chain(v_after).collect();
-            if let Some((gk, gv)) = &gathered[layout.owner(c)] {
-                keys.push(gk.clone());
-                values.push(gv.clone());
-            }
-            let (keys, values) = (Tensor::cat(keys, 2), Tensor::cat(values, 2));
+        for (i, ((q_c, kv_c), (before, after))) in q.into_iter().zip(kv).zip(halos).enumerate() {
+            let keys: Vec<Tensor<4>> = before
+                .into_iter()
+                .chain([kv_c])
+                .chain(after)
+                .chain(gathered.clone())
+                .collect();
+            let keys = Tensor::cat(keys, 2);
+            let (keys, values) = (keys.clone().narrow(3, 0, d), keys.narrow(3, d, d));
             let (sq, sk) = (q_c.dims()[2], keys.dims()[2]);
             let full = [self.batch, h, sq, sk];
-            let mask = self.masks[c].clone().expand(full);
-            let bias = self.biases[c].clone().map(|b| b.expand(full));
-            out.push(attention(q_c, keys, values, Some(mask), bias, AttentionModuleOptions::default()));
+            let mask = self.masks[i].clone().expand(full);
+            let bias = self.biases[i].clone().map(|b| b.expand(full));
+            out.push(attention(
+                q_c,
+                keys,
+                values,
+                Some(mask),
+                bias,
+                AttentionModuleOptions::default(),
+            ));
         }
         Ok(out)
     }
@@ -212,23 +328,52 @@ impl<'g, T: Transport> DualScopePlan<'g, T> {
 fn key_frames(layout: &ClipLayout, c: usize, window: usize, global: &[usize]) -> Vec<KeyFrame> {
     let (o, t) = (layout.frame_offset(c), layout.frames(c));
     let lo = if c > 0 { o - window } else { o };
-    let hi = if c + 1 < layout.clips() { o + t + window } else { o + t };
-    (lo..hi).map(|frame| KeyFrame { frame, scope: Scope::Local }).chain(global.iter().map(|&frame| KeyFrame { frame, scope: Scope::Global })).collect()
+    let hi = if c + 1 < layout.clips() {
+        o + t + window
+    } else {
+        o + t
+    };
+    (lo..hi)
+        .map(|frame| KeyFrame {
+            frame,
+            scope: Scope::Local,
+        })
+        .chain(global.iter().map(|&frame| KeyFrame {
+            frame,
+            scope: Scope::Global,
+        }))
+        .collect()
 }
 
 /// Bytes one dual-scope layer moves between ranks for K and V of `elem_bytes`-byte
 /// elements, `[batch, heads, ·, head_dim]`: two halos per clip boundary that crosses ranks
 /// and, on every rank, the global frames held elsewhere. Independent of the video length.
-pub fn dual_scope_bytes_per_layer(layout: &ClipLayout, tokens_per_frame: usize, config: &DualScopeConfig, batch: usize, heads: usize, head_dim: usize, elem_bytes: usize) -> u64 {
+pub fn dual_scope_bytes_per_layer(
+    layout: &ClipLayout,
+    tokens_per_frame: usize,
+    config: &DualScopeConfig,
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+    elem_bytes: usize,
+) -> u64 {
     let frame_bytes = (2 * batch * heads * head_dim * tokens_per_frame * elem_bytes) as u64;
-    let crossings = (1..layout.clips()).filter(|&c| layout.owner(c) != layout.owner(c - 1)).count() as u64;
-    let halo = if layout.clips() > 1 { 2 * crossings * config.window as u64 } else { 0 };
+    let crossings = (1..layout.clips())
+        .filter(|&c| layout.owner(c) != layout.owner(c - 1))
+        .count() as u64;
+    let halo = if layout.clips() > 1 {
+        2 * crossings * config.window as u64
+    } else {
+        0
+    };
     let global = config.global_frame_ids(layout.total_frames());
-    let remote: u64 = (0..layout.world()).map(|r| global.iter().filter(|&&f| layout.owner(layout.clip_of(f)) != r).count() as u64).sum();
+    let remote: u64 = (0..layout.world())
+        .map(|r| {
+            global
+                .iter()
+                .filter(|&&f| layout.owner(layout.clip_of(f)) != r)
+                .count() as u64
+        })
+        .sum();
     (halo + remote) * frame_bytes
-}
-
-/// The device of every clip of `layout` in `group`.
-pub fn clip_devices<T: Transport>(group: &DeviceGroup<T>, layout: &ClipLayout) -> Vec<Device> {
-    (0..layout.clips()).map(|c| group.device(layout.owner(c))).collect()
 }

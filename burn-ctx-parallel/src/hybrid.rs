@@ -27,23 +27,48 @@ pub struct HybridSplit {
 /// critical keys of head group `g`'s heads (in `split.heads[g]` order) for the queries of
 /// sequence group `s`, over all keys. Returns this rank's output shard; equals unsharded
 /// sparse attention, gradients included.
-pub fn hybrid_attention(comm: &Communicator, split: &HybridSplit, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, index: impl FnOnce(usize, usize) -> Result<CriticalKeys, SparseAttnError>) -> Result<Tensor<4>, SparseAttnError> {
+pub fn hybrid_attention(
+    comm: &Communicator,
+    split: &HybridSplit,
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    index: impl FnOnce(usize, usize) -> Result<CriticalKeys, SparseAttnError>,
+) -> Result<Tensor<4>, SparseAttnError> {
     const F: &str = "hybrid_attention";
     let (hg, sg) = (split.head_groups, split.seq_groups);
     let world = comm.world();
-    SparseAttnError::check(hg * sg == world && split.heads.len() == hg, F, "split", format!("head_groups × seq_groups = {world} ranks and one head list per head group"), format!("{hg} × {sg}, {} head lists", split.heads.len()))?;
+    SparseAttnError::check(
+        hg * sg == world && split.heads.len() == hg,
+        F,
+        "split",
+        format!("head_groups × seq_groups = {world} ranks and one head list per head group"),
+        format!("{hg} × {sg}, {} head lists", split.heads.len()),
+    )?;
     let heads = q.dims()[1];
     let order: Vec<usize> = split.heads.concat();
     let mut seen = order.clone();
     seen.sort_unstable();
-    SparseAttnError::check(seen == (0..heads).collect::<Vec<_>>() && split.heads.iter().all(|h| !h.is_empty()), F, "split.heads", format!("non-empty head lists that together hold each of the {heads} heads once"), format!("{:?}", split.heads))?;
+    SparseAttnError::check(
+        seen == (0..heads).collect::<Vec<_>>() && split.heads.iter().all(|h| !h.is_empty()),
+        F,
+        "split.heads",
+        format!("non-empty head lists that together hold each of the {heads} heads once"),
+        format!("{:?}", split.heads),
+    )?;
     let sizes: Vec<usize> = split.heads.iter().map(Vec::len).collect();
     let mut inverse = vec![0; heads];
     for (at, &head) in order.iter().enumerate() {
         inverse[head] = at;
     }
     let select_heads = |x: Tensor<4>, ids: &[usize]| {
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]), &x.device());
+        let idx = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [ids.len()],
+            ),
+            &x.device(),
+        );
         x.select(1, idx)
     };
     let (g, s) = (comm.rank() % hg, comm.rank() / hg);
@@ -56,5 +81,8 @@ pub fn hybrid_attention(comm: &Communicator, split: &HybridSplit, q: Tensor<4>, 
     // Sparse sequence parallelism across the sequence groups of this head group.
     let out = sparse_sequence_attention(&head_group, q, k, v, &index(g, s)?, None)?;
     // Head shards → sequence shards, heads back in their order.
-    Ok(select_heads(seq_group.all_to_all(out, 2, &lens, 1)?, &inverse))
+    Ok(select_heads(
+        seq_group.all_to_all(out, 2, &lens, 1)?,
+        &inverse,
+    ))
 }

@@ -22,17 +22,20 @@
 //!   sequence groups (sparse remote fetch), over subgroups.
 //! - [`planner`]: DSV's Longest-Processing-Time head placement and a cost model that picks
 //!   the head × sequence split of a device group.
-//! - Clip parallelism (Video-Infinity), driven from one process over a [`DeviceGroup`]:
-//!   [`ClipLayout`] cuts a long video along time into clips held by ranks; [`DualScopePlan`]
-//!   runs dual-scope attention over them (a local window through halo exchange plus
-//!   all-gathered global frames, scope balance by noise level); [`synced_moments`] gives
-//!   frame-spanning norms the whole video's statistics.
+//! - Clip parallelism (Video-Infinity): [`ClipLayout`] cuts a long video along time into
+//!   clips, each rank holding a contiguous run of them; [`DualScopePlan`] runs dual-scope
+//!   attention over them (a local window through a halo exchange plus gathered global
+//!   frames, scope balance by noise level); [`clip_halos`] serves any other op that looks
+//!   past a clip's edges; [`synced_moments`] gives frame-spanning norms the whole video's
+//!   statistics.
+//! - Data parallelism: [`broadcast_module`] starts every rank from one set of weights and
+//!   [`all_reduce_gradients`] sums a model's gradients over the group as one flat vector.
 
 mod backends;
 pub mod clips;
 mod communicator;
+mod data_parallel;
 mod dual_scope;
-pub mod group;
 mod head_parallel;
 mod hybrid;
 mod ops;
@@ -43,9 +46,9 @@ pub mod transport;
 
 pub use burn_sparse_attn;
 pub use clips::{ClipLayout, clip_halos, synced_moments};
-pub use communicator::{Communicator, Halo};
-pub use dual_scope::{DualScopeConfig, DualScopePlan, clip_devices, dual_scope_bytes_per_layer};
-pub use group::{CommStats, DeviceGroup, DeviceTransport, Transport};
+pub use communicator::{CommStats, Communicator, Halo};
+pub use data_parallel::{all_reduce_gradients, broadcast_module};
+pub use dual_scope::{DualScopeConfig, DualScopePlan, dual_scope_bytes_per_layer};
 pub use head_parallel::{head_parallel_attention, head_parallel_bytes_per_rank};
 pub use hybrid::{HybridSplit, hybrid_attention};
 pub use ops::CollectiveOps;

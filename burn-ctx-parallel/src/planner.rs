@@ -10,7 +10,9 @@ pub fn lpt_assign(costs: &[f64], ranks: usize) -> Vec<Vec<usize>> {
     let mut bins = vec![Vec::new(); ranks];
     let mut load = vec![0.0f64; ranks];
     for head in order {
-        let lightest = (0..ranks).min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b))).expect("ranks ≥ 1");
+        let lightest = (0..ranks)
+            .min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b)))
+            .expect("ranks ≥ 1");
         bins[lightest].push(head);
         load[lightest] += costs[head];
     }
@@ -19,14 +21,56 @@ pub fn lpt_assign(costs: &[f64], ranks: usize) -> Vec<Vec<usize>> {
 
 /// Contiguous split of heads over ranks (what a plain head-sharded run does).
 pub fn naive_assign(heads: usize, ranks: usize) -> Vec<Vec<usize>> {
-    (0..ranks).map(|r| (r * heads / ranks..(r + 1) * heads / ranks).collect()).collect()
+    (0..ranks)
+        .map(|r| (r * heads / ranks..(r + 1) * heads / ranks).collect())
+        .collect()
 }
 
 /// Slowest rank's load over the mean load, minus one (0 = perfectly balanced).
 pub fn straggler_penalty(costs: &[f64], assignment: &[Vec<usize>]) -> f64 {
-    let loads: Vec<f64> = assignment.iter().map(|hs| hs.iter().map(|&h| costs[h]).sum()).collect();
+    let loads: Vec<f64> = assignment
+        .iter()
+        .map(|hs| hs.iter().map(|&h| costs[h]).sum())
+        .collect();
     let mean = loads.iter().sum::<f64>() / loads.len() as f64;
     loads.iter().copied().fold(0.0, f64::max) / mean - 1.0
+}
+
+/// What one message between two ranks costs: `latency_s + bytes / bytes_per_s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkModel {
+    /// Seconds per message whatever its size.
+    pub latency_s: f64,
+    /// Bytes per second once a message is under way.
+    pub bytes_per_s: f64,
+}
+
+impl LinkModel {
+    /// The least-squares line `seconds = latency + bytes / bandwidth` through measured
+    /// `(bytes, seconds)` points of one message size each (a point-to-point sweep); needs two
+    /// or more sizes. A negative intercept (noise at small sizes) is clamped to zero.
+    pub fn fit(points: &[(f64, f64)]) -> Option<Self> {
+        let n = points.len() as f64;
+        let (mx, my) = (
+            points.iter().map(|p| p.0).sum::<f64>() / n,
+            points.iter().map(|p| p.1).sum::<f64>() / n,
+        );
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        if points.len() < 2 || sxx <= 0.0 || sxy <= 0.0 {
+            return None;
+        }
+        let slope = sxy / sxx;
+        Some(Self {
+            latency_s: (my - slope * mx).max(0.0),
+            bytes_per_s: 1.0 / slope,
+        })
+    }
+
+    /// Seconds for `messages` messages carrying `bytes` in all, one after another.
+    pub fn seconds(&self, bytes: f64, messages: f64) -> f64 {
+        messages * self.latency_s + bytes / self.bytes_per_s
+    }
 }
 
 /// The machines.
@@ -42,6 +86,27 @@ pub struct ClusterSpec {
     pub ib_gbps: f64,
     /// Sustained attention throughput per device, TFLOP/s.
     pub tflops: f64,
+    /// Seconds per message between two devices (launch and synchronisation), whatever the
+    /// link.
+    pub latency_s: f64,
+}
+
+impl ClusterSpec {
+    /// One machine of `devices` ranks calibrated on measurements: `link` fitted to a
+    /// point-to-point sweep between its ranks ([`LinkModel::fit`]) and `flops_per_s` the
+    /// attention throughput one rank sustained (forward + backward FLOPs over the measured
+    /// time).
+    pub fn measured(devices: usize, link: LinkModel, flops_per_s: f64) -> Self {
+        let gbps = link.bytes_per_s / 1e9;
+        Self {
+            devices,
+            devices_per_node: devices,
+            nvlink_gbps: gbps,
+            ib_gbps: gbps,
+            tflops: flops_per_s / 1e12,
+            latency_s: link.latency_s,
+        }
+    }
 }
 
 /// One attention layer's work.
@@ -79,12 +144,25 @@ pub struct PlanEstimate {
 /// Estimates one attention layer (forward + backward, 3.5× the forward FLOPs) for a
 /// `head_group × seq_group` split, heads placed by LPT (or contiguously when `lpt` is
 /// false). Head-wise groups sit inside a node when they fit, sequence-wise across nodes.
-pub fn estimate(cluster: &ClusterSpec, work: &AttentionWorkload, head_group: usize, seq_group: usize, lpt: bool) -> PlanEstimate {
+pub fn estimate(
+    cluster: &ClusterSpec,
+    work: &AttentionWorkload,
+    head_group: usize,
+    seq_group: usize,
+    lpt: bool,
+) -> PlanEstimate {
     let heads = work.head_sparsity.len();
     let (s, d) = (work.seq as f64, work.head_dim as f64);
     let costs: Vec<f64> = work.head_sparsity.iter().map(|sp| 1.0 - sp).collect();
-    let assignment = if lpt { lpt_assign(&costs, head_group) } else { naive_assign(heads, head_group) };
-    let slowest = assignment.iter().map(|hs| hs.iter().map(|&h| costs[h]).sum::<f64>()).fold(0.0, f64::max);
+    let assignment = if lpt {
+        lpt_assign(&costs, head_group)
+    } else {
+        naive_assign(heads, head_group)
+    };
+    let slowest = assignment
+        .iter()
+        .map(|hs| hs.iter().map(|&h| costs[h]).sum::<f64>())
+        .fold(0.0, f64::max);
     // Per head: 4·S·(1−s)·S·D forward over the whole sequence, split over the sequence group.
     let flops = 3.5 * 4.0 * s * s * d * slowest / seq_group as f64;
     let compute_s = flops / (cluster.tflops * 1e12);
@@ -93,12 +171,29 @@ pub fn estimate(cluster: &ClusterSpec, work: &AttentionWorkload, head_group: usi
     // Ulysses inside the head group: each rank holds S/(sg·hg) tokens of all heads and swaps
     // (hg−1)/hg of them, for q, k, v and o, forward and backward.
     let (hg, sg) = (head_group as f64, seq_group as f64);
-    let head_bytes = 2.0 * 4.0 * heads as f64 * (s / (sg * hg)) * d * (hg - 1.0) / hg * work.elem_bytes as f64;
+    let head_bytes =
+        2.0 * 4.0 * heads as f64 * (s / (sg * hg)) * d * (hg - 1.0) / hg * work.elem_bytes as f64;
     // Sparse sequence parallelism: fetch only the selected remote K and V, and return their
     // gradients.
     let mean_density = costs.iter().sum::<f64>() / heads as f64;
-    let seq_bytes = if seq_group > 1 { 2.0 * 2.0 * local_heads * mean_density * work.remote_fraction * s * d * work.elem_bytes as f64 } else { 0.0 };
-    let comm_s = head_bytes / bw(head_group, 1) + seq_bytes / bw(seq_group, head_group);
+    let seq_bytes = if seq_group > 1 {
+        2.0 * 2.0
+            * local_heads
+            * mean_density
+            * work.remote_fraction
+            * s
+            * d
+            * work.elem_bytes as f64
+    } else {
+        0.0
+    };
+    // Messages: each rank swaps with the other hg − 1 in four all-to-alls forward and four
+    // backward; sparse sequence sharding asks (indices), receives (rows) and returns
+    // gradients, each with the other sg − 1.
+    let messages = 8.0 * (hg - 1.0) + if seq_group > 1 { 3.0 * (sg - 1.0) } else { 0.0 };
+    let comm_s = head_bytes / bw(head_group, 1)
+        + seq_bytes / bw(seq_group, head_group)
+        + messages * cluster.latency_s;
     PlanEstimate {
         head_group,
         seq_group,
@@ -114,7 +209,7 @@ pub fn estimate(cluster: &ClusterSpec, work: &AttentionWorkload, head_group: usi
 pub fn plan(cluster: &ClusterSpec, work: &AttentionWorkload) -> Vec<PlanEstimate> {
     let heads = work.head_sparsity.len();
     let mut out: Vec<PlanEstimate> = (1..=cluster.devices)
-        .filter(|g| cluster.devices % g == 0 && heads % g == 0)
+        .filter(|g| cluster.devices.is_multiple_of(*g) && heads.is_multiple_of(*g))
         .map(|g| estimate(cluster, work, g, cluster.devices / g, true))
         .collect();
     out.sort_by(|a, b| a.total_s.total_cmp(&b.total_s));

@@ -8,7 +8,12 @@ use crate::Communicator;
 
 /// Dense attention of one query block against one key block, with its log-sum-exp
 /// (`[B, H, S_q, 1]`), from differentiable tensor ops.
-fn partial_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> (Tensor<4>, Tensor<4>) {
+fn partial_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+) -> (Tensor<4>, Tensor<4>) {
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     let max = scores.clone().max_dim(3).detach();
     let weights = (scores - max.clone()).exp();
@@ -32,9 +37,26 @@ fn merge(a: (Tensor<4>, Tensor<4>), b: (Tensor<4>, Tensor<4>)) -> (Tensor<4>, Te
 /// order): `world − 1` ring steps pass every K/V block once round the ring; the output stays
 /// sharded. Forward and backward (through autodiff and the collectives' transposes) equal
 /// unsharded attention.
-pub fn ring_attention(comm: &Communicator, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -> Result<Tensor<4>, SparseAttnError> {
+pub fn ring_attention(
+    comm: &Communicator,
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: Option<f64>,
+) -> Result<Tensor<4>, SparseAttnError> {
     const F: &str = "ring_attention";
-    SparseAttnError::check(k.dims() == v.dims() && k.dims()[..2] == q.dims()[..2] && k.dims()[3] == q.dims()[3], F, "k", format!("[{}, {}, S_r, {}] in k and v", q.dims()[0], q.dims()[1], q.dims()[3]), format!("{:?}, {:?}", k.dims(), v.dims()))?;
+    SparseAttnError::check(
+        k.dims() == v.dims() && k.dims()[..2] == q.dims()[..2] && k.dims()[3] == q.dims()[3],
+        F,
+        "k",
+        format!(
+            "[{}, {}, S_r, {}] in k and v",
+            q.dims()[0],
+            q.dims()[1],
+            q.dims()[3]
+        ),
+        format!("{:?}, {:?}", k.dims(), v.dims()),
+    )?;
     let (world, rank) = (comm.world(), comm.rank());
     let d = q.dims()[3];
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());

@@ -2,8 +2,6 @@
 //! feature, processes under `mpirun`) on Flex.
 #![cfg(feature = "flex")]
 
-#[path = "ctx_parallel/collectives.rs"]
-mod collectives;
 #[path = "ctx_parallel/dual_scope.rs"]
 mod dual_scope;
 #[path = "ctx_parallel/in_process.rs"]

@@ -3,9 +3,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig};
-use burn::tensor::{Device, Tensor, activation::sigmoid, module::attention, ops::AttentionModuleOptions};
-use burn_ctx_parallel::{DualScopePlan, Transport, clip_halos};
+use burn::nn::{
+    LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig,
+};
+use burn::tensor::{
+    Device, Tensor, activation::sigmoid, module::attention, ops::AttentionModuleOptions,
+};
+use burn_ctx_parallel::{DualScopePlan, clip_halos};
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, TokenGrid};
 
@@ -32,11 +36,11 @@ pub(crate) fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tens
 }
 
 /// How the self-attention of one forward pass runs over its clips.
-pub(crate) enum AttentionMode<'a, T: Transport> {
+pub(crate) enum AttentionMode<'a> {
     /// Every clip alone, with the block's own attention (dense or DSV).
     PerClip,
     /// Dual-scope attention across the clips of a plan.
-    DualScope(&'a DualScopePlan<'a, T>),
+    DualScope(&'a DualScopePlan<'a>),
 }
 
 /// What one clip's blocks share: the time projection, the conditioning, positions.
@@ -66,9 +70,16 @@ impl SelfAttention {
         let d = config.d_model;
         let dsv = match &config.attention {
             AttentionKind::Dense | AttentionKind::DualScope(_) => None,
-            AttentionKind::Dsv(policy) => Some(DsvAttentionConfig::new(d, config.heads, config.head_dim(), policy.clone()).init(device)),
+            AttentionKind::Dsv(policy) => Some(
+                DsvAttentionConfig::new(d, config.heads, config.head_dim(), policy.clone())
+                    .init(device),
+            ),
         };
-        let norm = || config.qk_norm.then(|| RmsNormConfig::new(config.head_dim()).init(device));
+        let norm = || {
+            config
+                .qk_norm
+                .then(|| RmsNormConfig::new(config.head_dim()).init(device))
+        };
         Self {
             qkv: LinearConfig::new(d, 3 * d).init(device),
             q_norm: norm(),
@@ -80,13 +91,26 @@ impl SelfAttention {
     }
 
     /// `xs`: one `[B, S_c, d]` per clip, attended together when the mode spans clips.
-    fn forward<T: Transport>(&self, xs: Vec<Tensor<3>>, clips: &[ClipContext], mode: &AttentionMode<T>) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+    fn forward(
+        &self,
+        xs: Vec<Tensor<3>>,
+        clips: &[ClipContext],
+        mode: &AttentionMode,
+    ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
         let dims: Vec<[usize; 3]> = xs.iter().map(|x| x.dims()).collect();
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
         for (x, clip) in xs.iter().zip(clips) {
             let [b, s, d] = x.dims();
-            let qkv = self.qkv.forward(x.clone()).reshape([b, s, 3, self.heads, d / self.heads]).permute([2, 0, 3, 1, 4]);
-            let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, self.heads, s, d / self.heads]);
+            let qkv = self
+                .qkv
+                .forward(x.clone())
+                .reshape([b, s, 3, self.heads, d / self.heads])
+                .permute([2, 0, 3, 1, 4]);
+            let part = |i: usize| {
+                qkv.clone()
+                    .narrow(0, i, 1)
+                    .reshape([b, self.heads, s, d / self.heads])
+            };
             let normed = |x: Tensor<4>, norm: &Option<RmsNorm>| match norm {
                 Some(norm) => norm.forward(x),
                 None => x,
@@ -103,11 +127,22 @@ impl SelfAttention {
                 .zip(clips)
                 .map(|((x, ((q, k), v)), clip)| match &self.dsv {
                     Some(dsv) => dsv.forward(x, q, k, v, clip.grid),
-                    None => Ok(attention(q, k, v, None, None, AttentionModuleOptions::default())),
+                    None => Ok(attention(
+                        q,
+                        k,
+                        v,
+                        None,
+                        None,
+                        AttentionModuleOptions::default(),
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
         };
-        Ok(outs.into_iter().zip(dims).map(|(o, [b, s, d])| self.out.forward(o.swap_dims(1, 2).reshape([b, s, d]))).collect())
+        Ok(outs
+            .into_iter()
+            .zip(dims)
+            .map(|(o, [b, s, d])| self.out.forward(o.swap_dims(1, 2).reshape([b, s, d])))
+            .collect())
     }
 
     /// The DSV layer, when this block uses DSV.
@@ -142,8 +177,16 @@ impl CrossAttention {
         let [b, s, d] = x.dims();
         let m = cond.dims()[1];
         let dh = d / self.heads;
-        let q = self.q.forward(self.norm.forward(x)).reshape([b, s, self.heads, dh]).swap_dims(1, 2);
-        let kv = self.kv.forward(cond).reshape([b, m, 2, self.heads, dh]).permute([2, 0, 3, 1, 4]);
+        let q = self
+            .q
+            .forward(self.norm.forward(x))
+            .reshape([b, s, self.heads, dh])
+            .swap_dims(1, 2);
+        let kv = self
+            .kv
+            .forward(cond)
+            .reshape([b, m, 2, self.heads, dh])
+            .permute([2, 0, 3, 1, 4]);
         let k = kv.clone().narrow(0, 0, 1).reshape([b, self.heads, m, dh]);
         let v = kv.narrow(0, 1, 1).reshape([b, self.heads, m, dh]);
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
@@ -159,14 +202,24 @@ pub struct FrameConv {
 
 impl FrameConv {
     fn new(channels: usize, device: &Device) -> Self {
-        Self { conv: Conv2dConfig::new([channels, channels], [3, 3]).with_groups(channels).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device) }
+        Self {
+            conv: Conv2dConfig::new([channels, channels], [3, 3])
+                .with_groups(channels)
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+        }
     }
 
     /// `x: [B, S, C]` with `S` tokens laid out frame-major on `grid`.
     fn forward(&self, x: Tensor<3>, grid: TokenGrid) -> Tensor<3> {
         let [b, s, c] = x.dims();
-        let frames = x.reshape([b * grid.frames, grid.height, grid.width, c]).permute([0, 3, 1, 2]);
-        self.conv.forward(frames).permute([0, 2, 3, 1]).reshape([b, s, c])
+        let frames = x
+            .reshape([b * grid.frames, grid.height, grid.width, c])
+            .permute([0, 3, 1, 2]);
+        self.conv
+            .forward(frames)
+            .permute([0, 2, 3, 1])
+            .reshape([b, s, c])
     }
 }
 
@@ -180,27 +233,47 @@ pub struct TimeConv {
 impl TimeConv {
     /// Starts as the identity, so the block starts as it would without it.
     fn new(channels: usize, device: &Device) -> Self {
-        let identity = Tensor::<1>::from_floats([0.0, 1.0, 0.0], device).reshape([3, 1]).repeat_dim(1, channels);
-        Self { taps: Param::from_tensor(identity) }
+        let identity = Tensor::<1>::from_floats([0.0, 1.0, 0.0], device)
+            .reshape([3, 1])
+            .repeat_dim(1, channels);
+        Self {
+            taps: Param::from_tensor(identity),
+        }
     }
 
     /// `x: [B, S, C]` frame-major on `grid`; `before` / `after`: `[B, 1, S / frames, C]`, the
     /// neighbouring clips' edge frames, or zeros at the video's ends.
-    fn forward(&self, x: Tensor<3>, grid: TokenGrid, before: Option<Tensor<4>>, after: Option<Tensor<4>>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        grid: TokenGrid,
+        before: Option<Tensor<4>>,
+        after: Option<Tensor<4>>,
+    ) -> Tensor<3> {
         let [b, s, c] = x.dims();
         let (t, plane) = (grid.frames, s / grid.frames);
         let x = x.reshape([b, t, plane, c]);
         let device = x.device();
         let zero = || Tensor::<4>::zeros([b, 1, plane, c], &device);
-        let padded = Tensor::cat(vec![before.unwrap_or_else(zero), x, after.unwrap_or_else(zero)], 1);
+        let padded = Tensor::cat(
+            vec![before.unwrap_or_else(zero), x, after.unwrap_or_else(zero)],
+            1,
+        );
         let tap = |i: usize| self.taps.val().narrow(0, i, 1).reshape([1, 1, 1, c]);
-        let out = padded.clone().narrow(1, 0, t) * tap(0) + padded.clone().narrow(1, 1, t) * tap(1) + padded.narrow(1, 2, t) * tap(2);
+        let out = padded.clone().narrow(1, 0, t) * tap(0)
+            + padded.clone().narrow(1, 1, t) * tap(1)
+            + padded.narrow(1, 2, t) * tap(2);
         out.reshape([b, s, c])
     }
 
     /// Every clip's frames, `xs[c]: [B, S_c, C]`; across clips it reads the neighbours' edge
     /// frames, so a video split over ranks convolves as it would whole.
-    fn forward_clips<T: Transport>(&self, xs: Vec<Tensor<3>>, clips: &[ClipContext], mode: &AttentionMode<T>) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+    fn forward_clips(
+        &self,
+        xs: Vec<Tensor<3>>,
+        clips: &[ClipContext],
+        mode: &AttentionMode,
+    ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
         let halos = match mode {
             AttentionMode::PerClip => vec![(None, None); xs.len()],
             AttentionMode::DualScope(plan) => {
@@ -212,10 +285,15 @@ impl TimeConv {
                         x.clone().reshape([b, c.grid.frames, s / c.grid.frames, d])
                     })
                     .collect();
-                clip_halos(plan.group(), plan.layout(), &framed, 1, 1)?
+                clip_halos(plan.comm(), plan.layout(), &framed, 1, 1)?
             }
         };
-        Ok(xs.into_iter().zip(clips).zip(halos).map(|((x, c), (before, after))| self.forward(x, c.grid, before, after)).collect())
+        Ok(xs
+            .into_iter()
+            .zip(clips)
+            .zip(halos)
+            .map(|((x, c), (before, after))| self.forward(x, c.grid, before, after))
+            .collect())
     }
 }
 
@@ -248,9 +326,21 @@ impl DitBlock {
     }
 
     /// `xs`: one `[B, S_c, d]` per clip, with that clip's context.
-    pub(crate) fn forward<T: Transport>(&self, xs: Vec<Tensor<3>>, clips: &[ClipContext], mode: &AttentionMode<T>) -> Result<Vec<Tensor<3>>, SparseAttnError> {
-        let mods: Vec<Vec<Tensor<3>>> = clips.iter().map(|c| (c.time.clone() + self.modulation.val().unsqueeze::<3>()).chunk(6, 1)).collect();
-        let h = xs.iter().zip(&mods).map(|(x, m)| modulate(plain_norm(x.clone()), m[0].clone(), m[1].clone())).collect();
+    pub(crate) fn forward(
+        &self,
+        xs: Vec<Tensor<3>>,
+        clips: &[ClipContext],
+        mode: &AttentionMode,
+    ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+        let mods: Vec<Vec<Tensor<3>>> = clips
+            .iter()
+            .map(|c| (c.time.clone() + self.modulation.val().unsqueeze::<3>()).chunk(6, 1))
+            .collect();
+        let h = xs
+            .iter()
+            .zip(&mods)
+            .map(|(x, m)| modulate(plain_norm(x.clone()), m[0].clone(), m[1].clone()))
+            .collect();
         let attended = self.attn.forward(h, clips, mode)?;
         let (xs, hs): (Vec<Tensor<3>>, Vec<Tensor<3>>) = xs
             .into_iter()
@@ -271,7 +361,14 @@ impl DitBlock {
             Some(conv) => conv.forward_clips(hs, clips, mode)?,
             None => hs,
         };
-        Ok(xs.into_iter().zip(hs).zip(mods).map(|((x, h), m)| x + self.mlp_out.forward(quick_gelu(self.mlp_in.forward(h))) * m[5].clone()).collect())
+        Ok(xs
+            .into_iter()
+            .zip(hs)
+            .zip(mods)
+            .map(|((x, h), m)| {
+                x + self.mlp_out.forward(quick_gelu(self.mlp_in.forward(h))) * m[5].clone()
+            })
+            .collect())
     }
 
     /// The block's self-attention.

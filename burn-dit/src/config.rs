@@ -14,7 +14,7 @@ pub enum AttentionKind {
     Dsv(DsvPolicy),
     /// Video-Infinity's dual-scope attention on the frame axis of the token grid: a local
     /// window of frames plus global frames, balanced by noise level. On one device the video
-    /// is one clip; [`crate::VideoDit::forward_clips`] spreads clips over a device group.
+    /// is one clip; [`crate::VideoDit::forward_clips`] spreads clips over a group of ranks.
     DualScope(DualScopeConfig),
 }
 
@@ -118,7 +118,10 @@ impl VideoDitConfig {
     /// one object 63% → 89% of 48 held-out labels) and temporal convolution (frames with an
     /// object detected 97–98% → 99.5%, motion smoothness 0.91–0.92 → 0.93, in two runs each).
     pub fn tiny() -> Self {
-        Self::new(3, [2, 4, 4], 128, 4, 4).with_rope_theta(SMALL_GRID_ROPE_THETA).with_mlp_conv(true).with_mlp_time_conv(true)
+        Self::new(3, [2, 4, 4], 128, 4, 4)
+            .with_rope_theta(SMALL_GRID_ROPE_THETA)
+            .with_mlp_conv(true)
+            .with_mlp_time_conv(true)
     }
 
     /// 16×64×64 clips with 2×4×4 patches → 2048 tokens of width 384.
@@ -128,7 +131,9 @@ impl VideoDitConfig {
 
     /// A Wan-1.3B-like shape for latents (16 channels, 1×2×2 patches).
     pub fn base() -> Self {
-        Self::new(16, [1, 2, 2], 1536, 30, 12).with_cond_dim(4096).with_cond_vocab(1)
+        Self::new(16, [1, 2, 2], 1536, 30, 12)
+            .with_cond_dim(4096)
+            .with_cond_vocab(1)
     }
 
     /// Head dimension.

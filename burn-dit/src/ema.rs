@@ -16,7 +16,11 @@ struct Snapshot {
 impl ModuleVisitor for Snapshot {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val();
-        let target = if value.is_require_grad() { &mut self.trained } else { &mut self.buffers };
+        let target = if value.is_require_grad() {
+            &mut self.trained
+        } else {
+            &mut self.buffers
+        };
         target.insert(param.id, value.inner().detach().flatten::<1>(0, D - 1));
     }
 }
@@ -47,5 +51,8 @@ impl ModuleMapper for Blend<'_> {
 pub fn ema_update<M: Module>(ema: M, live: &M, decay: f64) -> M {
     let mut snapshot = Snapshot::default();
     live.visit(&mut snapshot);
-    ema.map(&mut Blend { snapshot: &snapshot, decay })
+    ema.map(&mut Blend {
+        snapshot: &snapshot,
+        decay,
+    })
 }

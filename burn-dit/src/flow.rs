@@ -9,7 +9,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use crate::data::SplitMix;
 use serde::{Deserialize, Serialize};
 
-use burn_ctx_parallel::{ClipLayout, DeviceGroup, DualScopeConfig, Transport};
+use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 
 use crate::model::VideoDit;
 use burn_sparse_attn::SparseAttnError;
@@ -39,7 +39,9 @@ impl SigmaSampling {
     pub fn sample(&self, batch: usize, rng: &mut SplitMix, device: &Device) -> Tensor<1> {
         let sigmas: Vec<f32> = (0..batch)
             .map(|_| match *self {
-                Self::LogitNormal { mean, std } => 1.0 / (1.0 + (-(mean as f32 + std as f32 * rng.normal())).exp()),
+                Self::LogitNormal { mean, std } => {
+                    1.0 / (1.0 + (-(mean as f32 + std as f32 * rng.normal())).exp())
+                }
                 Self::Uniform => rng.unit(),
                 Self::ShiftedUniform { shift } => shift_sigma(rng.unit() as f64, shift) as f32,
             })
@@ -66,7 +68,9 @@ pub const CLEAN_PREDICTION_MIN_SIGMA: f64 = 0.05;
 /// The velocity `(x_σ − x̂0) / max(σ, σ_min)` of a clean-video prediction `x0_hat` for
 /// `x_sigma` at per-sample `sigma: [B]`. Exact for σ ≥ σ_min: `x_σ − x0 = σ·(ε − x0)`.
 pub fn velocity_from_clean(x_sigma: Tensor<5>, x0_hat: Tensor<5>, sigma: Tensor<1>) -> Tensor<5> {
-    let s = sigma.clamp_min(CLEAN_PREDICTION_MIN_SIGMA).reshape([x_sigma.dims()[0], 1, 1, 1, 1]);
+    let s = sigma
+        .clamp_min(CLEAN_PREDICTION_MIN_SIGMA)
+        .reshape([x_sigma.dims()[0], 1, 1, 1, 1]);
     (x_sigma - x0_hat) / s
 }
 
@@ -106,42 +110,113 @@ impl SamplerConfig {
     /// Checks every field's range, naming `function` in the error.
     pub fn check(&self, function: &'static str) -> Result<(), SparseAttnError> {
         SparseAttnError::check(self.steps >= 1, function, "config.steps", "≥ 1", self.steps)?;
-        SparseAttnError::check(self.shift > 0.0, function, "config.shift", "> 0", self.shift)?;
-        SparseAttnError::check(self.guidance.is_finite(), function, "config.guidance", "a finite scale", self.guidance)?;
-        SparseAttnError::check(self.guidance_max_sigma >= 0.0, function, "config.guidance_max_sigma", "≥ 0", self.guidance_max_sigma)?;
-        SparseAttnError::check((0.0..=1.0).contains(&self.stochasticity), function, "config.stochasticity", "in [0, 1]", self.stochasticity)
+        SparseAttnError::check(
+            self.shift > 0.0,
+            function,
+            "config.shift",
+            "> 0",
+            self.shift,
+        )?;
+        SparseAttnError::check(
+            self.guidance.is_finite(),
+            function,
+            "config.guidance",
+            "a finite scale",
+            self.guidance,
+        )?;
+        SparseAttnError::check(
+            self.guidance_max_sigma >= 0.0,
+            function,
+            "config.guidance_max_sigma",
+            "≥ 0",
+            self.guidance_max_sigma,
+        )?;
+        SparseAttnError::check(
+            (0.0..=1.0).contains(&self.stochasticity),
+            function,
+            "config.stochasticity",
+            "in [0, 1]",
+            self.stochasticity,
+        )
     }
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { steps: 24, guidance: 3.0, shift: 3.0, guidance_max_sigma: 1.0, stochasticity: 0.0 }
+        Self {
+            steps: 24,
+            guidance: 3.0,
+            shift: 3.0,
+            guidance_max_sigma: 1.0,
+            stochasticity: 0.0,
+        }
     }
 }
 
 /// Generates videos from `noise: [B, C, T, H, W]` with conditioning `cond` and, for guidance,
 /// the null conditioning `uncond` (both `[B, M, cond_dim]`). The model should not track
 /// gradients (use `model.valid()`).
-pub fn sample_euler(model: &VideoDit, noise: Tensor<5>, cond: Tensor<3>, uncond: Tensor<3>, config: SamplerConfig) -> Result<Tensor<5>, SparseAttnError> {
+pub fn sample_euler(
+    model: &VideoDit,
+    noise: Tensor<5>,
+    cond: Tensor<3>,
+    uncond: Tensor<3>,
+    config: SamplerConfig,
+) -> Result<Tensor<5>, SparseAttnError> {
     let device = noise.device();
-    let velocity = |mut x: Vec<Tensor<5>>, sigma: f64, mut cond: Vec<Tensor<3>>, estimate: Option<Vec<Tensor<5>>>| {
+    let velocity = |mut x: Vec<Tensor<5>>,
+                    sigma: f64,
+                    mut cond: Vec<Tensor<3>>,
+                    estimate: Option<Vec<Tensor<5>>>| {
         let b = x[0].dims()[0];
         let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
-        model.forward_refining(x.remove(0), s, cond.remove(0), estimate.map(|mut e| e.remove(0))).map(|v| vec![v])
+        model
+            .forward_refining(
+                x.remove(0),
+                s,
+                cond.remove(0),
+                estimate.map(|mut e| e.remove(0)),
+            )
+            .map(|v| vec![v])
     };
-    euler_with_guidance(vec![noise], vec![cond], vec![uncond], config, model.config().self_condition, velocity).map(|mut x| x.remove(0))
+    euler_with_guidance(
+        vec![noise],
+        vec![cond],
+        vec![uncond],
+        config,
+        model.config().self_condition,
+        velocity,
+    )
+    .map(|mut x| x.remove(0))
 }
 
-/// [`sample_euler`] for a long video cut into clips over a device group (see
-/// [`VideoDit::forward_clips`]): `noise[c]`, `cond[c]` and `uncond[c]` belong to clip `c`
-/// and live on its rank. Returns the clips of the generated video.
+/// [`sample_euler`] for a long video cut into clips over the ranks of `comm` (see
+/// [`VideoDit::forward_clips`]), called by every rank: `noise[i]`, `cond[i]` and
+/// `uncond[i]` belong to this rank's `i`-th clip. Returns this rank's clips of the video.
 #[allow(clippy::too_many_arguments)]
-pub fn sample_euler_clips<T: Transport>(model: &VideoDit, group: &DeviceGroup<T>, layout: &ClipLayout, noise: Vec<Tensor<5>>, cond: Vec<Tensor<3>>, uncond: Vec<Tensor<3>>, config: SamplerConfig, scope: &DualScopeConfig) -> Result<Vec<Tensor<5>>, SparseAttnError> {
-    let velocity = |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
-        let b = x.first().map_or(0, |x| x.dims()[0]);
-        model.forward_clips(group, layout, x, &vec![sigma; b], cond, estimates, scope)
-    };
-    euler_with_guidance(noise, cond, uncond, config, model.config().self_condition, velocity)
+pub fn sample_euler_clips(
+    model: &VideoDit,
+    comm: &Communicator,
+    layout: &ClipLayout,
+    noise: Vec<Tensor<5>>,
+    cond: Vec<Tensor<3>>,
+    uncond: Vec<Tensor<3>>,
+    config: SamplerConfig,
+    scope: &DualScopeConfig,
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    let velocity =
+        |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
+            let b = x.first().map_or(0, |x| x.dims()[0]);
+            model.forward_clips(comm, layout, x, &vec![sigma; b], cond, estimates, scope)
+        };
+    euler_with_guidance(
+        noise,
+        cond,
+        uncond,
+        config,
+        model.config().self_condition,
+        velocity,
+    )
 }
 
 /// The Euler loop over clips; `velocity(x, σ, cond, estimates)` predicts every clip at once.
@@ -154,24 +229,63 @@ fn euler_with_guidance(
     uncond: Vec<Tensor<3>>,
     config: SamplerConfig,
     refine: bool,
-    velocity: impl Fn(Vec<Tensor<5>>, f64, Vec<Tensor<3>>, Option<Vec<Tensor<5>>>) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+    velocity: impl Fn(
+        Vec<Tensor<5>>,
+        f64,
+        Vec<Tensor<3>>,
+        Option<Vec<Tensor<5>>>,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     const F: &str = "sample_euler";
     config.check(F)?;
-    SparseAttnError::check(cond.len() == noise.len() && uncond.len() == noise.len(), F, "cond", format!("one conditioning and one null conditioning per clip ({})", noise.len()), format!("{}, {}", cond.len(), uncond.len()))?;
+    SparseAttnError::check(
+        cond.len() == noise.len() && uncond.len() == noise.len(),
+        F,
+        "cond",
+        format!(
+            "one conditioning and one null conditioning per clip ({})",
+            noise.len()
+        ),
+        format!("{}, {}", cond.len(), uncond.len()),
+    )?;
     let eta = config.stochasticity;
-    let sigmas: Vec<f64> = (0..=config.steps).map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift)).collect();
+    let sigmas: Vec<f64> = (0..=config.steps)
+        .map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift))
+        .collect();
     let guided = (config.guidance - 1.0).abs() > 1e-12;
-    let both: Vec<Tensor<3>> = cond.iter().zip(&uncond).map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0)).collect();
+    let both: Vec<Tensor<3>> = cond
+        .iter()
+        .zip(&uncond)
+        .map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0))
+        .collect();
     let mut x = noise;
     // Per clip: [B] estimates after an unguided step, [2B] (cond; uncond) after a guided one.
     let mut estimates: Option<Vec<Tensor<5>>> = None;
-    let estimate_of = |x: &[Tensor<5>], v: &[Tensor<5>], sigma: f64| x.iter().zip(v).map(|(x, v)| x.clone() - v.clone() * sigma).collect::<Vec<_>>();
+    let estimate_of = |x: &[Tensor<5>], v: &[Tensor<5>], sigma: f64| {
+        x.iter()
+            .zip(v)
+            .map(|(x, v)| x.clone() - v.clone() * sigma)
+            .collect::<Vec<_>>()
+    };
     for pair in sigmas.windows(2) {
         let (sigma, next) = (pair[0], pair[1]);
         let v = if guided && sigma <= config.guidance_max_sigma {
-            let doubled: Vec<Tensor<5>> = x.iter().map(|x| Tensor::cat(vec![x.clone(), x.clone()], 0)).collect();
-            let given = estimates.take().map(|e| e.into_iter().zip(&x).map(|(e, x)| if e.dims()[0] == x.dims()[0] { Tensor::cat(vec![e.clone(), e], 0) } else { e }).collect());
+            let doubled: Vec<Tensor<5>> = x
+                .iter()
+                .map(|x| Tensor::cat(vec![x.clone(), x.clone()], 0))
+                .collect();
+            let given = estimates.take().map(|e| {
+                e.into_iter()
+                    .zip(&x)
+                    .map(|(e, x)| {
+                        if e.dims()[0] == x.dims()[0] {
+                            Tensor::cat(vec![e.clone(), e], 0)
+                        } else {
+                            e
+                        }
+                    })
+                    .collect()
+            });
             let v = velocity(doubled.clone(), sigma, both.clone(), given)?;
             if refine {
                 estimates = Some(estimate_of(&doubled, &v, sigma));
@@ -184,7 +298,12 @@ fn euler_with_guidance(
                 })
                 .collect()
         } else {
-            let given = estimates.take().map(|e| e.into_iter().zip(&x).map(|(e, x)| e.narrow(0, 0, x.dims()[0])).collect());
+            let given = estimates.take().map(|e| {
+                e.into_iter()
+                    .zip(&x)
+                    .map(|(e, x)| e.narrow(0, 0, x.dims()[0]))
+                    .collect()
+            });
             let v = velocity(x.clone(), sigma, cond.clone(), given)?;
             if refine {
                 estimates = Some(estimate_of(&x, &v, sigma));
@@ -200,7 +319,11 @@ fn euler_with_guidance(
                 }
                 let clean = x.clone() - v.clone() * sigma;
                 let noise = x + v * (1.0 - sigma);
-                let fresh = Tensor::random(noise.shape(), Distribution::Normal(0.0, 1.0), &noise.device());
+                let fresh = Tensor::random(
+                    noise.shape(),
+                    Distribution::Normal(0.0, 1.0),
+                    &noise.device(),
+                );
                 clean * (1.0 - next) + (noise * (1.0 - eta * eta).sqrt() + fresh * eta) * next
             })
             .collect();

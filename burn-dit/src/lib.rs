@@ -12,7 +12,8 @@
 //! or the clean video.
 //!
 //! Long videos ([`long_video`]): [`VideoDit::forward_clips`] runs a video cut into clips
-//! over a device group of `burn-ctx-parallel` with Video-Infinity's dual-scope attention,
+//! over the ranks of a `burn-ctx-parallel` communicator (threads or MPI processes) with
+//! Video-Infinity's dual-scope attention,
 //! and [`flow::sample_euler_clips`] samples it, each clip with its own noise and prompt.
 
 mod block;
@@ -33,8 +34,8 @@ pub use block::{CrossAttention, DitBlock, SelfAttention};
 pub use burn_ctx_parallel;
 pub use burn_ctx_parallel::{ClipLayout, DualScopeConfig};
 pub use burn_sparse_attn;
-pub use config::{AttentionKind, Prediction, VideoDitConfig};
 pub use burn_sparse_attn::dsv::DsvPolicy;
+pub use config::{AttentionKind, Prediction, VideoDitConfig};
 pub use ema::ema_update;
 pub use model::VideoDit;
 pub use patch::{patchify, unpatchify};

@@ -19,7 +19,11 @@ impl Frames {
     /// From a channel-major `[3, T, H, W]` buffer in [-1, 1].
     pub fn from_chw(pixels: &[f32], frames: usize, height: usize, width: usize) -> Self {
         let plane = frames * height * width;
-        assert_eq!(pixels.len(), 3 * plane, "Frames::from_chw: expected 3·T·H·W values");
+        assert_eq!(
+            pixels.len(),
+            3 * plane,
+            "Frames::from_chw: expected 3·T·H·W values"
+        );
         let to_byte = |v: f32| (((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8;
         let frames = (0..frames)
             .map(|t| {
@@ -29,7 +33,11 @@ impl Frames {
                     .collect()
             })
             .collect();
-        Self { height, width, frames }
+        Self {
+            height,
+            width,
+            frames,
+        }
     }
 
     /// Number of frames.
@@ -46,18 +54,27 @@ impl Frames {
 /// Tiles equally sized videos side by side (`columns` per row) into one, with a 2-pixel
 /// grey border; videos shorter than the longest hold their last frame.
 pub fn tile(videos: &[Frames], columns: usize) -> Frames {
-    assert!(!videos.is_empty() && columns > 0, "tile: need videos and ≥ 1 column");
+    assert!(
+        !videos.is_empty() && columns > 0,
+        "tile: need videos and ≥ 1 column"
+    );
     let (h, w) = (videos[0].height, videos[0].width);
     let rows = videos.len().div_ceil(columns);
     let border = 2;
-    let (th, tw) = (rows * (h + border) + border, columns * (w + border) + border);
+    let (th, tw) = (
+        rows * (h + border) + border,
+        columns * (w + border) + border,
+    );
     let len = videos.iter().map(Frames::len).max().unwrap_or(0);
     let frames = (0..len)
         .map(|t| {
             let mut canvas = vec![96u8; th * tw * 3];
             for (i, video) in videos.iter().enumerate() {
                 let frame = &video.frames[t.min(video.len() - 1)];
-                let (oy, ox) = ((i / columns) * (h + border) + border, (i % columns) * (w + border) + border);
+                let (oy, ox) = (
+                    (i / columns) * (h + border) + border,
+                    (i % columns) * (w + border) + border,
+                );
                 for y in 0..h {
                     let dst = ((oy + y) * tw + ox) * 3;
                     canvas[dst..dst + w * 3].copy_from_slice(&frame[y * w * 3..(y + 1) * w * 3]);
@@ -66,7 +83,11 @@ pub fn tile(videos: &[Frames], columns: usize) -> Frames {
             canvas
         })
         .collect();
-    Frames { height: th, width: tw, frames }
+    Frames {
+        height: th,
+        width: tw,
+        frames,
+    }
 }
 
 /// Nearest-neighbour upscale by an integer factor (small clips are hard to see).
@@ -86,14 +107,21 @@ pub fn upscale(video: &Frames, factor: usize) -> Frames {
             out
         })
         .collect();
-    Frames { height: h, width: w, frames }
+    Frames {
+        height: h,
+        width: w,
+        frames,
+    }
 }
 
 /// Writes an endlessly looping GIF at `fps`.
 pub fn write_gif(path: &Path, video: &Frames, fps: u16) -> std::io::Result<()> {
     let file = BufWriter::new(File::create(path)?);
-    let mut encoder = gif::Encoder::new(file, video.width as u16, video.height as u16, &[]).map_err(std::io::Error::other)?;
-    encoder.set_repeat(gif::Repeat::Infinite).map_err(std::io::Error::other)?;
+    let mut encoder = gif::Encoder::new(file, video.width as u16, video.height as u16, &[])
+        .map_err(std::io::Error::other)?;
+    encoder
+        .set_repeat(gif::Repeat::Infinite)
+        .map_err(std::io::Error::other)?;
     for frame in &video.frames {
         let mut f = gif::Frame::from_rgb_speed(video.width as u16, video.height as u16, frame, 10);
         f.delay = (100 / fps.max(1)).max(1);
@@ -109,7 +137,9 @@ pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> std::i
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
-    writer.write_image_data(rgb).map_err(std::io::Error::other)?;
+    writer
+        .write_image_data(rgb)
+        .map_err(std::io::Error::other)?;
     Ok(())
 }
 
@@ -118,7 +148,15 @@ pub fn contact_sheet(videos: &[Frames]) -> (usize, usize, Vec<u8>) {
     let rows: Vec<Frames> = videos
         .iter()
         .map(|v| {
-            let singles: Vec<Frames> = v.frames.iter().map(|f| Frames { height: v.height, width: v.width, frames: vec![f.clone()] }).collect();
+            let singles: Vec<Frames> = v
+                .frames
+                .iter()
+                .map(|f| Frames {
+                    height: v.height,
+                    width: v.width,
+                    frames: vec![f.clone()],
+                })
+                .collect();
             tile(&singles, singles.len())
         })
         .collect();
@@ -130,13 +168,21 @@ pub fn contact_sheet(videos: &[Frames]) -> (usize, usize, Vec<u8>) {
 /// canvas, log-scaled on y when every value is positive.
 pub fn plot_lines(series: &[(&[f32], [u8; 3])], width: usize, height: usize) -> Vec<u8> {
     let mut canvas = vec![255u8; width * height * 3];
-    let all: Vec<f32> = series.iter().flat_map(|(s, _)| s.iter().copied()).filter(|v| v.is_finite()).collect();
+    let all: Vec<f32> = series
+        .iter()
+        .flat_map(|(s, _)| s.iter().copied())
+        .filter(|v| v.is_finite())
+        .collect();
     if all.is_empty() {
         return canvas;
     }
     let log = all.iter().all(|&v| v > 0.0);
     let tf = |v: f32| if log { v.ln() } else { v };
-    let (lo, hi) = all.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(tf(v)), b.max(tf(v))));
+    let (lo, hi) = all
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(tf(v)), b.max(tf(v)))
+        });
     let span = (hi - lo).max(1e-6);
     let margin = 8;
     let (pw, ph) = (width - 2 * margin, height - 2 * margin);

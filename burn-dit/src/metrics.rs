@@ -7,13 +7,25 @@ use crate::data::{COLOURS, ClipSet, SHAPES, inside};
 use crate::media::Frames;
 
 fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 /// VBench's temporal flickering: `(255 − mean |f_t − f_{t+1}|) / 255`, averaged (1 = steady).
 pub fn temporal_flickering(video: &Frames) -> f64 {
-    let pairs: Vec<f64> = video.frames.windows(2).map(|w| (255.0 - mean_abs_diff(&w[0], &w[1])) / 255.0).collect();
-    if pairs.is_empty() { 1.0 } else { pairs.iter().sum::<f64>() / pairs.len() as f64 }
+    let pairs: Vec<f64> = video
+        .frames
+        .windows(2)
+        .map(|w| (255.0 - mean_abs_diff(&w[0], &w[1])) / 255.0)
+        .collect();
+    if pairs.is_empty() {
+        1.0
+    } else {
+        pairs.iter().sum::<f64>() / pairs.len() as f64
+    }
 }
 
 /// Motion smoothness proxy: how well each inner frame equals the mean of its neighbours,
@@ -23,17 +35,34 @@ pub fn motion_smoothness(video: &Frames) -> f64 {
         .frames
         .windows(3)
         .map(|w| {
-            let err = w[1].iter().zip(&w[0]).zip(&w[2]).map(|((&m, &a), &b)| (m as f64 - (a as f64 + b as f64) / 2.0).abs()).sum::<f64>();
+            let err = w[1]
+                .iter()
+                .zip(&w[0])
+                .zip(&w[2])
+                .map(|((&m, &a), &b)| (m as f64 - (a as f64 + b as f64) / 2.0).abs())
+                .sum::<f64>();
             1.0 - err / w[1].len() as f64 / 255.0
         })
         .collect();
-    if triples.is_empty() { 1.0 } else { triples.iter().sum::<f64>() / triples.len() as f64 }
+    if triples.is_empty() {
+        1.0
+    } else {
+        triples.iter().sum::<f64>() / triples.len() as f64
+    }
 }
 
 /// Dynamic degree proxy: mean absolute frame difference on the 0–255 scale.
 pub fn dynamic_degree(video: &Frames) -> f64 {
-    let diffs: Vec<f64> = video.frames.windows(2).map(|w| mean_abs_diff(&w[0], &w[1])).collect();
-    if diffs.is_empty() { 0.0 } else { diffs.iter().sum::<f64>() / diffs.len() as f64 }
+    let diffs: Vec<f64> = video
+        .frames
+        .windows(2)
+        .map(|w| mean_abs_diff(&w[0], &w[1]))
+        .collect();
+    if diffs.is_empty() {
+        0.0
+    } else {
+        diffs.iter().sum::<f64>() / diffs.len() as f64
+    }
 }
 
 /// How smoothly consecutive clips of a long video join: mean absolute frame difference
@@ -50,14 +79,31 @@ pub struct ClipContinuity {
 /// included; it starts no boundary). With a temporal patch of `frame_patch` frames only
 /// pairs that cross a latent-frame boundary (`t % frame_patch == 0`) are compared, as clip
 /// boundaries always are: frames inside one patch come from one token and differ less.
-pub fn clip_continuity(video: &Frames, clip_starts: &[usize], frame_patch: usize) -> ClipContinuity {
+pub fn clip_continuity(
+    video: &Frames,
+    clip_starts: &[usize],
+    frame_patch: usize,
+) -> ClipContinuity {
     let (mut across, mut within) = (Vec::new(), Vec::new());
     for t in (1..video.len()).filter(|t| t % frame_patch.max(1) == 0) {
         let diff = mean_abs_diff(&video.frames[t - 1], &video.frames[t]);
-        if clip_starts.contains(&t) { across.push(diff) } else { within.push(diff) }
+        if clip_starts.contains(&t) {
+            across.push(diff)
+        } else {
+            within.push(diff)
+        }
     }
-    let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
-    ClipContinuity { across: mean(&across), within: mean(&within) }
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    ClipContinuity {
+        across: mean(&across),
+        within: mean(&within),
+    }
 }
 
 /// What the detector finds of the object in one frame: the largest lit region.
@@ -86,7 +132,10 @@ pub const MIN_REGION: usize = 3;
 fn largest_region(frame: &[u8], width: usize) -> (Vec<usize>, usize) {
     let pixels = frame.len() / 3;
     // Lit pixels not yet assigned to a region: a flood fill clears them as it goes.
-    let mut unvisited: Vec<bool> = frame.chunks_exact(3).map(|px| *px.iter().max().unwrap() >= 128).collect();
+    let mut unvisited: Vec<bool> = frame
+        .chunks_exact(3)
+        .map(|px| *px.iter().max().unwrap() >= 128)
+        .collect();
     let (mut regions, mut best): (usize, Vec<usize>) = (0, Vec::new());
     let mut stack = Vec::new();
     for seed in 0..pixels {
@@ -98,7 +147,16 @@ fn largest_region(frame: &[u8], width: usize) -> (Vec<usize>, usize) {
         stack.push(seed);
         while let Some(i) = stack.pop() {
             let (x, y) = ((i % width) as isize, (i / width) as isize);
-            for (dx, dy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+            for (dx, dy) in [
+                (-1, -1),
+                (0, -1),
+                (1, -1),
+                (-1, 0),
+                (1, 0),
+                (-1, 1),
+                (0, 1),
+                (1, 1),
+            ] {
                 let (nx, ny) = (x + dx, y + dy);
                 if nx < 0 || ny < 0 || nx >= width as isize || ny as usize * width >= pixels {
                     continue;
@@ -142,7 +200,14 @@ pub fn detect(frame: &[u8], width: usize) -> Option<Detection> {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     let bbox = ((x1 - x0 + 1) * (y1 - y0 + 1)) as f64;
-    Some(Detection { centre: (sx / n, sy / n), area: n, fill: n / bbox, colour: rgb.map(|c| c / n), bbox: [x0, y0, x1, y1], regions })
+    Some(Detection {
+        centre: (sx / n, sy / n),
+        area: n,
+        fill: n / bbox,
+        colour: rgb.map(|c| c / n),
+        bbox: [x0, y0, x1, y1],
+        regions,
+    })
 }
 
 /// Intersection over union of the largest lit region of `frame` with each shape of
@@ -167,13 +232,25 @@ pub fn shape_ious(frame: &[u8], width: usize) -> [f64; 3] {
     let n = region.len() as f64;
     let (cx, cy) = (cx / n, cy / n);
     // Half-size giving area n: 4r² (square), πr² (circle), 2r² (triangle).
-    let half_size = [(n / 4.0).sqrt(), (n / std::f64::consts::PI).sqrt(), (n / 2.0).sqrt()];
+    let half_size = [
+        (n / 4.0).sqrt(),
+        (n / std::f64::consts::PI).sqrt(),
+        (n / 2.0).sqrt(),
+    ];
     let iou = |shape: usize, bx: f64, by: f64, r: f64| {
         let (mut inter, mut drawn) = (0.0, 0.0);
-        let (xs, ys) = (((bx - r - 1.0).max(0.0) as usize)..((bx + r + 1.0).min(width as f64) as usize), ((by - r - 1.0).max(0.0) as usize)..((by + r + 1.0).min(height as f64) as usize));
+        let (xs, ys) = (
+            ((bx - r - 1.0).max(0.0) as usize)..((bx + r + 1.0).min(width as f64) as usize),
+            ((by - r - 1.0).max(0.0) as usize)..((by + r + 1.0).min(height as f64) as usize),
+        );
         for y in ys {
             for x in xs.clone() {
-                if inside(shape, (x as f64 + 0.5 - bx) as f32, (y as f64 + 0.5 - by) as f32, r as f32) {
+                if inside(
+                    shape,
+                    (x as f64 + 0.5 - bx) as f32,
+                    (y as f64 + 0.5 - by) as f32,
+                    r as f32,
+                ) {
                     drawn += 1.0;
                     inter += lit[y * width + x] as u8 as f64;
                 }
@@ -204,15 +281,23 @@ pub fn classify_shape(frame: &[u8], width: usize) -> usize {
 
 /// The shape with the highest IoU.
 fn best_fit(ious: &[f64; 3]) -> usize {
-    (0..SHAPES.len()).max_by(|&a, &b| ious[a].total_cmp(&ious[b])).unwrap()
+    (0..SHAPES.len())
+        .max_by(|&a, &b| ious[a].total_cmp(&ious[b]))
+        .unwrap()
 }
 
 /// The palette colour nearest to an RGB value, compared at full brightness (a dim garment
 /// or a faded sample keeps its hue).
 pub fn classify_colour(rgb: [f64; 3]) -> usize {
     let peak = rgb.iter().copied().fold(1e-6, f64::max);
-    let dist = |c: [f32; 3]| (0..3).map(|i| (rgb[i] / peak - c[i] as f64).powi(2)).sum::<f64>();
-    (0..COLOURS.len()).min_by(|&a, &b| dist(COLOURS[a].1).total_cmp(&dist(COLOURS[b].1))).unwrap()
+    let dist = |c: [f32; 3]| {
+        (0..3)
+            .map(|i| (rgb[i] / peak - c[i] as f64).powi(2))
+            .sum::<f64>()
+    };
+    (0..COLOURS.len())
+        .min_by(|&a, &b| dist(COLOURS[a].1).total_cmp(&dist(COLOURS[b].1)))
+        .unwrap()
 }
 
 /// Side of the square a detected object is resampled to for template matching.
@@ -231,7 +316,8 @@ fn object_features(frame: &[u8], width: usize, d: &Detection) -> Vec<f64> {
             let (fx, fy) = ((tx as f64 + 0.5) * step - ox, (ty as f64 + 0.5) * step - oy);
             if fx >= 0.0 && fy >= 0.0 && fx < w && fy < h {
                 let i = (y0 + fy as usize) * width + x0 + fx as usize;
-                out[ty * TEMPLATE_SIDE + tx] = *frame[3 * i..3 * i + 3].iter().max().unwrap() as f64 / 255.0;
+                out[ty * TEMPLATE_SIDE + tx] =
+                    *frame[3 * i..3 * i + 3].iter().max().unwrap() as f64 / 255.0;
             }
         }
     }
@@ -257,21 +343,34 @@ impl ObjectClassifier {
     /// The classifier for `set`; templates are the class means over the first frames of
     /// `items` training clips.
     pub fn for_set(set: &ClipSet, items: usize) -> Self {
-        let ClipSet::Fashion(_) = set else { return Self::ShapeFit };
+        let ClipSet::Fashion(_) = set else {
+            return Self::ShapeFit;
+        };
         let mut sums: Vec<(Vec<f64>, usize)> = Vec::new();
         let g = set.clip();
         for i in 0..items {
             let clip = set.generate(i);
             let frames = Frames::from_chw(&clip.pixels, g.frames, g.height, g.width);
-            let Some(d) = detect(&frames.frames[0], frames.width) else { continue };
+            let Some(d) = detect(&frames.frames[0], frames.width) else {
+                continue;
+            };
             if sums.len() <= clip.object {
-                sums.resize(clip.object + 1, (vec![0.0; TEMPLATE_SIDE * TEMPLATE_SIDE], 0));
+                sums.resize(
+                    clip.object + 1,
+                    (vec![0.0; TEMPLATE_SIDE * TEMPLATE_SIDE], 0),
+                );
             }
             let (sum, n) = &mut sums[clip.object];
-            sum.iter_mut().zip(object_features(&frames.frames[0], frames.width, &d)).for_each(|(s, f)| *s += f);
+            sum.iter_mut()
+                .zip(object_features(&frames.frames[0], frames.width, &d))
+                .for_each(|(s, f)| *s += f);
             *n += 1;
         }
-        Self::Templates(sums.into_iter().map(|(sum, n)| sum.into_iter().map(|s| s / n.max(1) as f64).collect()).collect())
+        Self::Templates(
+            sums.into_iter()
+                .map(|(sum, n)| sum.into_iter().map(|s| s / n.max(1) as f64).collect())
+                .collect(),
+        )
     }
 
     /// The class `d` (found in `frame` of `width` pixels) looks most like.
@@ -281,7 +380,9 @@ impl ObjectClassifier {
             Self::Templates(means) => {
                 let f = object_features(frame, width, d);
                 let score = |m: &Vec<f64>| m.iter().zip(&f).map(|(a, b)| a * b).sum::<f64>();
-                (0..means.len()).max_by(|&a, &b| score(&means[a]).total_cmp(&score(&means[b]))).unwrap_or(0)
+                (0..means.len())
+                    .max_by(|&a, &b| score(&means[a]).total_cmp(&score(&means[b])))
+                    .unwrap_or(0)
             }
         }
     }
@@ -321,9 +422,23 @@ pub struct ObjectFidelity {
 }
 
 /// Measures one video; `trajectory` is the ground truth when the video is a real clip.
-pub fn object_fidelity(video: &Frames, object: usize, colour: usize, trajectory: Option<&[(f32, f32)]>, classifier: &ObjectClassifier) -> ObjectFidelity {
-    let detections: Vec<Option<Detection>> = video.frames.iter().map(|f| detect(f, video.width)).collect();
-    let found: Vec<(usize, &Detection)> = detections.iter().enumerate().filter_map(|(t, d)| d.as_ref().map(|d| (t, d))).collect();
+pub fn object_fidelity(
+    video: &Frames,
+    object: usize,
+    colour: usize,
+    trajectory: Option<&[(f32, f32)]>,
+    classifier: &ObjectClassifier,
+) -> ObjectFidelity {
+    let detections: Vec<Option<Detection>> = video
+        .frames
+        .iter()
+        .map(|f| detect(f, video.width))
+        .collect();
+    let found: Vec<(usize, &Detection)> = detections
+        .iter()
+        .enumerate()
+        .filter_map(|(t, d)| d.as_ref().map(|d| (t, d)))
+        .collect();
     let frames = video.len().max(1) as f64;
     let mut out = ObjectFidelity {
         detection_rate: found.len() as f64 / frames,
@@ -333,9 +448,19 @@ pub fn object_fidelity(video: &Frames, object: usize, colour: usize, trajectory:
     if found.is_empty() {
         return out;
     }
-    let majority = |votes: Vec<usize>, classes: usize| (0..classes).max_by_key(|c| votes.iter().filter(|v| *v == c).count()).unwrap();
+    let majority = |votes: Vec<usize>, classes: usize| {
+        (0..classes)
+            .max_by_key(|c| votes.iter().filter(|v| *v == c).count())
+            .unwrap()
+    };
     // Shapes: each frame's fit serves both the vote and the mean IoU.
-    let fits: Option<Vec<[f64; 3]>> = (*classifier == ObjectClassifier::ShapeFit).then(|| video.frames.iter().map(|f| shape_ious(f, video.width)).collect());
+    let fits: Option<Vec<[f64; 3]>> = (*classifier == ObjectClassifier::ShapeFit).then(|| {
+        video
+            .frames
+            .iter()
+            .map(|f| shape_ious(f, video.width))
+            .collect()
+    });
     let votes = found
         .iter()
         .map(|&(t, d)| match &fits {
@@ -346,25 +471,55 @@ pub fn object_fidelity(video: &Frames, object: usize, colour: usize, trajectory:
     let seen = majority(votes, classifier.classes());
     out.object_seen = Some(seen);
     out.object_correct = seen == object;
-    out.shape_ious = fits.map(|fits| std::array::from_fn(|k| fits.iter().map(|f| f[k]).sum::<f64>() / frames));
-    out.colour_correct = majority(found.iter().map(|(_, d)| classify_colour(d.colour)).collect(), COLOURS.len()) == colour;
+    out.shape_ious =
+        fits.map(|fits| std::array::from_fn(|k| fits.iter().map(|f| f[k]).sum::<f64>() / frames));
+    out.colour_correct = majority(
+        found
+            .iter()
+            .map(|(_, d)| classify_colour(d.colour))
+            .collect(),
+        COLOURS.len(),
+    ) == colour;
     let mean_area = found.iter().map(|(_, d)| d.area).sum::<f64>() / found.len() as f64;
-    let var = found.iter().map(|(_, d)| (d.area - mean_area).powi(2)).sum::<f64>() / found.len() as f64;
+    let var = found
+        .iter()
+        .map(|(_, d)| (d.area - mean_area).powi(2))
+        .sum::<f64>()
+        / found.len() as f64;
     out.area_variation = var.sqrt() / mean_area;
     let margin = mean_area.sqrt();
-    let away = |d: &Detection| d.centre.0 > margin && d.centre.0 < video.width as f64 - margin && d.centre.1 > margin && d.centre.1 < video.height as f64 - margin;
+    let away = |d: &Detection| {
+        d.centre.0 > margin
+            && d.centre.0 < video.width as f64 - margin
+            && d.centre.1 > margin
+            && d.centre.1 < video.height as f64 - margin
+    };
     let accels: Vec<f64> = detections
         .windows(3)
         .filter_map(|w| match (w[0], w[1], w[2]) {
-            (Some(a), Some(b), Some(c)) if away(&a) && away(&b) && away(&c) => {
-                Some(((a.centre.0 + c.centre.0 - 2.0 * b.centre.0).powi(2) + (a.centre.1 + c.centre.1 - 2.0 * b.centre.1).powi(2)).sqrt())
-            }
+            (Some(a), Some(b), Some(c)) if away(&a) && away(&b) && away(&c) => Some(
+                ((a.centre.0 + c.centre.0 - 2.0 * b.centre.0).powi(2)
+                    + (a.centre.1 + c.centre.1 - 2.0 * b.centre.1).powi(2))
+                .sqrt(),
+            ),
             _ => None,
         })
         .collect();
-    out.acceleration_px = if accels.is_empty() { 0.0 } else { accels.iter().sum::<f64>() / accels.len() as f64 };
+    out.acceleration_px = if accels.is_empty() {
+        0.0
+    } else {
+        accels.iter().sum::<f64>() / accels.len() as f64
+    };
     out.trajectory_error_px = trajectory.map(|gt| {
-        let errs: Vec<f64> = detections.iter().zip(gt).filter_map(|(d, &(x, y))| d.map(|d| ((d.centre.0 - x as f64).powi(2) + (d.centre.1 - y as f64).powi(2)).sqrt())).collect();
+        let errs: Vec<f64> = detections
+            .iter()
+            .zip(gt)
+            .filter_map(|(d, &(x, y))| {
+                d.map(|d| {
+                    ((d.centre.0 - x as f64).powi(2) + (d.centre.1 - y as f64).powi(2)).sqrt()
+                })
+            })
+            .collect();
         errs.iter().sum::<f64>() / errs.len().max(1) as f64
     });
     out
@@ -410,18 +565,34 @@ pub struct VideoMetrics {
 
 /// Measures videos with their `(object, colour)` labels (and ground-truth trajectories for
 /// real clips), naming objects with `classifier`.
-pub fn measure(videos: &[Frames], labels: &[(usize, usize)], trajectories: Option<&[Vec<(f32, f32)>]>, classifier: &ObjectClassifier) -> VideoMetrics {
+pub fn measure(
+    videos: &[Frames],
+    labels: &[(usize, usize)],
+    trajectories: Option<&[Vec<(f32, f32)>]>,
+    classifier: &ObjectClassifier,
+) -> VideoMetrics {
     let n = videos.len().max(1) as f64;
-    let mut m = VideoMetrics { videos: videos.len(), ..Default::default() };
+    let mut m = VideoMetrics {
+        videos: videos.len(),
+        ..Default::default()
+    };
     let (mut traj, mut ious) = (Vec::new(), Vec::new());
-    let classes = classifier.classes().max(labels.iter().map(|l| l.0 + 1).max().unwrap_or(0));
+    let classes = classifier
+        .classes()
+        .max(labels.iter().map(|l| l.0 + 1).max().unwrap_or(0));
     let mut by_class = vec![Vec::new(); classes];
     m.object_confusion = vec![vec![0; classes + 1]; classes];
     for (i, (video, &(object, colour))) in videos.iter().zip(labels).enumerate() {
         m.temporal_flickering += temporal_flickering(video) / n;
         m.motion_smoothness += motion_smoothness(video) / n;
         m.dynamic_degree += dynamic_degree(video) / n;
-        let f = object_fidelity(video, object, colour, trajectories.map(|t| t[i].as_slice()), classifier);
+        let f = object_fidelity(
+            video,
+            object,
+            colour,
+            trajectories.map(|t| t[i].as_slice()),
+            classifier,
+        );
         m.detection_rate += f.detection_rate / n;
         m.single_object_rate += f.single_object_rate / n;
         m.object_accuracy += f.object_correct as u8 as f64 / n;
@@ -437,8 +608,16 @@ pub fn measure(videos: &[Frames], labels: &[(usize, usize)], trajectories: Optio
     }
     m.shape_iou = (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64);
     if m.shape_iou.is_some() {
-        m.shape_iou_by_class = by_class.iter().map(|fits| (0..SHAPES.len()).map(|k| fits.iter().map(|f| f[k]).sum::<f64>() / fits.len().max(1) as f64).collect()).collect();
+        m.shape_iou_by_class = by_class
+            .iter()
+            .map(|fits| {
+                (0..SHAPES.len())
+                    .map(|k| fits.iter().map(|f| f[k]).sum::<f64>() / fits.len().max(1) as f64)
+                    .collect()
+            })
+            .collect();
     }
-    m.trajectory_error_px = (!traj.is_empty()).then(|| traj.iter().sum::<f64>() / traj.len() as f64);
+    m.trajectory_error_px =
+        (!traj.is_empty()).then(|| traj.iter().sum::<f64>() / traj.len() as f64);
     m
 }

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvHost, TokenGrid};
 
-use burn_ctx_parallel::{ClipLayout, DeviceGroup, DeviceTransport, DualScopeConfig, DualScopePlan, Transport};
+use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig, DualScopePlan};
 
 use crate::block::{AttentionMode, ClipContext, DitBlock, modulate, plain_norm, quick_gelu};
 use crate::config::{AttentionKind, Prediction, VideoDitConfig};
@@ -49,10 +49,26 @@ pub struct VideoDit {
 impl VideoDitConfig {
     /// Builds the model; panics with the offending field on an inconsistent config.
     pub fn init(&self, device: &Device) -> VideoDit {
-        assert!(self.heads > 0 && self.d_model % self.heads == 0, "VideoDitConfig: `d_model` ({}) must be a multiple of `heads` ({})", self.d_model, self.heads);
-        assert!(self.head_dim() % 2 == 0 && self.head_dim() >= 6, "VideoDitConfig: head dim d_model/heads = {} must be even and ≥ 6 for 3D RoPE", self.head_dim());
-        assert!(self.patch.iter().all(|&p| p > 0), "VideoDitConfig: `patch` entries must be ≥ 1, got {:?}", self.patch);
-        assert!(self.channels > 0 && self.depth > 0 && self.cond_vocab > 0, "VideoDitConfig: `channels`, `depth` and `cond_vocab` must be ≥ 1");
+        assert!(
+            self.heads > 0 && self.d_model.is_multiple_of(self.heads),
+            "VideoDitConfig: `d_model` ({}) must be a multiple of `heads` ({})",
+            self.d_model,
+            self.heads
+        );
+        assert!(
+            self.head_dim().is_multiple_of(2) && self.head_dim() >= 6,
+            "VideoDitConfig: head dim d_model/heads = {} must be even and ≥ 6 for 3D RoPE",
+            self.head_dim()
+        );
+        assert!(
+            self.patch.iter().all(|&p| p > 0),
+            "VideoDitConfig: `patch` entries must be ≥ 1, got {:?}",
+            self.patch
+        );
+        assert!(
+            self.channels > 0 && self.depth > 0 && self.cond_vocab > 0,
+            "VideoDitConfig: `channels`, `depth` and `cond_vocab` must be ≥ 1"
+        );
         let d = self.d_model;
         let patch_dim = self.channels * self.patch.iter().product::<usize>();
         let inputs = 1 + self.self_condition as usize;
@@ -64,8 +80,12 @@ impl VideoDitConfig {
             cond_embed: EmbeddingConfig::new(self.cond_vocab, self.cond_dim).init(device),
             cond_in: LinearConfig::new(self.cond_dim, d).init(device),
             cond_out: LinearConfig::new(d, d).init(device),
-            cond_pool: self.pooled_cond.then(|| LinearConfig::new(self.cond_dim, d).init(device)),
-            blocks: (0..self.depth).map(|_| DitBlock::new(self, device)).collect(),
+            cond_pool: self
+                .pooled_cond
+                .then(|| LinearConfig::new(self.cond_dim, d).init(device)),
+            blocks: (0..self.depth)
+                .map(|_| DitBlock::new(self, device))
+                .collect(),
             head_time: zero_linear(d, 2 * d, device),
             head: zero_linear(d, patch_dim, device),
             head_conv: self.head_conv.then(|| identity_conv(self.channels, device)),
@@ -78,12 +98,18 @@ impl VideoDitConfig {
 fn identity_conv(channels: usize, device: &Device) -> Conv2d {
     // Zeros, not a random init overwritten: drawing from the generator here would shift the
     // draws of every parameter initialised after it.
-    let mut conv = Conv2dConfig::new([channels, channels], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).with_initializer(Initializer::Zeros).init(device);
+    let mut conv = Conv2dConfig::new([channels, channels], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_initializer(Initializer::Zeros)
+        .init(device);
     let mut taps = vec![0.0f32; channels * channels * 9];
     for c in 0..channels {
         taps[(c * channels + c) * 9 + 4] = 1.0;
     }
-    conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(taps, [channels, channels, 3, 3]), device));
+    conv.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(taps, [channels, channels, 3, 3]),
+        device,
+    ));
     conv.bias = Some(Param::from_tensor(Tensor::zeros([channels], device)));
     conv
 }
@@ -92,14 +118,18 @@ fn identity_conv(channels: usize, device: &Device) -> Conv2d {
 fn per_frame(conv: &Conv2d, video: Tensor<5>) -> Tensor<5> {
     let [b, c, t, h, w] = video.dims();
     let frames = video.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
-    conv.forward(frames).reshape([b, t, c, h, w]).permute([0, 2, 1, 3, 4])
+    conv.forward(frames)
+        .reshape([b, t, c, h, w])
+        .permute([0, 2, 1, 3, 4])
 }
 
 /// Sinusoidal features of `t = 1000·σ`: `[B]` → `[B, TIME_FEATURES]`.
 fn time_features(sigma: Tensor<1>) -> Tensor<2> {
     let half = TIME_FEATURES / 2;
     let device = sigma.device();
-    let freqs: Vec<f32> = (0..half).map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp()).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp())
+        .collect();
     let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), &device).unsqueeze::<2>();
     let angles = (sigma * 1000.0).unsqueeze_dim::<2>(1) * freqs;
     Tensor::cat(vec![angles.clone().cos(), angles.sin()], 1)
@@ -120,17 +150,34 @@ impl VideoDit {
     /// Velocity prediction for noisy videos `x: [B, C, T, H, W]` at noise levels
     /// `sigma: [B]` given conditioning embeddings `cond: [B, M, cond_dim]`. A
     /// self-conditioning model ([`VideoDitConfig::self_condition`]) sees no estimate here.
-    pub fn forward(&self, x: Tensor<5>, sigma: Tensor<1>, cond: Tensor<3>) -> Result<Tensor<5>, SparseAttnError> {
+    pub fn forward(
+        &self,
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+    ) -> Result<Tensor<5>, SparseAttnError> {
         self.forward_refining(x, sigma, cond, None)
     }
 
     /// [`VideoDit::forward`] with the model's previous clean-video estimate of `x`
     /// (`estimate: [B, C, T, H, W]`, without gradient) for a self-conditioning model; `None`
     /// is the first step. A model built without `self_condition` takes only `None`.
-    pub fn forward_refining(&self, x: Tensor<5>, sigma: Tensor<1>, cond: Tensor<3>, estimate: Option<Tensor<5>>) -> Result<Tensor<5>, SparseAttnError> {
+    pub fn forward_refining(
+        &self,
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+        estimate: Option<Tensor<5>>,
+    ) -> Result<Tensor<5>, SparseAttnError> {
         const F: &str = "VideoDit::forward_refining";
         let [b, ch, t, h, w] = x.dims();
-        SparseAttnError::check(sigma.dims() == [b], F, "sigma", format!("[{b}]"), format!("{:?}", sigma.dims()))?;
+        SparseAttnError::check(
+            sigma.dims() == [b],
+            F,
+            "sigma",
+            format!("[{b}]"),
+            format!("{:?}", sigma.dims()),
+        )?;
         self.check_clip(F, "x", &x, [b, ch, t, h, w])?;
         self.check_cond(F, &cond, b)?;
         self.check_estimate(F, estimate.as_ref(), &x)?;
@@ -138,45 +185,116 @@ impl VideoDit {
         match &self.config.attention {
             AttentionKind::DualScope(scope) => {
                 // The whole video is one clip on one rank; the scope balance needs σ on the host.
-                let sigmas: Vec<f64> = sigma.into_data().convert::<f64>().try_to_vec().expect("f64 noise levels");
-                let group = DeviceGroup::virtual_ranks(&device, 1)?;
+                let sigmas: Vec<f64> = sigma
+                    .into_data()
+                    .convert::<f64>()
+                    .try_to_vec()
+                    .expect("f64 noise levels");
+                let comm = Communicator::single(device);
                 let layout = ClipLayout::new(vec![t], 1)?;
-                self.forward_clips(&group, &layout, vec![x], &sigmas, vec![cond], estimate.map(|e| vec![e]), scope).map(|mut v| v.remove(0))
+                self.forward_clips(
+                    &comm,
+                    &layout,
+                    vec![x],
+                    &sigmas,
+                    vec![cond],
+                    estimate.map(|e| vec![e]),
+                    scope,
+                )
+                .map(|mut v| v.remove(0))
             }
-            _ => self.run(vec![x], vec![sigma], vec![cond], vec![estimate], &[0], &AttentionMode::<DeviceTransport>::PerClip).map(|mut v| v.remove(0)),
+            _ => self
+                .run(
+                    vec![x],
+                    vec![sigma],
+                    vec![cond],
+                    vec![estimate],
+                    &[0],
+                    &AttentionMode::PerClip,
+                )
+                .map(|mut v| v.remove(0)),
         }
     }
 
     /// Velocity prediction for a long video cut into clips along time (`layout`, in video
-    /// frames; every clip a multiple of the frame patch) and spread over `group`: clip `c` is
-    /// `x[c]: [B, C, frames(c), H, W]` with conditioning `cond[c]: [B, M, cond_dim]` (a video
-    /// may change prompt over time), both on the clip's rank. Self-attention is dual-scope
-    /// with `scope` whatever the model was trained with; positions are global frame indices.
-    /// `sigmas`: the B noise levels, shared by all clips. `estimates`: each clip's previous
+    /// frames; every clip a multiple of the frame patch) and spread over the ranks of `comm`,
+    /// called by every rank with its own clips ([`ClipLayout::clips_of`]): the `i`-th of
+    /// them is `x[i]: [B, C, frames, H, W]` with conditioning `cond[i]: [B, M, cond_dim]` (a
+    /// video may change prompt over time). Self-attention is dual-scope with `scope`
+    /// whatever the model was trained with; positions are global frame indices. `sigmas`:
+    /// the B noise levels, shared by all clips. `estimates`: each clip's previous
     /// clean-video estimate for a self-conditioning model, as in
-    /// [`VideoDit::forward_refining`]. Returns one velocity per clip.
+    /// [`VideoDit::forward_refining`]. Returns one velocity per clip of this rank.
     ///
     /// The blocks' other ops (per-token norms, linear layers, cross-attention) see one token at
     /// a time and the output convolution one frame, so nothing else needs synchronising across
     /// clips.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_clips<T: Transport>(&self, group: &DeviceGroup<T>, layout: &ClipLayout, x: Vec<Tensor<5>>, sigmas: &[f64], cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>, scope: &DualScopeConfig) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    pub fn forward_clips(
+        &self,
+        comm: &Communicator,
+        layout: &ClipLayout,
+        x: Vec<Tensor<5>>,
+        sigmas: &[f64],
+        cond: Vec<Tensor<3>>,
+        estimates: Option<Vec<Tensor<5>>>,
+        scope: &DualScopeConfig,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         const F: &str = "VideoDit::forward_clips";
         let c = &self.config;
         let pt = c.patch[0];
-        let clips = layout.clips();
-        SparseAttnError::check(x.len() == clips, F, "x", format!("one video per clip ({clips})"), x.len())?;
-        SparseAttnError::check(cond.len() == clips, F, "cond", format!("one conditioning per clip ({clips})"), cond.len())?;
-        SparseAttnError::check((0..clips).all(|i| layout.frames(i) % pt == 0), F, "layout", format!("clips of a multiple of the frame patch ({pt}) frames"), format!("{:?}", (0..clips).map(|i| layout.frames(i)).collect::<Vec<_>>()))?;
+        let mine = layout.clips_of_rank(F, comm)?;
+        let clips = mine.len();
+        SparseAttnError::check(
+            x.len() == clips,
+            F,
+            "x",
+            format!("one video per clip of rank {} ({clips})", comm.rank()),
+            x.len(),
+        )?;
+        SparseAttnError::check(
+            cond.len() == clips,
+            F,
+            "cond",
+            format!(
+                "one conditioning per clip of rank {} ({clips})",
+                comm.rank()
+            ),
+            cond.len(),
+        )?;
+        SparseAttnError::check(
+            (0..layout.clips()).all(|i| layout.frames(i) % pt == 0),
+            F,
+            "layout",
+            format!("clips of a multiple of the frame patch ({pt}) frames"),
+            format!(
+                "{:?}",
+                (0..layout.clips())
+                    .map(|i| layout.frames(i))
+                    .collect::<Vec<_>>()
+            ),
+        )?;
         let [b, ch, _, h, w] = x[0].dims();
-        SparseAttnError::check(sigmas.len() == b, F, "sigmas", format!("{b} noise levels (the batch)"), sigmas.len())?;
-        for (i, (xi, ci)) in x.iter().zip(&cond).enumerate() {
-            self.check_clip(F, "x", xi, [b, ch, layout.frames(i), h, w])?;
+        SparseAttnError::check(
+            sigmas.len() == b,
+            F,
+            "sigmas",
+            format!("{b} noise levels (the batch)"),
+            sigmas.len(),
+        )?;
+        for ((xi, ci), clip) in x.iter().zip(&cond).zip(mine.clone()) {
+            self.check_clip(F, "x", xi, [b, ch, layout.frames(clip), h, w])?;
             self.check_cond(F, ci, b)?;
         }
         let estimates: Vec<Option<Tensor<5>>> = match estimates {
             Some(e) => {
-                SparseAttnError::check(e.len() == clips, F, "estimates", format!("one estimate per clip ({clips})"), e.len())?;
+                SparseAttnError::check(
+                    e.len() == clips,
+                    F,
+                    "estimates",
+                    format!("one estimate per clip ({clips})"),
+                    e.len(),
+                )?;
                 e.into_iter().map(Some).collect()
             }
             None => vec![None; clips],
@@ -184,39 +302,115 @@ impl VideoDit {
         for (xi, ei) in x.iter().zip(&estimates) {
             self.check_estimate(F, ei.as_ref(), xi)?;
         }
-        let tokens = ClipLayout::new((0..clips).map(|i| layout.frames(i) / pt).collect(), layout.world())?;
-        let plan = DualScopePlan::new(group, &tokens, (h / c.patch[1]) * (w / c.patch[2]), scope, sigmas)?;
-        let sigma: Vec<Tensor<1>> = x.iter().map(|xi| Tensor::from_data(TensorData::new(sigmas.iter().map(|&s| s as f32).collect(), [b]), &xi.device())).collect();
-        let offsets: Vec<usize> = (0..clips).map(|i| tokens.frame_offset(i)).collect();
-        self.run(x, sigma, cond, estimates, &offsets, &AttentionMode::DualScope(&plan))
+        let tokens = ClipLayout::new(
+            (0..layout.clips()).map(|i| layout.frames(i) / pt).collect(),
+            layout.world(),
+        )?;
+        let plan = DualScopePlan::new(
+            comm,
+            &tokens,
+            (h / c.patch[1]) * (w / c.patch[2]),
+            scope,
+            sigmas,
+        )?;
+        let sigma: Vec<Tensor<1>> = x
+            .iter()
+            .map(|xi| {
+                Tensor::from_data(
+                    TensorData::new(sigmas.iter().map(|&s| s as f32).collect(), [b]),
+                    &xi.device(),
+                )
+            })
+            .collect();
+        let offsets: Vec<usize> = mine.map(|i| tokens.frame_offset(i)).collect();
+        self.run(
+            x,
+            sigma,
+            cond,
+            estimates,
+            &offsets,
+            &AttentionMode::DualScope(&plan),
+        )
     }
 
-    fn check_clip(&self, function: &'static str, argument: &'static str, x: &Tensor<5>, want: [usize; 5]) -> Result<(), SparseAttnError> {
+    fn check_clip(
+        &self,
+        function: &'static str,
+        argument: &'static str,
+        x: &Tensor<5>,
+        want: [usize; 5],
+    ) -> Result<(), SparseAttnError> {
         let c = &self.config;
         let [b, _, t, h, w] = want;
         let p = c.patch;
         SparseAttnError::check(
-            x.dims() == [b, c.channels, t, h, w] && b > 0 && t > 0 && h > 0 && w > 0 && t % p[0] == 0 && h % p[1] == 0 && w % p[2] == 0,
+            x.dims() == [b, c.channels, t, h, w]
+                && b > 0
+                && t > 0
+                && h > 0
+                && w > 0
+                && t % p[0] == 0
+                && h % p[1] == 0
+                && w % p[2] == 0,
             function,
             argument,
-            format!("[B, {}, T, H, W] with T, H, W multiples of the patch {p:?} (here [{b}, {}, {t}, {h}, {w}])", c.channels, c.channels),
+            format!(
+                "[B, {}, T, H, W] with T, H, W multiples of the patch {p:?} (here [{b}, {}, {t}, {h}, {w}])",
+                c.channels, c.channels
+            ),
             format!("{:?}", x.dims()),
         )
     }
 
-    fn check_estimate(&self, function: &'static str, estimate: Option<&Tensor<5>>, x: &Tensor<5>) -> Result<(), SparseAttnError> {
+    fn check_estimate(
+        &self,
+        function: &'static str,
+        estimate: Option<&Tensor<5>>,
+        x: &Tensor<5>,
+    ) -> Result<(), SparseAttnError> {
         let Some(e) = estimate else { return Ok(()) };
-        SparseAttnError::check(self.config.self_condition, function, "estimate", "None: the model was built without `self_condition`", format!("{:?}", e.dims()))?;
-        SparseAttnError::check(e.dims() == x.dims(), function, "estimate", format!("{:?} like x", x.dims()), format!("{:?}", e.dims()))
+        SparseAttnError::check(
+            self.config.self_condition,
+            function,
+            "estimate",
+            "None: the model was built without `self_condition`",
+            format!("{:?}", e.dims()),
+        )?;
+        SparseAttnError::check(
+            e.dims() == x.dims(),
+            function,
+            "estimate",
+            format!("{:?} like x", x.dims()),
+            format!("{:?}", e.dims()),
+        )
     }
 
-    fn check_cond(&self, function: &'static str, cond: &Tensor<3>, b: usize) -> Result<(), SparseAttnError> {
+    fn check_cond(
+        &self,
+        function: &'static str,
+        cond: &Tensor<3>,
+        b: usize,
+    ) -> Result<(), SparseAttnError> {
         let d = self.config.cond_dim;
-        SparseAttnError::check(cond.dims()[0] == b && cond.dims()[2] == d && cond.dims()[1] > 0, function, "cond", format!("[{b}, M ≥ 1, {d}]"), format!("{:?}", cond.dims()))
+        SparseAttnError::check(
+            cond.dims()[0] == b && cond.dims()[2] == d && cond.dims()[1] > 0,
+            function,
+            "cond",
+            format!("[{b}, M ≥ 1, {d}]"),
+            format!("{:?}", cond.dims()),
+        )
     }
 
     /// The network over clips whose first token frames are `frame_offsets`.
-    fn run<T: Transport>(&self, x: Vec<Tensor<5>>, sigma: Vec<Tensor<1>>, cond: Vec<Tensor<3>>, estimates: Vec<Option<Tensor<5>>>, frame_offsets: &[usize], mode: &AttentionMode<T>) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    fn run(
+        &self,
+        x: Vec<Tensor<5>>,
+        sigma: Vec<Tensor<1>>,
+        cond: Vec<Tensor<3>>,
+        estimates: Vec<Option<Tensor<5>>>,
+        frame_offsets: &[usize],
+        mode: &AttentionMode,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         let c = &self.config;
         let d = c.d_model;
         let mut grids = Vec::with_capacity(x.len());
@@ -228,7 +422,12 @@ impl VideoDit {
             Prediction::Velocity => Vec::new(),
             Prediction::Clean => x.iter().cloned().zip(sigma.iter().cloned()).collect(),
         };
-        for (((xi, si), (ci, &offset)), ei) in x.into_iter().zip(sigma).zip(cond.into_iter().zip(frame_offsets)).zip(estimates) {
+        for (((xi, si), (ci, &offset)), ei) in x
+            .into_iter()
+            .zip(sigma)
+            .zip(cond.into_iter().zip(frame_offsets))
+            .zip(estimates)
+        {
             let [b, _, t, h, w] = xi.dims();
             let grid = [t / c.patch[0], h / c.patch[1], w / c.patch[2]];
             let rope = Rope3d::new(c.head_dim(), grid, offset, c.rope_theta, &xi.device());
@@ -240,14 +439,24 @@ impl VideoDit {
                 false => xi,
             };
             tokens.push(self.patch_embed.forward(patchify(input, c.patch)));
-            let mut t_emb = self.time_out.forward(silu(self.time_in.forward(time_features(si))));
+            let mut t_emb = self
+                .time_out
+                .forward(silu(self.time_in.forward(time_features(si))));
             if let Some(pool) = &self.cond_pool {
                 t_emb = t_emb + pool.forward(ci.clone().mean_dim(1).reshape([b, c.cond_dim]));
             }
-            let time = self.time_proj.forward(silu(t_emb.clone())).reshape([b, 6, d]);
+            let time = self
+                .time_proj
+                .forward(silu(t_emb.clone()))
+                .reshape([b, 6, d]);
             head_mods.push(self.head_time.forward(silu(t_emb)).reshape([b, 2, d]));
             let cond = self.cond_out.forward(quick_gelu(self.cond_in.forward(ci)));
-            contexts.push(ClipContext { time, cond, rope, grid: TokenGrid::new(grid[0], grid[1], grid[2]) });
+            contexts.push(ClipContext {
+                time,
+                cond,
+                rope,
+                grid: TokenGrid::new(grid[0], grid[1], grid[2]),
+            });
             grids.push(grid);
         }
         for block in &self.blocks {
@@ -257,14 +466,28 @@ impl VideoDit {
             .into_iter()
             .zip(head_mods)
             .zip(grids)
-            .map(|((x, m), grid)| unpatchify(self.head.forward(modulate(plain_norm(x), m.clone().narrow(1, 0, 1), m.narrow(1, 1, 1))), c.channels, c.patch, grid))
+            .map(|((x, m), grid)| {
+                unpatchify(
+                    self.head.forward(modulate(
+                        plain_norm(x),
+                        m.clone().narrow(1, 0, 1),
+                        m.narrow(1, 1, 1),
+                    )),
+                    c.channels,
+                    c.patch,
+                    grid,
+                )
+            })
             .map(|video| match &self.head_conv {
                 Some(conv) => per_frame(conv, video),
                 None => video,
             });
         Ok(match c.prediction {
             Prediction::Velocity => outputs.collect(),
-            Prediction::Clean => outputs.zip(inputs).map(|(x0_hat, (x, sigma))| velocity_from_clean(x, x0_hat, sigma)).collect(),
+            Prediction::Clean => outputs
+                .zip(inputs)
+                .map(|(x0_hat, (x, sigma))| velocity_from_clean(x, x0_hat, sigma))
+                .collect(),
         })
     }
 
@@ -281,6 +504,9 @@ impl VideoDit {
 
 impl DsvHost for VideoDit {
     fn dsv_layers(&self) -> Vec<&DsvAttention> {
-        self.blocks.iter().filter_map(|b| b.self_attention().dsv()).collect()
+        self.blocks
+            .iter()
+            .filter_map(|b| b.self_attention().dsv())
+            .collect()
     }
 }

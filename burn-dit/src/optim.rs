@@ -27,7 +27,8 @@ pub enum OptimizerKind {
 
 /// Module paths of the parameters Muon trains: the weight matrices inside the blocks
 /// (self-attention, cross-attention and MLP projections).
-pub const MUON_PARAMS: &str = r"^blocks\.\d+\.(attn\.(qkv|out)|cross\.(q|kv|out)|mlp_in|mlp_out)\.weight$";
+pub const MUON_PARAMS: &str =
+    r"^blocks\.\d+\.(attn\.(qkv|out)|cross\.(q|kv|out)|mlp_in|mlp_out)\.weight$";
 
 /// The optimiser of `kind`.
 pub fn dit_optimizer(kind: OptimizerKind) -> ModuleOptimizer {
@@ -36,7 +37,13 @@ pub fn dit_optimizer(kind: OptimizerKind) -> ModuleOptimizer {
         OptimizerKind::AdamW => adamw,
         OptimizerKind::Muon => {
             let group = ParamGroup::from_regex(MUON_PARAMS).expect("MUON_PARAMS is a valid regex");
-            adamw.with_group(group, MuonConfig::new().with_adjust_lr_fn(AdjustLrFn::MatchRmsAdamW).build(), None)
+            adamw.with_group(
+                group,
+                MuonConfig::new()
+                    .with_adjust_lr_fn(AdjustLrFn::MatchRmsAdamW)
+                    .build(),
+                None,
+            )
         }
     }
 }
@@ -77,12 +84,18 @@ impl ModuleVisitor for MoveGrads<'_> {
 impl DitOptimizer {
     /// Both shards of `kind`.
     pub fn new(kind: OptimizerKind) -> Self {
-        Self { rest: dit_optimizer(kind), odd_blocks: dit_optimizer(kind) }
+        Self {
+            rest: dit_optimizer(kind),
+            odd_blocks: dit_optimizer(kind),
+        }
     }
 
     /// Updates `model` with `grads` at learning rate `lr`, the two shards in parallel.
     pub fn step(&mut self, lr: f64, model: VideoDit, mut grads: GradientsParams) -> VideoDit {
-        let mut odd = MoveGrads { from: &mut grads, to: GradientsParams::new() };
+        let mut odd = MoveGrads {
+            from: &mut grads,
+            to: GradientsParams::new(),
+        };
         odd_blocks_of(&model).for_each(|(_, block)| block.visit(&mut odd));
         let odd = odd.to;
         if odd.is_empty() {
@@ -90,7 +103,10 @@ impl DitOptimizer {
         }
         let copy = model.clone();
         let Self { rest, odd_blocks } = self;
-        let (mut model, updated) = rayon::join(|| rest.step(lr, model, grads), || odd_blocks.step(lr, copy, odd));
+        let (mut model, updated) = rayon::join(
+            || rest.step(lr, model, grads),
+            || odd_blocks.step(lr, copy, odd),
+        );
         for (i, block) in odd_blocks_of(&updated) {
             model.replace_block(i, block.clone());
         }
@@ -106,14 +122,20 @@ impl DitOptimizer {
     /// Reads the shards of `kind` from the checkpoint folder `dir`; on error, the file that
     /// failed.
     pub fn load(kind: OptimizerKind, dir: &Path) -> Result<Self, (PathBuf, RecordError)> {
-        Ok(Self { rest: load_shard(kind, dir.join(OPTIMIZER_FILE))?, odd_blocks: load_shard(kind, dir.join(ODD_BLOCKS_OPTIMIZER_FILE))? })
+        Ok(Self {
+            rest: load_shard(kind, dir.join(OPTIMIZER_FILE))?,
+            odd_blocks: load_shard(kind, dir.join(ODD_BLOCKS_OPTIMIZER_FILE))?,
+        })
     }
 
     /// Reads a checkpoint from before the split (format 5): its one file holds every
     /// parameter's state and serves both shards, each of which uses only its own parameters'.
     pub fn load_unsharded(kind: OptimizerKind, dir: &Path) -> Result<Self, (PathBuf, RecordError)> {
         let one = load_shard(kind, dir.join(OPTIMIZER_FILE))?;
-        Ok(Self { rest: one.clone(), odd_blocks: one })
+        Ok(Self {
+            rest: one.clone(),
+            odd_blocks: one,
+        })
     }
 }
 
@@ -122,6 +144,9 @@ fn odd_blocks_of(model: &VideoDit) -> impl Iterator<Item = (usize, &DitBlock)> {
     model.blocks().iter().enumerate().skip(1).step_by(2)
 }
 
-fn load_shard(kind: OptimizerKind, file: PathBuf) -> Result<ModuleOptimizer, (PathBuf, RecordError)> {
+fn load_shard(
+    kind: OptimizerKind,
+    file: PathBuf,
+) -> Result<ModuleOptimizer, (PathBuf, RecordError)> {
     dit_optimizer(kind).load(&file).map_err(|e| (file, e))
 }

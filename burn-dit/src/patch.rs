@@ -13,7 +13,12 @@ pub fn patchify(video: Tensor<5>, [pt, ph, pw]: [usize; 3]) -> Tensor<3> {
 }
 
 /// Inverse of [`patchify`]: `[B, N, C·pt·ph·pw]` → `[B, C, T, H, W]` for a `grid` of patches.
-pub fn unpatchify(tokens: Tensor<3>, channels: usize, [pt, ph, pw]: [usize; 3], [gt, gh, gw]: [usize; 3]) -> Tensor<5> {
+pub fn unpatchify(
+    tokens: Tensor<3>,
+    channels: usize,
+    [pt, ph, pw]: [usize; 3],
+    [gt, gh, gw]: [usize; 3],
+) -> Tensor<5> {
     let b = tokens.dims()[0];
     tokens
         .reshape([b, gt, gh, gw, channels, pt, ph, pw])

@@ -24,12 +24,24 @@ pub fn rope_split(head_dim: usize) -> [usize; 3] {
 impl Rope3d {
     /// Angles for a `frames × height × width` grid whose first frame is global frame
     /// `frame_offset`; `theta` is the RoPE base (1e4).
-    pub fn new(head_dim: usize, [frames, height, width]: [usize; 3], frame_offset: usize, theta: f64, device: &Device) -> Self {
-        assert!(head_dim % 2 == 0 && head_dim >= 6, "Rope3d: head_dim must be even and ≥ 6, got {head_dim}");
+    pub fn new(
+        head_dim: usize,
+        [frames, height, width]: [usize; 3],
+        frame_offset: usize,
+        theta: f64,
+        device: &Device,
+    ) -> Self {
+        assert!(
+            head_dim.is_multiple_of(2) && head_dim >= 6,
+            "Rope3d: head_dim must be even and ≥ 6, got {head_dim}"
+        );
         let parts = rope_split(head_dim);
         let half = head_dim / 2;
         let n = frames * height * width;
-        let (mut cos, mut sin) = (Vec::with_capacity(n * head_dim), Vec::with_capacity(n * head_dim));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(n * head_dim),
+            Vec::with_capacity(n * head_dim),
+        );
         for t in 0..frames {
             for y in 0..height {
                 for x in 0..width {
@@ -64,6 +76,7 @@ impl Rope3d {
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let [_, _, s, d] = x.dims();
         let swapped = x.clone().matmul(self.swap.clone().reshape([1, 1, d, d]));
-        x * self.cos.clone().reshape([1, 1, s, d]) + swapped * self.sin.clone().reshape([1, 1, s, d])
+        x * self.cos.clone().reshape([1, 1, s, d])
+            + swapped * self.sin.clone().reshape([1, 1, s, d])
     }
 }

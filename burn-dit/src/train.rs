@@ -10,13 +10,16 @@ use burn::module::Module;
 use burn::optim::AdamWConfig;
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rayon::prelude::*;
+use burn_ctx_parallel::{Communicator, all_reduce_gradients, broadcast_module};
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvGradients, DsvHost, DsvTrainer};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VideoDitConfig;
-use crate::data::{COND_TOKENS, ClipBatcher, ClipSet, ClipShape, DataSource, SplitMix, colour_token, object_token};
+use crate::data::{
+    COND_TOKENS, ClipBatcher, ClipSet, ClipShape, DataSource, SplitMix, colour_token, object_token,
+};
 use crate::ema::ema_update;
 use crate::flow::{SamplerConfig, SigmaSampling, add_noise, sample_euler, velocity_target};
 use crate::media::Frames;
@@ -81,7 +84,11 @@ impl TrainConfig {
         Self {
             model,
             data: DataSource::BouncingShapes,
-            clip: ClipShape { frames: 8, height: 32, width: 32 },
+            clip: ClipShape {
+                frames: 8,
+                height: 32,
+                width: 32,
+            },
             dataset_size: 4096,
             steps: 500,
             batch_size: 8,
@@ -102,7 +109,10 @@ impl TrainConfig {
             // fall in σ ∈ [0.5, 0.85] against 41% for the sampler's shift-2 schedule. Right
             // shapes in 900-step runs (48 held-out labels each, README): 0.50 and 0.50 with
             // this, 0.42 and 0.38 with the shifted uniform.
-            sigma: SigmaSampling::LogitNormal { mean: 0.5, std: 1.0 },
+            sigma: SigmaSampling::LogitNormal {
+                mean: 0.5,
+                std: 1.0,
+            },
             cond_dropout: 0.1,
             sample_every: 250,
             checkpoint_every: 250,
@@ -110,7 +120,13 @@ impl TrainConfig {
             // Strong guidance: on one 900-step checkpoint colour matched the label in 11 of 12
             // samples at 5 against 5 of 12 at 1.5 (`video_dit eval --guidance`); a later run's
             // checkpoint scored 4 of 12 at both (README, the main job).
-            sampler: SamplerConfig { steps: 20, guidance: 5.0, shift: 2.0, guidance_max_sigma: 1.0, stochasticity: 0.0 },
+            sampler: SamplerConfig {
+                steps: 20,
+                guidance: 5.0,
+                shift: 2.0,
+                guidance_max_sigma: 1.0,
+                stochasticity: 0.0,
+            },
             seed: 42,
         }
     }
@@ -186,8 +202,17 @@ impl std::fmt::Display for CheckpointError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Io(path, e) => write!(f, "checkpoint: cannot read {}: {e}", path.display()),
-            Self::Corrupt(path, why) => write!(f, "checkpoint: {} is corrupt: {why}", path.display()),
-            Self::Mismatch { field, expected, found } => write!(f, "checkpoint: `{field}` differs: this run has {expected}, the checkpoint {found}"),
+            Self::Corrupt(path, why) => {
+                write!(f, "checkpoint: {} is corrupt: {why}", path.display())
+            }
+            Self::Mismatch {
+                field,
+                expected,
+                found,
+            } => write!(
+                f,
+                "checkpoint: `{field}` differs: this run has {expected}, the checkpoint {found}"
+            ),
         }
     }
 }
@@ -231,11 +256,16 @@ pub struct Trainer {
     history: Vec<StepLog>,
     data: ClipSet,
     batcher: ClipBatcher,
+    /// The data-parallel group (one rank unless [`Trainer::with_communicator`]).
+    comm: Communicator,
 }
 
 /// Clip labels `(object, colour)` as conditioning ids `[B, COND_TOKENS]`.
 pub fn label_ids(labels: &[(usize, usize)], device: &Device) -> Tensor<2, Int> {
-    let ids: Vec<i64> = labels.iter().flat_map(|&(s, c)| [object_token(s), colour_token(c)]).collect();
+    let ids: Vec<i64> = labels
+        .iter()
+        .flat_map(|&(s, c)| [object_token(s), colour_token(c)])
+        .collect();
     Tensor::from_data(TensorData::new(ids, [labels.len(), COND_TOKENS]), device)
 }
 
@@ -243,7 +273,12 @@ impl Trainer {
     /// A fresh run on `device` (an autodiff device is made from it); fails, naming the file,
     /// when the data set's files cannot be read.
     pub fn new(config: TrainConfig, device: &Device) -> std::io::Result<Self> {
-        let data = config.data.open(config.clip, config.dataset_size, config.dataset_size, config.seed)?;
+        let data = config.data.open(
+            config.clip,
+            config.dataset_size,
+            config.dataset_size,
+            config.seed,
+        )?;
         let device = device.clone().autodiff();
         device.seed(config.seed);
         let model = config.model.init(&device);
@@ -253,13 +288,46 @@ impl Trainer {
             optimizer: DitOptimizer::new(config.optimizer),
             dsv: DsvTrainer::new(config.predictor_lr),
             config,
-            device,
             model,
             ema,
             step: 0,
             history: Vec::new(),
             data,
+            comm: Communicator::single(device.clone()),
+            device,
         })
+    }
+
+    /// Trains data-parallel over the ranks of `comm` (threads or MPI processes, each with its
+    /// own `Trainer` made from the same config): every rank draws the same global batch,
+    /// takes its shares of it (`world × replicas` shares in all, rank `r` the `r`-th run of
+    /// them), and the gradients are summed over the ranks before every update, so all ranks
+    /// keep the same weights and the run equals one process training with
+    /// `replicas = world × replicas` up to the order of float sums. The first share, on
+    /// rank 0, trains the DSV predictors and profiles sparsity, and every rank copies rank
+    /// 0's DSV schedule after each step. Every rank starts from rank 0's weights (call it
+    /// after [`Trainer::resume`]; optimiser states start equal when they start empty or from
+    /// one checkpoint). Fails when the batch has fewer clips than ranks.
+    pub fn with_communicator(mut self, comm: Communicator) -> Result<Self, SparseAttnError> {
+        let world = comm.world();
+        SparseAttnError::check(
+            self.config.batch_size >= world,
+            "Trainer::with_communicator",
+            "comm",
+            format!("at most batch_size ({}) ranks", self.config.batch_size),
+            world,
+        )?;
+        // One initialisation (or resumed state) for all: ranks that are threads of one
+        // process share the device's random generator, so their own inits differ.
+        self.model = broadcast_module(&comm, self.model, 0)?;
+        self.ema = broadcast_module(&comm, self.ema, 0)?;
+        self.comm = comm;
+        Ok(self)
+    }
+
+    /// The data-parallel group this trainer is a rank of.
+    pub fn communicator(&self) -> &Communicator {
+        &self.comm
     }
 
     /// The training clips; items from `config().dataset_size` on are the held-out ones.
@@ -293,17 +361,42 @@ impl Trainer {
     }
 
     /// One optimisation step; everything random comes from a generator seeded by
-    /// `(seed, step)`, so a resumed run repeats the same steps.
+    /// `(seed, step)`, so a resumed run repeats the same steps. A one-process trainer never
+    /// fails here; a data-parallel one panics where [`Trainer::try_train_step`] returns an
+    /// error.
     pub fn train_step(&mut self) -> StepLog {
+        self.try_train_step()
+            .unwrap_or_else(|e| panic!("training step {}: {e}", self.step + 1))
+    }
+
+    /// [`Trainer::train_step`], returning the data-parallel group's errors (a rank that
+    /// failed or disagrees).
+    pub fn try_train_step(&mut self) -> Result<StepLog, SparseAttnError> {
         let start = Instant::now();
         let c = &self.config;
         let b = c.batch_size;
         let mut rng = SplitMix(c.seed ^ (self.step as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-        let items = (0..b).map(|_| self.data.get(rng.below(c.dataset_size)).expect("index below len")).collect();
+        let items = (0..b)
+            .map(|_| {
+                self.data
+                    .get(rng.below(c.dataset_size))
+                    .expect("index below len")
+            })
+            .collect();
         let batch = self.batcher.batch(items, &self.device);
         // Classifier-free guidance: drop the whole conditioning of some clips to the null id.
-        let keep: Vec<f32> = (0..b).map(|_| if (rng.unit() as f64) < c.cond_dropout { 0.0 } else { 1.0 }).collect();
-        let keep = Tensor::<1>::from_data(TensorData::new(keep, [b]), &self.device).int().reshape([b, 1]);
+        let keep: Vec<f32> = (0..b)
+            .map(|_| {
+                if (rng.unit() as f64) < c.cond_dropout {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let keep = Tensor::<1>::from_data(TensorData::new(keep, [b]), &self.device)
+            .int()
+            .reshape([b, 1]);
         let labels = batch.labels * keep;
 
         let x0 = batch.videos;
@@ -314,7 +407,14 @@ impl Trainer {
         // Self-conditioning: on some steps the model first estimates the clean video without
         // gradient (and without counting a DSV step), then refines with the estimate in view.
         let self_condition = c.model.self_condition && (rng.unit() as f64) < SELF_CONDITION_RATE;
-        let shares = batch_shares(b, c.replicas);
+        // This rank's run of the group's shares; rank 0 holds the first.
+        let (world, rank) = (self.comm.world(), self.comm.rank());
+        let all_shares = batch_shares(b, world * c.replicas.max(1));
+        let n = all_shares.len();
+        let shares: Vec<(usize, usize)> = (0..n)
+            .filter(|i| i * world / n == rank)
+            .map(|i| all_shares[i])
+            .collect();
         // Each replica's share of the batch: its loss, weighted by the share, and gradients.
         let replica_grads = |model: &VideoDit, (start, n): (usize, usize)| -> DsvGradients {
             let x_t = x_t.clone().narrow(0, start, n);
@@ -322,47 +422,138 @@ impl Trainer {
             let cond = model.embed_labels(labels.clone().narrow(0, start, n));
             let estimate = self_condition.then(|| {
                 let frozen = model.clone().valid();
-                let v = frozen.forward(x_t.clone().inner(), sigma.clone().inner(), cond.clone().inner()).expect("training shapes come from the config");
-                (x_t.clone().inner() - v * sigma.clone().inner().reshape([n, 1, 1, 1, 1])).autodiff()
+                let v = frozen
+                    .forward(
+                        x_t.clone().inner(),
+                        sigma.clone().inner(),
+                        cond.clone().inner(),
+                    )
+                    .expect("training shapes come from the config");
+                (x_t.clone().inner() - v * sigma.clone().inner().reshape([n, 1, 1, 1, 1]))
+                    .autodiff()
             });
-            let pred = model.forward_refining(x_t, sigma, cond, estimate).expect("training shapes come from the config");
-            let loss = (pred - target.clone().narrow(0, start, n)).square().mean() * (n as f64 / b as f64);
+            let pred = model
+                .forward_refining(x_t, sigma, cond, estimate)
+                .expect("training shapes come from the config");
+            let loss =
+                (pred - target.clone().narrow(0, start, n)).square().mean() * (n as f64 / b as f64);
             DsvTrainer::backward(model, loss)
         };
         // The model takes the first share, replicas the others, as tasks of the thread pool
         // Flex's matmuls use (so the cores are shared, not oversubscribed); the results come
-        // back in share order, so the sum is the same whatever ran first.
-        let replicas: Vec<VideoDit> = shares[1..].iter().map(|_| DsvTrainer::replica(&self.model)).collect();
-        let models: Vec<&VideoDit> = std::iter::once(&self.model).chain(&replicas).collect();
-        let grads: Vec<DsvGradients> = models.into_par_iter().zip(shares).map(|(model, share)| replica_grads(model, share)).collect();
+        // back in share order, so the sum is the same whatever ran first. Other ranks run
+        // replicas only: the model itself counts DSV steps and profiles.
+        let own = usize::from(rank == 0);
+        let replicas: Vec<VideoDit> = shares[own..]
+            .iter()
+            .map(|_| DsvTrainer::replica(&self.model))
+            .collect();
+        let models: Vec<&VideoDit> = (rank == 0)
+            .then_some(&self.model)
+            .into_iter()
+            .chain(&replicas)
+            .collect();
+        let grads: Vec<DsvGradients> = models
+            .into_par_iter()
+            .zip(shares)
+            .map(|(model, share)| replica_grads(model, share))
+            .collect();
         let mut grads = grads.into_iter();
         let first = grads.next().expect("at least one share");
-        let grads = grads.fold(first, |acc, other| acc.merge(other, &self.model));
+        let mut grads = grads.fold(first, |acc, other| acc.merge(other, &self.model));
+        if world > 1 {
+            grads = self.sum_over_ranks(grads)?;
+        }
 
         let lr = self.config.lr_at(self.step);
         let model = self.model.clone();
         let optimizer = &mut self.optimizer;
-        let (model, report) = self.dsv.apply_with(model, grads, |model, host| optimizer.step(lr, model, host));
+        let (model, report) = self
+            .dsv
+            .apply_with(model, grads, |model, host| optimizer.step(lr, model, host));
         self.model = model;
+        if world > 1 {
+            self.copy_dsv_schedule_from_rank_0()?;
+        }
         // EMA warm-up: early averages would otherwise be dominated by the initial weights.
-        let decay = self.config.ema_decay.min((1 + self.step) as f64 / (10 + self.step) as f64);
+        let decay = self
+            .config
+            .ema_decay
+            .min((1 + self.step) as f64 / (10 + self.step) as f64);
         self.ema = ema_update(self.ema.clone(), &self.model, decay);
         self.step += 1;
 
         let layers = self.model.dsv_layers();
         let stats: Vec<_> = layers.iter().map(|l| l.stats()).collect();
-        let sparsities: Vec<f32> = stats.iter().filter_map(|s| s.head_sparsity.as_ref()).flatten().copied().collect();
+        let sparsities: Vec<f32> = stats
+            .iter()
+            .filter_map(|s| s.head_sparsity.as_ref())
+            .flatten()
+            .copied()
+            .collect();
         let predictor: Vec<f32> = report.predictor_losses.iter().flatten().copied().collect();
         let log = StepLog {
             step: self.step,
             loss: report.loss,
-            predictor_loss: (!predictor.is_empty()).then(|| predictor.iter().sum::<f32>() / predictor.len() as f32),
+            predictor_loss: (!predictor.is_empty())
+                .then(|| predictor.iter().sum::<f32>() / predictor.len() as f32),
             sparse_layers: stats.iter().filter(|s| s.ran_sparse).count(),
-            mean_sparsity: (!sparsities.is_empty()).then(|| sparsities.iter().sum::<f32>() / sparsities.len() as f32),
+            mean_sparsity: (!sparsities.is_empty())
+                .then(|| sparsities.iter().sum::<f32>() / sparsities.len() as f32),
             seconds: start.elapsed().as_secs_f64(),
         };
         self.history.push(log.clone());
-        log
+        Ok(log)
+    }
+
+    /// Every rank's gradients and host loss summed; the predictor losses of rank 0 (the only
+    /// rank that trains the predictors).
+    fn sum_over_ranks(&self, grads: DsvGradients) -> Result<DsvGradients, SparseAttnError> {
+        let comm = &self.comm;
+        let mut grads =
+            grads.try_map_gradients(&self.model, |g| all_reduce_gradients(comm, &self.model, g))?;
+        // [loss, predictor losses…]: other ranks add zeros to rank 0's (NaN where it has none).
+        let mut values = vec![grads.loss];
+        values.extend(grads.predictor_losses.iter().map(|l| {
+            if comm.rank() == 0 {
+                l.unwrap_or(f32::NAN)
+            } else {
+                0.0
+            }
+        }));
+        let n = values.len();
+        let summed = comm.all_reduce(Tensor::<1>::from_data(
+            TensorData::new(values, [n]),
+            comm.device(),
+        ))?;
+        let summed: Vec<f32> = summed
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .expect("f32 losses");
+        grads.loss = summed[0];
+        grads.predictor_losses = summed[1..]
+            .iter()
+            .map(|&l| (!l.is_nan()).then_some(l))
+            .collect();
+        Ok(grads)
+    }
+
+    /// Rank 0's DSV stage, step count, predictor loss and sparsity profile on every rank.
+    fn copy_dsv_schedule_from_rank_0(&self) -> Result<(), SparseAttnError> {
+        let layers = self.model.dsv_layers();
+        if layers.is_empty() {
+            return Ok(());
+        }
+        let states: Vec<Tensor<1>> = layers.iter().map(|l| l.schedule_state()).collect();
+        let sizes: Vec<usize> = states.iter().map(|s| s.dims()[0]).collect();
+        let all = self.comm.broadcast(Tensor::cat(states, 0), 0)?;
+        let mut at = 0;
+        for (layer, n) in layers.iter().zip(sizes) {
+            layer.set_schedule_state(all.clone().narrow(0, at, n))?;
+            at += n;
+        }
+        Ok(())
     }
 
     /// Held-out flow-matching loss of the live weights: each of the first `clips` held-out
@@ -372,22 +563,64 @@ impl Trainer {
     /// compared on the same examples, free of the noise of their batch-by-batch training
     /// losses. Runs without gradient; DSV layers attend as they train now (dense or sparse)
     /// and count no step.
-    pub fn validation_loss(&self, clips: usize, sigmas: &[f64], seed: u64) -> Result<f32, SparseAttnError> {
-        self.held_out_loss("Trainer::validation_loss", &self.model.valid(), clips, sigmas, seed)
+    pub fn validation_loss(
+        &self,
+        clips: usize,
+        sigmas: &[f64],
+        seed: u64,
+    ) -> Result<f32, SparseAttnError> {
+        self.held_out_loss(
+            "Trainer::validation_loss",
+            &self.model.valid(),
+            clips,
+            sigmas,
+            seed,
+        )
     }
 
     /// [`Trainer::validation_loss`] of the EMA weights, the ones sampling uses: less noisy
     /// than one snapshot of live weights that a small batch still moves at every step.
-    pub fn ema_validation_loss(&self, clips: usize, sigmas: &[f64], seed: u64) -> Result<f32, SparseAttnError> {
-        self.held_out_loss("Trainer::ema_validation_loss", &self.ema, clips, sigmas, seed)
+    pub fn ema_validation_loss(
+        &self,
+        clips: usize,
+        sigmas: &[f64],
+        seed: u64,
+    ) -> Result<f32, SparseAttnError> {
+        self.held_out_loss(
+            "Trainer::ema_validation_loss",
+            &self.ema,
+            clips,
+            sigmas,
+            seed,
+        )
     }
 
-    fn held_out_loss(&self, function: &'static str, model: &VideoDit, clips: usize, sigmas: &[f64], seed: u64) -> Result<f32, SparseAttnError> {
+    fn held_out_loss(
+        &self,
+        function: &'static str,
+        model: &VideoDit,
+        clips: usize,
+        sigmas: &[f64],
+        seed: u64,
+    ) -> Result<f32, SparseAttnError> {
         SparseAttnError::check(clips >= 1, function, "clips", "at least 1", clips)?;
-        SparseAttnError::check(!sigmas.is_empty() && sigmas.iter().all(|s| (0.0..=1.0).contains(s)), function, "sigmas", "one or more noise levels in [0, 1]", format!("{sigmas:?}"))?;
-        let device = model.devices().into_iter().next().expect("a model lives on a device");
+        SparseAttnError::check(
+            !sigmas.is_empty() && sigmas.iter().all(|s| (0.0..=1.0).contains(s)),
+            function,
+            "sigmas",
+            "one or more noise levels in [0, 1]",
+            format!("{sigmas:?}"),
+        )?;
+        let device = model
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a model lives on a device");
         let n = sigmas.len();
-        let sigma = Tensor::<1>::from_data(TensorData::new(sigmas.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]), &device);
+        let sigma = Tensor::<1>::from_data(
+            TensorData::new(sigmas.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]),
+            &device,
+        );
         let mut rng = SplitMix(seed);
         let mut total = 0.0;
         // One clip at a time, its noise levels as the batch: memory stays that of `n` clips.
@@ -397,14 +630,23 @@ impl Trainer {
             let noise = rng.normal_tensor(batch.videos.dims(), &device);
             let x_t = add_noise(batch.videos.clone(), noise.clone(), sigma.clone());
             let v = model.forward(x_t, sigma.clone(), model.embed_labels(batch.labels))?;
-            total += (v - velocity_target(batch.videos, noise)).square().mean().into_scalar::<f32>();
+            total += (v - velocity_target(batch.videos, noise))
+                .square()
+                .mean()
+                .into_scalar::<f32>();
         }
         Ok(total / clips as f32)
     }
 
     /// Samples one clip per label with the EMA weights; `seed` fixes the noise.
     pub fn sample(&self, labels: &[(usize, usize)], seed: u64) -> Vec<Frames> {
-        generate(&self.ema, self.config.clip, labels, self.config.sampler, seed)
+        generate(
+            &self.ema,
+            self.config.clip,
+            labels,
+            self.config.sampler,
+            seed,
+        )
     }
 
     /// Writes a checkpoint under `dir/checkpoints/step_NNNNNN` and points `latest` at it;
@@ -415,12 +657,31 @@ impl Trainer {
         let ckpt = root.join(&name);
         std::fs::create_dir_all(&ckpt)?;
         let io = |e: burn::store::RecordError| std::io::Error::other(e.to_string());
-        self.model.clone().into_record().save(ckpt.join("model.bpk")).map_err(io)?;
-        self.ema.clone().into_record().save(ckpt.join("ema.bpk")).map_err(io)?;
+        self.model
+            .clone()
+            .into_record()
+            .save(ckpt.join("model.bpk"))
+            .map_err(io)?;
+        self.ema
+            .clone()
+            .into_record()
+            .save(ckpt.join("ema.bpk"))
+            .map_err(io)?;
         self.optimizer.save(&ckpt).map_err(io)?;
-        self.dsv.optimizer().save(ckpt.join("predictor_optimizer.bpk")).map_err(io)?;
-        let state = SavedState { format: FORMAT, step: self.step, config: self.config.clone(), history: self.history.clone() };
-        std::fs::write(ckpt.join("state.json"), serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?)?;
+        self.dsv
+            .optimizer()
+            .save(ckpt.join("predictor_optimizer.bpk"))
+            .map_err(io)?;
+        let state = SavedState {
+            format: FORMAT,
+            step: self.step,
+            config: self.config.clone(),
+            history: self.history.clone(),
+        };
+        std::fs::write(
+            ckpt.join("state.json"),
+            serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?,
+        )?;
         let tmp = root.join("latest.tmp");
         std::fs::write(&tmp, &name)?;
         std::fs::rename(tmp, root.join("latest"))?;
@@ -434,25 +695,56 @@ impl Trainer {
         let ours = serde_json::to_string(&self.config.model).expect("config serialises");
         let theirs = serde_json::to_string(&state.config.model).expect("config serialises");
         if ours != theirs {
-            return Err(CheckpointError::Mismatch { field: "model", expected: ours, found: theirs });
+            return Err(CheckpointError::Mismatch {
+                field: "model",
+                expected: ours,
+                found: theirs,
+            });
         }
         if state.config.data != self.config.data {
-            return Err(CheckpointError::Mismatch { field: "data", expected: format!("{:?}", self.config.data), found: format!("{:?}", state.config.data) });
+            return Err(CheckpointError::Mismatch {
+                field: "data",
+                expected: format!("{:?}", self.config.data),
+                found: format!("{:?}", state.config.data),
+            });
         }
         if state.config.clip != self.config.clip {
-            return Err(CheckpointError::Mismatch { field: "clip", expected: format!("{:?}", self.config.clip), found: format!("{:?}", state.config.clip) });
+            return Err(CheckpointError::Mismatch {
+                field: "clip",
+                expected: format!("{:?}", self.config.clip),
+                found: format!("{:?}", state.config.clip),
+            });
         }
         if state.config.optimizer != self.config.optimizer {
-            return Err(CheckpointError::Mismatch { field: "optimizer", expected: format!("{:?}", self.config.optimizer), found: format!("{:?}", state.config.optimizer) });
+            return Err(CheckpointError::Mismatch {
+                field: "optimizer",
+                expected: format!("{:?}", self.config.optimizer),
+                found: format!("{:?}", state.config.optimizer),
+            });
         }
         let load_record = |file: &str| load_module_record(&ckpt, file);
         let fresh = self.config.model.init(&self.device);
-        let model = fresh.clone().try_load_record(load_record("model.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("model.bpk"), e.to_string()))?;
-        let ema = fresh.valid().try_load_record(load_record("ema.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
-        let optimizer = if state.format < SHARDED_OPTIMIZER_FORMAT { DitOptimizer::load_unsharded(self.config.optimizer, &ckpt) } else { DitOptimizer::load(self.config.optimizer, &ckpt) };
-        let optimizer = optimizer.map_err(|(file, e)| CheckpointError::Corrupt(file, e.to_string()))?;
+        let model = fresh
+            .clone()
+            .try_load_record(load_record("model.bpk")?)
+            .map_err(|e| CheckpointError::Corrupt(ckpt.join("model.bpk"), e.to_string()))?;
+        let ema = fresh
+            .valid()
+            .try_load_record(load_record("ema.bpk")?)
+            .map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
+        let optimizer = if state.format < SHARDED_OPTIMIZER_FORMAT {
+            DitOptimizer::load_unsharded(self.config.optimizer, &ckpt)
+        } else {
+            DitOptimizer::load(self.config.optimizer, &ckpt)
+        };
+        let optimizer =
+            optimizer.map_err(|(file, e)| CheckpointError::Corrupt(file, e.to_string()))?;
         let pred_path = ckpt.join("predictor_optimizer.bpk");
-        let predictor_optimizer = AdamWConfig::new().with_weight_decay(0.0).init().load(&pred_path).map_err(|e| CheckpointError::Corrupt(pred_path, e.to_string()))?;
+        let predictor_optimizer = AdamWConfig::new()
+            .with_weight_decay(0.0)
+            .init()
+            .load(&pred_path)
+            .map_err(|e| CheckpointError::Corrupt(pred_path, e.to_string()))?;
 
         self.model = model;
         self.ema = ema;
@@ -468,27 +760,38 @@ impl Trainer {
 fn read_checkpoint(dir: &Path) -> Result<(PathBuf, SavedState), CheckpointError> {
     let root = dir.join("checkpoints");
     let latest = root.join("latest");
-    let name = std::fs::read_to_string(&latest).map_err(|e| CheckpointError::Io(latest.clone(), e))?;
+    let name =
+        std::fs::read_to_string(&latest).map_err(|e| CheckpointError::Io(latest.clone(), e))?;
     let ckpt = root.join(name.trim());
     let state_path = ckpt.join("state.json");
-    let bytes = std::fs::read(&state_path).map_err(|e| CheckpointError::Io(state_path.clone(), e))?;
+    let bytes =
+        std::fs::read(&state_path).map_err(|e| CheckpointError::Io(state_path.clone(), e))?;
     // The format first: an older checkpoint is named as such, not as a parse error.
     #[derive(Deserialize)]
     struct Format {
         format: u32,
     }
-    let format: Format = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
+    let format: Format = serde_json::from_slice(&bytes)
+        .map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
     if !(OLDEST_FORMAT..=FORMAT).contains(&format.format) {
-        return Err(CheckpointError::Mismatch { field: "format", expected: format!("{OLDEST_FORMAT}..={FORMAT}"), found: format.format.to_string() });
+        return Err(CheckpointError::Mismatch {
+            field: "format",
+            expected: format!("{OLDEST_FORMAT}..={FORMAT}"),
+            found: format.format.to_string(),
+        });
     }
-    let state: SavedState = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
+    let state: SavedState = serde_json::from_slice(&bytes)
+        .map_err(|e| CheckpointError::Corrupt(state_path.clone(), e.to_string()))?;
     Ok((ckpt, state))
 }
 
 fn load_module_record(ckpt: &Path, file: &str) -> Result<ModuleRecord, CheckpointError> {
     let path = ckpt.join(file);
     if !path.exists() {
-        return Err(CheckpointError::Io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        return Err(CheckpointError::Io(
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
     }
     ModuleRecord::load(&path).map_err(|e| CheckpointError::Corrupt(path, e.to_string()))
 }
@@ -501,15 +804,33 @@ pub fn saved_config(dir: &Path) -> Result<TrainConfig, CheckpointError> {
 /// The EMA (sampling) weights and the training configuration of the checkpoint that
 /// `dir/checkpoints/latest` points to, on `device` without autodiff: what a sampler needs,
 /// whatever attention the run trained with.
-pub fn load_for_sampling(dir: &Path, device: &Device) -> Result<(VideoDit, TrainConfig), CheckpointError> {
+pub fn load_for_sampling(
+    dir: &Path,
+    device: &Device,
+) -> Result<(VideoDit, TrainConfig), CheckpointError> {
     let (ckpt, state) = read_checkpoint(dir)?;
-    let model = state.config.model.init(device).try_load_record(load_module_record(&ckpt, "ema.bpk")?).map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
+    let model = state
+        .config
+        .model
+        .init(device)
+        .try_load_record(load_module_record(&ckpt, "ema.bpk")?)
+        .map_err(|e| CheckpointError::Corrupt(ckpt.join("ema.bpk"), e.to_string()))?;
     Ok((model, state.config))
 }
 
 /// Samples one clip per `(object, colour)` label with `model` (no autodiff).
-pub fn generate(model: &VideoDit, clip: ClipShape, labels: &[(usize, usize)], sampler: SamplerConfig, seed: u64) -> Vec<Frames> {
-    let device = model.devices().into_iter().next().expect("a model lives on a device");
+pub fn generate(
+    model: &VideoDit,
+    clip: ClipShape,
+    labels: &[(usize, usize)],
+    sampler: SamplerConfig,
+    seed: u64,
+) -> Vec<Frames> {
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .expect("a model lives on a device");
     let n = labels.len();
     if n == 0 {
         return Vec::new();
@@ -518,7 +839,8 @@ pub fn generate(model: &VideoDit, clip: ClipShape, labels: &[(usize, usize)], sa
     let sample = |noise: Tensor<5>, labels: &[(usize, usize)]| {
         let cond = model.embed_labels(label_ids(labels, &device));
         let uncond = model.embed_labels(Tensor::zeros([labels.len(), COND_TOKENS], &device));
-        sample_euler(model, noise, cond, uncond, sampler).expect("sampling shapes come from the config")
+        sample_euler(model, noise, cond, uncond, sampler)
+            .expect("sampling shapes come from the config")
     };
     let videos = if sampler.stochasticity > 0.0 {
         // A stochastic sampler draws its step noise from the device's (global) generator, so
@@ -529,10 +851,25 @@ pub fn generate(model: &VideoDit, clip: ClipShape, labels: &[(usize, usize)], sa
         // Shares of the labels sample in parallel, as training replicas do (Flex runs most
         // ops on one core); each clip starts from the noise it would get in one batch.
         let shares = batch_shares(n, rayon::current_num_threads());
-        let parts: Vec<Tensor<5>> = shares.into_par_iter().map(|(start, len)| sample(noise.clone().narrow(0, start, len), &labels[start..start + len])).collect();
+        let parts: Vec<Tensor<5>> = shares
+            .into_par_iter()
+            .map(|(start, len)| {
+                sample(
+                    noise.clone().narrow(0, start, len),
+                    &labels[start..start + len],
+                )
+            })
+            .collect();
         Tensor::cat(parts, 0)
     };
-    let pixels: Vec<f32> = videos.into_data().convert::<f32>().try_to_vec().expect("f32 video");
+    let pixels: Vec<f32> = videos
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 video");
     let per = 3 * clip.frames * clip.height * clip.width;
-    pixels.chunks_exact(per).map(|p| Frames::from_chw(p, clip.frames, clip.height, clip.width)).collect()
+    pixels
+        .chunks_exact(per)
+        .map(|p| Frames::from_chw(p, clip.frames, clip.height, clip.width))
+        .collect()
 }

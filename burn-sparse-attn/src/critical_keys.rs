@@ -70,7 +70,9 @@ impl CriticalKeys {
                 format!("row {row} = {chunk:?}"),
             )?;
         }
-        Ok(Self::trusted(indices, group_size, key_block, query_len, key_len))
+        Ok(Self::trusted(
+            indices, group_size, key_block, query_len, key_len,
+        ))
     }
 
     /// Wraps an index that an op of this crate produced (no read-back).

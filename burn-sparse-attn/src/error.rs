@@ -55,7 +55,11 @@ impl SparseAttnError {
         expected: impl ToString,
         actual: impl ToString,
     ) -> Result<(), Self> {
-        if ok { Ok(()) } else { Err(Self::new(function, argument, expected, actual)) }
+        if ok {
+            Ok(())
+        } else {
+            Err(Self::new(function, argument, expected, actual))
+        }
     }
 }
 

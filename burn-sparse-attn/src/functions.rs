@@ -51,7 +51,13 @@ pub fn select_critical_keys(
     const F: &str = "select_critical_keys";
     let [b, h, sq, r] = q_lr.dims();
     let [kb, kh, sk, kr] = k_lr.dims();
-    ensure(b * h * sq * r > 0, F, "q_lr", "a non-empty [B, H, S, r] tensor", format!("{:?}", q_lr.dims()))?;
+    ensure(
+        b * h * sq * r > 0,
+        F,
+        "q_lr",
+        "a non-empty [B, H, S, r] tensor",
+        format!("{:?}", q_lr.dims()),
+    )?;
     ensure(
         (kb, kh, kr) == (b, h, r) && sk > 0,
         F,
@@ -59,11 +65,41 @@ pub fn select_critical_keys(
         format!("[{b}, {h}, S_k ≥ 1, {r}] like q_lr"),
         format!("{:?}", k_lr.dims()),
     )?;
-    ensure(q_lr.dtype().is_float(), F, "q_lr", "a float tensor", format!("{:?}", q_lr.dtype()))?;
-    ensure(k_lr.dtype() == q_lr.dtype(), F, "k_lr", format!("dtype {:?} like q_lr", q_lr.dtype()), format!("{:?}", k_lr.dtype()))?;
-    ensure(k_lr.device() == q_lr.device(), F, "k_lr", "on q_lr's device", "another device")?;
-    ensure(config.group_size >= 1, F, "config.group_size", "≥ 1", config.group_size)?;
-    ensure(config.key_block >= 1, F, "config.key_block", "≥ 1", config.key_block)?;
+    ensure(
+        q_lr.dtype().is_float(),
+        F,
+        "q_lr",
+        "a float tensor",
+        format!("{:?}", q_lr.dtype()),
+    )?;
+    ensure(
+        k_lr.dtype() == q_lr.dtype(),
+        F,
+        "k_lr",
+        format!("dtype {:?} like q_lr", q_lr.dtype()),
+        format!("{:?}", k_lr.dtype()),
+    )?;
+    ensure(
+        k_lr.device() == q_lr.device(),
+        F,
+        "k_lr",
+        "on q_lr's device",
+        "another device",
+    )?;
+    ensure(
+        config.group_size >= 1,
+        F,
+        "config.group_size",
+        "≥ 1",
+        config.group_size,
+    )?;
+    ensure(
+        config.key_block >= 1,
+        F,
+        "config.key_block",
+        "≥ 1",
+        config.key_block,
+    )?;
     let units = sk.div_ceil(config.key_block);
     ensure(
         (1..=units).contains(&config.budget),
@@ -140,11 +176,23 @@ pub fn sparse_attention_with_lse(
 }
 
 /// Checks the arguments of the attention functions; returns the scale to use.
-fn sparse_attention_shapes(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, keys: &CriticalKeys, scale: Option<f64>) -> Result<f64, SparseAttnError> {
+fn sparse_attention_shapes(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    keys: &CriticalKeys,
+    scale: Option<f64>,
+) -> Result<f64, SparseAttnError> {
     const F: &str = "sparse_attention";
     let [b, h, sq, d] = q.dims();
     let sk = k.dims()[2];
-    ensure(b * h * sq * d > 0, F, "q", "a non-empty [B, H, S, D] tensor", format!("{:?}", q.dims()))?;
+    ensure(
+        b * h * sq * d > 0,
+        F,
+        "q",
+        "a non-empty [B, H, S, D] tensor",
+        format!("{:?}", q.dims()),
+    )?;
     ensure(
         k.dims() == [b, h, sk, d] && sk > 0,
         F,
@@ -152,19 +200,73 @@ fn sparse_attention_shapes(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, keys: &C
         format!("[{b}, {h}, S_k ≥ 1, {d}] (batch, heads and head dim of q)"),
         format!("{:?}", k.dims()),
     )?;
-    ensure(v.dims() == k.dims(), F, "v", format!("{:?} like k", k.dims()), format!("{:?}", v.dims()))?;
-    ensure(q.dtype().is_float(), F, "q", "a float tensor", format!("{:?}", q.dtype()))?;
+    ensure(
+        v.dims() == k.dims(),
+        F,
+        "v",
+        format!("{:?} like k", k.dims()),
+        format!("{:?}", v.dims()),
+    )?;
+    ensure(
+        q.dtype().is_float(),
+        F,
+        "q",
+        "a float tensor",
+        format!("{:?}", q.dtype()),
+    )?;
     for (name, t) in [("k", &k), ("v", &v)] {
-        ensure(t.dtype() == q.dtype(), F, name, format!("dtype {:?} like q", q.dtype()), format!("{:?}", t.dtype()))?;
-        ensure(t.device() == q.device(), F, name, "on q's device", "another device")?;
+        ensure(
+            t.dtype() == q.dtype(),
+            F,
+            name,
+            format!("dtype {:?} like q", q.dtype()),
+            format!("{:?}", t.dtype()),
+        )?;
+        ensure(
+            t.device() == q.device(),
+            F,
+            name,
+            "on q's device",
+            "another device",
+        )?;
     }
-    ensure(keys.query_len() == sq, F, "keys", format!("an index made for {sq} queries"), keys.query_len())?;
-    ensure(keys.key_len() == sk, F, "keys", format!("an index made for {sk} keys"), keys.key_len())?;
+    ensure(
+        keys.query_len() == sq,
+        F,
+        "keys",
+        format!("an index made for {sq} queries"),
+        keys.query_len(),
+    )?;
+    ensure(
+        keys.key_len() == sk,
+        F,
+        "keys",
+        format!("an index made for {sk} keys"),
+        keys.key_len(),
+    )?;
     let [ib, ih, _, _] = keys.indices().dims();
-    ensure((ib, ih) == (b, h), F, "keys", format!("an index for batch {b} and {h} heads"), format!("batch {ib}, {ih} heads"))?;
-    ensure(keys.indices().device() == q.device(), F, "keys", "on q's device", "another device")?;
+    ensure(
+        (ib, ih) == (b, h),
+        F,
+        "keys",
+        format!("an index for batch {b} and {h} heads"),
+        format!("batch {ib}, {ih} heads"),
+    )?;
+    ensure(
+        keys.indices().device() == q.device(),
+        F,
+        "keys",
+        "on q's device",
+        "another device",
+    )?;
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
-    ensure(scale.is_finite() && scale > 0.0, F, "scale", "finite and > 0", scale)?;
+    ensure(
+        scale.is_finite() && scale > 0.0,
+        F,
+        "scale",
+        "finite and > 0",
+        scale,
+    )?;
     Ok(scale)
 }
 
@@ -186,7 +288,17 @@ impl DenseFallback {
     /// from 50% sparsity and forward+backward from 80% (40% lies between the measured
     /// points). Set the fields from your own benchmark.
     pub fn for_device(device: &burn::tensor::Device) -> Self {
-        if is_cpu_backend(device) { Self { min_sparse_len: 128, max_density: 0.6 } } else { Self { min_sparse_len: 2048, max_density: 0.4 } }
+        if is_cpu_backend(device) {
+            Self {
+                min_sparse_len: 128,
+                max_density: 0.6,
+            }
+        } else {
+            Self {
+                min_sparse_len: 2048,
+                max_density: 0.4,
+            }
+        }
     }
 
     /// Whether `keys` should run dense under this policy.
@@ -229,7 +341,18 @@ pub fn sparse_attention_auto(
     let checked = sparse_attention_shapes(&q, &k, &v, keys, scale)?;
     let default_scale = 1.0 / (d as f64).sqrt();
     // Fused dense kernels want the default scale: fold a custom one into q.
-    let q = if (checked - default_scale).abs() > f64::EPSILON * default_scale { q * (checked / default_scale) } else { q };
+    let q = if (checked - default_scale).abs() > f64::EPSILON * default_scale {
+        q * (checked / default_scale)
+    } else {
+        q
+    };
     let mask = (keys.sparsity() > 0.0).then(|| keys.dense_mask());
-    Ok(burn::tensor::module::attention(q, k, v, mask, None, burn::tensor::ops::AttentionModuleOptions::default()))
+    Ok(burn::tensor::module::attention(
+        q,
+        k,
+        v,
+        mask,
+        None,
+        burn::tensor::ops::AttentionModuleOptions::default(),
+    ))
 }

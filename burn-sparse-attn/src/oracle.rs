@@ -9,7 +9,11 @@ use crate::{CriticalKeys, SelectionConfig, reference};
 
 /// [`select_critical_keys`](crate::select_critical_keys) computed by the reference body.
 /// Arguments are trusted: validate them with the public function first.
-pub fn select_critical_keys(q_lr: Tensor<4>, k_lr: Tensor<4>, config: SelectionConfig) -> CriticalKeys {
+pub fn select_critical_keys(
+    q_lr: Tensor<4>,
+    k_lr: Tensor<4>,
+    config: SelectionConfig,
+) -> CriticalKeys {
     let (sq, sk) = (q_lr.dims()[2], k_lr.dims()[2]);
     let index_dtype = q_lr.device().settings().int_dtype;
     let index = reference::select_critical_keys::<Dispatch>(
@@ -20,7 +24,13 @@ pub fn select_critical_keys(q_lr: Tensor<4>, k_lr: Tensor<4>, config: SelectionC
         config.budget,
         index_dtype,
     );
-    CriticalKeys::trusted(Tensor::<4, Int>::from_dispatch(index), config.group_size, config.key_block, sq, sk)
+    CriticalKeys::trusted(
+        Tensor::<4, Int>::from_dispatch(index),
+        config.group_size,
+        config.key_block,
+        sq,
+        sk,
+    )
 }
 
 /// [`sparse_attention_with_lse`](crate::sparse_attention_with_lse) computed by the

@@ -100,7 +100,10 @@ fn grouped<B: Backend>(x: FloatTensor<B>, dims: Dims) -> FloatTensor<B> {
 fn ungrouped<B: Backend>(x: FloatTensor<B>, dims: Dims) -> FloatTensor<B> {
     let cols = x.shape()[3];
     let x = B::float_reshape(x, Shape::new([dims.bh, dims.padded(), cols]));
-    let x = B::float_slice(x, &[(0..dims.bh).into(), (0..dims.seq).into(), (0..cols).into()]);
+    let x = B::float_slice(
+        x,
+        &[(0..dims.bh).into(), (0..dims.seq).into(), (0..cols).into()],
+    );
     B::float_reshape(x, Shape::new([dims.batch, dims.heads, dims.seq, cols]))
 }
 
@@ -168,7 +171,10 @@ pub(crate) fn select_critical_keys<B: Backend>(
     // Exact top-k on the host: Burn's sorts are unstable, and the oracle must be exact.
     let mut ids = alloc::vec![0i64; scores.len() / unit_count * budget];
     let mut scratch = crate::kernel::topk::TopKScratch::default();
-    for (row, out) in scores.chunks_exact(unit_count).zip(ids.chunks_exact_mut(budget)) {
+    for (row, out) in scores
+        .chunks_exact(unit_count)
+        .zip(ids.chunks_exact_mut(budget))
+    {
         top_k_ascending(row, budget, &mut scratch, out);
     }
     let ids = TensorData::new(ids, [dims.batch, dims.heads, dims.groups, budget]);
@@ -196,14 +202,18 @@ impl<B: Backend> GatherPlan<B> {
             ids
         } else {
             let full = Shape::new([dims.bh, dims.groups, units, key_block]);
-            let starts = B::int_expand(B::int_mul_scalar(ids, Scalar::from(key_block as i64)), full.clone());
+            let starts = B::int_expand(
+                B::int_mul_scalar(ids, Scalar::from(key_block as i64)),
+                full.clone(),
+            );
             let offsets = B::int_arange(0..key_block as i64, &device, int_dtype);
             let offsets = B::int_reshape(offsets, Shape::new([1, 1, 1, key_block]));
             B::int_add(starts, B::int_expand(offsets, full))
         };
         let ids = B::int_reshape(ids, Shape::new([dims.bh, dims.groups, 1, kk]));
         let bool_dtype = burn::backend::get_or_init_device_settings::<B>(&device).bool_dtype;
-        let invalid = B::int_greater_equal_elem(ids.clone(), Scalar::from(dims.keys as i64), bool_dtype);
+        let invalid =
+            B::int_greater_equal_elem(ids.clone(), Scalar::from(dims.keys as i64), bool_dtype);
         let ids = B::int_clamp_max(ids, Scalar::from(dims.keys as i64 - 1));
         let ids = B::int_reshape(ids, Shape::new([dims.bh, dims.groups * kk]));
         Self {
@@ -221,7 +231,10 @@ impl<B: Backend> GatherPlan<B> {
         let ids = B::int_reshape(self.ids.clone(), Shape::new([dims.bh, n, 1]));
         let ids = B::int_expand(ids, Shape::new([dims.bh, n, d]));
         let rows = B::float_gather(1, x, ids);
-        B::float_reshape(rows, Shape::new([dims.bh, dims.groups, self.keys_per_group, d]))
+        B::float_reshape(
+            rows,
+            Shape::new([dims.bh, dims.groups, self.keys_per_group, d]),
+        )
     }
 
     /// Adds the rows `[B·H, G, kk, D]` back into a zero `[B, H, S, D]` tensor.
@@ -231,14 +244,23 @@ impl<B: Backend> GatherPlan<B> {
         let rows = B::float_reshape(rows, Shape::new([dims.bh, n, d]));
         let ids = B::int_reshape(self.ids.clone(), Shape::new([dims.bh, n, 1]));
         let ids = B::int_expand(ids, Shape::new([dims.bh, n, d]));
-        let zeros = B::float_zeros(Shape::new([dims.bh, dims.keys, d]), &rows.device(), rows.dtype().into());
+        let zeros = B::float_zeros(
+            Shape::new([dims.bh, dims.keys, d]),
+            &rows.device(),
+            rows.dtype().into(),
+        );
         let sums = B::float_scatter(1, zeros, ids, rows, IndexingUpdateOp::Add);
         B::float_reshape(sums, Shape::new([dims.batch, dims.heads, dims.keys, d]))
     }
 
     /// Scaled scores of each group's queries against its keys, `[B·H, G, g, kk]`, with
     /// out-of-range keys masked.
-    fn scores(&self, q_grouped: FloatTensor<B>, k_sel: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
+    fn scores(
+        &self,
+        q_grouped: FloatTensor<B>,
+        k_sel: FloatTensor<B>,
+        scale: f64,
+    ) -> FloatTensor<B> {
         let scores = B::float_matmul(q_grouped, B::float_swap_dims(k_sel, 2, 3));
         let scores = B::float_mul_scalar(scores, Scalar::from(scale));
         let shape = scores.shape();
@@ -302,7 +324,10 @@ pub(crate) fn sparse_attention_backward<B: Backend>(
     let shape = scores.shape();
 
     // P recomputed from the saved log-sum-exp (padding rows get lse 0: their dO is zero).
-    let lse = B::float_reshape(to_f32::<B>(lse), Shape::new([dims.batch, dims.heads, dims.seq, 1]));
+    let lse = B::float_reshape(
+        to_f32::<B>(lse),
+        Shape::new([dims.batch, dims.heads, dims.seq, 1]),
+    );
     let lse = grouped::<B>(lse, dims);
     let probs = B::float_exp(B::float_sub(scores, expand_as::<B>(lse, &shape)));
 

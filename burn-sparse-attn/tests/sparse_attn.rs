@@ -3,17 +3,17 @@
 #![cfg_attr(feature = "ndarray", allow(deprecated))]
 #![cfg(feature = "flex")]
 
+#[path = "sparse_attn/backward.rs"]
+mod backward;
 #[path = "sparse_attn/common.rs"]
 mod common;
 #[path = "sparse_attn/dsv.rs"]
 mod dsv;
 #[path = "sparse_attn/forward.rs"]
 mod forward;
-#[path = "sparse_attn/backward.rs"]
-mod backward;
-#[path = "sparse_attn/selection.rs"]
-mod selection;
 #[path = "sparse_attn/kernels.rs"]
 mod kernels;
+#[path = "sparse_attn/selection.rs"]
+mod selection;
 #[path = "sparse_attn/validation.rs"]
 mod validation;

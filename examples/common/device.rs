@@ -16,7 +16,11 @@ pub fn try_device_named(name: &str) -> Result<Device, String> {
         "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
-        other => return Err(format!("device `{other}` is not compiled in; rebuild with its cargo feature (ndarray, wgpu, vulkan, cuda)")),
+        other => {
+            return Err(format!(
+                "device `{other}` is not compiled in; rebuild with its cargo feature (ndarray, wgpu, vulkan, cuda)"
+            ));
+        }
     })
 }
 

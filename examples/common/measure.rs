@@ -11,6 +11,7 @@ use burn::tensor::Device;
 struct CountingAlloc;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+static BASE: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -48,6 +49,23 @@ pub fn measure<T>(device: &Device, repeats: usize, mut f: impl FnMut() -> T) -> 
         drop(kept);
     }
     times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], PEAK.load(Ordering::Relaxed).saturating_sub(base))
+    (
+        times[times.len() / 2],
+        PEAK.load(Ordering::Relaxed).saturating_sub(base),
+    )
 }
 
+/// Starts a new peak: the live heap now.
+#[allow(dead_code)]
+pub fn reset_peak() {
+    let live = LIVE.load(Ordering::Relaxed);
+    BASE.store(live, Ordering::Relaxed);
+    PEAK.store(live, Ordering::Relaxed);
+}
+
+/// Peak heap growth over the live heap at the last [`reset_peak`].
+#[allow(dead_code)]
+pub fn peak_since() -> usize {
+    PEAK.load(Ordering::Relaxed)
+        .saturating_sub(BASE.load(Ordering::Relaxed))
+}

@@ -20,10 +20,19 @@ fn sparse_attention_is_reachable_through_the_workspace_package() {
 
 #[test]
 fn a_dit_with_dsv_trains_and_samples() {
-    let dsv = DsvPolicy::new().with_min_sparse_len(0).with_sample_stride(8).with_query_cube([1, 2, 2]);
-    let model = VideoDitConfig::new(3, [1, 4, 4], 32, 2, 2).with_cond_dim(16).with_attention(AttentionKind::Dsv(dsv));
+    let dsv = DsvPolicy::new()
+        .with_min_sparse_len(0)
+        .with_sample_stride(8)
+        .with_query_cube([1, 2, 2]);
+    let model = VideoDitConfig::new(3, [1, 4, 4], 32, 2, 2)
+        .with_cond_dim(16)
+        .with_attention(AttentionKind::Dsv(dsv));
     let mut config = TrainConfig::tiny(model);
-    config.clip = ClipShape { frames: 2, height: 16, width: 16 };
+    config.clip = ClipShape {
+        frames: 2,
+        height: 16,
+        width: 16,
+    };
     config.batch_size = 2;
     config.sampler.steps = 2;
     let mut trainer = Trainer::new(config, &Device::flex()).unwrap();
@@ -32,5 +41,8 @@ fn a_dit_with_dsv_trains_and_samples() {
     assert_eq!(trainer.model().dsv_layers().len(), 2);
     let clips = trainer.sample(&[(0, 1), (2, 3)], 5);
     assert_eq!(clips.len(), 2);
-    assert_eq!((clips[0].len(), clips[0].height, clips[0].width), (2, 16, 16));
+    assert_eq!(
+        (clips[0].len(), clips[0].height, clips[0].width),
+        (2, 16, 16)
+    );
 }

@@ -254,6 +254,149 @@ impl Communicator {
         let delivery = self.exchange(F, "x", &agreed, vec![(to, x)], &[from])?;
         Ok(delivery.received.into_iter().next().expect("one message"))
     }
+
+    /// Every rank receives the concatenation along `dim` of the tensors of `senders` (in the
+    /// order listed): each rank of `senders` passes `Some`, every other rank `None` (an
+    /// all-gather in which only some ranks contribute). Senders may differ in size along
+    /// `dim` only.
+    pub fn gather_from<const D: usize>(
+        &self,
+        x: Option<Tensor<D>>,
+        senders: &[usize],
+        dim: usize,
+    ) -> Result<Tensor<D>, SparseAttnError> {
+        const F: &str = "Communicator::gather_from";
+        Self::check_dim::<D>(F, "dim", dim)?;
+        let world = self.world();
+        let distinct = senders
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == senders.len();
+        SparseAttnError::check(
+            !senders.is_empty() && distinct && senders.iter().all(|&r| r < world),
+            F,
+            "senders",
+            format!("distinct ranks below {world}"),
+            format!("{senders:?}"),
+        )?;
+        let sending = senders.contains(&self.rank);
+        SparseAttnError::check(
+            sending == x.is_some(),
+            F,
+            "x",
+            format!(
+                "{} on rank {} ({}in `senders`)",
+                if sending { "Some" } else { "None" },
+                self.rank,
+                if sending { "" } else { "not " }
+            ),
+            if x.is_some() { "Some" } else { "None" },
+        )?;
+        let from: Vec<usize> = senders
+            .iter()
+            .copied()
+            .filter(|&r| r != self.rank)
+            .collect();
+        let sends = match &x {
+            Some(x) => self.others().into_iter().map(|r| (r, x.clone())).collect(),
+            None => Vec::new(),
+        };
+        // Only the call itself can be agreed up front: a receiver learns the dtype and fixed
+        // dims from the senders, and checks that they agree below.
+        let agreed = format!("gather_from {senders:?} along {dim}");
+        let delivery = self.exchange(F, "senders", &agreed, sends, &from)?;
+        let mut received = delivery.received.clone().into_iter();
+        let parts: Vec<Tensor<D>> = senders
+            .iter()
+            .map(|&r| match (&x, r == self.rank) {
+                (Some(x), true) => x.clone(),
+                _ => received.next().expect("one message per other sender"),
+            })
+            .collect();
+        let first = &parts[0];
+        let want = pattern(&first.dims(), &[dim]);
+        for (part, &r) in parts.iter().zip(senders) {
+            SparseAttnError::check(
+                part.dtype() == first.dtype() && pattern(&part.dims(), &[dim]) == want,
+                F,
+                "x",
+                format!(
+                    "{:?} {want} on every sender (rank {})",
+                    first.dtype(),
+                    senders[0]
+                ),
+                format!("{:?} {:?} on rank {r}", part.dtype(), part.dims()),
+            )?;
+        }
+        Ok(delivery.tie(Tensor::cat(parts, dim)))
+    }
+
+    /// `x` of rank `root` on every rank; the other ranks' `x` gives only the shape and dtype
+    /// every rank must share.
+    pub fn broadcast<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        root: usize,
+    ) -> Result<Tensor<D>, SparseAttnError> {
+        const F: &str = "Communicator::broadcast";
+        let world = self.world();
+        SparseAttnError::check(
+            root < world,
+            F,
+            "root",
+            format!("a rank below {world}"),
+            root,
+        )?;
+        if world == 1 {
+            return Ok(x);
+        }
+        let agreed = format!("broadcast from {root} {:?} {:?}", x.dtype(), x.dims());
+        if self.rank == root {
+            let sends = self.others().into_iter().map(|r| (r, x.clone())).collect();
+            let delivery = self.exchange(F, "x", &agreed, sends, &[])?;
+            Ok(delivery.tie(x))
+        } else {
+            let delivery = self.exchange(F, "x", &agreed, Vec::new(), &[root])?;
+            Ok(delivery.received.into_iter().next().expect("one message"))
+        }
+    }
+
+    /// The concatenation along `dim` of every rank's `x`, in rank order, on rank `root`
+    /// (`None` elsewhere), for results to write out: not differentiable (`x` is detached).
+    /// Ranks may differ in size along `dim` only.
+    pub fn gather_to<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        root: usize,
+        dim: usize,
+    ) -> Result<Option<Tensor<D>>, SparseAttnError> {
+        const F: &str = "Communicator::gather_to";
+        let world = self.world();
+        Self::check_dim::<D>(F, "dim", dim)?;
+        SparseAttnError::check(
+            root < world,
+            F,
+            "root",
+            format!("a rank below {world}"),
+            root,
+        )?;
+        let agreed = format!(
+            "gather_to {root} {:?} {} along {dim}",
+            x.dtype(),
+            pattern(&x.dims(), &[dim])
+        );
+        let x = x.detach();
+        if self.rank != root {
+            self.exchange(F, "x", &agreed, vec![(root, x)], &[])?;
+            return Ok(None);
+        }
+        let others = self.others();
+        let delivery = self.exchange(F, "x", &agreed, Vec::new(), &others)?;
+        let mut parts = delivery.received;
+        parts.insert(self.rank, x);
+        Ok(Some(Tensor::cat(parts, dim)))
+    }
 }
 
 impl Communicator {

@@ -16,6 +16,7 @@ use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use burn::backend::Dispatch;
 use burn::tensor::{Device, Tensor};
@@ -24,9 +25,25 @@ use burn_sparse_attn::SparseAttnError;
 pub use collectives::Halo;
 
 use crate::CollectiveOps;
-use crate::group::CommStats;
-use crate::transport::{Messenger, Tag};
+use crate::transport::{Messenger, Tag, ThreadMessenger, timeout_from_env};
 use route::{Piece, ReverseRoute};
+
+/// Bytes, messages and time a rank spent on collectives.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CommStats {
+    /// Tensor bytes sent to other ranks in forward passes (metadata included; message
+    /// headers not).
+    pub bytes: u64,
+    /// Point-to-point messages to other ranks in forward passes.
+    pub messages: u64,
+    /// Gradient bytes sent back by the collectives' backward passes.
+    pub backward_bytes: u64,
+    /// Messages of the backward passes.
+    pub backward_messages: u64,
+    /// Wall seconds spent inside exchanges, forward and backward: moving bytes and waiting
+    /// for peers that arrive later (so it includes load imbalance).
+    pub seconds: f64,
+}
 
 /// A group's members on the messenger and the counters they share.
 #[derive(Clone)]
@@ -61,14 +78,15 @@ impl Link {
             .map(|(to, bytes)| (self.members[to], bytes))
             .collect();
         let from: Vec<usize> = from.iter().map(|&r| self.members[r]).collect();
-        self.messenger
-            .exchange(tag, sends, &from)
-            .map_err(|e| SparseAttnError {
-                function,
-                argument: "peers",
-                expected: "every rank of the group to reach this collective".into(),
-                actual: format!("on rank {}: {e}", self.messenger.rank()),
-            })
+        let start = Instant::now();
+        let result = self.messenger.exchange(tag, sends, &from);
+        self.stats.lock().expect("stats lock").seconds += start.elapsed().as_secs_f64();
+        result.map_err(|e| SparseAttnError {
+            function,
+            argument: "peers",
+            expected: "every rank of the group to reach this collective".into(),
+            actual: format!("on rank {}: {e}", self.messenger.rank()),
+        })
     }
 
     fn count(&self, bytes: usize, messages: usize) {
@@ -147,6 +165,12 @@ impl Communicator {
         }
     }
 
+    /// A group of one: this process alone on `device` (collectives return their input).
+    pub fn single(device: Device) -> Self {
+        let messenger = ThreadMessenger::job(1, timeout_from_env()).remove(0);
+        Self::new(Arc::new(messenger), device)
+    }
+
     /// This rank, `0..world()`.
     pub fn rank(&self) -> usize {
         self.rank
@@ -218,6 +242,14 @@ impl Communicator {
         };
         cache.insert(ranks.to_vec(), sub.clone());
         Ok(sub)
+    }
+
+    /// This rank computing on `device` instead (same group, same message sequence).
+    pub(crate) fn with_device(&self, device: Device) -> Communicator {
+        Communicator {
+            device,
+            ..self.clone()
+        }
     }
 
     /// Every rank of the group but this one, in rank order.

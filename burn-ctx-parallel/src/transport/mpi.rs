@@ -152,7 +152,7 @@ impl Messenger for MpiMessenger {
                             self.timeout.as_secs_f64()
                         ),
                     };
-                    eprintln!("rank {}: aborting the MPI job: {why}", self.rank);
+                    say(&format!("rank {}: aborting the MPI job: {why}", self.rank));
                     world.abort(1);
                 }
                 if !progress {
@@ -163,13 +163,20 @@ impl Messenger for MpiMessenger {
     }
 
     fn fail(&self, cause: &str) {
-        eprintln!("rank {} failed: {cause}", self.rank);
+        say(&format!("rank {} failed: {cause}", self.rank));
         std::thread::sleep(self.grace);
         match self.mpi.lock() {
             Ok(mpi) => mpi.world.abort(1),
             Err(poisoned) => poisoned.into_inner().world.abort(1),
         }
     }
+}
+
+/// Prints one line to stderr in a single write, so that lines of ranks whose output
+/// `mpirun` merges do not interleave mid-line.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// Runs `body` as this process's rank of an MPI job on `device` and returns its result. A

@@ -3,23 +3,30 @@
 //! and its byte counters with the formulas. Run by `in_process` (ranks as threads) and, with
 //! the `mpi` feature, by `mpi` (ranks as processes under `mpirun`).
 
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::optim::GradientsParams;
 use burn::tensor::{
     Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions,
 };
 use burn_ctx_parallel::planner::lpt_assign;
 use burn_ctx_parallel::{
-    Communicator, HybridSplit, head_parallel_attention, head_parallel_bytes_per_rank,
-    hybrid_attention, ring_attention, sparse_sequence_attention,
+    ClipLayout, Communicator, DualScopeConfig, DualScopePlan, HybridSplit, all_reduce_gradients,
+    clip_halos, head_parallel_attention, head_parallel_bytes_per_rank, hybrid_attention,
+    ring_attention, sparse_sequence_attention, synced_moments,
 };
 use burn_sparse_attn::{CriticalKeys, SelectionConfig, select_critical_keys, sparse_attention};
 
 /// The cases every world size runs, by name.
-pub const CASES: [&str; 5] = [
+pub const CASES: [&str; 8] = [
     "collectives",
     "head_parallel",
     "ring",
     "sparse_sequence",
     "hybrid",
+    "clips",
+    "dual_scope",
+    "data_parallel",
 ];
 
 /// Runs case `name` on this rank; returns the worst relative difference from the unsharded
@@ -31,6 +38,9 @@ pub fn run_case(name: &str, comm: &Communicator) -> Result<f64, String> {
         "ring" => ring(comm),
         "sparse_sequence" => sparse_sequence(comm),
         "hybrid" => hybrid(comm),
+        "clips" => clips(comm),
+        "dual_scope" => dual_scope(comm),
+        "data_parallel" => data_parallel(comm),
         other => Err(format!("no case {other}")),
     }
 }
@@ -91,6 +101,19 @@ fn compare(
     full: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>,
     sharded: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>,
 ) -> Result<f64, String> {
+    let range = shard_range(dims[2], align, comm.world(), comm.rank());
+    compare_shard(comm, dims, range, seed, full, sharded)
+}
+
+/// [`compare`] with this rank's sequence shard `(start, len)` given.
+fn compare_shard(
+    comm: &Communicator,
+    dims: [usize; 4],
+    (start, len): (usize, usize),
+    seed: u64,
+    full: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>,
+    sharded: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>,
+) -> Result<f64, String> {
     let device = comm.device().clone();
     let ad = device.clone().autodiff();
     let data: Vec<Tensor<4>> = (0..4).map(|i| normal(dims, seed + i, &ad)).collect();
@@ -118,7 +141,6 @@ fn compare(
         data[3].clone(),
         &|q, k, v| Ok(full(q, k, v)),
     )?;
-    let (start, len) = shard_range(dims[2], align, comm.world(), comm.rank());
     let part = |x: &Tensor<4>| x.clone().narrow(2, start, len);
     let mine = run(
         [part(&data[0]), part(&data[1]), part(&data[2])],
@@ -603,5 +625,279 @@ fn hybrid(comm: &Communicator) -> Result<f64, String> {
             err.argument
         ));
     }
+    Ok(worst)
+}
+
+/// Clips of unequal length, at least four per rank for worlds up to 4 (8 clips, 22 frames).
+const CLIP_FRAMES: [usize; 8] = [3, 2, 3, 2, 4, 3, 2, 3];
+
+/// This rank's clips of `full` (cut along `dim` in frames of `unit` slices) under `layout`.
+fn my_clips<const D: usize>(
+    full: &Tensor<D>,
+    layout: &ClipLayout,
+    rank: usize,
+    dim: usize,
+    unit: usize,
+) -> Vec<Tensor<D>> {
+    layout
+        .clips_of(rank)
+        .map(|c| {
+            full.clone()
+                .narrow(dim, layout.frame_offset(c) * unit, layout.frames(c) * unit)
+        })
+        .collect()
+}
+
+/// Clip halos, whole-video moments and the rooted collectives.
+fn clips(comm: &Communicator) -> Result<f64, String> {
+    let (world, rank) = (comm.world(), comm.rank());
+    let device = comm.device().clone();
+    let e = |e: burn_sparse_attn::SparseAttnError| e.to_string();
+    let layout = ClipLayout::new(CLIP_FRAMES.to_vec(), world).map_err(e)?;
+    let frames = layout.total_frames();
+    let full = normal([frames, 4], 31, &device);
+    let mine = my_clips(&full, &layout, rank, 0, 1);
+    let mut worst = 0.0f64;
+    comm.reset_stats();
+    let halos = clip_halos(comm, &layout, &mine, 0, 2).map_err(e)?;
+    for (c, (before, after)) in layout.clips_of(rank).zip(halos) {
+        if before.is_some() != (c > 0) || after.is_some() != (c + 1 < layout.clips()) {
+            return Err(format!(
+                "clip {c}: halos present {:?}",
+                (before.is_some(), after.is_some())
+            ));
+        }
+        if let Some(b) = before {
+            worst = worst.max(rel(
+                b,
+                full.clone().narrow(0, layout.frame_offset(c) - 2, 2),
+            ));
+        }
+        if let Some(a) = after {
+            worst = worst.max(rel(
+                a,
+                full.clone()
+                    .narrow(0, layout.frame_offset(c) + layout.frames(c), 2),
+            ));
+        }
+    }
+    // Only boundaries between ranks move data: two rows of 4 f32 to each neighbour.
+    let neighbours = usize::from(rank > 0) + usize::from(rank + 1 < world);
+    check_bytes(comm, "clip_halos", (neighbours * 2 * 4 * 4) as u64)?;
+    if worst != 0.0 {
+        return Err(format!(
+            "clip_halos: halos differ from the neighbours' edges by {worst}"
+        ));
+    }
+
+    // Moments over (T, C) of a [B, T, C] video, each rank holding its clips' frames.
+    let video = normal([2, frames, 3], 32, &device);
+    let (mean, var) = synced_moments(
+        comm,
+        &layout,
+        my_clips(&video, &layout, rank, 1, 1),
+        &[1, 2],
+    )
+    .map_err(e)?;
+    let want_mean = video.clone().mean_dim(1).mean_dim(2);
+    let want_var = (video - want_mean.clone()).square().mean_dim(1).mean_dim(2);
+    worst = worst.max(within("synced_moments mean", rel(mean, want_mean))?);
+    worst = worst.max(within("synced_moments var", rel(var, want_var))?);
+
+    // Rooted collectives: the last rank broadcasts, the odd ranks gather, rank 0 collects.
+    let root = world - 1;
+    let b = comm
+        .broadcast(normal([2, 3], 40 + rank as u64, &device), root)
+        .map_err(e)?;
+    worst = worst.max(within(
+        "broadcast",
+        rel(b, normal([2, 3], 40 + root as u64, &device)),
+    )?);
+    let senders: Vec<usize> = (0..world).filter(|r| r % 2 == 1).collect();
+    if !senders.is_empty() {
+        let own = (rank % 2 == 1).then(|| normal([rank, 2], 50 + rank as u64, &device));
+        let got = comm.gather_from(own, &senders, 0).map_err(e)?;
+        let want = Tensor::cat(
+            senders
+                .iter()
+                .map(|&r| normal([r, 2], 50 + r as u64, &device))
+                .collect(),
+            0,
+        );
+        worst = worst.max(within("gather_from", rel(got, want))?);
+    }
+    let got = comm
+        .gather_to(normal([rank + 1, 2], 60 + rank as u64, &device), 0, 0)
+        .map_err(e)?;
+    match (rank, got) {
+        (0, Some(got)) => {
+            let want = Tensor::cat(
+                (0..world)
+                    .map(|r| normal([r + 1, 2], 60 + r as u64, &device))
+                    .collect(),
+                0,
+            );
+            worst = worst.max(within("gather_to", rel(got, want))?);
+        }
+        (0, None) | (_, Some(_)) => {
+            return Err(format!("gather_to: rank {rank} got the wrong side"));
+        }
+        _ => {}
+    }
+    Ok(worst)
+}
+
+/// Dual-scope attention with the clips spread over the ranks equals the same clips on one
+/// rank, outputs and q, k, v gradients, and sends the bytes of the formula.
+fn dual_scope(comm: &Communicator) -> Result<f64, String> {
+    const N: usize = 3;
+    let (world, rank) = (comm.world(), comm.rank());
+    let e = |e: burn_sparse_attn::SparseAttnError| e.to_string();
+    let layout = ClipLayout::new(CLIP_FRAMES.to_vec(), world).map_err(e)?;
+    let alone = ClipLayout::new(CLIP_FRAMES.to_vec(), 1).map_err(e)?;
+    let config = DualScopeConfig::new()
+        .with_window(2)
+        .with_global_frames(4)
+        .with_scope_bias(1.5);
+    let sigmas = [0.8, 0.2];
+    let (b, h, d) = (2, 2, 8);
+    let dims = [b, h, layout.total_frames() * N, d];
+    let single = Communicator::single(comm.device().clone());
+    let clips = layout.clips_of(rank);
+    let start = layout.frame_offset(clips.start) * N;
+    let len = (layout.frame_offset(clips.end - 1) + layout.frames(clips.end - 1)) * N - start;
+    comm.reset_stats();
+    let worst = compare_shard(
+        comm,
+        dims,
+        (start, len),
+        70,
+        |q, k, v| {
+            let plan =
+                DualScopePlan::new(&single, &alone, N, &config, &sigmas).expect("one rank plans");
+            let cut = |x: Tensor<4>| my_clips(&x, &alone, 0, 2, N);
+            Tensor::cat(
+                plan.attend(cut(q), cut(k), cut(v))
+                    .expect("one rank attends"),
+                2,
+            )
+        },
+        |q, k, v| {
+            let plan = DualScopePlan::new(comm, &layout, N, &config, &sigmas).map_err(e)?;
+            // This rank's tokens, cut into its clips.
+            let cut = |x: Tensor<4>| -> Vec<Tensor<4>> {
+                clips
+                    .clone()
+                    .map(|c| {
+                        x.clone().narrow(
+                            2,
+                            layout.frame_offset(c) * N - start,
+                            layout.frames(c) * N,
+                        )
+                    })
+                    .collect()
+            };
+            Ok(Tensor::cat(
+                plan.attend(cut(q), cut(k), cut(v)).map_err(e)?,
+                2,
+            ))
+        },
+    )?;
+    // K and V of `window` frames to each neighbour, and this rank's global frames to every
+    // other rank.
+    let frame_bytes = (2 * b * h * d * N * 4) as u64;
+    let neighbours = u64::from(rank > 0) + u64::from(rank + 1 < world);
+    let own_global = config
+        .global_frame_ids(layout.total_frames())
+        .into_iter()
+        .filter(|&f| layout.owner(layout.clip_of(f)) == rank)
+        .count() as u64;
+    check_bytes(
+        comm,
+        "dual_scope",
+        (neighbours * config.window as u64 + own_global * (world as u64 - 1)) * frame_bytes,
+    )?;
+    Ok(worst)
+}
+
+/// A two-layer model for the data-parallel case; only rank 0 uses `head`, as only the first
+/// share trains DSV's predictors.
+#[derive(Module, Debug)]
+struct Net {
+    body: Linear,
+    head: Linear,
+}
+
+/// Gradients of shares of a batch all-reduced over the ranks equal the gradients of the whole
+/// batch on one rank, including a parameter only one rank has a gradient for.
+fn data_parallel(comm: &Communicator) -> Result<f64, String> {
+    let (world, rank) = (comm.world(), comm.rank());
+    let device = comm.device().clone();
+    let ad = device.clone().autodiff();
+    let e = |e: burn_sparse_attn::SparseAttnError| e.to_string();
+    let linear = |i: usize, o: usize, seed: u64| Linear {
+        weight: burn::module::Param::from_tensor(normal([i, o], seed, &ad)),
+        bias: Some(burn::module::Param::from_tensor(normal([o], seed + 1, &ad))),
+    };
+    let net = Net {
+        body: linear(5, 3, 80),
+        head: linear(3, 2, 82),
+    };
+    let batch = 7;
+    let x = normal([batch, 5], 84, &ad);
+    let y = normal([batch, 3], 85, &ad);
+    let first = shard_range(batch, 1, world, 0);
+    // The loss of rows `(start, len)`, normalised by the whole batch, plus the head's term
+    // on the first share's rows.
+    let loss = |(start, len): (usize, usize), with_head: bool| {
+        let out = net.body.forward(x.clone().narrow(0, start, len));
+        let fit = (out.clone() - y.clone().narrow(0, start, len))
+            .square()
+            .sum()
+            / batch as f64;
+        if with_head {
+            let head_rows = out.narrow(0, 0, first.1.min(len));
+            fit + net.head.forward(head_rows).square().sum() * 0.1
+        } else {
+            fit
+        }
+    };
+    let whole = GradientsParams::from_grads(
+        (loss((0, batch), false) + loss(first, true) - loss(first, false)).backward(),
+        &net,
+    );
+    let mine = shard_range(batch, 1, world, rank);
+    let local = GradientsParams::from_grads(loss(mine, rank == 0).backward(), &net);
+    comm.reset_stats();
+    let summed = all_reduce_gradients(comm, &net, local).map_err(e)?;
+    let mut worst = 0.0f64;
+    for (name, linear) in [("body", &net.body), ("head", &net.head)] {
+        let got = summed
+            .get::<2>(linear.weight.id)
+            .ok_or(format!("{name}.weight: no gradient"))?;
+        let want = whole
+            .get::<2>(linear.weight.id)
+            .ok_or(format!("{name}.weight: none on one rank"))?;
+        worst = worst.max(within(&format!("{name}.weight gradient"), rel(got, want))?);
+        let bias = linear.bias.as_ref().expect("bias").id;
+        let got = summed
+            .get::<1>(bias)
+            .ok_or(format!("{name}.bias: no gradient"))?;
+        let want = whole
+            .get::<1>(bias)
+            .ok_or(format!("{name}.bias: none on one rank"))?;
+        worst = worst.max(within(&format!("{name}.bias gradient"), rel(got, want))?);
+    }
+    // One flat vector (26 parameters and 4 presence flags) through a reduce-scatter and an
+    // all-gather.
+    let n = 26 + 4;
+    let slice = |r: usize| (r + 1) * n / world - r * n / world;
+    let sent: usize =
+        (0..world).filter(|&r| r != rank).map(slice).sum::<usize>() + (world - 1) * slice(rank);
+    check_bytes(
+        comm,
+        "all_reduce_gradients",
+        if world == 1 { 0 } else { 4 * sent as u64 },
+    )?;
     Ok(worst)
 }

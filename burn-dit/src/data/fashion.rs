@@ -13,7 +13,18 @@ use super::{COLOURS, ClipShape, LabelledClip, SplitMix, bouncing_trajectory, out
 pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// Fashion-MNIST's classes, in label order.
-pub const FASHION_CLASSES: [&str; 10] = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"];
+pub const FASHION_CLASSES: [&str; 10] = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+];
 
 /// One split: `n` grey images of `side × side` bytes and their labels.
 #[derive(Clone, Debug)]
@@ -43,22 +54,49 @@ pub struct FashionImages {
 }
 
 fn invalid(path: &Path, why: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", path.display()))
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{}: {why}", path.display()),
+    )
 }
 
 /// Reads a gzip-compressed IDX file: its dimensions and bytes.
 fn read_idx(path: &Path, dims: usize) -> std::io::Result<(Vec<usize>, Vec<u8>)> {
-    let file = std::fs::File::open(path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e} (Debian: apt install dataset-fashion-mnist)", path.display())))?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{}: {e} (Debian: apt install dataset-fashion-mnist)",
+                path.display()
+            ),
+        )
+    })?;
     let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).map_err(|e| invalid(path, format!("not a gzip file: {e}")))?;
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .map_err(|e| invalid(path, format!("not a gzip file: {e}")))?;
     let header = 4 + 4 * dims;
     if bytes.len() < header || bytes[..3] != [0, 0, 8] || bytes[3] as usize != dims {
-        return Err(invalid(path, format!("expected an IDX file of unsigned bytes with {dims} dimension(s) (magic 0x0000080{dims})")));
+        return Err(invalid(
+            path,
+            format!(
+                "expected an IDX file of unsigned bytes with {dims} dimension(s) (magic 0x0000080{dims})"
+            ),
+        ));
     }
-    let shape: Vec<usize> = bytes[4..header].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
+    let shape: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .collect();
     let expected = header + shape.iter().product::<usize>();
     if bytes.len() != expected {
-        return Err(invalid(path, format!("dimensions {shape:?} need {expected} bytes, the file has {}", bytes.len())));
+        return Err(invalid(
+            path,
+            format!(
+                "dimensions {shape:?} need {expected} bytes, the file has {}",
+                bytes.len()
+            ),
+        ));
     }
     bytes.drain(..header);
     Ok((shape, bytes))
@@ -70,15 +108,31 @@ fn load_split(dir: &Path, prefix: &str) -> std::io::Result<Split> {
     let (shape, images) = read_idx(&image_path, 3)?;
     let (label_shape, labels) = read_idx(&label_path, 1)?;
     if shape[1] != shape[2] || shape[1] == 0 || shape[0] == 0 {
-        return Err(invalid(&image_path, format!("expected ≥ 1 square image, got dimensions {shape:?}")));
+        return Err(invalid(
+            &image_path,
+            format!("expected ≥ 1 square image, got dimensions {shape:?}"),
+        ));
     }
     if label_shape[0] != shape[0] {
-        return Err(invalid(&label_path, format!("{} labels for {} images", label_shape[0], shape[0])));
+        return Err(invalid(
+            &label_path,
+            format!("{} labels for {} images", label_shape[0], shape[0]),
+        ));
     }
-    if let Some(bad) = labels.iter().find(|&&l| l as usize >= FASHION_CLASSES.len()) {
-        return Err(invalid(&label_path, format!("labels must be < {}, found {bad}", FASHION_CLASSES.len())));
+    if let Some(bad) = labels
+        .iter()
+        .find(|&&l| l as usize >= FASHION_CLASSES.len())
+    {
+        return Err(invalid(
+            &label_path,
+            format!("labels must be < {}, found {bad}", FASHION_CLASSES.len()),
+        ));
     }
-    Ok(Split { images: Arc::new(images), labels: Arc::new(labels), side: shape[1] })
+    Ok(Split {
+        images: Arc::new(images),
+        labels: Arc::new(labels),
+        side: shape[1],
+    })
 }
 
 impl FashionImages {
@@ -87,7 +141,10 @@ impl FashionImages {
     /// is wrong with it.
     pub fn load(dir: impl AsRef<Path>) -> std::io::Result<Self> {
         let dir = dir.as_ref();
-        Ok(Self { train: load_split(dir, "train")?, test: load_split(dir, "t10k")? })
+        Ok(Self {
+            train: load_split(dir, "train")?,
+            test: load_split(dir, "t10k")?,
+        })
     }
 
     /// Images in the train and the test split.
@@ -111,9 +168,24 @@ pub struct MovingFashion {
 
 impl MovingFashion {
     /// `len` clips of `clip` geometry from `seed`.
-    pub fn new(images: FashionImages, clip: ClipShape, len: usize, heldout_from: usize, seed: u64) -> Self {
-        assert!(clip.frames > 0 && clip.height >= 16 && clip.width >= 16, "MovingFashion: clips need ≥ 1 frame and ≥ 16×16 pixels, got {clip:?}");
-        Self { images, clip, len, heldout_from, seed }
+    pub fn new(
+        images: FashionImages,
+        clip: ClipShape,
+        len: usize,
+        heldout_from: usize,
+        seed: u64,
+    ) -> Self {
+        assert!(
+            clip.frames > 0 && clip.height >= 16 && clip.width >= 16,
+            "MovingFashion: clips need ≥ 1 frame and ≥ 16×16 pixels, got {clip:?}"
+        );
+        Self {
+            images,
+            clip,
+            len,
+            heldout_from,
+            seed,
+        }
     }
 
     /// The clip geometry.
@@ -123,9 +195,17 @@ impl MovingFashion {
 
     /// Draws item `index`.
     pub fn generate(&self, index: usize) -> LabelledClip {
-        let ClipShape { frames, height, width } = self.clip;
+        let ClipShape {
+            frames,
+            height,
+            width,
+        } = self.clip;
         let mut rng = SplitMix::for_item(self.seed, index);
-        let split = if index < self.heldout_from { &self.images.train } else { &self.images.test };
+        let split = if index < self.heldout_from {
+            &self.images.train
+        } else {
+            &self.images.test
+        };
         let image = rng.below(split.len());
         let colour = rng.below(COLOURS.len());
         let scale = width.min(height) as f32 / 32.0;
@@ -137,21 +217,32 @@ impl MovingFashion {
         let mut pixels = vec![-1.0f32; 3 * frames * height * width];
         for (t, &(cx, cy)) in trajectory.iter().enumerate() {
             // The glyph's box sits on whole pixels, centred as near the trajectory as can be.
-            let (x0, y0) = ((cx - radius).round() as isize, (cy - radius).round() as isize);
+            let (x0, y0) = (
+                (cx - radius).round() as isize,
+                (cy - radius).round() as isize,
+            );
             for gy in 0..side {
                 for gx in 0..side {
                     let (x, y) = (x0 + gx as isize, y0 + gy as isize);
                     let value = glyph[gy * side + gx];
-                    if value == 0.0 || x < 0 || y < 0 || x >= width as isize || y >= height as isize {
+                    if value == 0.0 || x < 0 || y < 0 || x >= width as isize || y >= height as isize
+                    {
                         continue;
                     }
                     for (c, tint) in rgb.iter().enumerate() {
-                        pixels[((c * frames + t) * height + y as usize) * width + x as usize] = 2.0 * value * tint - 1.0;
+                        pixels[((c * frames + t) * height + y as usize) * width + x as usize] =
+                            2.0 * value * tint - 1.0;
                     }
                 }
             }
         }
-        LabelledClip { pixels, object: split.labels[image] as usize, colour, radius, trajectory }
+        LabelledClip {
+            pixels,
+            object: split.labels[image] as usize,
+            colour,
+            radius,
+            trajectory,
+        }
     }
 }
 
@@ -167,7 +258,8 @@ fn resample(image: &[u8], from: usize, to: usize) -> Vec<f32> {
                 for sx in 0..SUB {
                     let y = ((oy * SUB + sy) as f32 + 0.5) * from as f32 / (to * SUB) as f32;
                     let x = ((ox * SUB + sx) as f32 + 0.5) * from as f32 / (to * SUB) as f32;
-                    sum += image[(y as usize).min(from - 1) * from + (x as usize).min(from - 1)] as f32;
+                    sum += image[(y as usize).min(from - 1) * from + (x as usize).min(from - 1)]
+                        as f32;
                 }
             }
             out[oy * to + ox] = sum / (SUB * SUB) as f32 / 255.0;

@@ -27,7 +27,11 @@ pub const COLOURS: [(&str, [f32; 3]); 6] = [
 
 /// Object classes of the largest set: the token layout leaves room for this many, so one
 /// vocabulary serves every set.
-pub const MAX_OBJECTS: usize = if SHAPES.len() > FASHION_CLASSES.len() { SHAPES.len() } else { FASHION_CLASSES.len() };
+pub const MAX_OBJECTS: usize = if SHAPES.len() > FASHION_CLASSES.len() {
+    SHAPES.len()
+} else {
+    FASHION_CLASSES.len()
+};
 
 /// Conditioning vocabulary: the null token, the object tokens, the colour tokens.
 pub const COND_VOCAB: usize = 1 + MAX_OBJECTS + COLOURS.len();
@@ -104,9 +108,16 @@ impl SplitMix {
 
     /// A tensor of standard normals on `device`, drawn from this generator: runs stay
     /// reproducible even when other threads use the device's own generator.
-    pub fn normal_tensor<const D: usize>(&mut self, shape: [usize; D], device: &burn::tensor::Device) -> Tensor<D> {
+    pub fn normal_tensor<const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        device: &burn::tensor::Device,
+    ) -> Tensor<D> {
         let n = shape.iter().product();
-        Tensor::from_data(TensorData::new((0..n).map(|_| self.normal()).collect::<Vec<f32>>(), shape), device)
+        Tensor::from_data(
+            TensorData::new((0..n).map(|_| self.normal()).collect::<Vec<f32>>(), shape),
+            device,
+        )
     }
 
     /// Uniform integer below `n`.
@@ -117,10 +128,20 @@ impl SplitMix {
 
 /// Centres of an object of half-size `radius` moving at constant velocity and bouncing off
 /// the walls of a `clip`; speeds scale with the frame (`scale` = side / 32).
-pub(crate) fn bouncing_trajectory(rng: &mut SplitMix, clip: ClipShape, radius: f32, scale: f32) -> Vec<(f32, f32)> {
+pub(crate) fn bouncing_trajectory(
+    rng: &mut SplitMix,
+    clip: ClipShape,
+    radius: f32,
+    scale: f32,
+) -> Vec<(f32, f32)> {
     let (w, h) = (clip.width as f32, clip.height as f32);
-    let mut pos = (radius + (w - 2.0 * radius) * rng.unit(), radius + (h - 2.0 * radius) * rng.unit());
-    let speed = |rng: &mut SplitMix| (0.8 + 1.7 * rng.unit()) * scale * if rng.below(2) == 0 { -1.0 } else { 1.0 };
+    let mut pos = (
+        radius + (w - 2.0 * radius) * rng.unit(),
+        radius + (h - 2.0 * radius) * rng.unit(),
+    );
+    let speed = |rng: &mut SplitMix| {
+        (0.8 + 1.7 * rng.unit()) * scale * if rng.below(2) == 0 { -1.0 } else { 1.0 }
+    };
     let mut vel = (speed(rng), speed(rng));
     let mut trajectory = Vec::with_capacity(clip.frames);
     for _ in 0..clip.frames {
@@ -143,14 +164,29 @@ pub(crate) fn bouncing_trajectory(rng: &mut SplitMix, clip: ClipShape, radius: f
 /// Parses an `object:colour` label such as `circle:red` against the set's `classes`; the
 /// error says which part is wrong and what it may be.
 pub fn parse_label(pair: &str, classes: &[&str]) -> Result<(usize, usize), String> {
-    let (object, colour) = pair.split_once(':').ok_or_else(|| format!("expected object:colour, got `{pair}`"))?;
-    let object_id = classes.iter().position(|x| *x == object.trim()).ok_or_else(|| format!("unknown object `{object}` (one of {classes:?})"))?;
-    let colour_id = COLOURS.iter().position(|x| x.0 == colour.trim()).ok_or_else(|| format!("unknown colour `{colour}` (one of {:?})", COLOURS.map(|c| c.0)))?;
+    let (object, colour) = pair
+        .split_once(':')
+        .ok_or_else(|| format!("expected object:colour, got `{pair}`"))?;
+    let object_id = classes
+        .iter()
+        .position(|x| *x == object.trim())
+        .ok_or_else(|| format!("unknown object `{object}` (one of {classes:?})"))?;
+    let colour_id = COLOURS
+        .iter()
+        .position(|x| x.0 == colour.trim())
+        .ok_or_else(|| {
+            format!(
+                "unknown colour `{colour}` (one of {:?})",
+                COLOURS.map(|c| c.0)
+            )
+        })?;
     Ok((object_id, colour_id))
 }
 
 fn out_of_range(set: &str, index: usize, len: usize) -> DatasetError {
-    DatasetError::new(std::io::Error::other(format!("{set}::get: `index` must be < {len}, got {index}")))
+    DatasetError::new(std::io::Error::other(format!(
+        "{set}::get: `index` must be < {len}, got {index}"
+    )))
 }
 
 /// Which clips a run trains on; saved with the run.
@@ -171,10 +207,22 @@ impl DataSource {
     /// Opens the set: `len` clips from `seed`, of which those from `heldout_from` on are
     /// held out (for Fashion-MNIST they use the test images). Fails with the path and the
     /// reason when the files are missing or malformed.
-    pub fn open(&self, clip: ClipShape, len: usize, heldout_from: usize, seed: u64) -> std::io::Result<ClipSet> {
+    pub fn open(
+        &self,
+        clip: ClipShape,
+        len: usize,
+        heldout_from: usize,
+        seed: u64,
+    ) -> std::io::Result<ClipSet> {
         Ok(match self {
             Self::BouncingShapes => ClipSet::Shapes(BouncingShapes::new(clip, len, seed)),
-            Self::MovingFashion { dir } => ClipSet::Fashion(MovingFashion::new(FashionImages::load(dir)?, clip, len, heldout_from, seed)),
+            Self::MovingFashion { dir } => ClipSet::Fashion(MovingFashion::new(
+                FashionImages::load(dir)?,
+                clip,
+                len,
+                heldout_from,
+                seed,
+            )),
         })
     }
 
@@ -254,12 +302,22 @@ impl ClipBatcher {
 
 impl Batcher<LabelledClip, ClipBatch> for ClipBatcher {
     fn batch(&self, items: Vec<LabelledClip>, device: &Device) -> ClipBatch {
-        let ClipShape { frames, height, width } = self.clip;
+        let ClipShape {
+            frames,
+            height,
+            width,
+        } = self.clip;
         let b = items.len();
-        let labels: Vec<i64> = items.iter().flat_map(|c| [object_token(c.object), colour_token(c.colour)]).collect();
+        let labels: Vec<i64> = items
+            .iter()
+            .flat_map(|c| [object_token(c.object), colour_token(c.colour)])
+            .collect();
         let pixels: Vec<f32> = items.into_iter().flat_map(|c| c.pixels).collect();
         ClipBatch {
-            videos: Tensor::from_data(TensorData::new(pixels, [b, 3, frames, height, width]), device),
+            videos: Tensor::from_data(
+                TensorData::new(pixels, [b, 3, frames, height, width]),
+                device,
+            ),
             labels: Tensor::from_data(TensorData::new(labels, [b, COND_TOKENS]), device),
         }
     }

@@ -24,7 +24,10 @@ pub struct BouncingShapes {
 impl BouncingShapes {
     /// `len` clips of `clip` geometry from `seed`.
     pub fn new(clip: ClipShape, len: usize, seed: u64) -> Self {
-        assert!(clip.frames > 0 && clip.height >= 16 && clip.width >= 16, "BouncingShapes: clips need ≥ 1 frame and ≥ 16×16 pixels, got {clip:?}");
+        assert!(
+            clip.frames > 0 && clip.height >= 16 && clip.width >= 16,
+            "BouncingShapes: clips need ≥ 1 frame and ≥ 16×16 pixels, got {clip:?}"
+        );
         Self { clip, len, seed }
     }
 
@@ -35,7 +38,11 @@ impl BouncingShapes {
 
     /// Draws item `index`.
     pub fn generate(&self, index: usize) -> LabelledClip {
-        let ClipShape { frames, height, width } = self.clip;
+        let ClipShape {
+            frames,
+            height,
+            width,
+        } = self.clip;
         let mut rng = SplitMix::for_item(self.seed, index);
         let shape = rng.below(SHAPES.len());
         let colour = rng.below(COLOURS.len());
@@ -56,7 +63,13 @@ impl BouncingShapes {
                 }
             }
         }
-        LabelledClip { pixels, object: shape, colour, radius, trajectory }
+        LabelledClip {
+            pixels,
+            object: shape,
+            colour,
+            radius,
+            trajectory,
+        }
     }
 }
 

@@ -9,16 +9,30 @@ use burn_dit::{AttentionKind, DsvPolicy, VideoDit, VideoDitConfig};
 /// A model small enough for debug-build tests: 4×16×16 clips → 64 tokens of width 32, with
 /// the tiny preset's frame and temporal convolutions in the MLP.
 pub fn micro_model(attention: AttentionKind) -> VideoDitConfig {
-    VideoDitConfig::new(3, [1, 4, 4], 32, 2, 2).with_cond_dim(16).with_mlp_conv(true).with_mlp_time_conv(true).with_attention(attention)
+    VideoDitConfig::new(3, [1, 4, 4], 32, 2, 2)
+        .with_cond_dim(16)
+        .with_mlp_conv(true)
+        .with_mlp_time_conv(true)
+        .with_attention(attention)
 }
 
 pub fn micro_dsv() -> AttentionKind {
-    AttentionKind::Dsv(DsvPolicy::new().with_min_sparse_len(0).with_sample_stride(8).with_profile_every(2).with_query_cube([1, 2, 2]))
+    AttentionKind::Dsv(
+        DsvPolicy::new()
+            .with_min_sparse_len(0)
+            .with_sample_stride(8)
+            .with_profile_every(2)
+            .with_query_cube([1, 2, 2]),
+    )
 }
 
 pub fn micro_train(attention: AttentionKind) -> TrainConfig {
     let mut c = TrainConfig::tiny(micro_model(attention));
-    c.clip = ClipShape { frames: 4, height: 16, width: 16 };
+    c.clip = ClipShape {
+        frames: 4,
+        height: 16,
+        width: 16,
+    };
     c.dataset_size = 64;
     c.batch_size = 4;
     c.steps = 4;
@@ -51,4 +65,3 @@ pub fn jittered_model(config: VideoDitConfig, device: &Device) -> VideoDit {
     device.seed(11);
     config.init(device).map(&mut Jitter)
 }
-

@@ -1,7 +1,10 @@
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_dit::data::SplitMix;
-use burn_dit::flow::{CLEAN_PREDICTION_MIN_SIGMA, SamplerConfig, SigmaSampling, add_noise, sample_euler, shift_sigma, velocity_from_clean, velocity_target};
+use burn_dit::flow::{
+    CLEAN_PREDICTION_MIN_SIGMA, SamplerConfig, SigmaSampling, add_noise, sample_euler, shift_sigma,
+    velocity_from_clean, velocity_target,
+};
 use burn_dit::{AttentionKind, Prediction, Rope3d, patchify, rope_split, unpatchify};
 use burn_sparse_attn::dsv::DsvHost;
 
@@ -13,7 +16,13 @@ fn patches_round_trip_exactly() {
     let video = Tensor::<5>::random([2, 3, 4, 8, 12], Distribution::Normal(0.0, 1.0), &device);
     let tokens = patchify(video.clone(), [2, 4, 4]);
     assert_eq!(tokens.dims(), [2, 2 * 2 * 3, 3 * 2 * 4 * 4]);
-    assert_eq!(max_abs_diff(unpatchify(tokens.clone(), 3, [2, 4, 4], [2, 2, 3]), video.clone()), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            unpatchify(tokens.clone(), 3, [2, 4, 4], [2, 2, 3]),
+            video.clone()
+        ),
+        0.0
+    );
     // Token 1 is patch (t=0, y=0, x=1): frame-major order.
     let expected = video.slice([0..1, 0..1, 0..2, 0..4, 4..8]).reshape([32]);
     let got = tokens.slice([0..1, 1..2, 0..32]).reshape([32]);
@@ -28,7 +37,10 @@ fn rope_is_relative_and_keeps_norms() {
     let q = Tensor::<4>::random([1, 1, 12, 32], Distribution::Normal(0.0, 1.0), &device);
     let k = Tensor::<4>::random([1, 1, 12, 32], Distribution::Normal(0.0, 1.0), &device);
     let at = |offset| Rope3d::new(32, grid, offset, 1e4, &device);
-    let scores = |r: &Rope3d| r.apply(q.clone()).matmul(r.apply(k.clone()).swap_dims(2, 3));
+    let scores = |r: &Rope3d| {
+        r.apply(q.clone())
+            .matmul(r.apply(k.clone()).swap_dims(2, 3))
+    };
     // Shifting every frame by the same offset leaves all dot products unchanged...
     assert!(max_abs_diff(scores(&at(0)), scores(&at(17))) < 1e-3);
     // ...rotations keep lengths...
@@ -38,14 +50,33 @@ fn rope_is_relative_and_keeps_norms() {
     assert!(max_abs_diff(scores(&at(0)), q.clone().matmul(k.clone().swap_dims(2, 3))) > 1e-2);
     // The first time pair turns by the frame index (frequency 1): (1, 0) becomes (cos t, sin t)
     // at frame t, and (0, 1) becomes (−sin t, cos t).
-    for (unit, expected) in [(0, [|t: f32| t.cos(), |t: f32| t.sin()]), (1, [|t: f32| -t.sin(), |t: f32| t.cos()])] {
+    for (unit, expected) in [
+        (0, [|t: f32| t.cos(), |t: f32| t.sin()]),
+        (1, [|t: f32| -t.sin(), |t: f32| t.cos()]),
+    ] {
         let mut x = vec![0f32; 12 * 32];
         (0..12).for_each(|i| x[i * 32 + unit] = 1.0);
-        let out = at(0).apply(Tensor::from_data(TensorData::new(x, [1, 1, 12, 32]), &device)).into_data().try_to_vec::<f32>().unwrap();
+        let out = at(0)
+            .apply(Tensor::from_data(
+                TensorData::new(x, [1, 1, 12, 32]),
+                &device,
+            ))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         for token in 0..12 {
             let t = (token / 4) as f32;
-            assert!((out[token * 32] - expected[0](t)).abs() < 1e-6 && (out[token * 32 + 1] - expected[1](t)).abs() < 1e-6, "token {token}, unit {unit}");
-            assert!(out[token * 32 + 2..token * 32 + 32].iter().all(|v| v.abs() < 1e-6), "other dims stay zero");
+            assert!(
+                (out[token * 32] - expected[0](t)).abs() < 1e-6
+                    && (out[token * 32 + 1] - expected[1](t)).abs() < 1e-6,
+                "token {token}, unit {unit}"
+            );
+            assert!(
+                out[token * 32 + 2..token * 32 + 32]
+                    .iter()
+                    .all(|v| v.abs() < 1e-6),
+                "other dims stay zero"
+            );
         }
     }
 }
@@ -57,32 +88,83 @@ fn fresh_model_is_zero_and_validates_inputs() {
         let model = micro_model(attention).init(&device);
         let x = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
         let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [2]), &device);
-        let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
+        let cond = model.embed_labels(Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 4, 2, 5], [2, 2]),
+            &device,
+        ));
         // Zero-initialised head: a fresh model predicts exactly zero velocity.
-        let v = model.forward(x.clone(), sigma.clone(), cond.clone()).unwrap();
+        let v = model
+            .forward(x.clone(), sigma.clone(), cond.clone())
+            .unwrap();
         assert_eq!(v.dims(), [2, 3, 4, 16, 16]);
         assert_eq!(v.abs().max().into_scalar::<f32>(), 0.0);
-        let err = model.forward(Tensor::zeros([2, 3, 4, 16, 15], &device), sigma.clone(), cond.clone()).unwrap_err();
+        let err = model
+            .forward(
+                Tensor::zeros([2, 3, 4, 16, 15], &device),
+                sigma.clone(),
+                cond.clone(),
+            )
+            .unwrap_err();
         assert_eq!(err.argument, "x");
-        assert_eq!(model.forward(Tensor::zeros([2, 4, 4, 16, 16], &device), sigma.clone(), cond.clone()).unwrap_err().argument, "x");
-        assert_eq!(model.forward(x.clone(), Tensor::zeros([3], &device), cond.clone()).unwrap_err().argument, "sigma");
-        assert_eq!(model.forward(x, sigma, Tensor::zeros([2, 2, 7], &device)).unwrap_err().argument, "cond");
+        assert_eq!(
+            model
+                .forward(
+                    Tensor::zeros([2, 4, 4, 16, 16], &device),
+                    sigma.clone(),
+                    cond.clone()
+                )
+                .unwrap_err()
+                .argument,
+            "x"
+        );
+        assert_eq!(
+            model
+                .forward(x.clone(), Tensor::zeros([3], &device), cond.clone())
+                .unwrap_err()
+                .argument,
+            "sigma"
+        );
+        assert_eq!(
+            model
+                .forward(x, sigma, Tensor::zeros([2, 2, 7], &device))
+                .unwrap_err()
+                .argument,
+            "cond"
+        );
     }
     // The pooled conditioning is one `cond_dim → d` projection into the time embedding.
     let pooled = micro_model(AttentionKind::Dense).init(&device).num_params();
-    let plain = micro_model(AttentionKind::Dense).with_pooled_cond(false).init(&device).num_params();
+    let plain = micro_model(AttentionKind::Dense)
+        .with_pooled_cond(false)
+        .init(&device)
+        .num_params();
     assert_eq!(pooled - plain, 16 * 32 + 32);
     // The frame convolution is one depthwise 3×3 filter (and bias) per channel per block.
-    let without_conv = micro_model(AttentionKind::Dense).with_mlp_conv(false).init(&device).num_params();
+    let without_conv = micro_model(AttentionKind::Dense)
+        .with_mlp_conv(false)
+        .init(&device)
+        .num_params();
     assert_eq!(pooled - without_conv, 2 * (32 * 9 + 32));
     // The temporal convolution is three taps per channel per block.
-    let without_time_conv = micro_model(AttentionKind::Dense).with_mlp_time_conv(false).init(&device).num_params();
+    let without_time_conv = micro_model(AttentionKind::Dense)
+        .with_mlp_time_conv(false)
+        .init(&device)
+        .num_params();
     assert_eq!(pooled - without_time_conv, 2 * 3 * 32);
     // The output convolution is one 3×3 filter per pair of video channels, and a bias each.
-    let with_head_conv = micro_model(AttentionKind::Dense).with_head_conv(true).init(&device).num_params();
+    let with_head_conv = micro_model(AttentionKind::Dense)
+        .with_head_conv(true)
+        .init(&device)
+        .num_params();
     assert_eq!(with_head_conv - pooled, 3 * 3 * 9 + 3);
     assert_eq!(micro_model(micro_dsv()).init(&device).dsv_layers().len(), 2);
-    assert_eq!(micro_model(AttentionKind::Dense).init(&device).dsv_layers().len(), 0);
+    assert_eq!(
+        micro_model(AttentionKind::Dense)
+            .init(&device)
+            .dsv_layers()
+            .len(),
+        0
+    );
 }
 
 /// Adds noise to the weight matrices only, leaving convolutions, biases and norms as built
@@ -106,16 +188,31 @@ fn output_convolution_starts_as_the_identity() {
     let device = Device::flex();
     let build = |head_conv: bool| {
         device.seed(5);
-        micro_model(AttentionKind::Dense).with_head_conv(head_conv).init(&device).map(&mut JitterMatrices)
+        micro_model(AttentionKind::Dense)
+            .with_head_conv(head_conv)
+            .init(&device)
+            .map(&mut JitterMatrices)
     };
     let (with, without) = (build(true), build(false));
     let x = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [2]), &device);
-    let cond = without.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
-    let v = without.forward(x.clone(), sigma.clone(), cond.clone()).unwrap();
-    assert!(v.clone().abs().max().into_scalar::<f32>() > 1e-2, "the jittered head must predict something");
+    let cond = without.embed_labels(Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 4, 2, 5], [2, 2]),
+        &device,
+    ));
+    let v = without
+        .forward(x.clone(), sigma.clone(), cond.clone())
+        .unwrap();
+    assert!(
+        v.clone().abs().max().into_scalar::<f32>() > 1e-2,
+        "the jittered head must predict something"
+    );
     let err = max_abs_diff(with.forward(x, sigma, cond).unwrap(), v.clone());
-    assert!(err < 1e-5, "{err} of {}", v.abs().max().into_scalar::<f32>());
+    assert!(
+        err < 1e-5,
+        "{err} of {}",
+        v.abs().max().into_scalar::<f32>()
+    );
 }
 
 #[test]
@@ -127,16 +224,27 @@ fn flow_matching_conventions() {
     assert!(max_abs_diff(add_noise(x0.clone(), eps.clone(), sigma(0.0)), x0.clone()) < 1e-6);
     assert!(max_abs_diff(add_noise(x0.clone(), eps.clone(), sigma(1.0)), eps.clone()) < 1e-6);
     // d x_σ / dσ = v: a finite difference along σ equals the target.
-    let slope = (add_noise(x0.clone(), eps.clone(), sigma(0.6)) - add_noise(x0.clone(), eps.clone(), sigma(0.4))) / 0.2;
+    let slope = (add_noise(x0.clone(), eps.clone(), sigma(0.6))
+        - add_noise(x0.clone(), eps.clone(), sigma(0.4)))
+        / 0.2;
     assert!(max_abs_diff(slope, velocity_target(x0, eps)) < 1e-4);
     assert_eq!((shift_sigma(0.0, 3.0), shift_sigma(1.0, 3.0)), (0.0, 1.0));
     assert!(shift_sigma(0.5, 3.0) > 0.5 && shift_sigma(0.5, 1.0) == 0.5);
     // Shifted training noise levels: in [0, 1], median at the shifted median of U(0, 1).
     let mut rng = SplitMix(11);
-    let mut draws: Vec<f32> = SigmaSampling::ShiftedUniform { shift: 2.0 }.sample(4001, &mut rng, &device).into_data().convert::<f32>().try_to_vec().unwrap();
+    let mut draws: Vec<f32> = SigmaSampling::ShiftedUniform { shift: 2.0 }
+        .sample(4001, &mut rng, &device)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
     draws.sort_by(f32::total_cmp);
     assert!(draws[0] >= 0.0 && draws[4000] <= 1.0);
-    assert!((draws[2000] as f64 - shift_sigma(0.5, 2.0)).abs() < 0.03, "median {}", draws[2000]);
+    assert!(
+        (draws[2000] as f64 - shift_sigma(0.5, 2.0)).abs() < 0.03,
+        "median {}",
+        draws[2000]
+    );
 }
 
 #[test]
@@ -149,18 +257,37 @@ fn clean_prediction_returns_the_velocity_towards_its_estimate() {
     let x = add_noise(x0.clone(), eps.clone(), sigma.clone());
     // The exact clean video gives the exact velocity wherever σ ≥ σ_min...
     let v = velocity_from_clean(x.clone(), x0.clone(), sigma.clone());
-    assert!(max_abs_diff(v.clone().narrow(0, 1, 2), velocity_target(x0.clone(), eps.clone()).narrow(0, 1, 2)) < 1e-4);
+    assert!(
+        max_abs_diff(
+            v.clone().narrow(0, 1, 2),
+            velocity_target(x0.clone(), eps.clone()).narrow(0, 1, 2)
+        ) < 1e-4
+    );
     // ...and below it divides by σ_min: finite, a fraction σ/σ_min of the velocity.
     let floor = (0.01 / CLEAN_PREDICTION_MIN_SIGMA) as f32;
-    assert!(max_abs_diff(v.narrow(0, 0, 1), velocity_target(x0, eps).narrow(0, 0, 1) * floor) < 1e-4);
+    assert!(
+        max_abs_diff(
+            v.narrow(0, 0, 1),
+            velocity_target(x0, eps).narrow(0, 0, 1) * floor
+        ) < 1e-4
+    );
 
     // A clean-video model is the velocity model's network with that conversion on its output.
-    let cond_ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5, 3, 6], [3, 2]), &device);
-    for attention in [AttentionKind::Dense, AttentionKind::DualScope(burn_dit::DualScopeConfig::new().with_window(1))] {
+    let cond_ids =
+        Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5, 3, 6], [3, 2]), &device);
+    for attention in [
+        AttentionKind::Dense,
+        AttentionKind::DualScope(burn_dit::DualScopeConfig::new().with_window(1)),
+    ] {
         let velocity = jittered(attention.clone(), &device);
-        let clean = micro_model(attention).with_prediction(Prediction::Clean).init(&device).load_record(velocity.clone().into_record());
+        let clean = micro_model(attention)
+            .with_prediction(Prediction::Clean)
+            .init(&device)
+            .load_record(velocity.clone().into_record());
         let cond = velocity.embed_labels(cond_ids.clone());
-        let head = velocity.forward(x.clone(), sigma.clone(), cond.clone()).unwrap();
+        let head = velocity
+            .forward(x.clone(), sigma.clone(), cond.clone())
+            .unwrap();
         let v = clean.forward(x.clone(), sigma.clone(), cond).unwrap();
         assert!(max_abs_diff(v, velocity_from_clean(x.clone(), head, sigma.clone())) < 1e-4);
     }
@@ -173,15 +300,36 @@ fn euler_sampler_integrates_the_predicted_velocity() {
     let device = Device::flex();
     let model = micro_model(AttentionKind::Dense).init(&device);
     let noise = Tensor::<5>::random([1, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
-    let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4], [1, 2]), &device));
+    let cond = model.embed_labels(Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 4], [1, 2]),
+        &device,
+    ));
     let uncond = model.embed_labels(Tensor::zeros([1, 2], &device));
     for guidance in [1.0, 3.0] {
-        let config = SamplerConfig { steps: 3, guidance, shift: 2.0, guidance_max_sigma: 1.0, stochasticity: 0.0 };
-        let out = sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
+        let config = SamplerConfig {
+            steps: 3,
+            guidance,
+            shift: 2.0,
+            guidance_max_sigma: 1.0,
+            stochasticity: 0.0,
+        };
+        let out =
+            sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
         assert_eq!(max_abs_diff(out, noise.clone()), 0.0);
     }
-    let bad = SamplerConfig { steps: 0, guidance: 1.0, shift: 1.0, guidance_max_sigma: 1.0, stochasticity: 0.0 };
-    assert_eq!(sample_euler(&model, noise, cond, uncond, bad).unwrap_err().argument, "config.steps");
+    let bad = SamplerConfig {
+        steps: 0,
+        guidance: 1.0,
+        shift: 1.0,
+        guidance_max_sigma: 1.0,
+        stochasticity: 0.0,
+    };
+    assert_eq!(
+        sample_euler(&model, noise, cond, uncond, bad)
+            .unwrap_err()
+            .argument,
+        "config.steps"
+    );
 }
 
 #[test]
@@ -189,20 +337,61 @@ fn self_conditioning_reads_the_previous_estimate() {
     let device = Device::flex();
     let config = micro_model(AttentionKind::Dense).with_self_condition(true);
     // The patch embedding reads a second patch, the estimate's, beside the noisy input.
-    assert_eq!(config.init(&device).num_params() - micro_model(AttentionKind::Dense).init(&device).num_params(), 3 * 4 * 4 * 32);
+    assert_eq!(
+        config.init(&device).num_params()
+            - micro_model(AttentionKind::Dense).init(&device).num_params(),
+        3 * 4 * 4 * 32
+    );
     let model = jittered_model(config, &device);
     let x = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let estimate = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.9f32, 0.4], [2]), &device);
-    let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
+    let cond = model.embed_labels(Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 4, 2, 5], [2, 2]),
+        &device,
+    ));
     // No estimate reads as zeros; an estimate changes the prediction.
-    let plain = model.forward(x.clone(), sigma.clone(), cond.clone()).unwrap();
-    assert_eq!(max_abs_diff(plain.clone(), model.forward_refining(x.clone(), sigma.clone(), cond.clone(), Some(x.zeros_like())).unwrap()), 0.0);
-    assert!(max_abs_diff(plain, model.forward_refining(x.clone(), sigma.clone(), cond.clone(), Some(estimate.clone())).unwrap()) > 1e-3);
+    let plain = model
+        .forward(x.clone(), sigma.clone(), cond.clone())
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(
+            plain.clone(),
+            model
+                .forward_refining(x.clone(), sigma.clone(), cond.clone(), Some(x.zeros_like()))
+                .unwrap()
+        ),
+        0.0
+    );
+    assert!(
+        max_abs_diff(
+            plain,
+            model
+                .forward_refining(
+                    x.clone(),
+                    sigma.clone(),
+                    cond.clone(),
+                    Some(estimate.clone())
+                )
+                .unwrap()
+        ) > 1e-3
+    );
     let short = estimate.clone().narrow(2, 0, 2);
-    assert_eq!(model.forward_refining(x.clone(), sigma.clone(), cond.clone(), Some(short)).unwrap_err().argument, "estimate");
+    assert_eq!(
+        model
+            .forward_refining(x.clone(), sigma.clone(), cond.clone(), Some(short))
+            .unwrap_err()
+            .argument,
+        "estimate"
+    );
     let without = jittered(AttentionKind::Dense, &device);
-    assert_eq!(without.forward_refining(x, sigma, cond.clone(), Some(estimate)).unwrap_err().argument, "estimate");
+    assert_eq!(
+        without
+            .forward_refining(x, sigma, cond.clone(), Some(estimate))
+            .unwrap_err()
+            .argument,
+        "estimate"
+    );
 
     // The sampler hands each step's clean estimate `x − σ·v` to the next, per guidance branch
     // (the conditional one's to both after an unguided step): a loop written out with
@@ -210,17 +399,29 @@ fn self_conditioning_reads_the_previous_estimate() {
     let noise = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let uncond = model.embed_labels(Tensor::zeros([2, 2], &device));
     for (guidance, guidance_max_sigma) in [(1.0, 1.0), (3.0, 1.0), (3.0, 0.5)] {
-        let config = SamplerConfig { steps: 3, guidance, shift: 1.0, guidance_max_sigma, stochasticity: 0.0 };
-        let sampled = sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
-        let (mut x, mut cond_estimate, mut uncond_estimate) = (noise.clone(), None::<Tensor<5>>, None::<Tensor<5>>);
+        let config = SamplerConfig {
+            steps: 3,
+            guidance,
+            shift: 1.0,
+            guidance_max_sigma,
+            stochasticity: 0.0,
+        };
+        let sampled =
+            sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
+        let (mut x, mut cond_estimate, mut uncond_estimate) =
+            (noise.clone(), None::<Tensor<5>>, None::<Tensor<5>>);
         for i in 0..3 {
             let (sigma, next) = (1.0 - i as f64 / 3.0, 1.0 - (i + 1) as f64 / 3.0);
             let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; 2], [2]), &device);
             let (given_cond, given_uncond) = (cond_estimate.take(), uncond_estimate.take());
-            let v_cond = model.forward_refining(x.clone(), s.clone(), cond.clone(), given_cond.clone()).unwrap();
+            let v_cond = model
+                .forward_refining(x.clone(), s.clone(), cond.clone(), given_cond.clone())
+                .unwrap();
             cond_estimate = Some(x.clone() - v_cond.clone() * sigma);
             let v = if guidance > 1.0 && sigma <= guidance_max_sigma + 1e-9 {
-                let v_uncond = model.forward_refining(x.clone(), s, uncond.clone(), given_uncond.or(given_cond)).unwrap();
+                let v_uncond = model
+                    .forward_refining(x.clone(), s, uncond.clone(), given_uncond.or(given_cond))
+                    .unwrap();
                 uncond_estimate = Some(x.clone() - v_uncond.clone() * sigma);
                 v_uncond.clone() + (v_cond - v_uncond) * guidance
             } else {
@@ -229,7 +430,10 @@ fn self_conditioning_reads_the_previous_estimate() {
             x = x + v * (next - sigma);
         }
         let err = max_abs_diff(sampled, x);
-        assert!(err < 1e-4, "guidance {guidance} below σ {guidance_max_sigma}: {err}");
+        assert!(
+            err < 1e-4,
+            "guidance {guidance} below σ {guidance_max_sigma}: {err}"
+        );
     }
 }
 
@@ -242,19 +446,50 @@ fn stochastic_sampling_renoises_the_clean_estimate() {
     let device = Device::flex();
     let model = micro_model(AttentionKind::Dense).init(&device);
     let noise = Tensor::<5>::random([4, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
-    let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5, 3, 6, 1, 5], [4, 2]), &device));
+    let cond = model.embed_labels(Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 4, 2, 5, 3, 6, 1, 5], [4, 2]),
+        &device,
+    ));
     let uncond = model.embed_labels(Tensor::zeros([4, 2], &device));
     for eta in [0.0f64, 0.6, 1.0] {
-        let config = SamplerConfig { steps: 2, guidance: 1.0, shift: 1.0, guidance_max_sigma: 1.0, stochasticity: eta };
-        let out = sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
-        let share = ((out.clone() * noise.clone()).mean() / noise.clone().square().mean()).into_scalar::<f32>() as f64;
-        let rest = (out - noise.clone() * share).square().mean().into_scalar::<f32>() as f64;
+        let config = SamplerConfig {
+            steps: 2,
+            guidance: 1.0,
+            shift: 1.0,
+            guidance_max_sigma: 1.0,
+            stochasticity: eta,
+        };
+        let out =
+            sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
+        let share = ((out.clone() * noise.clone()).mean() / noise.clone().square().mean())
+            .into_scalar::<f32>() as f64;
+        let rest = (out - noise.clone() * share)
+            .square()
+            .mean()
+            .into_scalar::<f32>() as f64;
         let (want_share, want_rest) = (0.5 + 0.5 * (1.0 - eta * eta).sqrt(), (0.5 * eta).powi(2));
-        assert!((share - want_share).abs() < 0.02, "η = {eta}: share of x {share}, want {want_share}");
-        assert!((rest - want_rest).abs() < 0.1 * want_rest + 1e-6, "η = {eta}: fresh-noise variance {rest}, want {want_rest}");
+        assert!(
+            (share - want_share).abs() < 0.02,
+            "η = {eta}: share of x {share}, want {want_share}"
+        );
+        assert!(
+            (rest - want_rest).abs() < 0.1 * want_rest + 1e-6,
+            "η = {eta}: fresh-noise variance {rest}, want {want_rest}"
+        );
     }
-    let bad = SamplerConfig { steps: 2, guidance: 1.0, shift: 1.0, guidance_max_sigma: 1.0, stochasticity: 1.5 };
-    assert_eq!(sample_euler(&model, noise, cond, uncond, bad).unwrap_err().argument, "config.stochasticity");
+    let bad = SamplerConfig {
+        steps: 2,
+        guidance: 1.0,
+        shift: 1.0,
+        guidance_max_sigma: 1.0,
+        stochasticity: 1.5,
+    };
+    assert_eq!(
+        sample_euler(&model, noise, cond, uncond, bad)
+            .unwrap_err()
+            .argument,
+        "config.stochasticity"
+    );
 }
 
 #[test]
@@ -262,18 +497,40 @@ fn guidance_acts_only_below_its_noise_limit() {
     let device = Device::flex();
     let model = jittered(AttentionKind::Dense, &device);
     let noise = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
-    let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
+    let cond = model.embed_labels(Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 4, 2, 5], [2, 2]),
+        &device,
+    ));
     let uncond = model.embed_labels(Tensor::zeros([2, 2], &device));
     // Four steps start at σ = 1, 0.75, 0.5, 0.25 (shift 1).
     let run = |guidance: f64, guidance_max_sigma: f64| {
-        let config = SamplerConfig { steps: 4, guidance, shift: 1.0, guidance_max_sigma, stochasticity: 0.0 };
+        let config = SamplerConfig {
+            steps: 4,
+            guidance,
+            shift: 1.0,
+            guidance_max_sigma,
+            stochasticity: 0.0,
+        };
         sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config)
     };
     let unguided = run(1.0, 1.0).unwrap();
     let always = run(4.0, 1.0).unwrap();
     let late = run(4.0, 0.5).unwrap();
-    assert_eq!(max_abs_diff(run(4.0, 0.1).unwrap(), unguided.clone()), 0.0, "no step starts at σ ≤ 0.1");
-    assert!(max_abs_diff(always.clone(), unguided.clone()) > 1e-3, "guidance must change a jittered model's samples");
-    assert!(max_abs_diff(late.clone(), unguided) > 1e-3 && max_abs_diff(late, always) > 1e-3, "guiding the last two steps differs from both");
-    assert_eq!(run(4.0, -0.5).unwrap_err().argument, "config.guidance_max_sigma");
+    assert_eq!(
+        max_abs_diff(run(4.0, 0.1).unwrap(), unguided.clone()),
+        0.0,
+        "no step starts at σ ≤ 0.1"
+    );
+    assert!(
+        max_abs_diff(always.clone(), unguided.clone()) > 1e-3,
+        "guidance must change a jittered model's samples"
+    );
+    assert!(
+        max_abs_diff(late.clone(), unguided) > 1e-3 && max_abs_diff(late, always) > 1e-3,
+        "guiding the last two steps differs from both"
+    );
+    assert_eq!(
+        run(4.0, -0.5).unwrap_err().argument,
+        "config.guidance_max_sigma"
+    );
 }

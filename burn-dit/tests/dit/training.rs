@@ -1,11 +1,14 @@
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use burn_dit::optim::{DitOptimizer, MUON_PARAMS, ODD_BLOCKS_OPTIMIZER_FILE, OPTIMIZER_FILE, OptimizerKind, dit_optimizer};
-use burn_dit::{AttentionKind, VideoDit};
 use burn_dit::data::SplitMix;
 use burn_dit::flow::{add_noise, velocity_target};
+use burn_dit::optim::{
+    DitOptimizer, MUON_PARAMS, ODD_BLOCKS_OPTIMIZER_FILE, OPTIMIZER_FILE, OptimizerKind,
+    dit_optimizer,
+};
 use burn_dit::train::{CheckpointError, TrainConfig, Trainer, label_ids};
+use burn_dit::{AttentionKind, VideoDit};
 use burn_sparse_attn::dsv::DsvHost;
 
 use crate::common::*;
@@ -18,8 +21,18 @@ fn params_of(model: &VideoDit) -> Vec<f32> {
     let mut out = Vec::new();
     struct Collect<'a>(&'a mut Vec<f32>);
     impl burn::module::ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
-            self.0.extend(param.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.0.extend(
+                param
+                    .val()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap(),
+            );
         }
     }
     model.visit(&mut Collect(&mut out));
@@ -35,7 +48,10 @@ fn loss_falls_on_a_small_problem() {
     let mut trainer = Trainer::new(config, &Device::flex()).unwrap();
     let losses: Vec<f32> = (0..40).map(|_| trainer.train_step().loss).collect();
     let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
-    assert!(mean(&losses[30..]) < 0.8 * mean(&losses[..10]), "loss did not fall: {losses:?}");
+    assert!(
+        mean(&losses[30..]) < 0.8 * mean(&losses[..10]),
+        "loss did not fall: {losses:?}"
+    );
     let stats = trainer.model().dsv_layers()[0].stats();
     assert_eq!(stats.step, 40);
     assert!(stats.predictor_loss.is_some() && stats.head_sparsity.is_some());
@@ -85,12 +101,27 @@ fn resumes_exactly(config: TrainConfig, name: &str) {
         resumed.train_step();
     }
     let (a, b) = (params(&straight), params(&resumed));
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "{name}: resumed run drifted by {worst}");
-    let losses = |t: &Trainer| t.history().iter().map(|l| (l.step, l.loss, l.predictor_loss, l.mean_sparsity)).collect::<Vec<_>>();
+    let losses = |t: &Trainer| {
+        t.history()
+            .iter()
+            .map(|l| (l.step, l.loss, l.predictor_loss, l.mean_sparsity))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(losses(&straight), losses(&resumed));
-    let (sa, sb) = (straight.model().dsv_layers()[0].stats(), resumed.model().dsv_layers()[0].stats());
-    assert_eq!((sa.step, sa.stage, &sa.head_sparsity), (sb.step, sb.stage, &sb.head_sparsity));
+    let (sa, sb) = (
+        straight.model().dsv_layers()[0].stats(),
+        resumed.model().dsv_layers()[0].stats(),
+    );
+    assert_eq!(
+        (sa.step, sa.stage, &sa.head_sparsity),
+        (sb.step, sb.stage, &sb.head_sparsity)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -114,7 +145,9 @@ fn bad_checkpoints_fail_cleanly() {
     // Another optimiser: refused by name (its state would not fit).
     let mut adamw = Trainer::new(train_with(OptimizerKind::AdamW), &device).unwrap();
     match adamw.resume(&dir) {
-        Err(CheckpointError::Mismatch { field: "optimizer", .. }) => {}
+        Err(CheckpointError::Mismatch {
+            field: "optimizer", ..
+        }) => {}
         other => panic!("expected an optimizer mismatch, got {other:?}"),
     }
     assert_eq!(adamw.step(), 0);
@@ -131,12 +164,22 @@ fn bad_checkpoints_fail_cleanly() {
     assert_eq!(fresh.step(), 0);
     let after = params(&fresh);
     // Bitwise: DSV's schedule holds NaN for "no predictor loss yet".
-    let changed = before.iter().zip(&after).position(|(a, b)| a.to_bits() != b.to_bits());
-    assert!(changed.is_none() && before.len() == after.len(), "a failed resume changed parameter {changed:?} of {}", before.len());
+    let changed = before
+        .iter()
+        .zip(&after)
+        .position(|(a, b)| a.to_bits() != b.to_bits());
+    assert!(
+        changed.is_none() && before.len() == after.len(),
+        "a failed resume changed parameter {changed:?} of {}",
+        before.len()
+    );
     assert_eq!(std::fs::read(ckpt.join("model.bpk")).unwrap(), garbage);
 
     // A missing checkpoint folder says which file is missing.
-    assert!(matches!(fresh.resume(&dir.join("nowhere")), Err(CheckpointError::Io(..))));
+    assert!(matches!(
+        fresh.resume(&dir.join("nowhere")),
+        Err(CheckpointError::Io(..))
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -149,9 +192,15 @@ fn learning_rate_warms_up_then_follows_a_cosine_to_its_floor() {
     // Halfway through the cosine the rate is midway between peak and floor.
     assert!(close(c.lr_at(59), 0.55e-3), "{}", c.lr_at(59));
     assert!(close(c.lr_at(109), 1e-4) && close(c.lr_at(500), 1e-4));
-    assert!((10..109).all(|s| c.lr_at(s + 1) <= c.lr_at(s)), "not monotone after warm-up");
+    assert!(
+        (10..109).all(|s| c.lr_at(s + 1) <= c.lr_at(s)),
+        "not monotone after warm-up"
+    );
     c.final_lr_fraction = 1.0;
-    assert!((9..200).all(|s| close(c.lr_at(s), 1e-3)), "fraction 1 must keep the rate constant");
+    assert!(
+        (9..200).all(|s| close(c.lr_at(s), 1e-3)),
+        "fraction 1 must keep the rate constant"
+    );
 }
 
 #[test]
@@ -181,20 +230,44 @@ fn muon_trains_exactly_the_blocks_weight_matrices() {
     }
     let config = micro_model(micro_dsv());
     let model = config.init(&Device::flex());
-    let mut visitor = Matched { path: Vec::new(), group: ParamGroup::from_regex(MUON_PARAMS).unwrap(), all: 0, muon: Vec::new() };
+    let mut visitor = Matched {
+        path: Vec::new(),
+        group: ParamGroup::from_regex(MUON_PARAMS).unwrap(),
+        all: 0,
+        muon: Vec::new(),
+    };
     model.visit(&mut visitor);
     // Seven projections per block: self-attention qkv and out, cross-attention q, kv and out, two MLP layers.
     assert_eq!(visitor.muon.len(), 7 * config.depth, "{:?}", visitor.muon);
-    assert!(visitor.muon.iter().all(|(path, rank)| *rank == 2 && path.starts_with("blocks.") && path.ends_with(".weight")), "{:?}", visitor.muon);
-    assert!(visitor.muon.iter().all(|(path, _)| !path.contains("predictor")), "the DSV predictors have their own optimiser");
-    assert!(visitor.all > visitor.muon.len() + 20, "AdamW keeps the embeddings, biases, norms and head ({} parameters in all)", visitor.all);
+    assert!(
+        visitor.muon.iter().all(|(path, rank)| *rank == 2
+            && path.starts_with("blocks.")
+            && path.ends_with(".weight")),
+        "{:?}",
+        visitor.muon
+    );
+    assert!(
+        visitor
+            .muon
+            .iter()
+            .all(|(path, _)| !path.contains("predictor")),
+        "the DSV predictors have their own optimiser"
+    );
+    assert!(
+        visitor.all > visitor.muon.len() + 20,
+        "AdamW keeps the embeddings, biases, norms and head ({} parameters in all)",
+        visitor.all
+    );
 }
 
 #[test]
 fn a_run_config_without_an_optimizer_field_means_adamw() {
     let config = train_with(OptimizerKind::Muon);
     let mut json: serde_json::Value = serde_json::to_value(&config).unwrap();
-    json.as_object_mut().unwrap().remove("optimizer").expect("the field is written");
+    json.as_object_mut()
+        .unwrap()
+        .remove("optimizer")
+        .expect("the field is written");
     let read: TrainConfig = serde_json::from_value(json).unwrap();
     assert_eq!(read.optimizer, OptimizerKind::AdamW);
 }
@@ -204,25 +277,71 @@ fn a_run_config_without_an_optimizer_field_means_adamw() {
 fn host_params(trainer: &Trainer) -> Vec<f32> {
     struct Collect<'a>(&'a mut Vec<f32>, Vec<burn::module::ParamId>);
     impl burn::module::ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
             if param.val().is_require_grad() && !self.1.contains(&param.id) {
-                self.0.extend(param.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
+                self.0.extend(
+                    param
+                        .val()
+                        .into_data()
+                        .convert::<f32>()
+                        .try_to_vec::<f32>()
+                        .unwrap(),
+                );
             }
         }
     }
-    let predictors = trainer.model().dsv_layers().iter().flat_map(|l| l.predictor_param_ids()).collect();
+    let predictors = trainer
+        .model()
+        .dsv_layers()
+        .iter()
+        .flat_map(|l| l.predictor_param_ids())
+        .collect();
     let mut out = Vec::new();
     trainer.model().visit(&mut Collect(&mut out, predictors));
     out
 }
 
+/// Trainers of `config` (which may differ in replicas) that all start from the same saved
+/// initial state: tests run in parallel threads that share the device's random generator,
+/// so two fresh inits in one test binary can differ.
+struct SameStart(std::path::PathBuf);
+
+impl SameStart {
+    fn new(name: &str, config: TrainConfig, device: &Device) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("dit-same-start-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Trainer::new(config, device)
+            .unwrap()
+            .save_checkpoint(&dir)
+            .unwrap();
+        Self(dir)
+    }
+
+    fn trainer(&self, config: TrainConfig, device: &Device) -> Trainer {
+        let mut trainer = Trainer::new(config, device).unwrap();
+        trainer.resume(&self.0).unwrap();
+        trainer
+    }
+}
+
+impl Drop for SameStart {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn replicas_train_like_one_model() {
     let device = Device::flex();
+    let start = SameStart::new("replicas", train_with(OptimizerKind::Muon), &device);
     let run = |replicas: usize| {
         let mut config = train_with(OptimizerKind::Muon);
         config.replicas = replicas;
-        let mut trainer = Trainer::new(config, &device).unwrap();
+        let mut trainer = start.trainer(config, &device);
         let logs: Vec<_> = (0..4).map(|_| trainer.train_step()).collect();
         (trainer, logs)
     };
@@ -232,13 +351,31 @@ fn replicas_train_like_one_model() {
     for replicas in [2, 3] {
         let (many, logs) = run(replicas);
         for (a, b) in one_logs.iter().zip(&logs) {
-            assert!((a.loss - b.loss).abs() < 1e-4 * a.loss.abs().max(1.0), "{replicas} replicas, step {}: loss {} against {}", a.step, b.loss, a.loss);
-            assert_eq!(a.predictor_loss.is_some(), b.predictor_loss.is_some(), "{replicas} replicas, step {}", a.step);
+            assert!(
+                (a.loss - b.loss).abs() < 1e-4 * a.loss.abs().max(1.0),
+                "{replicas} replicas, step {}: loss {} against {}",
+                a.step,
+                b.loss,
+                a.loss
+            );
+            assert_eq!(
+                a.predictor_loss.is_some(),
+                b.predictor_loss.is_some(),
+                "{replicas} replicas, step {}",
+                a.step
+            );
         }
         let params = host_params(&many);
         assert_eq!(params.len(), one_params.len());
-        let worst = one_params.iter().zip(&params).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "{replicas} replicas drifted from one model by {worst}");
+        let worst = one_params
+            .iter()
+            .zip(&params)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "{replicas} replicas drifted from one model by {worst}"
+        );
         // Only the model itself counts DSV steps and profiles; replicas follow its schedule.
         for layer in many.model().dsv_layers() {
             let stats = layer.stats();
@@ -249,11 +386,102 @@ fn replicas_train_like_one_model() {
 }
 
 #[test]
+fn data_parallel_ranks_train_like_one_process() {
+    let device = Device::flex();
+    let tiny_policy = AttentionKind::Dsv(
+        burn_dit::DsvPolicy::new()
+            .with_min_sparse_len(0)
+            .with_query_cube([1, 4, 4])
+            .with_sparsity_threshold(0.4)
+            .with_switch_loss(0.05)
+            .with_sample_stride(8)
+            .with_profile_every(10),
+    );
+    for attention in [AttentionKind::Dense, micro_dsv(), tiny_policy] {
+        let config = |replicas: usize| {
+            let mut config = micro_train(attention.clone());
+            config.replicas = replicas;
+            config
+        };
+        // One process with shares 2 + 2 against two ranks of one share each.
+        let start = SameStart::new(
+            &format!("dp-{}", format!("{attention:?}").len()),
+            config(1),
+            &device,
+        );
+        let mut one = start.trainer(config(2), &device);
+        let one_logs: Vec<_> = (0..3).map(|_| one.train_step()).collect();
+        let ranks = burn_ctx_parallel::transport::run_in_process(
+            &[device.clone(), device.clone()],
+            |comm| {
+                // Rank 0 starts where the one-process run did; the others from their own init,
+                // which `with_communicator` replaces with rank 0's weights.
+                let trainer = if comm.rank() == 0 {
+                    start.trainer(config(1), &device)
+                } else {
+                    Trainer::new(config(1), &device).unwrap()
+                };
+                let mut trainer = trainer.with_communicator(comm)?;
+                let logs = (0..3)
+                    .map(|_| trainer.try_train_step())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let dsv: Vec<_> = trainer
+                    .model()
+                    .dsv_layers()
+                    .iter()
+                    .map(|l| l.stats())
+                    .collect();
+                Ok((params(&trainer), logs, dsv))
+            },
+        );
+        let one_params = params(&one);
+        let one_dsv: Vec<_> = one.model().dsv_layers().iter().map(|l| l.stats()).collect();
+        for (rank, result) in ranks.into_iter().enumerate() {
+            let (params, logs, dsv) = result.unwrap();
+            for (a, b) in one_logs.iter().zip(&logs) {
+                assert!(
+                    (a.loss - b.loss).abs() < 1e-5 * a.loss.abs().max(1.0),
+                    "rank {rank}, step {}: loss {} against {}",
+                    a.step,
+                    b.loss,
+                    a.loss
+                );
+                assert_eq!(
+                    a.predictor_loss, b.predictor_loss,
+                    "rank {rank}, step {}",
+                    a.step
+                );
+            }
+            let worst = one_params
+                .iter()
+                .zip(&params)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-5,
+                "rank {rank} drifted from the one-process run by {worst}"
+            );
+            assert_eq!(dsv.len(), one_dsv.len());
+            for (a, b) in one_dsv.iter().zip(&dsv) {
+                assert_eq!(
+                    (a.step, a.stage, &a.head_sparsity, a.predictor_loss),
+                    (b.step, b.stage, &b.head_sparsity, b.predictor_loss),
+                    "rank {rank}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn a_run_config_without_replicas_means_one() {
     let config = train_with(OptimizerKind::Muon);
     assert_eq!(config.replicas, 2, "the tiny preset trains two replicas");
     let mut json: serde_json::Value = serde_json::to_value(&config).unwrap();
-    json.as_object_mut().unwrap().remove("replicas").expect("the field is written");
+    json.as_object_mut()
+        .unwrap()
+        .remove("replicas")
+        .expect("the field is written");
     let read: TrainConfig = serde_json::from_value(json).unwrap();
     assert_eq!(read.replicas, 1);
 }
@@ -265,29 +493,49 @@ fn the_optimizer_shards_update_like_one_optimizer() {
         device.seed(5);
         let x = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
         let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [2]), &device);
-        let cond = model.embed_labels(Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 4, 2, 5], [2, 2]), &device));
+        let cond = model.embed_labels(Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 4, 2, 5], [2, 2]),
+            &device,
+        ));
         let loss = model.forward(x, sigma, cond).unwrap().square().mean();
         GradientsParams::from_grads(loss.backward(), model)
     };
     let start = jittered(AttentionKind::Dense, &device);
     assert_eq!(start.blocks().len(), 2, "one block in each shard");
-    let step_both = |one: &mut burn::optim::ModuleOptimizer, sharded: &mut DitOptimizer, (a, b): (VideoDit, VideoDit)| {
+    let step_both = |one: &mut burn::optim::ModuleOptimizer,
+                     sharded: &mut DitOptimizer,
+                     (a, b): (VideoDit, VideoDit)| {
         // Fresh autodiff leaves for each: the two models start from the same tensors.
         let (a, b) = (a.valid().train(), b.valid().train());
-        let (a, b) = (one.step(1e-2, a.clone(), grads_of(&a)), sharded.step(1e-2, b.clone(), grads_of(&b)));
-        assert_eq!(params_of(&a), params_of(&b), "the shards update exactly as one optimiser");
+        let (a, b) = (
+            one.step(1e-2, a.clone(), grads_of(&a)),
+            sharded.step(1e-2, b.clone(), grads_of(&b)),
+        );
+        assert_eq!(
+            params_of(&a),
+            params_of(&b),
+            "the shards update exactly as one optimiser"
+        );
         (a, b)
     };
     let mut one = dit_optimizer(OptimizerKind::Muon);
     let mut sharded = DitOptimizer::new(OptimizerKind::Muon);
-    let models = (0..3).fold((start.clone(), start), |models, _| step_both(&mut one, &mut sharded, models));
-    assert_ne!(params_of(&models.0), params_of(&jittered(AttentionKind::Dense, &device)), "the steps changed the model");
+    let models = (0..3).fold((start.clone(), start), |models, _| {
+        step_both(&mut one, &mut sharded, models)
+    });
+    assert_ne!(
+        params_of(&models.0),
+        params_of(&jittered(AttentionKind::Dense, &device)),
+        "the steps changed the model"
+    );
 
     let dir = std::env::temp_dir().join(format!("dit-optimizer-shards-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     // A missing file is named.
-    let (file, _) = DitOptimizer::load(OptimizerKind::Muon, &dir).err().expect("nothing to load");
+    let (file, _) = DitOptimizer::load(OptimizerKind::Muon, &dir)
+        .err()
+        .expect("nothing to load");
     assert_eq!(file, dir.join(OPTIMIZER_FILE));
     // Saved and loaded, the shards go on exactly (momentum included).
     sharded.save(&dir).unwrap();
@@ -296,7 +544,9 @@ fn the_optimizer_shards_update_like_one_optimizer() {
     let models = step_both(&mut one.clone(), &mut reloaded, models.clone());
     // A missing shard is named, not replaced by the other's file.
     std::fs::remove_file(dir.join(ODD_BLOCKS_OPTIMIZER_FILE)).unwrap();
-    let (file, _) = DitOptimizer::load(OptimizerKind::Muon, &dir).err().expect("a shard is missing");
+    let (file, _) = DitOptimizer::load(OptimizerKind::Muon, &dir)
+        .err()
+        .expect("a shard is missing");
     assert_eq!(file, dir.join(ODD_BLOCKS_OPTIMIZER_FILE));
     // A checkpoint from before the split (one file, every parameter's state) loads into both.
     one.save(dir.join(OPTIMIZER_FILE)).unwrap();
@@ -315,9 +565,21 @@ fn validation_loss_is_the_held_out_flow_matching_loss() {
     }
     let sigmas = [0.3, 0.8];
     let loss = trainer.validation_loss(2, &sigmas, 5).unwrap();
-    assert_eq!(trainer.validation_loss(2, &sigmas, 5).unwrap(), loss, "the same inputs give the same loss");
-    assert_ne!(trainer.validation_loss(2, &sigmas, 6).unwrap(), loss, "the seed draws the noise");
-    assert_eq!(trainer.model().dsv_layers()[0].stats().step, 2, "validation counts no DSV step");
+    assert_eq!(
+        trainer.validation_loss(2, &sigmas, 5).unwrap(),
+        loss,
+        "the same inputs give the same loss"
+    );
+    assert_ne!(
+        trainer.validation_loss(2, &sigmas, 6).unwrap(),
+        loss,
+        "the seed draws the noise"
+    );
+    assert_eq!(
+        trainer.model().dsv_layers()[0].stats().step,
+        2,
+        "validation counts no DSV step"
+    );
 
     // One (clip, noise level) at a time, from the documented inputs: held-out clip i (item
     // dataset_size + i), its labels, and noise drawn clip after clip from SplitMix(seed).
@@ -327,25 +589,54 @@ fn validation_loss_is_the_held_out_flow_matching_loss() {
         let mut losses = Vec::new();
         for i in 0..2 {
             let item = trainer.data().generate(config.dataset_size + i);
-            let x0 = Tensor::<5>::from_data(TensorData::new(item.pixels.clone(), [1, 3, clip.frames, clip.height, clip.width]), &device);
-            let noise = rng.normal_tensor([sigmas.len(), 3, clip.frames, clip.height, clip.width], &device);
+            let x0 = Tensor::<5>::from_data(
+                TensorData::new(
+                    item.pixels.clone(),
+                    [1, 3, clip.frames, clip.height, clip.width],
+                ),
+                &device,
+            );
+            let noise = rng.normal_tensor(
+                [sigmas.len(), 3, clip.frames, clip.height, clip.width],
+                &device,
+            );
             for (j, &s) in sigmas.iter().enumerate() {
                 let noise = noise.clone().narrow(0, j, 1);
                 let sigma = Tensor::<1>::from_floats([s as f32], &device);
                 let x_t = add_noise(x0.clone(), noise.clone(), sigma.clone());
-                let v = model.forward(x_t, sigma, model.embed_labels(label_ids(&[(item.object, item.colour)], &device))).unwrap();
-                losses.push((v - velocity_target(x0.clone(), noise)).square().mean().into_scalar::<f32>());
+                let v = model
+                    .forward(
+                        x_t,
+                        sigma,
+                        model.embed_labels(label_ids(&[(item.object, item.colour)], &device)),
+                    )
+                    .unwrap();
+                losses.push(
+                    (v - velocity_target(x0.clone(), noise))
+                        .square()
+                        .mean()
+                        .into_scalar::<f32>(),
+                );
             }
         }
         losses.iter().sum::<f32>() / losses.len() as f32
     };
     let expected = clip_by_clip(&trainer.model().valid());
-    assert!((loss - expected).abs() < 1e-5 * expected, "validation loss {loss}, clip by clip {expected}");
+    assert!(
+        (loss - expected).abs() < 1e-5 * expected,
+        "validation loss {loss}, clip by clip {expected}"
+    );
     // The EMA weights' loss: the same inputs through the sampling weights.
     let ema_loss = trainer.ema_validation_loss(2, &sigmas, 5).unwrap();
     let ema_expected = clip_by_clip(trainer.ema());
-    assert!((ema_loss - ema_expected).abs() < 1e-5 * ema_expected, "EMA validation loss {ema_loss}, clip by clip {ema_expected}");
-    assert_ne!(ema_loss, loss, "the EMA weights are not the live ones after two steps");
+    assert!(
+        (ema_loss - ema_expected).abs() < 1e-5 * ema_expected,
+        "EMA validation loss {ema_loss}, clip by clip {ema_expected}"
+    );
+    assert_ne!(
+        ema_loss, loss,
+        "the EMA weights are not the live ones after two steps"
+    );
 
     let message = |r: Result<f32, burn_sparse_attn::SparseAttnError>| r.unwrap_err().to_string();
     assert!(message(trainer.validation_loss(0, &sigmas, 5)).contains("clips"));

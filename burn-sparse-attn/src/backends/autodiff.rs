@@ -35,12 +35,26 @@ struct SparseAttentionBackward;
 impl<B: SparseAttnOps> Backward<B, 3> for SparseAttentionBackward {
     type State = SavedForward<B>;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
         let [node_q, node_k, node_v] = ops.parents;
         let grad_out = grads.consume::<B>(&ops.node);
         let s = ops.state;
         let (dq, dk, dv) = B::sparse_attention_backward(
-            s.q, s.k, s.v, s.index, s.out, s.lse, grad_out, s.group_size, s.key_block, s.scale,
+            s.q,
+            s.k,
+            s.v,
+            s.index,
+            s.out,
+            s.lse,
+            grad_out,
+            s.group_size,
+            s.key_block,
+            s.scale,
         );
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let Some(node) = node {
@@ -90,7 +104,11 @@ impl<B: SparseAttnOps, C: CheckpointStrategy> SparseAttnOps for Autodiff<B, C> {
             key_block,
             scale,
         );
-        let out = match SparseAttentionBackward.prepare::<C>(nodes).compute_bound().stateful() {
+        let out = match SparseAttentionBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 let saved = SavedForward {
                     q,
@@ -137,6 +155,10 @@ impl<B: SparseAttnOps, C: CheckpointStrategy> SparseAttnOps for Autodiff<B, C> {
             key_block,
             scale,
         );
-        (Self::from_inner(dq), Self::from_inner(dk), Self::from_inner(dv))
+        (
+            Self::from_inner(dq),
+            Self::from_inner(dk),
+            Self::from_inner(dv),
+        )
     }
 }

@@ -24,9 +24,23 @@ impl SparseAttnOps for CubeBackend {
     ) -> IntTensor<Self> {
         let rank = q_lr.shape().dims::<4>()[3];
         if select::supports(rank) {
-            select::select_critical_keys(q_lr, k_lr, group_size, key_block, budget, DType::from(index_dtype))
+            select::select_critical_keys(
+                q_lr,
+                k_lr,
+                group_size,
+                key_block,
+                budget,
+                DType::from(index_dtype),
+            )
         } else {
-            reference::select_critical_keys::<Self>(q_lr, k_lr, group_size, key_block, budget, index_dtype)
+            reference::select_critical_keys::<Self>(
+                q_lr,
+                k_lr,
+                group_size,
+                key_block,
+                budget,
+                index_dtype,
+            )
         }
     }
 
@@ -42,7 +56,9 @@ impl SparseAttnOps for CubeBackend {
         if let Some(plan) = TilePlan::new(&q, group_size, 1) {
             forward::sparse_attention_forward(q, k, v, index, group_size, key_block, scale, plan)
         } else {
-            reference::sparse_attention_forward::<Self>(q, k, v, index, group_size, key_block, scale)
+            reference::sparse_attention_forward::<Self>(
+                q, k, v, index, group_size, key_block, scale,
+            )
         }
     }
 
@@ -59,9 +75,13 @@ impl SparseAttnOps for CubeBackend {
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         if let Some(plan) = TilePlan::new(&q, group_size, 2) {
-            backward::sparse_attention_backward(q, k, v, index, out, lse, grad_out, group_size, key_block, scale, plan)
+            backward::sparse_attention_backward(
+                q, k, v, index, out, lse, grad_out, group_size, key_block, scale, plan,
+            )
         } else {
-            reference::sparse_attention_backward::<Self>(q, k, v, index, out, lse, grad_out, group_size, key_block, scale)
+            reference::sparse_attention_backward::<Self>(
+                q, k, v, index, out, lse, grad_out, group_size, key_block, scale,
+            )
         }
     }
 }

@@ -15,13 +15,29 @@ use crate::kernel::cpu::{self, AttnShape, BackwardInputs, SelectShape};
 
 /// A tensor as contiguous f32 (cast and copied only when needed).
 fn f32_buffer(t: FloatTensor<Flex>) -> FlexTensor {
-    let t = if t.dtype() == DType::F32 { t } else { Flex::float_cast(t, FloatDType::F32) };
-    if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
+    let t = if t.dtype() == DType::F32 {
+        t
+    } else {
+        Flex::float_cast(t, FloatDType::F32)
+    };
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
 }
 
 fn i64_buffer(t: IntTensor<Flex>) -> FlexTensor {
-    let t = if t.dtype() == DType::I64 { t } else { Flex::int_cast(t, IntDType::I64) };
-    if t.as_slice::<i64>().is_some() { t } else { t.to_contiguous() }
+    let t = if t.dtype() == DType::I64 {
+        t
+    } else {
+        Flex::int_cast(t, IntDType::I64)
+    };
+    if t.as_slice::<i64>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
 }
 
 fn f32s(t: &FlexTensor) -> &[f32] {
@@ -30,10 +46,20 @@ fn f32s(t: &FlexTensor) -> &[f32] {
 
 fn float_output(data: alloc::vec::Vec<f32>, shape: [usize; 4], dtype: DType) -> FloatTensor<Flex> {
     let t = FlexTensor::from_data(TensorData::new(data, shape));
-    if dtype == DType::F32 { t } else { Flex::float_cast(t, dtype.into()) }
+    if dtype == DType::F32 {
+        t
+    } else {
+        Flex::float_cast(t, dtype.into())
+    }
 }
 
-fn attn_shape(q: &FlexTensor, k: &FlexTensor, index: &FlexTensor, group_size: usize, key_block: usize) -> AttnShape {
+fn attn_shape(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    index: &FlexTensor,
+    group_size: usize,
+    key_block: usize,
+) -> AttnShape {
     let (qs, ks) = (q.shape(), k.shape());
     AttnShape {
         bh: qs[0] * qs[1],
@@ -70,7 +96,11 @@ impl SparseAttnOps for Flex {
         let mut ids = vec![0i64; shape.bh * groups * budget];
         cpu::select_critical_keys(shape, f32s(&q_lr), f32s(&k_lr), &mut ids);
         let ids = FlexTensor::from_data(TensorData::new(ids, [qs[0], qs[1], groups, budget]));
-        if index_dtype == IntDType::I64 { ids } else { Flex::int_cast(ids, index_dtype) }
+        if index_dtype == IntDType::I64 {
+            ids
+        } else {
+            Flex::int_cast(ids, index_dtype)
+        }
     }
 
     fn sparse_attention_forward(
@@ -83,13 +113,25 @@ impl SparseAttnOps for Flex {
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let dtype = q.dtype();
-        let (q, k, v, index) = (f32_buffer(q), f32_buffer(k), f32_buffer(v), i64_buffer(index));
+        let (q, k, v, index) = (
+            f32_buffer(q),
+            f32_buffer(k),
+            f32_buffer(v),
+            i64_buffer(index),
+        );
         let shape = attn_shape(&q, &k, &index, group_size, key_block);
         let dims = q.shape();
         let mut out = vec![0.0f32; shape.bh * shape.query_len * shape.head_dim];
         let mut lse = vec![0.0f32; shape.bh * shape.query_len];
         let ids = index.as_slice::<i64>().expect("contiguous i64 index");
-        cpu::sparse_attention_forward(shape, [f32s(&q), f32s(&k), f32s(&v)], ids, scale as f32, &mut out, &mut lse);
+        cpu::sparse_attention_forward(
+            shape,
+            [f32s(&q), f32s(&k), f32s(&v)],
+            ids,
+            scale as f32,
+            &mut out,
+            &mut lse,
+        );
         let out = float_output(out, [dims[0], dims[1], dims[2], dims[3]], dtype);
         let lse = FlexTensor::from_data(TensorData::new(lse, [dims[0], dims[1], dims[2]]));
         (out, lse)
@@ -108,7 +150,12 @@ impl SparseAttnOps for Flex {
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let dtypes = [q.dtype(), k.dtype(), v.dtype()];
-        let (q, k, v, index) = (f32_buffer(q), f32_buffer(k), f32_buffer(v), i64_buffer(index));
+        let (q, k, v, index) = (
+            f32_buffer(q),
+            f32_buffer(k),
+            f32_buffer(v),
+            i64_buffer(index),
+        );
         let (out, lse, grad_out) = (f32_buffer(out), f32_buffer(lse), f32_buffer(grad_out));
         let shape = attn_shape(&q, &k, &index, group_size, key_block);
         let (qd, kd) = (q.shape(), k.shape());

@@ -1,5 +1,3 @@
-
-
 use burn::backend::NdArray;
 
 use crate::SparseAttnOps;

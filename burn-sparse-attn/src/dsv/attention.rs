@@ -7,12 +7,16 @@ use std::sync::Mutex;
 
 use burn::config::Config;
 use burn::module::{Module, ModuleVisitor, Param, ParamId, RunningState};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
+use burn::tensor::{
+    Bool, Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions,
+};
 
 use super::grid::{Reorder, TokenGrid};
 use super::predictor::{LowRankPredictor, PredictorInput, predictor_loss};
 use super::profiler::{critical_recall, critical_sets, row_probabilities};
-use crate::{SelectionConfig, SparseAttnError, error::ensure, select_critical_keys, sparse_attention};
+use crate::{
+    SelectionConfig, SparseAttnError, error::ensure, select_critical_keys, sparse_attention,
+};
 
 /// Configuration of [`DsvAttention`]: the layer's shape and its [`DsvPolicy`].
 #[derive(Config, Debug)]
@@ -83,15 +87,44 @@ pub struct DsvPolicy {
 impl DsvAttentionConfig {
     /// Builds the module.
     pub fn init(&self, device: &Device) -> DsvAttention {
-        assert!(self.heads > 0 && self.head_dim > 0 && self.d_model > 0, "DsvAttentionConfig: heads, head_dim and d_model must be ≥ 1");
-        assert!(self.policy.query_cube.iter().all(|&c| c > 0), "DsvAttentionConfig: `query_cube` entries must be ≥ 1, got {:?}", self.policy.query_cube);
-        assert!((0.0..=1.0).contains(&self.policy.mass_threshold), "DsvAttentionConfig: `mass_threshold` must be in [0, 1], got {}", self.policy.mass_threshold);
-        assert!((0.0..=1.0).contains(&self.policy.min_budget_fraction), "DsvAttentionConfig: `min_budget_fraction` must be in [0, 1], got {}", self.policy.min_budget_fraction);
-        assert!(self.policy.max_budget_fraction > 0.0 && self.policy.max_budget_fraction <= 1.0, "DsvAttentionConfig: `max_budget_fraction` must be in (0, 1], got {}", self.policy.max_budget_fraction);
+        assert!(
+            self.heads > 0 && self.head_dim > 0 && self.d_model > 0,
+            "DsvAttentionConfig: heads, head_dim and d_model must be ≥ 1"
+        );
+        assert!(
+            self.policy.query_cube.iter().all(|&c| c > 0),
+            "DsvAttentionConfig: `query_cube` entries must be ≥ 1, got {:?}",
+            self.policy.query_cube
+        );
+        assert!(
+            (0.0..=1.0).contains(&self.policy.mass_threshold),
+            "DsvAttentionConfig: `mass_threshold` must be in [0, 1], got {}",
+            self.policy.mass_threshold
+        );
+        assert!(
+            (0.0..=1.0).contains(&self.policy.min_budget_fraction),
+            "DsvAttentionConfig: `min_budget_fraction` must be in [0, 1], got {}",
+            self.policy.min_budget_fraction
+        );
+        assert!(
+            self.policy.max_budget_fraction > 0.0 && self.policy.max_budget_fraction <= 1.0,
+            "DsvAttentionConfig: `max_budget_fraction` must be in (0, 1], got {}",
+            self.policy.max_budget_fraction
+        );
         let unknown = Tensor::<1>::full([self.heads], -1.0, device);
-        let schedule = Tensor::<1>::from_data(TensorData::new(alloc::vec![0.0f32, 0.0, f32::NAN, f32::NAN], [SCHEDULE_LEN]), device);
+        let schedule = Tensor::<1>::from_data(
+            TensorData::new(alloc::vec![0.0f32, 0.0, f32::NAN, f32::NAN], [SCHEDULE_LEN]),
+            device,
+        );
         DsvAttention {
-            predictor: LowRankPredictor::new(self.policy.predictor_input, self.d_model, self.heads, self.head_dim, self.policy.predictor_rank, device),
+            predictor: LowRankPredictor::new(
+                self.policy.predictor_input,
+                self.d_model,
+                self.heads,
+                self.head_dim,
+                self.policy.predictor_rank,
+                device,
+            ),
             head_sparsity: RunningState::new(unknown),
             schedule: RunningState::new(schedule),
             config: self.clone(),
@@ -173,14 +206,45 @@ impl DsvAttention {
     /// this also counts a step, records the
     /// predictor loss for [`DsvTrainer::step`](super::DsvTrainer::step) and profiles
     /// sparsity on schedule.
-    pub fn forward(&self, x: Tensor<3>, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, grid: TokenGrid) -> Result<Tensor<4>, SparseAttnError> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        grid: TokenGrid,
+    ) -> Result<Tensor<4>, SparseAttnError> {
         const F: &str = "DsvAttention::forward";
         let c = &self.config;
         let [b, h, s, d] = q.dims();
-        ensure((h, d) == (c.heads, c.head_dim) && b * s > 0, F, "q", format!("[B, {}, S, {}]", c.heads, c.head_dim), format!("{:?}", q.dims()))?;
-        ensure(k.dims() == q.dims(), F, "k", format!("{:?} like q", q.dims()), format!("{:?}", k.dims()))?;
-        ensure(v.dims() == q.dims(), F, "v", format!("{:?} like q", q.dims()), format!("{:?}", v.dims()))?;
-        ensure(x.dims() == [b, s, c.d_model], F, "x", format!("[{b}, {s}, {}]", c.d_model), format!("{:?}", x.dims()))?;
+        ensure(
+            (h, d) == (c.heads, c.head_dim) && b * s > 0,
+            F,
+            "q",
+            format!("[B, {}, S, {}]", c.heads, c.head_dim),
+            format!("{:?}", q.dims()),
+        )?;
+        ensure(
+            k.dims() == q.dims(),
+            F,
+            "k",
+            format!("{:?} like q", q.dims()),
+            format!("{:?}", k.dims()),
+        )?;
+        ensure(
+            v.dims() == q.dims(),
+            F,
+            "v",
+            format!("{:?} like q", q.dims()),
+            format!("{:?}", v.dims()),
+        )?;
+        ensure(
+            x.dims() == [b, s, c.d_model],
+            F,
+            "x",
+            format!("[{b}, {s}, {}]", c.d_model),
+            format!("{:?}", x.dims()),
+        )?;
         grid.check_len(F, s)?;
 
         let training = self.predictor.is_trainable();
@@ -196,9 +260,15 @@ impl DsvAttention {
         let rows = Self::sampled_rows(s, c.policy.sample_stride, &device);
 
         let budgets = self.budgets(s, sparsity.as_deref());
-        let layer_sparsity = sparsity.as_ref().map(|v| v.iter().sum::<f32>() / v.len() as f32).unwrap_or(0.0);
-        let go_sparse = stage == DsvStage::Sparse && s >= c.policy.min_sparse_len && f64::from(layer_sparsity) >= c.policy.sparsity_threshold;
-        let profile_due = training && (sparsity.is_none() || step % self.profile_interval(step) == 0);
+        let layer_sparsity = sparsity
+            .as_ref()
+            .map(|v| v.iter().sum::<f32>() / v.len() as f32)
+            .unwrap_or(0.0);
+        let go_sparse = stage == DsvStage::Sparse
+            && s >= c.policy.min_sparse_len
+            && f64::from(layer_sparsity) >= c.policy.sparsity_threshold;
+        let profile_due =
+            training && (sparsity.is_none() || step.is_multiple_of(self.profile_interval(step)));
 
         // The predictor runs only where its output is used: training (its loss, the profiler's
         // recall) or sparse attention. It reads a detached input, so it never sends gradient
@@ -206,8 +276,15 @@ impl DsvAttention {
         let low_rank = (training || go_sparse).then(|| {
             let (q_lr, k_lr) = self.predictor.forward(x, q.clone(), k.clone());
             if training {
-                let target = q.clone().detach().select(2, rows.clone()).matmul(k.clone().detach().swap_dims(2, 3));
-                let predicted = q_lr.clone().select(2, rows.clone()).matmul(k_lr.clone().swap_dims(2, 3));
+                let target = q
+                    .clone()
+                    .detach()
+                    .select(2, rows.clone())
+                    .matmul(k.clone().detach().swap_dims(2, 3));
+                let predicted = q_lr
+                    .clone()
+                    .select(2, rows.clone())
+                    .matmul(k_lr.clone().swap_dims(2, 3));
                 let loss = predictor_loss(predicted, target);
                 let mut rt = self.runtime.lock().expect("DSV runtime lock");
                 rt.pending_loss = Some(match rt.pending_loss.take() {
@@ -216,31 +293,62 @@ impl DsvAttention {
                 });
             }
             let reorder = self.reorder(grid, &device);
-            (reorder.apply(q_lr.detach()), reorder.apply(k_lr.detach()), reorder)
+            (
+                reorder.apply(q_lr.detach()),
+                reorder.apply(k_lr.detach()),
+                reorder,
+            )
         });
 
         let out = match &low_rank {
             Some((q_lr, k_lr, reorder)) if go_sparse => {
                 let [qc, kc, vc] = [q.clone(), k.clone(), v.clone()].map(|t| reorder.apply(t));
-                let out = self.sparse_by_budget(qc, kc, vc, q_lr.clone(), k_lr.clone(), &budgets)?;
+                let out =
+                    self.sparse_by_budget(qc, kc, vc, q_lr.clone(), k_lr.clone(), &budgets)?;
                 reorder.undo(out)
             }
-            _ => attention(q.clone(), k.clone(), v, None, None, AttentionModuleOptions::default()),
+            _ => attention(
+                q.clone(),
+                k.clone(),
+                v,
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            ),
         };
 
         let recall = if let (true, Some((q_lr, k_lr, _))) = (profile_due, &low_rank) {
             let probs = row_probabilities(q.detach().select(2, rows.clone()), k.detach(), scale);
             let (critical, measured) = critical_sets(probs.clone(), c.policy.mass_threshold);
-            let measured: Vec<f32> = measured.into_data().convert::<f32>().try_to_vec().expect("f32 sparsity");
+            let measured: Vec<f32> = measured
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .expect("f32 sparsity");
             let smoothed: Vec<f32> = match &sparsity {
-                Some(old) => old.iter().zip(&measured).map(|(o, m)| (c.policy.momentum as f32) * o + (1.0 - c.policy.momentum as f32) * m).collect(),
+                Some(old) => old
+                    .iter()
+                    .zip(&measured)
+                    .map(|(o, m)| {
+                        (c.policy.momentum as f32) * o + (1.0 - c.policy.momentum as f32) * m
+                    })
+                    .collect(),
                 None => measured,
             };
-            self.head_sparsity.update(Tensor::from_data(TensorData::new(smoothed.clone(), [h]), &device));
+            self.head_sparsity.update(Tensor::from_data(
+                TensorData::new(smoothed.clone(), [h]),
+                &device,
+            ));
             self.head_sparsity.value_sync();
             let budgets = self.budgets(s, Some(&smoothed));
             let selected = self.predicted_rows_mask(q_lr, k_lr, &budgets, grid, s);
-            Some(critical_recall(probs, critical, selected).into_data().convert::<f32>().try_to_vec().expect("f32 recall"))
+            Some(
+                critical_recall(probs, critical, selected)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec()
+                    .expect("f32 recall"),
+            )
         } else {
             None
         };
@@ -260,25 +368,57 @@ impl DsvAttention {
     /// Runs sparse attention over runs of neighbouring heads with the same budget: a run is
     /// a narrow of the head axis and the outputs concatenate in head order, so no head is
     /// gathered or scattered (an index select's backward is a scatter-add).
-    fn sparse_by_budget(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, q_lr: Tensor<4>, k_lr: Tensor<4>, budgets: &[usize]) -> Result<Tensor<4>, SparseAttnError> {
+    fn sparse_by_budget(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        q_lr: Tensor<4>,
+        k_lr: Tensor<4>,
+        budgets: &[usize],
+    ) -> Result<Tensor<4>, SparseAttnError> {
         let group = self.config.policy.query_cube.iter().product();
         let heads = budgets.len();
         let mut outputs = Vec::new();
         let mut start = 0;
         while start < heads {
             let budget = budgets[start];
-            let len = budgets[start..].iter().take_while(|&&b| b == budget).count();
-            let pick = |t: &Tensor<4>| if len == heads { t.clone() } else { t.clone().narrow(1, start, len) };
-            let keys = select_critical_keys(pick(&q_lr), pick(&k_lr), SelectionConfig::new(group, budget))?;
+            let len = budgets[start..]
+                .iter()
+                .take_while(|&&b| b == budget)
+                .count();
+            let pick = |t: &Tensor<4>| {
+                if len == heads {
+                    t.clone()
+                } else {
+                    t.clone().narrow(1, start, len)
+                }
+            };
+            let keys = select_critical_keys(
+                pick(&q_lr),
+                pick(&k_lr),
+                SelectionConfig::new(group, budget),
+            )?;
             outputs.push(sparse_attention(pick(&q), pick(&k), pick(&v), &keys, None)?);
             start += len;
         }
-        Ok(if outputs.len() == 1 { outputs.remove(0) } else { Tensor::cat(outputs, 1) })
+        Ok(if outputs.len() == 1 {
+            outputs.remove(0)
+        } else {
+            Tensor::cat(outputs, 1)
+        })
     }
 
     /// `[B, H, n, S]` mask (original token order) of the keys the predictor would give each
     /// sampled row with these budgets.
-    fn predicted_rows_mask(&self, q_lr: &Tensor<4>, k_lr: &Tensor<4>, budgets: &[usize], grid: TokenGrid, s: usize) -> Tensor<4, Bool> {
+    fn predicted_rows_mask(
+        &self,
+        q_lr: &Tensor<4>,
+        k_lr: &Tensor<4>,
+        budgets: &[usize],
+        grid: TokenGrid,
+        s: usize,
+    ) -> Tensor<4, Bool> {
         let [b, h, _, _] = q_lr.dims();
         let group: usize = self.config.policy.query_cube.iter().product();
         let order = grid.cube_order(self.config.policy.query_cube);
@@ -286,12 +426,21 @@ impl DsvAttention {
         for (pos, &token) in order.iter().enumerate() {
             position[token] = pos;
         }
-        let rows: Vec<usize> = (0..s).step_by(self.config.policy.sample_stride.max(1)).collect();
+        let rows: Vec<usize> = (0..s)
+            .step_by(self.config.policy.sample_stride.max(1))
+            .collect();
         let mut mask = alloc::vec![true; b * h * rows.len() * s];
         for (head, &budget) in budgets.iter().enumerate() {
             let pick = |t: &Tensor<4>| t.clone().narrow(1, head, 1);
-            let keys = select_critical_keys(pick(q_lr), pick(k_lr), SelectionConfig::new(group, budget)).expect("budgets are validated");
-            let ids: Vec<i64> = keys.indices().to_data().convert::<i64>().try_to_vec().expect("i64 ids");
+            let keys =
+                select_critical_keys(pick(q_lr), pick(k_lr), SelectionConfig::new(group, budget))
+                    .expect("budgets are validated");
+            let ids: Vec<i64> = keys
+                .indices()
+                .to_data()
+                .convert::<i64>()
+                .try_to_vec()
+                .expect("i64 ids");
             let groups = s.div_ceil(group);
             for bi in 0..b {
                 for (ri, &row) in rows.iter().enumerate() {
@@ -303,7 +452,8 @@ impl DsvAttention {
                 }
             }
         }
-        Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, h, rows.len(), s]), &q_lr.device()).bool_not()
+        Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, h, rows.len(), s]), &q_lr.device())
+            .bool_not()
     }
 
     fn sampled_rows(s: usize, stride: usize, device: &Device) -> Tensor<1, Int> {
@@ -333,35 +483,63 @@ impl DsvAttention {
         let cap = ((c.policy.max_budget_fraction * s as f64).ceil() as usize).max(1);
         (0..c.heads)
             .map(|h| {
-                let dense_share = sparsity.map(|v| 1.0 - f64::from(v[h]).clamp(0.0, 1.0)).unwrap_or(1.0);
+                let dense_share = sparsity
+                    .map(|v| 1.0 - f64::from(v[h]).clamp(0.0, 1.0))
+                    .unwrap_or(1.0);
                 let want = ((s as f64 * dense_share).ceil() as usize).max(floor).max(1);
-                want.div_ceil(c.policy.budget_multiple.max(1)).saturating_mul(c.policy.budget_multiple.max(1)).min(cap).min(s)
+                want.div_ceil(c.policy.budget_multiple.max(1))
+                    .saturating_mul(c.policy.budget_multiple.max(1))
+                    .min(cap)
+                    .min(s)
             })
             .collect()
     }
 
     fn profile_interval(&self, step: usize) -> usize {
         let c = &self.config;
-        if step > c.policy.late_after_steps { c.policy.profile_every_late.max(1) } else { c.policy.profile_every.max(1) }
+        if step > c.policy.late_after_steps {
+            c.policy.profile_every_late.max(1)
+        } else {
+            c.policy.profile_every.max(1)
+        }
     }
 
     fn schedule_values(&self) -> [f32; SCHEDULE_LEN] {
-        let v: Vec<f32> = self.schedule.value_sync().into_data().convert::<f32>().try_to_vec().expect("f32 schedule");
+        let v: Vec<f32> = self
+            .schedule
+            .value_sync()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .expect("f32 schedule");
         v.try_into().expect("schedule has SCHEDULE_LEN slots")
     }
 
     fn set_schedule(&self, values: [f32; SCHEDULE_LEN], device: &Device) {
-        self.schedule.update(Tensor::from_data(TensorData::new(values.to_vec(), [SCHEDULE_LEN]), device));
+        self.schedule.update(Tensor::from_data(
+            TensorData::new(values.to_vec(), [SCHEDULE_LEN]),
+            device,
+        ));
         self.schedule.value_sync();
     }
 
     fn head_sparsity_values(&self) -> Option<Vec<f32>> {
-        let v: Vec<f32> = self.head_sparsity.value_sync().into_data().convert::<f32>().try_to_vec().expect("f32 sparsity");
+        let v: Vec<f32> = self
+            .head_sparsity
+            .value_sync()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .expect("f32 sparsity");
         (v.iter().all(|x| *x >= 0.0)).then_some(v)
     }
 
     fn stage_of(&self, schedule: &[f32; SCHEDULE_LEN]) -> DsvStage {
-        if schedule[STAGE] >= 1.0 { DsvStage::Sparse } else { DsvStage::Dense }
+        if schedule[STAGE] >= 1.0 {
+            DsvStage::Sparse
+        } else {
+            DsvStage::Dense
+        }
     }
 
     /// Takes the predictor loss recorded by training forwards since the last call; `None` for
@@ -372,7 +550,11 @@ impl DsvAttention {
         if !self.predictor.is_trainable() {
             return None;
         }
-        self.runtime.lock().expect("DSV runtime lock").pending_loss.take()
+        self.runtime
+            .lock()
+            .expect("DSV runtime lock")
+            .pending_loss
+            .take()
     }
 
     /// Folds an observed predictor loss into the smoothed loss and switches the layer to the
@@ -380,12 +562,48 @@ impl DsvAttention {
     pub fn record_predictor_loss(&self, loss: f32) {
         let mut schedule = self.schedule_values();
         let m = self.config.policy.momentum as f32;
-        schedule[LOSS] = if schedule[LOSS].is_nan() { loss } else { m * schedule[LOSS] + (1.0 - m) * loss };
+        schedule[LOSS] = if schedule[LOSS].is_nan() {
+            loss
+        } else {
+            m * schedule[LOSS] + (1.0 - m) * loss
+        };
         if f64::from(schedule[LOSS]) < self.config.policy.switch_loss {
             schedule[STAGE] = 1.0;
         }
         let device = self.schedule.value().device();
         self.set_schedule(schedule, &device);
+    }
+
+    /// The layer's training state that is not a weight (stage, steps seen, smoothed predictor
+    /// loss and per-head sparsity) as one `[4 + heads]` vector: what the ranks of a
+    /// data-parallel run copy from the rank whose share profiles and trains the predictors.
+    pub fn schedule_state(&self) -> Tensor<1> {
+        Tensor::cat(
+            alloc::vec![self.schedule.value(), self.head_sparsity.value()],
+            0,
+        )
+    }
+
+    /// Sets the state [`DsvAttention::schedule_state`] returned (from this layer or its copy
+    /// on another rank).
+    pub fn set_schedule_state(&self, state: Tensor<1>) -> Result<(), SparseAttnError> {
+        let heads = self.config.heads;
+        ensure(
+            state.dims() == [SCHEDULE_LEN + heads],
+            "DsvAttention::set_schedule_state",
+            "state",
+            format!("[{}]", SCHEDULE_LEN + heads),
+            format!("{:?}", state.dims()),
+        )?;
+        let device = self.schedule.value().device();
+        let state = Tensor::<1>::from_data(state.into_data(), &device);
+        self.schedule
+            .update(state.clone().narrow(0, 0, SCHEDULE_LEN));
+        self.schedule.value_sync();
+        self.head_sparsity
+            .update(state.narrow(0, SCHEDULE_LEN, heads));
+        self.head_sparsity.value_sync();
+        Ok(())
     }
 
     /// Forces a stage (e.g. to resume from a known schedule or to test the sparse path).
@@ -428,7 +646,11 @@ impl DsvAttention {
         DsvLayerStats {
             stage: self.stage_of(&schedule),
             step: schedule[STEP] as usize,
-            head_budgets: if seq_len > 0 { self.budgets(seq_len, sparsity.as_deref()) } else { Vec::new() },
+            head_budgets: if seq_len > 0 {
+                self.budgets(seq_len, sparsity.as_deref())
+            } else {
+                Vec::new()
+            },
             head_sparsity: sparsity,
             predictor_loss: (!schedule[LOSS].is_nan()).then_some(schedule[LOSS]),
             critical_recall: rt.recall.clone(),

@@ -21,7 +21,11 @@ pub struct TokenGrid {
 impl TokenGrid {
     /// A grid of `frames × height × width` tokens.
     pub fn new(frames: usize, height: usize, width: usize) -> Self {
-        Self { frames, height, width }
+        Self {
+            frames,
+            height,
+            width,
+        }
     }
 
     /// Number of tokens.
@@ -56,13 +60,23 @@ impl TokenGrid {
         order
     }
 
-    pub(crate) fn check_len(&self, function: &'static str, seq: usize) -> Result<(), SparseAttnError> {
+    pub(crate) fn check_len(
+        &self,
+        function: &'static str,
+        seq: usize,
+    ) -> Result<(), SparseAttnError> {
         ensure(
             self.len() == seq,
             function,
             "grid",
             alloc::format!("a token grid with frames·height·width = {seq} tokens"),
-            alloc::format!("{}×{}×{} = {}", self.frames, self.height, self.width, self.len()),
+            alloc::format!(
+                "{}×{}×{} = {}",
+                self.frames,
+                self.height,
+                self.width,
+                self.len()
+            ),
         )
     }
 }
@@ -99,7 +113,10 @@ impl Reorder {
         let cube = cube.map(|c| c.max(1));
         let dims = [grid.frames, grid.height, grid.width];
         if (0..3).all(|i| dims[i].is_multiple_of(cube[i])) {
-            return Self::Axes { cubes: core::array::from_fn(|i| dims[i] / cube[i]), cube };
+            return Self::Axes {
+                cubes: core::array::from_fn(|i| dims[i] / cube[i]),
+                cube,
+            };
         }
         let order = grid.cube_order(cube);
         let mut inverse = alloc::vec![0i64; order.len()];
@@ -126,13 +143,37 @@ impl Reorder {
 
     fn reorder(&self, x: Tensor<4>, into_cubes: bool) -> Tensor<4> {
         match self {
-            &Self::Axes { cubes: [tc, yc, xc], cube: [ct, ch, cw] } => {
+            &Self::Axes {
+                cubes: [tc, yc, xc],
+                cube: [ct, ch, cw],
+            } => {
                 let [b, h, s, d] = x.dims();
                 // Token axis as (time cube, t, row cube, y, column cube, x) ↔ (cubes, t, y, x).
-                let (split, perm) = if into_cubes { ([ct, yc, ch, xc, cw], [0, 2, 4, 1, 3, 5, 6]) } else { ([yc, xc, ct, ch, cw], [0, 3, 1, 4, 2, 5, 6]) };
-                x.reshape([b * h * tc, split[0], split[1], split[2], split[3], split[4], d]).permute(perm).reshape([b, h, s, d])
+                let (split, perm) = if into_cubes {
+                    ([ct, yc, ch, xc, cw], [0, 2, 4, 1, 3, 5, 6])
+                } else {
+                    ([yc, xc, ct, ch, cw], [0, 3, 1, 4, 2, 5, 6])
+                };
+                x.reshape([
+                    b * h * tc,
+                    split[0],
+                    split[1],
+                    split[2],
+                    split[3],
+                    split[4],
+                    d,
+                ])
+                .permute(perm)
+                .reshape([b, h, s, d])
             }
-            Self::Indices { forward, inverse } => x.select(2, if into_cubes { forward.clone() } else { inverse.clone() }),
+            Self::Indices { forward, inverse } => x.select(
+                2,
+                if into_cubes {
+                    forward.clone()
+                } else {
+                    inverse.clone()
+                },
+            ),
         }
     }
 }

@@ -33,30 +33,56 @@ pub struct LowRankPredictor {
 }
 
 impl LowRankPredictor {
-    pub(crate) fn new(input: PredictorInput, d_model: usize, heads: usize, head_dim: usize, rank: usize, device: &Device) -> Self {
+    pub(crate) fn new(
+        input: PredictorInput,
+        d_model: usize,
+        heads: usize,
+        head_dim: usize,
+        rank: usize,
+        device: &Device,
+    ) -> Self {
         let (query, key) = match input {
             // Independent uniform weights, as an nn::Linear of this width would start.
             PredictorInput::LayerInput => {
                 let bound = 1.0 / (d_model as f64).sqrt();
-                let init = || Tensor::<3>::random([heads, d_model, rank], Distribution::Uniform(-bound, bound), device);
+                let init = || {
+                    Tensor::<3>::random(
+                        [heads, d_model, rank],
+                        Distribution::Uniform(-bound, bound),
+                        device,
+                    )
+                };
                 (init(), init())
             }
             // One shared Gaussian map for queries and keys: the predicted scores start as a
             // random projection (Johnson–Lindenstrauss) estimate of q·kᵀ, already ranking keys
             // roughly right, and training sharpens them.
             PredictorInput::QueryKey => {
-                let shared = Tensor::<3>::random([heads, head_dim, rank], Distribution::Normal(0.0, 1.0 / (rank as f64).sqrt()), device);
-                (shared.clone(), shared)
+                let shared = Tensor::<3>::random(
+                    [heads, head_dim, rank],
+                    Distribution::Normal(0.0, 1.0 / (rank as f64).sqrt()),
+                    device,
+                );
+                // Two leaves with the same values: one tensor behind both parameters would be
+                // one autodiff node, whose gradient (the sum of both) only one of them gets.
+                let copy = Tensor::from_data(shared.to_data(), device);
+                (shared, copy)
             }
         };
-        Self { query: Param::from_tensor(query), key: Param::from_tensor(key), input }
+        Self {
+            query: Param::from_tensor(query),
+            key: Param::from_tensor(key),
+            input,
+        }
     }
 
     /// `(q_lr, k_lr)`, each `[B, H, S, r]`, from the layer input `x: [B, S, d_model]` or the
     /// layer's `q, k: [B, H, S, head_dim]`, whichever [`Self::input`] says; the inputs are
     /// detached here.
     pub fn forward(&self, x: Tensor<3>, q: Tensor<4>, k: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let project = |input: Tensor<4>, weight: &Param<Tensor<3>>| input.detach().matmul(weight.val().unsqueeze_dim(0));
+        let project = |input: Tensor<4>, weight: &Param<Tensor<3>>| {
+            input.detach().matmul(weight.val().unsqueeze_dim(0))
+        };
         match self.input {
             PredictorInput::LayerInput => {
                 let x = x.unsqueeze_dim::<4>(1);

@@ -15,21 +15,39 @@ pub(crate) fn critical_sets(probs: Tensor<4>, theta: f64) -> (Tensor<4, Bool>, T
     let sorted = probs.clone().sort_descending(3);
     // A key is critical while the mass of strictly larger keys is still below θ.
     let before = sorted.clone().cumsum(3) - sorted.clone();
-    let needed = before.clone().lower_elem(theta).float().sum_dim(3).clamp_min(1.0);
+    let needed = before
+        .clone()
+        .lower_elem(theta)
+        .float()
+        .sum_dim(3)
+        .clamp_min(1.0);
     // Threshold probability: the smallest probability still needed.
     let index = (needed.clone() - 1.0).int();
     let threshold = sorted.gather(3, index);
     let critical = probs.greater_equal(threshold.expand([b, h, n, s]));
-    let sparsity = (needed / s as f64).neg().add_scalar(1.0).mean_dim(3).mean_dim(2).mean_dim(0).reshape([h]);
+    let sparsity = (needed / s as f64)
+        .neg()
+        .add_scalar(1.0)
+        .mean_dim(3)
+        .mean_dim(2)
+        .mean_dim(0)
+        .reshape([h]);
     (critical, sparsity)
 }
 
 /// Fraction of the critical mass that a predicted key set covers, per head.
 /// `selected: [B, H, n, S]` (`true` = predicted).
-pub(crate) fn critical_recall(probs: Tensor<4>, critical: Tensor<4, Bool>, selected: Tensor<4, Bool>) -> Tensor<1> {
+pub(crate) fn critical_recall(
+    probs: Tensor<4>,
+    critical: Tensor<4, Bool>,
+    selected: Tensor<4, Bool>,
+) -> Tensor<1> {
     let h = probs.dims()[1];
     let critical_mass = probs.clone().mask_fill(critical.clone().bool_not(), 0.0);
-    let covered = critical_mass.clone().mask_fill(selected.bool_not(), 0.0).sum_dim(3);
+    let covered = critical_mass
+        .clone()
+        .mask_fill(selected.bool_not(), 0.0)
+        .sum_dim(3);
     let total = critical_mass.sum_dim(3).clamp_min(1e-12);
     (covered / total).mean_dim(2).mean_dim(0).reshape([h])
 }

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
@@ -86,37 +86,81 @@ impl DsvTrainer {
     /// [`DsvTrainer::replica`]) and splits the gradients into the host's and the predictors'.
     /// Needs no trainer, so replicas can call it on their own threads.
     pub fn backward<M: Module + DsvHost>(model: &M, loss: Tensor<1>) -> DsvGradients {
-        let pending: Vec<Option<Tensor<1>>> = model.dsv_layers().iter().map(|l| l.take_predictor_loss()).collect();
-        let predictor_losses: Vec<Option<f32>> = pending.iter().map(|l| l.as_ref().map(|t| t.clone().into_scalar::<f32>())).collect();
+        let pending: Vec<Option<Tensor<1>>> = model
+            .dsv_layers()
+            .iter()
+            .map(|l| l.take_predictor_loss())
+            .collect();
+        let predictor_losses: Vec<Option<f32>> = pending
+            .iter()
+            .map(|l| l.as_ref().map(|t| t.clone().into_scalar::<f32>()))
+            .collect();
         let host_loss = loss.clone().into_scalar::<f32>();
         let total = pending.into_iter().flatten().fold(loss, |acc, l| acc + l);
 
         let mut grads = total.backward();
-        let predictor_ids: Vec<ParamId> = model.dsv_layers().iter().flat_map(|l| l.predictor_param_ids()).collect();
+        let predictor_ids: Vec<ParamId> = model
+            .dsv_layers()
+            .iter()
+            .flat_map(|l| l.predictor_param_ids())
+            .collect();
         let predictors = GradientsParams::from_params(&mut grads, model, &predictor_ids);
         let host = GradientsParams::from_grads(grads, model);
-        DsvGradients { host, predictors, loss: host_loss, predictor_losses }
+        DsvGradients {
+            host,
+            predictors,
+            loss: host_loss,
+            predictor_losses,
+        }
     }
 
     /// Updates `model` with `grads` (one replica's, or several [`DsvGradients::merge`]d):
     /// the host with `model_optimizer` at `lr`, the predictors with this trainer's optimizer,
     /// then each layer's stage schedule from the recorded predictor losses.
-    pub fn apply<M: Module + DsvHost>(&mut self, model: M, grads: DsvGradients, model_optimizer: &mut ModuleOptimizer, lr: f64) -> (M, DsvStepReport) {
-        self.apply_with(model, grads, |model, host| model_optimizer.step(lr, model, host))
+    pub fn apply<M: Module + DsvHost>(
+        &mut self,
+        model: M,
+        grads: DsvGradients,
+        model_optimizer: &mut ModuleOptimizer,
+        lr: f64,
+    ) -> (M, DsvStepReport) {
+        self.apply_with(model, grads, |model, host| {
+            model_optimizer.step(lr, model, host)
+        })
     }
 
     /// [`DsvTrainer::apply`] with your own host update (an optimizer split into shards that
     /// step in parallel, say): `host_step` gets the model and the host's gradients.
-    pub fn apply_with<M: Module + DsvHost>(&mut self, model: M, grads: DsvGradients, host_step: impl FnOnce(M, GradientsParams) -> M) -> (M, DsvStepReport) {
-        let DsvGradients { host, predictors, loss, predictor_losses } = grads;
+    pub fn apply_with<M: Module + DsvHost>(
+        &mut self,
+        model: M,
+        grads: DsvGradients,
+        host_step: impl FnOnce(M, GradientsParams) -> M,
+    ) -> (M, DsvStepReport) {
+        let DsvGradients {
+            host,
+            predictors,
+            loss,
+            predictor_losses,
+        } = grads;
         let model = host_step(model, host);
-        let model = if predictors.is_empty() { model } else { self.optimizer.step(self.lr, model, predictors) };
+        let model = if predictors.is_empty() {
+            model
+        } else {
+            self.optimizer.step(self.lr, model, predictors)
+        };
         for (layer, loss) in model.dsv_layers().iter().zip(&predictor_losses) {
             if let Some(loss) = loss {
                 layer.record_predictor_loss(*loss);
             }
         }
-        (model, DsvStepReport { loss, predictor_losses })
+        (
+            model,
+            DsvStepReport {
+                loss,
+                predictor_losses,
+            },
+        )
     }
 
     /// A replica of `model` for data-parallel training: each replica takes a share of the
@@ -133,10 +177,18 @@ impl DsvTrainer {
         struct Freeze(Vec<ParamId>);
         impl ModuleMapper for Freeze {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                if self.0.contains(&param.id) { param.set_require_grad(false) } else { param }
+                if self.0.contains(&param.id) {
+                    param.set_require_grad(false)
+                } else {
+                    param
+                }
             }
         }
-        let predictors = model.dsv_layers().iter().flat_map(|l| l.predictor_param_ids()).collect();
+        let predictors = model
+            .dsv_layers()
+            .iter()
+            .flat_map(|l| l.predictor_param_ids())
+            .collect();
         // `valid` copies the running states (a snapshot); `train` makes fresh leaves.
         model.valid().map(&mut Freeze(predictors)).train()
     }
@@ -146,8 +198,11 @@ impl DsvTrainer {
 pub struct DsvGradients {
     host: GradientsParams,
     predictors: GradientsParams,
-    loss: f32,
-    predictor_losses: Vec<Option<f32>>,
+    /// The host loss (weighted by the replica's share of the batch; summed over merged
+    /// replicas).
+    pub loss: f32,
+    /// Each DSV layer's predictor loss, where this replica recorded one.
+    pub predictor_losses: Vec<Option<f32>>,
 }
 
 impl DsvGradients {
@@ -161,12 +216,74 @@ impl DsvGradients {
             acc.accumulate(model, b);
             acc.grads()
         };
-        let predictor_losses = self.predictor_losses.iter().zip(&other.predictor_losses).map(|(a, b)| a.or(*b)).collect();
-        DsvGradients { host: sum(self.host, other.host), predictors: sum(self.predictors, other.predictors), loss: self.loss + other.loss, predictor_losses }
+        let predictor_losses = self
+            .predictor_losses
+            .iter()
+            .zip(&other.predictor_losses)
+            .map(|(a, b)| a.or(*b))
+            .collect();
+        DsvGradients {
+            host: sum(self.host, other.host),
+            predictors: sum(self.predictors, other.predictors),
+            loss: self.loss + other.loss,
+            predictor_losses,
+        }
     }
 
     /// The host loss (summed over merged replicas).
     pub fn loss(&self) -> f32 {
         self.loss
+    }
+
+    /// Applies `reduce` to the host's and the predictors' gradients as one set (one
+    /// all-reduce of a data-parallel step moves both), then splits them again by `model`'s
+    /// predictor parameters.
+    pub fn try_map_gradients<M: Module + DsvHost, E>(
+        self,
+        model: &M,
+        reduce: impl FnOnce(GradientsParams) -> Result<GradientsParams, E>,
+    ) -> Result<DsvGradients, E> {
+        struct Split<'a> {
+            predictor_ids: Vec<ParamId>,
+            all: &'a mut GradientsParams,
+            predictors: GradientsParams,
+        }
+        impl ModuleVisitor for Split<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if self.predictor_ids.contains(&param.id)
+                    && let Some(grad) = self.all.remove::<D>(param.id)
+                {
+                    self.predictors.register(param.id, grad);
+                }
+            }
+        }
+        let DsvGradients {
+            host,
+            predictors,
+            loss,
+            predictor_losses,
+        } = self;
+        let mut acc = GradientsAccumulator::<M>::new();
+        acc.accumulate(model, host);
+        acc.accumulate(model, predictors);
+        let mut all = reduce(acc.grads())?;
+        let predictor_ids = model
+            .dsv_layers()
+            .iter()
+            .flat_map(|l| l.predictor_param_ids())
+            .collect();
+        let mut split = Split {
+            predictor_ids,
+            all: &mut all,
+            predictors: GradientsParams::new(),
+        };
+        model.visit(&mut split);
+        let predictors = split.predictors;
+        Ok(DsvGradients {
+            host: all,
+            predictors,
+            loss,
+            predictor_losses,
+        })
     }
 }

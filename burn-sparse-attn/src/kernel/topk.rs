@@ -38,7 +38,10 @@ fn bin_holding(counts: &[u32], rank: usize) -> (usize, usize) {
 /// bin (a few elements for smooth score distributions) finishes. Two linear passes plus a
 /// small select.
 fn kth_largest_finite(row: &[f32], k: usize, lo: f32, hi: f32, scratch: &mut TopKScratch) -> f32 {
-    debug_assert!(lo < hi, "kth_largest_finite: needs lo < hi, got {lo} and {hi}");
+    debug_assert!(
+        lo < hi,
+        "kth_largest_finite: needs lo < hi, got {lo} and {hi}"
+    );
     let scale = (BINS as f32 - 1.0) / (hi - lo);
     let bin = |s: f32| (((s - lo) * scale) as usize).min(BINS - 1);
     scratch.counts.clear();
@@ -90,15 +93,31 @@ fn sample_bracket(row: &[f32], k: usize, scratch: &mut TopKScratch) -> (i32, i32
     let n = row.len();
     let sample = &mut scratch.keys;
     sample.clear();
-    sample.extend(row.iter().step_by(n.div_ceil(SAMPLE)).map(|&s| order_key(s)));
+    sample.extend(
+        row.iter()
+            .step_by(n.div_ceil(SAMPLE))
+            .map(|&s| order_key(s)),
+    );
     let m = sample.len();
     let q = k as f64 / n as f64;
     let rank = q * m as f64;
     let spread = 4.0 * (m as f64 * q * (1.0 - q)).sqrt() + 2.0;
     let descending = |a: &i32, b: &i32| b.cmp(a);
     let (hi_rank, lo_rank) = (rank - spread, rank + spread);
-    let hi = if hi_rank < 0.0 { i32::MAX } else { *sample.select_nth_unstable_by(hi_rank as usize, descending).1 };
-    let lo = if lo_rank as usize >= m { i32::MIN } else { *sample.select_nth_unstable_by(lo_rank as usize, descending).1 };
+    let hi = if hi_rank < 0.0 {
+        i32::MAX
+    } else {
+        *sample
+            .select_nth_unstable_by(hi_rank as usize, descending)
+            .1
+    };
+    let lo = if lo_rank as usize >= m {
+        i32::MIN
+    } else {
+        *sample
+            .select_nth_unstable_by(lo_rank as usize, descending)
+            .1
+    };
     (lo, hi)
 }
 
@@ -107,9 +126,22 @@ const SPLIT_CHUNK: usize = 16;
 
 /// The top-k of `row` when its k-th best key lies in `[lo, hi]`; false (and `out`
 /// untouched) when it does not.
-fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKScratch, out: &mut [i64]) -> bool {
+fn top_k_in_bracket(
+    row: &[f32],
+    k: usize,
+    lo: i32,
+    hi: i32,
+    scratch: &mut TopKScratch,
+    out: &mut [i64],
+) -> bool {
     let n = row.len();
-    let TopKScratch { counts, keys, above, inside, .. } = scratch;
+    let TopKScratch {
+        counts,
+        keys,
+        above,
+        inside,
+        ..
+    } = scratch;
     if above.len() <= n {
         above.resize(n + 1, 0);
         inside.resize(n + 1, (0, 0));
@@ -139,8 +171,13 @@ fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKS
     }
     // The tail is padded to a whole chunk; the mask drops the padding.
     let tail = chunks.remainder();
-    let tail_keys: [i32; SPLIT_CHUNK] = core::array::from_fn(|j| tail.get(j).map_or(i32::MIN, |&s| order_key(s)));
-    keep(at_or_above(&tail_keys, lo) & ((1u32 << tail.len()) - 1), &tail_keys, n - tail.len());
+    let tail_keys: [i32; SPLIT_CHUNK] =
+        core::array::from_fn(|j| tail.get(j).map_or(i32::MIN, |&s| order_key(s)));
+    keep(
+        at_or_above(&tail_keys, lo) & ((1u32 << tail.len()) - 1),
+        &tail_keys,
+        n - tail.len(),
+    );
     if n_above >= k || n_above + n_inside < k {
         return false;
     }
@@ -161,12 +198,21 @@ fn top_k_in_bracket(row: &[f32], k: usize, lo: i32, hi: i32, scratch: &mut TopKS
 /// Bit `j` set where `keys[j] ≥ lo`: one vector compare for the whole chunk.
 #[inline(always)]
 fn at_or_above(keys: &[i32; SPLIT_CHUNK], lo: i32) -> u32 {
-    keys.iter().enumerate().fold(0u32, |mask, (j, &key)| mask | ((key >= lo) as u32) << j)
+    keys.iter()
+        .enumerate()
+        .fold(0u32, |mask, (j, &key)| mask | ((key >= lo) as u32) << j)
 }
 
 /// The `rank`-th largest key (1-based) of `items`, all inside `[lo, hi]`: a histogram over
 /// that key range finds the bin holding it, a selection inside the bin finishes.
-fn kth_key_in_range(items: &[(i32, u32)], rank: usize, lo: i32, hi: i32, counts: &mut Vec<u32>, keys: &mut Vec<i32>) -> i32 {
+fn kth_key_in_range(
+    items: &[(i32, u32)],
+    rank: usize,
+    lo: i32,
+    hi: i32,
+    counts: &mut Vec<u32>,
+    keys: &mut Vec<i32>,
+) -> i32 {
     let bins = (items.len() / 4).clamp(1, BINS);
     // Monotone in the key, which is all the walk below needs: a fixed-point multiply, with
     // no division or (scalar, saturating) float-to-int cast per element. `offset < range`
@@ -181,8 +227,15 @@ fn kth_key_in_range(items: &[(i32, u32)], rank: usize, lo: i32, hi: i32, counts:
     }
     let (target, above) = bin_holding(counts, rank);
     keys.clear();
-    keys.extend(items.iter().map(|&(key, _)| key).filter(|&key| bin(key) == target));
-    *keys.select_nth_unstable_by(rank - above - 1, |a, b| b.cmp(a)).1
+    keys.extend(
+        items
+            .iter()
+            .map(|&(key, _)| key)
+            .filter(|&key| bin(key) == target),
+    );
+    *keys
+        .select_nth_unstable_by(rank - above - 1, |a, b| b.cmp(a))
+        .1
 }
 
 /// Writes the ascending union of two ascending, disjoint id lists into `out` (filled exactly).
@@ -203,7 +256,11 @@ fn merge_ascending(a: &[u32], b: impl Iterator<Item = u32>, out: &mut [i64]) {
 /// The exact fallback: the k-th best value by a value histogram (or a full selection when
 /// the row holds NaN or infinities), then one ascending scan.
 fn top_k_by_histogram(row: &[f32], k: usize, scratch: &mut TopKScratch, out: &mut [i64]) {
-    let (lo, hi) = row.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+    let (lo, hi) = row
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| {
+            (lo.min(s), hi.max(s))
+        });
     let kth = if lo.is_finite() && hi.is_finite() && lo < hi && !row.iter().any(|s| s.is_nan()) {
         kth_largest_finite(row, k, lo, hi, scratch)
     } else {
@@ -226,7 +283,12 @@ fn top_k_by_histogram(row: &[f32], k: usize, scratch: &mut TopKScratch, out: &mu
         n += (order_key(s) > kth) as usize;
     }
     // The lowest `k − n` ids equal to the k-th value complete the set.
-    let equal = row.iter().enumerate().filter(|&(_, &s)| order_key(s) == kth).map(|(i, _)| i as u32).take(k - n);
+    let equal = row
+        .iter()
+        .enumerate()
+        .filter(|&(_, &s)| order_key(s) == kth)
+        .map(|(i, _)| i as u32)
+        .take(k - n);
     merge_ascending(&above[..n], equal, out);
 }
 
@@ -237,7 +299,11 @@ mod tests {
     /// The definition: sort (score desc, id asc), keep k, list ascending.
     fn by_sorting(row: &[f32], k: usize) -> Vec<i64> {
         let mut ids: Vec<usize> = (0..row.len()).collect();
-        ids.sort_by(|&a, &b| rank_key(row[b]).total_cmp(&rank_key(row[a])).then(a.cmp(&b)));
+        ids.sort_by(|&a, &b| {
+            rank_key(row[b])
+                .total_cmp(&rank_key(row[a]))
+                .then(a.cmp(&b))
+        });
         let mut chosen: Vec<i64> = ids[..k].iter().map(|&i| i as i64).collect();
         chosen.sort_unstable();
         chosen
@@ -257,8 +323,18 @@ mod tests {
             (0..500).map(|_| next()).collect(),
             (0..300).map(|_| (next() * 2.0).round()).collect(), // many ties
             vec![1.0; 40],
-            vec![f32::NAN, 2.0, f32::INFINITY, -1.0, f32::NEG_INFINITY, 2.0, f32::NAN],
-            (0..257).map(|i| if i % 3 == 0 { 1e30 } else { -1e-30 }).collect(),
+            vec![
+                f32::NAN,
+                2.0,
+                f32::INFINITY,
+                -1.0,
+                f32::NEG_INFINITY,
+                2.0,
+                f32::NAN,
+            ],
+            (0..257)
+                .map(|i| if i % 3 == 0 { 1e30 } else { -1e-30 })
+                .collect(),
         ];
         let mut rows = rows;
         // Long rows, where the sampled bracket decides: smooth scores, many ties, signed
@@ -266,9 +342,23 @@ mod tests {
         // misses and the histogram path answers).
         rows.push((0..5000).map(|_| next()).collect());
         rows.push((0..4097).map(|_| next().round()).collect());
-        rows.push((0..3000).map(|i| if i % 2 == 0 { 0.0 } else { -0.0 }).collect());
+        rows.push(
+            (0..3000)
+                .map(|i| if i % 2 == 0 { 0.0 } else { -0.0 })
+                .collect(),
+        );
         let stride = 6000usize.div_ceil(SAMPLE);
-        rows.push((0..6000).map(|i| if i % stride == 0 { 100.0 + next() } else { next() }).collect());
+        rows.push(
+            (0..6000)
+                .map(|i| {
+                    if i % stride == 0 {
+                        100.0 + next()
+                    } else {
+                        next()
+                    }
+                })
+                .collect(),
+        );
         for row in &rows {
             let n = row.len();
             for k in [1, 2, n / 10, n / 3, n - 1, n] {
@@ -292,18 +382,55 @@ mod tests {
         let mut scratch = TopKScratch::default();
         let mut out = vec![-1i64; 10];
         // The 10 best are 990..999: a bracket below them, or one holding too few, fails.
-        assert!(!top_k_in_bracket(&row, 10, order_key(0.0), order_key(500.0), &mut scratch, &mut out));
-        assert!(!top_k_in_bracket(&row, 10, order_key(995.0), order_key(999.0), &mut scratch, &mut out));
+        assert!(!top_k_in_bracket(
+            &row,
+            10,
+            order_key(0.0),
+            order_key(500.0),
+            &mut scratch,
+            &mut out
+        ));
+        assert!(!top_k_in_bracket(
+            &row,
+            10,
+            order_key(995.0),
+            order_key(999.0),
+            &mut scratch,
+            &mut out
+        ));
         assert!(out.iter().all(|&i| i == -1));
-        assert!(top_k_in_bracket(&row, 10, order_key(985.0), order_key(995.0), &mut scratch, &mut out));
+        assert!(top_k_in_bracket(
+            &row,
+            10,
+            order_key(985.0),
+            order_key(995.0),
+            &mut scratch,
+            &mut out
+        ));
         assert_eq!(out, (990..1000).collect::<Vec<i64>>());
     }
 
     #[test]
     fn order_key_orders_like_total_cmp() {
-        let values = [f32::NEG_INFINITY, -1e30, -1.0, -1e-40, -0.0, 0.0, 1e-40, 1.0, 1e30, f32::INFINITY];
+        let values = [
+            f32::NEG_INFINITY,
+            -1e30,
+            -1.0,
+            -1e-40,
+            -0.0,
+            0.0,
+            1e-40,
+            1.0,
+            1e30,
+            f32::INFINITY,
+        ];
         for pair in values.windows(2) {
-            assert!(order_key(pair[0]) < order_key(pair[1]), "{} !< {}", pair[0], pair[1]);
+            assert!(
+                order_key(pair[0]) < order_key(pair[1]),
+                "{} !< {}",
+                pair[0],
+                pair[1]
+            );
         }
         assert_eq!(order_key(f32::NAN), order_key(f32::NEG_INFINITY));
     }

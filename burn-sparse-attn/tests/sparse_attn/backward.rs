@@ -29,9 +29,24 @@ fn grads_of(
 }
 
 fn assert_grads_close(actual: Grads, expected: &Grads, what: &str) {
-    assert_close(actual.dq, expected.dq.clone(), 2e-4, &format!("dq of {what}"));
-    assert_close(actual.dk, expected.dk.clone(), 2e-4, &format!("dk of {what}"));
-    assert_close(actual.dv, expected.dv.clone(), 2e-4, &format!("dv of {what}"));
+    assert_close(
+        actual.dq,
+        expected.dq.clone(),
+        2e-4,
+        &format!("dq of {what}"),
+    );
+    assert_close(
+        actual.dk,
+        expected.dk.clone(),
+        2e-4,
+        &format!("dk of {what}"),
+    );
+    assert_close(
+        actual.dv,
+        expected.dv.clone(),
+        2e-4,
+        &format!("dv of {what}"),
+    );
 }
 
 #[test]
@@ -84,7 +99,8 @@ fn gradient_of_q_matches_finite_differences() {
     for device in devices() {
         let keys = critical_keys(&ids, g, 1, s, s, &device);
         let objective = |q: Tensor<4>| {
-            let out = sparse_attention(q, tensor(&k, &device), tensor(&v, &device), &keys, None).unwrap();
+            let out =
+                sparse_attention(q, tensor(&k, &device), tensor(&v, &device), &keys, None).unwrap();
             (out * tensor(&w, &device)).sum().into_scalar::<f32>()
         };
         let analytic = grads_of(&device, [&q, &k, &v, &w], |q, k, v| {

@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use burn::tensor::{
-    Bool, Device, Int, Tensor, TensorData, Tolerance, activation::softmax,
-    module::attention, ops::AttentionModuleOptions,
+    Bool, Device, Int, Tensor, TensorData, Tolerance, activation::softmax, module::attention,
+    ops::AttentionModuleOptions,
 };
 use burn_sparse_attn::CriticalKeys;
 
@@ -98,7 +98,12 @@ pub fn dense_masked_attention(
     softmax(scores, 3).matmul(v)
 }
 
-pub fn masked_scores(q: Tensor<4>, k: Tensor<4>, mask: Option<Tensor<4, Bool>>, scale: f64) -> Tensor<4> {
+pub fn masked_scores(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    scale: f64,
+) -> Tensor<4> {
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     match mask {
         Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
@@ -107,11 +112,21 @@ pub fn masked_scores(q: Tensor<4>, k: Tensor<4>, mask: Option<Tensor<4, Bool>>, 
 }
 
 /// Burn's own dense attention.
-pub fn burn_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
+pub fn burn_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
     attention(q, k, v, mask, None, AttentionModuleOptions::default())
 }
 
-pub fn assert_close<const D: usize>(actual: Tensor<D>, expected: Tensor<D>, tolerance: f32, what: &str) {
+pub fn assert_close<const D: usize>(
+    actual: Tensor<D>,
+    expected: Tensor<D>,
+    tolerance: f32,
+    what: &str,
+) {
     let actual = actual.into_data().convert::<f32>();
     let expected = expected.into_data().convert::<f32>();
     assert_eq!(actual.shape(), expected.shape(), "{what}: shapes differ");

@@ -1,5 +1,7 @@
 use burn::tensor::{Device, Tensor};
-use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention, sparse_attention_with_lse};
+use burn_sparse_attn::{
+    SelectionConfig, select_critical_keys, sparse_attention, sparse_attention_with_lse,
+};
 
 use crate::common::*;
 
@@ -34,16 +36,30 @@ fn all_keys_equals_burn_dense_attention() {
         let (_, _, _, sk, _, g, block) = case;
         let [q, k, v] = inputs(case, 10 * n as u64);
         let oracle = oracle_device();
-        let expected = burn_attention(tensor(&q, &oracle), tensor(&k, &oracle), tensor(&v, &oracle), None);
+        let expected = burn_attention(
+            tensor(&q, &oracle),
+            tensor(&k, &oracle),
+            tensor(&v, &oracle),
+            None,
+        );
         for device in devices() {
-            let (q, k, v) = (tensor(&q, &device), tensor(&k, &device), tensor(&v, &device));
+            let (q, k, v) = (
+                tensor(&q, &device),
+                tensor(&k, &device),
+                tensor(&v, &device),
+            );
             // Budget = every unit: the selection keeps all keys whatever the scores.
             let units = sk.div_ceil(block);
             let config = SelectionConfig::new(g, units).with_key_block(block);
             let keys = select_critical_keys(q.clone(), k.clone(), config).unwrap();
             assert_eq!(keys.sparsity(), 0.0);
             let out = sparse_attention(q, k, v, &keys, None).unwrap();
-            assert_close(out, expected.clone(), 1e-4, &format!("case {case:?} on {device:?}"));
+            assert_close(
+                out,
+                expected.clone(),
+                1e-4,
+                &format!("case {case:?} on {device:?}"),
+            );
         }
     }
 }
@@ -61,8 +77,13 @@ fn random_index_equals_masked_dense_attention() {
         let oracle = oracle_device();
         let keys = critical_keys(&ids, g, block, sq, sk, &oracle);
         let mask = keys.dense_mask();
-        let (oq, ok, ov) = (tensor(&q, &oracle), tensor(&k, &oracle), tensor(&v, &oracle));
-        let expected = dense_masked_attention(oq.clone(), ok.clone(), ov, Some(mask.clone()), scale);
+        let (oq, ok, ov) = (
+            tensor(&q, &oracle),
+            tensor(&k, &oracle),
+            tensor(&v, &oracle),
+        );
+        let expected =
+            dense_masked_attention(oq.clone(), ok.clone(), ov, Some(mask.clone()), scale);
         let expected_lse = masked_scores(oq, ok, Some(mask), scale)
             .exp()
             .sum_dim(3)
@@ -81,7 +102,12 @@ fn random_index_equals_masked_dense_attention() {
             .unwrap();
             let what = format!("case {case:?} on {device:?}");
             assert_close(out.output, expected.clone(), 1e-4, &what);
-            assert_close(out.lse, expected_lse.clone(), 1e-4, &format!("lse of {what}"));
+            assert_close(
+                out.lse,
+                expected_lse.clone(),
+                1e-4,
+                &format!("lse of {what}"),
+            );
         }
     }
 }
@@ -118,19 +144,34 @@ fn half_precision_inputs_follow_the_f32_result() {
             continue;
         }
         let keys = critical_keys(&ids, g, 1, s, s, &device);
-        let full = sparse_attention(tensor(&q, &device), tensor(&k, &device), tensor(&v, &device), &keys, None).unwrap();
+        let full = sparse_attention(
+            tensor(&q, &device),
+            tensor(&k, &device),
+            tensor(&v, &device),
+            &keys,
+            None,
+        )
+        .unwrap();
         let half = |x: &burn::tensor::TensorData| tensor(x, &device).cast(DType::F16);
         let out: Tensor<4> = sparse_attention(half(&q), half(&k), half(&v), &keys, None).unwrap();
         assert_eq!(out.dtype(), DType::F16);
         // f16 keeps ~3 decimal digits; inputs round at 2^-11 relative.
-        assert_close(out.cast(DType::F32), full, 5e-3, &format!("f16 on {device:?}"));
+        assert_close(
+            out.cast(DType::F32),
+            full,
+            5e-3,
+            &format!("f16 on {device:?}"),
+        );
     }
 }
 
 #[test]
 fn every_compiled_backend_is_tested() {
     let devices = devices();
-    let expected = 1 + usize::from(cfg!(feature = "ndarray")) + usize::from(cfg!(feature = "wgpu")) + usize::from(cfg!(feature = "vulkan"));
+    let expected = 1
+        + usize::from(cfg!(feature = "ndarray"))
+        + usize::from(cfg!(feature = "wgpu"))
+        + usize::from(cfg!(feature = "vulkan"));
     assert_eq!(devices.len(), expected, "{devices:?}");
     for device in devices {
         let x = Tensor::<4>::ones([1, 1, 2, 2], &device);
@@ -145,27 +186,68 @@ fn auto_mode_falls_back_to_dense_with_the_same_result() {
     let (b, h, s, d, g) = (1, 2, 96, 32, 8);
     let [q, k, v] = [1, 2, 3].map(|seed| random_data([b, h, s, d], 40 + seed));
     let scale = Some(0.8 / (d as f64).sqrt());
-    let always_sparse = DenseFallback { min_sparse_len: 0, max_density: 1.0 };
-    let always_dense = DenseFallback { min_sparse_len: 10_000, max_density: 1.0 };
+    let always_sparse = DenseFallback {
+        min_sparse_len: 0,
+        max_density: 1.0,
+    };
+    let always_dense = DenseFallback {
+        min_sparse_len: 10_000,
+        max_density: 1.0,
+    };
     for device in devices() {
         for budget in [s, 60, 9] {
             let ids = random_index_data([b, h, s.div_ceil(g)], s, budget, 50 + budget as u64);
             let keys = critical_keys(&ids, g, 1, s, s, &device);
-            let (q, k, v) = (tensor(&q, &device), tensor(&k, &device), tensor(&v, &device));
+            let (q, k, v) = (
+                tensor(&q, &device),
+                tensor(&k, &device),
+                tensor(&v, &device),
+            );
             let sparse = sparse_attention(q.clone(), k.clone(), v.clone(), &keys, scale).unwrap();
             assert!(!always_sparse.prefers_dense(&keys) && always_dense.prefers_dense(&keys));
-            for fallback in [always_sparse, always_dense, DenseFallback::for_device(&device)] {
-                let auto = sparse_attention_auto(q.clone(), k.clone(), v.clone(), &keys, scale, fallback).unwrap();
-                assert_close(auto, sparse.clone(), 1e-4, &format!("budget {budget}, {fallback:?} on {device:?}"));
+            for fallback in [
+                always_sparse,
+                always_dense,
+                DenseFallback::for_device(&device),
+            ] {
+                let auto =
+                    sparse_attention_auto(q.clone(), k.clone(), v.clone(), &keys, scale, fallback)
+                        .unwrap();
+                assert_close(
+                    auto,
+                    sparse.clone(),
+                    1e-4,
+                    &format!("budget {budget}, {fallback:?} on {device:?}"),
+                );
             }
             // Denser than 60% of the keys runs dense under a 0.6 density cap.
-            let capped = DenseFallback { min_sparse_len: 0, max_density: 0.6 };
+            let capped = DenseFallback {
+                min_sparse_len: 0,
+                max_density: 0.6,
+            };
             assert_eq!(capped.prefers_dense(&keys), budget > 57, "budget {budget}");
             // The dense path checks its arguments like the sparse one.
-            let err = sparse_attention_auto(q.clone(), k.clone(), v.narrow(3, 0, 8), &keys, scale, always_dense).unwrap_err();
+            let err = sparse_attention_auto(
+                q.clone(),
+                k.clone(),
+                v.narrow(3, 0, 8),
+                &keys,
+                scale,
+                always_dense,
+            )
+            .unwrap_err();
             assert_eq!(err.argument, "v");
         }
     }
     // The measured CPU crossover: sequences this short run dense on Flex.
-    assert!(DenseFallback::for_device(&Device::flex()).prefers_dense(&critical_keys(&random_index_data([1, 1, 8], 64, 6, 3), 8, 1, 64, 64, &Device::flex())));
+    assert!(
+        DenseFallback::for_device(&Device::flex()).prefers_dense(&critical_keys(
+            &random_index_data([1, 1, 8], 64, 6, 3),
+            8,
+            1,
+            64,
+            64,
+            &Device::flex()
+        ))
+    );
 }

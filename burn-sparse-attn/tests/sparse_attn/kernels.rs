@@ -7,7 +7,9 @@ use burn_sparse_attn::{SelectionConfig, oracle, select_critical_keys, sparse_att
 use crate::common::*;
 
 /// (batch, heads, query len, key len, head dim, group size, key block, budget)
-const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 7] = [
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+const CASES: [Case; 7] = [
     (1, 2, 256, 256, 64, 32, 1, 256),
     (2, 3, 301, 301, 64, 32, 1, 30),
     (1, 2, 200, 200, 128, 16, 1, 21),
@@ -21,13 +23,22 @@ const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 7] = [
 fn forward_and_lse_match_the_reference() {
     for (n, (b, h, sq, sk, d, g, block, budget)) in CASES.into_iter().enumerate() {
         let seed = 5000 + 10 * n as u64;
-        let [q, k, v] = [random_data([b, h, sq, d], seed), random_data([b, h, sk, d], seed + 1), random_data([b, h, sk, d], seed + 2)];
+        let [q, k, v] = [
+            random_data([b, h, sq, d], seed),
+            random_data([b, h, sk, d], seed + 1),
+            random_data([b, h, sk, d], seed + 2),
+        ];
         let ids = random_index_data([b, h, sq.div_ceil(g)], sk.div_ceil(block), budget, seed + 3);
         let scale = 1.3 / (d as f64).sqrt();
         for device in devices() {
             let keys = critical_keys(&ids, g, block, sq, sk, &device);
-            let (q, k, v) = (tensor(&q, &device), tensor(&k, &device), tensor(&v, &device));
-            let (want, want_lse) = oracle::sparse_attention(q.clone(), k.clone(), v.clone(), &keys, scale);
+            let (q, k, v) = (
+                tensor(&q, &device),
+                tensor(&k, &device),
+                tensor(&v, &device),
+            );
+            let (want, want_lse) =
+                oracle::sparse_attention(q.clone(), k.clone(), v.clone(), &keys, scale);
             let got = sparse_attention_with_lse(q, k, v, &keys, Some(scale)).unwrap();
             let what = format!("case {n} on {device:?}");
             assert_close(got.output, want, 1e-4, &what);
@@ -53,16 +64,30 @@ fn gradients_match_the_reference_autodiff() {
                 let [q, k, v] = [0, 1, 2].map(|i| tensor(&data[i], &device).require_grad());
                 let keys = critical_keys(&ids, g, block, sq, sk, &device);
                 let out = if native {
-                    sparse_attention_with_lse(q.clone(), k.clone(), v.clone(), &keys, None).unwrap().output
+                    sparse_attention_with_lse(q.clone(), k.clone(), v.clone(), &keys, None)
+                        .unwrap()
+                        .output
                 } else {
-                    oracle::sparse_attention(q.clone(), k.clone(), v.clone(), &keys, 1.0 / (d as f64).sqrt()).0
+                    oracle::sparse_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        &keys,
+                        1.0 / (d as f64).sqrt(),
+                    )
+                    .0
                 };
                 let grads = (out * tensor(&data[3], &device)).sum().backward();
                 [&q, &k, &v].map(|x| x.grad(&grads).expect("gradient"))
             };
             let [want, got] = [run(false), run(true)];
             for ((name, got), want) in ["dq", "dk", "dv"].iter().zip(got).zip(want) {
-                assert_close(got, want, 2e-4, &format!("{name} of case {n} on {device:?}"));
+                assert_close(
+                    got,
+                    want,
+                    2e-4,
+                    &format!("{name} of case {n} on {device:?}"),
+                );
             }
         }
     }
@@ -73,7 +98,12 @@ fn gradients_match_the_reference_autodiff() {
 fn grid_data(shape: [usize; 4], seed: u64) -> TensorData {
     let mut rng = Rng::new(seed);
     let n = shape.iter().product();
-    TensorData::new((0..n).map(|_| (rng.below(17) as f32 - 8.0) / 8.0).collect::<Vec<f32>>(), shape)
+    TensorData::new(
+        (0..n)
+            .map(|_| (rng.below(17) as f32 - 8.0) / 8.0)
+            .collect::<Vec<f32>>(),
+        shape,
+    )
 }
 
 #[test]
@@ -93,8 +123,13 @@ fn selection_matches_the_reference_id_for_id() {
             let (q, k) = (tensor(&q_lr, &device), tensor(&k_lr, &device));
             let want = oracle::select_critical_keys(q.clone(), k.clone(), config);
             let got = select_critical_keys(q, k, config).unwrap();
-            let ids = |t: &Tensor<4, Int>| t.to_data().convert::<i64>().try_to_vec::<i64>().unwrap();
-            assert_eq!(ids(got.indices()), ids(want.indices()), "case {n} on {device:?}");
+            let ids =
+                |t: &Tensor<4, Int>| t.to_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+            assert_eq!(
+                ids(got.indices()),
+                ids(want.indices()),
+                "case {n} on {device:?}"
+            );
         }
     }
 }
@@ -105,7 +140,12 @@ fn large_sequence_runs_without_dense_buffers() {
     let (b, h, s, d, g) = (1, 2, 8192, 64, 64);
     let device = Device::flex();
     let x = tensor(&random_data([b, h, s, d], 1), &device);
-    let keys = select_critical_keys(x.clone().narrow(3, 0, 16), x.clone().narrow(3, 0, 16), SelectionConfig::new(g, s / 10)).unwrap();
+    let keys = select_critical_keys(
+        x.clone().narrow(3, 0, 16),
+        x.clone().narrow(3, 0, 16),
+        SelectionConfig::new(g, s / 10),
+    )
+    .unwrap();
     let out = sparse_attention_with_lse(x.clone(), x.clone(), x, &keys, None).unwrap();
     assert_eq!(out.output.dims(), [b, h, s, d]);
     assert!(out.lse.max().into_scalar::<f32>().is_finite());

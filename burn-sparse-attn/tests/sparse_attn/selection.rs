@@ -16,7 +16,9 @@ fn host_scores(
     let units = sk.div_ceil(key_block);
     let mean_rows = |x: &[f32], rows: std::ops::Range<usize>| -> Vec<f32> {
         let n = rows.len() as f32;
-        (0..r).map(|c| rows.clone().map(|i| x[i * r + c]).sum::<f32>() / n).collect()
+        (0..r)
+            .map(|c| rows.clone().map(|i| x[i * r + c]).sum::<f32>() / n)
+            .collect()
     };
     let mut out = Vec::new();
     for m in 0..bh {
@@ -27,14 +29,23 @@ fn host_scores(
             .collect();
         for gi in 0..groups {
             let proxy = mean_rows(qm, gi * group_size..sq.min((gi + 1) * group_size));
-            out.push(unit_keys.iter().map(|key| key.iter().zip(&proxy).map(|(a, b)| a * b).sum()).collect());
+            out.push(
+                unit_keys
+                    .iter()
+                    .map(|key| key.iter().zip(&proxy).map(|(a, b)| a * b).sum())
+                    .collect(),
+            );
         }
     }
     out
 }
 
 fn ids_of(keys: &CriticalKeys) -> Vec<i64> {
-    keys.indices().to_data().convert::<i64>().try_to_vec().unwrap()
+    keys.indices()
+        .to_data()
+        .convert::<i64>()
+        .try_to_vec()
+        .unwrap()
 }
 
 #[test]
@@ -59,13 +70,20 @@ fn selection_is_the_exact_top_k_of_the_low_rank_scores() {
         );
         for device in devices() {
             let config = SelectionConfig::new(g, budget).with_key_block(block);
-            let keys = select_critical_keys(tensor(&q_lr, &device), tensor(&k_lr, &device), config).unwrap();
+            let keys = select_critical_keys(tensor(&q_lr, &device), tensor(&k_lr, &device), config)
+                .unwrap();
             assert_eq!(keys.indices().dims(), [b, h, sq.div_ceil(g), budget]);
             let ids = ids_of(&keys);
             for (row, (chosen, row_scores)) in ids.chunks_exact(budget).zip(&scores).enumerate() {
-                assert!(chosen.windows(2).all(|w| w[0] < w[1]), "row {row} not ascending: {chosen:?}");
+                assert!(
+                    chosen.windows(2).all(|w| w[0] < w[1]),
+                    "row {row} not ascending: {chosen:?}"
+                );
                 let picked = |u: usize| chosen.contains(&(u as i64));
-                let worst_in = chosen.iter().map(|&u| row_scores[u as usize]).fold(f32::INFINITY, f32::min);
+                let worst_in = chosen
+                    .iter()
+                    .map(|&u| row_scores[u as usize])
+                    .fold(f32::INFINITY, f32::min);
                 let best_out = (0..row_scores.len())
                     .filter(|&u| !picked(u))
                     .map(|u| row_scores[u])
@@ -89,9 +107,14 @@ fn ties_go_to_the_lower_id() {
     for device in devices() {
         for (block, budget) in [(1, 7), (3, 4)] {
             let config = SelectionConfig::new(4, budget).with_key_block(block);
-            let keys = select_critical_keys(tensor(&q_lr, &device), tensor(&k_lr, &device), config).unwrap();
+            let keys = select_critical_keys(tensor(&q_lr, &device), tensor(&k_lr, &device), config)
+                .unwrap();
             for chosen in ids_of(&keys).chunks_exact(budget) {
-                assert_eq!(chosen, (0..budget as i64).collect::<Vec<_>>(), "block {block} on {device:?}");
+                assert_eq!(
+                    chosen,
+                    (0..budget as i64).collect::<Vec<_>>(),
+                    "block {block} on {device:?}"
+                );
             }
         }
     }
@@ -110,7 +133,12 @@ fn planted_keys_are_found() {
     let q = TensorData::new(q, [1, 1, s, r]);
     let k = TensorData::new(k, [1, 1, s, r]);
     let device = Device::flex();
-    let keys = select_critical_keys(tensor(&q, &device), tensor(&k, &device), SelectionConfig::new(g, budget)).unwrap();
+    let keys = select_critical_keys(
+        tensor(&q, &device),
+        tensor(&k, &device),
+        SelectionConfig::new(g, budget),
+    )
+    .unwrap();
     let ids = ids_of(&keys);
     for (gi, chosen) in ids.chunks_exact(budget).enumerate() {
         let expected: Vec<i64> = (4 * gi as i64..4 * gi as i64 + 4).collect();

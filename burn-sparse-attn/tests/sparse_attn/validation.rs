@@ -1,13 +1,24 @@
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use burn_sparse_attn::{CriticalKeys, SelectionConfig, SparseAttnError, select_critical_keys, sparse_attention};
+use burn_sparse_attn::{
+    CriticalKeys, SelectionConfig, SparseAttnError, select_critical_keys, sparse_attention,
+};
 
-
-
-fn expect_err<T: std::fmt::Debug>(result: Result<T, SparseAttnError>, function: &str, argument: &str) -> SparseAttnError {
+fn expect_err<T: std::fmt::Debug>(
+    result: Result<T, SparseAttnError>,
+    function: &str,
+    argument: &str,
+) -> SparseAttnError {
     let err = result.expect_err(&format!("{function} should reject `{argument}`"));
-    assert_eq!((err.function, err.argument), (function, argument), "wrong argument named: {err}");
+    assert_eq!(
+        (err.function, err.argument),
+        (function, argument),
+        "wrong argument named: {err}"
+    );
     let message = err.to_string();
-    assert!(message.contains(argument) && message.contains("must be"), "unclear message: {message}");
+    assert!(
+        message.contains(argument) && message.contains("must be"),
+        "unclear message: {message}"
+    );
     err
 }
 
@@ -20,27 +31,80 @@ fn selection_rejects_bad_arguments() {
     let device = Device::flex();
     let q = zeros([1, 2, 10, 4], &device);
     let k = zeros([1, 2, 10, 4], &device);
-    let select = |q: &Tensor<4>, k: &Tensor<4>, config| select_critical_keys(q.clone(), k.clone(), config);
+    let select =
+        |q: &Tensor<4>, k: &Tensor<4>, config| select_critical_keys(q.clone(), k.clone(), config);
     const F: &str = "select_critical_keys";
 
-    let err = expect_err(select(&q, &k, SelectionConfig::new(4, 0)), F, "config.budget");
+    let err = expect_err(
+        select(&q, &k, SelectionConfig::new(4, 0)),
+        F,
+        "config.budget",
+    );
     assert_eq!(err.actual, "0");
-    let err = expect_err(select(&q, &k, SelectionConfig::new(4, 11)), F, "config.budget");
+    let err = expect_err(
+        select(&q, &k, SelectionConfig::new(4, 11)),
+        F,
+        "config.budget",
+    );
     assert!(err.expected.contains("1..=10"), "{err}");
     // With blocks of 4 there are only 3 units.
-    expect_err(select(&q, &k, SelectionConfig::new(4, 4).with_key_block(4)), F, "config.budget");
-    expect_err(select(&q, &k, SelectionConfig::new(0, 2)), F, "config.group_size");
-    expect_err(select(&q, &k, SelectionConfig::new(4, 2).with_key_block(0)), F, "config.key_block");
-    expect_err(select(&q, &zeros([1, 3, 10, 4], &device), SelectionConfig::new(4, 2)), F, "k_lr");
-    expect_err(select(&q, &zeros([1, 2, 10, 5], &device), SelectionConfig::new(4, 2)), F, "k_lr");
-    expect_err(select(&zeros([1, 2, 0, 4], &device), &k, SelectionConfig::new(4, 2)), F, "q_lr");
-    expect_err(select(&q, &k.clone().cast(DType::F16), SelectionConfig::new(4, 2)), F, "k_lr");
+    expect_err(
+        select(&q, &k, SelectionConfig::new(4, 4).with_key_block(4)),
+        F,
+        "config.budget",
+    );
+    expect_err(
+        select(&q, &k, SelectionConfig::new(0, 2)),
+        F,
+        "config.group_size",
+    );
+    expect_err(
+        select(&q, &k, SelectionConfig::new(4, 2).with_key_block(0)),
+        F,
+        "config.key_block",
+    );
+    expect_err(
+        select(
+            &q,
+            &zeros([1, 3, 10, 4], &device),
+            SelectionConfig::new(4, 2),
+        ),
+        F,
+        "k_lr",
+    );
+    expect_err(
+        select(
+            &q,
+            &zeros([1, 2, 10, 5], &device),
+            SelectionConfig::new(4, 2),
+        ),
+        F,
+        "k_lr",
+    );
+    expect_err(
+        select(
+            &zeros([1, 2, 0, 4], &device),
+            &k,
+            SelectionConfig::new(4, 2),
+        ),
+        F,
+        "q_lr",
+    );
+    expect_err(
+        select(&q, &k.clone().cast(DType::F16), SelectionConfig::new(4, 2)),
+        F,
+        "k_lr",
+    );
 }
 
 #[test]
 fn attention_rejects_bad_arguments() {
     let device = Device::flex();
-    let (q, k, v) = (zeros([2, 2, 12, 8], &device), zeros([2, 2, 12, 8], &device), zeros([2, 2, 12, 8], &device));
+    let (q, k, v) = (
+        zeros([2, 2, 12, 8], &device),
+        zeros([2, 2, 12, 8], &device),
+        zeros([2, 2, 12, 8], &device),
+    );
     let keys = select_critical_keys(q.clone(), k.clone(), SelectionConfig::new(4, 3)).unwrap();
     const F: &str = "sparse_attention";
     let call = |q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, keys: &CriticalKeys, scale| {
@@ -48,19 +112,37 @@ fn attention_rejects_bad_arguments() {
     };
 
     assert!(call(&q, &k, &v, &keys, None).is_ok());
-    expect_err(call(&q, &zeros([2, 2, 12, 16], &device), &v, &keys, None), F, "k");
-    expect_err(call(&q, &zeros([1, 2, 12, 8], &device), &v, &keys, None), F, "k");
-    expect_err(call(&q, &k, &zeros([2, 2, 11, 8], &device), &keys, None), F, "v");
-    expect_err(call(&q, &k, &v.clone().cast(DType::F16), &keys, None), F, "v");
+    expect_err(
+        call(&q, &zeros([2, 2, 12, 16], &device), &v, &keys, None),
+        F,
+        "k",
+    );
+    expect_err(
+        call(&q, &zeros([1, 2, 12, 8], &device), &v, &keys, None),
+        F,
+        "k",
+    );
+    expect_err(
+        call(&q, &k, &zeros([2, 2, 11, 8], &device), &keys, None),
+        F,
+        "v",
+    );
+    expect_err(
+        call(&q, &k, &v.clone().cast(DType::F16), &keys, None),
+        F,
+        "v",
+    );
     expect_err(call(&q, &k, &v, &keys, Some(0.0)), F, "scale");
     expect_err(call(&q, &k, &v, &keys, Some(f64::NAN)), F, "scale");
     // An index made for other shapes.
     let short = zeros([2, 2, 8, 8], &device);
-    let other_len = select_critical_keys(short.clone(), short.clone(), SelectionConfig::new(4, 3)).unwrap();
+    let other_len =
+        select_critical_keys(short.clone(), short.clone(), SelectionConfig::new(4, 3)).unwrap();
     let err = expect_err(call(&q, &k, &v, &other_len, None), F, "keys");
     assert!(err.expected.contains("12 queries"), "{err}");
     let one_head = zeros([2, 1, 12, 8], &device);
-    let other_heads = select_critical_keys(one_head.clone(), one_head, SelectionConfig::new(4, 3)).unwrap();
+    let other_heads =
+        select_critical_keys(one_head.clone(), one_head, SelectionConfig::new(4, 3)).unwrap();
     expect_err(call(&q, &k, &v, &other_heads, None), F, "keys");
 }
 
@@ -73,13 +155,41 @@ fn user_indices_are_checked() {
     const F: &str = "CriticalKeys::new";
     // 10 queries in groups of 4 → 3 groups; 10 keys.
     assert!(CriticalKeys::new(index(vec![0, 9, 1, 2, 3, 4], 3, 2), 4, 1, 10, 10).is_ok());
-    let err = expect_err(CriticalKeys::new(index(vec![0, 10, 1, 2, 3, 4], 3, 2), 4, 1, 10, 10), F, "indices");
+    let err = expect_err(
+        CriticalKeys::new(index(vec![0, 10, 1, 2, 3, 4], 3, 2), 4, 1, 10, 10),
+        F,
+        "indices",
+    );
     assert!(err.actual.contains("row 0"), "{err}");
-    expect_err(CriticalKeys::new(index(vec![0, 1, 2, 2, 3, 4], 3, 2), 4, 1, 10, 10), F, "indices");
-    expect_err(CriticalKeys::new(index(vec![0, 1, 3, 2, 3, 4], 3, 2), 4, 1, 10, 10), F, "indices");
-    expect_err(CriticalKeys::new(index(vec![-1, 1, 2, 3, 3, 4], 3, 2), 4, 1, 10, 10), F, "indices");
-    expect_err(CriticalKeys::new(index(vec![0, 1, 2, 3], 2, 2), 4, 1, 10, 10), F, "indices");
+    expect_err(
+        CriticalKeys::new(index(vec![0, 1, 2, 2, 3, 4], 3, 2), 4, 1, 10, 10),
+        F,
+        "indices",
+    );
+    expect_err(
+        CriticalKeys::new(index(vec![0, 1, 3, 2, 3, 4], 3, 2), 4, 1, 10, 10),
+        F,
+        "indices",
+    );
+    expect_err(
+        CriticalKeys::new(index(vec![-1, 1, 2, 3, 3, 4], 3, 2), 4, 1, 10, 10),
+        F,
+        "indices",
+    );
+    expect_err(
+        CriticalKeys::new(index(vec![0, 1, 2, 3], 2, 2), 4, 1, 10, 10),
+        F,
+        "indices",
+    );
     // Blocks of 4 over 10 keys: units 0..3 only.
-    expect_err(CriticalKeys::new(index(vec![0, 3, 1, 2, 0, 1], 3, 2), 4, 4, 10, 10), F, "indices");
-    expect_err(CriticalKeys::new(index(vec![0, 1, 1, 2, 0, 1], 3, 2), 0, 4, 10, 10), F, "group_size");
+    expect_err(
+        CriticalKeys::new(index(vec![0, 3, 1, 2, 0, 1], 3, 2), 4, 4, 10, 10),
+        F,
+        "indices",
+    );
+    expect_err(
+        CriticalKeys::new(index(vec![0, 1, 1, 2, 0, 1], 3, 2), 0, 4, 10, 10),
+        F,
+        "group_size",
+    );
 }

@@ -36,7 +36,12 @@ pub(crate) fn sparse_attention_backward(
     scale: f32,
     [dq, dk, dv]: [&mut [f32]; 3],
 ) {
-    let (sq, sk, d, g) = (shape.query_len, shape.key_len, shape.head_dim, shape.group_size);
+    let (sq, sk, d, g) = (
+        shape.query_len,
+        shape.key_len,
+        shape.head_dim,
+        shape.group_size,
+    );
     dq.par_chunks_mut(sq * d)
         .zip(dk.par_chunks_mut(sk * d))
         .zip(dv.par_chunks_mut(sk * d))
@@ -46,7 +51,11 @@ pub(crate) fn sparse_attention_backward(
             dv.fill(0.0);
             let q_rows = bh * sq * d..(bh + 1) * sq * d;
             let k_rows = bh * sk * d..(bh + 1) * sk * d;
-            let (q, out, d_out) = (&x.q[q_rows.clone()], &x.out[q_rows.clone()], &x.grad_out[q_rows]);
+            let (q, out, d_out) = (
+                &x.q[q_rows.clone()],
+                &x.out[q_rows.clone()],
+                &x.grad_out[q_rows],
+            );
             let (k, v) = (&x.k[k_rows.clone()], &x.v[k_rows]);
             let lse = &x.lse[bh * sq..(bh + 1) * sq];
             for (group, dq) in dq.chunks_mut(g * d).enumerate() {
@@ -60,28 +69,66 @@ pub(crate) fn sparse_attention_backward(
 
                 // P = e^(scale·Q·Kᵀ − lse), recomputed rather than stored.
                 s.probs.resize(rows * n, 0.0);
-                matmul(&mut s.probs, Mat::rows(q, rows, d), Mat::transposed(&s.keys, d, n), 1.0, false);
+                matmul(
+                    &mut s.probs,
+                    Mat::rows(q, rows, d),
+                    Mat::transposed(&s.keys, d, n),
+                    1.0,
+                    false,
+                );
                 for (row, &lse) in s.probs.chunks_exact_mut(n).zip(lse) {
                     exp_shifted(row, scale, lse);
                 }
                 // dP = dO·Vᵀ; Δ_i = Σ_d dO_id·O_id; dS = P ∘ (dP − Δ).
                 s.dprobs.resize(rows * n, 0.0);
-                matmul(&mut s.dprobs, Mat::rows(d_out, rows, d), Mat::transposed(&s.values, d, n), 1.0, false);
+                matmul(
+                    &mut s.dprobs,
+                    Mat::rows(d_out, rows, d),
+                    Mat::transposed(&s.values, d, n),
+                    1.0,
+                    false,
+                );
                 s.delta.clear();
                 s.delta.extend(
-                    d_out.chunks_exact(d).zip(out.chunks_exact(d)).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()),
+                    d_out
+                        .chunks_exact(d)
+                        .zip(out.chunks_exact(d))
+                        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()),
                 );
-                for ((ds, p), delta) in s.dprobs.chunks_exact_mut(n).zip(s.probs.chunks_exact(n)).zip(&s.delta) {
+                for ((ds, p), delta) in s
+                    .dprobs
+                    .chunks_exact_mut(n)
+                    .zip(s.probs.chunks_exact(n))
+                    .zip(&s.delta)
+                {
                     for (ds, p) in ds.iter_mut().zip(p) {
                         *ds = p * (*ds - delta);
                     }
                 }
                 // dQ = scale·dS·K; dK_sel = scale·dSᵀ·Q; dV_sel = Pᵀ·dO.
-                matmul(dq, Mat::rows(&s.dprobs, rows, n), Mat::rows(&s.keys, n, d), scale, false);
+                matmul(
+                    dq,
+                    Mat::rows(&s.dprobs, rows, n),
+                    Mat::rows(&s.keys, n, d),
+                    scale,
+                    false,
+                );
                 s.dkeys.resize(n * d, 0.0);
                 s.dvalues.resize(n * d, 0.0);
-                matmul(&mut s.dkeys, Mat::transposed(&s.dprobs, n, rows), Mat::rows(q, rows, d), scale, false);
-                matmul(&mut s.dvalues, Mat::transposed(&s.probs, n, rows), Mat::rows(d_out, rows, d), 1.0, false);
+                matmul(
+                    &mut s.dkeys,
+                    Mat::transposed(&s.dprobs, n, rows),
+                    Mat::rows(q, rows, d),
+                    scale,
+                    false,
+                );
+                matmul(
+                    &mut s.dvalues,
+                    Mat::transposed(&s.probs, n, rows),
+                    Mat::rows(d_out, rows, d),
+                    1.0,
+                    false,
+                );
                 scatter_add_rows(&shape, units, &s.dkeys, dk);
                 scatter_add_rows(&shape, units, &s.dvalues, dv);
             }

@@ -22,7 +22,12 @@ pub(crate) fn sparse_attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    let (sq, sk, d, g) = (shape.query_len, shape.key_len, shape.head_dim, shape.group_size);
+    let (sq, sk, d, g) = (
+        shape.query_len,
+        shape.key_len,
+        shape.head_dim,
+        shape.group_size,
+    );
     out.par_chunks_mut(sq * d)
         .zip(lse.par_chunks_mut(sq))
         .enumerate()
@@ -59,7 +64,13 @@ fn attend_group(
     scratch.sums.clear();
 
     // S = Q·Kᵀ unscaled: the scale folds into the exponent.
-    matmul(&mut scratch.scores, Mat::rows(q, rows, d), Mat::transposed(&scratch.keys, d, n), 1.0, false);
+    matmul(
+        &mut scratch.scores,
+        Mat::rows(q, rows, d),
+        Mat::transposed(&scratch.keys, d, n),
+        1.0,
+        false,
+    );
     for (row, lse) in scratch.scores.chunks_exact_mut(n).zip(lse.iter_mut()) {
         let shift = max(row) * scale;
         let sum = exp_shifted(row, scale, shift);
@@ -67,7 +78,13 @@ fn attend_group(
         scratch.sums.push(sum);
     }
     // O = P·V, each row then divided by its softmax sum.
-    matmul(out, Mat::rows(&scratch.scores, rows, n), Mat::rows(&scratch.values, n, d), 1.0, false);
+    matmul(
+        out,
+        Mat::rows(&scratch.scores, rows, n),
+        Mat::rows(&scratch.values, n, d),
+        1.0,
+        false,
+    );
     for (out, sum) in out.chunks_exact_mut(d).zip(&scratch.sums) {
         let inv = 1.0 / sum;
         out.iter_mut().for_each(|x| *x *= inv);

@@ -15,12 +15,24 @@ pub(crate) struct Mat<'a> {
 impl<'a> Mat<'a> {
     /// `rows × cols`, row-major and contiguous.
     pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
 
     /// The transpose of a row-major `cols × rows` matrix.
     pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, row_stride: 1, col_stride: rows }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: 1,
+            col_stride: rows,
+        }
     }
 
     fn last_index(&self) -> usize {
@@ -42,7 +54,10 @@ pub(crate) fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, alpha: f32, accumu
         }
         return;
     }
-    assert!(a.last_index() < a.data.len() && b.last_index() < b.data.len(), "matmul: operand out of bounds");
+    assert!(
+        a.last_index() < a.data.len() && b.last_index() < b.data.len(),
+        "matmul: operand out of bounds"
+    );
     // SAFETY: every index the product touches was bounds-checked above; `dst` does not
     // alias `a` or `b` (it is borrowed mutably while they are shared).
     unsafe {
@@ -91,10 +106,16 @@ fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 5e-1;
     let p = p * r * r + r + 1.0;
     // The low mantissa bits of `rounded` hold n: 2ⁿ is (n + 127) shifted into the exponent.
-    let scale = f32::from_bits(rounded.to_bits().wrapping_sub(ROUNDER.to_bits()).wrapping_add(127) << 23);
+    let scale = f32::from_bits(
+        rounded
+            .to_bits()
+            .wrapping_sub(ROUNDER.to_bits())
+            .wrapping_add(127)
+            << 23,
+    );
     p * scale
 }
 
@@ -142,7 +163,11 @@ pub(crate) fn max(row: &[f32]) -> f32 {
             *m = m.max(*x);
         }
     }
-    chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
 #[cfg(test)]
@@ -177,9 +202,21 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let c = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
         let mut dst = [9.0f32; 4];
-        matmul(&mut dst, Mat::rows(&a, 2, 3), Mat::transposed(&c, 3, 2), 2.0, false);
+        matmul(
+            &mut dst,
+            Mat::rows(&a, 2, 3),
+            Mat::transposed(&c, 3, 2),
+            2.0,
+            false,
+        );
         assert_eq!(dst, [8.0, 4.0, 20.0, 10.0]);
-        matmul(&mut dst, Mat::rows(&a, 2, 3), Mat::transposed(&c, 3, 2), 1.0, true);
+        matmul(
+            &mut dst,
+            Mat::rows(&a, 2, 3),
+            Mat::transposed(&c, 3, 2),
+            1.0,
+            true,
+        );
         assert_eq!(dst, [12.0, 6.0, 30.0, 15.0]);
     }
 }

@@ -7,9 +7,9 @@ mod forward;
 mod math;
 mod select;
 
+pub(crate) use backward::BackwardInputs;
 pub(crate) use backward::sparse_attention_backward;
 pub(crate) use forward::sparse_attention_forward;
-pub(crate) use backward::BackwardInputs;
 pub(crate) use select::{SelectShape, select_critical_keys};
 
 /// Shapes of one attention call on `[B·H, S, D]` row-major buffers.

@@ -9,11 +9,11 @@
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::{TensorMetadata, ops::IntTensorOps};
 use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
 use super::tiles::{TilePlan, has_plane_ops, lane_partials, load_tile, row_score, unrolls};
@@ -22,7 +22,16 @@ use super::tiles::{TilePlan, has_plane_ops, lane_partials, load_tile, row_score,
 const UNITS: u32 = 128;
 
 #[cube(launch)]
-fn row_delta_kernel<F: Float>(d_out: &Tensor<F>, out: &Tensor<F>, delta: &mut Tensor<f32>, heads: u32, query_len: u32, rows: u32, #[comptime] head_dim: usize, #[define(F)] _dtype: ElemType) {
+fn row_delta_kernel<F: Float>(
+    d_out: &Tensor<F>,
+    out: &Tensor<F>,
+    delta: &mut Tensor<f32>,
+    heads: u32,
+    query_len: u32,
+    rows: u32,
+    #[comptime] head_dim: usize,
+    #[define(F)] _dtype: ElemType,
+) {
     let r = ABSOLUTE_POS;
     if r >= rows as usize {
         terminate!();
@@ -34,7 +43,8 @@ fn row_delta_kernel<F: Float>(d_out: &Tensor<F>, out: &Tensor<F>, delta: &mut Te
     let o_base = b * out.stride(0) + h * out.stride(1) + s * out.stride(2);
     let mut sum = f32::new(0.0);
     for d in 0..head_dim {
-        sum += f32::cast_from(d_out[do_base + d * d_out.stride(3)]) * f32::cast_from(out[o_base + d * out.stride(3)]);
+        sum += f32::cast_from(d_out[do_base + d * d_out.stride(3)])
+            * f32::cast_from(out[o_base + d * out.stride(3)]);
     }
     let at = b * delta.stride(0) + h * delta.stride(1) + s * delta.stride(2);
     delta[at] = sum;
@@ -112,17 +122,59 @@ fn dq_kernel<F: Float, I: Numeric>(
     let total = budget as usize * key_block;
     let mut start = 0usize;
     while start < total {
-        load_tile::<F, I>(k, v, index, &mut k_tile, &mut v_tile, &mut valid, k_base, v_base, index_base, start, total, key_len, key_block, head_dim, tile);
+        load_tile::<F, I>(
+            k,
+            v,
+            index,
+            &mut k_tile,
+            &mut v_tile,
+            &mut valid,
+            k_base,
+            v_base,
+            index_base,
+            start,
+            total,
+            key_len,
+            key_block,
+            head_dim,
+            tile,
+        );
         sync_cube();
-        lane_partials(&q_part, &k_tile, &mut score_partial, local, lane, tile, head_dim, lanes, row_stride, unroll);
-        lane_partials(&do_part, &v_tile, &mut dp_partial, local, lane, tile, head_dim, lanes, row_stride, unroll);
+        lane_partials(
+            &q_part,
+            &k_tile,
+            &mut score_partial,
+            local,
+            lane,
+            tile,
+            head_dim,
+            lanes,
+            row_stride,
+            unroll,
+        );
+        lane_partials(
+            &do_part,
+            &v_tile,
+            &mut dp_partial,
+            local,
+            lane,
+            tile,
+            head_dim,
+            lanes,
+            row_stride,
+            unroll,
+        );
         sync_cube();
         #[unroll(unroll)]
         for j in 0..tile {
             let mut ds = f32::new(0.0);
             if valid[j] == 1u32 {
-                let p = (row_score(&score_partial, local, j, lanes, row_stride, unroll) * scale - row_lse).exp();
-                ds = p * (row_score(&dp_partial, local, j, lanes, row_stride, unroll) - row_delta) * scale;
+                let p = (row_score(&score_partial, local, j, lanes, row_stride, unroll) * scale
+                    - row_lse)
+                    .exp();
+                ds = p
+                    * (row_score(&dp_partial, local, j, lanes, row_stride, unroll) - row_delta)
+                    * scale;
             }
             #[unroll(unroll)]
             for i in 0..per_lane {
@@ -167,7 +219,18 @@ fn row_holds<I: Numeric>(index: &Tensor<I>, base: usize, budget: usize, unit: us
 /// groups written from `offsets` on (`fill = true`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn invert_kernel<I: Numeric>(index: &Tensor<I>, offsets: &Tensor<I>, counts: &mut Tensor<I>, lists: &mut Tensor<I>, heads: u32, groups: u32, budget: u32, units: u32, #[comptime] fill: bool, #[define(I)] _dtype: ElemType) {
+fn invert_kernel<I: Numeric>(
+    index: &Tensor<I>,
+    offsets: &Tensor<I>,
+    counts: &mut Tensor<I>,
+    lists: &mut Tensor<I>,
+    heads: u32,
+    groups: u32,
+    budget: u32,
+    units: u32,
+    #[comptime] fill: bool,
+    #[define(I)] _dtype: ElemType,
+) {
     let pos = ABSOLUTE_POS;
     if pos >= (units * heads) as usize * (index.shape(0)) {
         terminate!();
@@ -180,7 +243,9 @@ fn invert_kernel<I: Numeric>(index: &Tensor<I>, offsets: &Tensor<I>, counts: &mu
     let list_step = lists.stride(2);
     let mut first = 0usize;
     if fill {
-        first = u32::cast_from(offsets[b * offsets.stride(0) + h * offsets.stride(1) + u * offsets.stride(2)]) as usize;
+        first = u32::cast_from(
+            offsets[b * offsets.stride(0) + h * offsets.stride(1) + u * offsets.stride(2)],
+        ) as usize;
     }
     for g in 0..groups as usize {
         let base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
@@ -254,12 +319,18 @@ fn dkdv_kernel<F: Float, I: Numeric>(
     }
     let unit_at = b * counts.stride(0) + h * counts.stride(1) + u * counts.stride(2);
     let count = u32::cast_from(counts[unit_at]) as usize;
-    let first = u32::cast_from(offsets[b * offsets.stride(0) + h * offsets.stride(1) + u * offsets.stride(2)]) as usize;
+    let first = u32::cast_from(
+        offsets[b * offsets.stride(0) + h * offsets.stride(1) + u * offsets.stride(2)],
+    ) as usize;
     let list_base = b * lists.stride(0) + h * lists.stride(1);
     for n in 0..count {
         let g = u32::cast_from(lists[list_base + (first + n) * lists.stride(2)]) as usize;
         let mut row = g * group_size;
-        let end = if row + group_size < query_len { row + group_size } else { query_len };
+        let end = if row + group_size < query_len {
+            row + group_size
+        } else {
+            query_len
+        };
         while row < end {
             let q_base = b * q.stride(0) + h * q.stride(1) + row * q.stride(2);
             let do_base = b * d_out.stride(0) + h * d_out.stride(1) + row * d_out.stride(2);
@@ -276,7 +347,8 @@ fn dkdv_kernel<F: Float, I: Numeric>(
             let score = lane_sum(score, lanes);
             let dp = lane_sum(dp, lanes);
             let row_lse = lse[b * lse.stride(0) + h * lse.stride(1) + row * lse.stride(2)];
-            let row_delta = delta[b * delta.stride(0) + h * delta.stride(1) + row * delta.stride(2)];
+            let row_delta =
+                delta[b * delta.stride(0) + h * delta.stride(1) + row * delta.stride(2)];
             let p = (score * scale - row_lse).exp();
             let ds = p * (dp - row_delta) * scale;
             #[unroll(unroll)]
@@ -318,7 +390,10 @@ fn dkdv_lanes(client: &cubecl::client::Client, head_dim: usize) -> usize {
         return 1;
     }
     let width = (client.properties().hardware.plane_size_min as usize).clamp(1, 32);
-    [32, 16, 8, 4, 2].into_iter().find(|&l| l <= width && head_dim % l == 0 && UNITS as usize % l == 0).unwrap_or(1)
+    [32, 16, 8, 4, 2]
+        .into_iter()
+        .find(|&l| l <= width && head_dim % l == 0 && UNITS as usize % l == 0)
+        .unwrap_or(1)
 }
 
 /// A unit per element, in cubes of [`UNITS`] spread over as many grid dims as the device's
@@ -331,8 +406,21 @@ fn elementwise(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
 /// Launches the backward kernels → `(dq, dk, dv)` typed like `q, k, v`; dQ laid out by
 /// `plan` ([`TilePlan::new`] with two score arrays).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTensor, index: CubeTensor, out: CubeTensor, lse: CubeTensor, grad_out: CubeTensor, group_size: usize, key_block: usize, scale: f64, plan: TilePlan) -> (CubeTensor, CubeTensor, CubeTensor) {
-    let [q, k, v, index, out, lse, grad_out] = [q, k, v, index, out, lse, grad_out].map(into_contiguous);
+pub(crate) fn sparse_attention_backward(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    index: CubeTensor,
+    out: CubeTensor,
+    lse: CubeTensor,
+    grad_out: CubeTensor,
+    group_size: usize,
+    key_block: usize,
+    scale: f64,
+    plan: TilePlan,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let [q, k, v, index, out, lse, grad_out] =
+        [q, k, v, index, out, lse, grad_out].map(into_contiguous);
     let [batch, heads, query_len, head_dim] = q.shape().dims::<4>();
     let key_len = k.shape().dims::<4>()[2];
     let [_, _, groups, budget] = index.shape().dims::<4>();
@@ -340,12 +428,26 @@ pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTen
     let client = q.client.clone();
     let device = q.device.clone();
     let (fdt, idt) = (q.dtype, index.dtype);
-    let empty = |shape: Shape, dtype: DType| empty_device_dtype(client.clone(), device.clone(), shape, dtype);
+    let empty = |shape: Shape, dtype: DType| {
+        empty_device_dtype(client.clone(), device.clone(), shape, dtype)
+    };
 
     let rows = batch * heads * query_len;
     let delta = empty(Shape::new([batch, heads, query_len]), DType::F32);
     let (count, dim) = elementwise(&client, rows);
-    row_delta_kernel::launch(&client, count, dim, grad_out.clone().into_tensor_arg(), out.into_tensor_arg(), delta.clone().into_tensor_arg(), heads as u32, query_len as u32, rows as u32, head_dim, dtype_to_storage_type(fdt));
+    row_delta_kernel::launch(
+        &client,
+        count,
+        dim,
+        grad_out.clone().into_tensor_arg(),
+        out.into_tensor_arg(),
+        delta.clone().into_tensor_arg(),
+        heads as u32,
+        query_len as u32,
+        rows as u32,
+        head_dim,
+        dtype_to_storage_type(fdt),
+    );
 
     let dq = empty(q.shape(), fdt);
     dq_kernel::launch(
@@ -382,7 +484,21 @@ pub(crate) fn sparse_attention_backward(q: CubeTensor, k: CubeTensor, v: CubeTen
     let scratch = || empty(Shape::new([1, 1, 1]), idt);
     let launch_invert = |offsets: CubeTensor, counts: CubeTensor, lists: CubeTensor, fill: bool| {
         let (count, dim) = elementwise(&client, batch * heads * units);
-        invert_kernel::launch(&client, count, dim, index.clone().into_tensor_arg(), offsets.into_tensor_arg(), counts.into_tensor_arg(), lists.into_tensor_arg(), heads as u32, groups as u32, budget as u32, units as u32, fill, dtype_to_storage_type(idt));
+        invert_kernel::launch(
+            &client,
+            count,
+            dim,
+            index.clone().into_tensor_arg(),
+            offsets.into_tensor_arg(),
+            counts.into_tensor_arg(),
+            lists.into_tensor_arg(),
+            heads as u32,
+            groups as u32,
+            budget as u32,
+            units as u32,
+            fill,
+            dtype_to_storage_type(idt),
+        );
     };
     launch_invert(scratch(), counts.clone(), scratch(), false);
     let inclusive = CubeBackend::int_cumsum(counts.clone(), 2);

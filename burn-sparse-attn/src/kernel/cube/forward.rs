@@ -75,9 +75,36 @@ fn sparse_forward_kernel<F: Float, I: Numeric>(
     let mut running_sum = f32::new(0.0);
     let mut start = 0usize;
     while start < total {
-        load_tile::<F, I>(k, v, index, &mut k_tile, &mut v_tile, &mut valid, k_base, v_base, index_base, start, total, key_len, key_block, head_dim, tile);
+        load_tile::<F, I>(
+            k,
+            v,
+            index,
+            &mut k_tile,
+            &mut v_tile,
+            &mut valid,
+            k_base,
+            v_base,
+            index_base,
+            start,
+            total,
+            key_len,
+            key_block,
+            head_dim,
+            tile,
+        );
         sync_cube();
-        lane_partials(&q_part, &k_tile, &mut partial, local, lane, tile, head_dim, lanes, row_stride, unroll);
+        lane_partials(
+            &q_part,
+            &k_tile,
+            &mut partial,
+            local,
+            lane,
+            tile,
+            head_dim,
+            lanes,
+            row_stride,
+            unroll,
+        );
         sync_cube();
 
         let mut tile_max = f32::new(-1.0e30);
@@ -89,7 +116,11 @@ fn sparse_forward_kernel<F: Float, I: Numeric>(
                 tile_max = score;
             }
         }
-        let new_max = if tile_max > running_max { tile_max } else { running_max };
+        let new_max = if tile_max > running_max {
+            tile_max
+        } else {
+            running_max
+        };
         let correction = (running_max - new_max).exp();
         running_sum *= correction;
         #[unroll(unroll)]
@@ -133,15 +164,37 @@ fn sparse_forward_kernel<F: Float, I: Numeric>(
 /// (output like `q`, f32 log-sum-exp `[B, H, S_q]`), laid out by `plan`
 /// ([`TilePlan::new`] with one score array).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sparse_attention_forward(q: CubeTensor, k: CubeTensor, v: CubeTensor, index: CubeTensor, group_size: usize, key_block: usize, scale: f64, plan: TilePlan) -> (CubeTensor, CubeTensor) {
-    let (q, k, v, index) = (into_contiguous(q), into_contiguous(k), into_contiguous(v), into_contiguous(index));
+pub(crate) fn sparse_attention_forward(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    index: CubeTensor,
+    group_size: usize,
+    key_block: usize,
+    scale: f64,
+    plan: TilePlan,
+) -> (CubeTensor, CubeTensor) {
+    let (q, k, v, index) = (
+        into_contiguous(q),
+        into_contiguous(k),
+        into_contiguous(v),
+        into_contiguous(index),
+    );
     let [batch, heads, query_len, head_dim] = q.shape().dims::<4>();
     let key_len = k.shape().dims::<4>()[2];
     let [_, _, groups, budget] = index.shape().dims::<4>();
     let client = q.client.clone();
     let out = empty_device_dtype(client.clone(), q.device.clone(), q.shape(), q.dtype);
-    let lse = empty_device_dtype(client.clone(), q.device.clone(), Shape::new([batch, heads, query_len]), DType::F32);
-    let dtypes = [dtype_to_storage_type(q.dtype), dtype_to_storage_type(index.dtype)];
+    let lse = empty_device_dtype(
+        client.clone(),
+        q.device.clone(),
+        Shape::new([batch, heads, query_len]),
+        DType::F32,
+    );
+    let dtypes = [
+        dtype_to_storage_type(q.dtype),
+        dtype_to_storage_type(index.dtype),
+    ];
     sparse_forward_kernel::launch(
         &client,
         CubeCount::Static(groups as u32, heads as u32, batch as u32),

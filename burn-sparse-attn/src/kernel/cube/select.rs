@@ -35,7 +35,16 @@ pub(crate) fn supports(rank: usize) -> bool {
 
 /// The low-rank key of unit `u` (the mean over its keys) into `row`.
 #[cube]
-fn unit_row<F: Float>(k_lr: &Tensor<F>, base: usize, u: usize, key_len: usize, row: &mut Array<f32>, #[comptime] key_block: usize, #[comptime] rank: usize, #[comptime] unroll: bool) {
+fn unit_row<F: Float>(
+    k_lr: &Tensor<F>,
+    base: usize,
+    u: usize,
+    key_len: usize,
+    row: &mut Array<f32>,
+    #[comptime] key_block: usize,
+    #[comptime] rank: usize,
+    #[comptime] unroll: bool,
+) {
     let first = u * key_block;
     let step = k_lr.stride(3);
     if comptime!(key_block == 1) {
@@ -45,7 +54,11 @@ fn unit_row<F: Float>(k_lr: &Tensor<F>, base: usize, u: usize, key_len: usize, r
             row[d] = f32::cast_from(k_lr[at + d * step]);
         }
     } else {
-        let end = if first + key_block < key_len { first + key_block } else { key_len };
+        let end = if first + key_block < key_len {
+            first + key_block
+        } else {
+            key_len
+        };
         #[unroll(unroll)]
         for d in 0..rank {
             row[d] = 0.0f32;
@@ -72,14 +85,24 @@ fn unit_row<F: Float>(k_lr: &Tensor<F>, base: usize, u: usize, key_len: usize, r
 /// Group `p`'s score of a unit's low-rank key, as a key whose unsigned order is the float
 /// order.
 #[cube]
-fn score_key(proxies: &Array<f32>, p: usize, row: &Array<f32>, #[comptime] rank: usize, #[comptime] unroll: bool) -> u32 {
+fn score_key(
+    proxies: &Array<f32>,
+    p: usize,
+    row: &Array<f32>,
+    #[comptime] rank: usize,
+    #[comptime] unroll: bool,
+) -> u32 {
     let mut score = f32::new(0.0);
     #[unroll(unroll)]
     for d in 0..rank {
         score += proxies[p * rank + d] * row[d];
     }
     let bits = u32::reinterpret(score);
-    let flip = if bits >= 0x8000_0000u32 { 0xFFFF_FFFFu32 } else { 0x8000_0000u32 };
+    let flip = if bits >= 0x8000_0000u32 {
+        0xFFFF_FFFFu32
+    } else {
+        0x8000_0000u32
+    };
     bits ^ flip
 }
 
@@ -121,7 +144,11 @@ fn select_kernel<F: Float, I: Numeric>(
         let mut mean = f32::new(0.0);
         if g < groups {
             let first_row = g * group_size;
-            let end_row = if first_row + group_size < query_len { first_row + group_size } else { query_len };
+            let end_row = if first_row + group_size < query_len {
+                first_row + group_size
+            } else {
+                query_len
+            };
             let mut sum = f32::new(0.0);
             let mut row = first_row;
             while row < end_row {
@@ -242,7 +269,11 @@ fn select_kernel<F: Float, I: Numeric>(
             let total = scan[THREADS as usize - 1];
             let ties_left = ties[p] - ties_taken[p];
             let ties_before = before >> 16u32;
-            let ties_placed = if ties_before < ties_left { ties_before } else { ties_left };
+            let ties_placed = if ties_before < ties_left {
+                ties_before
+            } else {
+                ties_left
+            };
             let take = packed == 1u32 || (packed == (1u32 << 16u32) && ties_before < ties_left);
             let g = first_group + p;
             if take && g < groups {
@@ -251,7 +282,11 @@ fn select_kernel<F: Float, I: Numeric>(
                 index[out_base + slot as usize * out_step] = I::cast_from(u as u32);
             }
             let chunk_ties = total >> 16u32;
-            let chunk_ties_taken = if chunk_ties < ties_left { chunk_ties } else { ties_left };
+            let chunk_ties_taken = if chunk_ties < ties_left {
+                chunk_ties
+            } else {
+                ties_left
+            };
             written[p] += (total & 0xFFFFu32) + chunk_ties_taken;
             ties_taken[p] += chunk_ties_taken;
             sync_cube();
@@ -263,7 +298,12 @@ fn select_kernel<F: Float, I: Numeric>(
 /// Inclusive prefix sum of one value per unit over the cube (Hillis–Steele in shared
 /// memory); leaves the sums in `scan`, the total in its last slot.
 #[cube]
-fn inclusive_scan(scan: &mut Shared<[u32]>, value: u32, unit: usize, #[comptime] threads: usize) -> u32 {
+fn inclusive_scan(
+    scan: &mut Shared<[u32]>,
+    value: u32,
+    unit: usize,
+    #[comptime] threads: usize,
+) -> u32 {
     scan[unit] = value;
     sync_cube();
     let mut offset = 1usize;
@@ -282,14 +322,29 @@ fn inclusive_scan(scan: &mut Shared<[u32]>, value: u32, unit: usize, #[comptime]
 
 /// Launches the selection kernel: `q_lr: [B, H, S_q, r]`, `k_lr: [B, H, S_k, r]` →
 /// `[B, H, G, budget]` unit ids of `index_dtype`, ascending. `r` must pass [`supports`].
-pub(crate) fn select_critical_keys(q_lr: CubeTensor, k_lr: CubeTensor, group_size: usize, key_block: usize, budget: usize, index_dtype: DType) -> CubeTensor {
+pub(crate) fn select_critical_keys(
+    q_lr: CubeTensor,
+    k_lr: CubeTensor,
+    group_size: usize,
+    key_block: usize,
+    budget: usize,
+    index_dtype: DType,
+) -> CubeTensor {
     let (q_lr, k_lr) = (into_contiguous(q_lr), into_contiguous(k_lr));
     let [batch, heads, query_len, rank] = q_lr.shape().dims::<4>();
     let key_len = k_lr.shape().dims::<4>()[2];
     let groups = query_len.div_ceil(group_size);
     let client = q_lr.client.clone();
-    let index = empty_device_dtype(client.clone(), q_lr.device.clone(), Shape::new([batch, heads, groups, budget]), index_dtype);
-    let dtypes = [dtype_to_storage_type(q_lr.dtype), dtype_to_storage_type(index_dtype)];
+    let index = empty_device_dtype(
+        client.clone(),
+        q_lr.device.clone(),
+        Shape::new([batch, heads, groups, budget]),
+        index_dtype,
+    );
+    let dtypes = [
+        dtype_to_storage_type(q_lr.dtype),
+        dtype_to_storage_type(index_dtype),
+    ];
     // One group per cube where loops stay rolled: the per-group loops hold barriers.
     let unroll = unrolls(&client);
     let per_cube = if unroll { groups_per_cube(rank) } else { 1 };

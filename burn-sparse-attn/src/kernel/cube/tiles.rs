@@ -48,10 +48,22 @@ impl TilePlan {
         }
         let hardware = &q.client.properties().hardware;
         let max_units = hardware.max_units_per_cube as usize;
-        let lanes = [4, 2, 1].into_iter().find(|&l| head_dim % l == 0 && group_size * l <= max_units)?;
-        let bytes = |tile: usize| 4 * (2 * tile * head_dim + tile + score_arrays * group_size * Self::row_stride_of(tile, lanes));
-        let tile = [MAX_TILE_KEYS, 16, 8, 4, 2, 1].into_iter().find(|&t| bytes(t) <= hardware.max_shared_memory_size)?;
-        Some(Self { lanes, tile, unroll: unrolls(&q.client) })
+        let lanes = [4, 2, 1]
+            .into_iter()
+            .find(|&l| head_dim % l == 0 && group_size * l <= max_units)?;
+        let bytes = |tile: usize| {
+            4 * (2 * tile * head_dim
+                + tile
+                + score_arrays * group_size * Self::row_stride_of(tile, lanes))
+        };
+        let tile = [MAX_TILE_KEYS, 16, 8, 4, 2, 1]
+            .into_iter()
+            .find(|&t| bytes(t) <= hardware.max_shared_memory_size)?;
+        Some(Self {
+            lanes,
+            tile,
+            unroll: unrolls(&q.client),
+        })
     }
 
     /// Units per cube.
@@ -73,7 +85,13 @@ impl TilePlan {
 /// Key `p` of a group's flattened selection (`p / key_block`-th unit, `p % key_block`-th key
 /// in it), or `key_len` when it lies past the end of a partial last block.
 #[cube]
-pub(crate) fn selected_key<I: Numeric>(index: &Tensor<I>, base: usize, p: usize, key_len: usize, #[comptime] key_block: usize) -> usize {
+pub(crate) fn selected_key<I: Numeric>(
+    index: &Tensor<I>,
+    base: usize,
+    p: usize,
+    key_len: usize,
+    #[comptime] key_block: usize,
+) -> usize {
     let unit = u32::cast_from(index[base + (p / key_block) * index.stride(3)]) as usize;
     let key = unit * key_block + p % key_block;
     if key < key_len { key } else { key_len }
@@ -163,7 +181,14 @@ pub(crate) fn lane_partials(
 
 /// The whole dot product of row `local` with key `j` of the tile, from its units' partials.
 #[cube]
-pub(crate) fn row_score(partial: &Shared<[f32]>, local: usize, j: usize, #[comptime] lanes: usize, #[comptime] row_stride: usize, #[comptime] unroll: bool) -> f32 {
+pub(crate) fn row_score(
+    partial: &Shared<[f32]>,
+    local: usize,
+    j: usize,
+    #[comptime] lanes: usize,
+    #[comptime] row_stride: usize,
+    #[comptime] unroll: bool,
+) -> f32 {
     let mut score = f32::new(0.0);
     #[unroll(unroll)]
     for l in 0..lanes {
