@@ -31,69 +31,82 @@ mod measure;
 use device::device_named;
 use measure::measure;
 
+#[derive(clap::Parser)]
+#[command(about = "Sparse attention against Burn's dense attention, forward and forward+backward")]
 struct Args {
+    /// Device (flex, ndarray, wgpu, vulkan, cuda; each but flex needs its cargo feature).
+    #[arg(long, default_value = "flex")]
     device: String,
+    /// Sequence lengths.
+    #[arg(long = "seq", value_delimiter = ',', default_value = "1024,4096,16384")]
     seqs: Vec<usize>,
+    /// Sparsities: shares of keys each query group skips, in [0, 1).
+    #[arg(
+        long = "sparsity",
+        value_delimiter = ',',
+        default_value = "0.5,0.8,0.9,0.95"
+    )]
     sparsities: Vec<f64>,
+    /// Head dimensions.
+    #[arg(long, value_delimiter = ',', default_value = "64,128")]
     head_dims: Vec<usize>,
+    /// Heads.
+    #[arg(long, default_value_t = 8)]
     heads: usize,
+    /// Queries per selection group.
+    #[arg(long, default_value_t = 32)]
     group: usize,
+    /// Width of the low-rank selection inputs.
+    #[arg(long, default_value_t = 16)]
     rank: usize,
+    /// Timed repeats (median) after a warm-up.
+    #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Largest dense score buffer to attempt, GiB.
+    #[arg(long, default_value_t = 12.0)]
     dense_mem_gib: f64,
     /// Time only our kernels (profiling them); the table then has no speedups.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     skip_dense: bool,
+    /// JSON report.
+    #[arg(long, default_value = "out/bench_attention.json")]
     out: String,
 }
 
-fn parse_list<T: std::str::FromStr>(s: &str) -> Vec<T> {
-    s.split(',')
-        .map(|x| {
-            x.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("bad list item `{x}`"))
-        })
-        .collect()
-}
-
+/// The command line, checked: every value in range, or an error naming the flag.
 fn parse_args() -> Args {
-    let mut a = Args {
-        device: "flex".into(),
-        seqs: vec![1024, 4096, 16384],
-        sparsities: vec![0.5, 0.8, 0.9, 0.95],
-        head_dims: vec![64, 128],
-        heads: 8,
-        group: 32,
-        rank: 16,
-        repeats: 3,
-        dense_mem_gib: 12.0,
-        skip_dense: false,
-        out: "out/bench_attention.json".into(),
+    let a = <Args as clap::Parser>::parse();
+    let fail = |message: String| -> ! {
+        eprintln!("error: {message}");
+        std::process::exit(2)
     };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    for pair in argv.chunks(2) {
-        let (flag, value) = (
-            pair[0].as_str(),
-            pair.get(1)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{} needs a value", pair[0])),
-        );
-        match flag {
-            "--device" => a.device = value.into(),
-            "--seq" => a.seqs = parse_list(value),
-            "--sparsity" => a.sparsities = parse_list(value),
-            "--head-dims" => a.head_dims = parse_list(value),
-            "--heads" => a.heads = value.parse().expect("--heads"),
-            "--group" => a.group = value.parse().expect("--group"),
-            "--rank" => a.rank = value.parse().expect("--rank"),
-            "--repeats" => a.repeats = value.parse().expect("--repeats"),
-            "--dense-mem-gib" => a.dense_mem_gib = value.parse().expect("--dense-mem-gib"),
-            "--skip-dense" => a.skip_dense = value.parse().expect("--skip-dense true|false"),
-            "--out" => a.out = value.into(),
-            other => {
-                panic!("unknown flag {other}; see the doc comment at the top of bench_attention.rs")
-            }
+    if a.seqs.is_empty() || a.seqs.contains(&0) {
+        fail(format!("--seq: lengths must be ≥ 1, got {:?}", a.seqs));
+    }
+    if let Some(s) = a.sparsities.iter().find(|s| !(0.0..1.0).contains(*s)) {
+        fail(format!("--sparsity: each must be in [0, 1), got {s}"));
+    }
+    if a.head_dims.is_empty() || a.head_dims.iter().any(|&d| d < a.rank) {
+        fail(format!(
+            "--head-dims: each must be ≥ --rank ({}), got {:?}",
+            a.rank, a.head_dims
+        ));
+    }
+    for (name, v) in [
+        ("--heads", a.heads),
+        ("--group", a.group),
+        ("--rank", a.rank),
+        ("--repeats", a.repeats),
+    ] {
+        if v == 0 {
+            fail(format!("{name} must be ≥ 1"));
         }
+    }
+    if !(a.dense_mem_gib > 0.0 && a.dense_mem_gib.is_finite()) {
+        fail(format!(
+            "--dense-mem-gib must be a positive number, got {}",
+            a.dense_mem_gib
+        ));
     }
     a
 }

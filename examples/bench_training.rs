@@ -37,36 +37,47 @@ use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 mod allocator;
 #[path = "common/device.rs"]
 mod device;
-use device::device_named;
+use device::try_device_named;
 
-fn arg_list(name: &str, default: &str) -> Vec<usize> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = args
-        .iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-        .unwrap_or(default);
-    value
-        .split(',')
-        .map(|x| {
-            x.parse()
-                .unwrap_or_else(|_| panic!("{name}: bad number `{x}`"))
-        })
-        .collect()
-}
-
-fn arg_str(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
+#[derive(clap::Parser)]
+#[command(about = "Training throughput and loss of the tiny DiT, dense against DSV")]
+struct Args {
+    /// Clip lengths in frames (multiples of the 2-frame patch).
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
+    frames: Vec<usize>,
+    /// Frame height and width (a multiple of the 4-pixel patch).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Timed steps per run of the throughput sweep.
+    #[arg(long, default_value_t = 6)]
+    steps: usize,
+    /// Steps of a quality run with DSV sparse (0 = no quality run).
+    #[arg(long, default_value_t = 0)]
+    quality_steps: usize,
+    /// Dense-stage steps before a quality run goes sparse (at least 1).
+    #[arg(long, default_value_t = 1)]
+    dense_steps: usize,
+    /// Seeds of the quality runs.
+    #[arg(long, value_delimiter = ',', default_value = "42")]
+    seeds: Vec<u64>,
+    /// Steps whose mean training loss a quality run reports.
+    #[arg(long, default_value_t = 10)]
+    tail: usize,
+    /// DSV's sparsity, in [0, 1).
+    #[arg(long, default_value_t = 0.9)]
+    sparsity: f64,
+    /// Device (flex, ndarray, wgpu, vulkan, cuda; each but flex needs its cargo feature).
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// JSON report (default: out/bench_training.json, or out/bench_training_quality.json
+    /// with --quality-steps).
+    #[arg(long)]
+    out: Option<String>,
 }
 
 fn config(clip: ClipShape, attention: AttentionKind, seed: u64) -> TrainConfig {
-    let mut c = TrainConfig::tiny(VideoDitConfig::tiny().with_attention(attention));
+    // The learning-rate schedule of a 500-step run, whatever the bench trains.
+    let mut c = TrainConfig::tiny(VideoDitConfig::tiny().with_attention(attention)).with_steps(500);
     c.clip = clip;
     c.seed = seed;
     c.batch_size = 1;
@@ -179,24 +190,52 @@ fn attention_seconds(tokens: usize, model: &VideoDitConfig, device: &Device) -> 
 
 fn main() {
     allocator::keep_freed_memory();
-    let frames = arg_list("--frames", "8,16,32");
-    let size = arg_list("--size", "64")[0];
-    let steps = arg_list("--steps", "6")[0];
-    let quality_steps = arg_list("--quality-steps", "0")[0];
-    let dense_steps = arg_list("--dense-steps", "1")[0];
-    let seeds = arg_list("--seeds", "42");
-    let sparsity: f64 = arg_str("--sparsity", "0.9").parse().expect("--sparsity");
+    let args = <Args as clap::Parser>::parse();
+    let fail = |message: String| -> ! {
+        eprintln!("error: {message}");
+        std::process::exit(2)
+    };
+    if args.frames.is_empty() || args.frames.iter().any(|&f| f == 0 || f % 2 != 0) {
+        fail(format!(
+            "--frames: positive multiples of 2, got {:?}",
+            args.frames
+        ));
+    }
+    if args.size == 0 || args.size % 4 != 0 {
+        fail(format!(
+            "--size: a positive multiple of 4, got {}",
+            args.size
+        ));
+    }
+    if args.steps < 2 || args.dense_steps == 0 || args.tail == 0 || args.seeds.is_empty() {
+        fail("--steps must be ≥ 2, --dense-steps and --tail ≥ 1, --seeds non-empty".into());
+    }
+    if !(0.0..1.0).contains(&args.sparsity) {
+        fail(format!(
+            "--sparsity must be in [0, 1), got {}",
+            args.sparsity
+        ));
+    }
+    let (frames, size, steps, quality_steps, dense_steps, seeds, sparsity) = (
+        args.frames.clone(),
+        args.size,
+        args.steps,
+        args.quality_steps,
+        args.dense_steps,
+        args.seeds.clone(),
+        args.sparsity,
+    );
     // A quality run writes beside the length sweep, not over it.
-    let out = arg_str(
-        "--out",
+    let out = args.out.clone().unwrap_or_else(|| {
         if quality_steps > 0 {
             "out/bench_training_quality.json"
         } else {
             "out/bench_training.json"
-        },
-    );
-    let device = device_named(&arg_str("--device", "flex"));
-    let tail_steps = arg_list("--tail", "10")[0].max(1);
+        }
+        .to_string()
+    });
+    let device = try_device_named(&args.device).unwrap_or_else(|e| fail(format!("--device: {e}")));
+    let tail_steps = args.tail;
     let policy = DsvPolicy::new()
         .with_min_sparse_len(0)
         .with_sparsity_threshold(0.0)
@@ -245,14 +284,14 @@ fn main() {
         let step_seconds = 1.0 / dense_rate;
         let share = attention_seconds(tokens, &VideoDitConfig::tiny(), &device) / step_seconds;
         // Per seed: (seed, dense twin's measures, DSV's measures).
-        let per_seed: Vec<(usize, Quality, Quality)> = if quality_steps == 0 {
+        let per_seed: Vec<(u64, Quality, Quality)> = if quality_steps == 0 {
             Vec::new()
         } else {
             seeds
                 .iter()
                 .map(|&seed| {
-                    let dense = Quality::of(run(config(clip, dense_twin.clone(), seed as u64), dense_steps, quality_steps, false, &device), tail_steps);
-                    let dsv = Quality::of(run(config(clip, dsv.clone(), seed as u64), dense_steps, quality_steps, true, &device), tail_steps);
+                    let dense = Quality::of(run(config(clip, dense_twin.clone(), seed), dense_steps, quality_steps, false, &device), tail_steps);
+                    let dsv = Quality::of(run(config(clip, dsv.clone(), seed), dense_steps, quality_steps, true, &device), tail_steps);
                     let pct = |a: f32, b: f32| 100.0 * (b / a - 1.0);
                     println!(
                         "        seed {seed}: loss {:.4} vs DSV {:.4} ({:+.1}%), val {:.4} vs {:.4} ({:+.1}%), EMA val {:.4} vs {:.4} ({:+.1}%)",
@@ -262,7 +301,7 @@ fn main() {
                 })
                 .collect()
         };
-        let mean = |f: &dyn Fn(&(usize, Quality, Quality)) -> f32| {
+        let mean = |f: &dyn Fn(&(u64, Quality, Quality)) -> f32| {
             (!per_seed.is_empty())
                 .then(|| per_seed.iter().map(f).sum::<f32>() / per_seed.len() as f32)
         };

@@ -106,6 +106,10 @@ mod allocator;
 mod ranks;
 use ranks::{Transport, on_ranks};
 
+/// Bounds on the video's size (this example's; the library takes any).
+const MAX_RANKS: usize = 1024;
+const MAX_CLIPS_PER_RANK: usize = 64;
+
 /// What rank 0 reports of the dual-scope generation.
 struct Generated {
     video: Frames,
@@ -120,6 +124,28 @@ fn main() {
     let args = Args::parse();
     if args.ranks == 0 || args.clips_per_rank == 0 {
         fail("--ranks and --clips-per-rank must be ≥ 1");
+    }
+    // Every rank holds its clips' activations: bound the video before allocating it.
+    if args.ranks > MAX_RANKS || args.clips_per_rank > MAX_CLIPS_PER_RANK {
+        fail(&format!(
+            "--ranks must be at most {MAX_RANKS} and --clips-per-rank at most {MAX_CLIPS_PER_RANK}, got {} and {}",
+            args.ranks, args.clips_per_rank
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.switch_sigma) {
+        fail(&format!(
+            "--switch-sigma must be a noise level in [0, 1], got {}",
+            args.switch_sigma
+        ));
+    }
+    if !args.scope_bias.is_finite() {
+        fail(&format!(
+            "--scope-bias must be finite, got {}",
+            args.scope_bias
+        ));
+    }
+    if args.steps == Some(0) {
+        fail("--steps must be ≥ 1");
     }
     let device = Device::flex();
     let (model, config) = load_for_sampling(&args.out, &device)
@@ -160,6 +186,14 @@ fn main() {
     let generated = on_ranks(args.transport, args.ranks, &device, |comm| {
         let ranks = comm.world();
         let clips = ranks * args.clips_per_rank;
+        if prompts.len() > clips {
+            return Err(burn_sparse_video::sparse_attn::SparseAttnError {
+                function: "long_video",
+                argument: "--prompts",
+                expected: format!("at most one prompt per clip ({clips})"),
+                actual: prompts.len().to_string(),
+            });
+        }
         let layout = ClipLayout::uniform(clips, clip.frames, ranks)?;
         let (cond, uncond) = conditioning(&clip_prompts(clips));
         if comm.rank() == 0 {

@@ -27,7 +27,7 @@ use burn_sparse_video::dit::media::{
 use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
 use burn_sparse_video::dit::optim::OptimizerKind;
 use burn_sparse_video::dit::train::{TrainConfig, Trainer, generate, saved_config};
-use burn_sparse_video::dit::{AttentionKind, DsvPolicy, Prediction, VideoDitConfig};
+use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::DsvHost;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -122,12 +122,12 @@ enum Command {
     Train {
         #[command(flatten)]
         common: Common,
-        /// Optimisation steps (2700 ≈ 10.5 minutes on 2 cores with two replicas).
-        #[arg(long, default_value_t = 2700)]
-        steps: usize,
-        /// Clips per step.
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
+        /// Optimisation steps (default: the tiny preset's).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Clips per step (default: the tiny preset's).
+        #[arg(long)]
+        batch: Option<usize>,
         /// Model replicas training on shares of each batch in parallel threads (default: the
         /// tiny preset's, 2).
         #[arg(long)]
@@ -205,28 +205,20 @@ fn fail(message: &str) -> ! {
     std::process::exit(2)
 }
 
-/// The tiny preset; DSV may go sparse from 256 tokens here, the length of the tiny clips, and
-/// from 40% profiled sparsity: at these lengths the CPU kernels beat dense up to 60% density
-/// (`DenseFallback::for_device`, from the attention benchmark).
-fn train_config(common: &Common, steps: usize, batch: usize) -> TrainConfig {
+/// The tiny preset (the library's), with the command line's attention, data, steps and batch.
+fn train_config(common: &Common, steps: Option<usize>, batch: Option<usize>) -> TrainConfig {
     let kind = match common.attention {
         AttentionChoice::Dense => AttentionKind::Dense,
-        AttentionChoice::Dsv => AttentionKind::Dsv(
-            DsvPolicy::new()
-                .with_min_sparse_len(256)
-                .with_query_cube([1, 4, 4])
-                .with_sparsity_threshold(0.4)
-                .with_switch_loss(0.05)
-                .with_sample_stride(8)
-                .with_profile_every(10),
-        ),
+        AttentionChoice::Dsv => AttentionKind::tiny_dsv(),
     };
     let mut config = TrainConfig::tiny(VideoDitConfig::tiny().with_attention(kind));
     config.data = common.data_source();
-    config.steps = steps;
-    config.batch_size = batch;
-    config.sample_every = (steps / 2).max(1);
-    config.checkpoint_every = (steps / 2).max(1);
+    if let Some(steps) = steps {
+        config = config.with_steps(steps);
+    }
+    if let Some(batch) = batch {
+        config.batch_size = batch;
+    }
     config
 }
 
@@ -272,7 +264,7 @@ fn evaluate(
 }
 
 fn load_trainer(common: &Common) -> Trainer {
-    let mut config = train_config(common, 1, 8);
+    let mut config = train_config(common, Some(1), None);
     // Resuming rebuilds the run's model and optimiser, whichever preset it trained with;
     // only the attention comes from the command line (and must match).
     let saved = saved_config(&common.out).unwrap_or_else(|e| fail(&format!("{e} (train first)")));
@@ -300,8 +292,8 @@ struct ModelFlags {
 
 /// How much `train` trains, and how.
 struct Schedule {
-    steps: usize,
-    batch: usize,
+    steps: Option<usize>,
+    batch: Option<usize>,
     replicas: Option<usize>,
     lr: Option<f64>,
     transport: Transport,
@@ -321,17 +313,18 @@ fn train(
         lr,
         transport,
     } = schedule;
-    if steps == 0 || batch == 0 {
+    if steps == Some(0) || batch == Some(0) {
         fail("--steps and --batch must be ≥ 1");
     }
+    let out = &common.out;
+    let mut config = train_config(&common, steps, batch);
+    let batch = config.batch_size;
     if replicas.is_some_and(|r| r == 0 || r > batch) {
         fail(&format!(
             "--replicas must be in 1..=--batch ({batch}), got {}",
             replicas.unwrap_or(0)
         ));
     }
-    let out = &common.out;
-    let mut config = train_config(&common, steps, batch);
     if let Some(choice) = optimizer {
         config.optimizer = match choice {
             OptimizerChoice::Adamw => OptimizerKind::AdamW,

@@ -18,6 +18,23 @@ pub enum AttentionKind {
     DualScope(DualScopeConfig),
 }
 
+impl AttentionKind {
+    /// DSV as the main job runs it on the tiny clips (256 tokens of 4×8×8): query cubes of
+    /// 1×4×4 tokens, sparse from 256 tokens and 40% profiled sparsity (where the CPU kernels
+    /// beat dense), switching once the predictor loss is under 0.05.
+    pub fn tiny_dsv() -> Self {
+        Self::Dsv(
+            DsvPolicy::new()
+                .with_min_sparse_len(256)
+                .with_query_cube([1, 4, 4])
+                .with_sparsity_threshold(0.4)
+                .with_switch_loss(0.05)
+                .with_sample_stride(8)
+                .with_profile_every(10),
+        )
+    }
+}
+
 /// What the network's output head predicts. [`crate::VideoDit::forward`] returns the
 /// flow-matching velocity either way, so training, sampling and guidance are the same code.
 #[derive(Config, Debug, PartialEq, Eq, Copy)]

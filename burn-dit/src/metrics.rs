@@ -333,8 +333,8 @@ fn object_features(frame: &[u8], width: usize, d: &Detection) -> Vec<f64> {
 pub enum ObjectClassifier {
     /// Bouncing shapes, by the best-fitting drawn shape ([`classify_shape`]).
     ShapeFit,
-    /// Nearest class-mean template (correlation of [`object_features`]): for sets whose
-    /// classes no rule separates, such as Fashion-MNIST. Weak but honest: it scores real
+    /// Nearest class-mean template (correlation of the objects' cropped, scaled features):
+    /// for sets whose classes no rule separates, such as Fashion-MNIST. Weak but honest: it scores real
     /// held-out clips too, for comparison.
     Templates(Vec<Vec<f64>>),
 }

@@ -79,7 +79,10 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The tiny preset with DSV or dense attention: 8×32×32 clips, ~10 minutes on 2 cores.
+    /// The main job (`scripts/main.sh`) with `model`, usually
+    /// `VideoDitConfig::tiny().with_attention(AttentionKind::tiny_dsv())` (or `Dense`):
+    /// 2700 steps on 8×32×32 bouncing-shape clips, batch 8 in two replicas, about ten
+    /// minutes on 2 CPU cores. Its figures are in `docs/benchmarks.md`.
     pub fn tiny(model: VideoDitConfig) -> Self {
         Self {
             model,
@@ -90,36 +93,29 @@ impl TrainConfig {
                 width: 32,
             },
             dataset_size: 4096,
-            steps: 500,
+            steps: 2700,
             batch_size: 8,
-            // Two replicas of four clips each on this 2-core CPU: 2.35 steps/s against 1.74
-            // with one (50 dense steps, `video_dit train --steps 50 --attention dense
-            // --replicas 1|2`, alternated), 2.36 against 1.57 with DSV (60 steps).
+            // Flex runs most ops on one core: two replicas keep a 2-core CPU busy.
             replicas: 2,
-            // Muon on the block matrices: at 900 steps the loss ends 18% lower than AdamW's and
-            // frames show one object 63% of the time instead of 42% (48 held-out labels,
-            // README, the main job), for 10–19% more time per step (80-step runs, alternated).
+            // Muon on the block matrices: lower loss and solid objects sooner than AdamW, for
+            // a little more time per step.
             optimizer: OptimizerKind::Muon,
             lr: 2e-3,
             warmup_steps: 50,
             final_lr_fraction: 0.1,
             predictor_lr: 2e-3,
             ema_decay: 0.99,
-            // Mid-to-high noise, where the object's place and shape are decided: 58% of draws
-            // fall in σ ∈ [0.5, 0.85] against 41% for the sampler's shift-2 schedule. Right
-            // shapes in 900-step runs (48 held-out labels each, README): 0.50 and 0.50 with
-            // this, 0.42 and 0.38 with the shifted uniform.
+            // Mid-to-high noise, where the object's place and shape are decided, drawn more
+            // often than under the sampler's shift-2 schedule.
             sigma: SigmaSampling::LogitNormal {
                 mean: 0.5,
                 std: 1.0,
             },
             cond_dropout: 0.1,
-            sample_every: 250,
-            checkpoint_every: 250,
+            sample_every: 1350,
+            checkpoint_every: 1350,
             log_every: 10,
-            // Strong guidance: on one 900-step checkpoint colour matched the label in 11 of 12
-            // samples at 5 against 5 of 12 at 1.5 (`video_dit eval --guidance`); a later run's
-            // checkpoint scored 4 of 12 at both (README, the main job).
+            // Strong guidance: colour and shape follow the label more often than at 1.5.
             sampler: SamplerConfig {
                 steps: 20,
                 guidance: 5.0,
@@ -129,6 +125,14 @@ impl TrainConfig {
             },
             seed: 42,
         }
+    }
+
+    /// The same run with `steps` steps; sample GIFs and checkpoints at the half-way point.
+    pub fn with_steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self.sample_every = (steps / 2).max(1);
+        self.checkpoint_every = (steps / 2).max(1);
+        self
     }
 
     /// Learning rate of step `step` (0-based): a linear warm-up to `lr`, then a cosine down to

@@ -33,13 +33,29 @@ fn planner_prefers_sequence_sharding_across_slow_links_when_sparse() {
         elem_bytes: 2,
     };
     let plans = plan(&cluster, &work);
+    // Every head group that divides both the 16 devices and the 16 heads, once.
+    let mut splits: Vec<(usize, usize)> =
+        plans.iter().map(|p| (p.head_group, p.seq_group)).collect();
+    splits.sort_unstable();
+    assert_eq!(splits, [(1, 16), (2, 8), (4, 4), (8, 2), (16, 1)]);
+    // Head-only sharding over two nodes pays InfiniBand for its all-to-alls; the best split
+    // keeps head groups inside a node and shards the sequence across nodes.
     let best = &plans[0];
-    assert_eq!(best.head_group * best.seq_group, 16);
+    assert!(best.head_group <= 8 && best.seq_group >= 2, "{best:?}");
     let head_only = plans.iter().find(|p| p.seq_group == 1).unwrap();
-    assert!(best.total_s <= head_only.total_s);
     assert!(
-        best.head_group <= 8,
-        "head groups stay inside a node: {best:?}"
+        head_only.comm_s > 2.0 * best.comm_s,
+        "{head_only:?} against {best:?}"
+    );
+    // With InfiniBand as fast as NVLink the head-only all-to-all gets much cheaper.
+    let flat = ClusterSpec {
+        ib_gbps: 300.0,
+        ..cluster
+    };
+    let head_only_flat = estimate(&flat, &work, 16, 1, true);
+    assert!(
+        head_only_flat.comm_s < head_only.comm_s / 5.0,
+        "{head_only_flat:?}"
     );
 }
 

@@ -295,27 +295,49 @@ fn clean_prediction_returns_the_velocity_towards_its_estimate() {
 
 #[test]
 fn euler_sampler_integrates_the_predicted_velocity() {
-    // A fresh model predicts v = 0, so sampling must return the starting noise unchanged,
-    // with and without guidance.
+    // A jittered model (a fresh one predicts v = 0 and would hide a wrong sign or schedule)
+    // against the Euler loop written out: x ← x + (σ' − σ)·(v_u + w·(v_c − v_u)) on the
+    // shifted schedule σ = s·t / (1 + (s − 1)·t), t = 1 − i/steps.
     let device = Device::flex();
-    let model = micro_model(AttentionKind::Dense).init(&device);
+    let model = jittered(AttentionKind::Dense, &device);
     let noise = Tensor::<5>::random([1, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let cond = model.embed_labels(Tensor::<2, Int>::from_data(
         TensorData::new(vec![1i64, 4], [1, 2]),
         &device,
     ));
     let uncond = model.embed_labels(Tensor::zeros([1, 2], &device));
-    for guidance in [1.0, 3.0] {
+    for (guidance, shift) in [(1.0, 1.0), (3.0, 2.0)] {
+        let steps = 3;
         let config = SamplerConfig {
-            steps: 3,
+            steps,
             guidance,
-            shift: 2.0,
+            shift,
             guidance_max_sigma: 1.0,
             stochasticity: 0.0,
         };
         let out =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
-        assert_eq!(max_abs_diff(out, noise.clone()), 0.0);
+        let sigma_at = |i: usize| {
+            let t = 1.0 - i as f64 / steps as f64;
+            shift * t / (1.0 + (shift - 1.0) * t)
+        };
+        let mut x = noise.clone();
+        for i in 0..steps {
+            let (sigma, next) = (sigma_at(i), sigma_at(i + 1));
+            let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32], [1]), &device);
+            let v_c = model.forward(x.clone(), s.clone(), cond.clone()).unwrap();
+            let v_u = model.forward(x.clone(), s, uncond.clone()).unwrap();
+            x = x + (v_u.clone() + (v_c - v_u) * guidance) * (next - sigma);
+        }
+        assert!(
+            max_abs_diff(x.clone(), noise.clone()) > 0.1,
+            "the jittered model must move the sample"
+        );
+        let err = max_abs_diff(out, x);
+        assert!(
+            err < 1e-4,
+            "guidance {guidance}, shift {shift}: error {err}"
+        );
     }
     let bad = SamplerConfig {
         steps: 0,

@@ -1,6 +1,6 @@
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dit::data::SplitMix;
 use burn_dit::flow::{add_noise, velocity_target};
 use burn_dit::optim::{
@@ -490,8 +490,8 @@ fn a_run_config_without_replicas_means_one() {
 fn the_optimizer_shards_update_like_one_optimizer() {
     let device = Device::flex().autodiff();
     let grads_of = |model: &VideoDit| {
-        device.seed(5);
-        let x = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        // Its own generator: the device's is shared with tests running beside this one.
+        let x = SplitMix(5).normal_tensor([2, 3, 4, 16, 16], &device);
         let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [2]), &device);
         let cond = model.embed_labels(Tensor::<2, Int>::from_data(
             TensorData::new(vec![1i64, 4, 2, 5], [2, 2]),
@@ -643,4 +643,35 @@ fn validation_loss_is_the_held_out_flow_matching_loss() {
     assert!(message(trainer.validation_loss(1, &[0.5, 1.5], 5)).contains("sigmas"));
     assert!(message(trainer.validation_loss(1, &[], 5)).contains("sigmas"));
     assert!(message(trainer.ema_validation_loss(0, &sigmas, 5)).contains("ema_validation_loss"));
+}
+
+#[test]
+fn the_tiny_preset_can_go_sparse_on_its_own_clips() {
+    // The main job's DSV policy must let its layers go sparse at the preset's clip length,
+    // and its query cubes must tile the token grid.
+    let config = TrainConfig::tiny(
+        burn_dit::VideoDitConfig::tiny().with_attention(AttentionKind::tiny_dsv()),
+    );
+    let AttentionKind::Dsv(policy) = &config.model.attention else {
+        panic!("tiny_dsv is DSV attention");
+    };
+    let p = config.model.patch;
+    let grid = [
+        config.clip.frames / p[0],
+        config.clip.height / p[1],
+        config.clip.width / p[2],
+    ];
+    let tokens: usize = grid.iter().product();
+    assert!(
+        tokens >= policy.min_sparse_len,
+        "{tokens} tokens, sparse from {}",
+        policy.min_sparse_len
+    );
+    assert!(
+        grid.iter().zip(policy.query_cube).all(|(g, c)| g % c == 0),
+        "{grid:?} by {:?}",
+        policy.query_cube
+    );
+    assert_eq!(config.steps, 2700);
+    assert_eq!(config.clone().with_steps(10).checkpoint_every, 5);
 }
