@@ -30,16 +30,8 @@ use burn_sparse_video::ctx_parallel::{
 use burn_sparse_video::sparse_attn::{
     SelectionConfig, SparseAttnError, select_critical_keys, sparse_attention,
 };
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde_json::json;
-
-#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
-enum Transport {
-    /// One thread per rank in this process.
-    Threads,
-    /// This process is one rank of an MPI job (build with `--features mpi`).
-    Mpi,
-}
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -380,7 +372,7 @@ model calibrated here: link {:.1} µs + bytes / {:.2} GB/s (send/recv sweep); at
                 sparse_rate.unwrap_or(f64::NAN) / 1e9
             ),
             None => println!("
-no model: the send/recv sweep needs two or more --kib sizes over two or more ranks"),
+no model: the send/recv sweep gave no time rising with size (it needs two or more --kib sizes over two or more ranks)"),
         }
     }
     Ok(
@@ -400,51 +392,32 @@ fn finish(args: &Args, report: serde_json::Value) {
     println!("\nwrote {}", args.out);
 }
 
+#[path = "common/ranks.rs"]
+mod ranks;
+use ranks::{Transport, on_ranks};
+
 fn main() {
     let args = Args::parse();
-    match args.transport {
-        Transport::Threads => {
-            if args.ranks == 0 || args.heads % args.ranks != 0 || args.seq % (args.ranks * 64) != 0
-            {
-                eprintln!(
-                    "error: --ranks must be ≥ 1 and divide --heads, and --seq a multiple of 64 × ranks"
-                );
-                std::process::exit(2);
-            }
-            let results = burn_sparse_video::ctx_parallel::transport::run_in_process(
-                &vec![Device::flex(); args.ranks],
-                |comm| bench(comm, &args),
-            );
-            match results.into_iter().next().expect("rank 0") {
-                Ok(report) => finish(&args, report),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    std::process::exit(1);
-                }
-            }
-        }
-        Transport::Mpi => run_mpi(&args),
+    if args.transport == Transport::Threads
+        && (args.ranks == 0 || args.heads % args.ranks != 0 || args.seq % (args.ranks * 64) != 0)
+    {
+        eprintln!(
+            "error: --ranks must be ≥ 1 and divide --heads, and --seq a multiple of 64 × ranks"
+        );
+        std::process::exit(2);
     }
-}
-
-#[cfg(feature = "mpi")]
-fn run_mpi(args: &Args) {
-    let report = burn_sparse_video::ctx_parallel::transport::run_mpi(Device::flex(), |comm| {
-        let lead = comm.rank() == 0;
-        bench(comm, args).map(|r| lead.then_some(r))
-    });
-    match report {
-        Ok(Some(report)) => finish(args, report),
+    if args.transport == Transport::Mpi && !cfg!(feature = "mpi") {
+        eprintln!("error: --transport mpi needs a build with `--features mpi`");
+        std::process::exit(2);
+    }
+    match on_ranks(args.transport, args.ranks, &Device::flex(), |comm| {
+        bench(comm, &args)
+    }) {
+        Ok(Some(report)) => finish(&args, report),
         Ok(None) => {}
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
     }
-}
-
-#[cfg(not(feature = "mpi"))]
-fn run_mpi(_: &Args) {
-    eprintln!("error: --transport mpi needs a build with `--features mpi`");
-    std::process::exit(2);
 }

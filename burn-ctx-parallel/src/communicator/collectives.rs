@@ -267,19 +267,7 @@ impl Communicator {
     ) -> Result<Tensor<D>, SparseAttnError> {
         const F: &str = "Communicator::gather_from";
         Self::check_dim::<D>(F, "dim", dim)?;
-        let world = self.world();
-        let distinct = senders
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-            == senders.len();
-        SparseAttnError::check(
-            !senders.is_empty() && distinct && senders.iter().all(|&r| r < world),
-            F,
-            "senders",
-            format!("distinct ranks below {world}"),
-            format!("{senders:?}"),
-        )?;
+        self.check_ranks(F, "senders", senders)?;
         let sending = senders.contains(&self.rank);
         SparseAttnError::check(
             sending == x.is_some(),
@@ -341,13 +329,7 @@ impl Communicator {
     ) -> Result<Tensor<D>, SparseAttnError> {
         const F: &str = "Communicator::broadcast";
         let world = self.world();
-        SparseAttnError::check(
-            root < world,
-            F,
-            "root",
-            format!("a rank below {world}"),
-            root,
-        )?;
+        self.check_root(F, root)?;
         if world == 1 {
             return Ok(x);
         }
@@ -372,15 +354,8 @@ impl Communicator {
         dim: usize,
     ) -> Result<Option<Tensor<D>>, SparseAttnError> {
         const F: &str = "Communicator::gather_to";
-        let world = self.world();
         Self::check_dim::<D>(F, "dim", dim)?;
-        SparseAttnError::check(
-            root < world,
-            F,
-            "root",
-            format!("a rank below {world}"),
-            root,
-        )?;
+        self.check_root(F, root)?;
         let agreed = format!(
             "gather_to {root} {:?} {} along {dim}",
             x.dtype(),

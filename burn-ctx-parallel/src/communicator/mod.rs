@@ -200,19 +200,7 @@ impl Communicator {
     /// include this rank; every member calls it with the same list. Made once and reused.
     pub fn subgroup(&self, ranks: &[usize]) -> Result<Communicator, SparseAttnError> {
         const F: &str = "Communicator::subgroup";
-        let world = self.world();
-        let distinct = ranks
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-            == ranks.len();
-        SparseAttnError::check(
-            !ranks.is_empty() && distinct && ranks.iter().all(|&r| r < world),
-            F,
-            "ranks",
-            format!("distinct ranks below {world}"),
-            format!("{ranks:?}"),
-        )?;
+        self.check_ranks(F, "ranks", ranks)?;
         let me = ranks.iter().position(|&r| r == self.rank);
         SparseAttnError::check(
             me.is_some(),
@@ -250,6 +238,44 @@ impl Communicator {
             device,
             ..self.clone()
         }
+    }
+
+    /// A non-empty list of distinct ranks of this group, or an error naming `argument`.
+    pub(crate) fn check_ranks(
+        &self,
+        function: &'static str,
+        argument: &'static str,
+        ranks: &[usize],
+    ) -> Result<(), SparseAttnError> {
+        let world = self.world();
+        let distinct = ranks
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == ranks.len();
+        SparseAttnError::check(
+            !ranks.is_empty() && distinct && ranks.iter().all(|&r| r < world),
+            function,
+            argument,
+            format!("distinct ranks below {world}"),
+            format!("{ranks:?}"),
+        )
+    }
+
+    /// `root` as a rank of this group, or an error naming it.
+    pub(crate) fn check_root(
+        &self,
+        function: &'static str,
+        root: usize,
+    ) -> Result<(), SparseAttnError> {
+        let world = self.world();
+        SparseAttnError::check(
+            root < world,
+            function,
+            "root",
+            format!("a rank below {world}"),
+            root,
+        )
     }
 
     /// Every rank of the group but this one, in rank order.
