@@ -140,9 +140,7 @@ fn run(
         .map(|_| trainer.train_step().loss)
         .collect();
     if sparse {
-        for layer in trainer.model().dsv_layers() {
-            layer.set_stage(DsvStage::Sparse);
-        }
+        trainer.set_dsv_stage(DsvStage::Sparse);
     }
     let start = Instant::now();
     for _ in 0..steps {

@@ -22,12 +22,12 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use burn_sparse_video::ctx_parallel::{ClipLayout, DualScopeConfig};
 use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, parse_label};
-use burn_sparse_video::dit::flow::sample_euler;
 use burn_sparse_video::dit::long_video::{clip_noise, generate_long};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
 use burn_sparse_video::dit::metrics::{
     clip_continuity, detect, dynamic_degree, motion_smoothness, temporal_flickering,
 };
+use burn_sparse_video::dit::sample::sample_euler;
 use burn_sparse_video::dit::train::{label_ids, load_for_sampling};
 use clap::Parser;
 

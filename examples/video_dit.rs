@@ -20,12 +20,12 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::Device;
 use burn_sparse_video::dit::data::{COLOURS, DataSource, FASHION_DIR, parse_label};
-use burn_sparse_video::dit::flow::SamplerConfig;
 use burn_sparse_video::dit::media::{
     Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png,
 };
 use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
 use burn_sparse_video::dit::optim::OptimizerKind;
+use burn_sparse_video::dit::sample::SamplerConfig;
 use burn_sparse_video::dit::train::{TrainConfig, Trainer, generate, saved_config};
 use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::DsvHost;

@@ -30,6 +30,26 @@
 //!   statistics.
 //! - Data parallelism: [`broadcast_module`] starts every rank from one set of weights and
 //!   [`all_reduce_gradients`] sums a model's gradients over the group as one flat vector.
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use burn_ctx_parallel::{ring_attention, transport::run_in_process};
+//!
+//! // Two ranks (threads here; `run_mpi` for processes), each holding half of the sequence.
+//! let devices = vec![Device::default(); 2];
+//! let outputs = run_in_process(&devices, |comm| {
+//!     let shard = [1, 8, 2048, 64]; // [B, H, S / ranks, D]
+//!     let q = Tensor::<4>::random(shard, Distribution::Normal(0.0, 1.0), comm.device());
+//!     let k = Tensor::<4>::random(shard, Distribution::Normal(0.0, 1.0), comm.device());
+//!     let v = Tensor::<4>::random(shard, Distribution::Normal(0.0, 1.0), comm.device());
+//!     // This rank's queries against every rank's keys, merged by log-sum-exp.
+//!     ring_attention(&comm, q, k, v, None)
+//! });
+//! for out in outputs {
+//!     assert_eq!(out?.dims(), [1, 8, 2048, 64]);
+//! }
+//! # Ok::<(), burn_sparse_attn::SparseAttnError>(())
+//! ```
 
 mod backends;
 pub mod clips;

@@ -11,7 +11,7 @@ use burn::tensor::{
 };
 use burn_ctx_parallel::{DualScopePlan, clip_halos};
 use burn_sparse_attn::SparseAttnError;
-use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, TokenGrid};
+use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvTape, TokenGrid};
 
 use crate::config::{AttentionKind, VideoDitConfig};
 use crate::rope::Rope3d;
@@ -37,8 +37,9 @@ pub(crate) fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tens
 
 /// How the self-attention of one forward pass runs over its clips.
 pub(crate) enum AttentionMode<'a> {
-    /// Every clip alone, with the block's own attention (dense or DSV).
-    PerClip,
+    /// Every clip alone, with the block's own attention (dense or DSV); a DSV layer records
+    /// its training observations on the tape when there is one.
+    PerClip(Option<&'a DsvTape>),
     /// Dual-scope attention across the clips of a plan.
     DualScope(&'a DualScopePlan<'a>),
 }
@@ -121,13 +122,14 @@ impl SelfAttention {
         }
         let outs = match mode {
             AttentionMode::DualScope(plan) => plan.attend(q, k, v)?,
-            AttentionMode::PerClip => xs
+            AttentionMode::PerClip(tape) => xs
                 .into_iter()
                 .zip(q.into_iter().zip(k).zip(v))
                 .zip(clips)
-                .map(|((x, ((q, k), v)), clip)| match &self.dsv {
-                    Some(dsv) => dsv.forward(x, q, k, v, clip.grid),
-                    None => Ok(attention(
+                .map(|((x, ((q, k), v)), clip)| match (&self.dsv, tape) {
+                    (Some(dsv), Some(tape)) => dsv.forward_training(x, q, k, v, clip.grid, tape),
+                    (Some(dsv), None) => dsv.forward(x, q, k, v, clip.grid),
+                    (None, _) => Ok(attention(
                         q,
                         k,
                         v,
@@ -148,6 +150,10 @@ impl SelfAttention {
     /// The DSV layer, when this block uses DSV.
     pub fn dsv(&self) -> Option<&DsvAttention> {
         self.dsv.as_ref()
+    }
+
+    pub(crate) fn dsv_mut(&mut self) -> Option<&mut DsvAttention> {
+        self.dsv.as_mut()
     }
 }
 
@@ -275,7 +281,7 @@ impl TimeConv {
         mode: &AttentionMode,
     ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
         let halos = match mode {
-            AttentionMode::PerClip => vec![(None, None); xs.len()],
+            AttentionMode::PerClip(_) => vec![(None, None); xs.len()],
             AttentionMode::DualScope(plan) => {
                 let framed: Vec<Tensor<4>> = xs
                     .iter()
@@ -374,5 +380,9 @@ impl DitBlock {
     /// The block's self-attention.
     pub fn self_attention(&self) -> &SelfAttention {
         &self.attn
+    }
+
+    pub(crate) fn self_attention_mut(&mut self) -> &mut SelfAttention {
+        &mut self.attn
     }
 }

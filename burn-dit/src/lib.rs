@@ -14,7 +14,24 @@
 //! Long videos ([`long_video`]): [`VideoDit::forward_clips`] runs a video cut into clips
 //! over the ranks of a `burn-ctx-parallel` communicator (threads or MPI processes) with
 //! Video-Infinity's dual-scope attention,
-//! and [`flow::sample_euler_clips`] samples it, each clip with its own noise and prompt.
+//! and [`sample::sample_euler_clips`] samples it, each clip with its own noise and prompt.
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Distribution, Int, Tensor};
+//! use burn_dit::{AttentionKind, VideoDitConfig, sample::{SamplerConfig, sample_euler}};
+//!
+//! let device = Device::default();
+//! let model = VideoDitConfig::tiny()
+//!     .with_attention(AttentionKind::tiny_dsv())
+//!     .init(&device);
+//! // Two 8-frame 32×32 RGB clips: labels (object, colour) as conditioning tokens, 0 = null.
+//! let noise = Tensor::<5>::random([2, 3, 8, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+//! let cond = model.embed_labels(Tensor::<2, Int>::from_ints([[1, 4], [2, 5]], &device));
+//! let uncond = model.embed_labels(Tensor::<2, Int>::zeros([2, 2], &device));
+//! let videos = sample_euler(&model, noise, cond, uncond, SamplerConfig::default())?;
+//! assert_eq!(videos.dims(), [2, 3, 8, 32, 32]);
+//! # Ok::<(), burn_dit::burn_sparse_attn::SparseAttnError>(())
+//! ```
 
 mod block;
 mod config;
@@ -28,6 +45,7 @@ mod model;
 pub mod optim;
 mod patch;
 mod rope;
+pub mod sample;
 pub mod train;
 
 pub use block::{CrossAttention, DitBlock, SelfAttention};

@@ -6,9 +6,9 @@ use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_attn::SparseAttnError;
 
 use crate::data::SplitMix;
-use crate::flow::{SamplerConfig, sample_euler_clips};
 use crate::media::Frames;
 use crate::model::VideoDit;
+use crate::sample::{SamplerConfig, sample_euler_clips};
 
 /// Noise of clip `clip` of a video seeded `seed`: its own stream, so a clip's noise does not
 /// depend on how many clips come before it or which rank draws it.

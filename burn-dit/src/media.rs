@@ -1,8 +1,8 @@
-//! Writing what a person looks at: animated GIFs, PNG contact sheets and loss plots.
+//! Writing what a person looks at: animated GIFs, PNG contact sheets and loss plots (the
+//! GIF and PNG writers need the default `media` feature).
 
-use std::fs::File;
-use std::io::BufWriter;
-use std::path::Path;
+#[cfg(feature = "media")]
+use std::{fs::File, io::BufWriter, path::Path};
 
 /// RGB frames of one video: `frames[t]` is `height × width × 3` bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +115,7 @@ pub fn upscale(video: &Frames, factor: usize) -> Frames {
 }
 
 /// Writes an endlessly looping GIF at `fps`.
+#[cfg(feature = "media")]
 pub fn write_gif(path: &Path, video: &Frames, fps: u16) -> std::io::Result<()> {
     let file = BufWriter::new(File::create(path)?);
     let mut encoder = gif::Encoder::new(file, video.width as u16, video.height as u16, &[])
@@ -131,6 +132,7 @@ pub fn write_gif(path: &Path, video: &Frames, fps: u16) -> std::io::Result<()> {
 }
 
 /// Writes an RGB image as PNG.
+#[cfg(feature = "media")]
 pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> std::io::Result<()> {
     let file = BufWriter::new(File::create(path)?);
     let mut encoder = png::Encoder::new(file, width as u32, height as u32);

@@ -5,7 +5,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
 use burn_sparse_attn::SparseAttnError;
-use burn_sparse_attn::dsv::{DsvAttention, DsvHost, TokenGrid};
+use burn_sparse_attn::dsv::{DsvAttention, DsvHost, DsvTape, TokenGrid};
 
 use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig, DualScopePlan};
 
@@ -169,6 +169,31 @@ impl VideoDit {
         cond: Tensor<3>,
         estimate: Option<Tensor<5>>,
     ) -> Result<Tensor<5>, SparseAttnError> {
+        self.forward_recorded(x, sigma, cond, estimate, None)
+    }
+
+    /// [`VideoDit::forward_refining`] for a training step: DSV layers build their predictor
+    /// losses and profile on their schedule, recorded on `tape` for
+    /// [`DsvTrainer`](burn_sparse_attn::dsv::DsvTrainer) (see [`crate::Trainer`]).
+    pub fn forward_training(
+        &self,
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+        estimate: Option<Tensor<5>>,
+        tape: &DsvTape,
+    ) -> Result<Tensor<5>, SparseAttnError> {
+        self.forward_recorded(x, sigma, cond, estimate, Some(tape))
+    }
+
+    fn forward_recorded(
+        &self,
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+        estimate: Option<Tensor<5>>,
+        tape: Option<&DsvTape>,
+    ) -> Result<Tensor<5>, SparseAttnError> {
         const F: &str = "VideoDit::forward_refining";
         let [b, ch, t, h, w] = x.dims();
         SparseAttnError::check(
@@ -210,7 +235,7 @@ impl VideoDit {
                     vec![cond],
                     vec![estimate],
                     &[0],
-                    &AttentionMode::PerClip,
+                    &AttentionMode::PerClip(tape),
                 )
                 .map(|mut v| v.remove(0)),
         }
@@ -507,6 +532,13 @@ impl DsvHost for VideoDit {
         self.blocks
             .iter()
             .filter_map(|b| b.self_attention().dsv())
+            .collect()
+    }
+
+    fn dsv_layers_mut(&mut self) -> Vec<&mut DsvAttention> {
+        self.blocks
+            .iter_mut()
+            .filter_map(|b| b.self_attention_mut().dsv_mut())
             .collect()
     }
 }

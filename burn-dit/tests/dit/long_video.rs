@@ -2,10 +2,10 @@ use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
 use burn_ctx_parallel::transport::run_in_process;
-use burn_dit::flow::{SamplerConfig, sample_euler, sample_euler_clips};
 use burn_dit::long_video::{clip_noise, generate_long};
 use burn_dit::media::Frames;
 use burn_dit::metrics::clip_continuity;
+use burn_dit::sample::{SamplerConfig, sample_euler, sample_euler_clips};
 use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
 
 use crate::common::*;

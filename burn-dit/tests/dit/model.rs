@@ -2,9 +2,10 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_dit::data::SplitMix;
 use burn_dit::flow::{
-    CLEAN_PREDICTION_MIN_SIGMA, SamplerConfig, SigmaSampling, add_noise, sample_euler, shift_sigma,
-    velocity_from_clean, velocity_target,
+    CLEAN_PREDICTION_MIN_SIGMA, SigmaSampling, add_noise, shift_sigma, velocity_from_clean,
+    velocity_target,
 };
+use burn_dit::sample::{SamplerConfig, sample_euler};
 use burn_dit::{AttentionKind, Prediction, Rope3d, patchify, rope_split, unpatchify};
 use burn_sparse_attn::dsv::DsvHost;
 

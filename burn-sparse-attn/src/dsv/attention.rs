@@ -1,19 +1,19 @@
 //! The DSV attention module: dense while its predictor learns, then sparse per head.
 
 use alloc::format;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
-use std::sync::Mutex;
 
 use burn::config::Config;
-use burn::module::{Module, ModuleVisitor, Param, ParamId, RunningState};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{
     Bool, Device, Int, Tensor, TensorData, module::attention, ops::AttentionModuleOptions,
 };
 
 use super::grid::{Reorder, TokenGrid};
-use super::predictor::{LowRankPredictor, PredictorInput, predictor_loss};
+use super::predictor::{LowRankPredictor, PredictorInput, predictor_loss as predictor_loss_of};
 use super::profiler::{critical_recall, critical_sets, row_probabilities};
+use super::state::HostState;
+use super::tape::{DsvLayerStep, DsvTape, LayerObservation};
 use crate::{
     SelectionConfig, SparseAttnError, error::ensure, select_critical_keys, sparse_attention,
 };
@@ -111,11 +111,6 @@ impl DsvAttentionConfig {
             "DsvAttentionConfig: `max_budget_fraction` must be in (0, 1], got {}",
             self.policy.max_budget_fraction
         );
-        let unknown = Tensor::<1>::full([self.heads], -1.0, device);
-        let schedule = Tensor::<1>::from_data(
-            TensorData::new(alloc::vec![0.0f32, 0.0, f32::NAN, f32::NAN], [SCHEDULE_LEN]),
-            device,
-        );
         DsvAttention {
             predictor: LowRankPredictor::new(
                 self.policy.predictor_input,
@@ -125,10 +120,11 @@ impl DsvAttentionConfig {
                 self.policy.predictor_rank,
                 device,
             ),
-            head_sparsity: RunningState::new(unknown),
-            schedule: RunningState::new(schedule),
+            // −1: not profiled yet.
+            head_sparsity: HostState::new(alloc::vec![-1.0; self.heads], device),
+            schedule: HostState::new(alloc::vec![0.0, 0.0, f32::NAN, f32::NAN], device),
             config: self.clone(),
-            runtime: Arc::new(Mutex::new(Runtime::default())),
+            last: LastStep::default(),
         }
     }
 }
@@ -157,26 +153,24 @@ pub struct DsvLayerStats {
     pub predictor_loss: Option<f32>,
     /// Share of the true critical mass the predicted keys cover, per head, at the last profile.
     pub critical_recall: Option<Vec<f32>>,
-    /// Whether the last forward ran sparse.
+    /// Whether the last training step ran sparse.
     pub ran_sparse: bool,
-    /// Sequence length of the last forward.
+    /// Sequence length of the last training step.
     pub seq_len: usize,
 }
 
-/// Slots of the persisted schedule tensor.
+/// Slots of the saved schedule.
 const STAGE: usize = 0;
 const STEP: usize = 1;
 const LOSS: usize = 2;
 const SCHEDULE_LEN: usize = 4;
 
-/// Per-process state that is not saved: the pending predictor loss and the last stats.
-#[derive(Debug, Default)]
-struct Runtime {
-    pending_loss: Option<Tensor<1>>,
+/// What the last training step observed and nothing saves: for [`DsvLayerStats`].
+#[derive(Clone, Debug, Default)]
+struct LastStep {
     recall: Option<Vec<f32>>,
     ran_sparse: bool,
     seq_len: usize,
-    reorder: Option<(TokenGrid, [usize; 3], Reorder)>,
 }
 
 /// DSV dynamic sparse attention over video tokens, a drop-in for dense self-attention.
@@ -185,27 +179,27 @@ struct Runtime {
 /// it runs dense attention while its [`LowRankPredictor`] learns to rank keys, then, per
 /// layer, switches to sparse attention over each query cube's predicted critical keys with
 /// per-head budgets from the profiled sparsity. Train it with
-/// [`DsvTrainer`](super::DsvTrainer); its statistics, predictor and stage are saved with
-/// the model, so a resumed run continues where it stopped.
+/// [`DsvTrainer`](super::DsvTrainer) and [`DsvAttention::forward_training`]; its statistics,
+/// predictor and stage are saved with the model, so a resumed run continues where it
+/// stopped. Its state is plain values: clones share nothing.
 #[derive(Module, Debug)]
 pub struct DsvAttention {
     predictor: LowRankPredictor,
-    head_sparsity: RunningState<Tensor<1>>,
-    schedule: RunningState<Tensor<1>>,
+    head_sparsity: HostState,
+    schedule: HostState,
     #[module(skip)]
     config: DsvAttentionConfig,
     #[module(skip)]
-    runtime: Arc<Mutex<Runtime>>,
+    last: LastStep,
 }
 
 impl DsvAttention {
     /// Attention of `q, k, v: [B, H, S, D]` (tokens frame-major on `grid`); the layer input
-    /// `x: [B, S, d_model]` feeds the predictor when its [`PredictorInput`] says so. Returns `[B, H, S, D]`.
+    /// `x: [B, S, d_model]` feeds the predictor when its [`PredictorInput`] says so. Returns
+    /// `[B, H, S, D]`.
     ///
-    /// When the module is trainable (on an autodiff device; call `.valid()` for inference)
-    /// this also counts a step, records the
-    /// predictor loss for [`DsvTrainer::step`](super::DsvTrainer::step) and profiles
-    /// sparsity on schedule.
+    /// Inference: the layer attends as its saved stage and budgets say, records nothing and
+    /// reads nothing back from the device. Train with [`DsvAttention::forward_training`].
     pub fn forward(
         &self,
         x: Tensor<3>,
@@ -213,6 +207,34 @@ impl DsvAttention {
         k: Tensor<4>,
         v: Tensor<4>,
         grid: TokenGrid,
+    ) -> Result<Tensor<4>, SparseAttnError> {
+        self.attend(x, q, k, v, grid, None)
+    }
+
+    /// [`DsvAttention::forward`] for a training step: also builds the predictor loss and, on
+    /// the profiling schedule, measures each head's sparsity and the predictor's recall (the
+    /// only forward that reads device data back), all recorded on `tape`. The layer itself
+    /// changes only when the trainer calls [`DsvAttention::advance`].
+    pub fn forward_training(
+        &self,
+        x: Tensor<3>,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        grid: TokenGrid,
+        tape: &DsvTape,
+    ) -> Result<Tensor<4>, SparseAttnError> {
+        self.attend(x, q, k, v, grid, Some(tape))
+    }
+
+    fn attend(
+        &self,
+        x: Tensor<3>,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        grid: TokenGrid,
+        tape: Option<&DsvTape>,
     ) -> Result<Tensor<4>, SparseAttnError> {
         const F: &str = "DsvAttention::forward";
         let c = &self.config;
@@ -247,35 +269,25 @@ impl DsvAttention {
         )?;
         grid.check_len(F, s)?;
 
-        let training = self.predictor.is_trainable();
+        let training = tape.is_some();
         let device = q.device();
-        let mut schedule = self.schedule_values();
-        if training {
-            schedule[STEP] += 1.0;
-        }
-        let step = schedule[STEP] as usize;
-        let sparsity = self.head_sparsity_values();
-        let stage = self.stage_of(&schedule);
+        // The step this forward trains: the trainer counts it once the update is applied.
+        let step = self.step() + 1;
+        let sparsity = self.profiled_sparsity();
         let scale = 1.0 / (d as f64).sqrt();
-        let rows = Self::sampled_rows(s, c.policy.sample_stride, &device);
-
-        let budgets = self.budgets(s, sparsity.as_deref());
-        let layer_sparsity = sparsity
-            .as_ref()
-            .map(|v| v.iter().sum::<f32>() / v.len() as f32)
-            .unwrap_or(0.0);
-        let go_sparse = stage == DsvStage::Sparse
-            && s >= c.policy.min_sparse_len
-            && f64::from(layer_sparsity) >= c.policy.sparsity_threshold;
+        let budgets = self.budgets(s, sparsity);
+        let go_sparse = self.runs_sparse(s);
         let profile_due =
             training && (sparsity.is_none() || step.is_multiple_of(self.profile_interval(step)));
+        let rows = training.then(|| Self::sampled_rows(s, c.policy.sample_stride, &device));
 
         // The predictor runs only where its output is used: training (its loss, the profiler's
         // recall) or sparse attention. It reads a detached input, so it never sends gradient
         // into the host.
+        let mut predictor_loss = None;
         let low_rank = (training || go_sparse).then(|| {
             let (q_lr, k_lr) = self.predictor.forward(x, q.clone(), k.clone());
-            if training {
+            if let Some(rows) = &rows {
                 let target = q
                     .clone()
                     .detach()
@@ -285,14 +297,9 @@ impl DsvAttention {
                     .clone()
                     .select(2, rows.clone())
                     .matmul(k_lr.clone().swap_dims(2, 3));
-                let loss = predictor_loss(predicted, target);
-                let mut rt = self.runtime.lock().expect("DSV runtime lock");
-                rt.pending_loss = Some(match rt.pending_loss.take() {
-                    Some(prev) => prev + loss,
-                    None => loss,
-                });
+                predictor_loss = Some(predictor_loss_of(predicted, target));
             }
-            let reorder = self.reorder(grid, &device);
+            let reorder = Reorder::new(grid, c.policy.query_cube, &device);
             (
                 reorder.apply(q_lr.detach()),
                 reorder.apply(k_lr.detach()),
@@ -317,51 +324,26 @@ impl DsvAttention {
             ),
         };
 
-        let recall = if let (true, Some((q_lr, k_lr, _))) = (profile_due, &low_rank) {
-            let probs = row_probabilities(q.detach().select(2, rows.clone()), k.detach(), scale);
-            let (critical, measured) = critical_sets(probs.clone(), c.policy.mass_threshold);
-            let measured: Vec<f32> = measured
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .expect("f32 sparsity");
-            let smoothed: Vec<f32> = match &sparsity {
-                Some(old) => old
-                    .iter()
-                    .zip(&measured)
-                    .map(|(o, m)| {
-                        (c.policy.momentum as f32) * o + (1.0 - c.policy.momentum as f32) * m
-                    })
-                    .collect(),
-                None => measured,
-            };
-            self.head_sparsity.update(Tensor::from_data(
-                TensorData::new(smoothed.clone(), [h]),
-                &device,
-            ));
-            self.head_sparsity.value_sync();
-            let budgets = self.budgets(s, Some(&smoothed));
-            let selected = self.predicted_rows_mask(q_lr, k_lr, &budgets, grid, s);
-            Some(
-                critical_recall(probs, critical, selected)
-                    .into_data()
-                    .convert::<f32>()
-                    .try_to_vec()
-                    .expect("f32 recall"),
-            )
-        } else {
-            None
+        let Some(tape) = tape else {
+            return Ok(out);
         };
-
-        if training {
-            self.set_schedule(schedule, &device);
+        let mut observation = LayerObservation {
+            predictor_loss,
+            ran_sparse: go_sparse,
+            seq_len: s,
+            ..Default::default()
+        };
+        if let (true, Some((q_lr, k_lr, _)), Some(rows)) = (profile_due, &low_rank, rows) {
+            let probs = row_probabilities(q.detach().select(2, rows), k.detach(), scale);
+            let (critical, measured) = critical_sets(probs.clone(), c.policy.mass_threshold);
+            let measured = to_host(measured);
+            // Recall against the budgets this profile leads to.
+            let budgets = self.budgets(s, Some(&self.smoothed_sparsity(&measured)));
+            let selected = self.predicted_rows_mask(q_lr, k_lr, &budgets, grid, s);
+            observation.recall = Some(to_host(critical_recall(probs, critical, selected)));
+            observation.measured_sparsity = Some(measured);
         }
-        let mut rt = self.runtime.lock().expect("DSV runtime lock");
-        rt.ran_sparse = go_sparse;
-        rt.seq_len = s;
-        if recall.is_some() {
-            rt.recall = recall;
-        }
+        tape.record(self.state_id(), observation);
         Ok(out)
     }
 
@@ -462,19 +444,6 @@ impl DsvAttention {
         Tensor::from_data(TensorData::new(rows, [n]), device)
     }
 
-    fn reorder(&self, grid: TokenGrid, device: &Device) -> Reorder {
-        let cube = self.config.policy.query_cube;
-        let mut rt = self.runtime.lock().expect("DSV runtime lock");
-        match &rt.reorder {
-            Some((g, c, r)) if *g == grid && *c == cube => r.clone(),
-            _ => {
-                let r = Reorder::new(grid, cube, device);
-                rt.reorder = Some((grid, cube, r.clone()));
-                r
-            }
-        }
-    }
-
     /// Keys per head: `max(S·(1 − s_h), min_fraction·S)` rounded up to the kernel tile, at
     /// most `max_fraction·S`.
     fn budgets(&self, s: usize, sparsity: Option<&[f32]>) -> Vec<usize> {
@@ -504,89 +473,102 @@ impl DsvAttention {
         }
     }
 
-    fn schedule_values(&self) -> [f32; SCHEDULE_LEN] {
-        let v: Vec<f32> = self
-            .schedule
-            .value_sync()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .expect("f32 schedule");
-        v.try_into().expect("schedule has SCHEDULE_LEN slots")
+    /// The smoothed sparsity after folding in a new measurement.
+    fn smoothed_sparsity(&self, measured: &[f32]) -> Vec<f32> {
+        let m = self.config.policy.momentum as f32;
+        match self.profiled_sparsity() {
+            Some(old) => old
+                .iter()
+                .zip(measured)
+                .map(|(o, x)| m * o + (1.0 - m) * x)
+                .collect(),
+            None => measured.to_vec(),
+        }
     }
 
-    fn set_schedule(&self, values: [f32; SCHEDULE_LEN], device: &Device) {
-        self.schedule.update(Tensor::from_data(
-            TensorData::new(values.to_vec(), [SCHEDULE_LEN]),
-            device,
-        ));
-        self.schedule.value_sync();
+    /// Training steps counted by [`DsvAttention::advance`].
+    pub fn step(&self) -> usize {
+        self.schedule.values()[STEP] as usize
     }
 
-    fn head_sparsity_values(&self) -> Option<Vec<f32>> {
-        let v: Vec<f32> = self
-            .head_sparsity
-            .value_sync()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .expect("f32 sparsity");
-        (v.iter().all(|x| *x >= 0.0)).then_some(v)
-    }
-
-    fn stage_of(&self, schedule: &[f32; SCHEDULE_LEN]) -> DsvStage {
-        if schedule[STAGE] >= 1.0 {
+    /// The current stage.
+    pub fn stage(&self) -> DsvStage {
+        if self.schedule.values()[STAGE] >= 1.0 {
             DsvStage::Sparse
         } else {
             DsvStage::Dense
         }
     }
 
-    /// Takes the predictor loss recorded by training forwards since the last call; `None` for
-    /// a layer whose predictor is frozen (it records none), such as a
-    /// [`DsvTrainer::replica`](super::DsvTrainer::replica)'s, which shares this slot with the
-    /// layer it was made from and must leave that layer's loss to it.
-    pub fn take_predictor_loss(&self) -> Option<Tensor<1>> {
-        if !self.predictor.is_trainable() {
-            return None;
-        }
-        self.runtime
-            .lock()
-            .expect("DSV runtime lock")
-            .pending_loss
-            .take()
+    /// Whether a forward over `seq_len` tokens runs sparse: the sparse stage, at least
+    /// `min_sparse_len` tokens and a profiled layer sparsity of at least
+    /// `sparsity_threshold`.
+    pub fn runs_sparse(&self, seq_len: usize) -> bool {
+        let policy = &self.config.policy;
+        let layer_sparsity = self
+            .profiled_sparsity()
+            .map(|v| v.iter().sum::<f32>() / v.len() as f32)
+            .unwrap_or(0.0);
+        self.stage() == DsvStage::Sparse
+            && seq_len >= policy.min_sparse_len
+            && f64::from(layer_sparsity) >= policy.sparsity_threshold
     }
 
-    /// Folds an observed predictor loss into the smoothed loss and switches the layer to the
-    /// sparse stage once that falls under `switch_loss`.
-    pub fn record_predictor_loss(&self, loss: f32) {
-        let mut schedule = self.schedule_values();
+    fn profiled_sparsity(&self) -> Option<&[f32]> {
+        let v = self.head_sparsity.values();
+        v.iter().all(|x| *x >= 0.0).then_some(v)
+    }
+
+    pub(crate) fn state_id(&self) -> ParamId {
+        self.schedule.id()
+    }
+
+    /// Counts one training step and folds in what it observed (from
+    /// [`DsvTrainer::apply`](super::DsvTrainer::apply)): the measured sparsity into the
+    /// smoothed per-head sparsity, the predictor loss into the smoothed loss, switching the
+    /// layer to the sparse stage once that falls under `switch_loss`.
+    pub fn advance(&mut self, observed: &DsvLayerStep) {
         let m = self.config.policy.momentum as f32;
-        schedule[LOSS] = if schedule[LOSS].is_nan() {
-            loss
-        } else {
-            m * schedule[LOSS] + (1.0 - m) * loss
-        };
-        if f64::from(schedule[LOSS]) < self.config.policy.switch_loss {
-            schedule[STAGE] = 1.0;
+        if let Some(measured) = &observed.measured_sparsity {
+            let smoothed = self.smoothed_sparsity(measured);
+            self.head_sparsity.set(smoothed);
+            self.last.recall = observed.critical_recall.clone();
         }
-        let device = self.schedule.value().device();
-        self.set_schedule(schedule, &device);
+        let mut schedule = self.schedule.values().to_vec();
+        schedule[STEP] += 1.0;
+        if let Some(loss) = observed.predictor_loss {
+            schedule[LOSS] = if schedule[LOSS].is_nan() {
+                loss
+            } else {
+                m * schedule[LOSS] + (1.0 - m) * loss
+            };
+            if f64::from(schedule[LOSS]) < self.config.policy.switch_loss {
+                schedule[STAGE] = 1.0;
+            }
+        }
+        self.schedule.set(schedule);
+        self.last.ran_sparse = observed.ran_sparse;
+        self.last.seq_len = observed.seq_len;
     }
 
     /// The layer's training state that is not a weight (stage, steps seen, smoothed predictor
     /// loss and per-head sparsity) as one `[4 + heads]` vector: what the ranks of a
     /// data-parallel run copy from the rank whose share profiles and trains the predictors.
     pub fn schedule_state(&self) -> Tensor<1> {
-        Tensor::cat(
-            alloc::vec![self.schedule.value(), self.head_sparsity.value()],
-            0,
-        )
+        let values: Vec<f32> = self
+            .schedule
+            .values()
+            .iter()
+            .chain(self.head_sparsity.values())
+            .copied()
+            .collect();
+        let n = values.len();
+        Tensor::from_data(TensorData::new(values, [n]), &self.predictor_device())
     }
 
     /// Sets the state [`DsvAttention::schedule_state`] returned (from this layer or its copy
     /// on another rank).
-    pub fn set_schedule_state(&self, state: Tensor<1>) -> Result<(), SparseAttnError> {
+    pub fn set_schedule_state(&mut self, state: Tensor<1>) -> Result<(), SparseAttnError> {
         let heads = self.config.heads;
         ensure(
             state.dims() == [SCHEDULE_LEN + heads],
@@ -595,23 +577,21 @@ impl DsvAttention {
             format!("[{}]", SCHEDULE_LEN + heads),
             format!("{:?}", state.dims()),
         )?;
-        let device = self.schedule.value().device();
-        let state = Tensor::<1>::from_data(state.into_data(), &device);
-        self.schedule
-            .update(state.clone().narrow(0, 0, SCHEDULE_LEN));
-        self.schedule.value_sync();
-        self.head_sparsity
-            .update(state.narrow(0, SCHEDULE_LEN, heads));
-        self.head_sparsity.value_sync();
+        let mut values = to_host(state);
+        self.head_sparsity.set(values.split_off(SCHEDULE_LEN));
+        self.schedule.set(values);
         Ok(())
     }
 
     /// Forces a stage (e.g. to resume from a known schedule or to test the sparse path).
-    pub fn set_stage(&self, stage: DsvStage) {
-        let mut schedule = self.schedule_values();
+    pub fn set_stage(&mut self, stage: DsvStage) {
+        let mut schedule = self.schedule.values().to_vec();
         schedule[STAGE] = if stage == DsvStage::Sparse { 1.0 } else { 0.0 };
-        let device = self.schedule.value().device();
-        self.set_schedule(schedule, &device);
+        self.schedule.set(schedule);
+    }
+
+    fn predictor_device(&self) -> Device {
+        self.predictor.devices().remove(0)
     }
 
     /// Parameter ids of the predictor, which its own optimizer updates.
@@ -637,25 +617,32 @@ impl DsvAttention {
         &self.config
     }
 
-    /// Statistics for logging.
+    /// Statistics for logging; `ran_sparse`, `seq_len`, `head_budgets` and `critical_recall`
+    /// describe the last training step.
     pub fn stats(&self) -> DsvLayerStats {
-        let schedule = self.schedule_values();
-        let sparsity = self.head_sparsity_values();
-        let rt = self.runtime.lock().expect("DSV runtime lock");
-        let seq_len = rt.seq_len;
+        let schedule = self.schedule.values();
+        let sparsity = self.profiled_sparsity();
+        let seq_len = self.last.seq_len;
         DsvLayerStats {
-            stage: self.stage_of(&schedule),
-            step: schedule[STEP] as usize,
+            stage: self.stage(),
+            step: self.step(),
             head_budgets: if seq_len > 0 {
-                self.budgets(seq_len, sparsity.as_deref())
+                self.budgets(seq_len, sparsity)
             } else {
                 Vec::new()
             },
-            head_sparsity: sparsity,
+            head_sparsity: sparsity.map(<[f32]>::to_vec),
             predictor_loss: (!schedule[LOSS].is_nan()).then_some(schedule[LOSS]),
-            critical_recall: rt.recall.clone(),
-            ran_sparse: rt.ran_sparse,
+            critical_recall: self.last.recall.clone(),
+            ran_sparse: self.last.ran_sparse,
             seq_len,
         }
     }
+}
+
+fn to_host(t: Tensor<1>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("a float tensor converts to f32")
 }

@@ -5,9 +5,13 @@ mod attention;
 mod grid;
 mod predictor;
 mod profiler;
+mod state;
+mod tape;
 mod trainer;
 
 pub use attention::{DsvAttention, DsvAttentionConfig, DsvLayerStats, DsvPolicy, DsvStage};
 pub use grid::{Reorder, TokenGrid};
 pub use predictor::{LowRankPredictor, PredictorInput};
+pub use state::HostState;
+pub use tape::{DsvLayerStep, DsvTape};
 pub use trainer::{DsvGradients, DsvHost, DsvStepReport, DsvTrainer};

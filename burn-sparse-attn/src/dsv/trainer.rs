@@ -6,15 +6,18 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
-use super::DsvAttention;
+use super::{DsvAttention, DsvLayerStep, DsvTape};
 
 /// A model that holds DSV attention layers.
 ///
-/// Implement it by listing your layers; [`DsvTrainer::step`] uses it to collect the
-/// predictor losses and parameters.
+/// Implement it by listing your layers, in the same order in both methods;
+/// [`DsvTrainer`] uses it to collect the predictor losses and parameters and to advance
+/// each layer's schedule after an update.
 pub trait DsvHost {
     /// Every DSV layer of the model.
     fn dsv_layers(&self) -> Vec<&DsvAttention>;
+    /// Every DSV layer of the model, mutably.
+    fn dsv_layers_mut(&mut self) -> Vec<&mut DsvAttention>;
 }
 
 /// What one [`DsvTrainer::step`] did.
@@ -69,31 +72,52 @@ impl DsvTrainer {
     }
 
     /// One training step: backward, host update with `model_optimizer` at `lr`, predictor
-    /// update, then each layer's stage schedule. [`DsvTrainer::backward`] then
+    /// update, then each layer's stage schedule. `loss` comes from a forward whose DSV layers
+    /// ran [`DsvAttention::forward_training`] on `tape`. [`DsvTrainer::backward`] then
     /// [`DsvTrainer::apply`].
     pub fn step<M: Module + DsvHost>(
         &mut self,
         model: M,
         loss: Tensor<1>,
+        tape: DsvTape,
         model_optimizer: &mut ModuleOptimizer,
         lr: f64,
     ) -> (M, DsvStepReport) {
-        let grads = Self::backward(&model, loss);
+        let grads = Self::backward(&model, loss, tape);
         self.apply(model, grads, model_optimizer, lr)
     }
 
-    /// Back-propagates `loss + Σ predictor losses` of `model` (the model itself or a
+    /// Back-propagates `loss + Σ predictor losses on tape` of `model` (the model itself or a
     /// [`DsvTrainer::replica`]) and splits the gradients into the host's and the predictors'.
-    /// Needs no trainer, so replicas can call it on their own threads.
-    pub fn backward<M: Module + DsvHost>(model: &M, loss: Tensor<1>) -> DsvGradients {
-        let pending: Vec<Option<Tensor<1>>> = model
-            .dsv_layers()
+    /// Needs no trainer, so replicas can call it on their own threads. A replica passes an
+    /// empty tape (its forward recorded nothing): the predictors learn from the model's share.
+    pub fn backward<M: Module + DsvHost>(
+        model: &M,
+        loss: Tensor<1>,
+        tape: DsvTape,
+    ) -> DsvGradients {
+        let observed = tape.into_layers(&model.dsv_layers());
+        let mut pending = Vec::with_capacity(observed.len());
+        let mut steps = Vec::with_capacity(observed.len());
+        for observation in observed {
+            let Some(mut o) = observation else {
+                pending.push(None);
+                steps.push(None);
+                continue;
+            };
+            let loss = o.predictor_loss.take();
+            steps.push(Some(DsvLayerStep {
+                predictor_loss: loss.as_ref().map(|t| t.clone().into_scalar::<f32>()),
+                measured_sparsity: o.measured_sparsity,
+                critical_recall: o.recall,
+                ran_sparse: o.ran_sparse,
+                seq_len: o.seq_len,
+            }));
+            pending.push(loss);
+        }
+        let predictor_losses: Vec<Option<f32>> = steps
             .iter()
-            .map(|l| l.take_predictor_loss())
-            .collect();
-        let predictor_losses: Vec<Option<f32>> = pending
-            .iter()
-            .map(|l| l.as_ref().map(|t| t.clone().into_scalar::<f32>()))
+            .map(|s| s.as_ref().and_then(|s| s.predictor_loss))
             .collect();
         let host_loss = loss.clone().into_scalar::<f32>();
         let total = pending.into_iter().flatten().fold(loss, |acc, l| acc + l);
@@ -111,12 +135,13 @@ impl DsvTrainer {
             predictors,
             loss: host_loss,
             predictor_losses,
+            steps,
         }
     }
 
     /// Updates `model` with `grads` (one replica's, or several [`DsvGradients::merge`]d):
     /// the host with `model_optimizer` at `lr`, the predictors with this trainer's optimizer,
-    /// then each layer's stage schedule from the recorded predictor losses.
+    /// then [`DsvAttention::advance`]s each layer that recorded this step.
     pub fn apply<M: Module + DsvHost>(
         &mut self,
         model: M,
@@ -142,16 +167,17 @@ impl DsvTrainer {
             predictors,
             loss,
             predictor_losses,
+            steps,
         } = grads;
         let model = host_step(model, host);
-        let model = if predictors.is_empty() {
+        let mut model = if predictors.is_empty() {
             model
         } else {
             self.optimizer.step(self.lr, model, predictors)
         };
-        for (layer, loss) in model.dsv_layers().iter().zip(&predictor_losses) {
-            if let Some(loss) = loss {
-                layer.record_predictor_loss(*loss);
+        for (layer, step) in model.dsv_layers_mut().into_iter().zip(&steps) {
+            if let Some(step) = step {
+                layer.advance(step);
             }
         }
         (
@@ -168,11 +194,10 @@ impl DsvTrainer {
     /// one [`DsvTrainer::apply`] on `model`.
     ///
     /// The replica has the same weights as separate autodiff leaves (so its graph, and its
-    /// backward pass, are its own) and a snapshot of every DSV layer's stage, step and
-    /// sparsity, so it attends exactly as `model` does this step whatever `model` records
-    /// meanwhile. Its predictors are frozen: it counts no DSV step, profiles nothing and
-    /// records no predictor loss, which stay with `model` (the predictors learn from
-    /// `model`'s share of the batch).
+    /// backward pass, are its own) and its own copy of every DSV layer's stage, step and
+    /// sparsity, so it attends exactly as `model` does this step. Its predictors are frozen;
+    /// run its forward without a tape (or with one you drop): profiling and predictor
+    /// losses stay with `model` (the predictors learn from `model`'s share of the batch).
     pub fn replica<M: Module + DsvHost>(model: &M) -> M {
         struct Freeze(Vec<ParamId>);
         impl ModuleMapper for Freeze {
@@ -189,7 +214,7 @@ impl DsvTrainer {
             .iter()
             .flat_map(|l| l.predictor_param_ids())
             .collect();
-        // `valid` copies the running states (a snapshot); `train` makes fresh leaves.
+        // `valid` then `train` makes fresh leaves.
         model.valid().map(&mut Freeze(predictors)).train()
     }
 }
@@ -203,6 +228,8 @@ pub struct DsvGradients {
     pub loss: f32,
     /// Each DSV layer's predictor loss, where this replica recorded one.
     pub predictor_losses: Vec<Option<f32>>,
+    /// Each DSV layer's observations, where this replica recorded them.
+    steps: Vec<Option<DsvLayerStep>>,
 }
 
 impl DsvGradients {
@@ -222,17 +249,34 @@ impl DsvGradients {
             .zip(&other.predictor_losses)
             .map(|(a, b)| a.or(*b))
             .collect();
+        let steps = self
+            .steps
+            .into_iter()
+            .zip(other.steps)
+            .map(|(a, b)| a.or(b))
+            .collect();
         DsvGradients {
             host: sum(self.host, other.host),
             predictors: sum(self.predictors, other.predictors),
             loss: self.loss + other.loss,
             predictor_losses,
+            steps,
         }
     }
 
     /// The host loss (summed over merged replicas).
     pub fn loss(&self) -> f32 {
         self.loss
+    }
+
+    /// The host model's gradients.
+    pub fn host_gradients(&self) -> &GradientsParams {
+        &self.host
+    }
+
+    /// The predictors' gradients.
+    pub fn predictor_gradients(&self) -> &GradientsParams {
+        &self.predictors
     }
 
     /// Applies `reduce` to the host's and the predictors' gradients as one set (one
@@ -262,6 +306,7 @@ impl DsvGradients {
             predictors,
             loss,
             predictor_losses,
+            steps,
         } = self;
         let mut acc = GradientsAccumulator::<M>::new();
         acc.accumulate(model, host);
@@ -284,6 +329,7 @@ impl DsvGradients {
             predictors,
             loss,
             predictor_losses,
+            steps,
         })
     }
 }

@@ -7,8 +7,8 @@ use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use burn_sparse_attn::dsv::{
-    DsvAttention, DsvAttentionConfig, DsvHost, DsvPolicy, DsvStage, DsvTrainer, PredictorInput,
-    Reorder, TokenGrid,
+    DsvAttention, DsvAttentionConfig, DsvHost, DsvPolicy, DsvStage, DsvTape, DsvTrainer,
+    PredictorInput, Reorder, TokenGrid,
 };
 
 use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
@@ -37,6 +37,10 @@ impl DsvHost for Host {
     fn dsv_layers(&self) -> Vec<&DsvAttention> {
         vec![&self.attn]
     }
+
+    fn dsv_layers_mut(&mut self) -> Vec<&mut DsvAttention> {
+        vec![&mut self.attn]
+    }
 }
 
 impl Host {
@@ -59,13 +63,33 @@ impl Host {
         x.reshape([b, s, HEADS, HEAD_DIM]).swap_dims(1, 2)
     }
 
+    /// Inference: records nothing.
     fn forward(&self, x: Tensor<3>) -> Tensor<4> {
-        let (q, k, v) = (
+        let (q, k, v) = self.qkv(x.clone());
+        self.attn.forward(x, q, k, v, GRID).unwrap()
+    }
+
+    /// A training forward, recorded on `tape`.
+    fn forward_training(&self, x: Tensor<3>, tape: &DsvTape) -> Tensor<4> {
+        let (q, k, v) = self.qkv(x.clone());
+        self.attn.forward_training(x, q, k, v, GRID, tape).unwrap()
+    }
+
+    fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        (
             self.heads(self.wq.forward(x.clone())),
             self.heads(self.wk.forward(x.clone())),
-            self.heads(self.wv.forward(x.clone())),
-        );
-        self.attn.forward(x, q, k, v, GRID).unwrap()
+            self.heads(self.wv.forward(x)),
+        )
+    }
+
+    /// One training step at learning rate 0: the layer profiles and counts the step, the
+    /// weights stay.
+    fn profiled(self, x: Tensor<3>) -> Self {
+        let tape = DsvTape::new();
+        let loss = self.forward_training(x, &tape).square().mean();
+        let mut opt: ModuleOptimizer = burn::optim::SgdConfig::new().init();
+        DsvTrainer::new(0.0).step(self, loss, tape, &mut opt, 0.0).0
     }
 }
 
@@ -144,14 +168,15 @@ fn every_predictor_weight_gets_a_gradient_at_the_first_step() {
         let device = Device::flex().autodiff();
         let host = identity_host(small_policy().with_predictor_input(input).config(), &device);
         let x = clustered_tokens(1, &device);
-        let loss = host.forward(x).square().mean();
-        let pending = host
-            .attn
-            .take_predictor_loss()
-            .expect("a training forward records a predictor loss");
-        let grads = (loss + pending).backward();
+        let tape = DsvTape::new();
+        let loss = host.forward_training(x, &tape).square().mean();
+        let grads = DsvTrainer::backward(&host, loss, tape);
+        assert!(
+            grads.predictor_losses[0].is_some(),
+            "a training forward records a predictor loss"
+        );
         let ids = host.attn.predictor_param_ids();
-        let grads = burn::optim::GradientsParams::from_params(&mut { grads }, &host, &ids);
+        let grads = grads.predictor_gradients();
         assert_eq!(
             grads.len(),
             ids.len(),
@@ -179,8 +204,9 @@ fn predictor_learns_planted_structure_and_switches_stage() {
         let mut trainer = DsvTrainer::new(1e-2);
         let mut losses = Vec::new();
         for _ in 0..150 {
-            let loss = host.forward(x.clone()).square().mean();
-            let (next, report) = trainer.step(host, loss, &mut model_optim, 0.0);
+            let tape = DsvTape::new();
+            let loss = host.forward_training(x.clone(), &tape).square().mean();
+            let (next, report) = trainer.step(host, loss, tape, &mut model_optim, 0.0);
             host = next;
             losses.push(
                 report.predictor_losses[0].expect("training forward records a predictor loss"),
@@ -209,9 +235,7 @@ fn predictor_learns_planted_structure_and_switches_stage() {
             "{input:?}: recall of critical mass {recall:?}"
         );
         // After the switch the layer really runs sparse, with budgets from the profile.
-        let _ = host.forward(x);
-        let stats = host.attn.stats();
-        assert!(stats.ran_sparse);
+        assert!(stats.ran_sparse && host.attn.runs_sparse(GRID.len()));
         assert!(
             stats.head_budgets.iter().all(|&k| k < GRID.len() / 4),
             "budgets {:?}",
@@ -241,13 +265,14 @@ fn only_a_query_key_predictor_learns_positional_attention() {
         let mut last = f32::NAN;
         for _ in 0..100 {
             let qkv = host.heads(positional.clone());
+            let tape = DsvTape::new();
             let loss = host
                 .attn
-                .forward(x.clone(), qkv.clone(), qkv.clone(), qkv, GRID)
+                .forward_training(x.clone(), qkv.clone(), qkv.clone(), qkv, GRID, &tape)
                 .unwrap()
                 .square()
                 .mean();
-            let (next, report) = trainer.step(host, loss, &mut model_optim, 0.0);
+            let (next, report) = trainer.step(host, loss, tape, &mut model_optim, 0.0);
             host = next;
             last = report.predictor_losses[0].expect("recorded");
         }
@@ -279,8 +304,7 @@ fn sparse_host(config: DsvAttentionConfig) -> (Host, Tensor<3>) {
         Distribution::Normal(0.0, 1.0),
         &device,
     );
-    let _ = host.forward(x.clone());
-    let _ = host.attn.take_predictor_loss();
+    let mut host = host.profiled(x.clone());
     host.attn.set_stage(DsvStage::Sparse);
     (host, x)
 }
@@ -292,23 +316,26 @@ fn host_gradients_are_untouched_by_the_predictor() {
     // Two identical sparse forwards (no profile falls between them): one trains the
     // predictor alongside, one does not.
     let with = {
-        let host_loss = (host.forward(x.clone()) * 0.5).sum();
-        let predictor_loss = host.attn.take_predictor_loss().expect("recorded");
-        (host_loss + predictor_loss).backward()
+        let tape = DsvTape::new();
+        let host_loss = (host.forward_training(x.clone(), &tape) * 0.5).sum();
+        DsvTrainer::backward(&host, host_loss, tape)
     };
+    assert!(with.predictor_losses[0].is_some(), "recorded");
     let without = {
         let host_loss = (host.forward(x.clone()) * 0.5).sum();
-        let _ = host.attn.take_predictor_loss();
-        host_loss.backward()
+        DsvTrainer::backward(&host, host_loss, DsvTape::new())
     };
-    assert!(host.attn.stats().ran_sparse);
+    assert!(host.attn.runs_sparse(GRID.len()));
     for (name, w) in [
         ("wq", &host.wq.weight),
         ("wk", &host.wk.weight),
         ("wv", &host.wv.weight),
     ] {
-        let a = w.val().grad(&with).expect("host gradient");
-        let b = w.val().grad(&without).expect("host gradient");
+        let a = with.host_gradients().get::<2>(w.id).expect("host gradient");
+        let b = without
+            .host_gradients()
+            .get::<2>(w.id)
+            .expect("host gradient");
         assert_close(
             a,
             b,
@@ -318,9 +345,12 @@ fn host_gradients_are_untouched_by_the_predictor() {
     }
     let ids = host.attn.predictor_param_ids();
     assert_eq!(ids.len(), 2);
-    let grads = burn::optim::GradientsParams::from_grads(without, &host);
+    assert_eq!(with.predictor_gradients().len(), 2);
     assert!(
-        ids.iter().all(|id| grads.get::<3>(*id).is_none()),
+        without.predictor_gradients().is_empty()
+            && ids
+                .iter()
+                .all(|id| without.host_gradients().get::<3>(*id).is_none()),
         "the host loss must not reach the predictor"
     );
 }
@@ -335,7 +365,7 @@ fn full_budget_equals_dense_attention_and_its_gradients() {
     let (host, x) = sparse_host(config);
 
     let sparse = host.forward(x.clone());
-    assert!(host.attn.stats().ran_sparse);
+    assert!(host.attn.runs_sparse(GRID.len()));
     assert!(
         host.attn
             .stats()
@@ -372,8 +402,9 @@ fn state_round_trips_through_save_and_load() {
     let mut model_optim: ModuleOptimizer = AdamWConfig::new().init();
     let mut trainer = DsvTrainer::new(1e-2);
     for _ in 0..12 {
-        let loss = host.forward(x.clone()).square().mean();
-        host = trainer.step(host, loss, &mut model_optim, 0.0).0;
+        let tape = DsvTape::new();
+        let loss = host.forward_training(x.clone(), &tape).square().mean();
+        host = trainer.step(host, loss, tape, &mut model_optim, 0.0).0;
     }
     let before = host.attn.stats();
     assert_eq!(before.stage, DsvStage::Sparse);
@@ -531,13 +562,11 @@ fn per_head_budgets_run_each_head_with_its_own_budget() {
         Distribution::Normal(0.0, 1.0),
         &device,
     );
-    let _ = host.forward(x.clone());
-    let _ = host.attn.take_predictor_loss();
+    let mut host = host.profiled(x.clone());
     host.attn.set_stage(DsvStage::Sparse);
     let got = host.forward(x.clone());
-    let _ = host.attn.take_predictor_loss();
     let stats = host.attn.stats();
-    assert!(stats.ran_sparse);
+    assert!(host.attn.runs_sparse(GRID.len()));
     let budgets = stats.head_budgets.clone();
     assert!(
         budgets.windows(2).any(|w| w[0] != w[1]),
@@ -579,8 +608,9 @@ fn per_head_budgets_run_each_head_with_its_own_budget() {
     }
 }
 
-/// A replica attends exactly as the model does, counts and records nothing, and the merged
-/// gradients of two half batches are the full batch's.
+/// A replica attends exactly as the model does and records nothing; copies share no state
+/// (changing one leaves the other); the merged gradients of two half batches are the full
+/// batch's.
 #[test]
 fn replicas_split_a_batch_without_touching_the_schedule() {
     let (host, x) = sparse_host(small_policy().with_sparsity_threshold(0.0).config());
@@ -590,17 +620,8 @@ fn replicas_split_a_batch_without_touching_the_schedule() {
     let half = |i: usize| x.clone().narrow(0, i, 1);
     let on_replica = std::thread::scope(|s| s.spawn(|| replica.forward(half(1))).join().unwrap());
     assert!(
-        host.attn.stats().ran_sparse,
+        replica.attn.runs_sparse(GRID.len()),
         "the replica runs the model's stage"
-    );
-    assert!(
-        host.attn.take_predictor_loss().is_none(),
-        "a replica records no predictor loss"
-    );
-    assert_eq!(
-        host.attn.stats().step,
-        before.step,
-        "a replica counts no step"
     );
     assert!(!replica.attn.predictor().is_trainable());
     assert_close(
@@ -609,23 +630,46 @@ fn replicas_split_a_batch_without_touching_the_schedule() {
         0.0,
         "replica vs model output",
     );
-    let _ = host.attn.take_predictor_loss();
+    let replica_grads =
+        DsvTrainer::backward(&replica, replica.forward(half(1)).sum(), DsvTape::new());
+    assert_eq!(
+        replica_grads.predictor_losses,
+        vec![None],
+        "a replica records no predictor loss"
+    );
+    assert!(replica_grads.predictor_gradients().is_empty());
 
-    // A replica's backward leaves the model's pending predictor loss to the model.
-    let _ = host.forward(half(0));
-    let _ = DsvTrainer::backward(&replica, replica.forward(half(1)).sum());
-    assert!(
-        host.attn.take_predictor_loss().is_some(),
-        "a replica took the model's predictor loss"
+    // Copies share nothing: a training step and a stage change on one leave the others.
+    let mut trained = host.clone().profiled(x.clone());
+    let mut valid = host.valid();
+    valid.attn.set_stage(DsvStage::Dense);
+    trained.attn.set_stage(DsvStage::Dense);
+    assert_eq!(trained.attn.step(), before.step + 1);
+    assert_eq!(
+        host.attn.stats(),
+        before,
+        "the model after changes to its copies"
+    );
+    assert_eq!(
+        replica.attn.stats(),
+        before,
+        "the replica after changes to its copies"
     );
 
     // Full batch on the model, against model (first clip) + replica (second clip).
-    let whole = DsvTrainer::backward(&host, host.forward(x.clone()).square().mean());
-    let mine = DsvTrainer::backward(&host, host.forward(half(0)).square().mean() * 0.5);
+    let tape = DsvTape::new();
+    let whole_loss = host.forward_training(x.clone(), &tape).square().mean();
+    let whole = DsvTrainer::backward(&host, whole_loss, tape);
+    let tape = DsvTape::new();
+    let mine_loss = host.forward_training(half(0), &tape).square().mean() * 0.5;
+    let mine = DsvTrainer::backward(&host, mine_loss, tape);
     let theirs = std::thread::scope(|s| {
-        s.spawn(|| DsvTrainer::backward(&replica, replica.forward(half(1)).square().mean() * 0.5))
-            .join()
-            .unwrap()
+        s.spawn(|| {
+            let loss = replica.forward(half(1)).square().mean() * 0.5;
+            DsvTrainer::backward(&replica, loss, DsvTape::new())
+        })
+        .join()
+        .unwrap()
     });
     let merged = mine.merge(theirs, &host);
     assert!(

@@ -1,0 +1,263 @@
+//! Sampling: the Euler integrator of the flow-matching ODE with classifier-free guidance,
+//! over any velocity model, and its use with [`VideoDit`] for one clip or a long video.
+
+use burn::tensor::{Distribution, Tensor, TensorData};
+use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
+use burn_sparse_attn::SparseAttnError;
+use serde::{Deserialize, Serialize};
+
+use crate::flow::shift_sigma;
+use crate::model::VideoDit;
+
+/// Settings of [`sample_euler`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplerConfig {
+    /// Euler steps from σ = 1 to 0.
+    pub steps: usize,
+    /// Classifier-free guidance scale (1 = no guidance).
+    pub guidance: f64,
+    /// Timestep shift.
+    pub shift: f64,
+    /// Guidance applies only to steps starting at σ ≤ this (1 = every step). Guidance at
+    /// the highest noise levels pushes every region towards the prompt at once, before the
+    /// sample has decided where its object is (Kynkäänniemi et al. 2024, "Applying guidance
+    /// in a limited interval").
+    #[serde(default = "always")]
+    pub guidance_max_sigma: f64,
+    /// Fraction η ∈ [0, 1] of fresh noise per step: each step re-noises its clean estimate
+    /// `x̂0 = x − σ·v` to σ' with `√(1 − η²)·ε̂ + η·z` (`ε̂ = x + (1 − σ)·v`, `z` drawn from
+    /// the device's generator). 0 is the deterministic Euler step; 1 is ancestral sampling.
+    #[serde(default)]
+    pub stochasticity: f64,
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+impl SamplerConfig {
+    /// Checks every field's range, naming `function` in the error.
+    pub fn check(&self, function: &'static str) -> Result<(), SparseAttnError> {
+        SparseAttnError::check(self.steps >= 1, function, "config.steps", "≥ 1", self.steps)?;
+        SparseAttnError::check(
+            self.shift > 0.0,
+            function,
+            "config.shift",
+            "> 0",
+            self.shift,
+        )?;
+        SparseAttnError::check(
+            self.guidance.is_finite(),
+            function,
+            "config.guidance",
+            "a finite scale",
+            self.guidance,
+        )?;
+        SparseAttnError::check(
+            self.guidance_max_sigma >= 0.0,
+            function,
+            "config.guidance_max_sigma",
+            "≥ 0",
+            self.guidance_max_sigma,
+        )?;
+        SparseAttnError::check(
+            (0.0..=1.0).contains(&self.stochasticity),
+            function,
+            "config.stochasticity",
+            "in [0, 1]",
+            self.stochasticity,
+        )
+    }
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            steps: 24,
+            guidance: 3.0,
+            shift: 3.0,
+            guidance_max_sigma: 1.0,
+            stochasticity: 0.0,
+        }
+    }
+}
+
+/// Generates videos from `noise: [B, C, T, H, W]` with conditioning `cond` and, for guidance,
+/// the null conditioning `uncond` (both `[B, M, cond_dim]`). The model should not track
+/// gradients (use `model.valid()`).
+pub fn sample_euler(
+    model: &VideoDit,
+    noise: Tensor<5>,
+    cond: Tensor<3>,
+    uncond: Tensor<3>,
+    config: SamplerConfig,
+) -> Result<Tensor<5>, SparseAttnError> {
+    let device = noise.device();
+    let velocity = |mut x: Vec<Tensor<5>>,
+                    sigma: f64,
+                    mut cond: Vec<Tensor<3>>,
+                    estimate: Option<Vec<Tensor<5>>>| {
+        let b = x[0].dims()[0];
+        let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
+        model
+            .forward_refining(
+                x.remove(0),
+                s,
+                cond.remove(0),
+                estimate.map(|mut e| e.remove(0)),
+            )
+            .map(|v| vec![v])
+    };
+    sample_with_velocity(
+        vec![noise],
+        vec![cond],
+        vec![uncond],
+        config,
+        model.config().self_condition,
+        velocity,
+    )
+    .map(|mut x| x.remove(0))
+}
+
+/// [`sample_euler`] for a long video cut into clips over the ranks of `comm` (see
+/// [`VideoDit::forward_clips`]), called by every rank: `noise[i]`, `cond[i]` and
+/// `uncond[i]` belong to this rank's `i`-th clip. Returns this rank's clips of the video.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_euler_clips(
+    model: &VideoDit,
+    comm: &Communicator,
+    layout: &ClipLayout,
+    noise: Vec<Tensor<5>>,
+    cond: Vec<Tensor<3>>,
+    uncond: Vec<Tensor<3>>,
+    config: SamplerConfig,
+    scope: &DualScopeConfig,
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    let velocity =
+        |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
+            let b = x.first().map_or(0, |x| x.dims()[0]);
+            model.forward_clips(comm, layout, x, &vec![sigma; b], cond, estimates, scope)
+        };
+    sample_with_velocity(
+        noise,
+        cond,
+        uncond,
+        config,
+        model.config().self_condition,
+        velocity,
+    )
+}
+
+/// The Euler sampler with classifier-free guidance over any velocity model: `noise[i]`,
+/// `cond[i]` and `uncond[i]` are clip `i`'s; `velocity(x, σ, cond, estimates)` predicts
+/// every clip at once. With guidance both branches go through one call at twice the batch.
+/// With `refine` (a self-conditioning model) each branch gets its own clean estimate
+/// `x − σ·v` of the step before, unguided: the kind of estimate the model was trained on.
+/// [`sample_euler`] and [`sample_euler_clips`] call it with a [`VideoDit`].
+pub fn sample_with_velocity(
+    noise: Vec<Tensor<5>>,
+    cond: Vec<Tensor<3>>,
+    uncond: Vec<Tensor<3>>,
+    config: SamplerConfig,
+    refine: bool,
+    velocity: impl Fn(
+        Vec<Tensor<5>>,
+        f64,
+        Vec<Tensor<3>>,
+        Option<Vec<Tensor<5>>>,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    const F: &str = "sample_euler";
+    config.check(F)?;
+    SparseAttnError::check(
+        cond.len() == noise.len() && uncond.len() == noise.len(),
+        F,
+        "cond",
+        format!(
+            "one conditioning and one null conditioning per clip ({})",
+            noise.len()
+        ),
+        format!("{}, {}", cond.len(), uncond.len()),
+    )?;
+    let eta = config.stochasticity;
+    let sigmas: Vec<f64> = (0..=config.steps)
+        .map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift))
+        .collect();
+    let guided = (config.guidance - 1.0).abs() > 1e-12;
+    let both: Vec<Tensor<3>> = cond
+        .iter()
+        .zip(&uncond)
+        .map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0))
+        .collect();
+    let mut x = noise;
+    // Per clip: [B] estimates after an unguided step, [2B] (cond; uncond) after a guided one.
+    let mut estimates: Option<Vec<Tensor<5>>> = None;
+    let estimate_of = |x: &[Tensor<5>], v: &[Tensor<5>], sigma: f64| {
+        x.iter()
+            .zip(v)
+            .map(|(x, v)| x.clone() - v.clone() * sigma)
+            .collect::<Vec<_>>()
+    };
+    for pair in sigmas.windows(2) {
+        let (sigma, next) = (pair[0], pair[1]);
+        let v = if guided && sigma <= config.guidance_max_sigma {
+            let doubled: Vec<Tensor<5>> = x
+                .iter()
+                .map(|x| Tensor::cat(vec![x.clone(), x.clone()], 0))
+                .collect();
+            let given = estimates.take().map(|e| {
+                e.into_iter()
+                    .zip(&x)
+                    .map(|(e, x)| {
+                        if e.dims()[0] == x.dims()[0] {
+                            Tensor::cat(vec![e.clone(), e], 0)
+                        } else {
+                            e
+                        }
+                    })
+                    .collect()
+            });
+            let v = velocity(doubled.clone(), sigma, both.clone(), given)?;
+            if refine {
+                estimates = Some(estimate_of(&doubled, &v, sigma));
+            }
+            v.into_iter()
+                .map(|v| {
+                    let b = v.dims()[0] / 2;
+                    let (v_cond, v_uncond) = (v.clone().narrow(0, 0, b), v.narrow(0, b, b));
+                    v_uncond.clone() + (v_cond - v_uncond) * config.guidance
+                })
+                .collect()
+        } else {
+            let given = estimates.take().map(|e| {
+                e.into_iter()
+                    .zip(&x)
+                    .map(|(e, x)| e.narrow(0, 0, x.dims()[0]))
+                    .collect()
+            });
+            let v = velocity(x.clone(), sigma, cond.clone(), given)?;
+            if refine {
+                estimates = Some(estimate_of(&x, &v, sigma));
+            }
+            v
+        };
+        x = x
+            .into_iter()
+            .zip(v)
+            .map(|(x, v)| {
+                if eta == 0.0 || next == 0.0 {
+                    return x + v * (next - sigma);
+                }
+                let clean = x.clone() - v.clone() * sigma;
+                let noise = x + v * (1.0 - sigma);
+                let fresh = Tensor::random(
+                    noise.shape(),
+                    Distribution::Normal(0.0, 1.0),
+                    &noise.device(),
+                );
+                clean * (1.0 - next) + (noise * (1.0 - eta * eta).sqrt() + fresh * eta) * next
+            })
+            .collect();
+    }
+    Ok(x)
+}

@@ -1,0 +1,135 @@
+//! What a training run is made of: model, data, optimiser, schedule and sampler.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::VideoDitConfig;
+use crate::data::{ClipShape, DataSource};
+use crate::flow::SigmaSampling;
+use crate::optim::OptimizerKind;
+use crate::sample::SamplerConfig;
+
+/// Everything a training run is made of; saved in every checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The model.
+    pub model: VideoDitConfig,
+    /// The clips trained on.
+    pub data: DataSource,
+    /// Clip geometry.
+    pub clip: ClipShape,
+    /// Training clips (the held-out set follows them).
+    pub dataset_size: usize,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Clips per step.
+    pub batch_size: usize,
+    /// Model replicas that train on shares of each batch in parallel, their gradients summed
+    /// into one update ([`DsvTrainer::replica`]). Flex runs most ops on one core, so on a
+    /// 2-core CPU two replicas keep both busy. The DSV predictors and profiler learn from the
+    /// first share only. 0 counts as 1, more than `batch_size` as `batch_size`. Configs
+    /// written before this field existed trained with 1.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Optimiser of the DiT (configs written before this field existed used AdamW).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate of the DiT.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Learning rate at the last step as a fraction of `lr`, reached by a cosine after the
+    /// warm-up (1 = constant). A short run ends sharper when the rate has come down.
+    pub final_lr_fraction: f64,
+    /// Learning rate of the DSV predictors.
+    pub predictor_lr: f64,
+    /// EMA decay of the sampling weights.
+    pub ema_decay: f64,
+    /// Noise-level distribution.
+    pub sigma: SigmaSampling,
+    /// Probability of dropping the conditioning (classifier-free guidance).
+    pub cond_dropout: f64,
+    /// Steps between sample GIFs (0 = never).
+    pub sample_every: usize,
+    /// Steps between checkpoints (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// Steps between log lines.
+    pub log_every: usize,
+    /// Sampler settings.
+    pub sampler: SamplerConfig,
+    /// Seed of data order, noise and dropout.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The main job (`scripts/main.sh`) with `model`, usually
+    /// `VideoDitConfig::tiny().with_attention(AttentionKind::tiny_dsv())` (or `Dense`):
+    /// 2700 steps on 8×32×32 bouncing-shape clips, batch 8 in two replicas, about ten
+    /// minutes on 2 CPU cores. Its figures are in `docs/benchmarks.md`.
+    pub fn tiny(model: VideoDitConfig) -> Self {
+        Self {
+            model,
+            data: DataSource::BouncingShapes,
+            clip: ClipShape {
+                frames: 8,
+                height: 32,
+                width: 32,
+            },
+            dataset_size: 4096,
+            steps: 2700,
+            batch_size: 8,
+            // Flex runs most ops on one core: two replicas keep a 2-core CPU busy.
+            replicas: 2,
+            // Muon on the block matrices: lower loss and solid objects sooner than AdamW, for
+            // a little more time per step.
+            optimizer: OptimizerKind::Muon,
+            lr: 2e-3,
+            warmup_steps: 50,
+            final_lr_fraction: 0.1,
+            predictor_lr: 2e-3,
+            ema_decay: 0.99,
+            // Mid-to-high noise, where the object's place and shape are decided, drawn more
+            // often than under the sampler's shift-2 schedule.
+            sigma: SigmaSampling::LogitNormal {
+                mean: 0.5,
+                std: 1.0,
+            },
+            cond_dropout: 0.1,
+            sample_every: 1350,
+            checkpoint_every: 1350,
+            log_every: 10,
+            // Strong guidance: colour and shape follow the label more often than at 1.5.
+            sampler: SamplerConfig {
+                steps: 20,
+                guidance: 5.0,
+                shift: 2.0,
+                guidance_max_sigma: 1.0,
+                stochasticity: 0.0,
+            },
+            seed: 42,
+        }
+    }
+
+    /// The same run with `steps` steps; sample GIFs and checkpoints at the half-way point.
+    pub fn with_steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self.sample_every = (steps / 2).max(1);
+        self.checkpoint_every = (steps / 2).max(1);
+        self
+    }
+
+    /// Learning rate of step `step` (0-based): a linear warm-up to `lr`, then a cosine down to
+    /// `lr · final_lr_fraction` at the last step.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let warm = self.warmup_steps.max(1);
+        if step + 1 < warm {
+            return self.lr * (step + 1) as f64 / warm as f64;
+        }
+        let progress = (step + 1 - warm) as f64 / self.steps.saturating_sub(warm).max(1) as f64;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
+        self.lr * (self.final_lr_fraction + (1.0 - self.final_lr_fraction) * cosine)
+    }
+}
+
+fn one() -> usize {
+    1
+}

@@ -1,0 +1,76 @@
+//! Sampling labelled clips from a model.
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::batch_shares;
+use crate::data::{COND_TOKENS, ClipShape, SplitMix, colour_token, object_token};
+use crate::media::Frames;
+use crate::model::VideoDit;
+use crate::sample::{SamplerConfig, sample_euler};
+
+/// Clip labels `(object, colour)` as conditioning ids `[B, COND_TOKENS]`.
+pub fn label_ids(labels: &[(usize, usize)], device: &Device) -> Tensor<2, Int> {
+    let ids: Vec<i64> = labels
+        .iter()
+        .flat_map(|&(s, c)| [object_token(s), colour_token(c)])
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [labels.len(), COND_TOKENS]), device)
+}
+
+/// Samples one clip per `(object, colour)` label with `model` (no autodiff).
+pub fn generate(
+    model: &VideoDit,
+    clip: ClipShape,
+    labels: &[(usize, usize)],
+    sampler: SamplerConfig,
+    seed: u64,
+) -> Vec<Frames> {
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .expect("a model lives on a device");
+    let n = labels.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let noise = SplitMix(seed).normal_tensor([n, 3, clip.frames, clip.height, clip.width], &device);
+    let sample = |noise: Tensor<5>, labels: &[(usize, usize)]| {
+        let cond = model.embed_labels(label_ids(labels, &device));
+        let uncond = model.embed_labels(Tensor::zeros([labels.len(), COND_TOKENS], &device));
+        sample_euler(model, noise, cond, uncond, sampler)
+            .expect("sampling shapes come from the config")
+    };
+    let videos = if sampler.stochasticity > 0.0 {
+        // A stochastic sampler draws its step noise from the device's (global) generator, so
+        // it samples in one batch; the deterministic one draws nothing and leaves it alone.
+        device.seed(seed);
+        sample(noise, labels)
+    } else {
+        // Shares of the labels sample in parallel, as training replicas do (Flex runs most
+        // ops on one core); each clip starts from the noise it would get in one batch.
+        let shares = batch_shares(n, rayon::current_num_threads());
+        let parts: Vec<Tensor<5>> = shares
+            .into_par_iter()
+            .map(|(start, len)| {
+                sample(
+                    noise.clone().narrow(0, start, len),
+                    &labels[start..start + len],
+                )
+            })
+            .collect();
+        Tensor::cat(parts, 0)
+    };
+    let pixels: Vec<f32> = videos
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 video");
+    let per = 3 * clip.frames * clip.height * clip.width;
+    pixels
+        .chunks_exact(per)
+        .map(|p| Frames::from_chw(p, clip.frames, clip.height, clip.width))
+        .collect()
+}
