@@ -12,7 +12,7 @@ use burn::tensor::{
 use super::grid::{Reorder, TokenGrid};
 use super::predictor::{LowRankPredictor, PredictorInput, predictor_loss as predictor_loss_of};
 use super::profiler::{critical_recall, critical_sets, row_probabilities};
-use super::state::HostState;
+use super::state::{HostState, to_host};
 use super::tape::{DsvLayerStep, DsvTape, LayerObservation};
 use crate::{
     SelectionConfig, SparseAttnError, error::ensure, select_critical_keys, sparse_attention,
@@ -555,15 +555,10 @@ impl DsvAttention {
     /// loss and per-head sparsity) as one `[4 + heads]` vector: what the ranks of a
     /// data-parallel run copy from the rank whose share profiles and trains the predictors.
     pub fn schedule_state(&self) -> Tensor<1> {
-        let values: Vec<f32> = self
-            .schedule
-            .values()
-            .iter()
-            .chain(self.head_sparsity.values())
-            .copied()
-            .collect();
-        let n = values.len();
-        Tensor::from_data(TensorData::new(values, [n]), &self.predictor_device())
+        Tensor::cat(
+            alloc::vec![self.schedule.tensor(), self.head_sparsity.tensor()],
+            0,
+        )
     }
 
     /// Sets the state [`DsvAttention::schedule_state`] returned (from this layer or its copy
@@ -588,10 +583,6 @@ impl DsvAttention {
         let mut schedule = self.schedule.values().to_vec();
         schedule[STAGE] = if stage == DsvStage::Sparse { 1.0 } else { 0.0 };
         self.schedule.set(schedule);
-    }
-
-    fn predictor_device(&self) -> Device {
-        self.predictor.devices().remove(0)
     }
 
     /// Parameter ids of the predictor, which its own optimizer updates.
@@ -638,11 +629,4 @@ impl DsvAttention {
             seq_len,
         }
     }
-}
-
-fn to_host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("a float tensor converts to f32")
 }

@@ -47,7 +47,8 @@ impl HostState {
         self.id
     }
 
-    fn tensor(&self) -> Tensor<1> {
+    /// The values as a tensor on the state's device.
+    pub fn tensor(&self) -> Tensor<1> {
         let n = self.values.len();
         Tensor::from_data(TensorData::new(self.values.clone(), [n]), &self.device)
     }
@@ -64,11 +65,7 @@ impl Module for HostState {
             .consume();
         // A load or a device move: one read-back, not one per forward.
         self.device = tensor.device();
-        self.values = tensor
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("a float tensor converts to f32");
+        self.values = to_host(tensor);
         self
     }
 
@@ -114,3 +111,11 @@ impl ModuleDisplayDefault for HostState {
 }
 
 impl ModuleDisplay for HostState {}
+
+/// A vector's values on the host as f32.
+pub(crate) fn to_host(t: Tensor<1>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("a float tensor converts to f32")
+}
