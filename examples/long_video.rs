@@ -28,7 +28,7 @@ use burn_sparse_video::dit::metrics::{
     clip_continuity, detect, dynamic_degree, motion_smoothness, temporal_flickering,
 };
 use burn_sparse_video::dit::sample::sample_euler;
-use burn_sparse_video::dit::train::{label_ids, load_for_sampling};
+use burn_sparse_video::dit::train::{IfDamaged, label_ids, load_for_sampling};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -69,6 +69,10 @@ struct Args {
     /// Noise seed; clip `c` draws from its own stream of it.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// When the newest checkpoint fails its manifest, load the newest intact one instead of
+    /// stopping.
+    #[arg(long)]
+    use_intact: bool,
 }
 
 fn fail(message: &str) -> ! {
@@ -109,6 +113,7 @@ use ranks::{Transport, on_ranks};
 /// Bounds on the video's size (this example's; the library takes any).
 const MAX_RANKS: usize = 1024;
 const MAX_CLIPS_PER_RANK: usize = 64;
+const MAX_CLIPS: usize = 256;
 
 /// What rank 0 reports of the dual-scope generation.
 struct Generated {
@@ -148,7 +153,12 @@ fn main() {
         fail("--steps must be ≥ 1");
     }
     let device = Device::flex();
-    let (model, config) = load_for_sampling(&args.out, &device)
+    let if_damaged = if args.use_intact {
+        IfDamaged::UseNewestIntact
+    } else {
+        IfDamaged::Fail
+    };
+    let (model, config) = load_for_sampling(&args.out, &device, if_damaged)
         .unwrap_or_else(|e| fail(&format!("{e}\n(run the main job first: scripts/main.sh)")));
     let clip = config.clip;
     let scope = DualScopeConfig::new()
@@ -186,6 +196,16 @@ fn main() {
     let generated = on_ranks(args.transport, args.ranks, &device, |comm| {
         let ranks = comm.world();
         let clips = ranks * args.clips_per_rank;
+        if clips > MAX_CLIPS {
+            return Err(burn_sparse_video::sparse_attn::SparseAttnError {
+                function: "long_video",
+                argument: "--ranks × --clips-per-rank",
+                expected: format!(
+                    "at most {MAX_CLIPS} clips in all (every clip's activations stay in memory)"
+                ),
+                actual: clips.to_string(),
+            });
+        }
         if prompts.len() > clips {
             return Err(burn_sparse_video::sparse_attn::SparseAttnError {
                 function: "long_video",

@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example video_dit -- train [--out out/tiny] [--attention dsv|dense]
 //!     [--steps 2700] [--replicas 2] [--optimizer muon|adamw] [--prediction velocity|clean] [--head-conv] [--self-condition]
-//!     [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume]
+//!     [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume | --overwrite]
+//!     [--keep-checkpoints 3] [--on-divergence stop|skip] [--use-intact]
 //! mpirun -np 2 target/release/examples/video_dit train --transport mpi [--replicas 1] …
 //! cargo run --release --example video_dit -- sample --out out/tiny --labels circle:red,square:blue
 //! cargo run --release --example video_dit -- eval --out out/tiny
@@ -26,9 +27,14 @@ use burn_sparse_video::dit::media::{
 use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
 use burn_sparse_video::dit::optim::OptimizerKind;
 use burn_sparse_video::dit::sample::SamplerConfig;
-use burn_sparse_video::dit::train::{TrainConfig, Trainer, generate, saved_config};
-use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDitConfig};
-use burn_sparse_video::sparse_attn::dsv::DsvHost;
+use burn_sparse_video::dit::train::report::{
+    LOSS_WINDOW, RunReport, attention_name, confusion_table, smoothed_losses,
+};
+use burn_sparse_video::dit::train::{
+    CheckpointError, DivergencePolicy, IfDamaged, RunDir, RunDirError, RunMode, TrainConfig,
+    Trainer, generate_with_progress, saved_config,
+};
+use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDit, VideoDitConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[path = "common/allocator.rs"]
@@ -94,26 +100,55 @@ struct Common {
     /// Device to run on.
     #[arg(long, value_enum, default_value = "flex")]
     device: DeviceChoice,
-    /// Self-attention of the DiT.
-    #[arg(long, value_enum, default_value = "dsv")]
-    attention: AttentionChoice,
-    /// Training clips.
-    #[arg(long, value_enum, default_value = "shapes")]
-    data: DataChoice,
+    /// Self-attention of the DiT (train: default dsv; sample/eval: the checkpoint's, and an
+    /// error if given and different).
+    #[arg(long, value_enum)]
+    attention: Option<AttentionChoice>,
+    /// Training clips (train: default shapes; sample/eval: the checkpoint's, and an error if
+    /// given and different).
+    #[arg(long, value_enum)]
+    data: Option<DataChoice>,
     /// Folder of the Fashion-MNIST `.gz` files (`apt install dataset-fashion-mnist`).
     #[arg(long, default_value = FASHION_DIR)]
     fashion_dir: PathBuf,
+    /// When the newest checkpoint fails its manifest, load the newest intact one instead of
+    /// stopping.
+    #[arg(long)]
+    use_intact: bool,
 }
 
 impl Common {
     fn data_source(&self) -> DataSource {
-        match self.data {
+        match self.data.unwrap_or(DataChoice::Shapes) {
             DataChoice::Shapes => DataSource::BouncingShapes,
             DataChoice::Fashion => DataSource::MovingFashion {
                 dir: self.fashion_dir.clone(),
             },
         }
     }
+
+    fn attention_kind(&self) -> AttentionKind {
+        match self.attention.unwrap_or(AttentionChoice::Dsv) {
+            AttentionChoice::Dense => AttentionKind::Dense,
+            AttentionChoice::Dsv => AttentionKind::tiny_dsv(),
+        }
+    }
+
+    fn if_damaged(&self) -> IfDamaged {
+        if self.use_intact {
+            IfDamaged::UseNewestIntact
+        } else {
+            IfDamaged::Fail
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DivergenceChoice {
+    /// Stop the run with a named error.
+    Stop,
+    /// Skip the step and halve the learning rate (stop after 10 skips in a row).
+    Skip,
 }
 
 #[derive(Subcommand)]
@@ -133,8 +168,18 @@ enum Command {
         #[arg(long)]
         replicas: Option<usize>,
         /// Continue from `OUT/checkpoints/latest`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
+        /// Start over in a folder that holds an earlier run (its checkpoints/ and samples/
+        /// are deleted).
+        #[arg(long)]
+        overwrite: bool,
+        /// Checkpoints kept on disk, the newest (0 = all; default: the tiny preset's, 3).
+        #[arg(long)]
+        keep_checkpoints: Option<usize>,
+        /// What a step with a NaN or infinite loss or gradient does.
+        #[arg(long, value_enum, default_value = "stop")]
+        on_divergence: DivergenceChoice,
         /// `threads`: this process alone; `mpi`: one data-parallel rank per process of the MPI
         /// job (`mpirun -np N`).
         #[arg(long, value_enum, default_value_t = Transport::Threads)]
@@ -159,8 +204,9 @@ enum Command {
     Sample {
         #[command(flatten)]
         common: Common,
-        /// `object:colour` pairs, comma separated (shapes: square, circle, triangle; Fashion-MNIST:
-        /// t-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle-boot).
+        /// `object:colour` pairs, comma separated, at most 1024 (shapes: square, circle,
+        /// triangle; Fashion-MNIST: t-shirt, trouser, pullover, dress, coat, sandal, shirt,
+        /// sneaker, bag, ankle-boot).
         #[arg(
             long,
             default_value = "square:red,circle:green,triangle:blue,circle:yellow"
@@ -174,7 +220,7 @@ enum Command {
     Eval {
         #[command(flatten)]
         common: Common,
-        /// Clips to generate and compare.
+        /// Clips to generate and compare (1 to 1024).
         #[arg(long, default_value_t = REPORT_CLIPS)]
         clips: usize,
         /// Classifier-free guidance scale (default: the training run's sampler).
@@ -207,12 +253,14 @@ fn fail(message: &str) -> ! {
 
 /// The tiny preset (the library's), with the command line's attention, data, steps and batch.
 fn train_config(common: &Common, steps: Option<usize>, batch: Option<usize>) -> TrainConfig {
-    let kind = match common.attention {
-        AttentionChoice::Dense => AttentionKind::Dense,
-        AttentionChoice::Dsv => AttentionKind::tiny_dsv(),
-    };
-    let mut config = TrainConfig::tiny(VideoDitConfig::tiny().with_attention(kind));
+    let model = VideoDitConfig::tiny().with_attention(common.attention_kind());
+    let mut config = TrainConfig::tiny(model);
     config.data = common.data_source();
+    with_length(config, steps, batch)
+}
+
+/// `config` with the command line's steps and batch, where given.
+fn with_length(mut config: TrainConfig, steps: Option<usize>, batch: Option<usize>) -> TrainConfig {
     if let Some(steps) = steps {
         config = config.with_steps(steps);
     }
@@ -222,10 +270,65 @@ fn train_config(common: &Common, steps: Option<usize>, batch: Option<usize>) -> 
     config
 }
 
+/// The configuration of the run in `--out`, with what the command line sets explicitly (a
+/// model setting that contradicts the checkpoint is then refused by name when resuming).
+fn resumed_config(common: &Common, steps: Option<usize>, batch: Option<usize>) -> TrainConfig {
+    let mut config = saved_config(&common.out, common.if_damaged())
+        .unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
+    if common.attention.is_some() {
+        config.model.attention = common.attention_kind();
+    }
+    if common.data.is_some() {
+        config.data = common.data_source();
+    }
+    with_length(config, steps, batch)
+}
+
+/// Most clips `sample` and `eval` make in one run (they are sampled in chunks; the GIF
+/// holds them all).
+const MAX_CLIPS: usize = 1024;
+
 fn parse_labels(text: &str, classes: &[&str]) -> Vec<(usize, usize)> {
-    text.split(',')
+    let labels: Vec<(usize, usize)> = text
+        .split(',')
         .map(|pair| parse_label(pair, classes).unwrap_or_else(|e| fail(&format!("--labels: {e}"))))
-        .collect()
+        .collect();
+    if labels.len() > MAX_CLIPS {
+        fail(&format!(
+            "--labels: at most {MAX_CLIPS} labels per run, got {}",
+            labels.len()
+        ));
+    }
+    labels
+}
+
+/// Samples `labels` with a progress line per chunk.
+fn sample_with_progress(
+    model: &VideoDit,
+    config: &TrainConfig,
+    labels: &[(usize, usize)],
+    sampler: SamplerConfig,
+    seed: u64,
+) -> Vec<Frames> {
+    let start = Instant::now();
+    generate_with_progress(model, config.clip, labels, sampler, seed, |done, n| {
+        let elapsed = start.elapsed().as_secs_f64();
+        println!(
+            "sampling: {done}/{n} clips, {} elapsed, ETA {}",
+            clock(elapsed),
+            clock(elapsed / done as f64 * (n - done) as f64)
+        );
+    })
+}
+
+/// `m:ss` (or `h:mm:ss`).
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
 }
 
 /// One label per object×colour pair, cycled.
@@ -258,29 +361,59 @@ fn evaluate(
     let trajectories: Vec<Vec<(f32, f32)>> = real.iter().map(|r| r.trajectory.clone()).collect();
     let classifier = ObjectClassifier::for_set(trainer.data(), 2000);
     let real_metrics = measure(&real_frames, &labels, Some(&trajectories), &classifier);
-    let samples = generate(trainer.ema(), c.clip, &labels, sampler, 1234);
+    let samples = sample_with_progress(trainer.ema(), c, &labels, sampler, 1234);
     let sample_metrics = measure(&samples, &labels, None, &classifier);
     (samples, labels, sample_metrics, real_metrics)
 }
 
+/// The run the checkpoint in `--out` was trained as: its model, data, clips and optimiser.
+/// `--attention` and `--data`, when given, must agree with it.
 fn load_trainer(common: &Common) -> Trainer {
-    let mut config = train_config(common, Some(1), None);
-    // Resuming rebuilds the run's model and optimiser, whichever preset it trained with;
-    // only the attention comes from the command line (and must match).
-    let saved = saved_config(&common.out).unwrap_or_else(|e| fail(&format!("{e} (train first)")));
-    config.optimizer = saved.optimizer;
-    config.model = VideoDitConfig {
-        attention: config.model.attention,
-        ..saved.model
-    };
-    let mut trainer = Trainer::new(config, &device(common.device))
-        .unwrap_or_else(|e| fail(&format!("--data: {e}")));
-    trainer.resume(&common.out).unwrap_or_else(|e| {
+    let out = &common.out;
+    let saved =
+        saved_config(out, common.if_damaged()).unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
+    if let Some(choice) = common.attention {
+        let asked = if choice == AttentionChoice::Dense {
+            "dense"
+        } else {
+            "dsv"
+        };
+        let trained = attention_name(&saved.model.attention);
+        if asked != trained {
+            fail(&format!(
+                "--attention {asked} contradicts the checkpoint in {}, trained with {trained} \
+                 attention (leave --attention out to use the checkpoint's)",
+                out.display()
+            ));
+        }
+    }
+    if common.data.is_some() && common.data_source() != saved.data {
         fail(&format!(
-            "{e} (train first, with the same --attention and --data)"
-        ))
-    });
+            "--data {:?} contradicts the checkpoint in {}, trained on {:?} (leave --data out to \
+             use the checkpoint's)",
+            common.data_source(),
+            out.display(),
+            saved.data
+        ));
+    }
+    let mut trainer = Trainer::new(saved, &device(common.device))
+        .unwrap_or_else(|e| fail(&format!("--data: {e}")));
     trainer
+        .resume_with(out, common.if_damaged())
+        .unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
+    trainer
+}
+
+/// A checkpoint error with what the user can do about it.
+fn checkpoint_hint(e: &CheckpointError) -> String {
+    match e {
+        CheckpointError::Damaged {
+            newest_intact: Some(_),
+            ..
+        } => format!("{e} (--use-intact loads it)"),
+        CheckpointError::Io(..) => format!("{e} (train first)"),
+        _ => e.to_string(),
+    }
 }
 
 /// Model options of `train` beyond the tiny preset.
@@ -297,6 +430,8 @@ struct Schedule {
     replicas: Option<usize>,
     lr: Option<f64>,
     transport: Transport,
+    keep_checkpoints: Option<usize>,
+    on_divergence: DivergenceChoice,
 }
 
 fn train(
@@ -304,7 +439,7 @@ fn train(
     schedule: Schedule,
     optimizer: Option<OptimizerChoice>,
     flags: ModelFlags,
-    resume: bool,
+    mode: RunMode,
 ) {
     let Schedule {
         steps,
@@ -312,12 +447,23 @@ fn train(
         replicas,
         lr,
         transport,
+        keep_checkpoints,
+        on_divergence,
     } = schedule;
     if steps == Some(0) || batch == Some(0) {
         fail("--steps and --batch must be ≥ 1");
     }
+    if batch.is_some_and(|b| b > 1024) {
+        fail(&format!(
+            "--batch must be at most 1024, got {}",
+            batch.unwrap_or(0)
+        ));
+    }
     let out = &common.out;
-    let mut config = train_config(&common, steps, batch);
+    let mut config = match mode {
+        RunMode::Resume => resumed_config(&common, steps, batch),
+        _ => train_config(&common, steps, batch),
+    };
     let batch = config.batch_size;
     if replicas.is_some_and(|r| r == 0 || r > batch) {
         fail(&format!(
@@ -348,19 +494,54 @@ fn train(
         }
         config.lr = lr;
     }
+    if let Some(keep) = keep_checkpoints {
+        config.keep_checkpoints = keep;
+    }
+    config.on_divergence = match on_divergence {
+        DivergenceChoice::Stop => DivergencePolicy::Stop,
+        DivergenceChoice::Skip => DivergencePolicy::SkipStep {
+            lr_factor: 0.5,
+            max_consecutive: 10,
+        },
+    };
     let device = device(common.device);
     let trained = on_ranks(transport, 1, &device, |comm| {
         let lead = comm.rank() == 0;
-        if lead {
-            std::fs::create_dir_all(out.join("samples"))
-                .unwrap_or_else(|e| fail(&format!("creating {}: {e}", out.display())));
-        }
+        // The lead rank owns the folder for the whole run (the lock goes with `_run_dir`).
+        let _run_dir = lead.then(|| {
+            let (run_dir, removed) = RunDir::open(out, mode).unwrap_or_else(|e| {
+                fail(&match e {
+                    RunDirError::NotEmpty(..) => format!("{e} (--resume or --overwrite)"),
+                    e => e.to_string(),
+                })
+            });
+            for path in removed {
+                println!("removed {} (left by an interrupted save)", path.display());
+            }
+            std::fs::create_dir_all(out.join("samples")).unwrap_or_else(|e| {
+                fail(&format!("creating {}: {e}", out.join("samples").display()))
+            });
+            run_dir
+        });
         let mut trainer =
             Trainer::new(config.clone(), &device).unwrap_or_else(|e| fail(&format!("--data: {e}")));
-        if resume {
-            trainer.resume(out).unwrap_or_else(|e| fail(&e.to_string()));
+        if mode == RunMode::Resume {
+            let from = trainer
+                .resume_with(out, common.if_damaged())
+                .unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
             if lead {
-                println!("resumed at step {}", trainer.step());
+                println!("resumed at step {} from {}", trainer.step(), from.display());
+            }
+            if trainer.step() >= config.steps {
+                if lead {
+                    println!(
+                        "nothing to train: the checkpoint is at step {}, --steps is {}; \
+                         nothing was changed",
+                        trainer.step(),
+                        config.steps
+                    );
+                }
+                return Ok(());
             }
         }
         if comm.world() > 1 && lead {
@@ -383,17 +564,15 @@ fn train_loop(mut trainer: Trainer, common: &Common, lead: bool) {
     let c = trainer.config().clone();
     if !lead {
         while trainer.step() < c.steps {
-            trainer.train_step();
+            trainer
+                .try_train_step()
+                .unwrap_or_else(|e| fail(&e.to_string()));
         }
         return;
     }
     println!(
         "training the tiny DiT ({} attention) on {:?}: {} steps × {} clips of {}×{}×{}",
-        if common.attention == AttentionChoice::Dsv {
-            "DSV"
-        } else {
-            "dense"
-        },
+        attention_name(&c.model.attention).replace("dsv", "DSV"),
         trainer.model().devices()[0],
         c.steps,
         c.batch_size,
@@ -405,10 +584,19 @@ fn train_loop(mut trainer: Trainer, common: &Common, lead: bool) {
     let first = trainer.step();
     let showcase = showcase_labels(8, c.data.classes().len());
     while trainer.step() < c.steps {
-        let log = trainer.train_step();
+        let log = trainer
+            .try_train_step()
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        if log.skipped {
+            println!(
+                "step {}: loss or gradient not finite (loss {}); step skipped, learning rate lowered",
+                log.step, log.loss
+            );
+        }
         let done = trainer.step();
         if done.is_multiple_of(c.log_every) || done == c.steps {
-            let rate = (done - first) as f64 / start.elapsed().as_secs_f64();
+            let elapsed = start.elapsed().as_secs_f64();
+            let rate = (done - first) as f64 / elapsed;
             let bar = (done * 30 / c.steps).min(30);
             let recent: Vec<f32> = trainer
                 .history()
@@ -429,12 +617,14 @@ fn train_loop(mut trainer: Trainer, common: &Common, lead: bool) {
                 _ => String::new(),
             };
             println!(
-                "[{}{}] {done}/{} loss {:.4} | {:.2} steps/s{dsv}",
+                "[{}{}] {done}/{} loss {:.4} | {:.2} steps/s, {} elapsed, ETA {}{dsv}",
                 "#".repeat(bar),
                 "-".repeat(30 - bar),
                 c.steps,
                 recent.iter().sum::<f32>() / recent.len() as f32,
-                rate
+                rate,
+                clock(elapsed),
+                clock((c.steps - done) as f64 / rate)
             );
         }
         if c.sample_every > 0 && done.is_multiple_of(c.sample_every) && done < c.steps {
@@ -481,10 +671,7 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
     write_png(&out.join("contact_sheet.png"), w, h, &sheet)
         .unwrap_or_else(|e| fail(&format!("contact sheet: {e}")));
     let losses: Vec<f32> = trainer.history().iter().map(|l| l.loss).collect();
-    let smooth: Vec<f32> = losses
-        .windows(10.min(losses.len()).max(1))
-        .map(|w| w.iter().sum::<f32>() / w.len() as f32)
-        .collect();
+    let smooth = smoothed_losses(trainer.history(), LOSS_WINDOW);
     write_png(
         &out.join("loss.png"),
         480,
@@ -497,170 +684,22 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
     )
     .unwrap_or_else(|e| fail(&format!("loss plot: {e}")));
 
-    let layers: Vec<_> = trainer
-        .model()
-        .dsv_layers()
-        .iter()
-        .map(|l| l.stats())
-        .collect();
-    let final_loss = smooth.last().copied().unwrap_or(f32::NAN);
-    let report = serde_json::json!({
-        "attention": if common.attention == AttentionChoice::Dsv { "dsv" } else { "dense" },
-        "steps": trainer.step(),
-        "train_seconds": train_seconds,
-        "steps_per_second": steps_per_second,
-        "final_loss_smoothed": final_loss,
-        "config": trainer.config(),
-        "dsv_layers": layers.iter().enumerate().map(|(i, s)| serde_json::json!({
-            "layer": i, "stage": format!("{:?}", s.stage), "head_sparsity": s.head_sparsity, "head_budgets": s.head_budgets,
-            "predictor_loss": s.predictor_loss, "critical_recall": s.critical_recall, "ran_sparse": s.ran_sparse, "seq_len": s.seq_len,
-        })).collect::<Vec<_>>(),
-        "samples": { "labels": labels, "metrics": sample_metrics },
-        "heldout_real": real_metrics,
-    });
-    std::fs::write(
-        out.join("report.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap_or_else(|e| fail(&format!("report: {e}")));
-    let mut md = format!(
-        "# Tiny video DiT — {} attention, {:?}\n\n{} steps in {:.0} s ({:.2} steps/s), final loss (10-step mean) {:.4}.\n\n",
-        if common.attention == AttentionChoice::Dsv {
-            "DSV"
-        } else {
-            "dense"
-        },
-        trainer.config().data,
-        trainer.step(),
+    let report = RunReport::new(
+        trainer,
         train_seconds,
         steps_per_second,
-        final_loss
+        &labels,
+        &sample_metrics,
+        &real_metrics,
     );
-    if !layers.is_empty() {
-        md += "| layer | stage | runs | mean sparsity | budgets | predictor loss | recall |\n|---|---|---|---|---|---|---|\n";
-        for (i, s) in layers.iter().enumerate() {
-            let mean = |v: &Option<Vec<f32>>| {
-                v.as_ref()
-                    .map(|v| format!("{:.3}", v.iter().sum::<f32>() / v.len() as f32))
-                    .unwrap_or("-".into())
-            };
-            md += &format!(
-                "| {i} | {:?} | {} | {} | {:?} | {} | {} |\n",
-                s.stage,
-                if s.ran_sparse { "sparse" } else { "dense" },
-                mean(&s.head_sparsity),
-                s.head_budgets,
-                s.predictor_loss
-                    .map(|l| format!("{l:.4}"))
-                    .unwrap_or("-".into()),
-                mean(&s.critical_recall)
-            );
-        }
-        md += "\n";
-    }
-    md += "| metric | samples | held-out real clips |\n|---|---|---|\n";
-    let rows = [
-        (
-            "temporal flickering (1 = steady)",
-            sample_metrics.temporal_flickering,
-            real_metrics.temporal_flickering,
-        ),
-        (
-            "motion smoothness (1 = linear)",
-            sample_metrics.motion_smoothness,
-            real_metrics.motion_smoothness,
-        ),
-        (
-            "dynamic degree (mean |Δframe|, 0–255)",
-            sample_metrics.dynamic_degree,
-            real_metrics.dynamic_degree,
-        ),
-        (
-            "object detected (share of frames)",
-            sample_metrics.detection_rate,
-            real_metrics.detection_rate,
-        ),
-        (
-            "exactly one object (share of frames)",
-            sample_metrics.single_object_rate,
-            real_metrics.single_object_rate,
-        ),
-        (
-            "object class matches the label",
-            sample_metrics.object_accuracy,
-            real_metrics.object_accuracy,
-        ),
-        (
-            "colour matches the label",
-            sample_metrics.colour_accuracy,
-            real_metrics.colour_accuracy,
-        ),
-        (
-            "area variation (0 = rigid)",
-            sample_metrics.area_variation,
-            real_metrics.area_variation,
-        ),
-        (
-            "centroid acceleration px (0 = constant velocity)",
-            sample_metrics.acceleration_px,
-            real_metrics.acceleration_px,
-        ),
-    ];
-    let shape_fit = sample_metrics
-        .shape_iou
-        .zip(real_metrics.shape_iou)
-        .map(|(s, r)| {
-            (
-                "shape IoU with the asked-for shape (1 = drawn exactly)",
-                s,
-                r,
-            )
-        });
-    for (name, s, r) in rows.into_iter().chain(shape_fit) {
-        md += &format!("| {name} | {s:.3} | {r:.3} |\n");
-    }
-    md += &confusion_table(trainer.config().data.classes(), &sample_metrics);
-    md += &format!(
-        "\nDetector check on real clips: centroid error vs ground truth {:.2} px.\n\nFiles: samples.gif, contact_sheet.png, loss.png, report.json, samples/, checkpoints/.\n",
-        real_metrics.trajectory_error_px.unwrap_or(f64::NAN)
-    );
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report.to_json()).unwrap(),
+    )
+    .unwrap_or_else(|e| fail(&format!("report: {e}")));
+    let md = report.to_markdown();
     std::fs::write(out.join("report.md"), &md).unwrap_or_else(|e| fail(&format!("report: {e}")));
     println!("{md}");
-}
-
-/// The samples' object classes as the classifier saw them, by asked-for class.
-fn confusion_table(classes: &[&str], metrics: &VideoMetrics) -> String {
-    let mut md = format!(
-        "\nObject class seen in the samples (majority over frames), by class asked for:\n\n| asked \\ seen | {} | none |\n|---|{}---|\n",
-        classes.join(" | "),
-        "---|".repeat(classes.len())
-    );
-    for (name, row) in classes.iter().zip(&metrics.object_confusion) {
-        md += &format!(
-            "| {name} | {} |\n",
-            row.iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-    }
-    if !metrics.shape_iou_by_class.is_empty() {
-        md += &format!(
-            "\nMean shape IoU of the samples with each drawn shape, by class asked for:\n\n| asked \\ fitted | {} |\n|---|{}\n",
-            classes.join(" | "),
-            "---|".repeat(classes.len())
-        );
-        for (name, row) in classes.iter().zip(&metrics.shape_iou_by_class) {
-            md += &format!(
-                "| {name} | {} |\n",
-                row.iter()
-                    .map(|v| format!("{v:.3}"))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
-        }
-    }
-    md
 }
 
 fn main() {
@@ -677,6 +716,9 @@ fn main() {
             head_conv,
             self_condition,
             resume,
+            overwrite,
+            keep_checkpoints,
+            on_divergence,
             transport,
         } => train(
             common,
@@ -686,6 +728,8 @@ fn main() {
                 replicas,
                 lr,
                 transport,
+                keep_checkpoints,
+                on_divergence,
             },
             optimizer,
             ModelFlags {
@@ -693,7 +737,11 @@ fn main() {
                 head_conv,
                 self_condition,
             },
-            resume,
+            match (resume, overwrite) {
+                (true, _) => RunMode::Resume,
+                (_, true) => RunMode::Overwrite,
+                _ => RunMode::Fresh,
+            },
         ),
         Command::Sample {
             common,
@@ -703,7 +751,11 @@ fn main() {
             let trainer = load_trainer(&common);
             let labels = parse_labels(&labels, trainer.config().data.classes());
             let path = common.out.join(format!("sample_seed{seed}.gif"));
-            write_video_set(&path, &trainer.sample(&labels, seed));
+            let c = trainer.config();
+            write_video_set(
+                &path,
+                &sample_with_progress(trainer.ema(), c, &labels, c.sampler, seed),
+            );
             println!("wrote {}", path.display());
         }
         Command::Eval {
@@ -715,6 +767,9 @@ fn main() {
             guidance_max_sigma,
             stochasticity,
         } => {
+            if !(1..=MAX_CLIPS).contains(&clips) {
+                fail(&format!("--clips must be in 1..={MAX_CLIPS}, got {clips}"));
+            }
             let trainer = load_trainer(&common);
             let mut sampler = trainer.config().sampler;
             sampler.guidance = guidance.unwrap_or(sampler.guidance);

@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo run --release --example video_dit -- train --out out/tiny "$@"
+# The main job starts over each time (its folder is the job's, not the user's), unless resumed.
+fresh=(--overwrite)
+for arg in "$@"; do [[ $arg == --resume ]] && fresh=(); done
+cargo run --release --example video_dit -- train --out out/tiny "${fresh[@]}" "$@"

@@ -1,4 +1,6 @@
 //! Cross-crate integration tests: one binary, modules inside.
 
+#[path = "integration/cli.rs"]
+mod cli;
 #[path = "integration/layering.rs"]
 mod layering;

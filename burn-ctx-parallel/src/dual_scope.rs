@@ -132,6 +132,13 @@ impl<'c> DualScopePlan<'c> {
             "a finite bias",
             config.scope_bias,
         )?;
+        SparseAttnError::check(
+            config.global_frames <= layout.total_frames(),
+            F,
+            "config.global_frames",
+            format!("≤ the video's {} frames", layout.total_frames()),
+            config.global_frames,
+        )?;
         let p = config.window;
         if layout.clips() > 1 {
             // The halo comes from the adjacent clip only.

@@ -174,7 +174,7 @@ impl VideoDit {
 
     /// [`VideoDit::forward_refining`] for a training step: DSV layers build their predictor
     /// losses and profile on their schedule, recorded on `tape` for
-    /// [`DsvTrainer`](burn_sparse_attn::dsv::DsvTrainer) (see [`crate::Trainer`]).
+    /// [`DsvTrainer`](burn_sparse_attn::dsv::DsvTrainer) (see [`crate::train::Trainer`]).
     pub fn forward_training(
         &self,
         x: Tensor<5>,

@@ -9,5 +9,7 @@ mod data;
 mod long_video;
 #[path = "dit/model.rs"]
 mod model;
+#[path = "dit/reliability.rs"]
+mod reliability;
 #[path = "dit/training.rs"]
 mod training;

@@ -88,12 +88,17 @@ fn read_idx(path: &Path, dims: usize) -> std::io::Result<(Vec<usize>, Vec<u8>)> 
         .chunks_exact(4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let expected = header + shape.iter().product::<usize>();
-    if bytes.len() != expected {
+    // Crafted dimensions can overflow the product: such a file cannot match any length.
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|body| body.checked_add(header));
+    if expected != Some(bytes.len()) {
         return Err(invalid(
             path,
             format!(
-                "dimensions {shape:?} need {expected} bytes, the file has {}",
+                "dimensions {shape:?} need {} bytes, the file has {}",
+                expected.map_or("more than usize::MAX".into(), |n| n.to_string()),
                 bytes.len()
             ),
         ));

@@ -24,7 +24,7 @@ pub struct TrainConfig {
     /// Clips per step.
     pub batch_size: usize,
     /// Model replicas that train on shares of each batch in parallel, their gradients summed
-    /// into one update ([`DsvTrainer::replica`]). Flex runs most ops on one core, so on a
+    /// into one update ([`DsvTrainer::replica`](burn_sparse_attn::dsv::DsvTrainer::replica)). Flex runs most ops on one core, so on a
     /// 2-core CPU two replicas keep both busy. The DSV predictors and profiler learn from the
     /// first share only. 0 counts as 1, more than `batch_size` as `batch_size`. Configs
     /// written before this field existed trained with 1.
@@ -52,6 +52,14 @@ pub struct TrainConfig {
     pub sample_every: usize,
     /// Steps between checkpoints (0 = only at the end).
     pub checkpoint_every: usize,
+    /// Checkpoints kept on disk, the newest (0 = all; configs written before this field
+    /// existed keep all).
+    #[serde(default)]
+    pub keep_checkpoints: usize,
+    /// What a step whose loss or gradient is NaN or infinite does (configs written before
+    /// this field existed stop).
+    #[serde(default)]
+    pub on_divergence: DivergencePolicy,
     /// Steps between log lines.
     pub log_every: usize,
     /// Sampler settings.
@@ -96,6 +104,8 @@ impl TrainConfig {
             cond_dropout: 0.1,
             sample_every: 1350,
             checkpoint_every: 1350,
+            keep_checkpoints: 3,
+            on_divergence: DivergencePolicy::Stop,
             log_every: 10,
             // Strong guidance: colour and shape follow the label more often than at 1.5.
             sampler: SamplerConfig {
@@ -127,6 +137,44 @@ impl TrainConfig {
         let progress = (step + 1 - warm) as f64 / self.steps.saturating_sub(warm).max(1) as f64;
         let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
         self.lr * (self.final_lr_fraction + (1.0 - self.final_lr_fraction) * cosine)
+    }
+}
+
+/// What a training step whose loss or gradient is NaN or infinite does. Either way nothing
+/// from that step reaches the weights, the optimiser, the EMA or a checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum DivergencePolicy {
+    /// Stop the run with [`TrainError::Diverged`](super::TrainError::Diverged).
+    #[default]
+    Stop,
+    /// Skip the step (no update; the data moves on) and scale the learning rate by
+    /// `lr_factor` from then on; stop after `max_consecutive` skipped steps in a row.
+    SkipStep {
+        /// Factor in (0, 1] applied to the learning rate at every skipped step.
+        lr_factor: f64,
+        /// Skipped steps in a row before the run stops (≥ 1).
+        max_consecutive: usize,
+    },
+}
+
+impl DivergencePolicy {
+    /// Checks the policy's numbers; the error names the field and its range.
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            Self::Stop => Ok(()),
+            Self::SkipStep {
+                lr_factor,
+                max_consecutive,
+            } => {
+                if !(lr_factor > 0.0 && lr_factor <= 1.0) {
+                    return Err(format!("lr_factor must be in (0, 1], got {lr_factor}"));
+                }
+                if max_consecutive == 0 {
+                    return Err("max_consecutive must be ≥ 1, got 0".into());
+                }
+                Ok(())
+            }
+        }
     }
 }
 

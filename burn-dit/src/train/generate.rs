@@ -19,6 +19,9 @@ pub fn label_ids(labels: &[(usize, usize)], device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(ids, [labels.len(), COND_TOKENS]), device)
 }
 
+/// Clips sampled together: memory stays bounded however many labels are asked for.
+pub const SAMPLE_CHUNK: usize = 16;
+
 /// Samples one clip per `(object, colour)` label with `model` (no autodiff).
 pub fn generate(
     model: &VideoDit,
@@ -27,16 +30,53 @@ pub fn generate(
     sampler: SamplerConfig,
     seed: u64,
 ) -> Vec<Frames> {
+    generate_with_progress(model, clip, labels, sampler, seed, |_, _| {})
+}
+
+/// [`generate`], [`SAMPLE_CHUNK`] clips at a time, calling `progress(done, total)` after
+/// each chunk. Each clip gets the noise it would get in one batch of all labels.
+pub fn generate_with_progress(
+    model: &VideoDit,
+    clip: ClipShape,
+    labels: &[(usize, usize)],
+    sampler: SamplerConfig,
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Vec<Frames> {
     let device = model
         .devices()
         .into_iter()
         .next()
         .expect("a model lives on a device");
     let n = labels.len();
-    if n == 0 {
-        return Vec::new();
+    // One noise stream for all chunks, drawn in order: the same as one batch's.
+    let mut noise_rng = SplitMix(seed);
+    if sampler.stochasticity > 0.0 {
+        // A stochastic sampler draws its step noise from the device's (global) generator.
+        device.seed(seed);
     }
-    let noise = SplitMix(seed).normal_tensor([n, 3, clip.frames, clip.height, clip.width], &device);
+    let mut frames = Vec::with_capacity(n);
+    for chunk in labels.chunks(SAMPLE_CHUNK) {
+        let noise = noise_rng.normal_tensor(
+            [chunk.len(), 3, clip.frames, clip.height, clip.width],
+            &device,
+        );
+        frames.extend(sample_chunk(model, clip, chunk, noise, sampler));
+        progress(frames.len(), n);
+    }
+    frames
+}
+
+/// One chunk of clips from its noise.
+fn sample_chunk(
+    model: &VideoDit,
+    clip: ClipShape,
+    labels: &[(usize, usize)],
+    noise: Tensor<5>,
+    sampler: SamplerConfig,
+) -> Vec<Frames> {
+    let device = noise.device();
+    let n = labels.len();
     let sample = |noise: Tensor<5>, labels: &[(usize, usize)]| {
         let cond = model.embed_labels(label_ids(labels, &device));
         let uncond = model.embed_labels(Tensor::zeros([labels.len(), COND_TOKENS], &device));
@@ -44,13 +84,11 @@ pub fn generate(
             .expect("sampling shapes come from the config")
     };
     let videos = if sampler.stochasticity > 0.0 {
-        // A stochastic sampler draws its step noise from the device's (global) generator, so
-        // it samples in one batch; the deterministic one draws nothing and leaves it alone.
-        device.seed(seed);
+        // The step noise comes from the device's generator in call order: one batch.
         sample(noise, labels)
     } else {
         // Shares of the labels sample in parallel, as training replicas do (Flex runs most
-        // ops on one core); each clip starts from the noise it would get in one batch.
+        // ops on one core); the deterministic sampler draws no noise of its own.
         let shares = batch_shares(n, rayon::current_num_threads());
         let parts: Vec<Tensor<5>> = shares
             .into_par_iter()

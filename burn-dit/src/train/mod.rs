@@ -1,15 +1,20 @@
-//! Training: the run's configuration, the training loop, checkpoints and sampling of
-//! labelled clips.
+//! Training: the run's configuration and folder, the training loop, checkpoints and sampling
+//! of labelled clips.
 
 mod checkpoint;
 mod config;
+mod finite;
 mod generate;
+pub mod report;
+mod run_dir;
+mod storage;
 mod trainer;
 
-pub use checkpoint::{CheckpointError, load_for_sampling, saved_config};
-pub use config::TrainConfig;
-pub use generate::{generate, label_ids};
-pub use trainer::{SELF_CONDITION_RATE, StepLog, Trainer};
+pub use checkpoint::{CheckpointError, IfDamaged, load_for_sampling, saved_config};
+pub use config::{DivergencePolicy, TrainConfig};
+pub use generate::{SAMPLE_CHUNK, generate, generate_with_progress, label_ids};
+pub use run_dir::{RunDir, RunDirError, RunMode};
+pub use trainer::{SELF_CONDITION_RATE, StepLog, TrainError, Trainer};
 
 /// `(start, len)` of each of `replicas` shares of a batch of `b` (at least 1 clip each; the
 /// first shares take the remainder).

@@ -13,7 +13,8 @@ use burn_sparse_attn::dsv::{DsvGradients, DsvHost, DsvStage, DsvTape, DsvTrainer
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{TrainConfig, batch_shares, generate};
+use super::finite::first_non_finite;
+use super::{DivergencePolicy, TrainConfig, batch_shares, generate};
 use crate::data::{ClipBatcher, ClipSet, SplitMix};
 use crate::ema::ema_update;
 use crate::flow::{add_noise, velocity_target};
@@ -36,6 +37,53 @@ pub struct StepLog {
     pub mean_sparsity: Option<f32>,
     /// Seconds the step took.
     pub seconds: f64,
+    /// The divergence guard skipped this step: its loss or a gradient was not finite, and
+    /// nothing was updated ([`DivergencePolicy::SkipStep`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+/// Why a training step failed. The trainer's weights, optimiser and EMA are as they were
+/// before the step.
+#[derive(Debug)]
+pub enum TrainError {
+    /// The data-parallel group failed or disagrees.
+    Group(SparseAttnError),
+    /// The loss or a gradient is NaN or infinite (the divergence guard).
+    Diverged {
+        /// The step (1-based) that diverged.
+        step: usize,
+        /// What is not finite: `loss`, or `gradient of <parameter path>`.
+        quantity: String,
+        /// The step's loss.
+        loss: f32,
+    },
+}
+
+impl std::fmt::Display for TrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Group(e) => write!(f, "{e}"),
+            Self::Diverged {
+                step,
+                quantity,
+                loss,
+            } => write!(
+                f,
+                "training diverged at step {step}: the {quantity} is not finite (loss {loss}); \
+                 nothing from this step was applied or saved (lower the learning rate, or \
+                 resume from the last checkpoint)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+impl From<SparseAttnError> for TrainError {
+    fn from(e: SparseAttnError) -> Self {
+        Self::Group(e)
+    }
 }
 
 /// Share of training steps that self-condition (where the model does): the rest teach the
@@ -56,6 +104,10 @@ pub struct Trainer {
     pub(super) batcher: ClipBatcher,
     /// The data-parallel group (one rank unless [`Trainer::with_communicator`]).
     pub(super) comm: Communicator,
+    /// Factor on the scheduled learning rate, lowered by skipped steps.
+    pub(super) lr_scale: f64,
+    /// Steps skipped in a row by the divergence guard.
+    pub(super) skipped_in_a_row: usize,
 }
 
 impl Trainer {
@@ -84,6 +136,8 @@ impl Trainer {
             data,
             comm: Communicator::single(device.clone()),
             device,
+            lr_scale: 1.0,
+            skipped_in_a_row: 0,
         })
     }
 
@@ -157,17 +211,17 @@ impl Trainer {
     }
 
     /// One optimisation step; everything random comes from a generator seeded by
-    /// `(seed, step)`, so a resumed run repeats the same steps. A one-process trainer never
-    /// fails here; a data-parallel one panics where [`Trainer::try_train_step`] returns an
-    /// error.
+    /// `(seed, step)`, so a resumed run repeats the same steps. Panics where
+    /// [`Trainer::try_train_step`] returns an error.
     pub fn train_step(&mut self) -> StepLog {
         self.try_train_step()
             .unwrap_or_else(|e| panic!("training step {}: {e}", self.step + 1))
     }
 
     /// [`Trainer::train_step`], returning the data-parallel group's errors (a rank that
-    /// failed or disagrees).
-    pub fn try_train_step(&mut self) -> Result<StepLog, SparseAttnError> {
+    /// failed or disagrees) and divergence: a non-finite loss or gradient, per the config's
+    /// [`DivergencePolicy`], stops with [`TrainError::Diverged`] or skips the step.
+    pub fn try_train_step(&mut self) -> Result<StepLog, TrainError> {
         let start = Instant::now();
         let c = &self.config;
         let b = c.batch_size;
@@ -281,7 +335,14 @@ impl Trainer {
             .filter(|l| l.runs_sparse(tokens))
             .count();
 
-        let lr = self.config.lr_at(self.step);
+        // The divergence guard: every rank holds the same summed loss and gradients, so all
+        // decide alike.
+        if let Some(quantity) = non_finite_quantity(&self.model, &grads) {
+            return self.skip_or_stop(quantity, grads.loss, start);
+        }
+        self.skipped_in_a_row = 0;
+
+        let lr = self.config.lr_at(self.step) * self.lr_scale;
         let model = self.model.clone();
         let optimizer = &mut self.optimizer;
         let (model, report) = self
@@ -317,9 +378,53 @@ impl Trainer {
             mean_sparsity: (!sparsities.is_empty())
                 .then(|| sparsities.iter().sum::<f32>() / sparsities.len() as f32),
             seconds: start.elapsed().as_secs_f64(),
+            skipped: false,
         };
         self.history.push(log.clone());
         Ok(log)
+    }
+
+    /// The divergence guard's answer to a step whose `quantity` is not finite.
+    fn skip_or_stop(
+        &mut self,
+        quantity: String,
+        loss: f32,
+        start: Instant,
+    ) -> Result<StepLog, TrainError> {
+        let diverged = TrainError::Diverged {
+            step: self.step + 1,
+            quantity,
+            loss,
+        };
+        let DivergencePolicy::SkipStep {
+            lr_factor,
+            max_consecutive,
+        } = self.config.on_divergence
+        else {
+            return Err(diverged);
+        };
+        if self.skipped_in_a_row >= max_consecutive {
+            return Err(diverged);
+        }
+        self.skipped_in_a_row += 1;
+        self.lr_scale *= lr_factor;
+        self.step += 1;
+        let log = StepLog {
+            step: self.step,
+            loss,
+            predictor_loss: None,
+            sparse_layers: 0,
+            mean_sparsity: None,
+            seconds: start.elapsed().as_secs_f64(),
+            skipped: true,
+        };
+        self.history.push(log.clone());
+        Ok(log)
+    }
+
+    /// Steps the divergence guard skipped so far.
+    pub fn skipped_steps(&self) -> usize {
+        self.history.iter().filter(|l| l.skipped).count()
     }
 
     /// Every rank's gradients and host loss summed; the predictor losses of rank 0 (the only
@@ -468,4 +573,14 @@ impl Trainer {
             seed,
         )
     }
+}
+
+/// What in a step's loss and gradients is NaN or infinite, if anything.
+fn non_finite_quantity(model: &VideoDit, grads: &DsvGradients) -> Option<String> {
+    if !grads.loss.is_finite() {
+        return Some("loss".into());
+    }
+    first_non_finite(model, Some(grads.host_gradients()))
+        .or_else(|| first_non_finite(model, Some(grads.predictor_gradients())))
+        .map(|p| format!("gradient of `{p}`"))
 }

@@ -3,7 +3,7 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_dit::data::ClipShape;
-use burn_dit::train::TrainConfig;
+use burn_dit::train::{TrainConfig, Trainer};
 use burn_dit::{AttentionKind, DsvPolicy, VideoDit, VideoDitConfig};
 
 /// A model small enough for debug-build tests: 4×16×16 clips → 64 tokens of width 32, with
@@ -64,4 +64,33 @@ pub fn jittered(attention: AttentionKind, device: &Device) -> VideoDit {
 pub fn jittered_model(config: VideoDitConfig, device: &Device) -> VideoDit {
     device.seed(11);
     config.init(device).map(&mut Jitter)
+}
+
+/// Every weight of the trainer's model, flattened.
+pub fn params(trainer: &Trainer) -> Vec<f32> {
+    params_of(trainer.model())
+}
+
+pub fn params_of(model: &VideoDit) -> Vec<f32> {
+    let mut out = Vec::new();
+    struct Collect<'a>(&'a mut Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.0.extend(values(param.val()));
+        }
+    }
+    model.visit(&mut Collect(&mut out));
+    out
+}
+
+/// A tensor's values as f32.
+pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
 }

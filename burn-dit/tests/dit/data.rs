@@ -340,6 +340,16 @@ fn bad_fashion_files_fail_naming_the_file() {
     // Fewer bytes than the dimensions promise.
     write_idx(&labels, &[6], &[9; 5]);
     assert!(message(&dir).contains("need 14 bytes"), "{}", message(&dir));
+    // Dimensions whose product overflows: refused, no arithmetic panic.
+    let images = dir.join("t10k-images-idx3-ubyte.gz");
+    let good_images = std::fs::read(&images).unwrap();
+    write_idx(&images, &[u32::MAX; 3], &[0; 16]);
+    let m = message(&dir);
+    assert!(
+        m.contains("t10k-images-idx3-ubyte.gz") && m.contains("more than"),
+        "{m}"
+    );
+    std::fs::write(&images, good_images).unwrap();
     // Labels out of range.
     write_idx(&labels, &[5], &[9, 9, 12, 9, 9]);
     assert!(message(&dir).contains("must be < 10"), "{}", message(&dir));

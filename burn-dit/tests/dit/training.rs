@@ -7,37 +7,11 @@ use burn_dit::optim::{
     DitOptimizer, MUON_PARAMS, ODD_BLOCKS_OPTIMIZER_FILE, OPTIMIZER_FILE, OptimizerKind,
     dit_optimizer,
 };
-use burn_dit::train::{CheckpointError, TrainConfig, Trainer, label_ids};
+use burn_dit::train::{CheckpointError, TrainConfig, TrainError, Trainer, label_ids};
 use burn_dit::{AttentionKind, VideoDit};
 use burn_sparse_attn::dsv::DsvHost;
 
 use crate::common::*;
-
-fn params(trainer: &Trainer) -> Vec<f32> {
-    params_of(trainer.model())
-}
-
-fn params_of(model: &VideoDit) -> Vec<f32> {
-    let mut out = Vec::new();
-    struct Collect<'a>(&'a mut Vec<f32>);
-    impl burn::module::ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<D>>,
-        ) {
-            self.0.extend(
-                param
-                    .val()
-                    .into_data()
-                    .convert::<f32>()
-                    .try_to_vec::<f32>()
-                    .unwrap(),
-            );
-        }
-    }
-    model.visit(&mut Collect(&mut out));
-    out
-}
 
 #[test]
 fn loss_falls_on_a_small_problem() {
@@ -137,7 +111,7 @@ fn bad_checkpoints_fail_cleanly() {
     // Another model shape: refused by name, nothing loaded.
     let mut other = Trainer::new(micro_train(AttentionKind::Dense), &device).unwrap();
     match other.resume(&dir) {
-        Err(CheckpointError::Mismatch { field: "model", .. }) => {}
+        Err(CheckpointError::Mismatch { field, .. }) if field.starts_with("model.") => {}
         other => panic!("expected a model mismatch, got {other:?}"),
     }
     assert_eq!(other.step(), 0);
@@ -145,20 +119,19 @@ fn bad_checkpoints_fail_cleanly() {
     // Another optimiser: refused by name (its state would not fit).
     let mut adamw = Trainer::new(train_with(OptimizerKind::AdamW), &device).unwrap();
     match adamw.resume(&dir) {
-        Err(CheckpointError::Mismatch {
-            field: "optimizer", ..
-        }) => {}
+        Err(CheckpointError::Mismatch { field, .. }) if field == "optimizer" => {}
         other => panic!("expected an optimizer mismatch, got {other:?}"),
     }
     assert_eq!(adamw.step(), 0);
 
-    // Corrupt weights: refused, the trainer keeps its state, the file stays as it was.
+    // Corrupt weights: refused (they fail the manifest), the trainer keeps its state, the
+    // file stays as it was.
     let garbage = b"not a burnpack file".to_vec();
     std::fs::write(ckpt.join("model.bpk"), &garbage).unwrap();
     let mut fresh = Trainer::new(micro_train(micro_dsv()), &device).unwrap();
     let before = params(&fresh);
     match fresh.resume(&dir) {
-        Err(CheckpointError::Corrupt(path, _)) => assert!(path.ends_with("model.bpk")),
+        Err(CheckpointError::Damaged { file, .. }) => assert!(file.ends_with("model.bpk")),
         other => panic!("expected a corrupt checkpoint error, got {other:?}"),
     }
     assert_eq!(fresh.step(), 0);
@@ -282,14 +255,7 @@ fn host_params(trainer: &Trainer) -> Vec<f32> {
             param: &burn::module::Param<burn::tensor::Tensor<D>>,
         ) {
             if param.val().is_require_grad() && !self.1.contains(&param.id) {
-                self.0.extend(
-                    param
-                        .val()
-                        .into_data()
-                        .convert::<f32>()
-                        .try_to_vec::<f32>()
-                        .unwrap(),
-                );
+                self.0.extend(values(param.val()));
             }
         }
     }
@@ -424,7 +390,11 @@ fn data_parallel_ranks_train_like_one_process() {
                 let mut trainer = trainer.with_communicator(comm)?;
                 let logs = (0..3)
                     .map(|_| trainer.try_train_step())
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| match e {
+                        TrainError::Group(e) => e,
+                        other => panic!("{other}"),
+                    })?;
                 let dsv: Vec<_> = trainer
                     .model()
                     .dsv_layers()
@@ -674,4 +644,67 @@ fn the_tiny_preset_can_go_sparse_on_its_own_clips() {
     );
     assert_eq!(config.steps, 2700);
     assert_eq!(config.clone().with_steps(10).checkpoint_every, 5);
+}
+
+#[test]
+fn the_report_states_the_runs_figures() {
+    use burn_dit::media::Frames;
+    use burn_dit::metrics::{ObjectClassifier, measure};
+    use burn_dit::train::report::{LOSS_WINDOW, RunReport, smoothed_losses};
+    let device = Device::flex();
+    let mut trainer = Trainer::new(micro_train(micro_dsv()), &device).unwrap();
+    for _ in 0..3 {
+        trainer.train_step();
+    }
+    // Real clips measured as the samples would be: the figures are the metrics' own.
+    let c = trainer.config().clone();
+    let real: Vec<_> = (0..6).map(|i| trainer.data().generate(i)).collect();
+    let labels: Vec<(usize, usize)> = real.iter().map(|r| (r.object, r.colour)).collect();
+    let frames: Vec<Frames> = real
+        .iter()
+        .map(|r| Frames::from_chw(&r.pixels, c.clip.frames, c.clip.height, c.clip.width))
+        .collect();
+    let classifier = ObjectClassifier::for_set(trainer.data(), 10);
+    let metrics = measure(&frames, &labels, None, &classifier);
+    let report = RunReport::new(&trainer, 12.0, 0.25, &labels, &metrics, &metrics);
+
+    let losses: Vec<f32> = trainer.history().iter().map(|l| l.loss).collect();
+    let mean = losses.iter().sum::<f32>() / 3.0;
+    assert_eq!(smoothed_losses(trainer.history(), LOSS_WINDOW), [mean]);
+    assert_eq!(smoothed_losses(trainer.history(), 2).len(), 2);
+    let json = report.to_json();
+    assert_eq!(json["steps"], 3);
+    assert_eq!(json["attention"], "dsv");
+    assert_eq!(json["skipped_steps"], 0);
+    assert_eq!(json["final_loss_smoothed"].as_f64().unwrap() as f32, mean);
+    assert_eq!(json["dsv_layers"].as_array().unwrap().len(), c.model.depth);
+    assert_eq!(json["samples"]["labels"].as_array().unwrap().len(), 6);
+
+    let md = report.to_markdown();
+    assert!(md.starts_with("# Tiny video DiT — DSV attention"), "{md}");
+    assert!(md.contains(&format!(
+        "3 steps in 12 s (0.25 steps/s), final loss (10-step mean) {mean:.4}"
+    )));
+    let layer_rows = md
+        .lines()
+        .filter(|l| l.starts_with("| 0 |") || l.starts_with("| 1 |"));
+    assert_eq!(layer_rows.count(), c.model.depth);
+    let colour = format!(
+        "| colour matches the label | {0:.3} | {0:.3} |",
+        metrics.colour_accuracy
+    );
+    assert!(md.contains(&colour), "{md}");
+    // The confusion table counts every clip once, by the class asked for.
+    let counted: usize = md
+        .lines()
+        .skip_while(|l| !l.starts_with("| asked \\ seen"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .flat_map(|l| {
+            l.split('|')
+                .skip(2)
+                .filter_map(|n| n.trim().parse::<usize>().ok())
+        })
+        .sum();
+    assert_eq!(counted, 6, "{md}");
 }

@@ -585,6 +585,12 @@ impl DsvAttention {
         self.schedule.set(schedule);
     }
 
+    /// Parameter ids of the saved host state (stage, step, statistics): no weights, never
+    /// trained, and NaN where a statistic has no value yet.
+    pub fn state_param_ids(&self) -> [ParamId; 2] {
+        [self.head_sparsity.id(), self.schedule.id()]
+    }
+
     /// Parameter ids of the predictor, which its own optimizer updates.
     pub fn predictor_param_ids(&self) -> Vec<ParamId> {
         struct Ids(Vec<ParamId>);

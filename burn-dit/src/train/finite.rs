@@ -1,0 +1,77 @@
+//! Finding NaN and ±inf in weights and gradients, by parameter name.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use burn_sparse_attn::dsv::DsvHost;
+
+use crate::model::VideoDit;
+
+/// The dotted path (`blocks.3.mlp.fc1.weight`) of the first weight of `model` holding NaN or
+/// ±inf, or — with `grads` — of the first weight whose gradient does. DSV layers' saved
+/// statistics are not weights and are skipped. One read-back from the device in all.
+pub(crate) fn first_non_finite(
+    model: &VideoDit,
+    grads: Option<&GradientsParams>,
+) -> Option<String> {
+    let skip: Vec<ParamId> = model
+        .dsv_layers()
+        .iter()
+        .flat_map(|l| l.state_param_ids())
+        .collect();
+    let mut finder = Finder {
+        grads,
+        skip,
+        path: Vec::new(),
+        names: Vec::new(),
+        probes: Vec::new(),
+    };
+    model.visit(&mut finder);
+    if finder.probes.is_empty() {
+        return None;
+    }
+    let probes: Vec<f32> = Tensor::cat(finder.probes, 0)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 probes");
+    probes
+        .iter()
+        .position(|p| !p.is_finite())
+        .map(|i| finder.names.swap_remove(i))
+}
+
+struct Finder<'a> {
+    grads: Option<&'a GradientsParams>,
+    skip: Vec<ParamId>,
+    path: Vec<String>,
+    names: Vec<String>,
+    /// One value per tensor: `sum(t · 0)`, NaN exactly when `t` holds NaN or ±inf (a plain
+    /// sum could overflow on large finite values).
+    probes: Vec<Tensor<1>>,
+}
+
+impl ModuleVisitor for Finder<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.skip.contains(&param.id) {
+            return;
+        }
+        let tensor = match self.grads {
+            Some(grads) => match grads.get::<D>(param.id) {
+                Some(grad) => grad,
+                None => return,
+            },
+            None => param.val(),
+        };
+        self.names.push(self.path.join("."));
+        self.probes.push((tensor * 0.0).sum());
+    }
+}

@@ -1,0 +1,168 @@
+//! A training run's output folder: owned by one run at a time, checked writable before any
+//! work, and cleared of what killed saves left behind.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+
+use super::storage::write_synced;
+
+/// How a run may use a folder that already holds files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// A new run: the folder must be empty or absent.
+    Fresh,
+    /// Continue the run whose checkpoints the folder holds.
+    Resume,
+    /// A new run over an old one: its `checkpoints/` and `samples/` are deleted first.
+    Overwrite,
+}
+
+/// Why a run cannot use its folder. Nothing in the folder changed when this is returned.
+#[derive(Debug)]
+pub enum RunDirError {
+    /// Another process holds the folder's lock.
+    Locked(PathBuf),
+    /// A fresh run into a folder that holds files.
+    NotEmpty(PathBuf, Vec<String>),
+    /// The folder (or a file in it) cannot be created or written.
+    NotWritable(PathBuf, std::io::Error),
+}
+
+impl std::fmt::Display for RunDirError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Locked(path) => write!(
+                f,
+                "run folder {} is in use by another run (it holds {})",
+                path.parent().unwrap_or(path).display(),
+                path.display()
+            ),
+            Self::NotEmpty(path, names) => write!(
+                f,
+                "run folder {} is not empty (it holds {}); resume that run or start over \
+                 explicitly",
+                path.display(),
+                names.join(", ")
+            ),
+            Self::NotWritable(path, e) => write!(f, "cannot write to {}: {e}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for RunDirError {}
+
+/// The lock file inside a run folder.
+const LOCK: &str = ".lock";
+
+/// A run folder this process owns: an advisory lock on `.lock` is held until the value is
+/// dropped (or the process ends, however it ends).
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl RunDir {
+    /// Takes `path` for a run: creates it, takes its lock (failing at once if another run
+    /// holds it), checks it per `mode`, proves it writable, and removes the temporary files
+    /// and half-written checkpoint folders of killed saves. Returns the folder and what was
+    /// removed.
+    pub fn open(path: &Path, mode: RunMode) -> Result<(Self, Vec<PathBuf>), RunDirError> {
+        let not_writable = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| RunDirError::NotWritable(p, e)
+        };
+        std::fs::create_dir_all(path).map_err(not_writable(path))?;
+        let lock_path = path.join(LOCK);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(not_writable(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(RunDirError::Locked(lock_path)),
+            Err(TryLockError::Error(e)) => return Err(RunDirError::NotWritable(lock_path, e)),
+        }
+        let others: Vec<String> = std::fs::read_dir(path)
+            .map_err(not_writable(path))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != LOCK)
+            // What a run killed before its first checkpoint leaves.
+            .filter(|n| !(n == "checkpoints" && is_empty_dir(&path.join(n))))
+            .collect();
+        match mode {
+            RunMode::Fresh if !others.is_empty() => {
+                let mut names = others;
+                names.sort();
+                return Err(RunDirError::NotEmpty(path.to_path_buf(), names));
+            }
+            RunMode::Overwrite => {
+                for sub in ["checkpoints", "samples"] {
+                    let dir = path.join(sub);
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir).map_err(not_writable(&dir))?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let checkpoints = path.join("checkpoints");
+        std::fs::create_dir_all(&checkpoints).map_err(not_writable(&checkpoints))?;
+        for dir in [path, checkpoints.as_path()] {
+            let probe = dir.join(".write-probe");
+            write_synced(&probe, b"probe").map_err(not_writable(&probe))?;
+            std::fs::remove_file(&probe).map_err(not_writable(&probe))?;
+        }
+        let removed = remove_leftovers(&checkpoints).map_err(not_writable(&checkpoints))?;
+        Ok((
+            Self {
+                path: path.to_path_buf(),
+                _lock: lock,
+            },
+            removed,
+        ))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn is_empty_dir(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// Removes what interrupted saves leave under `checkpoints`: staging folders (`.step_*`),
+/// temporary files (`.tmp-*`, Burn's `*.tmp`), also inside finished checkpoints.
+fn remove_leftovers(checkpoints: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let stale = |name: &str| name.starts_with(".tmp-") || name.ends_with(".tmp");
+    for entry in std::fs::read_dir(checkpoints)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            if name.starts_with(".step_") {
+                std::fs::remove_dir_all(&path)?;
+                removed.push(path);
+            } else {
+                for inner in std::fs::read_dir(&path)? {
+                    let inner = inner?;
+                    if stale(&inner.file_name().to_string_lossy()) {
+                        std::fs::remove_file(inner.path())?;
+                        removed.push(inner.path());
+                    }
+                }
+            }
+        } else if stale(&name) {
+            std::fs::remove_file(&path)?;
+            removed.push(path);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
