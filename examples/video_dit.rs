@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example video_dit -- train [--out out/tiny] [--attention dsv|dense]
 //!     [--steps 2700] [--replicas 2] [--optimizer muon|adamw] [--prediction velocity|clean] [--head-conv] [--self-condition]
+//!     [--parallel-block] [--feature-aggregation]
 //!     [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume | --overwrite]
 //!     [--keep-checkpoints 3] [--on-divergence stop|skip] [--use-intact]
 //! mpirun -np 2 target/release/examples/video_dit train --transport mpi [--replicas 1] …
@@ -199,6 +200,14 @@ enum Command {
         /// Self-condition on the model's previous clean-video estimate (`VideoDitConfig::self_condition`).
         #[arg(long)]
         self_condition: bool,
+        /// Vchitect-2.0's parallel block: attention, cross-attention and MLP read the same
+        /// input and share one residual (`VideoDitConfig::parallel_block`).
+        #[arg(long)]
+        parallel_block: bool,
+        /// RepVideo's gated aggregate of the preceding blocks' outputs on each attention input
+        /// (`VideoDitConfig::feature_aggregation`).
+        #[arg(long)]
+        feature_aggregation: bool,
     },
     /// Sample clips from the latest checkpoint.
     Sample {
@@ -421,6 +430,8 @@ struct ModelFlags {
     prediction: Option<PredictionChoice>,
     head_conv: bool,
     self_condition: bool,
+    parallel_block: bool,
+    feature_aggregation: bool,
 }
 
 /// How much `train` trains, and how.
@@ -488,6 +499,8 @@ fn train(
     }
     config.model.head_conv |= flags.head_conv;
     config.model.self_condition |= flags.self_condition;
+    config.model.parallel_block |= flags.parallel_block;
+    config.model.feature_aggregation |= flags.feature_aggregation;
     if let Some(lr) = lr {
         if !(lr > 0.0 && lr.is_finite()) {
             fail(&format!("--lr must be a positive number, got {lr}"));
@@ -715,6 +728,8 @@ fn main() {
             prediction,
             head_conv,
             self_condition,
+            parallel_block,
+            feature_aggregation,
             resume,
             overwrite,
             keep_checkpoints,
@@ -736,6 +751,8 @@ fn main() {
                 prediction,
                 head_conv,
                 self_condition,
+                parallel_block,
+                feature_aggregation,
             },
             match (resume, overwrite) {
                 (true, _) => RunMode::Resume,

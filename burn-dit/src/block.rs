@@ -315,6 +315,11 @@ pub struct DitBlock {
     mlp_conv: Option<FrameConv>,
     mlp_time_conv: Option<TimeConv>,
     mlp_out: Linear,
+    /// Per-channel gate of the preceding blocks' mean output on the attention input
+    /// (`feature_aggregation`; zeros at init).
+    aggregation_gate: Option<Param<Tensor<1>>>,
+    /// Branches read the same input and share one residual (`parallel_block`).
+    parallel: bool,
 }
 
 impl DitBlock {
@@ -328,15 +333,21 @@ impl DitBlock {
             mlp_conv: config.mlp_conv.then(|| FrameConv::new(d, device)),
             mlp_time_conv: config.mlp_time_conv.then(|| TimeConv::new(d, device)),
             mlp_out: LinearConfig::new(config.mlp_ratio * d, d).init(device),
+            aggregation_gate: config
+                .feature_aggregation
+                .then(|| Param::from_tensor(Tensor::zeros([d], device))),
+            parallel: config.parallel_block,
         }
     }
 
-    /// `xs`: one `[B, S_c, d]` per clip, with that clip's context.
+    /// `xs`: one `[B, S_c, d]` per clip, with that clip's context; `aggregates`: per clip, the
+    /// mean output of the preceding blocks (`feature_aggregation`, from the second block on).
     pub(crate) fn forward(
         &self,
         xs: Vec<Tensor<3>>,
         clips: &[ClipContext],
         mode: &AttentionMode,
+        aggregates: Option<&[Tensor<3>]>,
     ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
         let mods: Vec<Vec<Tensor<3>>> = clips
             .iter()
@@ -344,8 +355,18 @@ impl DitBlock {
             .collect();
         let h = xs
             .iter()
+            .enumerate()
             .zip(&mods)
-            .map(|(x, m)| modulate(plain_norm(x.clone()), m[0].clone(), m[1].clone()))
+            .map(|((i, x), m)| {
+                let input = match (&self.aggregation_gate, aggregates) {
+                    (Some(gate), Some(aggregates)) => {
+                        let d = x.dims()[2];
+                        x.clone() + aggregates[i].clone() * gate.val().reshape([1, 1, d])
+                    }
+                    _ => x.clone(),
+                };
+                modulate(plain_norm(input), m[0].clone(), m[1].clone())
+            })
             .collect();
         let attended = self.attn.forward(h, clips, mode)?;
         let (xs, hs): (Vec<Tensor<3>>, Vec<Tensor<3>>) = xs
@@ -353,9 +374,17 @@ impl DitBlock {
             .zip(attended)
             .zip(mods.iter().zip(clips))
             .map(|((x, a), (m, clip))| {
-                let x = x + a * m[2].clone();
-                let x = x.clone() + self.cross.forward(x, clip.cond.clone());
-                let h = modulate(plain_norm(x.clone()), m[3].clone(), m[4].clone());
+                // Sequential: cross-attention and the MLP read the attention's output.
+                // Parallel: every branch reads the block's input.
+                let (x, branch_input) = if self.parallel {
+                    let cross = self.cross.forward(x.clone(), clip.cond.clone());
+                    (x.clone() + a * m[2].clone() + cross, x)
+                } else {
+                    let x = x + a * m[2].clone();
+                    let x = x.clone() + self.cross.forward(x, clip.cond.clone());
+                    (x.clone(), x)
+                };
+                let h = modulate(plain_norm(branch_input), m[3].clone(), m[4].clone());
                 let h = match &self.mlp_conv {
                     Some(conv) => conv.forward(h, clip.grid),
                     None => h,

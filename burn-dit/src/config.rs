@@ -92,6 +92,18 @@ pub struct VideoDitConfig {
     /// the estimate without gradient on half of its steps ([`crate::VideoDit::forward_refining`]).
     #[config(default = false)]
     pub self_condition: bool,
+    /// Vchitect-2.0's parallel block: self-attention, cross-attention and the MLP all read
+    /// the block's input `x` (each through its own norm and adaLN modulation) and their
+    /// outputs are summed into one residual, `x + g₁·SA(h₁) + CA(x) + g₂·MLP(h₂)`, instead of
+    /// each branch reading the previous one's output. Same parameters as the sequential block.
+    #[config(default = false)]
+    pub parallel_block: bool,
+    /// RepVideo's cross-layer feature aggregation: block `i > 0` attends over
+    /// `norm(x + g_i ⊙ A_i)`, where `A_i` is the mean of the outputs of blocks `0..i` and the
+    /// learned per-channel gate `g_i` starts at zero, so the option starts as the plain model.
+    /// The MLP and cross-attention still read `x`.
+    #[config(default = false)]
+    pub feature_aggregation: bool,
     /// Width of the conditioning embeddings fed to cross-attention.
     #[config(default = 64)]
     pub cond_dim: usize,

@@ -172,6 +172,33 @@ impl VideoDit {
         self.forward_recorded(x, sigma, cond, estimate, None)
     }
 
+    /// The token features `[B, S, d_model]` of [`VideoDit::forward`]: after the patch
+    /// embedding, then after each block (`depth + 1` in all), with each block's own
+    /// attention (dense or DSV; a dual-scope model attends densely here). For probing what
+    /// the blocks compute.
+    pub fn block_features(
+        &self,
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+    ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+        self.check_inputs("VideoDit::block_features", &x, &sigma, &cond)?;
+        let mut features = Vec::new();
+        self.run(
+            vec![x],
+            vec![sigma],
+            vec![cond],
+            vec![None],
+            &[0],
+            &AttentionMode::PerClip(None),
+            Some(&mut features),
+        )?;
+        Ok(features
+            .into_iter()
+            .map(|mut clip| clip.remove(0))
+            .collect())
+    }
+
     /// [`VideoDit::forward_refining`] for a training step: DSV layers build their predictor
     /// losses and profile on their schedule, recorded on `tape` for
     /// [`DsvTrainer`](burn_sparse_attn::dsv::DsvTrainer) (see [`crate::train::Trainer`]).
@@ -195,17 +222,9 @@ impl VideoDit {
         tape: Option<&DsvTape>,
     ) -> Result<Tensor<5>, SparseAttnError> {
         const F: &str = "VideoDit::forward_refining";
-        let [b, ch, t, h, w] = x.dims();
-        SparseAttnError::check(
-            sigma.dims() == [b],
-            F,
-            "sigma",
-            format!("[{b}]"),
-            format!("{:?}", sigma.dims()),
-        )?;
-        self.check_clip(F, "x", &x, [b, ch, t, h, w])?;
-        self.check_cond(F, &cond, b)?;
+        self.check_inputs(F, &x, &sigma, &cond)?;
         self.check_estimate(F, estimate.as_ref(), &x)?;
+        let t = x.dims()[2];
         let device = x.device();
         match &self.config.attention {
             AttentionKind::DualScope(scope) => {
@@ -236,6 +255,7 @@ impl VideoDit {
                     vec![estimate],
                     &[0],
                     &AttentionMode::PerClip(tape),
+                    None,
                 )
                 .map(|mut v| v.remove(0)),
         }
@@ -355,6 +375,7 @@ impl VideoDit {
             estimates,
             &offsets,
             &AttentionMode::DualScope(&plan),
+            None,
         )
     }
 
@@ -410,6 +431,27 @@ impl VideoDit {
         )
     }
 
+    /// A clip `x`, one noise level per sample and conditioning for each.
+    fn check_inputs(
+        &self,
+        function: &'static str,
+        x: &Tensor<5>,
+        sigma: &Tensor<1>,
+        cond: &Tensor<3>,
+    ) -> Result<(), SparseAttnError> {
+        let dims = x.dims();
+        let b = dims[0];
+        SparseAttnError::check(
+            sigma.dims() == [b],
+            function,
+            "sigma",
+            format!("[{b}]"),
+            format!("{:?}", sigma.dims()),
+        )?;
+        self.check_clip(function, "x", x, dims)?;
+        self.check_cond(function, cond, b)
+    }
+
     fn check_cond(
         &self,
         function: &'static str,
@@ -426,7 +468,9 @@ impl VideoDit {
         )
     }
 
-    /// The network over clips whose first token frames are `frame_offsets`.
+    /// The network over clips whose first token frames are `frame_offsets`; with `features`,
+    /// the tokens after the embedding and after each block are pushed there.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         x: Vec<Tensor<5>>,
@@ -435,6 +479,7 @@ impl VideoDit {
         estimates: Vec<Option<Tensor<5>>>,
         frame_offsets: &[usize],
         mode: &AttentionMode,
+        mut features: Option<&mut Vec<Vec<Tensor<3>>>>,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         let c = &self.config;
         let d = c.d_model;
@@ -484,8 +529,30 @@ impl VideoDit {
             });
             grids.push(grid);
         }
-        for block in &self.blocks {
-            tokens = block.forward(tokens, &contexts, mode)?;
+        if let Some(features) = features.as_deref_mut() {
+            features.push(tokens.clone());
+        }
+        // Running sum of the blocks' outputs, per clip (feature aggregation).
+        let mut sums: Option<Vec<Tensor<3>>> = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let means: Option<Vec<Tensor<3>>> = match (&sums, c.feature_aggregation) {
+                (Some(sums), true) => Some(sums.iter().map(|s| s.clone() / i as f64).collect()),
+                _ => None,
+            };
+            tokens = block.forward(tokens, &contexts, mode, means.as_deref())?;
+            if c.feature_aggregation {
+                sums = Some(match sums {
+                    Some(sums) => sums
+                        .into_iter()
+                        .zip(&tokens)
+                        .map(|(s, t)| s + t.clone())
+                        .collect(),
+                    None => tokens.clone(),
+                });
+            }
+            if let Some(features) = features.as_deref_mut() {
+                features.push(tokens.clone());
+            }
         }
         let outputs = tokens
             .into_iter()

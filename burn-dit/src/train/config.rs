@@ -12,6 +12,7 @@ use crate::sample::SamplerConfig;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// The model.
+    #[serde(deserialize_with = "model_with_later_options")]
     pub model: VideoDitConfig,
     /// The clips trained on.
     pub data: DataSource,
@@ -176,6 +177,22 @@ impl DivergencePolicy {
             }
         }
     }
+}
+
+/// A model config as saved, with the options added since filled in as off (Burn's `Config`
+/// requires every field).
+fn model_with_later_options<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<VideoDitConfig, D::Error> {
+    let mut value = serde_json::Value::deserialize(deserializer)?;
+    if let Some(fields) = value.as_object_mut() {
+        for option in ["parallel_block", "feature_aggregation"] {
+            fields
+                .entry(option)
+                .or_insert(serde_json::Value::Bool(false));
+        }
+    }
+    serde_json::from_value(value).map_err(serde::de::Error::custom)
 }
 
 fn one() -> usize {

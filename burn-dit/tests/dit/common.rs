@@ -46,10 +46,24 @@ pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
 }
 
 /// Adds noise to every weight: a fresh model's zero head and gates would hide any error.
-struct Jitter;
+/// Feature-aggregation gates stay zero (and draw no noise), so a model with them jitters
+/// like the same model without.
+#[derive(Default)]
+struct Jitter(Vec<String>);
 
 impl ModuleMapper for Jitter {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.0.pop();
+    }
+
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.0.last().is_some_and(|name| name == "aggregation_gate") {
+            return param;
+        }
         param.map(|w| {
             let noise = Tensor::random(w.shape(), Distribution::Normal(0.0, 0.2), &w.device());
             w + noise
@@ -63,7 +77,7 @@ pub fn jittered(attention: AttentionKind, device: &Device) -> VideoDit {
 
 pub fn jittered_model(config: VideoDitConfig, device: &Device) -> VideoDit {
     device.seed(11);
-    config.init(device).map(&mut Jitter)
+    config.init(device).map(&mut Jitter::default())
 }
 
 /// Every weight of the trainer's model, flattened.

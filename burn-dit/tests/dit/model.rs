@@ -557,3 +557,184 @@ fn guidance_acts_only_below_its_noise_limit() {
         "config.guidance_max_sigma"
     );
 }
+
+/// Zeroes every weight whose path starts with one of `prefixes` (counting them).
+struct ZeroPaths<'a> {
+    prefixes: &'a [&'a str],
+    path: Vec<String>,
+    zeroed: usize,
+}
+
+impl ModuleMapper for ZeroPaths<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        if self.prefixes.iter().any(|p| path.starts_with(p)) {
+            self.zeroed += 1;
+            return param.map(|w| w.zeros_like());
+        }
+        param
+    }
+}
+
+fn zeroed(model: &burn_dit::VideoDit, prefixes: &[&str]) -> burn_dit::VideoDit {
+    let mut mapper = ZeroPaths {
+        prefixes,
+        path: Vec::new(),
+        zeroed: 0,
+    };
+    let model = model.clone().map(&mut mapper);
+    assert!(mapper.zeroed > 0, "no weight under {prefixes:?}");
+    model
+}
+
+/// What the first block adds to its input, `[B, S, d]`.
+fn block_delta(model: &burn_dit::VideoDit, device: &Device) -> Tensor<3> {
+    let x = SplitMix(3).normal_tensor([2, 3, 4, 16, 16], device);
+    let sigma = Tensor::<1>::from_floats([0.3, 0.8], device);
+    let cond = model.embed_labels(Tensor::from_ints([[1, 4], [2, 5]], device));
+    let mut features = model.block_features(x, sigma, cond).unwrap();
+    assert_eq!(features.len(), 2);
+    let after = features.pop().unwrap();
+    after - features.pop().unwrap()
+}
+
+#[test]
+fn the_parallel_block_sums_branches_that_read_the_same_input() {
+    let device = Device::flex();
+    let (attn, cross, mlp) = (
+        "blocks.0.attn.out",
+        "blocks.0.cross.out",
+        "blocks.0.mlp_out",
+    );
+    // With one branch left at a time, the parallel block's deltas add up to its whole delta:
+    // every branch reads the block's input and they share one residual. The sequential
+    // block's branches read each other's outputs, so its deltas do not add up.
+    for (parallel, adds_up) in [(true, true), (false, false)] {
+        let mut config = micro_model(micro_dsv()).with_parallel_block(parallel);
+        config.depth = 1;
+        let model = jittered_model(config, &device).valid();
+        let whole = block_delta(&model, &device);
+        let parts = [[cross, mlp], [attn, mlp], [attn, cross]]
+            .map(|off| block_delta(&zeroed(&model, &off), &device))
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .unwrap();
+        let gap = max_abs_diff(whole.clone(), parts);
+        let scale = whole.abs().max().into_scalar::<f32>();
+        assert!(scale > 0.1, "the block must change its input");
+        assert_eq!(
+            gap < 1e-4 * scale.max(1.0),
+            adds_up,
+            "parallel {parallel}: gap {gap}"
+        );
+    }
+}
+
+/// Sets every feature-aggregation gate to random values (a uniform gate would hardly show:
+/// the aggregate is close to the residual stream, and the norm removes its scale).
+struct OpenGates(Vec<String>);
+
+impl ModuleMapper for OpenGates {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.0.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.0.last().is_some_and(|name| name == "aggregation_gate") {
+            true => param.map(|w| w.random_like(Distribution::Normal(0.0, 1.0))),
+            false => param,
+        }
+    }
+}
+
+/// Every weight but the aggregation gates, in visiting order.
+struct CollectWeights(Vec<String>, Vec<TensorData>);
+
+impl burn::module::ModuleVisitor for CollectWeights {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.0.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.0.last().is_none_or(|name| name != "aggregation_gate") {
+            self.1.push(param.val().into_data());
+        }
+    }
+}
+
+/// Replaces every weight by the next of a sequence.
+struct CopyWeights<'a>(&'a mut dyn Iterator<Item = TensorData>);
+
+impl ModuleMapper for CopyWeights<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let data = self.0.next().expect("as many weights");
+        param.map(|w| Tensor::from_data(data, &w.device()))
+    }
+}
+
+#[test]
+fn feature_aggregation_starts_as_the_plain_model_and_feeds_later_blocks() {
+    let device = Device::flex();
+    let features = |model: &burn_dit::VideoDit| {
+        let x = SplitMix(5).normal_tensor([1, 3, 4, 16, 16], &device);
+        let sigma = Tensor::<1>::from_floats([0.5], &device);
+        let cond = model.embed_labels(Tensor::from_ints([[1, 4]], &device));
+        model.block_features(x, sigma, cond).unwrap()
+    };
+    // One jittered model with zero gates, and the plain model given the same weights (tests
+    // share the device's generator, so a second seeded construction could differ).
+    let config = micro_model(micro_dsv()).with_feature_aggregation(true);
+    let fresh = jittered_model(config, &device).valid();
+    let mut weights = CollectWeights(Vec::new(), Vec::new());
+    fresh.visit(&mut weights);
+    let mut copy = weights.1.into_iter();
+    let plain = micro_model(micro_dsv())
+        .init(&device)
+        .valid()
+        .map(&mut CopyWeights(&mut copy));
+    assert!(copy.next().is_none(), "every weight copied");
+    for (i, (a, b)) in features(&plain)
+        .into_iter()
+        .zip(features(&fresh))
+        .enumerate()
+    {
+        let gap = max_abs_diff(a, b);
+        assert!(
+            gap < 1e-6,
+            "zero gates must leave the model as it was: feature {i} off by {gap}"
+        );
+    }
+    let aggregating = fresh.clone().map(&mut OpenGates(Vec::new()));
+    // Open gates: block 0 has nothing before it, block 1 reads block 0's output.
+    let opened = features(&aggregating);
+    let closed = features(&fresh);
+    assert!(max_abs_diff(opened[1].clone(), closed[1].clone()) < 1e-6);
+    assert!(max_abs_diff(opened[2].clone(), closed[2].clone()) > 1e-4);
+}
+
+#[test]
+fn configs_written_before_the_block_options_load_without_them() {
+    let config = burn_dit::train::TrainConfig::tiny(micro_model(AttentionKind::Dense));
+    let mut json = serde_json::to_value(&config).unwrap();
+    let model = json["model"].as_object_mut().unwrap();
+    assert!(model.remove("parallel_block").is_some());
+    assert!(model.remove("feature_aggregation").is_some());
+    let old: burn_dit::train::TrainConfig = serde_json::from_value(json).unwrap();
+    assert!(!old.model.parallel_block && !old.model.feature_aggregation);
+}
