@@ -1,5 +1,6 @@
 //! One test binary for the crate (every binary links all of Burn); modules inside.
-//! Each test runs on every backend compiled in and compares with an oracle on Flex.
+//! The op tests run once per backend compiled in (`flex::…`, `ndarray::…`, `wgpu::…`) and
+//! compare with an oracle on Flex.
 #![cfg_attr(feature = "ndarray", allow(deprecated))]
 #![cfg(feature = "flex")]
 

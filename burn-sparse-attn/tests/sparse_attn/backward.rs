@@ -50,8 +50,7 @@ fn assert_grads_close(actual: Grads, expected: &Grads, what: &str) {
     );
 }
 
-#[test]
-fn gradients_survive_gradient_checkpointing() {
+fn gradients_survive_gradient_checkpointing(device: &Device) {
     // Memory-bound ops around the op are recomputed in the backward pass under Burn's
     // balanced checkpointing; the op's hand-written backward must see the same inputs.
     let (b, h, s, d, g, block, budget) = (2, 2, 37, 32, 8, 4, 3);
@@ -65,7 +64,8 @@ fn gradients_survive_gradient_checkpointing() {
         let (q, k, v) = ((q * 1.5).tanh(), k.exp() * 0.5, v.sin());
         sparse_attention(q, k, v, &keys, None).unwrap().tanh() * 2.0
     };
-    for device in devices() {
+    {
+        let device = device.clone();
         let plain = grads_of(&device, [&q, &k, &v, &w], attention);
         let checkpointed = device.clone().autodiff().gradient_checkpointing();
         assert!(checkpointed.gradient_checkpointing_strategy().is_some());
@@ -74,8 +74,7 @@ fn gradients_survive_gradient_checkpointing() {
     }
 }
 
-#[test]
-fn gradients_equal_masked_dense_autodiff() {
+fn gradients_equal_masked_dense_autodiff(device: &Device) {
     // (batch, heads, query len, key len, head dim, group size, key block, budget)
     let cases = [
         (1, 2, 32, 32, 32, 8, 1, 10),
@@ -102,7 +101,8 @@ fn gradients_equal_masked_dense_autodiff() {
             dense_masked_attention(q, k, v, Some(mask), scale)
         });
 
-        for device in devices() {
+        {
+            let device = device.clone();
             let actual = grads_of(&device, data, |q, k, v| {
                 let keys = critical_keys(&ids, g, block, sq, sk, &q.device());
                 sparse_attention(q, k, v, &keys, None).unwrap()
@@ -112,8 +112,7 @@ fn gradients_equal_masked_dense_autodiff() {
     }
 }
 
-#[test]
-fn gradient_of_q_matches_finite_differences() {
+fn gradient_of_q_matches_finite_differences(device: &Device) {
     // Independent of any autodiff: central differences of the sparse forward itself.
     let (b, h, s, d, g) = (1, 1, 12, 8, 4);
     let q = random_data([b, h, s, d], 5);
@@ -121,7 +120,8 @@ fn gradient_of_q_matches_finite_differences() {
     let v = random_data([b, h, s, d], 7);
     let w = random_data([b, h, s, d], 8);
     let ids = random_index_data([b, h, s.div_ceil(g)], s, 5, 9);
-    for device in devices() {
+    {
+        let device = device.clone();
         let keys = critical_keys(&ids, g, 1, s, s, &device);
         let objective = |q: Tensor<4>| {
             let out =
@@ -153,3 +153,9 @@ fn gradient_of_q_matches_finite_differences() {
         }
     }
 }
+
+per_backend!(
+    gradients_survive_gradient_checkpointing,
+    gradients_equal_masked_dense_autodiff,
+    gradient_of_q_matches_finite_differences,
+);

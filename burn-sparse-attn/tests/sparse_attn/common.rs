@@ -7,19 +7,43 @@ use burn::tensor::{
 };
 use burn_sparse_attn::CriticalKeys;
 
-/// Every backend this build can test, CPU ones first.
-pub fn devices() -> Vec<Device> {
-    #[allow(unused_mut)]
-    let mut out = vec![Device::flex()];
-    #[cfg(feature = "ndarray")]
-    out.push(Device::ndarray());
-    #[cfg(feature = "wgpu")]
-    out.push(Device::wgpu(burn::tensor::DeviceKind::Cpu));
-    // Never in CI: a build with `vulkan` runs the same tests on the machine's GPU.
-    #[cfg(feature = "vulkan")]
-    out.push(Device::vulkan(burn::tensor::DeviceKind::DefaultDevice));
-    out
+/// One test per backend compiled in for each check `fn(&Device)`, named
+/// `<module>::<backend>::<check>`: a failure names its backend, and backends run in parallel.
+/// A build with `vulkan` (never in CI) runs the same checks on the machine's GPU.
+macro_rules! per_backend {
+    ($($check:ident),+ $(,)?) => {
+        mod flex {
+            $(#[test]
+            fn $check() {
+                super::$check(&burn::tensor::Device::flex());
+            })+
+        }
+        #[cfg(feature = "ndarray")]
+        mod ndarray {
+            $(#[test]
+            fn $check() {
+                super::$check(&burn::tensor::Device::ndarray());
+            })+
+        }
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            $(#[test]
+            fn $check() {
+                super::$check(&burn::tensor::Device::wgpu(burn::tensor::DeviceKind::Cpu));
+            })+
+        }
+        #[cfg(feature = "vulkan")]
+        mod vulkan {
+            $(#[test]
+            fn $check() {
+                super::$check(&burn::tensor::Device::vulkan(
+                    burn::tensor::DeviceKind::DefaultDevice,
+                ));
+            })+
+        }
+    };
 }
+pub(crate) use per_backend;
 
 /// Where the oracles run.
 pub fn oracle_device() -> Device {

@@ -19,8 +19,7 @@ const CASES: [Case; 7] = [
     (1, 2, 64, 64, 64, 64, 1, 1),
 ];
 
-#[test]
-fn forward_and_lse_match_the_reference() {
+fn forward_and_lse_match_the_reference(device: &Device) {
     for (n, (b, h, sq, sk, d, g, block, budget)) in CASES.into_iter().enumerate() {
         let seed = 5000 + 10 * n as u64;
         let [q, k, v] = [
@@ -30,7 +29,8 @@ fn forward_and_lse_match_the_reference() {
         ];
         let ids = random_index_data([b, h, sq.div_ceil(g)], sk.div_ceil(block), budget, seed + 3);
         let scale = 1.3 / (d as f64).sqrt();
-        for device in devices() {
+        {
+            let device = device.clone();
             let keys = critical_keys(&ids, g, block, sq, sk, &device);
             let (q, k, v) = (
                 tensor(&q, &device),
@@ -47,8 +47,7 @@ fn forward_and_lse_match_the_reference() {
     }
 }
 
-#[test]
-fn gradients_match_the_reference_autodiff() {
+fn gradients_match_the_reference_autodiff(device: &Device) {
     for (n, (b, h, sq, sk, d, g, block, budget)) in CASES.into_iter().enumerate() {
         let seed = 6000 + 10 * n as u64;
         let data = [
@@ -58,7 +57,8 @@ fn gradients_match_the_reference_autodiff() {
             random_data([b, h, sq, d], seed + 3),
         ];
         let ids = random_index_data([b, h, sq.div_ceil(g)], sk.div_ceil(block), budget, seed + 4);
-        for device in devices() {
+        {
+            let device = device.clone();
             let run = |native: bool| {
                 let device = device.clone().autodiff();
                 let [q, k, v] = [0, 1, 2].map(|i| tensor(&data[i], &device).require_grad());
@@ -106,8 +106,7 @@ fn grid_data(shape: [usize; 4], seed: u64) -> TensorData {
     )
 }
 
-#[test]
-fn selection_matches_the_reference_id_for_id() {
+fn selection_matches_the_reference_id_for_id(device: &Device) {
     // (batch, heads, query len, key len, rank, group size, key block, budget)
     let cases = [
         (1, 2, 256, 256, 16, 32, 1, 25),
@@ -119,7 +118,8 @@ fn selection_matches_the_reference_id_for_id() {
         let q_lr = grid_data([b, h, sq, r], 7000 + n as u64);
         let k_lr = grid_data([b, h, sk, r], 7100 + n as u64);
         let config = SelectionConfig::new(g, budget).with_key_block(block);
-        for device in devices() {
+        {
+            let device = device.clone();
             let (q, k) = (tensor(&q_lr, &device), tensor(&k_lr, &device));
             let want = oracle::select_critical_keys(q.clone(), k.clone(), config);
             let got = select_critical_keys(q, k, config).unwrap();
@@ -204,3 +204,9 @@ fn large_sequence_runs_without_dense_buffers() {
         kib / 1024
     );
 }
+
+per_backend!(
+    forward_and_lse_match_the_reference,
+    gradients_match_the_reference_autodiff,
+    selection_matches_the_reference_id_for_id,
+);

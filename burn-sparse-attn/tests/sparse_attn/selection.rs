@@ -48,8 +48,7 @@ fn ids_of(keys: &CriticalKeys) -> Vec<i64> {
         .unwrap()
 }
 
-#[test]
-fn selection_is_the_exact_top_k_of_the_low_rank_scores() {
+fn selection_is_the_exact_top_k_of_the_low_rank_scores(device: &Device) {
     // (batch, heads, query len, key len, rank, group size, key block, budget)
     let cases = [
         (1, 2, 64, 64, 16, 8, 1, 6),
@@ -68,7 +67,8 @@ fn selection_is_the_exact_top_k_of_the_low_rank_scores() {
             g,
             block,
         );
-        for device in devices() {
+        {
+            let device = device.clone();
             let config = SelectionConfig::new(g, budget).with_key_block(block);
             let keys = select_critical_keys(tensor(&q_lr, &device), tensor(&k_lr, &device), config)
                 .unwrap();
@@ -98,13 +98,13 @@ fn selection_is_the_exact_top_k_of_the_low_rank_scores() {
     }
 }
 
-#[test]
-fn ties_go_to_the_lower_id() {
+fn ties_go_to_the_lower_id(device: &Device) {
     let (b, h, s, r) = (1, 2, 20, 4);
     // Keys all equal: every score ties, so each group must get units 0..budget.
     let q_lr = random_data([b, h, s, r], 1);
     let k_lr = TensorData::new(vec![0.5f32; b * h * s * r], [b, h, s, r]);
-    for device in devices() {
+    {
+        let device = device.clone();
         for (block, budget) in [(1, 7), (3, 4)] {
             let config = SelectionConfig::new(4, budget).with_key_block(block);
             let keys = select_critical_keys(tensor(&q_lr, &device), tensor(&k_lr, &device), config)
@@ -146,3 +146,8 @@ fn planted_keys_are_found() {
     }
     assert!((keys.sparsity() - 0.75).abs() < 1e-12);
 }
+
+per_backend!(
+    selection_is_the_exact_top_k_of_the_low_rank_scores,
+    ties_go_to_the_lower_id,
+);
