@@ -343,7 +343,7 @@ impl Trainer {
 
 /// The first leaf where two JSON values differ: its dotted path under `prefix` and both
 /// values (this run's, the checkpoint's).
-pub(crate) fn first_difference(
+fn first_difference(
     prefix: &str,
     ours: &serde_json::Value,
     theirs: &serde_json::Value,
@@ -382,7 +382,7 @@ fn load_weights(module: VideoDit, ckpt: &Path, file: &str) -> Result<VideoDit, C
     let module = module
         .try_load_record(load_module_record(ckpt, file)?)
         .map_err(|e| CheckpointError::Corrupt(path.clone(), e.to_string()))?;
-    match first_non_finite(&module, None) {
+    match first_non_finite(&module, &[]) {
         Some(parameter) => Err(CheckpointError::NonFinite {
             file: path,
             parameter,

@@ -25,8 +25,8 @@ pub struct TrainConfig {
     /// Clips per step.
     pub batch_size: usize,
     /// Model replicas that train on shares of each batch in parallel, their gradients summed
-    /// into one update ([`DsvTrainer::replica`](burn_sparse_attn::dsv::DsvTrainer::replica)). Flex runs most ops on one core, so on a
-    /// 2-core CPU two replicas keep both busy. The DSV predictors and profiler learn from the
+    /// into one update ([`DsvTrainer::replica`](burn_sparse_attn::dsv::DsvTrainer::replica)).
+    /// Flex runs most ops on one core, so on a 2-core CPU two replicas keep both busy. The DSV predictors and profiler learn from the
     /// first share only. 0 counts as 1, more than `batch_size` as `batch_size`. Configs
     /// written before this field existed trained with 1.
     #[serde(default = "one")]

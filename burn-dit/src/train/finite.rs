@@ -7,13 +7,10 @@ use burn_sparse_attn::dsv::DsvHost;
 
 use crate::model::VideoDit;
 
-/// The dotted path (`blocks.3.mlp.fc1.weight`) of the first weight of `model` holding NaN or
-/// ±inf, or — with `grads` — of the first weight whose gradient does. DSV layers' saved
-/// statistics are not weights and are skipped. One read-back from the device in all.
-pub(crate) fn first_non_finite(
-    model: &VideoDit,
-    grads: Option<&GradientsParams>,
-) -> Option<String> {
+/// The dotted path (`blocks.3.mlp_in.weight`) of the first weight of `model` holding NaN or ±inf,
+/// or — with `grads` — of the first weight whose gradient in any of them does. DSV layers'
+/// saved statistics are not weights and are skipped. One read-back from the device in all.
+pub(crate) fn first_non_finite(model: &VideoDit, grads: &[&GradientsParams]) -> Option<String> {
     let skip: Vec<ParamId> = model
         .dsv_layers()
         .iter()
@@ -42,7 +39,8 @@ pub(crate) fn first_non_finite(
 }
 
 struct Finder<'a> {
-    grads: Option<&'a GradientsParams>,
+    /// Where gradients are looked up; none: the weights themselves are probed.
+    grads: &'a [&'a GradientsParams],
     skip: Vec<ParamId>,
     path: Vec<String>,
     names: Vec<String>,
@@ -64,14 +62,13 @@ impl ModuleVisitor for Finder<'_> {
         if self.skip.contains(&param.id) {
             return;
         }
-        let tensor = match self.grads {
-            Some(grads) => match grads.get::<D>(param.id) {
-                Some(grad) => grad,
-                None => return,
-            },
-            None => param.val(),
+        let tensors: Vec<Tensor<D>> = match self.grads {
+            [] => vec![param.val()],
+            grads => grads.iter().filter_map(|g| g.get::<D>(param.id)).collect(),
         };
-        self.names.push(self.path.join("."));
-        self.probes.push((tensor * 0.0).sum());
+        for tensor in tensors {
+            self.names.push(self.path.join("."));
+            self.probes.push((tensor * 0.0).sum());
+        }
     }
 }

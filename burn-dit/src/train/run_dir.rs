@@ -17,7 +17,8 @@ pub enum RunMode {
     Overwrite,
 }
 
-/// Why a run cannot use its folder. Nothing in the folder changed when this is returned.
+/// Why a run cannot use its folder. No earlier run's file was changed (the folder and its
+/// `.lock` may have been created; `Overwrite` may have deleted part of what it deletes).
 #[derive(Debug)]
 pub enum RunDirError {
     /// Another process holds the folder's lock.

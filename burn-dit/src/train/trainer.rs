@@ -114,6 +114,12 @@ impl Trainer {
     /// A fresh run on `device` (an autodiff device is made from it); fails, naming the file,
     /// when the data set's files cannot be read.
     pub fn new(config: TrainConfig, device: &Device) -> std::io::Result<Self> {
+        config.on_divergence.check().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("TrainConfig::on_divergence: {e}"),
+            )
+        })?;
         let data = config.data.open(
             config.clip,
             config.dataset_size,
@@ -580,7 +586,6 @@ fn non_finite_quantity(model: &VideoDit, grads: &DsvGradients) -> Option<String>
     if !grads.loss.is_finite() {
         return Some("loss".into());
     }
-    first_non_finite(model, Some(grads.host_gradients()))
-        .or_else(|| first_non_finite(model, Some(grads.predictor_gradients())))
-        .map(|p| format!("gradient of `{p}`"))
+    let all = [grads.host_gradients(), grads.predictor_gradients()];
+    first_non_finite(model, &all).map(|p| format!("gradient of `{p}`"))
 }

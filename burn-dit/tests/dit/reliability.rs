@@ -260,13 +260,21 @@ fn divergence_stops_the_run_before_anything_changes() {
     assert_eq!(skipped, 2, "{outcomes:?}");
     assert_eq!(skipping.skipped_steps(), 2);
     assert!(outcomes.ends_with(&[true, true]), "{outcomes:?}");
+    let bad = DivergencePolicy::SkipStep {
+        lr_factor: 0.0,
+        max_consecutive: 1,
+    };
+    assert!(bad.check().is_err());
+    // A trainer refuses it by name before any work.
+    let mut config = micro_train(AttentionKind::Dense);
+    config.on_divergence = bad;
+    let message = Trainer::new(config, &device)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(
-        DivergencePolicy::SkipStep {
-            lr_factor: 0.0,
-            max_consecutive: 1
-        }
-        .check()
-        .is_err()
+        message.contains("on_divergence") && message.contains("lr_factor"),
+        "{message}"
     );
 }
 
@@ -356,35 +364,62 @@ fn kill_test_config() -> TrainConfig {
 /// Steps of the run the kill test interrupts.
 const KILL_TEST_STEPS: usize = 200;
 
-/// Environment variable that turns this test's process into the child it kills.
+/// Environment variable that turns this test's process into the child it kills (its value:
+/// the run folder), or into the straight run (`REFERENCE`).
 const KILL_CHILD: &str = "DIT_KILL_TEST_CHILD";
+const REFERENCE: &str = "reference";
+
+/// This test binary running only the kill test, as the child `role` says.
+fn kill_test_child(role: &str) -> Command {
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "reliability::killed_saves_never_lose_a_checkpoint",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILL_CHILD, role);
+    child
+}
+
+/// The child side of the reference: the run uninterrupted, printing `loss STEP BITS` lines.
+fn print_straight_run() {
+    let mut trainer = Trainer::new(kill_test_config(), &Device::flex()).unwrap();
+    for _ in 0..KILL_TEST_STEPS {
+        let log = trainer.train_step();
+        println!("loss {} {}", log.step, log.loss.to_bits());
+    }
+}
 
 #[test]
 fn killed_saves_never_lose_a_checkpoint() {
-    if let Ok(dir) = std::env::var(KILL_CHILD) {
-        train_until_killed(Path::new(&dir));
-        return;
+    match std::env::var(KILL_CHILD).as_deref() {
+        Ok(REFERENCE) => return print_straight_run(),
+        Ok(dir) => return train_until_killed(Path::new(dir)),
+        Err(_) => {}
     }
     let dir = TempDir::new("killed");
-    // The straight run every resumed history must match.
+    // The straight run every resumed history must match, in a process of its own as the
+    // killed runs are: tests running beside this one share the device's generator.
+    let out = kill_test_child(REFERENCE).output().unwrap();
+    assert!(out.status.success(), "the straight run failed");
+    let reference: Vec<(usize, f32)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l[l.find("loss ")? + "loss ".len()..].split(' ');
+            let step = parts.next()?.parse().ok()?;
+            let bits = parts.next()?.parse().ok()?;
+            Some((step, f32::from_bits(bits)))
+        })
+        .collect();
+    assert_eq!(reference.len(), KILL_TEST_STEPS);
     let device = Device::flex();
-    let mut straight = Trainer::new(kill_test_config(), &device).unwrap();
-    for _ in 0..KILL_TEST_STEPS {
-        straight.train_step();
-    }
-    let reference = losses(&straight);
     let mut rng = SplitMix(2024);
     let (mut kills, mut mid_save, mut saved) = (0, 0, 0usize);
     let started = Instant::now();
     while kills < 100 && saved < KILL_TEST_STEPS && started.elapsed() < Duration::from_secs(300) {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "reliability::killed_saves_never_lose_a_checkpoint",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(KILL_CHILD, &dir.0)
+        let mut child = kill_test_child(dir.0.to_str().unwrap())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
