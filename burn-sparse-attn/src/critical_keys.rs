@@ -3,6 +3,7 @@ use alloc::vec::Vec;
 
 use burn::tensor::{Bool, Int, Tensor};
 
+use crate::AttnLayout;
 use crate::error::{SparseAttnError, ensure};
 
 /// The critical keys of every query group: what sparse attention attends to.
@@ -105,6 +106,15 @@ impl CriticalKeys {
     /// Keys per selected unit.
     pub fn key_block(&self) -> usize {
         self.key_block
+    }
+
+    /// The layout the attention ops read this index with, at softmax scale `scale`.
+    pub fn layout(&self, scale: f64) -> AttnLayout {
+        AttnLayout {
+            group_size: self.group_size,
+            key_block: self.key_block,
+            scale,
+        }
     }
 
     /// Units selected per group (`k`).

@@ -5,7 +5,7 @@ use alloc::format;
 use burn::backend::Dispatch;
 use burn::tensor::{Int, Tensor};
 
-use crate::{CriticalKeys, SparseAttnError, SparseAttnOps, error::ensure};
+use crate::{AttnInputs, CriticalKeys, SparseAttnError, SparseAttnOps, error::ensure};
 
 /// How [`select_critical_keys`] groups queries and keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,9 +113,7 @@ pub fn select_critical_keys(
     let index = <Dispatch as SparseAttnOps>::select_critical_keys(
         q_lr.dequantize().into_dispatch(),
         k_lr.dequantize().into_dispatch(),
-        config.group_size,
-        config.key_block,
-        config.budget,
+        config,
         index_dtype,
     );
     Ok(CriticalKeys::trusted(
@@ -160,15 +158,13 @@ pub fn sparse_attention_with_lse(
     scale: Option<f64>,
 ) -> Result<SparseAttentionOutput, SparseAttnError> {
     let scale = sparse_attention_shapes(&q, &k, &v, keys, scale)?;
-    let (out, lse) = <Dispatch as SparseAttnOps>::sparse_attention_forward(
-        q.dequantize().into_dispatch(),
-        k.dequantize().into_dispatch(),
-        v.dequantize().into_dispatch(),
-        keys.indices().clone().into_dispatch(),
-        keys.group_size(),
-        keys.key_block(),
-        scale,
-    );
+    let (out, lse) = <Dispatch as SparseAttnOps>::sparse_attention_forward(AttnInputs {
+        q: q.dequantize().into_dispatch(),
+        k: k.dequantize().into_dispatch(),
+        v: v.dequantize().into_dispatch(),
+        index: keys.indices().clone().into_dispatch(),
+        layout: keys.layout(scale),
+    });
     Ok(SparseAttentionOutput {
         output: Tensor::from_dispatch(out),
         lse: Tensor::from_dispatch(lse),

@@ -38,6 +38,7 @@ pub mod dsv;
 mod error;
 mod functions;
 mod kernel;
+mod layout;
 mod ops;
 pub mod oracle;
 mod reference;
@@ -48,4 +49,5 @@ pub use functions::{
     DenseFallback, SelectionConfig, SparseAttentionOutput, select_critical_keys, sparse_attention,
     sparse_attention_auto, sparse_attention_with_lse,
 };
+pub use layout::{AttnInputs, AttnLayout};
 pub use ops::SparseAttnOps;

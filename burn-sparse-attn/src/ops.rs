@@ -4,7 +4,7 @@ use burn::backend::{
 };
 use burn::tensor::IntDType;
 
-use crate::reference;
+use crate::{AttnInputs, SelectionConfig, reference};
 
 /// The sparse attention operations every backend provides.
 ///
@@ -30,70 +30,44 @@ use crate::reference;
 )]
 pub trait SparseAttnOps: Backend {
     /// Scores every key unit against each query group's proxy (the mean of the group's low-rank
-    /// queries) and returns the `budget` best units per group, sorted by id.
+    /// queries) and returns the `selection.budget` best units per group, sorted by id.
     ///
     /// `q_lr, k_lr: [B, H, S, r]` → `[B, H, G, budget]` of `index_dtype`. A unit's score is the
     /// proxy's dot product with the mean low-rank key of the unit; ties go to the lower id.
-    #[fusion(meta = |q_lr, _k_lr, group_size, _key_block, budget, index_dtype| {
-        crate::ops::fusion_meta::index(q_lr, *group_size, *budget, *index_dtype)
+    #[fusion(meta = |q_lr, _k_lr, selection, index_dtype| {
+        crate::ops::fusion_meta::index(q_lr, selection, *index_dtype)
     })]
     fn select_critical_keys(
         q_lr: FloatTensor<Self>,
         k_lr: FloatTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        budget: usize,
+        selection: SelectionConfig,
         index_dtype: IntDType,
     ) -> IntTensor<Self> {
-        reference::select_critical_keys::<Self>(
-            q_lr,
-            k_lr,
-            group_size,
-            key_block,
-            budget,
-            index_dtype,
-        )
+        reference::select_critical_keys::<Self>(q_lr, k_lr, selection, index_dtype)
     }
 
-    /// Sparse attention forward: `q, k, v: [B, H, S, D]` and `index` → the output
-    /// `[B, H, S, D]` (dtype of `q`) and the per-row log-sum-exp of the scaled scores
-    /// `[B, H, S]` (always f32), which the backward pass reuses.
-    #[fusion(meta = |q, _k, _v, _index, _group_size, _key_block, _scale| {
-        crate::ops::fusion_meta::forward(q)
-    })]
+    /// Sparse attention forward → the output `[B, H, S, D]` (dtype of `q`) and the per-row
+    /// log-sum-exp of the scaled scores `[B, H, S]` (always f32), which the backward reuses.
+    #[fusion(meta = |inputs| crate::ops::fusion_meta::forward(&inputs.q))]
     fn sparse_attention_forward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        index: IntTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        scale: f64,
+        #[extension_type] inputs: AttnInputs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::sparse_attention_forward::<Self>(q, k, v, index, group_size, key_block, scale)
+        reference::sparse_attention_forward::<Self>(inputs)
     }
 
-    /// Sparse attention backward: the forward's inputs and outputs and the output gradient
-    /// `grad_out: [B, H, S, D]` → `(dq, dk, dv)`, each shaped and typed like its input.
-    #[fusion(meta = |q, k, v, _index, _out, _lse, _grad_out, _group_size, _key_block, _scale| {
-        (q.clone(), k.clone(), v.clone())
+    /// Sparse attention backward: the forward's inputs, its output and log-sum-exp, and the
+    /// output gradient `grad_out: [B, H, S, D]` → `(dq, dk, dv)`, each shaped and typed like
+    /// its input.
+    #[fusion(meta = |inputs, _out, _lse, _grad_out| {
+        (inputs.q.clone(), inputs.k.clone(), inputs.v.clone())
     })]
-    #[allow(clippy::too_many_arguments)]
     fn sparse_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        index: IntTensor<Self>,
+        #[extension_type] inputs: AttnInputs<Self>,
         out: FloatTensor<Self>,
         lse: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        reference::sparse_attention_backward::<Self>(
-            q, k, v, index, out, lse, grad_out, group_size, key_block, scale,
-        )
+        reference::sparse_attention_backward::<Self>(inputs, out, lse, grad_out)
     }
 }
 
@@ -103,16 +77,17 @@ pub(crate) mod fusion_meta {
     use burn::backend::fusion::custom::TensorSpec;
     use burn::tensor::{DType, IntDType, Shape};
 
+    use crate::SelectionConfig;
+
     pub(crate) fn index(
         q_lr: &TensorSpec,
-        group_size: usize,
-        budget: usize,
+        selection: &SelectionConfig,
         index_dtype: IntDType,
     ) -> TensorSpec {
         let dims = &q_lr.shape;
-        let groups = dims[2].div_ceil(group_size);
+        let groups = dims[2].div_ceil(selection.group_size);
         TensorSpec::new(
-            Shape::new([dims[0], dims[1], groups, budget]),
+            Shape::new([dims[0], dims[1], groups, selection.budget]),
             DType::from(index_dtype),
         )
     }

@@ -5,7 +5,7 @@
 use burn::backend::Dispatch;
 use burn::tensor::{Int, Tensor};
 
-use crate::{CriticalKeys, SelectionConfig, reference};
+use crate::{AttnInputs, CriticalKeys, SelectionConfig, reference};
 
 /// [`select_critical_keys`](crate::select_critical_keys) computed by the reference body.
 /// Arguments are trusted: validate them with the public function first.
@@ -19,9 +19,7 @@ pub fn select_critical_keys(
     let index = reference::select_critical_keys::<Dispatch>(
         q_lr.into_dispatch(),
         k_lr.into_dispatch(),
-        config.group_size,
-        config.key_block,
-        config.budget,
+        config,
         index_dtype,
     );
     CriticalKeys::trusted(
@@ -42,14 +40,12 @@ pub fn sparse_attention(
     keys: &CriticalKeys,
     scale: f64,
 ) -> (Tensor<4>, Tensor<3>) {
-    let (out, lse) = reference::sparse_attention_forward::<Dispatch>(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
-        keys.indices().clone().into_dispatch(),
-        keys.group_size(),
-        keys.key_block(),
-        scale,
-    );
+    let (out, lse) = reference::sparse_attention_forward::<Dispatch>(AttnInputs {
+        q: q.into_dispatch(),
+        k: k.into_dispatch(),
+        v: v.into_dispatch(),
+        index: keys.indices().clone().into_dispatch(),
+        layout: keys.layout(scale),
+    });
     (Tensor::from_dispatch(out), Tensor::from_dispatch(lse))
 }

@@ -7,7 +7,8 @@
 
 use alloc::vec::Vec;
 
-use crate::kernel::topk::top_k_ascending;
+use crate::layout::ProblemShape;
+use crate::{AttnInputs, SelectionConfig};
 
 use burn::backend::{
     Backend, Scalar, TensorMetadata,
@@ -17,42 +18,6 @@ use burn::tensor::{DType, FloatDType, IndexingUpdateOp, IntDType, Shape, TensorD
 
 /// A masked score: far below any real score, yet finite (WGSL has no -inf literal).
 const MASKED_SCORE: f64 = -1.0e30;
-
-/// Sizes of one call, with batch and heads folded into one leading dimension.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    batch: usize,
-    heads: usize,
-    /// Query rows.
-    seq: usize,
-    /// Key rows (differs from `seq` when queries attend to another shard's keys).
-    keys: usize,
-    /// `batch · heads`.
-    bh: usize,
-    group_size: usize,
-    groups: usize,
-}
-
-impl Dims {
-    fn of<B: Backend>(q: &FloatTensor<B>, k: &FloatTensor<B>, group_size: usize) -> Self {
-        let shape = q.shape();
-        let (batch, heads, seq) = (shape[0], shape[1], shape[2]);
-        Self {
-            batch,
-            heads,
-            seq,
-            keys: k.shape()[2],
-            bh: batch * heads,
-            group_size,
-            groups: seq.div_ceil(group_size),
-        }
-    }
-
-    /// Rows once padded to whole groups.
-    fn padded(&self) -> usize {
-        self.groups * self.group_size
-    }
-}
 
 fn to_f32<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     if x.dtype() == DType::F32 {
@@ -90,21 +55,31 @@ fn rows_padded<B: Backend>(x: FloatTensor<B>, rows: usize) -> FloatTensor<B> {
 }
 
 /// `[B, H, S, C]` → `[B·H, G, group_size, C]` with zero rows past `S`.
-fn grouped<B: Backend>(x: FloatTensor<B>, dims: Dims) -> FloatTensor<B> {
+fn grouped<B: Backend>(x: FloatTensor<B>, dims: ProblemShape) -> FloatTensor<B> {
     let cols = x.shape()[3];
-    let x = rows_padded::<B>(x, dims.padded());
-    B::float_reshape(x, Shape::new([dims.bh, dims.groups, dims.group_size, cols]))
+    let x = rows_padded::<B>(x, dims.padded_queries());
+    B::float_reshape(
+        x,
+        Shape::new([dims.bh(), dims.groups(), dims.group_size, cols]),
+    )
 }
 
 /// `[B·H, G, group_size, C]` → `[B, H, S, C]`, dropping the padding rows.
-fn ungrouped<B: Backend>(x: FloatTensor<B>, dims: Dims) -> FloatTensor<B> {
+fn ungrouped<B: Backend>(x: FloatTensor<B>, dims: ProblemShape) -> FloatTensor<B> {
     let cols = x.shape()[3];
-    let x = B::float_reshape(x, Shape::new([dims.bh, dims.padded(), cols]));
+    let x = B::float_reshape(x, Shape::new([dims.bh(), dims.padded_queries(), cols]));
     let x = B::float_slice(
         x,
-        &[(0..dims.bh).into(), (0..dims.seq).into(), (0..cols).into()],
+        &[
+            (0..dims.bh()).into(),
+            (0..dims.query_len).into(),
+            (0..cols).into(),
+        ],
     );
-    B::float_reshape(x, Shape::new([dims.batch, dims.heads, dims.seq, cols]))
+    B::float_reshape(
+        x,
+        Shape::new([dims.batch, dims.heads, dims.query_len, cols]),
+    )
 }
 
 fn expand_as<B: Backend>(x: FloatTensor<B>, shape: &Shape) -> FloatTensor<B> {
@@ -142,23 +117,29 @@ fn block_means<B: Backend>(x: FloatTensor<B>, block: usize) -> FloatTensor<B> {
 pub(crate) fn select_critical_keys<B: Backend>(
     q_lr: FloatTensor<B>,
     k_lr: FloatTensor<B>,
-    group_size: usize,
-    key_block: usize,
-    budget: usize,
+    selection: SelectionConfig,
     index_dtype: IntDType,
 ) -> IntTensor<B> {
-    let dims = Dims::of::<B>(&q_lr, &k_lr, group_size);
+    let dims = ProblemShape::new(
+        q_lr.shape().dims::<4>(),
+        k_lr.shape()[2],
+        selection.group_size,
+        selection.key_block,
+        selection.budget,
+    );
     let device = q_lr.device();
-    let rank = q_lr.shape()[3];
+    let rank = dims.head_dim;
 
     // Proxy query of a group = mean of its rows; scaling a row of scores by a positive
     // constant does not change its top-k, so the sum (over zero-padded rows) serves.
     let proxies = B::float_sum_dim(grouped::<B>(to_f32::<B>(q_lr), dims), 2);
-    let proxies = B::float_reshape(proxies, Shape::new([dims.bh, dims.groups, rank]));
+    let proxies = B::float_reshape(proxies, Shape::new([dims.bh(), dims.groups(), rank]));
 
-    let keys = B::float_reshape(to_f32::<B>(k_lr), Shape::new([dims.bh, dims.keys, rank]));
-    let units = block_means::<B>(keys, key_block);
-    let unit_count = units.shape()[1];
+    let keys = B::float_reshape(
+        to_f32::<B>(k_lr),
+        Shape::new([dims.bh(), dims.key_len, rank]),
+    );
+    let units = block_means::<B>(keys, dims.key_block);
 
     let scores = B::float_matmul(proxies, B::float_swap_dims(units, 1, 2));
     let scores = burn::tensor::read_sync(B::float_into_data(scores))
@@ -168,17 +149,25 @@ pub(crate) fn select_critical_keys<B: Backend>(
         .as_slice::<f32>()
         .expect("select_critical_keys: scores are f32 after convert");
 
-    // Exact top-k on the host: Burn's sorts are unstable, and the oracle must be exact.
-    let mut ids = alloc::vec![0i64; scores.len() / unit_count * budget];
-    let mut scratch = crate::kernel::topk::TopKScratch::default();
-    for (row, out) in scores
-        .chunks_exact(unit_count)
-        .zip(ids.chunks_exact_mut(budget))
-    {
-        top_k_ascending(row, budget, &mut scratch, out);
-    }
-    let ids = TensorData::new(ids, [dims.batch, dims.heads, dims.groups, budget]);
+    // Exact top-k on the host by a plain sort (Burn's sorts are unstable, and the oracle must
+    // be exact); deliberately not the kernels' selection code.
+    let ids: Vec<i64> = scores
+        .chunks_exact(dims.units())
+        .flat_map(|row| best_units(row, dims.budget))
+        .collect();
+    let ids = TensorData::new(ids, [dims.batch, dims.heads, dims.groups(), dims.budget]);
     B::int_cast(B::int_from_data(ids, &device), index_dtype)
+}
+
+/// The `budget` best ids of `row`, ascending: higher score first, ties to the lower id, NaN
+/// below every number.
+fn best_units(row: &[f32], budget: usize) -> Vec<i64> {
+    let rank = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| rank(row[b]).total_cmp(&rank(row[a])).then(a.cmp(&b)));
+    let mut best: Vec<i64> = order[..budget].iter().map(|&id| id as i64).collect();
+    best.sort_unstable();
+    best
 }
 
 /// The selected keys of every group, ready to gather rows of `[B·H, S, D]` tensors.
@@ -191,17 +180,18 @@ struct GatherPlan<B: Backend> {
 }
 
 impl<B: Backend> GatherPlan<B> {
-    fn new(index: IntTensor<B>, key_block: usize, dims: Dims) -> Self {
+    fn new(index: IntTensor<B>, dims: ProblemShape) -> Self {
+        let key_block = dims.key_block;
         let shape = index.shape();
         let units = shape[3];
         let device = index.device();
         let int_dtype: IntDType = index.dtype().into();
         let kk = units * key_block;
-        let ids = B::int_reshape(index, Shape::new([dims.bh, dims.groups, units, 1]));
+        let ids = B::int_reshape(index, Shape::new([dims.bh(), dims.groups(), units, 1]));
         let ids = if key_block == 1 {
             ids
         } else {
-            let full = Shape::new([dims.bh, dims.groups, units, key_block]);
+            let full = Shape::new([dims.bh(), dims.groups(), units, key_block]);
             let starts = B::int_expand(
                 B::int_mul_scalar(ids, Scalar::from(key_block as i64)),
                 full.clone(),
@@ -210,12 +200,12 @@ impl<B: Backend> GatherPlan<B> {
             let offsets = B::int_reshape(offsets, Shape::new([1, 1, 1, key_block]));
             B::int_add(starts, B::int_expand(offsets, full))
         };
-        let ids = B::int_reshape(ids, Shape::new([dims.bh, dims.groups, 1, kk]));
+        let ids = B::int_reshape(ids, Shape::new([dims.bh(), dims.groups(), 1, kk]));
         let bool_dtype = burn::backend::get_or_init_device_settings::<B>(&device).bool_dtype;
         let invalid =
-            B::int_greater_equal_elem(ids.clone(), Scalar::from(dims.keys as i64), bool_dtype);
-        let ids = B::int_clamp_max(ids, Scalar::from(dims.keys as i64 - 1));
-        let ids = B::int_reshape(ids, Shape::new([dims.bh, dims.groups * kk]));
+            B::int_greater_equal_elem(ids.clone(), Scalar::from(dims.key_len as i64), bool_dtype);
+        let ids = B::int_clamp_max(ids, Scalar::from(dims.key_len as i64 - 1));
+        let ids = B::int_reshape(ids, Shape::new([dims.bh(), dims.groups() * kk]));
         Self {
             ids,
             invalid,
@@ -224,33 +214,33 @@ impl<B: Backend> GatherPlan<B> {
     }
 
     /// `[B, H, S, D]` → the selected rows `[B·H, G, kk, D]`.
-    fn gather(&self, x: FloatTensor<B>, dims: Dims) -> FloatTensor<B> {
+    fn gather(&self, x: FloatTensor<B>, dims: ProblemShape) -> FloatTensor<B> {
         let d = x.shape()[3];
-        let x = B::float_reshape(x, Shape::new([dims.bh, dims.keys, d]));
-        let n = dims.groups * self.keys_per_group;
-        let ids = B::int_reshape(self.ids.clone(), Shape::new([dims.bh, n, 1]));
-        let ids = B::int_expand(ids, Shape::new([dims.bh, n, d]));
+        let x = B::float_reshape(x, Shape::new([dims.bh(), dims.key_len, d]));
+        let n = dims.groups() * self.keys_per_group;
+        let ids = B::int_reshape(self.ids.clone(), Shape::new([dims.bh(), n, 1]));
+        let ids = B::int_expand(ids, Shape::new([dims.bh(), n, d]));
         let rows = B::float_gather(1, x, ids);
         B::float_reshape(
             rows,
-            Shape::new([dims.bh, dims.groups, self.keys_per_group, d]),
+            Shape::new([dims.bh(), dims.groups(), self.keys_per_group, d]),
         )
     }
 
     /// Adds the rows `[B·H, G, kk, D]` back into a zero `[B, H, S, D]` tensor.
-    fn scatter_add(&self, rows: FloatTensor<B>, dims: Dims) -> FloatTensor<B> {
+    fn scatter_add(&self, rows: FloatTensor<B>, dims: ProblemShape) -> FloatTensor<B> {
         let d = rows.shape()[3];
-        let n = dims.groups * self.keys_per_group;
-        let rows = B::float_reshape(rows, Shape::new([dims.bh, n, d]));
-        let ids = B::int_reshape(self.ids.clone(), Shape::new([dims.bh, n, 1]));
-        let ids = B::int_expand(ids, Shape::new([dims.bh, n, d]));
+        let n = dims.groups() * self.keys_per_group;
+        let rows = B::float_reshape(rows, Shape::new([dims.bh(), n, d]));
+        let ids = B::int_reshape(self.ids.clone(), Shape::new([dims.bh(), n, 1]));
+        let ids = B::int_expand(ids, Shape::new([dims.bh(), n, d]));
         let zeros = B::float_zeros(
-            Shape::new([dims.bh, dims.keys, d]),
+            Shape::new([dims.bh(), dims.key_len, d]),
             &rows.device(),
             rows.dtype().into(),
         );
         let sums = B::float_scatter(1, zeros, ids, rows, IndexingUpdateOp::Add);
-        B::float_reshape(sums, Shape::new([dims.batch, dims.heads, dims.keys, d]))
+        B::float_reshape(sums, Shape::new([dims.batch, dims.heads, dims.key_len, d]))
     }
 
     /// Scaled scores of each group's queries against its keys, `[B·H, G, g, kk]`, with
@@ -271,17 +261,19 @@ impl<B: Backend> GatherPlan<B> {
 
 /// Reference body of [`SparseAttnOps::sparse_attention_forward`](crate::SparseAttnOps::sparse_attention_forward).
 pub(crate) fn sparse_attention_forward<B: Backend>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-    index: IntTensor<B>,
-    group_size: usize,
-    key_block: usize,
-    scale: f64,
+    inputs: AttnInputs<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dims = inputs.shape();
+    let AttnInputs {
+        q,
+        k,
+        v,
+        index,
+        layout,
+    } = inputs;
+    let scale = layout.scale;
     let dtype = q.dtype();
-    let dims = Dims::of::<B>(&q, &k, group_size);
-    let plan = GatherPlan::<B>::new(index, key_block, dims);
+    let plan = GatherPlan::<B>::new(index, dims);
     let k_sel = plan.gather(to_f32::<B>(k), dims);
     let v_sel = plan.gather(to_f32::<B>(v), dims);
     let scores = plan.scores(grouped::<B>(to_f32::<B>(q), dims), k_sel, scale);
@@ -296,27 +288,28 @@ pub(crate) fn sparse_attention_forward<B: Backend>(
 
     let out = to_dtype::<B>(ungrouped::<B>(out, dims), dtype);
     let lse = ungrouped::<B>(lse, dims);
-    let lse = B::float_reshape(lse, Shape::new([dims.batch, dims.heads, dims.seq]));
+    let lse = B::float_reshape(lse, Shape::new([dims.batch, dims.heads, dims.query_len]));
     (out, lse)
 }
 
 /// Reference body of [`SparseAttnOps::sparse_attention_backward`](crate::SparseAttnOps::sparse_attention_backward).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn sparse_attention_backward<B: Backend>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-    index: IntTensor<B>,
+    inputs: AttnInputs<B>,
     out: FloatTensor<B>,
     lse: FloatTensor<B>,
     grad_out: FloatTensor<B>,
-    group_size: usize,
-    key_block: usize,
-    scale: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let dims = inputs.shape();
+    let AttnInputs {
+        q,
+        k,
+        v,
+        index,
+        layout,
+    } = inputs;
+    let scale = layout.scale;
     let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
-    let dims = Dims::of::<B>(&q, &k, group_size);
-    let plan = GatherPlan::<B>::new(index, key_block, dims);
+    let plan = GatherPlan::<B>::new(index, dims);
     let k_sel = plan.gather(to_f32::<B>(k), dims);
     let v_sel = plan.gather(to_f32::<B>(v), dims);
     let q_grouped = grouped::<B>(to_f32::<B>(q), dims);
@@ -326,7 +319,7 @@ pub(crate) fn sparse_attention_backward<B: Backend>(
     // P recomputed from the saved log-sum-exp (padding rows get lse 0: their dO is zero).
     let lse = B::float_reshape(
         to_f32::<B>(lse),
-        Shape::new([dims.batch, dims.heads, dims.seq, 1]),
+        Shape::new([dims.batch, dims.heads, dims.query_len, 1]),
     );
     let lse = grouped::<B>(lse, dims);
     let probs = B::float_exp(B::float_sub(scores, expand_as::<B>(lse, &shape)));

@@ -13,20 +13,14 @@ use burn::backend::{
 };
 use burn::tensor::IntDType;
 
-use crate::SparseAttnOps;
+use crate::{AttnInputs, SelectionConfig, SparseAttnOps};
 
 /// What the backward pass needs from the forward.
 #[derive(Clone, Debug)]
 struct SavedForward<B: Backend> {
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-    index: IntTensor<B>,
+    inputs: AttnInputs<B>,
     out: FloatTensor<B>,
     lse: FloatTensor<B>,
-    group_size: usize,
-    key_block: usize,
-    scale: f64,
 }
 
 #[derive(Debug)]
@@ -43,19 +37,9 @@ impl<B: SparseAttnOps> Backward<B, 3> for SparseAttentionBackward {
     ) {
         let [node_q, node_k, node_v] = ops.parents;
         let grad_out = grads.consume::<B>(&ops.node);
-        let s = ops.state;
-        let (dq, dk, dv) = B::sparse_attention_backward(
-            s.q,
-            s.k,
-            s.v,
-            s.index,
-            s.out,
-            s.lse,
-            grad_out,
-            s.group_size,
-            s.key_block,
-            s.scale,
-        );
+        let saved = ops.state;
+        let (dq, dk, dv) =
+            B::sparse_attention_backward(saved.inputs, saved.out, saved.lse, grad_out);
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -64,46 +48,39 @@ impl<B: SparseAttnOps> Backward<B, 3> for SparseAttentionBackward {
     }
 }
 
+/// The inner backend's view of autodiff inputs (the index carries no gradient).
+fn inner<B: Backend, C: CheckpointStrategy>(inputs: AttnInputs<Autodiff<B, C>>) -> AttnInputs<B> {
+    AttnInputs {
+        q: inputs.q.into_primitive(),
+        k: inputs.k.into_primitive(),
+        v: inputs.v.into_primitive(),
+        index: inputs.index,
+        layout: inputs.layout,
+    }
+}
+
 impl<B: SparseAttnOps, C: CheckpointStrategy> SparseAttnOps for Autodiff<B, C> {
     fn select_critical_keys(
         q_lr: FloatTensor<Self>,
         k_lr: FloatTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        budget: usize,
+        selection: SelectionConfig,
         index_dtype: IntDType,
     ) -> IntTensor<Self> {
         // Selection is discrete: no gradient flows through it.
         B::select_critical_keys(
             q_lr.into_primitive(),
             k_lr.into_primitive(),
-            group_size,
-            key_block,
-            budget,
+            selection,
             index_dtype,
         )
     }
 
     fn sparse_attention_forward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        index: IntTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        scale: f64,
+        inputs: AttnInputs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let nodes = [q.node(), k.node(), v.node()];
-        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
-        let (out, lse) = B::sparse_attention_forward(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            index.clone(),
-            group_size,
-            key_block,
-            scale,
-        );
+        let nodes = [inputs.q.node(), inputs.k.node(), inputs.v.node()];
+        let inputs = inner(inputs);
+        let (out, lse) = B::sparse_attention_forward(inputs.clone());
         let out = match SparseAttentionBackward
             .prepare::<C>(nodes)
             .compute_bound()
@@ -111,15 +88,9 @@ impl<B: SparseAttnOps, C: CheckpointStrategy> SparseAttnOps for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) => {
                 let saved = SavedForward {
-                    q,
-                    k,
-                    v,
-                    index,
+                    inputs,
                     out: out.clone(),
                     lse: lse.clone(),
-                    group_size,
-                    key_block,
-                    scale,
                 };
                 prep.finish(saved, out)
             }
@@ -131,29 +102,17 @@ impl<B: SparseAttnOps, C: CheckpointStrategy> SparseAttnOps for Autodiff<B, C> {
     }
 
     fn sparse_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        index: IntTensor<Self>,
+        inputs: AttnInputs<Self>,
         out: FloatTensor<Self>,
         lse: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         // Second-order gradients are not supported: the backward itself is not tracked.
         let (dq, dk, dv) = B::sparse_attention_backward(
-            q.into_primitive(),
-            k.into_primitive(),
-            v.into_primitive(),
-            index,
+            inner(inputs),
             out.into_primitive(),
             lse.into_primitive(),
             grad_out.into_primitive(),
-            group_size,
-            key_block,
-            scale,
         );
         (
             Self::from_inner(dq),

@@ -10,8 +10,9 @@ use burn::backend::{
 use burn::tensor::{DType, FloatDType, IntDType, TensorData};
 use burn_flex::FlexTensor;
 
-use crate::SparseAttnOps;
-use crate::kernel::cpu::{self, AttnShape, BackwardInputs, SelectShape};
+use crate::kernel::cpu::{self, BackwardInputs};
+use crate::layout::ProblemShape;
+use crate::{AttnInputs, SelectionConfig, SparseAttnOps};
 
 /// A tensor as contiguous f32 (cast and copied only when needed).
 fn f32_buffer(t: FloatTensor<Flex>) -> FlexTensor {
@@ -53,22 +54,41 @@ fn float_output(data: alloc::vec::Vec<f32>, shape: [usize; 4], dtype: DType) -> 
     }
 }
 
-fn attn_shape(
-    q: &FlexTensor,
-    k: &FlexTensor,
-    index: &FlexTensor,
-    group_size: usize,
-    key_block: usize,
-) -> AttnShape {
-    let (qs, ks) = (q.shape(), k.shape());
-    AttnShape {
-        bh: qs[0] * qs[1],
-        query_len: qs[2],
-        key_len: ks[2],
-        head_dim: qs[3],
-        group_size,
-        key_block,
-        budget: index.shape()[3],
+/// `inputs` as contiguous f32 / i64 buffers, with the call's sizes.
+struct Buffers {
+    shape: ProblemShape,
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    index: FlexTensor,
+    scale: f32,
+}
+
+impl Buffers {
+    fn of(inputs: AttnInputs<Flex>) -> Self {
+        let shape = inputs.shape();
+        Self {
+            shape,
+            q: f32_buffer(inputs.q),
+            k: f32_buffer(inputs.k),
+            v: f32_buffer(inputs.v),
+            index: i64_buffer(inputs.index),
+            scale: inputs.layout.scale as f32,
+        }
+    }
+
+    fn index(&self) -> &[i64] {
+        self.index.as_slice::<i64>().expect("contiguous i64 index")
+    }
+
+    fn query_shape(&self) -> [usize; 4] {
+        let s = self.shape;
+        [s.batch, s.heads, s.query_len, s.head_dim]
+    }
+
+    fn key_shape(&self) -> [usize; 4] {
+        let s = self.shape;
+        [s.batch, s.heads, s.key_len, s.head_dim]
     }
 }
 
@@ -76,26 +96,21 @@ impl SparseAttnOps for Flex {
     fn select_critical_keys(
         q_lr: FloatTensor<Self>,
         k_lr: FloatTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        budget: usize,
+        selection: SelectionConfig,
         index_dtype: IntDType,
     ) -> IntTensor<Self> {
-        let (qs, ks) = (q_lr.shape(), k_lr.shape());
-        let shape = SelectShape {
-            bh: qs[0] * qs[1],
-            query_len: qs[2],
-            key_len: ks[2],
-            rank: qs[3],
-            group_size,
-            key_block,
-            budget,
-        };
+        let shape = ProblemShape::new(
+            q_lr.shape().dims::<4>(),
+            k_lr.shape()[2],
+            selection.group_size,
+            selection.key_block,
+            selection.budget,
+        );
         let (q_lr, k_lr) = (f32_buffer(q_lr), f32_buffer(k_lr));
-        let groups = shape.query_len.div_ceil(group_size);
-        let mut ids = vec![0i64; shape.bh * groups * budget];
+        let mut ids = vec![0i64; shape.bh() * shape.groups() * shape.budget];
         cpu::select_critical_keys(shape, f32s(&q_lr), f32s(&k_lr), &mut ids);
-        let ids = FlexTensor::from_data(TensorData::new(ids, [qs[0], qs[1], groups, budget]));
+        let dims = [shape.batch, shape.heads, shape.groups(), shape.budget];
+        let ids = FlexTensor::from_data(TensorData::new(ids, dims));
         if index_dtype == IntDType::I64 {
             ids
         } else {
@@ -104,78 +119,54 @@ impl SparseAttnOps for Flex {
     }
 
     fn sparse_attention_forward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        index: IntTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        scale: f64,
+        inputs: AttnInputs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let dtype = q.dtype();
-        let (q, k, v, index) = (
-            f32_buffer(q),
-            f32_buffer(k),
-            f32_buffer(v),
-            i64_buffer(index),
-        );
-        let shape = attn_shape(&q, &k, &index, group_size, key_block);
-        let dims = q.shape();
-        let mut out = vec![0.0f32; shape.bh * shape.query_len * shape.head_dim];
-        let mut lse = vec![0.0f32; shape.bh * shape.query_len];
-        let ids = index.as_slice::<i64>().expect("contiguous i64 index");
+        let dtype = inputs.q.dtype();
+        let x = Buffers::of(inputs);
+        let shape = x.shape;
+        let mut out = vec![0.0f32; shape.bh() * shape.query_len * shape.head_dim];
+        let mut lse = vec![0.0f32; shape.bh() * shape.query_len];
         cpu::sparse_attention_forward(
             shape,
-            [f32s(&q), f32s(&k), f32s(&v)],
-            ids,
-            scale as f32,
+            [f32s(&x.q), f32s(&x.k), f32s(&x.v)],
+            x.index(),
+            x.scale,
             &mut out,
             &mut lse,
         );
-        let out = float_output(out, [dims[0], dims[1], dims[2], dims[3]], dtype);
-        let lse = FlexTensor::from_data(TensorData::new(lse, [dims[0], dims[1], dims[2]]));
+        let out = float_output(out, x.query_shape(), dtype);
+        let lse_shape = [shape.batch, shape.heads, shape.query_len];
+        let lse = FlexTensor::from_data(TensorData::new(lse, lse_shape));
         (out, lse)
     }
 
     fn sparse_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        index: IntTensor<Self>,
+        inputs: AttnInputs<Self>,
         out: FloatTensor<Self>,
         lse: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
-        group_size: usize,
-        key_block: usize,
-        scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let dtypes = [q.dtype(), k.dtype(), v.dtype()];
-        let (q, k, v, index) = (
-            f32_buffer(q),
-            f32_buffer(k),
-            f32_buffer(v),
-            i64_buffer(index),
-        );
+        let dtypes = [inputs.q.dtype(), inputs.k.dtype(), inputs.v.dtype()];
+        let x = Buffers::of(inputs);
+        let shape = x.shape;
         let (out, lse, grad_out) = (f32_buffer(out), f32_buffer(lse), f32_buffer(grad_out));
-        let shape = attn_shape(&q, &k, &index, group_size, key_block);
-        let (qd, kd) = (q.shape(), k.shape());
-        let mut dq = vec![0.0f32; shape.bh * shape.query_len * shape.head_dim];
-        let mut dk = vec![0.0f32; shape.bh * shape.key_len * shape.head_dim];
-        let mut dv = vec![0.0f32; shape.bh * shape.key_len * shape.head_dim];
-        let inputs = BackwardInputs {
-            q: f32s(&q),
-            k: f32s(&k),
-            v: f32s(&v),
+        let mut dq = vec![0.0f32; shape.bh() * shape.query_len * shape.head_dim];
+        let mut dk = vec![0.0f32; shape.bh() * shape.key_len * shape.head_dim];
+        let mut dv = vec![0.0f32; shape.bh() * shape.key_len * shape.head_dim];
+        let grads = BackwardInputs {
+            q: f32s(&x.q),
+            k: f32s(&x.k),
+            v: f32s(&x.v),
             out: f32s(&out),
             lse: f32s(&lse),
             grad_out: f32s(&grad_out),
-            index: index.as_slice::<i64>().expect("contiguous i64 index"),
+            index: x.index(),
         };
-        cpu::sparse_attention_backward(shape, inputs, scale as f32, [&mut dq, &mut dk, &mut dv]);
+        cpu::sparse_attention_backward(shape, grads, x.scale, [&mut dq, &mut dk, &mut dv]);
         (
-            float_output(dq, [qd[0], qd[1], qd[2], qd[3]], dtypes[0]),
-            float_output(dk, [kd[0], kd[1], kd[2], kd[3]], dtypes[1]),
-            float_output(dv, [kd[0], kd[1], kd[2], kd[3]], dtypes[2]),
+            float_output(dq, x.query_shape(), dtypes[0]),
+            float_output(dk, x.key_shape(), dtypes[1]),
+            float_output(dv, x.key_shape(), dtypes[2]),
         )
     }
 }

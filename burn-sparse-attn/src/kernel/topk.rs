@@ -1,4 +1,4 @@
-//! Exact top-k with a total order, shared by the reference and the CPU kernel.
+//! Exact top-k with a total order for the CPU selection kernel.
 
 use alloc::vec::Vec;
 

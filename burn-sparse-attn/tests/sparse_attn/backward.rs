@@ -75,14 +75,16 @@ fn gradients_survive_gradient_checkpointing(device: &Device) {
 }
 
 fn gradients_equal_masked_dense_autodiff(device: &Device) {
-    // (batch, heads, query len, key len, head dim, group size, key block, budget)
+    // (batch, heads, query len, key len, head dim, group size, key block, budget); the
+    // (group, head dim, key block) triples are those of the forward tests, so a Cube backend
+    // compiles no extra kernels for them.
     let cases = [
-        (1, 2, 32, 32, 32, 8, 1, 10),
-        (2, 2, 37, 37, 64, 8, 1, 7),
-        (1, 3, 29, 29, 96, 4, 1, 29),
+        (1, 2, 32, 32, 64, 32, 1, 10),
+        (2, 2, 37, 37, 64, 8, 8, 3),
+        (1, 3, 29, 29, 96, 32, 1, 29),
         (2, 1, 40, 40, 128, 16, 1, 5),
-        (1, 2, 45, 45, 32, 8, 8, 2),
-        (1, 2, 24, 33, 64, 6, 4, 3),
+        (1, 2, 45, 45, 32, 32, 16, 2),
+        (1, 2, 24, 33, 32, 5, 4, 3),
     ];
     for (n, (b, h, sq, sk, d, g, block, budget)) in cases.into_iter().enumerate() {
         let seed = 1000 + 10 * n as u64;

@@ -41,6 +41,13 @@ macro_rules! per_backend {
                 ));
             })+
         }
+        #[cfg(feature = "cuda")]
+        mod cuda {
+            $(#[test]
+            fn $check() {
+                super::$check(&burn::tensor::Device::cuda(0));
+            })+
+        }
     };
 }
 pub(crate) use per_backend;

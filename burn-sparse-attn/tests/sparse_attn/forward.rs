@@ -9,15 +9,17 @@ use crate::common::*;
 type Case = (usize, usize, usize, usize, usize, usize, usize);
 
 /// Awkward on purpose: S not a multiple of the group or block, B > 1, several head dims,
-/// a group larger than the sequence, queries and keys of different lengths.
+/// a group larger than the sequence, queries and keys of different lengths, an odd group.
+/// (group, head dim, key block) triples repeat those of `kernels::CASES` where they can: each
+/// new triple is a new set of kernels for a Cube backend to compile.
 const CASES: [Case; 8] = [
-    (1, 2, 64, 64, 32, 8, 1),
-    (2, 3, 50, 50, 64, 16, 1),
-    (1, 1, 37, 37, 96, 4, 1),
-    (2, 2, 33, 33, 128, 32, 1),
+    (1, 2, 64, 64, 64, 32, 1),
+    (2, 3, 50, 50, 128, 16, 1),
+    (1, 1, 37, 37, 96, 32, 1),
+    (2, 2, 33, 33, 32, 32, 16),
     (1, 2, 20, 20, 64, 64, 1),
-    (1, 2, 45, 45, 32, 8, 8),
-    (2, 1, 24, 40, 64, 8, 1),
+    (1, 2, 45, 45, 64, 8, 8),
+    (2, 1, 24, 40, 64, 32, 1),
     (1, 2, 30, 29, 32, 5, 4),
 ];
 

@@ -1,7 +1,8 @@
 use rayon::prelude::*;
 
 use super::math::{Mat, exp_shifted, matmul};
-use super::{AttnShape, gather_rows};
+use super::{for_each_key_run, gather_rows, selected_units};
+use crate::layout::ProblemShape;
 
 /// Per-thread scratch of the backward pass.
 #[derive(Default)]
@@ -31,7 +32,7 @@ pub(crate) struct BackwardInputs<'a> {
 /// Parallel over heads: a head owns its dK/dV rows, so groups of one head accumulate into
 /// them in turn, without atomics.
 pub(crate) fn sparse_attention_backward(
-    shape: AttnShape,
+    shape: ProblemShape,
     x: BackwardInputs<'_>,
     scale: f32,
     [dq, dk, dv]: [&mut [f32]; 3],
@@ -61,7 +62,7 @@ pub(crate) fn sparse_attention_backward(
             for (group, dq) in dq.chunks_mut(g * d).enumerate() {
                 let rows = dq.len() / d;
                 let span = group * g * d..(group * g + rows) * d;
-                let units = shape.units(x.index, bh, group);
+                let units = selected_units(&shape, x.index, bh, group);
                 let n = gather_rows(&shape, units, k, &mut s.keys);
                 gather_rows(&shape, units, v, &mut s.values);
                 let (q, out, d_out) = (&q[span.clone()], &out[span.clone()], &d_out[span]);
@@ -136,10 +137,10 @@ pub(crate) fn sparse_attention_backward(
 }
 
 /// Adds the gathered rows back onto the key rows they came from.
-fn scatter_add_rows(shape: &AttnShape, units: &[i64], rows: &[f32], dst: &mut [f32]) {
+fn scatter_add_rows(shape: &ProblemShape, units: &[i64], rows: &[f32], dst: &mut [f32]) {
     let d = shape.head_dim;
     let mut offset = 0;
-    shape.for_each_key_run(units, |start, len| {
+    for_each_key_run(shape, units, |start, len| {
         let src = &rows[offset..offset + len * d];
         for (x, y) in dst[start * d..(start + len) * d].iter_mut().zip(src) {
             *x += y;

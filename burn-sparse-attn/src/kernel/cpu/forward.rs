@@ -1,7 +1,8 @@
 use rayon::prelude::*;
 
 use super::math::{Mat, exp_shifted, matmul, max};
-use super::{AttnShape, gather_rows};
+use super::{gather_rows, selected_units};
+use crate::layout::ProblemShape;
 
 /// Per-thread scratch: the gathered K and V tiles, the group's scores and row sums.
 #[derive(Default)]
@@ -15,7 +16,7 @@ struct Scratch {
 /// Sparse attention forward on `[B·H, S, D]` buffers: writes `out` (`[B·H, S_q, D]`) and
 /// `lse` (`[B·H, S_q]`).
 pub(crate) fn sparse_attention_forward(
-    shape: AttnShape,
+    shape: ProblemShape,
     [q, k, v]: [&[f32]; 3],
     index: &[i64],
     scale: f32,
@@ -38,7 +39,7 @@ pub(crate) fn sparse_attention_forward(
                 .enumerate()
                 .for_each_init(Scratch::default, |scratch, (group, (out, lse))| {
                     let q = &q[(bh * sq + group * g) * d..][..lse.len() * d];
-                    let units = shape.units(index, bh, group);
+                    let units = selected_units(&shape, index, bh, group);
                     attend_group(shape, scratch, q, kv, units, scale, out, lse);
                 });
         });
@@ -47,7 +48,7 @@ pub(crate) fn sparse_attention_forward(
 /// One query group against its gathered keys: flash-style maths on a tile that fits.
 #[allow(clippy::too_many_arguments)]
 fn attend_group(
-    shape: AttnShape,
+    shape: ProblemShape,
     scratch: &mut Scratch,
     q: &[f32],
     [k, v]: [&[f32]; 2],

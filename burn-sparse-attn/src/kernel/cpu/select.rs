@@ -2,18 +2,7 @@ use rayon::prelude::*;
 
 use super::math::{Mat, matmul};
 use crate::kernel::topk::{TopKScratch, top_k_ascending};
-
-/// Shapes of one selection call on `[B·H, S, r]` buffers.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SelectShape {
-    pub bh: usize,
-    pub query_len: usize,
-    pub key_len: usize,
-    pub rank: usize,
-    pub group_size: usize,
-    pub key_block: usize,
-    pub budget: usize,
-}
+use crate::layout::ProblemShape;
 
 /// Groups scored against all units at once; bounds the score buffer to `CHUNK × units`.
 const CHUNK: usize = 16;
@@ -21,12 +10,17 @@ const CHUNK: usize = 16;
 /// Exact top-`budget` units per query group, ascending ids, ties to the lower id; writes
 /// `[B·H, G, budget]`. Scores are made `CHUNK` groups at a time, never `[S, S]`.
 pub(crate) fn select_critical_keys(
-    shape: SelectShape,
+    shape: ProblemShape,
     q_lr: &[f32],
     k_lr: &[f32],
     out: &mut [i64],
 ) {
-    let (sq, sk, r, g) = (shape.query_len, shape.key_len, shape.rank, shape.group_size);
+    let (sq, sk, r, g) = (
+        shape.query_len,
+        shape.key_len,
+        shape.head_dim,
+        shape.group_size,
+    );
     let groups = sq.div_ceil(g);
     let units = sk.div_ceil(shape.key_block);
     let budget = shape.budget;

@@ -3,9 +3,12 @@
 //! tiles that every row reuses; per tile the row's units add up their partial scores, then
 //! update one online softmax (one rescale per tile) and their share of the f32 output.
 
+use crate::AttnInputs;
+use crate::layout::ProblemShape;
 use burn::backend::TensorMetadata;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -163,26 +166,23 @@ fn sparse_forward_kernel<F: Float, I: Numeric>(
 /// Launches the forward kernel: `q, k, v: [B, H, S, D]`, `index: [B, H, G, k]` →
 /// (output like `q`, f32 log-sum-exp `[B, H, S_q]`), laid out by `plan`
 /// ([`TilePlan::new`] with one score array).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn sparse_attention_forward(
-    q: CubeTensor,
-    k: CubeTensor,
-    v: CubeTensor,
-    index: CubeTensor,
-    group_size: usize,
-    key_block: usize,
-    scale: f64,
+    inputs: AttnInputs<CubeBackend>,
     plan: TilePlan,
 ) -> (CubeTensor, CubeTensor) {
-    let (q, k, v, index) = (
-        into_contiguous(q),
-        into_contiguous(k),
-        into_contiguous(v),
-        into_contiguous(index),
-    );
-    let [batch, heads, query_len, head_dim] = q.shape().dims::<4>();
-    let key_len = k.shape().dims::<4>()[2];
-    let [_, _, groups, budget] = index.shape().dims::<4>();
+    let ProblemShape {
+        batch,
+        heads,
+        query_len,
+        key_len,
+        head_dim,
+        group_size,
+        key_block,
+        budget,
+    } = inputs.shape();
+    let groups = query_len.div_ceil(group_size);
+    let scale = inputs.layout.scale;
+    let [q, k, v, index] = [inputs.q, inputs.k, inputs.v, inputs.index].map(into_contiguous);
     let client = q.client.clone();
     let out = empty_device_dtype(client.clone(), q.device.clone(), q.shape(), q.dtype);
     let lse = empty_device_dtype(

@@ -5,6 +5,8 @@
 //! per pass and never stored, so memory is the `[B, H, G, k]` index alone; the groups of a
 //! cube share every low-rank key it reads, which is what bounds the kernel.
 
+use crate::SelectionConfig;
+use crate::layout::ProblemShape;
 use burn::backend::TensorMetadata;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
@@ -77,7 +79,7 @@ fn unit_row<F: Float>(
         let count = f32::cast_from(end - first);
         #[unroll(unroll)]
         for d in 0..rank {
-            row[d] = row[d] / count;
+            row[d] /= count;
         }
     }
 }
@@ -325,15 +327,28 @@ fn inclusive_scan(
 pub(crate) fn select_critical_keys(
     q_lr: CubeTensor,
     k_lr: CubeTensor,
-    group_size: usize,
-    key_block: usize,
-    budget: usize,
+    selection: SelectionConfig,
     index_dtype: DType,
 ) -> CubeTensor {
     let (q_lr, k_lr) = (into_contiguous(q_lr), into_contiguous(k_lr));
-    let [batch, heads, query_len, rank] = q_lr.shape().dims::<4>();
-    let key_len = k_lr.shape().dims::<4>()[2];
-    let groups = query_len.div_ceil(group_size);
+    let shape = ProblemShape::new(
+        q_lr.shape().dims::<4>(),
+        k_lr.shape().dims::<4>()[2],
+        selection.group_size,
+        selection.key_block,
+        selection.budget,
+    );
+    let ProblemShape {
+        batch,
+        heads,
+        query_len,
+        key_len,
+        head_dim: rank,
+        group_size,
+        key_block,
+        budget,
+    } = shape;
+    let groups = shape.groups();
     let client = q_lr.client.clone();
     let index = empty_device_dtype(
         client.clone(),

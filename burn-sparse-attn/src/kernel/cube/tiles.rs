@@ -141,6 +141,9 @@ pub(crate) fn load_tile<F: Float, I: Numeric>(
     let mut j = unit;
     while j < tile {
         let mut ok = u32::new(0);
+        // Nested, not `&&`: a kernel evaluates both operands, and the index read must stay
+        // behind the bounds check.
+        #[allow(clippy::collapsible_if)]
         if start + j < total {
             if selected_key::<I>(index, index_base, start + j, key_len, key_block) < key_len {
                 ok = 1u32;

@@ -137,6 +137,6 @@ pub(super) fn dkdv_lanes(client: &cubecl::client::Client, head_dim: usize) -> us
     let width = (client.properties().hardware.plane_size_min as usize).clamp(1, 32);
     [32, 16, 8, 4, 2]
         .into_iter()
-        .find(|&l| l <= width && head_dim % l == 0 && UNITS as usize % l == 0)
+        .find(|&l| l <= width && head_dim.is_multiple_of(l) && (UNITS as usize).is_multiple_of(l))
         .unwrap_or(1)
 }

@@ -6,6 +6,8 @@
 //!   (counted, prefix-summed, then listed in group order), after which every key accumulates
 //!   over exactly those groups' rows. Each output element has one writer.
 
+use crate::AttnInputs;
+use crate::layout::ProblemShape;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::{TensorMetadata, ops::IntTensorOps};
 use burn::tensor::{DType, Shape};
@@ -67,26 +69,36 @@ fn elementwise(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
 
 /// Launches the backward kernels → `(dq, dk, dv)` typed like `q, k, v`; dQ laid out by
 /// `plan` ([`TilePlan::new`] with two score arrays).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn sparse_attention_backward(
-    q: CubeTensor,
-    k: CubeTensor,
-    v: CubeTensor,
-    index: CubeTensor,
+    inputs: AttnInputs<CubeBackend>,
     out: CubeTensor,
     lse: CubeTensor,
     grad_out: CubeTensor,
-    group_size: usize,
-    key_block: usize,
-    scale: f64,
     plan: TilePlan,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
-    let [q, k, v, index, out, lse, grad_out] =
-        [q, k, v, index, out, lse, grad_out].map(into_contiguous);
-    let [batch, heads, query_len, head_dim] = q.shape().dims::<4>();
-    let key_len = k.shape().dims::<4>()[2];
-    let [_, _, groups, budget] = index.shape().dims::<4>();
-    let units = key_len.div_ceil(key_block);
+    let shape = inputs.shape();
+    let ProblemShape {
+        batch,
+        heads,
+        query_len,
+        key_len,
+        head_dim,
+        group_size,
+        key_block,
+        budget,
+    } = shape;
+    let (groups, units) = (shape.groups(), shape.units());
+    let scale = inputs.layout.scale;
+    let [q, k, v, index, out, lse, grad_out] = [
+        inputs.q,
+        inputs.k,
+        inputs.v,
+        inputs.index,
+        out,
+        lse,
+        grad_out,
+    ]
+    .map(into_contiguous);
     let client = q.client.clone();
     let device = q.device.clone();
     let (fdt, idt) = (q.dtype, index.dtype);
