@@ -4,6 +4,9 @@ use burn::backend::{
     Backend, ExtensionType, TensorMetadata,
     tensor::{FloatTensor, IntTensor},
 };
+use burn::tensor::Shape;
+
+use crate::SelectionConfig;
 
 /// How an index ties query rows to key rows, and the softmax scale: the non-tensor arguments
 /// of the attention ops.
@@ -84,6 +87,17 @@ impl ProblemShape {
             key_block,
             budget,
         }
+    }
+
+    /// The sizes of a selection call on `q_lr`, `k_lr` of these shapes.
+    pub(crate) fn of_selection(q_lr: &Shape, k_lr: &Shape, selection: &SelectionConfig) -> Self {
+        Self::new(
+            q_lr.dims::<4>(),
+            k_lr[2],
+            selection.group_size,
+            selection.key_block,
+            selection.budget,
+        )
     }
 
     /// `batch · heads`: the leading dimension once the two are folded.

@@ -120,13 +120,7 @@ pub(crate) fn select_critical_keys<B: Backend>(
     selection: SelectionConfig,
     index_dtype: IntDType,
 ) -> IntTensor<B> {
-    let dims = ProblemShape::new(
-        q_lr.shape().dims::<4>(),
-        k_lr.shape()[2],
-        selection.group_size,
-        selection.key_block,
-        selection.budget,
-    );
+    let dims = ProblemShape::of_selection(&q_lr.shape(), &k_lr.shape(), &selection);
     let device = q_lr.device();
     let rank = dims.head_dim;
 
@@ -263,15 +257,8 @@ impl<B: Backend> GatherPlan<B> {
 pub(crate) fn sparse_attention_forward<B: Backend>(
     inputs: AttnInputs<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let dims = inputs.shape();
-    let AttnInputs {
-        q,
-        k,
-        v,
-        index,
-        layout,
-    } = inputs;
-    let scale = layout.scale;
+    let (dims, scale) = (inputs.shape(), inputs.layout.scale);
+    let (q, k, v, index) = (inputs.q, inputs.k, inputs.v, inputs.index);
     let dtype = q.dtype();
     let plan = GatherPlan::<B>::new(index, dims);
     let k_sel = plan.gather(to_f32::<B>(k), dims);
@@ -299,15 +286,8 @@ pub(crate) fn sparse_attention_backward<B: Backend>(
     lse: FloatTensor<B>,
     grad_out: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let dims = inputs.shape();
-    let AttnInputs {
-        q,
-        k,
-        v,
-        index,
-        layout,
-    } = inputs;
-    let scale = layout.scale;
+    let (dims, scale) = (inputs.shape(), inputs.layout.scale);
+    let (q, k, v, index) = (inputs.q, inputs.k, inputs.v, inputs.index);
     let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
     let plan = GatherPlan::<B>::new(index, dims);
     let k_sel = plan.gather(to_f32::<B>(k), dims);

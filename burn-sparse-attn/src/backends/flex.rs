@@ -99,13 +99,7 @@ impl SparseAttnOps for Flex {
         selection: SelectionConfig,
         index_dtype: IntDType,
     ) -> IntTensor<Self> {
-        let shape = ProblemShape::new(
-            q_lr.shape().dims::<4>(),
-            k_lr.shape()[2],
-            selection.group_size,
-            selection.key_block,
-            selection.budget,
-        );
+        let shape = ProblemShape::of_selection(&q_lr.shape(), &k_lr.shape(), &selection);
         let (q_lr, k_lr) = (f32_buffer(q_lr), f32_buffer(k_lr));
         let mut ids = vec![0i64; shape.bh() * shape.groups() * shape.budget];
         cpu::select_critical_keys(shape, f32s(&q_lr), f32s(&k_lr), &mut ids);

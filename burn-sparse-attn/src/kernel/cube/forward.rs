@@ -4,7 +4,6 @@
 //! update one online softmax (one rescale per tile) and their share of the f32 output.
 
 use crate::AttnInputs;
-use crate::layout::ProblemShape;
 use burn::backend::TensorMetadata;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
@@ -170,17 +169,16 @@ pub(crate) fn sparse_attention_forward(
     inputs: AttnInputs<CubeBackend>,
     plan: TilePlan,
 ) -> (CubeTensor, CubeTensor) {
-    let ProblemShape {
-        batch,
-        heads,
-        query_len,
-        key_len,
-        head_dim,
-        group_size,
-        key_block,
-        budget,
-    } = inputs.shape();
-    let groups = query_len.div_ceil(group_size);
+    let shape = inputs.shape();
+    let (batch, heads, query_len, key_len) =
+        (shape.batch, shape.heads, shape.query_len, shape.key_len);
+    let (head_dim, group_size, key_block, budget) = (
+        shape.head_dim,
+        shape.group_size,
+        shape.key_block,
+        shape.budget,
+    );
+    let groups = shape.groups();
     let scale = inputs.layout.scale;
     let [q, k, v, index] = [inputs.q, inputs.k, inputs.v, inputs.index].map(into_contiguous);
     let client = q.client.clone();

@@ -331,23 +331,15 @@ pub(crate) fn select_critical_keys(
     index_dtype: DType,
 ) -> CubeTensor {
     let (q_lr, k_lr) = (into_contiguous(q_lr), into_contiguous(k_lr));
-    let shape = ProblemShape::new(
-        q_lr.shape().dims::<4>(),
-        k_lr.shape().dims::<4>()[2],
-        selection.group_size,
-        selection.key_block,
-        selection.budget,
+    let shape = ProblemShape::of_selection(&q_lr.shape(), &k_lr.shape(), &selection);
+    let (batch, heads, query_len, key_len) =
+        (shape.batch, shape.heads, shape.query_len, shape.key_len);
+    let (rank, group_size, key_block, budget) = (
+        shape.head_dim,
+        shape.group_size,
+        shape.key_block,
+        shape.budget,
     );
-    let ProblemShape {
-        batch,
-        heads,
-        query_len,
-        key_len,
-        head_dim: rank,
-        group_size,
-        key_block,
-        budget,
-    } = shape;
     let groups = shape.groups();
     let client = q_lr.client.clone();
     let index = empty_device_dtype(

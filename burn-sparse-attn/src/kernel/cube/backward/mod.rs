@@ -7,7 +7,6 @@
 //!   over exactly those groups' rows. Each output element has one writer.
 
 use crate::AttnInputs;
-use crate::layout::ProblemShape;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::{TensorMetadata, ops::IntTensorOps};
 use burn::tensor::{DType, Shape};
@@ -77,16 +76,14 @@ pub(crate) fn sparse_attention_backward(
     plan: TilePlan,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let shape = inputs.shape();
-    let ProblemShape {
-        batch,
-        heads,
-        query_len,
-        key_len,
-        head_dim,
-        group_size,
-        key_block,
-        budget,
-    } = shape;
+    let (batch, heads, query_len, key_len) =
+        (shape.batch, shape.heads, shape.query_len, shape.key_len);
+    let (head_dim, group_size, key_block, budget) = (
+        shape.head_dim,
+        shape.group_size,
+        shape.key_block,
+        shape.budget,
+    );
     let (groups, units) = (shape.groups(), shape.units());
     let scale = inputs.layout.scale;
     let [q, k, v, index, out, lse, grad_out] = [
