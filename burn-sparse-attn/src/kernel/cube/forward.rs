@@ -170,14 +170,6 @@ pub(crate) fn sparse_attention_forward(
     plan: TilePlan,
 ) -> (CubeTensor, CubeTensor) {
     let shape = inputs.shape();
-    let (batch, heads, query_len, key_len) =
-        (shape.batch, shape.heads, shape.query_len, shape.key_len);
-    let (head_dim, group_size, key_block, budget) = (
-        shape.head_dim,
-        shape.group_size,
-        shape.key_block,
-        shape.budget,
-    );
     let groups = shape.groups();
     let scale = inputs.layout.scale;
     let [q, k, v, index] = [inputs.q, inputs.k, inputs.v, inputs.index].map(into_contiguous);
@@ -186,7 +178,7 @@ pub(crate) fn sparse_attention_forward(
     let lse = empty_device_dtype(
         client.clone(),
         q.device.clone(),
-        Shape::new([batch, heads, query_len]),
+        Shape::new([shape.batch, shape.heads, shape.query_len]),
         DType::F32,
     );
     let dtypes = [
@@ -195,8 +187,8 @@ pub(crate) fn sparse_attention_forward(
     ];
     sparse_forward_kernel::launch(
         &client,
-        CubeCount::Static(groups as u32, heads as u32, batch as u32),
-        CubeDim::new_1d(plan.units(group_size)),
+        CubeCount::Static(groups as u32, shape.heads as u32, shape.batch as u32),
+        CubeDim::new_1d(plan.units(shape.group_size)),
         q.into_tensor_arg(),
         k.into_tensor_arg(),
         v.into_tensor_arg(),
@@ -204,12 +196,12 @@ pub(crate) fn sparse_attention_forward(
         out.clone().into_tensor_arg(),
         lse.clone().into_tensor_arg(),
         scale as f32,
-        query_len as u32,
-        key_len as u32,
-        budget as u32,
-        group_size,
-        key_block,
-        head_dim,
+        shape.query_len as u32,
+        shape.key_len as u32,
+        shape.budget as u32,
+        shape.group_size,
+        shape.key_block,
+        shape.head_dim,
         plan.tile,
         plan.lanes,
         plan.row_stride(),

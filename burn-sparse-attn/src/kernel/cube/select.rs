@@ -332,20 +332,12 @@ pub(crate) fn select_critical_keys(
 ) -> CubeTensor {
     let (q_lr, k_lr) = (into_contiguous(q_lr), into_contiguous(k_lr));
     let shape = ProblemShape::of_selection(&q_lr.shape(), &k_lr.shape(), &selection);
-    let (batch, heads, query_len, key_len) =
-        (shape.batch, shape.heads, shape.query_len, shape.key_len);
-    let (rank, group_size, key_block, budget) = (
-        shape.head_dim,
-        shape.group_size,
-        shape.key_block,
-        shape.budget,
-    );
     let groups = shape.groups();
     let client = q_lr.client.clone();
     let index = empty_device_dtype(
         client.clone(),
         q_lr.device.clone(),
-        Shape::new([batch, heads, groups, budget]),
+        Shape::new([shape.batch, shape.heads, groups, shape.budget]),
         index_dtype,
     );
     let dtypes = [
@@ -354,20 +346,28 @@ pub(crate) fn select_critical_keys(
     ];
     // One group per cube where loops stay rolled: the per-group loops hold barriers.
     let unroll = unrolls(&client);
-    let per_cube = if unroll { groups_per_cube(rank) } else { 1 };
+    let per_cube = if unroll {
+        groups_per_cube(shape.head_dim)
+    } else {
+        1
+    };
     select_kernel::launch(
         &client,
-        CubeCount::Static(groups.div_ceil(per_cube) as u32, heads as u32, batch as u32),
+        CubeCount::Static(
+            groups.div_ceil(per_cube) as u32,
+            shape.heads as u32,
+            shape.batch as u32,
+        ),
         CubeDim::new_1d(THREADS),
         q_lr.into_tensor_arg(),
         k_lr.into_tensor_arg(),
         index.clone().into_tensor_arg(),
-        query_len as u32,
-        key_len as u32,
-        budget as u32,
-        group_size,
-        key_block,
-        rank,
+        shape.query_len as u32,
+        shape.key_len as u32,
+        shape.budget as u32,
+        shape.group_size,
+        shape.key_block,
+        shape.head_dim,
         per_cube,
         unroll,
         dtypes,

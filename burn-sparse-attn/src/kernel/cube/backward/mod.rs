@@ -76,14 +76,6 @@ pub(crate) fn sparse_attention_backward(
     plan: TilePlan,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let shape = inputs.shape();
-    let (batch, heads, query_len, key_len) =
-        (shape.batch, shape.heads, shape.query_len, shape.key_len);
-    let (head_dim, group_size, key_block, budget) = (
-        shape.head_dim,
-        shape.group_size,
-        shape.key_block,
-        shape.budget,
-    );
     let (groups, units) = (shape.groups(), shape.units());
     let scale = inputs.layout.scale;
     let [q, k, v, index, out, lse, grad_out] = [
@@ -103,8 +95,11 @@ pub(crate) fn sparse_attention_backward(
         empty_device_dtype(client.clone(), device.clone(), shape, dtype)
     };
 
-    let rows = batch * heads * query_len;
-    let delta = empty(Shape::new([batch, heads, query_len]), DType::F32);
+    let rows = shape.batch * shape.heads * shape.query_len;
+    let delta = empty(
+        Shape::new([shape.batch, shape.heads, shape.query_len]),
+        DType::F32,
+    );
     let (count, dim) = elementwise(&client, rows);
     row_delta_kernel::launch(
         &client,
@@ -113,18 +108,18 @@ pub(crate) fn sparse_attention_backward(
         grad_out.clone().into_tensor_arg(),
         out.into_tensor_arg(),
         delta.clone().into_tensor_arg(),
-        heads as u32,
-        query_len as u32,
+        shape.heads as u32,
+        shape.query_len as u32,
         rows as u32,
-        head_dim,
+        shape.head_dim,
         dtype_to_storage_type(fdt),
     );
 
     let dq = empty(q.shape(), fdt);
     dq_kernel::launch(
         &client,
-        CubeCount::Static(groups as u32, heads as u32, batch as u32),
-        CubeDim::new_1d(plan.units(group_size)),
+        CubeCount::Static(groups as u32, shape.heads as u32, shape.batch as u32),
+        CubeDim::new_1d(plan.units(shape.group_size)),
         q.clone().into_tensor_arg(),
         k.clone().into_tensor_arg(),
         v.clone().into_tensor_arg(),
@@ -134,12 +129,12 @@ pub(crate) fn sparse_attention_backward(
         delta.clone().into_tensor_arg(),
         dq.clone().into_tensor_arg(),
         scale as f32,
-        query_len as u32,
-        key_len as u32,
-        budget as u32,
-        group_size,
-        key_block,
-        head_dim,
+        shape.query_len as u32,
+        shape.key_len as u32,
+        shape.budget as u32,
+        shape.group_size,
+        shape.key_block,
+        shape.head_dim,
         plan.tile,
         plan.lanes,
         plan.row_stride(),
@@ -148,13 +143,16 @@ pub(crate) fn sparse_attention_backward(
     );
 
     // Invert the index: counts per unit, exclusive prefix sums, then the lists.
-    let per_unit = Shape::new([batch, heads, units]);
+    let per_unit = Shape::new([shape.batch, shape.heads, units]);
     let counts = empty(per_unit.clone(), idt);
-    let lists = empty(Shape::new([batch, heads, groups * budget]), idt);
+    let lists = empty(
+        Shape::new([shape.batch, shape.heads, groups * shape.budget]),
+        idt,
+    );
     // Unused arguments get their own scratch tensors: a writable binding must not alias.
     let scratch = || empty(Shape::new([1, 1, 1]), idt);
     let launch_invert = |offsets: CubeTensor, counts: CubeTensor, lists: CubeTensor, fill: bool| {
-        let (count, dim) = elementwise(&client, batch * heads * units);
+        let (count, dim) = elementwise(&client, shape.batch * shape.heads * units);
         invert_kernel::launch(
             &client,
             count,
@@ -163,9 +161,9 @@ pub(crate) fn sparse_attention_backward(
             offsets.into_tensor_arg(),
             counts.into_tensor_arg(),
             lists.into_tensor_arg(),
-            heads as u32,
+            shape.heads as u32,
             groups as u32,
-            budget as u32,
+            shape.budget as u32,
             units as u32,
             fill,
             dtype_to_storage_type(idt),
@@ -178,8 +176,8 @@ pub(crate) fn sparse_attention_backward(
 
     let dk = empty(k.shape(), k.dtype);
     let dv = empty(v.shape(), v.dtype);
-    let lanes = dkdv_lanes(&client, head_dim);
-    let (count, dim) = elementwise(&client, batch * heads * key_len * lanes);
+    let lanes = dkdv_lanes(&client, shape.head_dim);
+    let (count, dim) = elementwise(&client, shape.batch * shape.heads * shape.key_len * lanes);
     dkdv_kernel::launch(
         &client,
         count,
@@ -196,12 +194,12 @@ pub(crate) fn sparse_attention_backward(
         dk.clone().into_tensor_arg(),
         dv.clone().into_tensor_arg(),
         scale as f32,
-        heads as u32,
-        query_len as u32,
-        key_len as u32,
-        group_size,
-        key_block,
-        head_dim,
+        shape.heads as u32,
+        shape.query_len as u32,
+        shape.key_len as u32,
+        shape.group_size,
+        shape.key_block,
+        shape.head_dim,
         lanes,
         unrolls(&client),
         [dtype_to_storage_type(fdt), dtype_to_storage_type(idt)],
