@@ -181,6 +181,10 @@ enum Command {
         /// What a step with a NaN or infinite loss or gradient does.
         #[arg(long, value_enum, default_value = "stop")]
         on_divergence: DivergenceChoice,
+        /// Per-block activation checkpointing: the same gradients in less memory, for one
+        /// more forward of the blocks per step (`TrainConfig::checkpointing`).
+        #[arg(long)]
+        checkpointing: bool,
         /// `threads`: this process alone; `mpi`: one data-parallel rank per process of the MPI
         /// job (`mpirun -np N`).
         #[arg(long, value_enum, default_value_t = Transport::Threads)]
@@ -443,6 +447,7 @@ struct Schedule {
     transport: Transport,
     keep_checkpoints: Option<usize>,
     on_divergence: DivergenceChoice,
+    checkpointing: bool,
 }
 
 fn train(
@@ -460,6 +465,7 @@ fn train(
         transport,
         keep_checkpoints,
         on_divergence,
+        checkpointing,
     } = schedule;
     if steps == Some(0) || batch == Some(0) {
         fail("--steps and --batch must be ≥ 1");
@@ -510,6 +516,7 @@ fn train(
     if let Some(keep) = keep_checkpoints {
         config.keep_checkpoints = keep;
     }
+    config.checkpointing |= checkpointing;
     config.on_divergence = match on_divergence {
         DivergenceChoice::Stop => DivergencePolicy::Stop,
         DivergenceChoice::Skip => DivergencePolicy::SkipStep {
@@ -734,6 +741,7 @@ fn main() {
             overwrite,
             keep_checkpoints,
             on_divergence,
+            checkpointing,
             transport,
         } => train(
             common,
@@ -745,6 +753,7 @@ fn main() {
                 transport,
                 keep_checkpoints,
                 on_divergence,
+                checkpointing,
             },
             optimizer,
             ModelFlags {

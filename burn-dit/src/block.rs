@@ -44,6 +44,16 @@ pub(crate) enum AttentionMode<'a> {
     DualScope(&'a DualScopePlan<'a>),
 }
 
+impl<'a> AttentionMode<'a> {
+    /// The same attention, recording nothing (a forward whose observations do not count).
+    pub(crate) fn without_tape(&self) -> AttentionMode<'a> {
+        match self {
+            Self::PerClip(_) => Self::PerClip(None),
+            Self::DualScope(plan) => Self::DualScope(plan),
+        }
+    }
+}
+
 /// What one clip's blocks share: the time projection, the conditioning, positions.
 pub(crate) struct ClipContext {
     /// `[B, 6, d]` shared time projection.
@@ -52,6 +62,34 @@ pub(crate) struct ClipContext {
     pub cond: Tensor<3>,
     pub rope: Rope3d,
     pub grid: TokenGrid,
+}
+
+impl ClipContext {
+    /// The context without autodiff, for a forward that keeps no graph.
+    pub(crate) fn without_autodiff(&self) -> Self {
+        Self {
+            time: self.time.clone().without_autodiff(),
+            cond: self.cond.clone().without_autodiff(),
+            rope: self.rope.without_autodiff(),
+            grid: self.grid,
+        }
+    }
+
+    /// The context with its time projection and conditioning as fresh autodiff leaves that
+    /// keep their gradients (one segment of a checkpointed backward).
+    pub(crate) fn leaves(&self) -> Self {
+        Self {
+            time: leaf(&self.time),
+            cond: leaf(&self.cond),
+            rope: self.rope.without_autodiff(),
+            grid: self.grid,
+        }
+    }
+}
+
+/// `x`'s values as a fresh autodiff leaf that keeps its gradient.
+pub(crate) fn leaf<const D: usize>(x: &Tensor<D>) -> Tensor<D> {
+    x.clone().without_autodiff().autodiff().require_grad()
 }
 
 /// The block's self-attention: projections, 3D RoPE and dense, DSV or dual-scope attention.

@@ -34,6 +34,7 @@
 //! ```
 
 mod block;
+mod checkpointing;
 mod config;
 pub mod data;
 mod ema;
@@ -53,6 +54,7 @@ pub use burn_ctx_parallel;
 pub use burn_ctx_parallel::{ClipLayout, DualScopeConfig};
 pub use burn_sparse_attn;
 pub use burn_sparse_attn::dsv::DsvPolicy;
+pub use checkpointing::CheckpointedStep;
 pub use config::{AttentionKind, Prediction, VideoDitConfig};
 pub use ema::ema_update;
 pub use model::VideoDit;

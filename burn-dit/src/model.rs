@@ -26,6 +26,53 @@ fn zero_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     }
 }
 
+/// What the network runs on, per clip: the video, its noise levels, conditioning, the
+/// previous clean estimate (self-conditioning) and its first token frame in the video.
+pub(crate) struct ClipInputs {
+    pub x: Vec<Tensor<5>>,
+    pub sigma: Vec<Tensor<1>>,
+    pub cond: Vec<Tensor<3>>,
+    pub estimates: Vec<Option<Tensor<5>>>,
+    pub frame_offsets: Vec<usize>,
+}
+
+impl ClipInputs {
+    /// A whole video as one clip.
+    pub fn one(
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+        estimate: Option<Tensor<5>>,
+    ) -> Self {
+        Self {
+            x: vec![x],
+            sigma: vec![sigma],
+            cond: vec![cond],
+            estimates: vec![estimate],
+            frame_offsets: vec![0],
+        }
+    }
+}
+
+/// The embedding of every clip: the blocks' input tokens and context, and what the head
+/// reads besides the last block's tokens.
+pub(crate) struct Embedded {
+    pub tokens: Vec<Tensor<3>>,
+    pub contexts: Vec<ClipContext>,
+    pub head: Vec<HeadInput>,
+}
+
+/// What the output head of one clip reads besides its tokens.
+#[derive(Clone)]
+pub(crate) struct HeadInput {
+    /// `[B, 2, d]` shift and scale from the time embedding.
+    pub modulation: Tensor<3>,
+    /// The clip's token grid.
+    pub grid: [usize; 3],
+    /// The noisy input and its noise levels, for a clean-video head.
+    pub input: Option<(Tensor<5>, Tensor<1>)>,
+}
+
 /// A video diffusion transformer; [`VideoDit::forward`] returns the flow-matching velocity
 /// `ε − x0` whatever its head predicts ([`crate::config::Prediction`]).
 #[derive(Module, Debug)]
@@ -185,11 +232,7 @@ impl VideoDit {
         self.check_inputs("VideoDit::block_features", &x, &sigma, &cond)?;
         let mut features = Vec::new();
         self.run(
-            vec![x],
-            vec![sigma],
-            vec![cond],
-            vec![None],
-            &[0],
+            ClipInputs::one(x, sigma, cond, None),
             &AttentionMode::PerClip(None),
             Some(&mut features),
         )?;
@@ -221,11 +264,39 @@ impl VideoDit {
         estimate: Option<Tensor<5>>,
         tape: Option<&DsvTape>,
     ) -> Result<Tensor<5>, SparseAttnError> {
-        const F: &str = "VideoDit::forward_refining";
-        self.check_inputs(F, &x, &sigma, &cond)?;
-        self.check_estimate(F, estimate.as_ref(), &x)?;
-        let t = x.dims()[2];
-        let device = x.device();
+        self.on_one_video(
+            "VideoDit::forward_refining",
+            ClipInputs::one(x, sigma, cond, estimate),
+            tape,
+            |clips, mode| self.run(clips, mode, None),
+        )
+        .map(|mut v| v.remove(0))
+    }
+
+    /// Runs `network` on one video (`clips` holds one clip at frame 0) with the model's own
+    /// attention; a dual-scope model sees it as one clip on one rank.
+    pub(crate) fn on_one_video<R>(
+        &self,
+        function: &'static str,
+        clips: ClipInputs,
+        tape: Option<&DsvTape>,
+        network: impl FnOnce(ClipInputs, &AttentionMode) -> Result<R, SparseAttnError>,
+    ) -> Result<R, SparseAttnError> {
+        let ClipInputs {
+            mut x,
+            mut sigma,
+            mut cond,
+            mut estimates,
+            ..
+        } = clips;
+        let (x, sigma, cond, estimate) = (
+            x.remove(0),
+            sigma.remove(0),
+            cond.remove(0),
+            estimates.remove(0),
+        );
+        self.check_inputs(function, &x, &sigma, &cond)?;
+        self.check_estimate(function, estimate.as_ref(), &x)?;
         match &self.config.attention {
             AttentionKind::DualScope(scope) => {
                 // The whole video is one clip on one rank; the scope balance needs σ on the host.
@@ -234,9 +305,9 @@ impl VideoDit {
                     .convert::<f64>()
                     .try_to_vec()
                     .expect("f64 noise levels");
-                let comm = Communicator::single(device);
-                let layout = ClipLayout::new(vec![t], 1)?;
-                self.forward_clips(
+                let comm = Communicator::single(x.device());
+                let layout = ClipLayout::new(vec![x.dims()[2]], 1)?;
+                self.on_clips(
                     &comm,
                     &layout,
                     vec![x],
@@ -244,20 +315,13 @@ impl VideoDit {
                     vec![cond],
                     estimate.map(|e| vec![e]),
                     scope,
+                    network,
                 )
-                .map(|mut v| v.remove(0))
             }
-            _ => self
-                .run(
-                    vec![x],
-                    vec![sigma],
-                    vec![cond],
-                    vec![estimate],
-                    &[0],
-                    &AttentionMode::PerClip(tape),
-                    None,
-                )
-                .map(|mut v| v.remove(0)),
+            _ => network(
+                ClipInputs::one(x, sigma, cond, estimate),
+                &AttentionMode::PerClip(tape),
+            ),
         }
     }
 
@@ -285,6 +349,32 @@ impl VideoDit {
         estimates: Option<Vec<Tensor<5>>>,
         scope: &DualScopeConfig,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+        self.on_clips(
+            comm,
+            layout,
+            x,
+            sigmas,
+            cond,
+            estimates,
+            scope,
+            |clips, mode| self.run(clips, mode, None),
+        )
+    }
+
+    /// Checks [`VideoDit::forward_clips`]'s arguments, plans the dual-scope attention and
+    /// runs `network` on this rank's clips.
+    #[allow(clippy::too_many_arguments)]
+    fn on_clips<R>(
+        &self,
+        comm: &Communicator,
+        layout: &ClipLayout,
+        x: Vec<Tensor<5>>,
+        sigmas: &[f64],
+        cond: Vec<Tensor<3>>,
+        estimates: Option<Vec<Tensor<5>>>,
+        scope: &DualScopeConfig,
+        network: impl FnOnce(ClipInputs, &AttentionMode) -> Result<R, SparseAttnError>,
+    ) -> Result<R, SparseAttnError> {
         const F: &str = "VideoDit::forward_clips";
         let c = &self.config;
         let pt = c.patch[0];
@@ -367,15 +457,16 @@ impl VideoDit {
                 )
             })
             .collect();
-        let offsets: Vec<usize> = mine.map(|i| tokens.frame_offset(i)).collect();
-        self.run(
-            x,
-            sigma,
-            cond,
-            estimates,
-            &offsets,
+        let frame_offsets: Vec<usize> = mine.map(|i| tokens.frame_offset(i)).collect();
+        network(
+            ClipInputs {
+                x,
+                sigma,
+                cond,
+                estimates,
+                frame_offsets,
+            },
             &AttentionMode::DualScope(&plan),
-            None,
         )
     }
 
@@ -468,79 +559,32 @@ impl VideoDit {
         )
     }
 
-    /// The network over clips whose first token frames are `frame_offsets`; with `features`,
-    /// the tokens after the embedding and after each block are pushed there.
-    #[allow(clippy::too_many_arguments)]
+    /// The network over `clips`; with `features`, the tokens after the embedding and after
+    /// each block are pushed there.
     fn run(
         &self,
-        x: Vec<Tensor<5>>,
-        sigma: Vec<Tensor<1>>,
-        cond: Vec<Tensor<3>>,
-        estimates: Vec<Option<Tensor<5>>>,
-        frame_offsets: &[usize],
+        clips: ClipInputs,
         mode: &AttentionMode,
         mut features: Option<&mut Vec<Vec<Tensor<3>>>>,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
-        let c = &self.config;
-        let d = c.d_model;
-        let mut grids = Vec::with_capacity(x.len());
-        let mut contexts = Vec::with_capacity(x.len());
-        let mut tokens = Vec::with_capacity(x.len());
-        let mut head_mods = Vec::with_capacity(x.len());
-        // A clean-video head's output becomes a velocity against its input.
-        let inputs: Vec<(Tensor<5>, Tensor<1>)> = match c.prediction {
-            Prediction::Velocity => Vec::new(),
-            Prediction::Clean => x.iter().cloned().zip(sigma.iter().cloned()).collect(),
-        };
-        for (((xi, si), (ci, &offset)), ei) in x
-            .into_iter()
-            .zip(sigma)
-            .zip(cond.into_iter().zip(frame_offsets))
-            .zip(estimates)
-        {
-            let [b, _, t, h, w] = xi.dims();
-            let grid = [t / c.patch[0], h / c.patch[1], w / c.patch[2]];
-            let rope = Rope3d::new(c.head_dim(), grid, offset, c.rope_theta, &xi.device());
-            let input = match c.self_condition {
-                true => {
-                    let estimate = ei.unwrap_or_else(|| xi.zeros_like());
-                    Tensor::cat(vec![xi, estimate], 1)
-                }
-                false => xi,
-            };
-            tokens.push(self.patch_embed.forward(patchify(input, c.patch)));
-            let mut t_emb = self
-                .time_out
-                .forward(silu(self.time_in.forward(time_features(si))));
-            if let Some(pool) = &self.cond_pool {
-                t_emb = t_emb + pool.forward(ci.clone().mean_dim(1).reshape([b, c.cond_dim]));
-            }
-            let time = self
-                .time_proj
-                .forward(silu(t_emb.clone()))
-                .reshape([b, 6, d]);
-            head_mods.push(self.head_time.forward(silu(t_emb)).reshape([b, 2, d]));
-            let cond = self.cond_out.forward(quick_gelu(self.cond_in.forward(ci)));
-            contexts.push(ClipContext {
-                time,
-                cond,
-                rope,
-                grid: TokenGrid::new(grid[0], grid[1], grid[2]),
-            });
-            grids.push(grid);
-        }
+        let aggregate = self.config.feature_aggregation;
+        let Embedded {
+            mut tokens,
+            contexts,
+            head,
+        } = self.embed(clips);
         if let Some(features) = features.as_deref_mut() {
             features.push(tokens.clone());
         }
         // Running sum of the blocks' outputs, per clip (feature aggregation).
         let mut sums: Option<Vec<Tensor<3>>> = None;
         for (i, block) in self.blocks.iter().enumerate() {
-            let means: Option<Vec<Tensor<3>>> = match (&sums, c.feature_aggregation) {
+            let means: Option<Vec<Tensor<3>>> = match (&sums, aggregate) {
                 (Some(sums), true) => Some(sums.iter().map(|s| s.clone() / i as f64).collect()),
                 _ => None,
             };
             tokens = block.forward(tokens, &contexts, mode, means.as_deref())?;
-            if c.feature_aggregation {
+            if aggregate {
                 sums = Some(match sums {
                     Some(sums) => sums
                         .into_iter()
@@ -554,12 +598,78 @@ impl VideoDit {
                 features.push(tokens.clone());
             }
         }
-        let outputs = tokens
+        Ok(self.head(tokens, head))
+    }
+
+    /// Patch, time and conditioning embeddings of every clip.
+    pub(crate) fn embed(&self, clips: ClipInputs) -> Embedded {
+        let c = &self.config;
+        let d = c.d_model;
+        let mut tokens = Vec::with_capacity(clips.x.len());
+        let mut contexts = Vec::with_capacity(clips.x.len());
+        let mut head = Vec::with_capacity(clips.x.len());
+        for (((xi, si), (ci, &offset)), ei) in clips
+            .x
             .into_iter()
-            .zip(head_mods)
-            .zip(grids)
-            .map(|((x, m), grid)| {
-                unpatchify(
+            .zip(clips.sigma)
+            .zip(clips.cond.into_iter().zip(&clips.frame_offsets))
+            .zip(clips.estimates)
+        {
+            let [b, _, t, h, w] = xi.dims();
+            let grid = [t / c.patch[0], h / c.patch[1], w / c.patch[2]];
+            let rope = Rope3d::new(c.head_dim(), grid, offset, c.rope_theta, &xi.device());
+            // A clean-video head's output becomes a velocity against its input.
+            let input = match c.prediction {
+                Prediction::Velocity => None,
+                Prediction::Clean => Some((xi.clone(), si.clone())),
+            };
+            let patches = match c.self_condition {
+                true => {
+                    let estimate = ei.unwrap_or_else(|| xi.zeros_like());
+                    Tensor::cat(vec![xi, estimate], 1)
+                }
+                false => xi,
+            };
+            tokens.push(self.patch_embed.forward(patchify(patches, c.patch)));
+            let mut t_emb = self
+                .time_out
+                .forward(silu(self.time_in.forward(time_features(si))));
+            if let Some(pool) = &self.cond_pool {
+                t_emb = t_emb + pool.forward(ci.clone().mean_dim(1).reshape([b, c.cond_dim]));
+            }
+            let time = self
+                .time_proj
+                .forward(silu(t_emb.clone()))
+                .reshape([b, 6, d]);
+            head.push(HeadInput {
+                modulation: self.head_time.forward(silu(t_emb)).reshape([b, 2, d]),
+                grid,
+                input,
+            });
+            let cond = self.cond_out.forward(quick_gelu(self.cond_in.forward(ci)));
+            contexts.push(ClipContext {
+                time,
+                cond,
+                rope,
+                grid: TokenGrid::new(grid[0], grid[1], grid[2]),
+            });
+        }
+        Embedded {
+            tokens,
+            contexts,
+            head,
+        }
+    }
+
+    /// The output head: the last block's tokens of every clip to its velocity.
+    pub(crate) fn head(&self, tokens: Vec<Tensor<3>>, head: Vec<HeadInput>) -> Vec<Tensor<5>> {
+        let c = &self.config;
+        tokens
+            .into_iter()
+            .zip(head)
+            .map(|(x, clip)| {
+                let m = clip.modulation;
+                let video = unpatchify(
                     self.head.forward(modulate(
                         plain_norm(x),
                         m.clone().narrow(1, 0, 1),
@@ -567,20 +677,18 @@ impl VideoDit {
                     )),
                     c.channels,
                     c.patch,
-                    grid,
-                )
+                    clip.grid,
+                );
+                let video = match &self.head_conv {
+                    Some(conv) => per_frame(conv, video),
+                    None => video,
+                };
+                match clip.input {
+                    Some((x, sigma)) => velocity_from_clean(x, video, sigma),
+                    None => video,
+                }
             })
-            .map(|video| match &self.head_conv {
-                Some(conv) => per_frame(conv, video),
-                None => video,
-            });
-        Ok(match c.prediction {
-            Prediction::Velocity => outputs.collect(),
-            Prediction::Clean => outputs
-                .zip(inputs)
-                .map(|(x0_hat, (x, sigma))| velocity_from_clean(x, x0_hat, sigma))
-                .collect(),
-        })
+            .collect()
     }
 
     /// The DiT blocks.

@@ -70,6 +70,15 @@ impl Rope3d {
         }
     }
 
+    /// The same angles without autodiff (they are constants either way).
+    pub(crate) fn without_autodiff(&self) -> Self {
+        Self {
+            cos: self.cos.clone().without_autodiff(),
+            sin: self.sin.clone().without_autodiff(),
+            swap: self.swap.clone().without_autodiff(),
+        }
+    }
+
     /// Rotates `x: [B, H, S, D]` (pairs `(2i, 2i+1)`): `x·cos + swap(x)·sin`, with the pair
     /// swap as one small matmul rather than slicing and re-interleaving the halves (four ops
     /// instead of ten, each with its backward). Same values for finite inputs: the swap only moves elements.

@@ -1,6 +1,8 @@
 //! One test binary for the crate; modules inside.
 #![cfg(feature = "flex")]
 
+#[path = "dit/checkpointing.rs"]
+mod checkpointing;
 #[path = "dit/common.rs"]
 mod common;
 #[path = "dit/data.rs"]

@@ -31,6 +31,13 @@ pub struct TrainConfig {
     /// written before this field existed trained with 1.
     #[serde(default = "one")]
     pub replicas: usize,
+    /// Per-block activation checkpointing: each step keeps only the blocks' inputs and
+    /// recomputes a block's activations for its backward
+    /// ([`VideoDit::checkpointed_gradients`](crate::VideoDit::checkpointed_gradients)); the
+    /// same gradients in less memory, for one more forward of the blocks. Configs written
+    /// before this field existed trained without.
+    #[serde(default)]
+    pub checkpointing: bool,
     /// Optimiser of the DiT (configs written before this field existed used AdamW).
     #[serde(default)]
     pub optimizer: OptimizerKind,
@@ -88,6 +95,7 @@ impl TrainConfig {
             batch_size: 8,
             // Flex runs most ops on one core: two replicas keep a 2-core CPU busy.
             replicas: 2,
+            checkpointing: false,
             // Muon on the block matrices: lower loss and solid objects sooner than AdamW, for
             // a little more time per step.
             optimizer: OptimizerKind::Muon,

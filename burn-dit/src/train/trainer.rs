@@ -290,14 +290,26 @@ impl Trainer {
                     (x_t.clone().inner() - v * sigma.clone().inner().reshape([n, 1, 1, 1, 1]))
                         .autodiff()
                 });
+                let target = target.clone().narrow(0, start, n);
+                let loss =
+                    |pred: Tensor<5>| (pred - target).square().mean() * (n as f64 / b as f64);
+                if c.checkpointing {
+                    let step = model
+                        .checkpointed_gradients(x_t, sigma, cond, estimate, tape.as_ref(), loss)
+                        .expect("training shapes come from the config");
+                    return DsvTrainer::backward_segmented(
+                        model,
+                        step.loss,
+                        step.gradients,
+                        tape.unwrap_or_default(),
+                    );
+                }
                 let pred = match &tape {
                     Some(tape) => model.forward_training(x_t, sigma, cond, estimate, tape),
                     None => model.forward_refining(x_t, sigma, cond, estimate),
                 }
                 .expect("training shapes come from the config");
-                let loss = (pred - target.clone().narrow(0, start, n)).square().mean()
-                    * (n as f64 / b as f64);
-                DsvTrainer::backward(model, loss, tape.unwrap_or_default())
+                DsvTrainer::backward(model, loss(pred), tape.unwrap_or_default())
             };
         // The model takes the first share, replicas the others, as tasks of the thread pool
         // Flex's matmuls use (so the cores are shared, not oversubscribed); the results come

@@ -108,3 +108,25 @@ pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         .try_to_vec::<f32>()
         .unwrap()
 }
+
+/// Sets every feature-aggregation gate to random values (a uniform gate would hardly show:
+/// the aggregate is close to the residual stream, and the norm removes its scale).
+#[derive(Default)]
+pub struct OpenGates(Vec<String>);
+
+impl ModuleMapper for OpenGates {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.0.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.0.last().is_some_and(|name| name == "aggregation_gate") {
+            true => param.map(|w| w.random_like(Distribution::Normal(0.0, 1.0))),
+            false => param,
+        }
+    }
+}

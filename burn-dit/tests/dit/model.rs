@@ -638,27 +638,6 @@ fn the_parallel_block_sums_branches_that_read_the_same_input() {
     }
 }
 
-/// Sets every feature-aggregation gate to random values (a uniform gate would hardly show:
-/// the aggregate is close to the residual stream, and the norm removes its scale).
-struct OpenGates(Vec<String>);
-
-impl ModuleMapper for OpenGates {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.0.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.0.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        match self.0.last().is_some_and(|name| name == "aggregation_gate") {
-            true => param.map(|w| w.random_like(Distribution::Normal(0.0, 1.0))),
-            false => param,
-        }
-    }
-}
-
 /// Every weight but the aggregation gates, in visiting order.
 struct CollectWeights(Vec<String>, Vec<TensorData>);
 
@@ -720,7 +699,7 @@ fn feature_aggregation_starts_as_the_plain_model_and_feeds_later_blocks() {
             "zero gates must leave the model as it was: feature {i} off by {gap}"
         );
     }
-    let aggregating = fresh.clone().map(&mut OpenGates(Vec::new()));
+    let aggregating = fresh.clone().map(&mut OpenGates::default());
     // Open gates: block 0 has nothing before it, block 1 reads block 0's output.
     let opened = features(&aggregating);
     let closed = features(&fresh);

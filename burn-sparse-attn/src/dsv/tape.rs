@@ -13,6 +13,9 @@ use super::DsvAttention;
 pub(crate) struct LayerObservation {
     /// Predictor loss (with gradient to the predictor only); summed over the layer's calls.
     pub predictor_loss: Option<Tensor<1>>,
+    /// The part of the predictor loss already handed out for back-propagation
+    /// ([`DsvTape::take_predictor_losses`]), on the host.
+    pub taken_loss: Option<f32>,
     /// Measured per-head sparsity, where this forward profiled.
     pub measured_sparsity: Option<Vec<f32>>,
     /// Per-head recall of the predicted keys, where this forward profiled.
@@ -82,6 +85,25 @@ impl DsvTape {
             }
             None => entries.push((layer, observation)),
         }
+    }
+
+    /// Hands out the predictor losses recorded so far, summed, for the caller to
+    /// back-propagate now, and keeps only their values for the step's report: a forward run
+    /// in segments (activation checkpointing) back-propagates each segment's predictor losses
+    /// with it, so their graphs are freed with the segment's. `None` when none is pending.
+    /// [`DsvTrainer::backward_segmented`](super::DsvTrainer::backward_segmented) then
+    /// back-propagates only what is left.
+    pub fn take_predictor_losses(&self) -> Option<Tensor<1>> {
+        let mut entries = self.entries.lock().expect("DSV tape lock");
+        entries
+            .iter_mut()
+            .filter_map(|(_, seen)| {
+                let loss = seen.predictor_loss.take()?;
+                let value = loss.clone().into_scalar::<f32>();
+                seen.taken_loss = Some(seen.taken_loss.unwrap_or(0.0) + value);
+                Some(loss)
+            })
+            .reduce(|a, b| a + b)
     }
 
     /// The observations of `layers`, in their order (`None` for a layer that recorded

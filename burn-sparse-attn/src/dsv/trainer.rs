@@ -96,40 +96,66 @@ impl DsvTrainer {
         loss: Tensor<1>,
         tape: DsvTape,
     ) -> DsvGradients {
+        let host_loss = loss.clone().into_scalar::<f32>();
+        Self::gradients(model, host_loss, Some(loss), GradientsParams::new(), tape)
+    }
+
+    /// [`DsvTrainer::backward`] for a step whose host loss the caller back-propagated
+    /// itself, in segments (activation checkpointing): `grads` are the gradients it
+    /// collected (each segment may have added the predictor losses it took with
+    /// [`DsvTape::take_predictor_losses`]) and `loss` the host loss's value. The predictor
+    /// losses still pending on `tape` are back-propagated here.
+    pub fn backward_segmented<M: Module + DsvHost>(
+        model: &M,
+        loss: f32,
+        grads: GradientsParams,
+        tape: DsvTape,
+    ) -> DsvGradients {
+        Self::gradients(model, loss, None, grads, tape)
+    }
+
+    /// Back-propagates `loss` (where there is one) and the tape's pending predictor losses,
+    /// adds `earlier` and splits the sum into the host's and the predictors' gradients.
+    fn gradients<M: Module + DsvHost>(
+        model: &M,
+        host_loss: f32,
+        loss: Option<Tensor<1>>,
+        earlier: GradientsParams,
+        tape: DsvTape,
+    ) -> DsvGradients {
         let observed = tape.into_layers(&model.dsv_layers());
         let mut pending = Vec::with_capacity(observed.len());
         let mut steps = Vec::with_capacity(observed.len());
         for observation in observed {
             let Some(mut o) = observation else {
-                pending.push(None);
                 steps.push(None);
                 continue;
             };
             let loss = o.predictor_loss.take();
+            let value = loss.as_ref().map(|t| t.clone().into_scalar::<f32>());
+            let predictor_loss = match (o.taken_loss, value) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
             steps.push(Some(DsvLayerStep {
-                predictor_loss: loss.as_ref().map(|t| t.clone().into_scalar::<f32>()),
+                predictor_loss,
                 measured_sparsity: o.measured_sparsity,
                 critical_recall: o.recall,
                 ran_sparse: o.ran_sparse,
                 seq_len: o.seq_len,
             }));
-            pending.push(loss);
+            pending.extend(loss);
         }
         let predictor_losses: Vec<Option<f32>> = steps
             .iter()
             .map(|s| s.as_ref().and_then(|s| s.predictor_loss))
             .collect();
-        let host_loss = loss.clone().into_scalar::<f32>();
-        let total = pending.into_iter().flatten().fold(loss, |acc, l| acc + l);
-
-        let mut grads = total.backward();
-        let predictor_ids: Vec<ParamId> = model
-            .dsv_layers()
-            .iter()
-            .flat_map(|l| l.predictor_param_ids())
-            .collect();
-        let predictors = GradientsParams::from_params(&mut grads, model, &predictor_ids);
-        let host = GradientsParams::from_grads(grads, model);
+        let mut acc = GradientsAccumulator::<M>::new();
+        acc.accumulate(model, earlier);
+        if let Some(total) = loss.into_iter().chain(pending).reduce(|a, b| a + b) {
+            acc.accumulate(model, GradientsParams::from_grads(total.backward(), model));
+        }
+        let (host, predictors) = split_predictor_gradients(model, acc.grads());
         DsvGradients {
             host,
             predictors,
@@ -287,20 +313,6 @@ impl DsvGradients {
         model: &M,
         reduce: impl FnOnce(GradientsParams) -> Result<GradientsParams, E>,
     ) -> Result<DsvGradients, E> {
-        struct Split<'a> {
-            predictor_ids: Vec<ParamId>,
-            all: &'a mut GradientsParams,
-            predictors: GradientsParams,
-        }
-        impl ModuleVisitor for Split<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if self.predictor_ids.contains(&param.id)
-                    && let Some(grad) = self.all.remove::<D>(param.id)
-                {
-                    self.predictors.register(param.id, grad);
-                }
-            }
-        }
         let DsvGradients {
             host,
             predictors,
@@ -311,25 +323,47 @@ impl DsvGradients {
         let mut acc = GradientsAccumulator::<M>::new();
         acc.accumulate(model, host);
         acc.accumulate(model, predictors);
-        let mut all = reduce(acc.grads())?;
-        let predictor_ids = model
-            .dsv_layers()
-            .iter()
-            .flat_map(|l| l.predictor_param_ids())
-            .collect();
-        let mut split = Split {
-            predictor_ids,
-            all: &mut all,
-            predictors: GradientsParams::new(),
-        };
-        model.visit(&mut split);
-        let predictors = split.predictors;
+        let (host, predictors) = split_predictor_gradients(model, reduce(acc.grads())?);
         Ok(DsvGradients {
-            host: all,
+            host,
             predictors,
             loss,
             predictor_losses,
             steps,
         })
     }
+}
+
+/// `all` split into the host's gradients and those of `model`'s DSV predictors.
+fn split_predictor_gradients<M: Module + DsvHost>(
+    model: &M,
+    mut all: GradientsParams,
+) -> (GradientsParams, GradientsParams) {
+    struct Split<'a> {
+        predictor_ids: Vec<ParamId>,
+        all: &'a mut GradientsParams,
+        predictors: GradientsParams,
+    }
+    impl ModuleVisitor for Split<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.predictor_ids.contains(&param.id)
+                && let Some(grad) = self.all.remove::<D>(param.id)
+            {
+                self.predictors.register(param.id, grad);
+            }
+        }
+    }
+    let predictor_ids = model
+        .dsv_layers()
+        .iter()
+        .flat_map(|l| l.predictor_param_ids())
+        .collect();
+    let mut split = Split {
+        predictor_ids,
+        all: &mut all,
+        predictors: GradientsParams::new(),
+    };
+    model.visit(&mut split);
+    let predictors = split.predictors;
+    (all, predictors)
 }

@@ -1,0 +1,375 @@
+//! Training memory of the video DiT: the longest clip one training step fits in a memory
+//! budget, and peak memory and step time at fixed lengths, for dense and DSV attention, each
+//! with and without per-block activation checkpointing.
+//!
+//! ```text
+//! cargo run --release --example bench_memory -- [--budget-gib 20] [--size 32]
+//!     [--frames 32,64,128] [--max-frames 2048] [--sparsity 0.9]
+//!     [--variants dense,dense-ckpt,dsv,dsv-ckpt] [--out out/bench_memory.json]
+//! ```
+//!
+//! Every measurement is a fresh process (this program with `--probe`): it builds the tiny
+//! DiT's trainer (width 128, depth 4, 4 heads; batch 1, one replica) on `frames × size ×
+//! size` clips, runs a training step and reports its peak resident memory (the kernel's
+//! high-water mark, `VmHWM`), so nothing is estimated. DSV runs in its sparse stage at
+//! `--sparsity` (budget (1 − s)·N keys per head) and takes two steps: the first profiles
+//! (every 128th query row against all keys: the profiler's and the predictor loss's
+//! `S/128 × S` tensors are part of its cost), the second does not; their peaks are reported
+//! apart (the high-water mark is reset between them) and the larger counts. The last step is
+//! timed.
+//!
+//! A probe's address space is capped a little above the budget, so a clip far too long fails
+//! its allocation instead of pushing the machine into swap; that counts as not fitting. The
+//! search doubles the frames from the longest fixed length while a step fits, up to
+//! `--max-frames` (a sparse step at 64k tokens takes minutes on two cores), then bisects.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use burn_sparse_video::dit::data::ClipShape;
+use burn_sparse_video::dit::train::{TrainConfig, Trainer};
+use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
+use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[derive(clap::Parser)]
+#[command(about = "Longest trainable clip in a memory budget, dense against DSV, ± checkpointing")]
+struct Args {
+    /// Peak resident memory allowed to one training process, GiB.
+    #[arg(long, default_value_t = 20.0)]
+    budget_gib: f64,
+    /// Frame height and width (a multiple of the 4-pixel patch).
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Fixed clip lengths (frames) measured for every variant.
+    #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
+    frames: Vec<usize>,
+    /// Longest clip the search tries.
+    #[arg(long, default_value_t = 2048)]
+    max_frames: usize,
+    /// DSV's sparsity, in [0, 1).
+    #[arg(long, default_value_t = 0.9)]
+    sparsity: f64,
+    /// Variants to measure: dense, dense-ckpt, dsv, dsv-ckpt.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "dense,dense-ckpt,dsv,dsv-ckpt"
+    )]
+    variants: Vec<String>,
+    /// Skip the search for the longest clip (fixed lengths only).
+    #[arg(long)]
+    no_search: bool,
+    /// JSON report.
+    #[arg(long, default_value = "out/bench_memory.json")]
+    out: String,
+    /// Internal: measure one training step of this many frames and print it as JSON.
+    #[arg(long, hide = true)]
+    probe: Option<usize>,
+    /// Internal: the variant a probe measures.
+    #[arg(long, hide = true, default_value = "dense")]
+    variant: String,
+}
+
+/// What one probe measured.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Probe {
+    frames: usize,
+    tokens: usize,
+    /// Whether the step ran within the address-space cap.
+    ran: bool,
+    /// Peak resident memory over both steps.
+    peak_gib: Option<f64>,
+    /// Peak of the first step alone (DSV profiles there) and of the second alone.
+    #[serde(default)]
+    step_peaks_gib: Option<[f64; 2]>,
+    step_seconds: Option<f64>,
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(2)
+}
+
+fn tokens(frames: usize, size: usize) -> usize {
+    let [pt, ph, pw] = VideoDitConfig::tiny().patch;
+    (frames / pt) * (size / ph) * (size / pw)
+}
+
+fn variant_config(variant: &str, sparsity: f64) -> (AttentionKind, bool) {
+    let dsv = AttentionKind::Dsv(
+        DsvPolicy::new()
+            .with_min_sparse_len(0)
+            .with_sparsity_threshold(0.0)
+            .with_min_budget_fraction(1.0 - sparsity)
+            .with_max_budget_fraction(1.0 - sparsity)
+            .with_sample_stride(128)
+            .with_profile_every(1000),
+    );
+    match variant {
+        "dense" => (AttentionKind::Dense, false),
+        "dense-ckpt" => (AttentionKind::Dense, true),
+        "dsv" => (dsv, false),
+        "dsv-ckpt" => (dsv, true),
+        other => fail(format!(
+            "--variants: dense, dense-ckpt, dsv or dsv-ckpt, got `{other}`"
+        )),
+    }
+}
+
+/// This process's peak resident memory, GiB (Linux's `VmHWM`).
+fn peak_resident_gib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kib * 1024.0 / GIB
+}
+
+/// The probe itself: the training step(s), the last timed.
+fn probe(frames: usize, size: usize, variant: &str, sparsity: f64) {
+    let (attention, checkpointing) = variant_config(variant, sparsity);
+    let mut config =
+        TrainConfig::tiny(VideoDitConfig::tiny().with_attention(attention)).with_steps(100);
+    config.clip = ClipShape {
+        frames,
+        height: size,
+        width: size,
+    };
+    config.batch_size = 1;
+    config.replicas = 1;
+    config.dataset_size = 2;
+    config.checkpointing = checkpointing;
+    let mut trainer = Trainer::new(config, &Device::flex()).expect("bouncing shapes need no files");
+    let dsv = !trainer.model().dsv_layers().is_empty();
+    trainer.set_dsv_stage(DsvStage::Sparse);
+    // DSV profiles on its first step and attends sparse from its second: both count. A dense
+    // model's steps are alike, so one is measured.
+    let first = dsv.then(|| {
+        trainer.train_step();
+        let peak = peak_resident_gib();
+        // "5" resets the high-water mark, so the second step's peak is its own.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        peak
+    });
+    let start = Instant::now();
+    trainer.train_step();
+    let seconds = start.elapsed().as_secs_f64();
+    let last = peak_resident_gib();
+    let report = Probe {
+        frames,
+        tokens: tokens(frames, size),
+        ran: true,
+        peak_gib: Some(first.unwrap_or(0.0).max(last)),
+        step_peaks_gib: first.map(|first| [first, last]),
+        step_seconds: Some(seconds),
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&report).expect("a probe serialises")
+    );
+}
+
+/// Runs one probe in a fresh process whose address space is capped at `cap_gib`.
+fn run_probe(args: &Args, variant: &str, frames: usize, cap_gib: f64) -> Probe {
+    let exe = std::env::current_exe().expect("this program's path");
+    let cap = (cap_gib * GIB) as u64;
+    let mut command = Command::new(exe);
+    command.args([
+        "--probe",
+        &frames.to_string(),
+        "--variant",
+        variant,
+        "--size",
+        &args.size.to_string(),
+        "--sparsity",
+        &args.sparsity.to_string(),
+    ]);
+    // SAFETY: setrlimit between fork and exec touches only the child's own limits.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            let limit = libc::rlimit {
+                rlim_cur: cap,
+                rlim_max: cap,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().expect("the probe starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Probe>(l).ok())
+    {
+        Some(probe) if output.status.success() => probe,
+        _ => Probe {
+            frames,
+            tokens: tokens(frames, args.size),
+            ran: false,
+            peak_gib: None,
+            step_peaks_gib: None,
+            step_seconds: None,
+        },
+    }
+}
+
+fn fits(probe: &Probe, budget: f64) -> bool {
+    probe.ran && probe.peak_gib.is_some_and(|p| p <= budget)
+}
+
+fn show(variant: &str, p: &Probe, budget: f64) {
+    let status = match (p.ran, p.peak_gib) {
+        (true, Some(peak)) if peak <= budget => format!("{peak:6.2} GiB"),
+        (true, Some(peak)) => format!("{peak:6.2} GiB (over)"),
+        _ => "allocation failed (over)".to_string(),
+    };
+    println!(
+        "{variant:>10} {:>6} frames {:>7} tokens: {status}{}",
+        p.frames,
+        p.tokens,
+        p.step_seconds
+            .map(|s| format!(", {s:.2} s/step"))
+            .unwrap_or_default()
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// Doubles from `start` frames while a step fits, then bisects until the longest clip that
+/// fits and the shortest that does not are within a quarter of the former (a dense probe
+/// near the limit takes minutes on two cores).
+fn longest_clip(args: &Args, variant: &str, start: usize, cap: f64) -> (usize, Vec<Probe>) {
+    let budget = args.budget_gib;
+    let step = VideoDitConfig::tiny().patch[0];
+    let mut probes = Vec::new();
+    let mut measure = |frames: usize| {
+        let p = run_probe(args, variant, frames, cap);
+        show(variant, &p, budget);
+        let ok = fits(&p, budget);
+        probes.push(p);
+        ok
+    };
+    let (mut good, mut bad) = (0, None);
+    let mut frames = start;
+    while frames <= args.max_frames {
+        if measure(frames) {
+            good = frames;
+            frames *= 2;
+        } else {
+            bad = Some(frames);
+            break;
+        }
+    }
+    let Some(mut bad) = bad else {
+        return (good, probes);
+    };
+    while bad - good > step.max(good / 4) {
+        let mid = (good + bad) / 2 / step * step;
+        if mid == good {
+            break;
+        }
+        if measure(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    (good, probes)
+}
+
+fn main() {
+    let args = <Args as clap::Parser>::parse();
+    if args.size == 0 || args.size % 4 != 0 {
+        fail(format!(
+            "--size: a positive multiple of 4, got {}",
+            args.size
+        ));
+    }
+    if !(0.0..1.0).contains(&args.sparsity) {
+        fail(format!(
+            "--sparsity must be in [0, 1), got {}",
+            args.sparsity
+        ));
+    }
+    if let Some(frames) = args.probe {
+        if frames == 0 || frames % 2 != 0 {
+            fail(format!(
+                "--probe: a positive multiple of 2 frames, got {frames}"
+            ));
+        }
+        probe(frames, args.size, &args.variant, args.sparsity);
+        return;
+    }
+    if args.budget_gib.is_nan() || args.budget_gib <= 0.0 {
+        fail(format!(
+            "--budget-gib must be positive, got {}",
+            args.budget_gib
+        ));
+    }
+    if args.frames.iter().any(|&f| f == 0 || f % 2 != 0) {
+        fail(format!(
+            "--frames: positive multiples of 2, got {:?}",
+            args.frames
+        ));
+    }
+    for v in &args.variants {
+        variant_config(v, args.sparsity);
+    }
+    // Room for the allocator's and threads' address space beyond the resident set.
+    let cap = args.budget_gib + 1.5;
+    println!(
+        "tiny DiT (width 128, depth 4, 4 heads), batch 1, {0}×{0} frames, DSV at sparsity {1}; budget {2} GiB peak resident",
+        args.size, args.sparsity, args.budget_gib
+    );
+    let mut fixed = Vec::new();
+    for v in &args.variants {
+        for &f in &args.frames {
+            let p = run_probe(&args, v, f, cap);
+            show(v, &p, args.budget_gib);
+            fixed.push(serde_json::json!({ "variant": v, "probe": p }));
+        }
+    }
+    let mut longest = Vec::new();
+    if !args.no_search {
+        for v in &args.variants {
+            let start = args.frames.iter().copied().max().unwrap_or(32);
+            let (frames, probes) = longest_clip(&args, v, start, cap);
+            println!(
+                "{v:>10}: longest clip {frames} frames = {} tokens",
+                tokens(frames, args.size)
+            );
+            longest.push(serde_json::json!({
+                "variant": v,
+                "frames": frames,
+                "tokens": tokens(frames, args.size),
+                "probes": probes,
+            }));
+        }
+    }
+    let report = serde_json::json!({
+        "model": "tiny (width 128, depth 4, 4 heads, patches 2x4x4)",
+        "batch": 1,
+        "size": args.size,
+        "sparsity": args.sparsity,
+        "budget_gib": args.budget_gib,
+        "fixed": fixed,
+        "longest": longest,
+    });
+    if let Some(dir) = std::path::Path::new(&args.out).parent() {
+        std::fs::create_dir_all(dir).expect("the output folder");
+    }
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&report).expect("JSON"),
+    )
+    .unwrap_or_else(|e| fail(format!("--out {}: {e}", args.out)));
+    println!("wrote {}", args.out);
+}
