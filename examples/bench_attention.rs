@@ -28,6 +28,8 @@ mod allocator;
 mod device;
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/report.rs"]
+mod report;
 use device::device_named;
 use measure::measure;
 
@@ -331,9 +333,5 @@ fn main() {
         }
     }
     let report = serde_json::json!({ "device": format!("{device:?}"), "rows": rows });
-    if let Some(dir) = std::path::Path::new(&args.out).parent() {
-        std::fs::create_dir_all(dir).expect("create output folder");
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
-    println!("wrote {}", args.out);
+    report::write_json(&args.out, &report);
 }

@@ -381,19 +381,14 @@ no model: the send/recv sweep gave no time rising with size (it needs two or mor
 }
 
 fn finish(args: &Args, report: serde_json::Value) {
-    if let Some(dir) = std::path::Path::new(&args.out).parent() {
-        std::fs::create_dir_all(dir).expect("output folder");
-    }
-    std::fs::write(
-        &args.out,
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("writing the JSON");
-    println!("\nwrote {}", args.out);
+    println!();
+    report::write_json(&args.out, &report);
 }
 
 #[path = "common/ranks.rs"]
 mod ranks;
+#[path = "common/report.rs"]
+mod report;
 use ranks::{Transport, on_ranks};
 
 fn main() {

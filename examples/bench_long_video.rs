@@ -31,6 +31,8 @@ mod allocator;
 mod measure;
 #[path = "common/ranks.rs"]
 mod ranks;
+#[path = "common/report.rs"]
+mod report;
 use measure::{measure, peak_since, reset_peak};
 use ranks::{Transport, on_ranks};
 
@@ -247,13 +249,5 @@ fn main() {
         "device": "flex", "model": "tiny", "batch": BATCH, "frame_size": SIZE, "frames_per_clip": args.frames_per_clip,
         "transport": format!("{:?}", args.transport).to_lowercase(), "rayon_threads_per_rank": threads, "scope": DualScopeConfig::new(), "rows": rows,
     });
-    if let Some(dir) = std::path::Path::new(&args.out).parent() {
-        std::fs::create_dir_all(dir).expect("creating the output folder");
-    }
-    std::fs::write(
-        &args.out,
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("writing the JSON report");
-    println!("wrote {}", args.out);
+    report::write_json(&args.out, &report);
 }

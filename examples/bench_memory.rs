@@ -33,6 +33,9 @@ use burn_sparse_video::dit::train::{TrainConfig, Trainer};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 
+#[path = "common/report.rs"]
+mod report;
+
 const GIB: f64 = (1u64 << 30) as f64;
 
 #[derive(clap::Parser)]
@@ -363,13 +366,5 @@ fn main() {
         "fixed": fixed,
         "longest": longest,
     });
-    if let Some(dir) = std::path::Path::new(&args.out).parent() {
-        std::fs::create_dir_all(dir).expect("the output folder");
-    }
-    std::fs::write(
-        &args.out,
-        serde_json::to_string_pretty(&report).expect("JSON"),
-    )
-    .unwrap_or_else(|e| fail(format!("--out {}: {e}", args.out)));
-    println!("wrote {}", args.out);
+    report::write_json(&args.out, &report);
 }

@@ -37,6 +37,8 @@ use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 mod allocator;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/report.rs"]
+mod report;
 use device::try_device_named;
 
 #[derive(clap::Parser)]
@@ -332,16 +334,8 @@ fn main() {
             "seeds": per_seed.iter().map(|(seed, dense, dsv)| serde_json::json!({ "seed": seed, "dense": dense.json(), "dsv": dsv.json() })).collect::<Vec<_>>(),
         }));
     }
-    if let Some(dir) = std::path::Path::new(&out).parent() {
-        std::fs::create_dir_all(dir).expect("output folder");
-    }
-    std::fs::write(
+    report::write_json(
         &out,
-        serde_json::to_string_pretty(
-            &serde_json::json!({ "device": format!("{device:?}"), "rows": rows }),
-        )
-        .unwrap(),
-    )
-    .expect("write JSON");
-    println!("wrote {out}");
+        &serde_json::json!({ "device": format!("{device:?}"), "rows": rows }),
+    );
 }

@@ -22,6 +22,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use burn_sparse_video::ctx_parallel::{ClipLayout, DualScopeConfig};
 use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, parse_label};
+use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
 use burn_sparse_video::dit::long_video::{clip_noise, generate_long};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
 use burn_sparse_video::dit::metrics::{
@@ -66,6 +67,9 @@ struct Args {
     /// Euler steps (default: the training run's sampler).
     #[arg(long)]
     steps: Option<usize>,
+    /// FasterCache: reuse attention outputs and the guidance difference across steps.
+    #[arg(long)]
+    faster_cache: bool,
     /// Noise seed; clip `c` draws from its own stream of it.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -169,6 +173,9 @@ fn main() {
     let mut sampler = config.sampler;
     if let Some(steps) = args.steps {
         sampler.steps = steps;
+    }
+    if args.faster_cache {
+        sampler.faster_cache = Some(FasterCacheConfig::default());
     }
     let prompts: Vec<(usize, usize)> = args
         .prompts

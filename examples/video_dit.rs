@@ -22,6 +22,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::Device;
 use burn_sparse_video::dit::data::{COLOURS, DataSource, FASHION_DIR, parse_label};
+use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
 use burn_sparse_video::dit::media::{
     Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png,
 };
@@ -228,6 +229,9 @@ enum Command {
         /// Noise seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// FasterCache: reuse attention outputs and the guidance difference across steps.
+        #[arg(long)]
+        faster_cache: bool,
     },
     /// Measure samples of the latest checkpoint against held-out real clips.
     Eval {
@@ -251,6 +255,9 @@ enum Command {
         /// Fresh noise per sampling step, 0 (Euler) to 1 (ancestral) (default: the training run's sampler).
         #[arg(long)]
         stochasticity: Option<f64>,
+        /// FasterCache: reuse attention outputs and the guidance difference across steps.
+        #[arg(long)]
+        faster_cache: bool,
     },
 }
 
@@ -773,14 +780,19 @@ fn main() {
             common,
             labels,
             seed,
+            faster_cache,
         } => {
             let trainer = load_trainer(&common);
             let labels = parse_labels(&labels, trainer.config().data.classes());
             let path = common.out.join(format!("sample_seed{seed}.gif"));
             let c = trainer.config();
+            let mut sampler = c.sampler;
+            if faster_cache {
+                sampler.faster_cache = Some(FasterCacheConfig::default());
+            }
             write_video_set(
                 &path,
-                &sample_with_progress(trainer.ema(), c, &labels, c.sampler, seed),
+                &sample_with_progress(trainer.ema(), c, &labels, sampler, seed),
             );
             println!("wrote {}", path.display());
         }
@@ -792,6 +804,7 @@ fn main() {
             shift,
             guidance_max_sigma,
             stochasticity,
+            faster_cache,
         } => {
             if !(1..=MAX_CLIPS).contains(&clips) {
                 fail(&format!("--clips must be in 1..={MAX_CLIPS}, got {clips}"));
@@ -803,16 +816,25 @@ fn main() {
             sampler.shift = shift.unwrap_or(sampler.shift);
             sampler.guidance_max_sigma = guidance_max_sigma.unwrap_or(sampler.guidance_max_sigma);
             sampler.stochasticity = stochasticity.unwrap_or(sampler.stochasticity);
+            if faster_cache {
+                sampler.faster_cache = Some(FasterCacheConfig::default());
+            }
             sampler.check("video_dit eval").unwrap_or_else(|e| fail(&format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity)")));
             println!("sampler: {sampler:?}");
+            let start = std::time::Instant::now();
             let (videos, _, samples, real) = evaluate(&trainer, clips, sampler);
+            println!(
+                "evaluated {clips} clips in {:.1} s (sampling and measuring)",
+                start.elapsed().as_secs_f64()
+            );
             let path = common.out.join(format!(
-                "eval_guidance{}_below{}_steps{}_shift{}_eta{}.gif",
+                "eval_guidance{}_below{}_steps{}_shift{}_eta{}{}.gif",
                 sampler.guidance,
                 sampler.guidance_max_sigma,
                 sampler.steps,
                 sampler.shift,
-                sampler.stochasticity
+                sampler.stochasticity,
+                if faster_cache { "_fastercache" } else { "" }
             ));
             write_video_set(&path, &videos);
             println!("wrote {}", path.display());

@@ -14,6 +14,7 @@ use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvTape, TokenGrid};
 
 use crate::config::{AttentionKind, VideoDitConfig};
+use crate::faster_cache::AttentionReuse;
 use crate::rope::Rope3d;
 
 /// Layer norm without affine parameters (adaLN supplies scale and shift).
@@ -379,34 +380,45 @@ impl DitBlock {
     }
 
     /// `xs`: one `[B, S_c, d]` per clip, with that clip's context; `aggregates`: per clip, the
-    /// mean output of the preceding blocks (`feature_aggregation`, from the second block on).
+    /// mean output of the preceding blocks (`feature_aggregation`, from the second block on);
+    /// `reuse`: FasterCache's attention reuse and this block's index in it.
     pub(crate) fn forward(
         &self,
         xs: Vec<Tensor<3>>,
         clips: &[ClipContext],
         mode: &AttentionMode,
         aggregates: Option<&[Tensor<3>]>,
+        reuse: Option<(&AttentionReuse, usize)>,
     ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
         let mods: Vec<Vec<Tensor<3>>> = clips
             .iter()
             .map(|c| (c.time.clone() + self.modulation.val().unsqueeze::<3>()).chunk(6, 1))
             .collect();
-        let h = xs
-            .iter()
-            .enumerate()
-            .zip(&mods)
-            .map(|((i, x), m)| {
-                let input = match (&self.aggregation_gate, aggregates) {
-                    (Some(gate), Some(aggregates)) => {
-                        let d = x.dims()[2];
-                        x.clone() + aggregates[i].clone() * gate.val().reshape([1, 1, d])
-                    }
-                    _ => x.clone(),
-                };
-                modulate(plain_norm(input), m[0].clone(), m[1].clone())
-            })
-            .collect();
-        let attended = self.attn.forward(h, clips, mode)?;
+        let attend = || {
+            let h = xs
+                .iter()
+                .enumerate()
+                .zip(&mods)
+                .map(|((i, x), m)| {
+                    let input = match (&self.aggregation_gate, aggregates) {
+                        (Some(gate), Some(aggregates)) => {
+                            let d = x.dims()[2];
+                            x.clone() + aggregates[i].clone() * gate.val().reshape([1, 1, d])
+                        }
+                        _ => x.clone(),
+                    };
+                    modulate(plain_norm(input), m[0].clone(), m[1].clone())
+                })
+                .collect();
+            self.attn.forward(h, clips, mode)
+        };
+        let attended = match reuse {
+            Some((reuse, index)) => {
+                let dims: Vec<[usize; 3]> = xs.iter().map(|x| x.dims()).collect();
+                reuse.attention(index, &dims, attend)?
+            }
+            None => attend()?,
+        };
         let (xs, hs): (Vec<Tensor<3>>, Vec<Tensor<3>>) = xs
             .into_iter()
             .zip(attended)

@@ -116,6 +116,7 @@ impl VideoDit {
                 &constant_contexts,
                 &untaped,
                 means.as_deref(),
+                None,
             )?;
             saved.push(out);
         }
@@ -161,7 +162,7 @@ impl VideoDit {
             let means: Option<Vec<Tensor<3>>> = self
                 .aggregate(&saved, i)
                 .map(|m| m.iter().map(leaf).collect());
-            let out = block.forward(input.clone(), &context, mode, means.as_deref())?;
+            let out = block.forward(input.clone(), &context, mode, means.as_deref(), None)?;
             // ∂L/∂out: through the next block's input, and through every later aggregate.
             let out_grads: Vec<Tensor<3>> = match &aggregate_grads {
                 Some(extra) => token_grads

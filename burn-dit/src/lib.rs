@@ -38,6 +38,7 @@ mod checkpointing;
 mod config;
 pub mod data;
 mod ema;
+pub mod faster_cache;
 pub mod flow;
 pub mod long_video;
 pub mod media;

@@ -11,6 +11,7 @@ use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig, DualScopePlan
 
 use crate::block::{AttentionMode, ClipContext, DitBlock, modulate, plain_norm, quick_gelu};
 use crate::config::{AttentionKind, Prediction, VideoDitConfig};
+use crate::faster_cache::AttentionReuse;
 use crate::flow::velocity_from_clean;
 use crate::patch::{patchify, unpatchify};
 use crate::rope::Rope3d;
@@ -235,6 +236,7 @@ impl VideoDit {
             ClipInputs::one(x, sigma, cond, None),
             &AttentionMode::PerClip(None),
             Some(&mut features),
+            None,
         )?;
         Ok(features
             .into_iter()
@@ -264,12 +266,33 @@ impl VideoDit {
         estimate: Option<Tensor<5>>,
         tape: Option<&DsvTape>,
     ) -> Result<Tensor<5>, SparseAttnError> {
-        self.on_one_video(
-            "VideoDit::forward_refining",
-            ClipInputs::one(x, sigma, cond, estimate),
-            tape,
-            |clips, mode| self.run(clips, mode, None),
-        )
+        self.forward_one(ClipInputs::one(x, sigma, cond, estimate), tape, None)
+    }
+
+    /// [`VideoDit::forward_refining`] with FasterCache's attention reuse: call
+    /// [`AttentionReuse::begin_step`] before each sampling step's call. A dual-scope model
+    /// reuses as in [`VideoDit::forward_clips`].
+    pub fn forward_reusing(
+        &self,
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+        estimate: Option<Tensor<5>>,
+        reuse: Option<&AttentionReuse>,
+    ) -> Result<Tensor<5>, SparseAttnError> {
+        self.forward_one(ClipInputs::one(x, sigma, cond, estimate), None, reuse)
+    }
+
+    /// The network on one video, recording on `tape` or reusing attention by `reuse`.
+    fn forward_one(
+        &self,
+        video: ClipInputs,
+        tape: Option<&DsvTape>,
+        reuse: Option<&AttentionReuse>,
+    ) -> Result<Tensor<5>, SparseAttnError> {
+        self.on_one_video("VideoDit::forward_refining", video, tape, |clips, mode| {
+            self.run(clips, mode, None, reuse)
+        })
         .map(|mut v| v.remove(0))
     }
 
@@ -349,6 +372,23 @@ impl VideoDit {
         estimates: Option<Vec<Tensor<5>>>,
         scope: &DualScopeConfig,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+        self.forward_clips_reusing(comm, layout, x, sigmas, cond, estimates, scope, None)
+    }
+
+    /// [`VideoDit::forward_clips`] with FasterCache's attention reuse (one call per sampling
+    /// step).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_clips_reusing(
+        &self,
+        comm: &Communicator,
+        layout: &ClipLayout,
+        x: Vec<Tensor<5>>,
+        sigmas: &[f64],
+        cond: Vec<Tensor<3>>,
+        estimates: Option<Vec<Tensor<5>>>,
+        scope: &DualScopeConfig,
+        reuse: Option<&AttentionReuse>,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         self.on_clips(
             comm,
             layout,
@@ -357,7 +397,7 @@ impl VideoDit {
             cond,
             estimates,
             scope,
-            |clips, mode| self.run(clips, mode, None),
+            |clips, mode| self.run(clips, mode, None, reuse),
         )
     }
 
@@ -560,12 +600,13 @@ impl VideoDit {
     }
 
     /// The network over `clips`; with `features`, the tokens after the embedding and after
-    /// each block are pushed there.
+    /// each block are pushed there; with `reuse`, blocks take FasterCache's attention reuse.
     fn run(
         &self,
         clips: ClipInputs,
         mode: &AttentionMode,
         mut features: Option<&mut Vec<Vec<Tensor<3>>>>,
+        reuse: Option<&AttentionReuse>,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         let aggregate = self.config.feature_aggregation;
         let Embedded {
@@ -583,7 +624,13 @@ impl VideoDit {
                 (Some(sums), true) => Some(sums.iter().map(|s| s.clone() / i as f64).collect()),
                 _ => None,
             };
-            tokens = block.forward(tokens, &contexts, mode, means.as_deref())?;
+            tokens = block.forward(
+                tokens,
+                &contexts,
+                mode,
+                means.as_deref(),
+                reuse.map(|r| (r, i)),
+            )?;
             if aggregate {
                 sums = Some(match sums {
                     Some(sums) => sums

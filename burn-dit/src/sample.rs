@@ -6,6 +6,7 @@ use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
+use crate::faster_cache::{AttentionReuse, CfgDifference, FasterCacheConfig};
 use crate::flow::shift_sigma;
 use crate::model::VideoDit;
 
@@ -29,6 +30,10 @@ pub struct SamplerConfig {
     /// the device's generator). 0 is the deterministic Euler step; 1 is ancestral sampling.
     #[serde(default)]
     pub stochasticity: f64,
+    /// FasterCache: attention outputs and the guidance branches' difference reused across
+    /// steps ([`FasterCacheConfig`]); `None` samples every step in full.
+    #[serde(default)]
+    pub faster_cache: Option<FasterCacheConfig>,
 }
 
 fn always() -> f64 {
@@ -66,7 +71,17 @@ impl SamplerConfig {
             "config.stochasticity",
             "in [0, 1]",
             self.stochasticity,
-        )
+        )?;
+        match &self.faster_cache {
+            Some(cache) => cache.check(function),
+            None => Ok(()),
+        }
+    }
+
+    /// The attention reuse of one sampling run of `model`, where FasterCache is on.
+    pub(crate) fn attention_reuse(&self, model: &VideoDit) -> Option<AttentionReuse> {
+        self.faster_cache
+            .map(|cache| AttentionReuse::new(model.blocks().len(), self.steps, cache))
     }
 }
 
@@ -78,6 +93,7 @@ impl Default for SamplerConfig {
             shift: 3.0,
             guidance_max_sigma: 1.0,
             stochasticity: 0.0,
+            faster_cache: None,
         }
     }
 }
@@ -93,18 +109,23 @@ pub fn sample_euler(
     config: SamplerConfig,
 ) -> Result<Tensor<5>, SparseAttnError> {
     let device = noise.device();
+    let reuse = config.attention_reuse(model);
     let velocity = |mut x: Vec<Tensor<5>>,
                     sigma: f64,
                     mut cond: Vec<Tensor<3>>,
                     estimate: Option<Vec<Tensor<5>>>| {
         let b = x[0].dims()[0];
         let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
+        if let Some(reuse) = &reuse {
+            reuse.begin_step();
+        }
         model
-            .forward_refining(
+            .forward_reusing(
                 x.remove(0),
                 s,
                 cond.remove(0),
                 estimate.map(|mut e| e.remove(0)),
+                reuse.as_ref(),
             )
             .map(|v| vec![v])
     };
@@ -133,10 +154,23 @@ pub fn sample_euler_clips(
     config: SamplerConfig,
     scope: &DualScopeConfig,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    let reuse = config.attention_reuse(model);
     let velocity =
         |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
             let b = x.first().map_or(0, |x| x.dims()[0]);
-            model.forward_clips(comm, layout, x, &vec![sigma; b], cond, estimates, scope)
+            if let Some(reuse) = &reuse {
+                reuse.begin_step();
+            }
+            model.forward_clips_reusing(
+                comm,
+                layout,
+                x,
+                &vec![sigma; b],
+                cond,
+                estimates,
+                scope,
+                reuse.as_ref(),
+            )
         };
     sample_with_velocity(
         noise,
@@ -153,6 +187,8 @@ pub fn sample_euler_clips(
 /// every clip at once. With guidance both branches go through one call at twice the batch.
 /// With `refine` (a self-conditioning model) each branch gets its own clean estimate
 /// `x − σ·v` of the step before, unguided: the kind of estimate the model was trained on.
+/// With [`SamplerConfig::faster_cache`], guided steps between CFG-Cache's full steps call
+/// `velocity` with the conditional branch alone.
 /// [`sample_euler`] and [`sample_euler_clips`] call it with a [`VideoDit`].
 pub fn sample_with_velocity(
     noise: Vec<Tensor<5>>,
@@ -198,9 +234,16 @@ pub fn sample_with_velocity(
             .map(|(x, v)| x.clone() - v.clone() * sigma)
             .collect::<Vec<_>>()
     };
-    for pair in sigmas.windows(2) {
+    let cache = config.faster_cache;
+    // CFG-Cache: per clip, the last measured unconditional-minus-conditional difference.
+    let mut difference: Option<Vec<CfgDifference>> = None;
+    for (i, pair) in sigmas.windows(2).enumerate() {
         let (sigma, next) = (pair[0], pair[1]);
-        let v = if guided && sigma <= config.guidance_max_sigma {
+        let guided_step = guided && sigma <= config.guidance_max_sigma;
+        let reuse_difference = guided_step
+            && difference.is_some()
+            && cache.is_some_and(|c| !c.runs_both_branches(i, config.steps));
+        let v = if guided_step && !reuse_difference {
             let doubled: Vec<Tensor<5>> = x
                 .iter()
                 .map(|x| Tensor::cat(vec![x.clone(), x.clone()], 0))
@@ -221,12 +264,24 @@ pub fn sample_with_velocity(
             if refine {
                 estimates = Some(estimate_of(&doubled, &v, sigma));
             }
-            v.into_iter()
+            let branches: Vec<(Tensor<5>, Tensor<5>)> = v
+                .into_iter()
                 .map(|v| {
                     let b = v.dims()[0] / 2;
-                    let (v_cond, v_uncond) = (v.clone().narrow(0, 0, b), v.narrow(0, b, b));
-                    v_uncond.clone() + (v_cond - v_uncond) * config.guidance
+                    (v.clone().narrow(0, 0, b), v.narrow(0, b, b))
                 })
+                .collect();
+            if let Some(cache) = &cache {
+                difference = Some(
+                    branches
+                        .iter()
+                        .map(|(c, u)| CfgDifference::new(c.clone(), u.clone(), cache.low_radius))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            branches
+                .into_iter()
+                .map(|(v_cond, v_uncond)| v_uncond.clone() + (v_cond - v_uncond) * config.guidance)
                 .collect()
         } else {
             let given = estimates.take().map(|e| {
@@ -239,7 +294,20 @@ pub fn sample_with_velocity(
             if refine {
                 estimates = Some(estimate_of(&x, &v, sigma));
             }
-            v
+            match (&difference, &cache) {
+                // The conditional branch alone; the unconditional one rebuilt from it.
+                (Some(difference), Some(cache)) if reuse_difference => {
+                    let scales = cache.band_scales(i, config.steps);
+                    v.into_iter()
+                        .zip(difference)
+                        .map(|(v_cond, d)| {
+                            let v_uncond = d.unconditional(v_cond.clone(), scales);
+                            v_uncond.clone() + (v_cond - v_uncond) * config.guidance
+                        })
+                        .collect()
+                }
+                _ => v,
+            }
         };
         x = x
             .into_iter()

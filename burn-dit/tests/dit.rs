@@ -7,6 +7,8 @@ mod checkpointing;
 mod common;
 #[path = "dit/data.rs"]
 mod data;
+#[path = "dit/faster_cache.rs"]
+mod faster_cache;
 #[path = "dit/long_video.rs"]
 mod long_video;
 #[path = "dit/model.rs"]

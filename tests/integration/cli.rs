@@ -16,11 +16,13 @@ fn example(name: &str) -> PathBuf {
     profile_dir.join("examples").join(name)
 }
 
-const EXAMPLES: [&str; 7] = [
+const EXAMPLES: [&str; 9] = [
     "video_dit",
     "long_video",
     "bench_attention",
     "bench_training",
+    "bench_memory",
+    "bench_sampling",
     "bench_long_video",
     "bench_context_parallel",
     "plan_context_parallel",
@@ -121,6 +123,14 @@ fn every_example_names_bad_arguments_without_panicking() {
         ("bench_attention", "--sparsity 1.5".into(), "--sparsity"),
         ("bench_attention", "--bogus".into(), "--bogus"),
         ("bench_training", "--step 2 --frame 8".into(), "--step"),
+        ("bench_memory", "--budget-gib 0".into(), "--budget-gib"),
+        ("bench_memory", "--variants dense,sparse".into(), "--variants"),
+        ("bench_memory", "--frames 3".into(), "--frames"),
+        ("bench_memory", "--size 30".into(), "--size"),
+        ("bench_sampling", "--clips 0".into(), "--clips"),
+        ("bench_sampling", format!("--run {empty_s}"), "--run"),
+        ("bench_sampling", format!("--run {run_s} --methods turbo"), "--methods"),
+        ("video_dit", format!("eval --out {run_s} --faster-cache --sampling-steps 0"), "steps"),
         ("bench_long_video", "--frames-per-clip 0".into(), "--frames-per-clip"),
         ("bench_context_parallel", "--bogus".into(), "--bogus"),
         ("plan_context_parallel", "--seq=-5".into(), "--seq"),

@@ -123,6 +123,7 @@ impl TrainConfig {
                 shift: 2.0,
                 guidance_max_sigma: 1.0,
                 stochasticity: 0.0,
+                faster_cache: None,
             },
             seed: 42,
         }

@@ -163,18 +163,12 @@ fn checkpointed_training_follows_the_plain_run_through_dsv_stages() {
         [0, 0, 2, 2],
         "both layers run sparse after the switch"
     );
+    assert_same_steps(&plain_logs, &logs, "checkpointed");
+    // The same share trains the predictors in both runs, so their losses agree too.
     for (a, b) in plain_logs.iter().zip(&logs) {
         assert_eq!(a.sparse_layers, b.sparse_layers);
-        assert!(
-            (a.loss - b.loss).abs() < 1e-4 * a.loss.abs().max(1.0),
-            "step {}: loss {} against {}",
-            a.step,
-            b.loss,
-            a.loss
-        );
-        match (a.predictor_loss, b.predictor_loss) {
-            (Some(x), Some(y)) => assert!((x - y).abs() < 1e-4 * x.abs().max(1.0)),
-            (x, y) => assert_eq!(x.is_some(), y.is_some(), "step {}", a.step),
+        if let (Some(x), Some(y)) = (a.predictor_loss, b.predictor_loss) {
+            assert!((x - y).abs() < 1e-4 * x.abs().max(1.0), "step {}", a.step);
         }
     }
     assert!(plain_logs.iter().any(|l| l.predictor_loss.is_some()));

@@ -3,7 +3,7 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_dit::data::ClipShape;
-use burn_dit::train::{TrainConfig, Trainer};
+use burn_dit::train::{StepLog, TrainConfig, Trainer};
 use burn_dit::{AttentionKind, DsvPolicy, VideoDit, VideoDitConfig};
 
 /// A model small enough for debug-build tests: 4×16×16 clips → 64 tokens of width 32, with
@@ -39,6 +39,27 @@ pub fn micro_train(attention: AttentionKind) -> TrainConfig {
     c.warmup_steps = 1;
     c.sampler.steps = 2;
     c
+}
+
+/// Asserts that two runs logged the same steps: losses within 1e-4 (relative, from 1 up)
+/// and predictor losses recorded on the same steps.
+pub fn assert_same_steps(a: &[StepLog], b: &[StepLog], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: steps logged");
+    for (a, b) in a.iter().zip(b) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4 * a.loss.abs().max(1.0),
+            "{what}, step {}: loss {} against {}",
+            a.step,
+            b.loss,
+            a.loss
+        );
+        assert_eq!(
+            a.predictor_loss.is_some(),
+            b.predictor_loss.is_some(),
+            "{what}, step {}",
+            a.step
+        );
+    }
 }
 
 pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {

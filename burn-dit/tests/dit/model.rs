@@ -315,6 +315,7 @@ fn euler_sampler_integrates_the_predicted_velocity() {
             shift,
             guidance_max_sigma: 1.0,
             stochasticity: 0.0,
+            faster_cache: None,
         };
         let out =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -346,6 +347,7 @@ fn euler_sampler_integrates_the_predicted_velocity() {
         shift: 1.0,
         guidance_max_sigma: 1.0,
         stochasticity: 0.0,
+        faster_cache: None,
     };
     assert_eq!(
         sample_euler(&model, noise, cond, uncond, bad)
@@ -428,6 +430,7 @@ fn self_conditioning_reads_the_previous_estimate() {
             shift: 1.0,
             guidance_max_sigma,
             stochasticity: 0.0,
+            faster_cache: None,
         };
         let sampled =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -481,6 +484,7 @@ fn stochastic_sampling_renoises_the_clean_estimate() {
             shift: 1.0,
             guidance_max_sigma: 1.0,
             stochasticity: eta,
+            faster_cache: None,
         };
         let out =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -506,6 +510,7 @@ fn stochastic_sampling_renoises_the_clean_estimate() {
         shift: 1.0,
         guidance_max_sigma: 1.0,
         stochasticity: 1.5,
+        faster_cache: None,
     };
     assert_eq!(
         sample_euler(&model, noise, cond, uncond, bad)
@@ -533,6 +538,7 @@ fn guidance_acts_only_below_its_noise_limit() {
             shift: 1.0,
             guidance_max_sigma,
             stochasticity: 0.0,
+            faster_cache: None,
         };
         sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config)
     };

@@ -316,21 +316,7 @@ fn replicas_train_like_one_model() {
     // Batch 4 in shares of 2+2 and (uneven) 2+1+1.
     for replicas in [2, 3] {
         let (many, logs) = run(replicas);
-        for (a, b) in one_logs.iter().zip(&logs) {
-            assert!(
-                (a.loss - b.loss).abs() < 1e-4 * a.loss.abs().max(1.0),
-                "{replicas} replicas, step {}: loss {} against {}",
-                a.step,
-                b.loss,
-                a.loss
-            );
-            assert_eq!(
-                a.predictor_loss.is_some(),
-                b.predictor_loss.is_some(),
-                "{replicas} replicas, step {}",
-                a.step
-            );
-        }
+        assert_same_steps(&one_logs, &logs, &format!("{replicas} replicas"));
         let params = host_params(&many);
         assert_eq!(params.len(), one_params.len());
         let worst = one_params
