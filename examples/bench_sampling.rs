@@ -9,13 +9,15 @@
 //! Every method samples the same `--clips` held-out labels from the same noise with the
 //! checkpoint's EMA weights and sampler settings (the main job's: 20 Euler steps, guidance
 //! 5), and the samples are measured as `video_dit eval` measures them. `faster-cache` is
-//! FasterCache with its default settings (`FasterCacheConfig::default`).
+//! FasterCache and `free-init` FreeInit with their default settings
+//! (`FasterCacheConfig::default`, `FreeInitConfig::default`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::Device;
 use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
+use burn_sparse_video::dit::free_init::FreeInitConfig;
 use burn_sparse_video::dit::media::Frames;
 use burn_sparse_video::dit::metrics::{ObjectClassifier, measure};
 use burn_sparse_video::dit::sample::SamplerConfig;
@@ -35,7 +37,7 @@ struct Args {
     /// Held-out labels to sample (1 to 1024).
     #[arg(long, default_value_t = 48)]
     clips: usize,
-    /// Methods: baseline, faster-cache.
+    /// Methods: baseline, faster-cache, free-init, free-init+faster-cache.
     #[arg(long, value_delimiter = ',', default_value = "baseline,faster-cache")]
     methods: Vec<String>,
     /// Noise seed.
@@ -58,8 +60,17 @@ fn sampler_for(method: &str, base: SamplerConfig) -> SamplerConfig {
             faster_cache: Some(FasterCacheConfig::default()),
             ..base
         },
+        "free-init" => SamplerConfig {
+            free_init: Some(FreeInitConfig::default()),
+            ..base
+        },
+        "free-init+faster-cache" => SamplerConfig {
+            faster_cache: Some(FasterCacheConfig::default()),
+            free_init: Some(FreeInitConfig::default()),
+            ..base
+        },
         other => fail(format!(
-            "--methods: baseline or faster-cache, got `{other}`"
+            "--methods: baseline, faster-cache, free-init or free-init+faster-cache, got `{other}`"
         )),
     }
 }

@@ -23,6 +23,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use burn_sparse_video::dit::data::{COLOURS, DataSource, FASHION_DIR, parse_label};
 use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
+use burn_sparse_video::dit::free_init::FreeInitConfig;
 use burn_sparse_video::dit::media::{
     Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png,
 };
@@ -37,6 +38,7 @@ use burn_sparse_video::dit::train::{
     Trainer, generate_with_progress, saved_config,
 };
 use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDit, VideoDitConfig};
+use burn_sparse_video::sparse_attn::SparseAttnError;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[path = "common/allocator.rs"]
@@ -232,6 +234,9 @@ enum Command {
         /// FasterCache: reuse attention outputs and the guidance difference across steps.
         #[arg(long)]
         faster_cache: bool,
+        /// FreeInit with this many sampling passes (its defaults otherwise).
+        #[arg(long)]
+        free_init: Option<usize>,
     },
     /// Measure samples of the latest checkpoint against held-out real clips.
     Eval {
@@ -258,6 +263,9 @@ enum Command {
         /// FasterCache: reuse attention outputs and the guidance difference across steps.
         #[arg(long)]
         faster_cache: bool,
+        /// FreeInit with this many sampling passes (its defaults otherwise).
+        #[arg(long)]
+        free_init: Option<usize>,
     },
 }
 
@@ -364,6 +372,28 @@ fn write_video_set(path: &Path, videos: &[Frames]) {
 }
 
 /// Samples of the trainer's EMA model and held-out real clips, measured alike.
+/// `sampler` with FasterCache and FreeInit (`passes`) switched on as asked.
+fn accelerated(
+    sampler: SamplerConfig,
+    faster_cache: bool,
+    passes: Option<usize>,
+) -> Result<SamplerConfig, SparseAttnError> {
+    let sampler = SamplerConfig {
+        faster_cache: faster_cache
+            .then(FasterCacheConfig::default)
+            .or(sampler.faster_cache),
+        free_init: passes
+            .map(|iterations| FreeInitConfig {
+                iterations,
+                ..FreeInitConfig::default()
+            })
+            .or(sampler.free_init),
+        ..sampler
+    };
+    sampler.check("video_dit")?;
+    Ok(sampler)
+}
+
 fn evaluate(
     trainer: &Trainer,
     clips: usize,
@@ -781,15 +811,14 @@ fn main() {
             labels,
             seed,
             faster_cache,
+            free_init,
         } => {
             let trainer = load_trainer(&common);
             let labels = parse_labels(&labels, trainer.config().data.classes());
             let path = common.out.join(format!("sample_seed{seed}.gif"));
             let c = trainer.config();
-            let mut sampler = c.sampler;
-            if faster_cache {
-                sampler.faster_cache = Some(FasterCacheConfig::default());
-            }
+            let sampler = accelerated(c.sampler, faster_cache, free_init)
+                .unwrap_or_else(|e| fail(&format!("{e} (--free-init)")));
             write_video_set(
                 &path,
                 &sample_with_progress(trainer.ema(), c, &labels, sampler, seed),
@@ -805,6 +834,7 @@ fn main() {
             guidance_max_sigma,
             stochasticity,
             faster_cache,
+            free_init,
         } => {
             if !(1..=MAX_CLIPS).contains(&clips) {
                 fail(&format!("--clips must be in 1..={MAX_CLIPS}, got {clips}"));
@@ -816,9 +846,8 @@ fn main() {
             sampler.shift = shift.unwrap_or(sampler.shift);
             sampler.guidance_max_sigma = guidance_max_sigma.unwrap_or(sampler.guidance_max_sigma);
             sampler.stochasticity = stochasticity.unwrap_or(sampler.stochasticity);
-            if faster_cache {
-                sampler.faster_cache = Some(FasterCacheConfig::default());
-            }
+            let sampler = accelerated(sampler, faster_cache, free_init)
+                .unwrap_or_else(|e| fail(&format!("{e} (--free-init)")));
             sampler.check("video_dit eval").unwrap_or_else(|e| fail(&format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity)")));
             println!("sampler: {sampler:?}");
             let start = std::time::Instant::now();
@@ -834,7 +863,12 @@ fn main() {
                 sampler.steps,
                 sampler.shift,
                 sampler.stochasticity,
-                if faster_cache { "_fastercache" } else { "" }
+                match (faster_cache, free_init) {
+                    (true, Some(n)) => format!("_fastercache_freeinit{n}"),
+                    (true, None) => "_fastercache".into(),
+                    (false, Some(n)) => format!("_freeinit{n}"),
+                    (false, None) => String::new(),
+                }
             ));
             write_video_set(&path, &videos);
             println!("wrote {}", path.display());

@@ -6,9 +6,11 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
+
+use crate::spectral::{Axes, filter_frequencies};
 
 /// FasterCache settings ([`SamplerConfig::faster_cache`](crate::sample::SamplerConfig::faster_cache));
 /// the defaults are those of the reference implementation.
@@ -267,23 +269,6 @@ pub fn split_spatial_frequencies(
     radius: f64,
 ) -> Result<(Tensor<5>, Tensor<5>), SparseAttnError> {
     const F: &str = "split_spatial_frequencies";
-    let [_, _, _, h, w] = x.dims();
-    SparseAttnError::check(
-        h.is_power_of_two() && w.is_power_of_two(),
-        F,
-        "x",
-        "[B, C, T, H, W] with H and W powers of two (burn-signal's FFT)",
-        format!("{:?}", x.dims()),
-    )?;
-    #[cfg(feature = "ndarray")]
-    #[allow(deprecated)]
-    SparseAttnError::check(
-        x.device().without_autodiff() != burn::tensor::Device::ndarray(),
-        F,
-        "x",
-        "a tensor on Flex or a CubeCL device (burn-signal's FFT does not serve NdArray)",
-        "a tensor on NdArray",
-    )?;
     SparseAttnError::check(
         radius > 0.0 && radius.is_finite(),
         F,
@@ -291,25 +276,11 @@ pub fn split_spatial_frequencies(
         "> 0",
         radius,
     )?;
-    let device = x.device();
-    let half = w / 2 + 1;
+    let [_, _, _, h, w] = x.dims();
     let cutoff = radius * h.min(w) as f64;
-    // rfft keeps the non-negative column frequencies; rows wrap around (k and k − H).
-    let mask: Vec<f32> = (0..h)
-        .flat_map(|ky| {
-            let fy = ky.min(h - ky) as f64;
-            (0..half).map(move |kx| f32::from(u8::from(fy.hypot(kx as f64) <= cutoff)))
-        })
-        .collect();
-    let mask = Tensor::<2>::from_data(TensorData::new(mask, [h, half]), &device)
-        .reshape([1, 1, 1, h, half]);
-    let (re, im) = burn_signal::rfft(x.clone(), 4, None);
-    let (re, im) = burn_signal::cfft(re, im, 3, None);
-    let (re, im) = (re * mask.clone(), im * mask);
-    // The inverse along H by conjugation: ifft(X) = conj(fft(conj(X))) / H.
-    let (re, im) = burn_signal::cfft(re, im.neg(), 3, None);
-    let (re, im) = (re / h as f64, im.neg() / h as f64);
-    let low = burn_signal::irfft(re, im, 4, Some(w));
+    let low = filter_frequencies(F, x.clone(), Axes::Spatial, |_, fh, fw| {
+        f64::from(u8::from((fh as f64).hypot(fw as f64) <= cutoff))
+    })?;
     let high = x - low.clone();
     Ok((low, high))
 }

@@ -40,6 +40,7 @@ pub mod data;
 mod ema;
 pub mod faster_cache;
 pub mod flow;
+pub mod free_init;
 pub mod long_video;
 pub mod media;
 pub mod metrics;
@@ -48,6 +49,7 @@ pub mod optim;
 mod patch;
 mod rope;
 pub mod sample;
+mod spectral;
 pub mod train;
 
 pub use block::{CrossAttention, DitBlock, SelfAttention};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faster_cache::{AttentionReuse, CfgDifference, FasterCacheConfig};
 use crate::flow::shift_sigma;
+use crate::free_init::FreeInitConfig;
 use crate::model::VideoDit;
 
 /// Settings of [`sample_euler`].
@@ -34,6 +35,10 @@ pub struct SamplerConfig {
     /// steps ([`FasterCacheConfig`]); `None` samples every step in full.
     #[serde(default)]
     pub faster_cache: Option<FasterCacheConfig>,
+    /// FreeInit: sample several times, each pass after the first starting from the last
+    /// result's low frequencies ([`FreeInitConfig`]); `None` samples once.
+    #[serde(default)]
+    pub free_init: Option<FreeInitConfig>,
 }
 
 fn always() -> f64 {
@@ -72,8 +77,11 @@ impl SamplerConfig {
             "in [0, 1]",
             self.stochasticity,
         )?;
-        match &self.faster_cache {
-            Some(cache) => cache.check(function),
+        if let Some(cache) = &self.faster_cache {
+            cache.check(function)?;
+        }
+        match &self.free_init {
+            Some(free_init) => free_init.check(function),
             None => Ok(()),
         }
     }
@@ -94,6 +102,7 @@ impl Default for SamplerConfig {
             guidance_max_sigma: 1.0,
             stochasticity: 0.0,
             faster_cache: None,
+            free_init: None,
         }
     }
 }
@@ -154,6 +163,13 @@ pub fn sample_euler_clips(
     config: SamplerConfig,
     scope: &DualScopeConfig,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    SparseAttnError::check(
+        config.free_init.is_none() || layout.clips() == 1,
+        "sample_euler_clips",
+        "config.free_init",
+        "None for a video of several clips (FreeInit filters the whole video at once)",
+        format!("FreeInit over {} clips", layout.clips()),
+    )?;
     let reuse = config.attention_reuse(model);
     let velocity =
         |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
@@ -215,17 +231,70 @@ pub fn sample_with_velocity(
         ),
         format!("{}, {}", cond.len(), uncond.len()),
     )?;
+    let Some(free_init) = config.free_init else {
+        return integrate(noise, &cond, &uncond, config, refine, &velocity, 1.0);
+    };
+    // FreeInit: each pass after the first starts from the last result re-initialised.
+    let mut start = noise.clone();
+    let mut sigma = 1.0;
+    for pass in 0..free_init.iterations {
+        let steps = free_init.steps_of(pass, config.steps);
+        let pass_config = SamplerConfig { steps, ..config };
+        let clean = integrate(start, &cond, &uncond, pass_config, refine, &velocity, sigma)?;
+        if pass + 1 == free_init.iterations {
+            return Ok(clean);
+        }
+        start = clean
+            .into_iter()
+            .zip(&noise)
+            .map(|(clean, noise)| {
+                let fresh = Tensor::random(
+                    noise.shape(),
+                    Distribution::Normal(0.0, 1.0),
+                    &noise.device(),
+                );
+                free_init.reinitialise(clean, noise.clone(), fresh)
+            })
+            .collect::<Result<_, _>>()?;
+        sigma = free_init.renoise_sigma;
+    }
+    unreachable!("FreeInit takes at least one pass")
+}
+
+/// The Euler loop of [`sample_with_velocity`] from `x` at noise level `start` (1: noise) to
+/// 0, on the part of the shifted schedule below `start`.
+fn integrate(
+    x: Vec<Tensor<5>>,
+    cond: &[Tensor<3>],
+    uncond: &[Tensor<3>],
+    config: SamplerConfig,
+    refine: bool,
+    velocity: &impl Fn(
+        Vec<Tensor<5>>,
+        f64,
+        Vec<Tensor<3>>,
+        Option<Vec<Tensor<5>>>,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+    start: f64,
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     let eta = config.stochasticity;
+    // The unshifted time whose shifted noise level is `start`.
+    let s = config.shift;
+    let t_start = match start < 1.0 {
+        true => start / (s - (s - 1.0) * start),
+        false => 1.0,
+    };
     let sigmas: Vec<f64> = (0..=config.steps)
-        .map(|i| shift_sigma(1.0 - i as f64 / config.steps as f64, config.shift))
+        .map(|i| shift_sigma(t_start * (1.0 - i as f64 / config.steps as f64), s))
         .collect();
     let guided = (config.guidance - 1.0).abs() > 1e-12;
     let both: Vec<Tensor<3>> = cond
         .iter()
-        .zip(&uncond)
+        .zip(uncond)
         .map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0))
         .collect();
-    let mut x = noise;
+    let cond = cond.to_vec();
+    let mut x = x;
     // Per clip: [B] estimates after an unguided step, [2B] (cond; uncond) after a guided one.
     let mut estimates: Option<Vec<Tensor<5>>> = None;
     let estimate_of = |x: &[Tensor<5>], v: &[Tensor<5>], sigma: f64| {

@@ -131,6 +131,8 @@ fn every_example_names_bad_arguments_without_panicking() {
         ("bench_sampling", format!("--run {empty_s}"), "--run"),
         ("bench_sampling", format!("--run {run_s} --methods turbo"), "--methods"),
         ("video_dit", format!("eval --out {run_s} --faster-cache --sampling-steps 0"), "steps"),
+        ("video_dit", format!("eval --out {run_s} --free-init 0"), "free_init.iterations"),
+        ("video_dit", format!("sample --out {run_s} --free-init 99"), "free_init.iterations"),
         ("bench_long_video", "--frames-per-clip 0".into(), "--frames-per-clip"),
         ("bench_context_parallel", "--bogus".into(), "--bogus"),
         ("plan_context_parallel", "--seq=-5".into(), "--seq"),

@@ -124,6 +124,7 @@ impl TrainConfig {
                 guidance_max_sigma: 1.0,
                 stochasticity: 0.0,
                 faster_cache: None,
+                free_init: None,
             },
             seed: 42,
         }

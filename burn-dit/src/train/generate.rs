@@ -51,8 +51,9 @@ pub fn generate_with_progress(
     let n = labels.len();
     // One noise stream for all chunks, drawn in order: the same as one batch's.
     let mut noise_rng = SplitMix(seed);
-    if sampler.stochasticity > 0.0 {
-        // A stochastic sampler draws its step noise from the device's (global) generator.
+    if sampler.stochasticity > 0.0 || sampler.free_init.is_some() {
+        // A stochastic sampler (and FreeInit) draws its fresh noise from the device's
+        // (global) generator.
         device.seed(seed);
     }
     let mut frames = Vec::with_capacity(n);
@@ -83,8 +84,8 @@ fn sample_chunk(
         sample_euler(model, noise, cond, uncond, sampler)
             .expect("sampling shapes come from the config")
     };
-    let videos = if sampler.stochasticity > 0.0 {
-        // The step noise comes from the device's generator in call order: one batch.
+    let videos = if sampler.stochasticity > 0.0 || sampler.free_init.is_some() {
+        // The fresh noise comes from the device's generator in call order: one batch.
         sample(noise, labels)
     } else {
         // Shares of the labels sample in parallel, as training replicas do (Flex runs most

@@ -19,6 +19,7 @@ fn sampler(steps: usize, cache: Option<FasterCacheConfig>) -> SamplerConfig {
         guidance_max_sigma: 1.0,
         stochasticity: 0.0,
         faster_cache: cache,
+        free_init: None,
     }
 }
 

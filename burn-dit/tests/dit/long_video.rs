@@ -132,6 +132,7 @@ fn long_video_sampling_gives_each_clip_its_noise_and_prompt() {
         guidance_max_sigma: 1.0,
         stochasticity: 0.0,
         faster_cache: None,
+        free_init: None,
     };
     // One clip on one rank is the ordinary sampler of a dual-scope model.
     let dual = jittered(AttentionKind::DualScope(scope.clone()), &device);

@@ -316,6 +316,7 @@ fn euler_sampler_integrates_the_predicted_velocity() {
             guidance_max_sigma: 1.0,
             stochasticity: 0.0,
             faster_cache: None,
+            free_init: None,
         };
         let out =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -348,6 +349,7 @@ fn euler_sampler_integrates_the_predicted_velocity() {
         guidance_max_sigma: 1.0,
         stochasticity: 0.0,
         faster_cache: None,
+        free_init: None,
     };
     assert_eq!(
         sample_euler(&model, noise, cond, uncond, bad)
@@ -431,6 +433,7 @@ fn self_conditioning_reads_the_previous_estimate() {
             guidance_max_sigma,
             stochasticity: 0.0,
             faster_cache: None,
+            free_init: None,
         };
         let sampled =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -485,6 +488,7 @@ fn stochastic_sampling_renoises_the_clean_estimate() {
             guidance_max_sigma: 1.0,
             stochasticity: eta,
             faster_cache: None,
+            free_init: None,
         };
         let out =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -511,6 +515,7 @@ fn stochastic_sampling_renoises_the_clean_estimate() {
         guidance_max_sigma: 1.0,
         stochasticity: 1.5,
         faster_cache: None,
+        free_init: None,
     };
     assert_eq!(
         sample_euler(&model, noise, cond, uncond, bad)
@@ -539,6 +544,7 @@ fn guidance_acts_only_below_its_noise_limit() {
             guidance_max_sigma,
             stochasticity: 0.0,
             faster_cache: None,
+            free_init: None,
         };
         sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config)
     };

@@ -1,0 +1,265 @@
+use std::sync::Mutex;
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn_ctx_parallel::Communicator;
+use burn_dit::free_init::{FreeInitConfig, FrequencyFilter};
+use burn_dit::sample::{SamplerConfig, sample_euler_clips, sample_with_velocity};
+use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
+
+use crate::common::*;
+
+fn with(free_init: FreeInitConfig) -> SamplerConfig {
+    SamplerConfig {
+        steps: 4,
+        guidance: 1.0,
+        shift: 1.0,
+        guidance_max_sigma: 1.0,
+        stochasticity: 0.0,
+        faster_cache: None,
+        free_init: Some(free_init),
+    }
+}
+
+#[test]
+fn the_filters_have_their_documented_response() {
+    let base = FreeInitConfig::default();
+    let filter = |filter| FreeInitConfig { filter, ..base };
+    let butterworth = filter(FrequencyFilter::Butterworth { order: 4 });
+    let gaussian = filter(FrequencyFilter::Gaussian);
+    let ideal = filter(FrequencyFilter::Ideal);
+    let ds = base.spatial_cutoff;
+    for f in [butterworth, gaussian, ideal] {
+        assert_eq!(f.gain([0.0, 0.0, 0.0]), 1.0);
+    }
+    // At the cut-off: ½ for Butterworth, e^(−½) for the Gaussian, the edge of the ideal one.
+    assert!((butterworth.gain([0.0, ds, 0.0]) - 0.5).abs() < 1e-12);
+    assert!((gaussian.gain([0.0, 0.0, ds]) - (-0.5f64).exp()).abs() < 1e-12);
+    assert_eq!(ideal.gain([0.0, ds * 0.99, 0.0]), 1.0);
+    assert_eq!(ideal.gain([0.0, ds * 1.01, 0.0]), 0.0);
+    // Butterworth of order 4 falls as (d/d_s)^8 beyond the cut-off.
+    let far = butterworth.gain([0.0, 2.0 * ds, 0.0]);
+    assert!((far - 1.0 / (1.0 + 256.0)).abs() < 1e-12);
+    // The temporal cut-off lands where the spatial one does.
+    let skewed = FreeInitConfig {
+        temporal_cutoff: 0.5,
+        ..butterworth
+    };
+    assert!((skewed.gain([0.5, 0.0, 0.0]) - 0.5).abs() < 1e-12);
+}
+
+/// `[1, 1, T, H, W]` of `f(t, y, x)`.
+fn video(
+    [t, h, w]: [usize; 3],
+    f: impl Fn(usize, usize, usize) -> f32,
+    device: &Device,
+) -> Tensor<5> {
+    let mut values = Vec::with_capacity(t * h * w);
+    for ti in 0..t {
+        for y in 0..h {
+            for x in 0..w {
+                values.push(f(ti, y, x));
+            }
+        }
+    }
+    Tensor::<3>::from_data(TensorData::new(values, [t, h, w]), device).unsqueeze::<5>()
+}
+
+#[test]
+fn the_low_pass_keeps_slow_changes_and_drops_fast_ones() {
+    let device = Device::flex();
+    let ideal = FreeInitConfig {
+        filter: FrequencyFilter::Ideal,
+        ..FreeInitConfig::default()
+    };
+    let dims = [8, 16, 16];
+    let tau = std::f32::consts::TAU;
+    let constant = video(dims, |_, _, _| 1.5, &device);
+    // Normalised frequency 2·1/16 = 0.125 in space: inside the 0.25 cut-off.
+    let slow = video(dims, |_, y, _| (tau * y as f32 / 16.0).cos(), &device);
+    // A frame-to-frame sign flip: temporal frequency 1, far outside.
+    let flicker = video(dims, |t, _, _| if t % 2 == 0 { 1.0 } else { -1.0 }, &device);
+    for (name, x, kept) in [
+        ("constant", constant, true),
+        ("slow", slow.clone(), true),
+        ("flicker", flicker.clone(), false),
+    ] {
+        let low = ideal.low_pass(x.clone()).unwrap();
+        let want = if kept { x } else { x.zeros_like() };
+        assert!(max_abs_diff(low, want) < 1e-4, "{name}");
+    }
+    let low = ideal.low_pass(slow.clone() + flicker).unwrap();
+    assert!(max_abs_diff(low, slow) < 1e-4);
+    let err = ideal
+        .low_pass(Tensor::zeros([1, 1, 6, 16, 16], &device))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("powers of two"), "{err}");
+}
+
+#[test]
+fn reinitialising_renoises_the_low_band_and_redraws_the_high_one() {
+    let device = Device::flex();
+    let config = FreeInitConfig {
+        filter: FrequencyFilter::Ideal,
+        ..FreeInitConfig::default()
+    };
+    let s = config.renoise_sigma as f32;
+    let dims = [4, 8, 8];
+    // Constant (all low-frequency) clean video and noise, high-frequency fresh noise.
+    let clean = video(dims, |_, _, _| 0.5, &device);
+    let noise = video(dims, |_, _, _| -2.0, &device);
+    let fresh = video(
+        dims,
+        |_, y, x| if (x + y) % 2 == 0 { 1.0 } else { -1.0 },
+        &device,
+    );
+    let start = config
+        .reinitialise(clean.clone(), noise.clone(), fresh.clone())
+        .unwrap();
+    let want = clean * (1.0 - s) + noise * s + fresh * s;
+    assert!(max_abs_diff(start, want) < 1e-4);
+}
+
+#[test]
+fn bad_free_init_settings_are_named() {
+    let good = FreeInitConfig::default();
+    for (bad, field) in [
+        (
+            FreeInitConfig {
+                iterations: 0,
+                ..good
+            },
+            "iterations",
+        ),
+        (
+            FreeInitConfig {
+                iterations: 9,
+                ..good
+            },
+            "iterations",
+        ),
+        (
+            FreeInitConfig {
+                spatial_cutoff: 0.0,
+                ..good
+            },
+            "spatial_cutoff",
+        ),
+        (
+            FreeInitConfig {
+                temporal_cutoff: 1.5,
+                ..good
+            },
+            "temporal_cutoff",
+        ),
+        (
+            FreeInitConfig {
+                renoise_sigma: 1.0,
+                ..good
+            },
+            "renoise_sigma",
+        ),
+        (
+            FreeInitConfig {
+                filter: FrequencyFilter::Butterworth { order: 0 },
+                ..good
+            },
+            "filter",
+        ),
+    ] {
+        let err = with(bad).check("sample_euler").unwrap_err().to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    let coarse = FreeInitConfig {
+        coarse_to_fine: true,
+        ..good
+    };
+    assert_eq!(
+        (0..3).map(|i| coarse.steps_of(i, 20)).collect::<Vec<_>>(),
+        [7, 14, 20]
+    );
+    assert_eq!(good.steps_of(0, 20), 20);
+}
+
+#[test]
+fn each_pass_after_the_first_starts_at_the_renoise_level() {
+    let device = Device::flex();
+    let sigmas = Mutex::new(Vec::new());
+    let velocity = |x: Vec<Tensor<5>>, sigma: f64, _: Vec<Tensor<3>>, _: Option<Vec<Tensor<5>>>| {
+        sigmas.lock().unwrap().push(sigma);
+        Ok(vec![x[0].clone() * 0.5])
+    };
+    let noise = Tensor::<5>::random([1, 3, 4, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let cond = vec![Tensor::<3>::ones([1, 2, 4], &device)];
+    let run = |config: SamplerConfig| {
+        sigmas.lock().unwrap().clear();
+        let out = sample_with_velocity(
+            vec![noise.clone()],
+            cond.clone(),
+            cond.clone(),
+            config,
+            false,
+            velocity,
+        )
+        .unwrap()
+        .remove(0);
+        (out, sigmas.lock().unwrap().clone())
+    };
+    // One pass is the plain sampler.
+    let one = FreeInitConfig {
+        iterations: 1,
+        ..FreeInitConfig::default()
+    };
+    let plain = SamplerConfig {
+        free_init: None,
+        ..with(one)
+    };
+    let (a, plain_sigmas) = run(plain);
+    let (b, one_sigmas) = run(with(one));
+    assert_eq!(plain_sigmas, one_sigmas);
+    assert!(max_abs_diff(a, b) == 0.0);
+    // Three passes, coarse to fine: 2, 3, then 4 steps, the later ones from σ = 0.8 down.
+    let three = FreeInitConfig {
+        coarse_to_fine: true,
+        ..FreeInitConfig::default()
+    };
+    let (_, sigmas) = run(with(three));
+    let want = [
+        1.0,
+        0.5,
+        0.8,
+        0.8 * 2.0 / 3.0,
+        0.8 / 3.0,
+        0.8,
+        0.6,
+        0.4,
+        0.2,
+    ];
+    assert_eq!(sigmas.len(), want.len());
+    for (got, want) in sigmas.iter().zip(want) {
+        assert!((got - want).abs() < 1e-12, "{sigmas:?}");
+    }
+}
+
+#[test]
+fn free_init_refuses_a_video_of_several_clips() {
+    let device = Device::flex();
+    let scope = DualScopeConfig::new().with_window(1).with_global_frames(2);
+    let model = jittered(AttentionKind::DualScope(scope.clone()), &device);
+    let layout = ClipLayout::uniform(2, 2, 1).unwrap();
+    let cond = model.embed_labels(Tensor::from_ints([[1, 4]], &device));
+    let noise = || Tensor::<5>::zeros([1, 3, 2, 16, 16], &device);
+    let err = sample_euler_clips(
+        &model,
+        &Communicator::single(device.clone()),
+        &layout,
+        vec![noise(), noise()],
+        vec![cond.clone(); 2],
+        vec![cond; 2],
+        with(FreeInitConfig::default()),
+        &scope,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("free_init"), "{err}");
+}
