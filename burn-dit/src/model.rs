@@ -217,7 +217,7 @@ impl VideoDit {
         cond: Tensor<3>,
         estimate: Option<Tensor<5>>,
     ) -> Result<Tensor<5>, SparseAttnError> {
-        self.forward_recorded(x, sigma, cond, estimate, None)
+        self.forward_one(ClipInputs::one(x, sigma, cond, estimate), None, None)
     }
 
     /// The token features `[B, S, d_model]` of [`VideoDit::forward`]: after the patch
@@ -255,18 +255,7 @@ impl VideoDit {
         estimate: Option<Tensor<5>>,
         tape: &DsvTape,
     ) -> Result<Tensor<5>, SparseAttnError> {
-        self.forward_recorded(x, sigma, cond, estimate, Some(tape))
-    }
-
-    fn forward_recorded(
-        &self,
-        x: Tensor<5>,
-        sigma: Tensor<1>,
-        cond: Tensor<3>,
-        estimate: Option<Tensor<5>>,
-        tape: Option<&DsvTape>,
-    ) -> Result<Tensor<5>, SparseAttnError> {
-        self.forward_one(ClipInputs::one(x, sigma, cond, estimate), tape, None)
+        self.forward_one(ClipInputs::one(x, sigma, cond, estimate), Some(tape), None)
     }
 
     /// [`VideoDit::forward_refining`] with FasterCache's attention reuse: call

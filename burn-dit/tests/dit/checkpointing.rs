@@ -163,7 +163,7 @@ fn checkpointed_training_follows_the_plain_run_through_dsv_stages() {
         [0, 0, 2, 2],
         "both layers run sparse after the switch"
     );
-    assert_same_steps(&plain_logs, &logs, "checkpointed");
+    assert_same_steps(&plain_logs, &logs, 1e-4, "checkpointed");
     // The same share trains the predictors in both runs, so their losses agree too.
     for (a, b) in plain_logs.iter().zip(&logs) {
         assert_eq!(a.sparse_layers, b.sparse_layers);

@@ -41,13 +41,13 @@ pub fn micro_train(attention: AttentionKind) -> TrainConfig {
     c
 }
 
-/// Asserts that two runs logged the same steps: losses within 1e-4 (relative, from 1 up)
-/// and predictor losses recorded on the same steps.
-pub fn assert_same_steps(a: &[StepLog], b: &[StepLog], what: &str) {
+/// Asserts that two runs logged the same steps: losses within `tolerance` (relative, from 1
+/// up) and predictor losses recorded on the same steps.
+pub fn assert_same_steps(a: &[StepLog], b: &[StepLog], tolerance: f32, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: steps logged");
     for (a, b) in a.iter().zip(b) {
         assert!(
-            (a.loss - b.loss).abs() < 1e-4 * a.loss.abs().max(1.0),
+            (a.loss - b.loss).abs() < tolerance * a.loss.abs().max(1.0),
             "{what}, step {}: loss {} against {}",
             a.step,
             b.loss,

@@ -316,7 +316,7 @@ fn replicas_train_like_one_model() {
     // Batch 4 in shares of 2+2 and (uneven) 2+1+1.
     for replicas in [2, 3] {
         let (many, logs) = run(replicas);
-        assert_same_steps(&one_logs, &logs, &format!("{replicas} replicas"));
+        assert_same_steps(&one_logs, &logs, 1e-4, &format!("{replicas} replicas"));
         let params = host_params(&many);
         assert_eq!(params.len(), one_params.len());
         let worst = one_params
@@ -394,14 +394,8 @@ fn data_parallel_ranks_train_like_one_process() {
         let one_dsv: Vec<_> = one.model().dsv_layers().iter().map(|l| l.stats()).collect();
         for (rank, result) in ranks.into_iter().enumerate() {
             let (params, logs, dsv) = result.unwrap();
+            assert_same_steps(&one_logs, &logs, 1e-5, &format!("rank {rank}"));
             for (a, b) in one_logs.iter().zip(&logs) {
-                assert!(
-                    (a.loss - b.loss).abs() < 1e-5 * a.loss.abs().max(1.0),
-                    "rank {rank}, step {}: loss {} against {}",
-                    a.step,
-                    b.loss,
-                    a.loss
-                );
                 assert_eq!(
                     a.predictor_loss, b.predictor_loss,
                     "rank {rank}, step {}",
