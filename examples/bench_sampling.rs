@@ -43,6 +43,9 @@ struct Args {
     /// Noise seed.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
+    /// FreeInit's re-noising level (`FreeInitConfig::renoise_sigma`).
+    #[arg(long, default_value_t = FreeInitConfig::default().renoise_sigma)]
+    renoise_sigma: f64,
     /// JSON report.
     #[arg(long, default_value = "out/bench_sampling.json")]
     out: String,
@@ -53,26 +56,34 @@ fn fail(message: String) -> ! {
     std::process::exit(2)
 }
 
-fn sampler_for(method: &str, base: SamplerConfig) -> SamplerConfig {
-    match method {
+fn sampler_for(method: &str, base: SamplerConfig, renoise_sigma: f64) -> SamplerConfig {
+    let free_init = FreeInitConfig {
+        renoise_sigma,
+        ..FreeInitConfig::default()
+    };
+    let sampler = match method {
         "baseline" => base,
         "faster-cache" => SamplerConfig {
             faster_cache: Some(FasterCacheConfig::default()),
             ..base
         },
         "free-init" => SamplerConfig {
-            free_init: Some(FreeInitConfig::default()),
+            free_init: Some(free_init),
             ..base
         },
         "free-init+faster-cache" => SamplerConfig {
             faster_cache: Some(FasterCacheConfig::default()),
-            free_init: Some(FreeInitConfig::default()),
+            free_init: Some(free_init),
             ..base
         },
         other => fail(format!(
             "--methods: baseline, faster-cache, free-init or free-init+faster-cache, got `{other}`"
         )),
-    }
+    };
+    sampler
+        .check("bench_sampling")
+        .unwrap_or_else(|e| fail(format!("{e} (--renoise-sigma)")));
+    sampler
 }
 
 fn main() {
@@ -88,7 +99,7 @@ fn main() {
     let (model, config) = load_for_sampling(&args.run, &device, IfDamaged::Fail)
         .unwrap_or_else(|e| fail(format!("--run {}: {e}", args.run.display())));
     for m in &args.methods {
-        sampler_for(m, config.sampler);
+        sampler_for(m, config.sampler, args.renoise_sigma);
     }
     let data = config
         .data
@@ -130,7 +141,7 @@ fn main() {
     let mut rows = Vec::new();
     let mut baseline_seconds = None;
     for method in &args.methods {
-        let sampler = sampler_for(method, config.sampler);
+        let sampler = sampler_for(method, config.sampler, args.renoise_sigma);
         let start = Instant::now();
         let samples: Vec<Frames> = generate(&model, g, &labels, sampler, args.seed);
         let per_sample = start.elapsed().as_secs_f64() / args.clips as f64;

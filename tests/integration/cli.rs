@@ -130,6 +130,7 @@ fn every_example_names_bad_arguments_without_panicking() {
         ("bench_sampling", "--clips 0".into(), "--clips"),
         ("bench_sampling", format!("--run {empty_s}"), "--run"),
         ("bench_sampling", format!("--run {run_s} --methods turbo"), "--methods"),
+        ("bench_sampling", format!("--run {run_s} --methods free-init --renoise-sigma 1"), "renoise_sigma"),
         ("video_dit", format!("eval --out {run_s} --faster-cache --sampling-steps 0"), "steps"),
         ("video_dit", format!("eval --out {run_s} --free-init 0"), "free_init.iterations"),
         ("video_dit", format!("sample --out {run_s} --free-init 99"), "free_init.iterations"),
