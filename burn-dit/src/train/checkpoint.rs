@@ -337,6 +337,9 @@ impl Trainer {
         self.step = state.step;
         self.history = state.history;
         self.lr_scale = state.lr_scale;
+        // Each step logs once and a successful one ends a run of skips, so the trailing
+        // skipped logs are the divergence guard's count.
+        self.skipped_in_a_row = self.history.iter().rev().take_while(|l| l.skipped).count();
         Ok(ckpt)
     }
 }

@@ -27,7 +27,9 @@ use crate::optim::DitOptimizer;
 pub struct StepLog {
     /// Step number (1-based).
     pub step: usize,
-    /// Flow-matching loss.
+    /// Flow-matching loss (NaN or infinite on a step the divergence guard skipped: JSON
+    /// writes it as null, read back as NaN).
+    #[serde(deserialize_with = "nan_for_null")]
     pub loss: f32,
     /// Mean predictor loss over DSV layers (if any recorded one).
     pub predictor_loss: Option<f32>,
@@ -41,6 +43,11 @@ pub struct StepLog {
     /// nothing was updated ([`DivergencePolicy::SkipStep`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+}
+
+/// A float written by serde_json, which writes NaN and infinities as null.
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(deserializer)?.unwrap_or(f32::NAN))
 }
 
 /// Why a training step failed. The trainer's weights, optimiser and EMA are as they were

@@ -247,7 +247,7 @@ fn divergence_stops_the_run_before_anything_changes() {
         lr_factor: 0.5,
         max_consecutive: 2,
     };
-    let mut skipping = Trainer::new(config, &device).unwrap();
+    let mut skipping = Trainer::new(config.clone(), &device).unwrap();
     let mut outcomes = Vec::new();
     for _ in 0..8 {
         match skipping.try_train_step() {
@@ -260,6 +260,20 @@ fn divergence_stops_the_run_before_anything_changes() {
     assert_eq!(skipped, 2, "{outcomes:?}");
     assert_eq!(skipping.skipped_steps(), 2);
     assert!(outcomes.ends_with(&[true, true]), "{outcomes:?}");
+    // The skips in a row survive a checkpoint: resumed, the run stops at the next divergence
+    // instead of skipping again.
+    let dir = std::env::temp_dir().join(format!("dit-skips-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    skipping.save_checkpoint(&dir).unwrap();
+    let mut resumed = Trainer::new(config, &device).unwrap();
+    resumed.resume(&dir).unwrap();
+    let next = resumed.try_train_step();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        matches!(next, Err(TrainError::Diverged { .. })),
+        "resumed after 2 skips in a row (the most allowed), got {:?}",
+        next.map(|log| log.skipped)
+    );
     let bad = DivergencePolicy::SkipStep {
         lr_factor: 0.0,
         max_consecutive: 1,
