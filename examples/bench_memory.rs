@@ -87,7 +87,6 @@ struct Probe {
     /// Peak resident memory over both steps.
     peak_gib: Option<f64>,
     /// Peak of the first step alone (DSV profiles there) and of the second alone.
-    #[serde(default)]
     step_peaks_gib: Option<[f64; 2]>,
     step_seconds: Option<f64>,
 }
@@ -248,20 +247,27 @@ fn show(variant: &str, p: &Probe, budget: f64) {
 
 /// Doubles from `start` frames while a step fits, then bisects until the longest clip that
 /// fits and the shortest that does not are within a quarter of the former (a dense probe
-/// near the limit takes minutes on two cores).
-fn longest_clip(args: &Args, variant: &str, start: usize, cap: f64) -> (usize, Vec<Probe>) {
+/// near the limit takes minutes on two cores). `start` has been measured already.
+fn longest_clip(args: &Args, variant: &str, start: Probe, cap: f64) -> (usize, Vec<Probe>) {
     let budget = args.budget_gib;
     let step = VideoDitConfig::tiny().patch[0];
     let mut probes = Vec::new();
+    let mut frames = start.frames;
+    let mut known = Some(start);
     let mut measure = |frames: usize| {
-        let p = run_probe(args, variant, frames, cap);
-        show(variant, &p, budget);
+        let p = match known.take() {
+            Some(p) if p.frames == frames => p,
+            _ => {
+                let p = run_probe(args, variant, frames, cap);
+                show(variant, &p, budget);
+                p
+            }
+        };
         let ok = fits(&p, budget);
         probes.push(p);
         ok
     };
     let (mut good, mut bad) = (0, None);
-    let mut frames = start;
     while frames <= args.max_frames {
         if measure(frames) {
             good = frames;
@@ -317,9 +323,9 @@ fn main() {
             args.budget_gib
         ));
     }
-    if args.frames.iter().any(|&f| f == 0 || f % 2 != 0) {
+    if args.frames.is_empty() || args.frames.iter().any(|&f| f == 0 || f % 2 != 0) {
         fail(format!(
-            "--frames: positive multiples of 2, got {:?}",
+            "--frames: one or more positive multiples of 2, got {:?}",
             args.frames
         ));
     }
@@ -333,17 +339,22 @@ fn main() {
         args.size, args.sparsity, args.budget_gib
     );
     let mut fixed = Vec::new();
+    let mut longest_fixed = Vec::new();
     for v in &args.variants {
+        let mut longest: Option<Probe> = None;
         for &f in &args.frames {
             let p = run_probe(&args, v, f, cap);
             show(v, &p, args.budget_gib);
             fixed.push(serde_json::json!({ "variant": v, "probe": p }));
+            if longest.as_ref().is_none_or(|l| l.frames < p.frames) {
+                longest = Some(p);
+            }
         }
+        longest_fixed.push(longest.expect("--frames is not empty"));
     }
     let mut longest = Vec::new();
     if !args.no_search {
-        for v in &args.variants {
-            let start = args.frames.iter().copied().max().unwrap_or(32);
+        for (v, start) in args.variants.iter().zip(longest_fixed) {
             let (frames, probes) = longest_clip(&args, v, start, cap);
             println!(
                 "{v:>10}: longest clip {frames} frames = {} tokens",

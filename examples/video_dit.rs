@@ -38,7 +38,6 @@ use burn_sparse_video::dit::train::{
     Trainer, generate_with_progress, saved_config,
 };
 use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDit, VideoDitConfig};
-use burn_sparse_video::sparse_attn::SparseAttnError;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[path = "common/allocator.rs"]
@@ -371,14 +370,10 @@ fn write_video_set(path: &Path, videos: &[Frames]) {
     write_gif(path, &grid, 6).unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
 }
 
-/// Samples of the trainer's EMA model and held-out real clips, measured alike.
-/// `sampler` with FasterCache and FreeInit (`passes`) switched on as asked.
-fn accelerated(
-    sampler: SamplerConfig,
-    faster_cache: bool,
-    passes: Option<usize>,
-) -> Result<SamplerConfig, SparseAttnError> {
-    let sampler = SamplerConfig {
+/// `sampler` with FasterCache and FreeInit (`passes`) switched on as asked; the caller checks
+/// the result.
+fn accelerated(sampler: SamplerConfig, faster_cache: bool, passes: Option<usize>) -> SamplerConfig {
+    SamplerConfig {
         faster_cache: faster_cache
             .then(FasterCacheConfig::default)
             .or(sampler.faster_cache),
@@ -389,11 +384,10 @@ fn accelerated(
             })
             .or(sampler.free_init),
         ..sampler
-    };
-    sampler.check("video_dit")?;
-    Ok(sampler)
+    }
 }
 
+/// Samples of the trainer's EMA model and held-out real clips, measured alike.
 fn evaluate(
     trainer: &Trainer,
     clips: usize,
@@ -817,7 +811,9 @@ fn main() {
             let labels = parse_labels(&labels, trainer.config().data.classes());
             let path = common.out.join(format!("sample_seed{seed}.gif"));
             let c = trainer.config();
-            let sampler = accelerated(c.sampler, faster_cache, free_init)
+            let sampler = accelerated(c.sampler, faster_cache, free_init);
+            sampler
+                .check("video_dit sample")
                 .unwrap_or_else(|e| fail(&format!("{e} (--free-init)")));
             write_video_set(
                 &path,
@@ -846,9 +842,8 @@ fn main() {
             sampler.shift = shift.unwrap_or(sampler.shift);
             sampler.guidance_max_sigma = guidance_max_sigma.unwrap_or(sampler.guidance_max_sigma);
             sampler.stochasticity = stochasticity.unwrap_or(sampler.stochasticity);
-            let sampler = accelerated(sampler, faster_cache, free_init)
-                .unwrap_or_else(|e| fail(&format!("{e} (--free-init)")));
-            sampler.check("video_dit eval").unwrap_or_else(|e| fail(&format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity)")));
+            let sampler = accelerated(sampler, faster_cache, free_init);
+            sampler.check("video_dit eval").unwrap_or_else(|e| fail(&format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity, --free-init)")));
             println!("sampler: {sampler:?}");
             let start = std::time::Instant::now();
             let (videos, _, samples, real) = evaluate(&trainer, clips, sampler);

@@ -27,7 +27,7 @@ use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::DsvTape;
 
 use crate::block::{AttentionMode, ClipContext, leaf};
-use crate::model::{ClipInputs, Embedded, HeadInput, VideoDit};
+use crate::model::{ClipInputs, Embedded, HeadInput, Video, VideoDit, accumulate, add_clips};
 
 /// What [`VideoDit::checkpointed_gradients`] returns.
 pub struct CheckpointedStep {
@@ -71,7 +71,12 @@ impl VideoDit {
         )?;
         self.on_one_video(
             F,
-            ClipInputs::one(x, sigma, cond, estimate),
+            Video {
+                x,
+                sigma,
+                cond,
+                estimate,
+            },
             tape,
             |clips, mode| {
                 self.run_checkpointed(clips, mode, tape, |velocities| {
@@ -150,9 +155,8 @@ impl VideoDit {
         gradients.add(self, grads);
 
         // 4. Each block again, in reverse, with autodiff.
-        let clips = contexts.len();
-        let mut time_grads: Vec<Option<Tensor<3>>> = vec![None; clips];
-        let mut cond_grads: Vec<Option<Tensor<3>>> = vec![None; clips];
+        let mut time_grads: Option<Vec<Tensor<3>>> = None;
+        let mut cond_grads: Option<Vec<Tensor<3>>> = None;
         // Σ ∂L/∂(sum of outputs) over the later blocks that read the aggregate.
         let mut aggregate_grads: Option<Vec<Tensor<3>>> = None;
         for (i, block) in self.blocks().iter().enumerate().rev() {
@@ -164,12 +168,8 @@ impl VideoDit {
                 .map(|m| m.iter().map(leaf).collect());
             let out = block.forward(input.clone(), &context, mode, means.as_deref(), None)?;
             // ∂L/∂out: through the next block's input, and through every later aggregate.
-            let out_grads: Vec<Tensor<3>> = match &aggregate_grads {
-                Some(extra) => token_grads
-                    .into_iter()
-                    .zip(extra)
-                    .map(|(g, e)| g + e.clone())
-                    .collect(),
+            let out_grads = match &aggregate_grads {
+                Some(extra) => add_clips(token_grads, extra.clone()),
                 None => token_grads,
             };
             let mut objective = inner_product(&out, &out_grads);
@@ -178,14 +178,14 @@ impl VideoDit {
             }
             let mut grads = objective.backward();
             token_grads = grads_of(&input, &mut grads);
-            add_into(
+            accumulate(
                 &mut time_grads,
                 grads_of(
                     &context.iter().map(|c| c.time.clone()).collect::<Vec<_>>(),
                     &mut grads,
                 ),
             );
-            add_into(
+            accumulate(
                 &mut cond_grads,
                 grads_of(
                     &context.iter().map(|c| c.cond.clone()).collect::<Vec<_>>(),
@@ -198,10 +198,7 @@ impl VideoDit {
                     .into_iter()
                     .map(|g| g / i as f64)
                     .collect();
-                aggregate_grads = Some(match aggregate_grads {
-                    Some(acc) => acc.into_iter().zip(sum_grads).map(|(a, g)| a + g).collect(),
-                    None => sum_grads,
-                });
+                accumulate(&mut aggregate_grads, sum_grads);
             }
             gradients.add(self, grads);
         }
@@ -209,6 +206,8 @@ impl VideoDit {
         // 5. The embedding's graph, once, with all its outputs' gradients.
         let mut outputs = Vec::new();
         let mut output_grads = Vec::new();
+        let time_grads = time_grads.expect("the model has blocks");
+        let cond_grads = cond_grads.expect("the model has blocks");
         for (((tokens, g), context), (time_g, cond_g)) in embedded
             .into_iter()
             .zip(token_grads)
@@ -216,9 +215,7 @@ impl VideoDit {
             .zip(time_grads.into_iter().zip(cond_grads))
         {
             outputs.extend([tokens, context.time, context.cond]);
-            output_grads.push(g);
-            output_grads.push(time_g.expect("every block reads the time projection"));
-            output_grads.push(cond_g.expect("every block reads the conditioning"));
+            output_grads.extend([g, time_g, cond_g]);
         }
         for (h, g) in head.into_iter().zip(head_grads) {
             outputs.push(h.modulation);
@@ -237,13 +234,11 @@ impl VideoDit {
         if !self.config().feature_aggregation || i == 0 {
             return None;
         }
-        let sums = saved[2..=i].iter().fold(saved[1].clone(), |sums, outputs| {
-            sums.into_iter()
-                .zip(outputs)
-                .map(|(s, t)| s + t.clone())
-                .collect()
-        });
-        Some(sums.into_iter().map(|s| s / i as f64).collect())
+        let mut sums = None;
+        for outputs in &saved[1..=i] {
+            accumulate(&mut sums, outputs.clone());
+        }
+        Some(sums?.into_iter().map(|s| s / i as f64).collect())
     }
 }
 
@@ -280,14 +275,4 @@ fn grads_of<const D: usize>(
                 .unwrap_or_else(|| t.clone().without_autodiff().zeros_like())
         })
         .collect()
-}
-
-/// `sums[i] += new[i]`.
-fn add_into(sums: &mut [Option<Tensor<3>>], new: Vec<Tensor<3>>) {
-    for (sum, g) in sums.iter_mut().zip(new) {
-        *sum = Some(match sum.take() {
-            Some(s) => s + g,
-            None => g,
-        });
-    }
 }

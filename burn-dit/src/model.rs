@@ -37,22 +37,38 @@ pub(crate) struct ClipInputs {
     pub frame_offsets: Vec<usize>,
 }
 
-impl ClipInputs {
-    /// A whole video as one clip.
-    pub fn one(
-        x: Tensor<5>,
-        sigma: Tensor<1>,
-        cond: Tensor<3>,
-        estimate: Option<Tensor<5>>,
-    ) -> Self {
-        Self {
-            x: vec![x],
-            sigma: vec![sigma],
-            cond: vec![cond],
-            estimates: vec![estimate],
+/// One whole video: the input of the single-video forwards.
+pub(crate) struct Video {
+    pub x: Tensor<5>,
+    pub sigma: Tensor<1>,
+    pub cond: Tensor<3>,
+    pub estimate: Option<Tensor<5>>,
+}
+
+impl Video {
+    /// The video as one clip starting at frame 0.
+    fn into_clip(self) -> ClipInputs {
+        ClipInputs {
+            x: vec![self.x],
+            sigma: vec![self.sigma],
+            cond: vec![self.cond],
+            estimates: vec![self.estimate],
             frame_offsets: vec![0],
         }
     }
+}
+
+/// `a + b`, clip by clip.
+pub(crate) fn add_clips(a: Vec<Tensor<3>>, b: Vec<Tensor<3>>) -> Vec<Tensor<3>> {
+    a.into_iter().zip(b).map(|(a, b)| a + b).collect()
+}
+
+/// `sums += new`, clip by clip (`sums` starting as `new`).
+pub(crate) fn accumulate(sums: &mut Option<Vec<Tensor<3>>>, new: Vec<Tensor<3>>) {
+    *sums = Some(match sums.take() {
+        Some(sums) => add_clips(sums, new),
+        None => new,
+    });
 }
 
 /// The embedding of every clip: the blocks' input tokens and context, and what the head
@@ -217,7 +233,16 @@ impl VideoDit {
         cond: Tensor<3>,
         estimate: Option<Tensor<5>>,
     ) -> Result<Tensor<5>, SparseAttnError> {
-        self.forward_one(ClipInputs::one(x, sigma, cond, estimate), None, None)
+        self.forward_one(
+            Video {
+                x,
+                sigma,
+                cond,
+                estimate,
+            },
+            None,
+            None,
+        )
     }
 
     /// The token features `[B, S, d_model]` of [`VideoDit::forward`]: after the patch
@@ -233,7 +258,13 @@ impl VideoDit {
         self.check_inputs("VideoDit::block_features", &x, &sigma, &cond)?;
         let mut features = Vec::new();
         self.run(
-            ClipInputs::one(x, sigma, cond, None),
+            Video {
+                x,
+                sigma,
+                cond,
+                estimate: None,
+            }
+            .into_clip(),
             &AttentionMode::PerClip(None),
             Some(&mut features),
             None,
@@ -255,7 +286,16 @@ impl VideoDit {
         estimate: Option<Tensor<5>>,
         tape: &DsvTape,
     ) -> Result<Tensor<5>, SparseAttnError> {
-        self.forward_one(ClipInputs::one(x, sigma, cond, estimate), Some(tape), None)
+        self.forward_one(
+            Video {
+                x,
+                sigma,
+                cond,
+                estimate,
+            },
+            Some(tape),
+            None,
+        )
     }
 
     /// [`VideoDit::forward_refining`] with FasterCache's attention reuse: call
@@ -269,13 +309,22 @@ impl VideoDit {
         estimate: Option<Tensor<5>>,
         reuse: Option<&AttentionReuse>,
     ) -> Result<Tensor<5>, SparseAttnError> {
-        self.forward_one(ClipInputs::one(x, sigma, cond, estimate), None, reuse)
+        self.forward_one(
+            Video {
+                x,
+                sigma,
+                cond,
+                estimate,
+            },
+            None,
+            reuse,
+        )
     }
 
     /// The network on one video, recording on `tape` or reusing attention by `reuse`.
     fn forward_one(
         &self,
-        video: ClipInputs,
+        video: Video,
         tape: Option<&DsvTape>,
         reuse: Option<&AttentionReuse>,
     ) -> Result<Tensor<5>, SparseAttnError> {
@@ -285,32 +334,25 @@ impl VideoDit {
         .map(|mut v| v.remove(0))
     }
 
-    /// Runs `network` on one video (`clips` holds one clip at frame 0) with the model's own
-    /// attention; a dual-scope model sees it as one clip on one rank.
+    /// Runs `network` on one video with the model's own attention; a dual-scope model sees
+    /// it as one clip on one rank.
     pub(crate) fn on_one_video<R>(
         &self,
         function: &'static str,
-        clips: ClipInputs,
+        video: Video,
         tape: Option<&DsvTape>,
         network: impl FnOnce(ClipInputs, &AttentionMode) -> Result<R, SparseAttnError>,
     ) -> Result<R, SparseAttnError> {
-        let ClipInputs {
-            mut x,
-            mut sigma,
-            mut cond,
-            mut estimates,
-            ..
-        } = clips;
-        let (x, sigma, cond, estimate) = (
-            x.remove(0),
-            sigma.remove(0),
-            cond.remove(0),
-            estimates.remove(0),
-        );
-        self.check_inputs(function, &x, &sigma, &cond)?;
-        self.check_estimate(function, estimate.as_ref(), &x)?;
+        self.check_inputs(function, &video.x, &video.sigma, &video.cond)?;
+        self.check_estimate(function, video.estimate.as_ref(), &video.x)?;
         match &self.config.attention {
             AttentionKind::DualScope(scope) => {
+                let Video {
+                    x,
+                    sigma,
+                    cond,
+                    estimate,
+                } = video;
                 // The whole video is one clip on one rank; the scope balance needs σ on the host.
                 let sigmas: Vec<f64> = sigma
                     .into_data()
@@ -330,10 +372,7 @@ impl VideoDit {
                     network,
                 )
             }
-            _ => network(
-                ClipInputs::one(x, sigma, cond, estimate),
-                &AttentionMode::PerClip(tape),
-            ),
+            _ => network(video.into_clip(), &AttentionMode::PerClip(tape)),
         }
     }
 
@@ -621,14 +660,7 @@ impl VideoDit {
                 reuse.map(|r| (r, i)),
             )?;
             if aggregate {
-                sums = Some(match sums {
-                    Some(sums) => sums
-                        .into_iter()
-                        .zip(&tokens)
-                        .map(|(s, t)| s + t.clone())
-                        .collect(),
-                    None => tokens.clone(),
-                });
+                accumulate(&mut sums, tokens.clone());
             }
             if let Some(features) = features.as_deref_mut() {
                 features.push(tokens.clone());

@@ -235,15 +235,14 @@ pub fn sample_with_velocity(
         return integrate(noise, &cond, &uncond, config, refine, &velocity, 1.0);
     };
     // FreeInit: each pass after the first starts from the last result re-initialised.
+    let pass = |i: usize| SamplerConfig {
+        steps: free_init.steps_of(i, config.steps),
+        ..config
+    };
     let mut start = noise.clone();
     let mut sigma = 1.0;
-    for pass in 0..free_init.iterations {
-        let steps = free_init.steps_of(pass, config.steps);
-        let pass_config = SamplerConfig { steps, ..config };
-        let clean = integrate(start, &cond, &uncond, pass_config, refine, &velocity, sigma)?;
-        if pass + 1 == free_init.iterations {
-            return Ok(clean);
-        }
+    for i in 0..free_init.iterations - 1 {
+        let clean = integrate(start, &cond, &uncond, pass(i), refine, &velocity, sigma)?;
         start = clean
             .into_iter()
             .zip(&noise)
@@ -258,13 +257,14 @@ pub fn sample_with_velocity(
             .collect::<Result<_, _>>()?;
         sigma = free_init.renoise_sigma;
     }
-    unreachable!("FreeInit takes at least one pass")
+    let last = pass(free_init.iterations - 1);
+    integrate(start, &cond, &uncond, last, refine, &velocity, sigma)
 }
 
 /// The Euler loop of [`sample_with_velocity`] from `x` at noise level `start` (1: noise) to
 /// 0, on the part of the shifted schedule below `start`.
 fn integrate(
-    x: Vec<Tensor<5>>,
+    mut x: Vec<Tensor<5>>,
     cond: &[Tensor<3>],
     uncond: &[Tensor<3>],
     config: SamplerConfig,
@@ -294,7 +294,6 @@ fn integrate(
         .map(|(c, u)| Tensor::cat(vec![c.clone(), u.clone()], 0))
         .collect();
     let cond = cond.to_vec();
-    let mut x = x;
     // Per clip: [B] estimates after an unguided step, [2B] (cond; uncond) after a guided one.
     let mut estimates: Option<Vec<Tensor<5>>> = None;
     let estimate_of = |x: &[Tensor<5>], v: &[Tensor<5>], sigma: f64| {
@@ -350,7 +349,7 @@ fn integrate(
             }
             branches
                 .into_iter()
-                .map(|(v_cond, v_uncond)| v_uncond.clone() + (v_cond - v_uncond) * config.guidance)
+                .map(|(v_cond, v_uncond)| guide(v_cond, v_uncond, config.guidance))
                 .collect()
         } else {
             let given = estimates.take().map(|e| {
@@ -371,7 +370,7 @@ fn integrate(
                         .zip(difference)
                         .map(|(v_cond, d)| {
                             let v_uncond = d.unconditional(v_cond.clone(), scales);
-                            v_uncond.clone() + (v_cond - v_uncond) * config.guidance
+                            guide(v_cond, v_uncond, config.guidance)
                         })
                         .collect()
                 }
@@ -397,4 +396,9 @@ fn integrate(
             .collect();
     }
     Ok(x)
+}
+
+/// Classifier-free guidance at scale `w`: `v_u + w·(v_c − v_u)`.
+fn guide(v_cond: Tensor<5>, v_uncond: Tensor<5>, w: f64) -> Tensor<5> {
+    v_uncond.clone() + (v_cond - v_uncond) * w
 }
