@@ -3,25 +3,32 @@
 //!
 //! ```text
 //! cargo run --release --example bench_sampling -- [--run out/tiny] [--clips 48]
-//!     [--methods baseline,faster-cache] [--seed 1234] [--out out/bench_sampling.json]
+//!     [--methods baseline,faster-cache] [--frames 8] [--online-sparsity 0.9]
+//!     [--seed 1234] [--out out/bench_sampling.json]
 //! ```
 //!
 //! Every method samples the same `--clips` held-out labels from the same noise with the
 //! checkpoint's EMA weights and sampler settings (the main job's: 20 Euler steps, guidance
 //! 5), and the samples are measured as `video_dit eval` measures them. `faster-cache` is
-//! FasterCache and `free-init` FreeInit with their default settings
-//! (`FasterCacheConfig::default`, `FreeInitConfig::default`).
+//! FasterCache, `free-init` FreeInit and `online-sparse` online sparse attention with their
+//! default settings (`FasterCacheConfig::default`, `FreeInitConfig::default`,
+//! `OnlineSparseConfig::default` at `--online-sparsity`); `dense` makes every self-attention
+//! dense. Methods with `dense` or `online-sparse` also time the self-attention alone and
+//! print each block's calls, sparsity and recall. `--frames` samples longer clips than the
+//! run trained on (more tokens), measured the same way.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::Device;
+use burn_sparse_video::dit::data::ClipShape;
 use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
 use burn_sparse_video::dit::free_init::FreeInitConfig;
 use burn_sparse_video::dit::media::Frames;
 use burn_sparse_video::dit::metrics::{ObjectClassifier, measure};
+use burn_sparse_video::dit::online_sparse::{OnlineLayerStats, OnlineSparseConfig};
 use burn_sparse_video::dit::sample::SamplerConfig;
-use burn_sparse_video::dit::train::{IfDamaged, generate, load_for_sampling};
+use burn_sparse_video::dit::train::{IfDamaged, generate_with_stats, load_for_sampling};
 
 #[path = "common/allocator.rs"]
 mod allocator;
@@ -37,9 +44,16 @@ struct Args {
     /// Held-out labels to sample (1 to 1024).
     #[arg(long, default_value_t = 48)]
     clips: usize,
-    /// Methods: baseline, faster-cache, free-init, free-init+faster-cache.
+    /// Methods: `+`-joined parts of baseline, dense, faster-cache, free-init and
+    /// online-sparse (e.g. `dense,online-sparse,online-sparse+faster-cache`).
     #[arg(long, value_delimiter = ',', default_value = "baseline,faster-cache")]
     methods: Vec<String>,
+    /// Frames per sampled clip (default: the run's clip): longer clips, more tokens.
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Online sparse attention's sparsity (`OnlineSparseConfig::sparsity`).
+    #[arg(long, default_value_t = OnlineSparseConfig::default().sparsity)]
+    online_sparsity: f64,
     /// Noise seed.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
@@ -56,34 +70,60 @@ fn fail(message: String) -> ! {
     std::process::exit(2)
 }
 
-fn sampler_for(method: &str, base: SamplerConfig, renoise_sigma: f64) -> SamplerConfig {
-    let free_init = FreeInitConfig {
-        renoise_sigma,
-        ..FreeInitConfig::default()
-    };
-    let sampler = match method {
-        "baseline" => base,
-        "faster-cache" => SamplerConfig {
-            faster_cache: Some(FasterCacheConfig::default()),
-            ..base
-        },
-        "free-init" => SamplerConfig {
-            free_init: Some(free_init),
-            ..base
-        },
-        "free-init+faster-cache" => SamplerConfig {
-            faster_cache: Some(FasterCacheConfig::default()),
-            free_init: Some(free_init),
-            ..base
-        },
-        other => fail(format!(
-            "--methods: baseline, faster-cache, free-init or free-init+faster-cache, got `{other}`"
-        )),
-    };
+/// The sampler of `method`: `+`-joined parts, each `baseline` (the checkpoint's sampler),
+/// `dense` (every attention dense and timed, through online sparse attention's dense path),
+/// `faster-cache`, `free-init` or `online-sparse`.
+fn sampler_for(method: &str, base: SamplerConfig, args: &Args) -> SamplerConfig {
+    let mut sampler = base;
+    for part in method.split('+') {
+        match part {
+            "baseline" => {}
+            "dense" => {
+                sampler.online_sparse = Some(OnlineSparseConfig {
+                    min_len: usize::MAX,
+                    ..OnlineSparseConfig::default()
+                })
+            }
+            "faster-cache" => sampler.faster_cache = Some(FasterCacheConfig::default()),
+            "free-init" => {
+                sampler.free_init = Some(FreeInitConfig {
+                    renoise_sigma: args.renoise_sigma,
+                    ..FreeInitConfig::default()
+                })
+            }
+            "online-sparse" => {
+                sampler.online_sparse = Some(OnlineSparseConfig::new(args.online_sparsity))
+            }
+            other => fail(format!(
+                "--methods: `+`-joined parts of baseline, dense, faster-cache, free-init and \
+                 online-sparse, got `{other}` in `{method}`"
+            )),
+        }
+    }
     sampler
         .check("bench_sampling")
-        .unwrap_or_else(|e| fail(format!("{e} (--renoise-sigma)")));
+        .unwrap_or_else(|e| fail(format!("{e} (--renoise-sigma, --online-sparsity)")));
     sampler
+}
+
+/// The self-attention's time per sample (against the first method that timed it) and each
+/// block's online sparse record.
+fn print_layers(layers: &[OnlineLayerStats], seconds: f64, dense: f64) {
+    println!(
+        "{:>13}   attention {seconds:.3} s/sample, {:.2}× the first timed method",
+        "",
+        dense / seconds
+    );
+    for (i, l) in layers.iter().enumerate() {
+        let recall = match l.recall.len() {
+            0 => "no search".to_string(),
+            n => format!("recall {:.3}", l.recall.iter().sum::<f64>() / n as f64),
+        };
+        println!(
+            "{:>13}   block {i}: {} dense, {} searches, {} sparse calls; sparsity {:.3}, {recall}",
+            "", l.dense, l.searches, l.sparse, l.sparsity
+        );
+    }
 }
 
 fn main() {
@@ -99,7 +139,18 @@ fn main() {
     let (model, config) = load_for_sampling(&args.run, &device, IfDamaged::Fail)
         .unwrap_or_else(|e| fail(format!("--run {}: {e}", args.run.display())));
     for m in &args.methods {
-        sampler_for(m, config.sampler, args.renoise_sigma);
+        sampler_for(m, config.sampler, &args);
+    }
+    let g = ClipShape {
+        frames: args.frames.unwrap_or(config.clip.frames),
+        ..config.clip
+    };
+    if g.frames == 0 || !g.frames.is_multiple_of(model.config().patch[0]) {
+        fail(format!(
+            "--frames must be a positive multiple of the frame patch {}, got {}",
+            model.config().patch[0],
+            g.frames
+        ));
     }
     let data = config
         .data
@@ -115,7 +166,6 @@ fn main() {
         .collect();
     let labels: Vec<(usize, usize)> = real.iter().map(|r| (r.object, r.colour)).collect();
     let classifier = ObjectClassifier::for_set(&data, 2000);
-    let g = config.clip;
     println!(
         "{} clips of {}×{}×{} from {}, sampler {:?}",
         args.clips,
@@ -140,10 +190,12 @@ fn main() {
     );
     let mut rows = Vec::new();
     let mut baseline_seconds = None;
+    let mut dense_attention_seconds = None;
     for method in &args.methods {
-        let sampler = sampler_for(method, config.sampler, args.renoise_sigma);
+        let sampler = sampler_for(method, config.sampler, &args);
         let start = Instant::now();
-        let samples: Vec<Frames> = generate(&model, g, &labels, sampler, args.seed);
+        let (samples, layers): (Vec<Frames>, _) =
+            generate_with_stats(&model, g, &labels, sampler, args.seed, |_, _| {});
         let per_sample = start.elapsed().as_secs_f64() / args.clips as f64;
         let reference = *baseline_seconds.get_or_insert(per_sample);
         let m = measure(&samples, &labels, None, &classifier);
@@ -158,17 +210,32 @@ fn main() {
             m.motion_smoothness,
             m.area_variation
         );
+        let attention = (!layers.is_empty()).then(|| {
+            let seconds = layers.iter().map(|l| l.seconds).sum::<f64>() / args.clips as f64;
+            let dense = *dense_attention_seconds.get_or_insert(seconds);
+            print_layers(&layers, seconds, dense);
+            serde_json::json!({
+                "seconds_per_sample": seconds,
+                "speed_vs_first_timed": dense / seconds,
+                "layers": layers,
+            })
+        });
         rows.push(serde_json::json!({
             "method": method,
             "sampler": sampler,
             "seconds_per_sample": per_sample,
             "speed_vs_first": reference / per_sample,
             "metrics": m,
+            "attention": attention,
         }));
     }
     let report = serde_json::json!({
         "run": args.run,
         "clips": args.clips,
+        "clip": g,
+        "tokens": g.frames / model.config().patch[0]
+            * (g.height / model.config().patch[1])
+            * (g.width / model.config().patch[2]),
         "seed": args.seed,
         "methods": rows,
     });

@@ -28,6 +28,7 @@ use burn_sparse_video::dit::media::{
     Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png,
 };
 use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
+use burn_sparse_video::dit::online_sparse::OnlineSparseConfig;
 use burn_sparse_video::dit::optim::OptimizerKind;
 use burn_sparse_video::dit::sample::SamplerConfig;
 use burn_sparse_video::dit::train::report::{
@@ -230,12 +231,8 @@ enum Command {
         /// Noise seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
-        /// FasterCache: reuse attention outputs and the guidance difference across steps.
-        #[arg(long)]
-        faster_cache: bool,
-        /// FreeInit with this many sampling passes (its defaults otherwise).
-        #[arg(long)]
-        free_init: Option<usize>,
+        #[command(flatten)]
+        accelerators: Accelerators,
     },
     /// Measure samples of the latest checkpoint against held-out real clips.
     Eval {
@@ -259,12 +256,8 @@ enum Command {
         /// Fresh noise per sampling step, 0 (Euler) to 1 (ancestral) (default: the training run's sampler).
         #[arg(long)]
         stochasticity: Option<f64>,
-        /// FasterCache: reuse attention outputs and the guidance difference across steps.
-        #[arg(long)]
-        faster_cache: bool,
-        /// FreeInit with this many sampling passes (its defaults otherwise).
-        #[arg(long)]
-        free_init: Option<usize>,
+        #[command(flatten)]
+        accelerators: Accelerators,
     },
 }
 
@@ -370,20 +363,57 @@ fn write_video_set(path: &Path, videos: &[Frames]) {
     write_gif(path, &grid, 6).unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
 }
 
-/// `sampler` with FasterCache and FreeInit (`passes`) switched on as asked; the caller checks
-/// the result.
-fn accelerated(sampler: SamplerConfig, faster_cache: bool, passes: Option<usize>) -> SamplerConfig {
-    SamplerConfig {
-        faster_cache: faster_cache
-            .then(FasterCacheConfig::default)
-            .or(sampler.faster_cache),
-        free_init: passes
-            .map(|iterations| FreeInitConfig {
-                iterations,
-                ..FreeInitConfig::default()
-            })
-            .or(sampler.free_init),
-        ..sampler
+/// The training-free sampling accelerators, each off unless asked for.
+#[derive(clap::Args, Clone, Copy)]
+struct Accelerators {
+    /// FasterCache: reuse attention outputs and the guidance difference across steps.
+    #[arg(long)]
+    faster_cache: bool,
+    /// FreeInit with this many sampling passes (its defaults otherwise).
+    #[arg(long)]
+    free_init: Option<usize>,
+    /// Online sparse attention skipping this share of the keys, found from the full
+    /// attention at a few steps (its defaults otherwise).
+    #[arg(long)]
+    online_sparse: Option<f64>,
+}
+
+impl Accelerators {
+    /// `sampler` with the accelerators switched on as asked; the caller checks the result.
+    fn apply(&self, sampler: SamplerConfig) -> SamplerConfig {
+        SamplerConfig {
+            faster_cache: self
+                .faster_cache
+                .then(FasterCacheConfig::default)
+                .or(sampler.faster_cache),
+            free_init: self
+                .free_init
+                .map(|iterations| FreeInitConfig {
+                    iterations,
+                    ..FreeInitConfig::default()
+                })
+                .or(sampler.free_init),
+            online_sparse: self
+                .online_sparse
+                .map(OnlineSparseConfig::new)
+                .or(sampler.online_sparse),
+            ..sampler
+        }
+    }
+
+    /// The part of an output file name that says which are on.
+    fn file_suffix(&self) -> String {
+        let mut suffix = String::new();
+        if self.faster_cache {
+            suffix.push_str("_fastercache");
+        }
+        if let Some(n) = self.free_init {
+            suffix.push_str(&format!("_freeinit{n}"));
+        }
+        if let Some(sparsity) = self.online_sparse {
+            suffix.push_str(&format!("_onlinesparse{sparsity}"));
+        }
+        suffix
     }
 }
 
@@ -804,17 +834,16 @@ fn main() {
             common,
             labels,
             seed,
-            faster_cache,
-            free_init,
+            accelerators,
         } => {
             let trainer = load_trainer(&common);
             let labels = parse_labels(&labels, trainer.config().data.classes());
             let path = common.out.join(format!("sample_seed{seed}.gif"));
             let c = trainer.config();
-            let sampler = accelerated(c.sampler, faster_cache, free_init);
+            let sampler = accelerators.apply(c.sampler);
             sampler
                 .check("video_dit sample")
-                .unwrap_or_else(|e| fail(&format!("{e} (--free-init)")));
+                .unwrap_or_else(|e| fail(&format!("{e} (--free-init, --online-sparse)")));
             write_video_set(
                 &path,
                 &sample_with_progress(trainer.ema(), c, &labels, sampler, seed),
@@ -829,8 +858,7 @@ fn main() {
             shift,
             guidance_max_sigma,
             stochasticity,
-            faster_cache,
-            free_init,
+            accelerators,
         } => {
             if !(1..=MAX_CLIPS).contains(&clips) {
                 fail(&format!("--clips must be in 1..={MAX_CLIPS}, got {clips}"));
@@ -842,8 +870,8 @@ fn main() {
             sampler.shift = shift.unwrap_or(sampler.shift);
             sampler.guidance_max_sigma = guidance_max_sigma.unwrap_or(sampler.guidance_max_sigma);
             sampler.stochasticity = stochasticity.unwrap_or(sampler.stochasticity);
-            let sampler = accelerated(sampler, faster_cache, free_init);
-            sampler.check("video_dit eval").unwrap_or_else(|e| fail(&format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity, --free-init)")));
+            let sampler = accelerators.apply(sampler);
+            sampler.check("video_dit eval").unwrap_or_else(|e| fail(&format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity, --free-init, --online-sparse)")));
             println!("sampler: {sampler:?}");
             let start = std::time::Instant::now();
             let (videos, _, samples, real) = evaluate(&trainer, clips, sampler);
@@ -858,12 +886,7 @@ fn main() {
                 sampler.steps,
                 sampler.shift,
                 sampler.stochasticity,
-                match (faster_cache, free_init) {
-                    (true, Some(n)) => format!("_fastercache_freeinit{n}"),
-                    (true, None) => "_fastercache".into(),
-                    (false, Some(n)) => format!("_freeinit{n}"),
-                    (false, None) => String::new(),
-                }
+                accelerators.file_suffix()
             ));
             write_video_set(&path, &videos);
             println!("wrote {}", path.display());

@@ -14,8 +14,9 @@ use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvTape, TokenGrid};
 
 use crate::config::{AttentionKind, VideoDitConfig};
-use crate::faster_cache::AttentionReuse;
+use crate::online_sparse::OnlineSparse;
 use crate::rope::Rope3d;
+use crate::sampling_state::SamplingState;
 
 /// Layer norm without affine parameters (adaLN supplies scale and shift).
 pub(crate) fn plain_norm(x: Tensor<3>) -> Tensor<3> {
@@ -130,12 +131,15 @@ impl SelfAttention {
         }
     }
 
-    /// `xs`: one `[B, S_c, d]` per clip, attended together when the mode spans clips.
+    /// `xs`: one `[B, S_c, d]` per clip, attended together when the mode spans clips;
+    /// `online`: online sparse attention and this block's index in it, in place of the
+    /// block's own attention.
     fn forward(
         &self,
         xs: Vec<Tensor<3>>,
         clips: &[ClipContext],
         mode: &AttentionMode,
+        online: Option<(&OnlineSparse, usize)>,
     ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
         let dims: Vec<[usize; 3]> = xs.iter().map(|x| x.dims()).collect();
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
@@ -160,23 +164,40 @@ impl SelfAttention {
             v.push(part(2));
         }
         let outs = match mode {
-            AttentionMode::DualScope(plan) => plan.attend(q, k, v)?,
+            AttentionMode::DualScope(plan) => {
+                SparseAttnError::check(
+                    online.is_none(),
+                    "SelfAttention::forward",
+                    "online",
+                    "None with dual-scope attention (online sparse attention runs per clip)",
+                    "online sparse attention",
+                )?;
+                plan.attend(q, k, v)?
+            }
             AttentionMode::PerClip(tape) => xs
                 .into_iter()
                 .zip(q.into_iter().zip(k).zip(v))
                 .zip(clips)
-                .map(|((x, ((q, k), v)), clip)| match (&self.dsv, tape) {
-                    (Some(dsv), Some(tape)) => dsv.forward_training(x, q, k, v, clip.grid, tape),
-                    (Some(dsv), None) => dsv.forward(x, q, k, v, clip.grid),
-                    (None, _) => Ok(attention(
-                        q,
-                        k,
-                        v,
-                        None,
-                        None,
-                        AttentionModuleOptions::default(),
-                    )),
-                })
+                .enumerate()
+                .map(
+                    |(i, ((x, ((q, k), v)), clip))| match (&self.dsv, tape, online) {
+                        (_, _, Some((online, block))) => {
+                            online.attend(block, i, q, k, v, clip.grid)
+                        }
+                        (Some(dsv), Some(tape), None) => {
+                            dsv.forward_training(x, q, k, v, clip.grid, tape)
+                        }
+                        (Some(dsv), None, None) => dsv.forward(x, q, k, v, clip.grid),
+                        (None, _, None) => Ok(attention(
+                            q,
+                            k,
+                            v,
+                            None,
+                            None,
+                            AttentionModuleOptions::default(),
+                        )),
+                    },
+                )
                 .collect::<Result<_, _>>()?,
         };
         Ok(outs
@@ -381,14 +402,14 @@ impl DitBlock {
 
     /// `xs`: one `[B, S_c, d]` per clip, with that clip's context; `aggregates`: per clip, the
     /// mean output of the preceding blocks (`feature_aggregation`, from the second block on);
-    /// `reuse`: FasterCache's attention reuse and this block's index in it.
+    /// `sampling`: the accelerators' state of a sampling run and this block's index in it.
     pub(crate) fn forward(
         &self,
         xs: Vec<Tensor<3>>,
         clips: &[ClipContext],
         mode: &AttentionMode,
         aggregates: Option<&[Tensor<3>]>,
-        reuse: Option<(&AttentionReuse, usize)>,
+        sampling: Option<(&SamplingState, usize)>,
     ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
         let mods: Vec<Vec<Tensor<3>>> = clips
             .iter()
@@ -410,9 +431,10 @@ impl DitBlock {
                     modulate(plain_norm(input), m[0].clone(), m[1].clone())
                 })
                 .collect();
-            self.attn.forward(h, clips, mode)
+            let online = sampling.and_then(|(state, i)| state.online().map(|o| (o, i)));
+            self.attn.forward(h, clips, mode, online)
         };
-        let attended = match reuse {
+        let attended = match sampling.and_then(|(state, i)| state.reuse().map(|r| (r, i))) {
             Some((reuse, index)) => {
                 let dims: Vec<[usize; 3]> = xs.iter().map(|x| x.dims()).collect();
                 reuse.attention(index, &dims, attend)?

@@ -45,10 +45,12 @@ pub mod long_video;
 pub mod media;
 pub mod metrics;
 mod model;
+pub mod online_sparse;
 pub mod optim;
 mod patch;
 mod rope;
 pub mod sample;
+mod sampling_state;
 mod spectral;
 pub mod train;
 
@@ -63,3 +65,4 @@ pub use ema::ema_update;
 pub use model::VideoDit;
 pub use patch::{patchify, unpatchify};
 pub use rope::{Rope3d, rope_split};
+pub use sampling_state::SamplingState;

@@ -11,10 +11,10 @@ use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig, DualScopePlan
 
 use crate::block::{AttentionMode, ClipContext, DitBlock, modulate, plain_norm, quick_gelu};
 use crate::config::{AttentionKind, Prediction, VideoDitConfig};
-use crate::faster_cache::AttentionReuse;
 use crate::flow::velocity_from_clean;
 use crate::patch::{patchify, unpatchify};
 use crate::rope::Rope3d;
+use crate::sampling_state::SamplingState;
 
 /// Width of the sinusoidal timestep features.
 const TIME_FEATURES: usize = 256;
@@ -298,16 +298,17 @@ impl VideoDit {
         )
     }
 
-    /// [`VideoDit::forward_refining`] with FasterCache's attention reuse: call
-    /// [`AttentionReuse::begin_step`] before each sampling step's call. A dual-scope model
-    /// reuses as in [`VideoDit::forward_clips`].
-    pub fn forward_reusing(
+    /// [`VideoDit::forward_refining`] for one step of a sampling run with the accelerators
+    /// of `state` (FasterCache's attention reuse, online sparse attention): call
+    /// [`SamplingState::begin_step`] before each step's call. A dual-scope model reuses as
+    /// in [`VideoDit::forward_clips`] and takes no online sparse attention.
+    pub fn forward_sampling(
         &self,
         x: Tensor<5>,
         sigma: Tensor<1>,
         cond: Tensor<3>,
         estimate: Option<Tensor<5>>,
-        reuse: Option<&AttentionReuse>,
+        state: &SamplingState,
     ) -> Result<Tensor<5>, SparseAttnError> {
         self.forward_one(
             Video {
@@ -317,19 +318,20 @@ impl VideoDit {
                 estimate,
             },
             None,
-            reuse,
+            Some(state),
         )
     }
 
-    /// The network on one video, recording on `tape` or reusing attention by `reuse`.
+    /// The network on one video, recording on `tape` or with the accelerators of a
+    /// sampling run's `state`.
     fn forward_one(
         &self,
         video: Video,
         tape: Option<&DsvTape>,
-        reuse: Option<&AttentionReuse>,
+        state: Option<&SamplingState>,
     ) -> Result<Tensor<5>, SparseAttnError> {
         self.on_one_video("VideoDit::forward_refining", video, tape, |clips, mode| {
-            self.run(clips, mode, None, reuse)
+            self.run(clips, mode, None, state)
         })
         .map(|mut v| v.remove(0))
     }
@@ -400,13 +402,13 @@ impl VideoDit {
         estimates: Option<Vec<Tensor<5>>>,
         scope: &DualScopeConfig,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
-        self.forward_clips_reusing(comm, layout, x, sigmas, cond, estimates, scope, None)
+        self.forward_clips_sampling(comm, layout, x, sigmas, cond, estimates, scope, None)
     }
 
-    /// [`VideoDit::forward_clips`] with FasterCache's attention reuse (one call per sampling
-    /// step).
+    /// [`VideoDit::forward_clips`] for one step of a sampling run with FasterCache's
+    /// attention reuse in `state`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn forward_clips_reusing(
+    pub(crate) fn forward_clips_sampling(
         &self,
         comm: &Communicator,
         layout: &ClipLayout,
@@ -415,7 +417,7 @@ impl VideoDit {
         cond: Vec<Tensor<3>>,
         estimates: Option<Vec<Tensor<5>>>,
         scope: &DualScopeConfig,
-        reuse: Option<&AttentionReuse>,
+        state: Option<&SamplingState>,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         self.on_clips(
             comm,
@@ -425,7 +427,7 @@ impl VideoDit {
             cond,
             estimates,
             scope,
-            |clips, mode| self.run(clips, mode, None, reuse),
+            |clips, mode| self.run(clips, mode, None, state),
         )
     }
 
@@ -628,13 +630,13 @@ impl VideoDit {
     }
 
     /// The network over `clips`; with `features`, the tokens after the embedding and after
-    /// each block are pushed there; with `reuse`, blocks take FasterCache's attention reuse.
+    /// each block are pushed there; with `state`, blocks take a sampling run's accelerators.
     fn run(
         &self,
         clips: ClipInputs,
         mode: &AttentionMode,
         mut features: Option<&mut Vec<Vec<Tensor<3>>>>,
-        reuse: Option<&AttentionReuse>,
+        state: Option<&SamplingState>,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
         let aggregate = self.config.feature_aggregation;
         let Embedded {
@@ -657,7 +659,7 @@ impl VideoDit {
                 &contexts,
                 mode,
                 means.as_deref(),
-                reuse.map(|r| (r, i)),
+                state.map(|s| (s, i)),
             )?;
             if aggregate {
                 accumulate(&mut sums, tokens.clone());

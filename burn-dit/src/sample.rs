@@ -6,10 +6,13 @@ use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
-use crate::faster_cache::{AttentionReuse, CfgDifference, FasterCacheConfig};
+use crate::config::AttentionKind;
+use crate::faster_cache::{CfgDifference, FasterCacheConfig};
 use crate::flow::shift_sigma;
 use crate::free_init::FreeInitConfig;
 use crate::model::VideoDit;
+use crate::online_sparse::OnlineSparseConfig;
+use crate::sampling_state::SamplingState;
 
 /// Settings of [`sample_euler`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,12 @@ pub struct SamplerConfig {
     /// result's low frequencies ([`FreeInitConfig`]); `None` samples once.
     #[serde(default)]
     pub free_init: Option<FreeInitConfig>,
+    /// Online sparse attention: each query cube's critical keys searched from the full
+    /// attention at a few steps and reused between them, in place of the blocks' own
+    /// attention ([`OnlineSparseConfig`]); `None` attends as the model was trained. Runs
+    /// per clip, so not with dual-scope attention.
+    #[serde(default)]
+    pub online_sparse: Option<OnlineSparseConfig>,
 }
 
 fn always() -> f64 {
@@ -80,16 +89,24 @@ impl SamplerConfig {
         if let Some(cache) = &self.faster_cache {
             cache.check(function)?;
         }
-        match &self.free_init {
-            Some(free_init) => free_init.check(function),
+        if let Some(free_init) = &self.free_init {
+            free_init.check(function)?;
+        }
+        match &self.online_sparse {
+            Some(online) => online.check(function),
             None => Ok(()),
         }
     }
 
-    /// The attention reuse of one sampling run of `model`, where FasterCache is on.
-    pub(crate) fn attention_reuse(&self, model: &VideoDit) -> Option<AttentionReuse> {
-        self.faster_cache
-            .map(|cache| AttentionReuse::new(model.blocks().len(), self.steps, cache))
+    /// The accelerators' state of one sampling run of `model` (see
+    /// [`sample_euler_with_state`]).
+    pub fn sampling_state(&self, model: &VideoDit) -> SamplingState {
+        SamplingState::new(
+            model.blocks().len(),
+            self.steps,
+            self.faster_cache,
+            self.online_sparse,
+        )
     }
 }
 
@@ -103,6 +120,7 @@ impl Default for SamplerConfig {
             stochasticity: 0.0,
             faster_cache: None,
             free_init: None,
+            online_sparse: None,
         }
     }
 }
@@ -117,24 +135,44 @@ pub fn sample_euler(
     uncond: Tensor<3>,
     config: SamplerConfig,
 ) -> Result<Tensor<5>, SparseAttnError> {
+    let state = config.sampling_state(model);
+    sample_euler_with_state(model, noise, cond, uncond, config, &state)
+}
+
+/// [`sample_euler`] with the accelerators' state made by the caller
+/// ([`SamplerConfig::sampling_state`], fresh for each run), which can then read what they
+/// did (e.g. [`OnlineSparse::layer_stats`](crate::online_sparse::OnlineSparse::layer_stats)).
+pub fn sample_euler_with_state(
+    model: &VideoDit,
+    noise: Tensor<5>,
+    cond: Tensor<3>,
+    uncond: Tensor<3>,
+    config: SamplerConfig,
+    state: &SamplingState,
+) -> Result<Tensor<5>, SparseAttnError> {
     let device = noise.device();
-    let reuse = config.attention_reuse(model);
+    SparseAttnError::check(
+        config.online_sparse.is_none()
+            || !matches!(model.config().attention, AttentionKind::DualScope(_)),
+        "sample_euler",
+        "config.online_sparse",
+        "None for a dual-scope model (online sparse attention runs per clip)",
+        "online sparse attention",
+    )?;
     let velocity = |mut x: Vec<Tensor<5>>,
                     sigma: f64,
                     mut cond: Vec<Tensor<3>>,
                     estimate: Option<Vec<Tensor<5>>>| {
         let b = x[0].dims()[0];
         let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
-        if let Some(reuse) = &reuse {
-            reuse.begin_step();
-        }
+        state.begin_step();
         model
-            .forward_reusing(
+            .forward_sampling(
                 x.remove(0),
                 s,
                 cond.remove(0),
                 estimate.map(|mut e| e.remove(0)),
-                reuse.as_ref(),
+                state,
             )
             .map(|v| vec![v])
     };
@@ -170,14 +208,19 @@ pub fn sample_euler_clips(
         "None for a video of several clips (FreeInit filters the whole video at once)",
         format!("FreeInit over {} clips", layout.clips()),
     )?;
-    let reuse = config.attention_reuse(model);
+    SparseAttnError::check(
+        config.online_sparse.is_none(),
+        "sample_euler_clips",
+        "config.online_sparse",
+        "None (a video cut into clips attends dual-scope; online sparse attention runs per clip)",
+        "online sparse attention",
+    )?;
+    let state = config.sampling_state(model);
     let velocity =
         |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
             let b = x.first().map_or(0, |x| x.dims()[0]);
-            if let Some(reuse) = &reuse {
-                reuse.begin_step();
-            }
-            model.forward_clips_reusing(
+            state.begin_step();
+            model.forward_clips_sampling(
                 comm,
                 layout,
                 x,
@@ -185,7 +228,7 @@ pub fn sample_euler_clips(
                 cond,
                 estimates,
                 scope,
-                reuse.as_ref(),
+                Some(&state),
             )
         };
     sample_with_velocity(

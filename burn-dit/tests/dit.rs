@@ -15,6 +15,8 @@ mod free_init;
 mod long_video;
 #[path = "dit/model.rs"]
 mod model;
+#[path = "dit/online_sparse.rs"]
+mod online_sparse;
 #[path = "dit/reliability.rs"]
 mod reliability;
 #[path = "dit/training.rs"]

@@ -93,6 +93,42 @@ impl CriticalKeys {
         }
     }
 
+    /// The index of batch rows `start..start + len` (a sampler's conditional half).
+    pub fn narrow_batch(&self, start: usize, len: usize) -> Result<Self, SparseAttnError> {
+        let batch = self.indices.dims()[0];
+        ensure(
+            len >= 1 && start + len <= batch,
+            "CriticalKeys::narrow_batch",
+            "start..start + len",
+            format!("a non-empty range within the batch of {batch}"),
+            format!("{start}..{}", start + len),
+        )?;
+        Ok(self.with_indices(self.indices.clone().narrow(0, start, len)))
+    }
+
+    /// The index with its batch repeated `times` times (one selection serving both guidance
+    /// branches).
+    pub fn repeat_batch(&self, times: usize) -> Result<Self, SparseAttnError> {
+        ensure(
+            times >= 1,
+            "CriticalKeys::repeat_batch",
+            "times",
+            "≥ 1",
+            times,
+        )?;
+        Ok(self.with_indices(self.indices.clone().repeat_dim(0, times)))
+    }
+
+    fn with_indices(&self, indices: Tensor<4, Int>) -> Self {
+        Self::trusted(
+            indices,
+            self.group_size,
+            self.key_block,
+            self.query_len,
+            self.key_len,
+        )
+    }
+
     /// The index `[B, H, G, k]`.
     pub fn indices(&self) -> &Tensor<4, Int> {
         &self.indices

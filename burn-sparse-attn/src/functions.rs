@@ -180,52 +180,9 @@ fn sparse_attention_shapes(
     scale: Option<f64>,
 ) -> Result<f64, SparseAttnError> {
     const F: &str = "sparse_attention";
-    let [b, h, sq, d] = q.dims();
+    let scale = check_qkv(F, q, k, v, scale)?;
+    let [b, h, sq, _] = q.dims();
     let sk = k.dims()[2];
-    ensure(
-        b * h * sq * d > 0,
-        F,
-        "q",
-        "a non-empty [B, H, S, D] tensor",
-        format!("{:?}", q.dims()),
-    )?;
-    ensure(
-        k.dims() == [b, h, sk, d] && sk > 0,
-        F,
-        "k",
-        format!("[{b}, {h}, S_k ≥ 1, {d}] (batch, heads and head dim of q)"),
-        format!("{:?}", k.dims()),
-    )?;
-    ensure(
-        v.dims() == k.dims(),
-        F,
-        "v",
-        format!("{:?} like k", k.dims()),
-        format!("{:?}", v.dims()),
-    )?;
-    ensure(
-        q.dtype().is_float(),
-        F,
-        "q",
-        "a float tensor",
-        format!("{:?}", q.dtype()),
-    )?;
-    for (name, t) in [("k", &k), ("v", &v)] {
-        ensure(
-            t.dtype() == q.dtype(),
-            F,
-            name,
-            format!("dtype {:?} like q", q.dtype()),
-            format!("{:?}", t.dtype()),
-        )?;
-        ensure(
-            t.device() == q.device(),
-            F,
-            name,
-            "on q's device",
-            "another device",
-        )?;
-    }
     ensure(
         keys.query_len() == sq,
         F,
@@ -255,10 +212,68 @@ fn sparse_attention_shapes(
         "on q's device",
         "another device",
     )?;
+    Ok(scale)
+}
+
+/// Checks `q: [B, H, Sq, D]` and `k, v: [B, H, Sk, D]` (float, one dtype and device) and
+/// the scale; returns the scale to use (`1/√D` by default).
+pub(crate) fn check_qkv(
+    function: &'static str,
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    scale: Option<f64>,
+) -> Result<f64, SparseAttnError> {
+    let [b, h, sq, d] = q.dims();
+    let sk = k.dims()[2];
+    ensure(
+        b * h * sq * d > 0,
+        function,
+        "q",
+        "a non-empty [B, H, S, D] tensor",
+        format!("{:?}", q.dims()),
+    )?;
+    ensure(
+        k.dims() == [b, h, sk, d] && sk > 0,
+        function,
+        "k",
+        format!("[{b}, {h}, S_k ≥ 1, {d}] (batch, heads and head dim of q)"),
+        format!("{:?}", k.dims()),
+    )?;
+    ensure(
+        v.dims() == k.dims(),
+        function,
+        "v",
+        format!("{:?} like k", k.dims()),
+        format!("{:?}", v.dims()),
+    )?;
+    ensure(
+        q.dtype().is_float(),
+        function,
+        "q",
+        "a float tensor",
+        format!("{:?}", q.dtype()),
+    )?;
+    for (name, t) in [("k", &k), ("v", &v)] {
+        ensure(
+            t.dtype() == q.dtype(),
+            function,
+            name,
+            format!("dtype {:?} like q", q.dtype()),
+            format!("{:?}", t.dtype()),
+        )?;
+        ensure(
+            t.device() == q.device(),
+            function,
+            name,
+            "on q's device",
+            "another device",
+        )?;
+    }
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
     ensure(
         scale.is_finite() && scale > 0.0,
-        F,
+        function,
         "scale",
         "finite and > 0",
         scale,

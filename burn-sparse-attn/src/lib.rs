@@ -42,6 +42,7 @@ mod layout;
 mod ops;
 pub mod oracle;
 mod reference;
+mod search;
 
 pub use critical_keys::CriticalKeys;
 pub use error::SparseAttnError;
@@ -51,3 +52,4 @@ pub use functions::{
 };
 pub use layout::{AttnInputs, AttnLayout};
 pub use ops::SparseAttnOps;
+pub use search::{SearchedAttention, dense_attention_with_search};

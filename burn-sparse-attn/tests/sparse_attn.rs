@@ -14,6 +14,8 @@ mod dsv;
 mod forward;
 #[path = "sparse_attn/kernels.rs"]
 mod kernels;
+#[path = "sparse_attn/search.rs"]
+mod search;
 #[path = "sparse_attn/selection.rs"]
 mod selection;
 #[path = "sparse_attn/validation.rs"]

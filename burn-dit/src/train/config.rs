@@ -125,6 +125,7 @@ impl TrainConfig {
                 stochasticity: 0.0,
                 faster_cache: None,
                 free_init: None,
+                online_sparse: None,
             },
             seed: 42,
         }

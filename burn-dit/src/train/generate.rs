@@ -3,12 +3,14 @@
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 use super::batch_shares;
 use crate::data::{COND_TOKENS, ClipShape, SplitMix, colour_token, object_token};
 use crate::media::Frames;
 use crate::model::VideoDit;
-use crate::sample::{SamplerConfig, sample_euler};
+use crate::online_sparse::OnlineLayerStats;
+use crate::sample::{SamplerConfig, sample_euler_with_state};
 
 /// Clip labels `(object, colour)` as conditioning ids `[B, COND_TOKENS]`.
 pub fn label_ids(labels: &[(usize, usize)], device: &Device) -> Tensor<2, Int> {
@@ -41,8 +43,21 @@ pub fn generate_with_progress(
     labels: &[(usize, usize)],
     sampler: SamplerConfig,
     seed: u64,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Vec<Frames> {
+    generate_with_stats(model, clip, labels, sampler, seed, progress).0
+}
+
+/// [`generate_with_progress`] that also returns what online sparse attention did in each
+/// block, summed over the sampling runs (empty when it is off).
+pub fn generate_with_stats(
+    model: &VideoDit,
+    clip: ClipShape,
+    labels: &[(usize, usize)],
+    sampler: SamplerConfig,
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> (Vec<Frames>, Vec<OnlineLayerStats>) {
     let device = model
         .devices()
         .into_iter()
@@ -57,15 +72,16 @@ pub fn generate_with_progress(
         device.seed(seed);
     }
     let mut frames = Vec::with_capacity(n);
+    let stats = Mutex::new(Vec::new());
     for chunk in labels.chunks(SAMPLE_CHUNK) {
         let noise = noise_rng.normal_tensor(
             [chunk.len(), 3, clip.frames, clip.height, clip.width],
             &device,
         );
-        frames.extend(sample_chunk(model, clip, chunk, noise, sampler));
+        frames.extend(sample_chunk(model, clip, chunk, noise, sampler, &stats));
         progress(frames.len(), n);
     }
-    frames
+    (frames, stats.into_inner().expect("stats lock"))
 }
 
 /// One chunk of clips from its noise.
@@ -75,14 +91,25 @@ fn sample_chunk(
     labels: &[(usize, usize)],
     noise: Tensor<5>,
     sampler: SamplerConfig,
+    stats: &Mutex<Vec<OnlineLayerStats>>,
 ) -> Vec<Frames> {
     let device = noise.device();
     let n = labels.len();
     let sample = |noise: Tensor<5>, labels: &[(usize, usize)]| {
         let cond = model.embed_labels(label_ids(labels, &device));
         let uncond = model.embed_labels(Tensor::zeros([labels.len(), COND_TOKENS], &device));
-        sample_euler(model, noise, cond, uncond, sampler)
-            .expect("sampling shapes come from the config")
+        let state = sampler.sampling_state(model);
+        let video = sample_euler_with_state(model, noise, cond, uncond, sampler, &state)
+            .expect("sampling shapes come from the config");
+        if let Some(online) = state.online() {
+            let mut sums = stats.lock().expect("stats lock");
+            let layers = online.layer_stats();
+            sums.resize(layers.len(), OnlineLayerStats::default());
+            for (sum, layer) in sums.iter_mut().zip(&layers) {
+                sum.merge(layer);
+            }
+        }
+        video
     };
     let videos = if sampler.stochasticity > 0.0 || sampler.free_init.is_some() {
         // The fresh noise comes from the device's generator in call order: one batch.

@@ -12,7 +12,9 @@ mod trainer;
 
 pub use checkpoint::{CheckpointError, IfDamaged, load_for_sampling, saved_config};
 pub use config::{DivergencePolicy, TrainConfig};
-pub use generate::{SAMPLE_CHUNK, generate, generate_with_progress, label_ids};
+pub use generate::{
+    SAMPLE_CHUNK, generate, generate_with_progress, generate_with_stats, label_ids,
+};
 pub use run_dir::{RunDir, RunDirError, RunMode};
 pub use trainer::{SELF_CONDITION_RATE, StepLog, TrainError, Trainer};
 

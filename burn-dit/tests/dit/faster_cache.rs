@@ -2,11 +2,9 @@ use std::sync::Mutex;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
-use burn_dit::faster_cache::{
-    AttentionReuse, FasterCacheConfig, extrapolate, split_spatial_frequencies,
-};
+use burn_dit::faster_cache::{FasterCacheConfig, extrapolate, split_spatial_frequencies};
 use burn_dit::sample::{SamplerConfig, sample_euler, sample_euler_clips, sample_with_velocity};
-use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
+use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig, SamplingState};
 use burn_sparse_attn::dsv::{DsvHost, DsvStage};
 
 use crate::common::*;
@@ -20,6 +18,7 @@ fn sampler(steps: usize, cache: Option<FasterCacheConfig>) -> SamplerConfig {
         stochasticity: 0.0,
         faster_cache: cache,
         free_init: None,
+        online_sparse: None,
     }
 }
 
@@ -243,11 +242,12 @@ fn attention_reuse_extrapolates_each_blocks_attention_on_its_steps() {
         attention_window: [0.0, 1.0],
         ..FasterCacheConfig::default()
     };
-    let reuse = AttentionReuse::new(depth, 4, cache);
+    let state = SamplingState::new(depth, 4, Some(cache), None);
+    let reuse = state.reuse().unwrap();
     let step = |input: Tensor<5>| {
-        reuse.begin_step();
+        state.begin_step();
         model
-            .forward_reusing(input, sigma.clone(), cond.clone(), None, Some(&reuse))
+            .forward_sampling(input, sigma.clone(), cond.clone(), None, &state)
             .unwrap()
     };
     // Step 0 computes; step 1 is due but has one step of history, so it computes; step 2 is

@@ -17,6 +17,7 @@ fn with(free_init: FreeInitConfig) -> SamplerConfig {
         stochasticity: 0.0,
         faster_cache: None,
         free_init: Some(free_init),
+        online_sparse: None,
     }
 }
 

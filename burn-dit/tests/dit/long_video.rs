@@ -133,6 +133,7 @@ fn long_video_sampling_gives_each_clip_its_noise_and_prompt() {
         stochasticity: 0.0,
         faster_cache: None,
         free_init: None,
+        online_sparse: None,
     };
     // One clip on one rank is the ordinary sampler of a dual-scope model.
     let dual = jittered(AttentionKind::DualScope(scope.clone()), &device);

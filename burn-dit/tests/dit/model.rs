@@ -317,6 +317,7 @@ fn euler_sampler_integrates_the_predicted_velocity() {
             stochasticity: 0.0,
             faster_cache: None,
             free_init: None,
+            online_sparse: None,
         };
         let out =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -350,6 +351,7 @@ fn euler_sampler_integrates_the_predicted_velocity() {
         stochasticity: 0.0,
         faster_cache: None,
         free_init: None,
+        online_sparse: None,
     };
     assert_eq!(
         sample_euler(&model, noise, cond, uncond, bad)
@@ -434,6 +436,7 @@ fn self_conditioning_reads_the_previous_estimate() {
             stochasticity: 0.0,
             faster_cache: None,
             free_init: None,
+            online_sparse: None,
         };
         let sampled =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -489,6 +492,7 @@ fn stochastic_sampling_renoises_the_clean_estimate() {
             stochasticity: eta,
             faster_cache: None,
             free_init: None,
+            online_sparse: None,
         };
         let out =
             sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config).unwrap();
@@ -516,6 +520,7 @@ fn stochastic_sampling_renoises_the_clean_estimate() {
         stochasticity: 1.5,
         faster_cache: None,
         free_init: None,
+        online_sparse: None,
     };
     assert_eq!(
         sample_euler(&model, noise, cond, uncond, bad)
@@ -545,6 +550,7 @@ fn guidance_acts_only_below_its_noise_limit() {
             stochasticity: 0.0,
             faster_cache: None,
             free_init: None,
+            online_sparse: None,
         };
         sample_euler(&model, noise.clone(), cond.clone(), uncond.clone(), config)
     };

@@ -1,6 +1,7 @@
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_sparse_attn::{
-    CriticalKeys, SelectionConfig, SparseAttnError, select_critical_keys, sparse_attention,
+    CriticalKeys, SelectionConfig, SparseAttnError, dense_attention_with_search,
+    select_critical_keys, sparse_attention,
 };
 
 fn expect_err<T: std::fmt::Debug>(
@@ -144,6 +145,56 @@ fn attention_rejects_bad_arguments() {
     let other_heads =
         select_critical_keys(one_head.clone(), one_head, SelectionConfig::new(4, 3)).unwrap();
     expect_err(call(&q, &k, &v, &other_heads, None), F, "keys");
+}
+
+#[test]
+fn search_rejects_bad_arguments() {
+    let device = Device::flex();
+    let q = zeros([1, 2, 12, 8], &device);
+    const F: &str = "dense_attention_with_search";
+    let call = |k: Tensor<4>, config, scale| {
+        dense_attention_with_search(q.clone(), k.clone(), k, config, scale)
+    };
+    assert!(call(q.clone(), SelectionConfig::new(4, 12), None).is_ok());
+    expect_err(
+        call(
+            zeros([1, 2, 12, 4], &device),
+            SelectionConfig::new(4, 3),
+            None,
+        ),
+        F,
+        "k",
+    );
+    expect_err(
+        call(q.clone(), SelectionConfig::new(4, 0), None),
+        F,
+        "config.budget",
+    );
+    let err = expect_err(
+        call(q.clone(), SelectionConfig::new(4, 13), None),
+        F,
+        "config.budget",
+    );
+    assert!(err.expected.contains("1..=12"), "{err}");
+    expect_err(
+        call(
+            q.clone(),
+            SelectionConfig::new(4, 4).with_key_block(4),
+            None,
+        ),
+        F,
+        "config.budget",
+    );
+    expect_err(
+        call(q.clone(), SelectionConfig::new(0, 3), None),
+        F,
+        "config.group_size",
+    );
+    expect_err(
+        call(q.clone(), SelectionConfig::new(4, 3), Some(-1.0)),
+        F,
+        "scale",
+    );
 }
 
 #[test]

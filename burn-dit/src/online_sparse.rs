@@ -1,0 +1,338 @@
+//! Training-free online sparse attention (AdaSpa, Xia et al. 2025, arXiv 2502.21079): a
+//! model trained dense, or a DSV layer whose predictor is not trained, samples sparsely by
+//! finding each query cube's critical keys from the full queries and keys at a few steps and
+//! reusing that index on the steps between.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use burn::tensor::{Tensor, module::attention, ops::AttentionModuleOptions};
+use burn_sparse_attn::dsv::{Reorder, TokenGrid};
+use burn_sparse_attn::{
+    CriticalKeys, SelectionConfig, SparseAttnError, dense_attention_with_search, sparse_attention,
+};
+use serde::{Deserialize, Serialize};
+
+/// Online sparse attention settings
+/// ([`SamplerConfig::online_sparse`](crate::sample::SamplerConfig::online_sparse)).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OnlineSparseConfig {
+    /// Share of each query cube's keys skipped on the sparse steps, in [0, 1).
+    pub sparsity: f64,
+    /// The steps `i < warmup·steps` attend densely (the layout forms there and changes
+    /// fastest); the first step after them searches.
+    pub warmup: f64,
+    /// After the first search, search again every this many steps; the steps between reuse
+    /// the last index.
+    pub search_every: usize,
+    /// Query cube `[t, h, w]` in tokens: the queries that share one selection.
+    pub query_cube: [usize; 3],
+    /// Sequences shorter than this attend densely (too short for sparse attention to win;
+    /// `usize::MAX` attends densely throughout, which times the dense attention alike).
+    pub min_len: usize,
+}
+
+impl Default for OnlineSparseConfig {
+    fn default() -> Self {
+        Self {
+            sparsity: 0.9,
+            warmup: 0.2,
+            search_every: 10,
+            query_cube: [1, 4, 4],
+            min_len: 256,
+        }
+    }
+}
+
+/// What one step's attention does under [`OnlineSparseConfig`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnlineStep {
+    /// Dense attention (warm-up, or a sequence below `min_len`).
+    Dense,
+    /// Dense attention that also searches a new index.
+    Search,
+    /// Sparse attention on the last index.
+    Sparse,
+}
+
+impl OnlineSparseConfig {
+    /// The default settings at `sparsity`.
+    pub fn new(sparsity: f64) -> Self {
+        Self {
+            sparsity,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every field's range, naming `function` in the error.
+    pub fn check(&self, function: &'static str) -> Result<(), SparseAttnError> {
+        SparseAttnError::check(
+            (0.0..1.0).contains(&self.sparsity),
+            function,
+            "online_sparse.sparsity",
+            "in [0, 1)",
+            self.sparsity,
+        )?;
+        SparseAttnError::check(
+            (0.0..1.0).contains(&self.warmup),
+            function,
+            "online_sparse.warmup",
+            "in [0, 1) (a share of the steps, leaving at least one to search)",
+            self.warmup,
+        )?;
+        SparseAttnError::check(
+            self.search_every >= 1,
+            function,
+            "online_sparse.search_every",
+            "≥ 1 (1 = search at every step after the warm-up)",
+            self.search_every,
+        )?;
+        SparseAttnError::check(
+            self.query_cube.iter().all(|&c| c >= 1),
+            function,
+            "online_sparse.query_cube",
+            "[t, h, w] with every side ≥ 1",
+            format!("{:?}", self.query_cube),
+        )
+    }
+
+    /// What step `i` of `steps` does.
+    pub fn step(&self, i: usize, steps: usize) -> OnlineStep {
+        let first_search = (self.warmup * steps as f64).ceil() as usize;
+        if i < first_search {
+            OnlineStep::Dense
+        } else if (i - first_search).is_multiple_of(self.search_every) {
+            OnlineStep::Search
+        } else {
+            OnlineStep::Sparse
+        }
+    }
+
+    /// Keys each query cube keeps in a sequence of `s` tokens: `ceil((1 − sparsity)·s)`,
+    /// rounded up to 16 (the sparse kernels' tile) and at most `s`.
+    pub fn budget(&self, s: usize) -> usize {
+        let want = (((1.0 - self.sparsity) * s as f64).ceil() as usize).max(1);
+        want.div_ceil(16).saturating_mul(16).min(s)
+    }
+}
+
+/// One block's record over a sampling run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OnlineLayerStats {
+    /// Attention calls that ran dense, searched, and ran sparse.
+    pub dense: usize,
+    /// See `dense`.
+    pub searches: usize,
+    /// See `dense`.
+    pub sparse: usize,
+    /// Share of the keys the sparse calls skipped, averaged over them.
+    pub sparsity: f64,
+    /// Per head: the share of the attention mass the searched selections kept, averaged
+    /// over the searches.
+    pub recall: Vec<f64>,
+    /// Host wall time spent in this block's attention calls (on CPU backends the
+    /// attention's own time; asynchronous GPU backends return before the work is done).
+    pub seconds: f64,
+}
+
+impl OnlineLayerStats {
+    /// Adds another run's record of the same block (e.g. a parallel share of the batch).
+    pub fn merge(&mut self, other: &Self) {
+        let weighted = |a: f64, n: usize, b: f64, m: usize| match n + m {
+            0 => 0.0,
+            total => (a * n as f64 + b * m as f64) / total as f64,
+        };
+        self.sparsity = weighted(self.sparsity, self.sparse, other.sparsity, other.sparse);
+        self.recall = match (self.recall.is_empty(), other.recall.is_empty()) {
+            (true, _) => other.recall.clone(),
+            (_, true) => self.recall.clone(),
+            _ => self
+                .recall
+                .iter()
+                .zip(&other.recall)
+                .map(|(&a, &b)| weighted(a, self.searches, b, other.searches))
+                .collect(),
+        };
+        self.dense += other.dense;
+        self.searches += other.searches;
+        self.sparse += other.sparse;
+        self.seconds += other.seconds;
+    }
+}
+
+/// The index of one block's clip and what it was made for.
+struct StoredIndex {
+    keys: CriticalKeys,
+    grid: TokenGrid,
+}
+
+struct OnlineState {
+    step: Option<usize>,
+    /// Per block, per clip: the last searched index.
+    index: Vec<Vec<Option<StoredIndex>>>,
+    layers: Vec<OnlineLayerStats>,
+}
+
+/// The online sparse attention of one sampling run: its schedule, each block's last index
+/// and its statistics. Handed to every model call of the run through
+/// [`SamplingState`](crate::SamplingState).
+pub struct OnlineSparse {
+    config: OnlineSparseConfig,
+    steps: usize,
+    state: Mutex<OnlineState>,
+}
+
+impl OnlineSparse {
+    /// The online sparse attention of a `depth`-block model over a `steps`-step schedule.
+    pub fn new(depth: usize, steps: usize, config: OnlineSparseConfig) -> Self {
+        Self {
+            config,
+            steps,
+            state: Mutex::new(OnlineState {
+                step: None,
+                index: (0..depth).map(|_| Vec::new()).collect(),
+                layers: vec![OnlineLayerStats::default(); depth],
+            }),
+        }
+    }
+
+    /// Starts the next sampling step's model call.
+    pub fn begin_step(&self) {
+        let mut state = self.state.lock().expect("online sparse lock");
+        state.step = Some(state.step.map_or(0, |s| s + 1));
+    }
+
+    /// Each block's record so far.
+    pub fn layer_stats(&self) -> Vec<OnlineLayerStats> {
+        self.state
+            .lock()
+            .expect("online sparse lock")
+            .layers
+            .clone()
+    }
+
+    /// Block `block`'s self-attention of clip `clip`: `q, k, v: [B, H, S, D]`, tokens
+    /// frame-major on `grid`.
+    pub(crate) fn attend(
+        &self,
+        block: usize,
+        clip: usize,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        grid: TokenGrid,
+    ) -> Result<Tensor<4>, SparseAttnError> {
+        let start = Instant::now();
+        let out = self.attend_untimed(block, clip, q, k, v, grid)?;
+        self.state.lock().expect("online sparse lock").layers[block].seconds +=
+            start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    fn attend_untimed(
+        &self,
+        block: usize,
+        clip: usize,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        grid: TokenGrid,
+    ) -> Result<Tensor<4>, SparseAttnError> {
+        let [b, _, s, _] = q.dims();
+        let (kind, stored) = {
+            let mut state = self.state.lock().expect("online sparse lock");
+            let kind = match s < self.config.min_len {
+                true => OnlineStep::Dense,
+                false => self.config.step(state.step.unwrap_or(0), self.steps),
+            };
+            let stored = match kind {
+                OnlineStep::Sparse => state.index[block]
+                    .get(clip)
+                    .and_then(Option::as_ref)
+                    .filter(|stored| stored.grid == grid)
+                    .map(|stored| fit_batch(&stored.keys, b))
+                    .transpose()?
+                    .flatten(),
+                _ => None,
+            };
+            if kind == OnlineStep::Dense {
+                state.layers[block].dense += 1;
+            }
+            (kind, stored)
+        };
+        if kind == OnlineStep::Dense {
+            return Ok(attention(
+                q,
+                k,
+                v,
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            ));
+        }
+        let reorder = Reorder::new(grid, self.config.query_cube, &q.device());
+        let [q, k, v] = [q, k, v].map(|t| reorder.apply(t));
+        let out = match stored {
+            Some(keys) => {
+                let out = sparse_attention(q, k, v, &keys, None)?;
+                let mut state = self.state.lock().expect("online sparse lock");
+                let layer = &mut state.layers[block];
+                layer.sparsity = (layer.sparsity * layer.sparse as f64 + keys.sparsity())
+                    / (layer.sparse + 1) as f64;
+                layer.sparse += 1;
+                out
+            }
+            // A search step, or a sparse step without a fitting index (a new clip shape).
+            None => {
+                let group = self.config.query_cube.iter().product();
+                let selection = SelectionConfig::new(group, self.config.budget(s));
+                let searched = dense_attention_with_search(q, k, v, selection, None)?;
+                let recall: Vec<f64> = searched
+                    .recall
+                    .into_data()
+                    .convert::<f64>()
+                    .try_to_vec()
+                    .expect("f64 recall");
+                let mut state = self.state.lock().expect("online sparse lock");
+                let layer = &mut state.layers[block];
+                let n = layer.searches as f64;
+                layer.recall = match layer.recall.len() == recall.len() {
+                    true => layer
+                        .recall
+                        .iter()
+                        .zip(&recall)
+                        .map(|(mean, r)| (mean * n + r) / (n + 1.0))
+                        .collect(),
+                    false => recall,
+                };
+                layer.searches += 1;
+                let clips = &mut state.index[block];
+                if clips.len() <= clip {
+                    clips.resize_with(clip + 1, || None);
+                }
+                clips[clip] = Some(StoredIndex {
+                    keys: searched.keys,
+                    grid,
+                });
+                searched.output
+            }
+        };
+        Ok(reorder.undo(out))
+    }
+}
+
+/// `keys` for a batch of `b`: as it is, its first half (a step running only the conditional
+/// branch after one that ran both: the samplers put the conditional branch first) or twice
+/// over (the other way round); `None` for any other batch.
+fn fit_batch(keys: &CriticalKeys, b: usize) -> Result<Option<CriticalKeys>, SparseAttnError> {
+    let have = keys.indices().dims()[0];
+    if have == b {
+        Ok(Some(keys.clone()))
+    } else if have == 2 * b {
+        keys.narrow_batch(0, b).map(Some)
+    } else if 2 * have == b {
+        keys.repeat_batch(2).map(Some)
+    } else {
+        Ok(None)
+    }
+}

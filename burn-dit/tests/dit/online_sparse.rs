@@ -1,0 +1,291 @@
+use burn::tensor::{Device, Distribution, Tensor};
+use burn_ctx_parallel::Communicator;
+use burn_dit::faster_cache::FasterCacheConfig;
+use burn_dit::online_sparse::{OnlineSparseConfig, OnlineStep};
+use burn_dit::sample::{SamplerConfig, sample_euler, sample_euler_clips, sample_euler_with_state};
+use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig, SamplingState, VideoDit};
+use burn_sparse_attn::dsv::{DsvHost, DsvStage};
+
+use crate::common::*;
+
+/// Online sparse attention on the micro model's 64-token clips: cubes of 4 tokens.
+fn online(sparsity: f64) -> OnlineSparseConfig {
+    OnlineSparseConfig {
+        sparsity,
+        warmup: 0.34,
+        search_every: 10,
+        query_cube: [1, 2, 2],
+        min_len: 0,
+    }
+}
+
+fn sampler(steps: usize, online: Option<OnlineSparseConfig>) -> SamplerConfig {
+    SamplerConfig {
+        steps,
+        guidance: 3.0,
+        shift: 1.0,
+        guidance_max_sigma: 1.0,
+        stochasticity: 0.0,
+        faster_cache: None,
+        free_init: None,
+        online_sparse: online,
+    }
+}
+
+struct Inputs {
+    noise: Tensor<5>,
+    cond: Tensor<3>,
+    uncond: Tensor<3>,
+}
+
+fn inputs(model: &VideoDit, device: &Device) -> Inputs {
+    device.seed(5);
+    Inputs {
+        noise: Tensor::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), device),
+        cond: model.embed_labels(Tensor::from_ints([[1, 4], [2, 5]], device)),
+        uncond: model.embed_labels(Tensor::from_ints([[0, 0], [0, 0]], device)),
+    }
+}
+
+fn sample(model: &VideoDit, inputs: &Inputs, config: SamplerConfig) -> (Tensor<5>, SamplingState) {
+    let state = config.sampling_state(model);
+    let out = sample_euler_with_state(
+        model,
+        inputs.noise.clone(),
+        inputs.cond.clone(),
+        inputs.uncond.clone(),
+        config,
+        &state,
+    )
+    .unwrap();
+    (out, state)
+}
+
+#[test]
+fn the_online_schedule_and_budgets_follow_the_config() {
+    let c = OnlineSparseConfig::default();
+    let kinds: Vec<OnlineStep> = (0..20).map(|i| c.step(i, 20)).collect();
+    for (i, kind) in kinds.iter().enumerate() {
+        let want = match i {
+            0..4 => OnlineStep::Dense,
+            4 | 14 => OnlineStep::Search,
+            _ => OnlineStep::Sparse,
+        };
+        assert_eq!(*kind, want, "step {i}");
+    }
+    let no_warmup = OnlineSparseConfig {
+        warmup: 0.0,
+        search_every: 3,
+        ..c
+    };
+    assert_eq!(no_warmup.step(0, 10), OnlineStep::Search);
+    assert_eq!(no_warmup.step(2, 10), OnlineStep::Sparse);
+    assert_eq!(no_warmup.step(3, 10), OnlineStep::Search);
+    // ceil((1 − s)·S) rounded up to 16, at most S.
+    assert_eq!(c.budget(256), 32);
+    assert_eq!(c.budget(4096), 416);
+    assert_eq!(c.budget(10), 10);
+    assert_eq!(OnlineSparseConfig::new(0.0).budget(100), 100);
+    assert_eq!(OnlineSparseConfig::new(0.5).budget(64), 32);
+}
+
+#[test]
+fn bad_online_settings_are_named_errors() {
+    let c = OnlineSparseConfig::default();
+    let bad = [
+        (
+            OnlineSparseConfig { sparsity: 1.0, ..c },
+            "online_sparse.sparsity",
+        ),
+        (
+            OnlineSparseConfig {
+                sparsity: -0.1,
+                ..c
+            },
+            "online_sparse.sparsity",
+        ),
+        (
+            OnlineSparseConfig { warmup: 1.0, ..c },
+            "online_sparse.warmup",
+        ),
+        (
+            OnlineSparseConfig {
+                search_every: 0,
+                ..c
+            },
+            "online_sparse.search_every",
+        ),
+        (
+            OnlineSparseConfig {
+                query_cube: [1, 0, 4],
+                ..c
+            },
+            "online_sparse.query_cube",
+        ),
+    ];
+    for (config, argument) in bad {
+        let err = sampler(4, Some(config)).check("sample_euler").unwrap_err();
+        assert_eq!(
+            (err.function, err.argument),
+            ("sample_euler", argument),
+            "{err}"
+        );
+    }
+    assert!(sampler(4, Some(c)).check("sample_euler").is_ok());
+}
+
+#[test]
+fn online_sparse_over_every_key_is_dense_sampling() {
+    let device = Device::flex();
+    let model = jittered(AttentionKind::Dense, &device);
+    let inputs = inputs(&model, &device);
+    let (plain, _) = sample(&model, &inputs, sampler(6, None));
+    // Sparsity 0: every search keeps all 64 keys, so the sparse steps are dense attention.
+    let (all_keys, state) = sample(&model, &inputs, sampler(6, Some(online(0.0))));
+    let gap = max_abs_diff(plain.clone(), all_keys);
+    assert!(gap < 1e-4, "gap {gap}");
+    // Steps 0–2 dense, 3 searches, 4–5 sparse; one clip per call.
+    for layer in state.online().unwrap().layer_stats() {
+        assert_eq!((layer.dense, layer.searches, layer.sparse), (3, 1, 2));
+        assert_eq!(layer.sparsity, 0.0);
+        assert!(
+            layer.recall.iter().all(|r| (r - 1.0).abs() < 1e-5),
+            "{layer:?}"
+        );
+    }
+}
+
+#[test]
+fn online_sparse_skips_keys_and_reports_what_it_kept() {
+    let device = Device::flex();
+    let model = jittered(AttentionKind::Dense, &device);
+    let inputs = inputs(&model, &device);
+    let (plain, _) = sample(&model, &inputs, sampler(6, None));
+    let (sparse, state) = sample(&model, &inputs, sampler(6, Some(online(0.75))));
+    let gap = max_abs_diff(plain.clone(), sparse.clone());
+    let scale = plain.abs().max().into_scalar::<f32>();
+    assert!(
+        gap > 1e-4 && gap < 0.5 * scale,
+        "gap {gap} at scale {scale}"
+    );
+    let layers = state.online().unwrap().layer_stats();
+    assert_eq!(layers.len(), model.blocks().len());
+    for layer in layers {
+        assert_eq!((layer.dense, layer.searches, layer.sparse), (3, 1, 2));
+        // 16 of 64 keys per cube.
+        assert!((layer.sparsity - 0.75).abs() < 1e-9, "{layer:?}");
+        assert_eq!(layer.recall.len(), 2);
+        // The heaviest quarter of the keys holds more than a quarter of the mass.
+        assert!(
+            layer.recall.iter().all(|&r| r > 0.25 && r < 1.0),
+            "{layer:?}"
+        );
+    }
+}
+
+#[test]
+fn a_search_step_is_exact_and_its_index_serves_the_conditional_half() {
+    let device = Device::flex();
+    let model = jittered(AttentionKind::Dense, &device);
+    let inputs = inputs(&model, &device);
+    let config = OnlineSparseConfig {
+        warmup: 0.0,
+        ..online(0.75)
+    };
+    let state = SamplingState::new(model.blocks().len(), 4, None, Some(config));
+    let sigma = Tensor::<1>::from_floats([0.5, 0.5, 0.5, 0.5], &device);
+    let both = Tensor::cat(vec![inputs.noise.clone(); 2], 0);
+    let cond = Tensor::cat(vec![inputs.cond.clone(), inputs.uncond.clone()], 0);
+    // Step 0 searches on both guidance branches: its output is the dense model's.
+    state.begin_step();
+    let searched = model
+        .forward_sampling(both.clone(), sigma.clone(), cond.clone(), None, &state)
+        .unwrap();
+    let dense = model.forward(both, sigma.clone(), cond).unwrap();
+    assert!(max_abs_diff(searched, dense) < 1e-5);
+    // Step 1 runs the conditional branch alone on the first half of that index.
+    state.begin_step();
+    let sigma = sigma.narrow(0, 0, 2);
+    let sparse = model
+        .forward_sampling(
+            inputs.noise.clone(),
+            sigma.clone(),
+            inputs.cond.clone(),
+            None,
+            &state,
+        )
+        .unwrap();
+    let dense = model
+        .forward(inputs.noise.clone(), sigma, inputs.cond.clone())
+        .unwrap();
+    assert!(max_abs_diff(sparse.clone(), dense) > 1e-4);
+    assert!(sparse.abs().max().into_scalar::<f32>().is_finite());
+    for layer in state.online().unwrap().layer_stats() {
+        assert_eq!((layer.dense, layer.searches, layer.sparse), (0, 1, 1));
+    }
+}
+
+#[test]
+fn online_sparse_replaces_dsv_combines_with_faster_cache_and_refuses_dual_scope() {
+    let device = Device::flex();
+    // A DSV model held dense (an untrained predictor): online search instead of its own.
+    let mut dsv = jittered(micro_dsv(), &device);
+    for layer in dsv.dsv_layers_mut() {
+        layer.set_stage(DsvStage::Dense);
+    }
+    let inputs = inputs(&dsv, &device);
+    let (plain, _) = sample(&dsv, &inputs, sampler(6, None));
+    let (all_keys, state) = sample(&dsv, &inputs, sampler(6, Some(online(0.0))));
+    assert!(max_abs_diff(plain, all_keys) < 1e-4);
+    assert!(state.online().unwrap().layer_stats()[0].sparse == 2);
+
+    let cache = FasterCacheConfig {
+        attention_window: [0.0, 1.0],
+        cfg_start: 0.0,
+        cfg_interval: 2,
+        ..FasterCacheConfig::default()
+    };
+    let both = SamplerConfig {
+        faster_cache: Some(cache),
+        ..sampler(8, Some(online(0.75)))
+    };
+    let (out, state) = sample(&dsv, &inputs, both);
+    assert!(out.abs().max().into_scalar::<f32>().is_finite());
+    let (reused, _) = state.reuse().unwrap().counts();
+    let layer = &state.online().unwrap().layer_stats()[0];
+    assert!(reused > 0 && layer.sparse > 0, "{reused} reused, {layer:?}");
+
+    let scope = DualScopeConfig::new().with_window(1).with_global_frames(2);
+    let dual = jittered(AttentionKind::DualScope(scope.clone()), &device);
+    let err = sample_euler(
+        &dual,
+        inputs.noise.clone(),
+        inputs.cond.clone(),
+        inputs.uncond.clone(),
+        sampler(4, Some(online(0.5))),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.function, err.argument),
+        ("sample_euler", "config.online_sparse")
+    );
+    let layout = ClipLayout::uniform(2, 2, 1).unwrap();
+    let err = sample_euler_clips(
+        &dual,
+        &Communicator::single(device.clone()),
+        &layout,
+        vec![
+            inputs.noise.clone().narrow(2, 0, 2),
+            inputs.noise.narrow(2, 2, 2),
+        ],
+        vec![inputs.cond.clone(); 2],
+        vec![inputs.uncond.clone(); 2],
+        sampler(4, Some(online(0.5))),
+        &scope,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.function, err.argument),
+        ("sample_euler_clips", "config.online_sparse")
+    );
+}
