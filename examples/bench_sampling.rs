@@ -54,6 +54,19 @@ struct Args {
     /// Online sparse attention's sparsity (`OnlineSparseConfig::sparsity`).
     #[arg(long, default_value_t = OnlineSparseConfig::default().sparsity)]
     online_sparsity: f64,
+    /// Online sparse attention's dense warm-up share (`OnlineSparseConfig::warmup`).
+    #[arg(long, default_value_t = OnlineSparseConfig::default().warmup)]
+    online_warmup: f64,
+    /// Steps between online searches (`OnlineSparseConfig::search_every`).
+    #[arg(long, default_value_t = OnlineSparseConfig::default().search_every)]
+    online_search_every: usize,
+    /// Whether online sparse attention keeps each search's skipped-key part
+    /// (`OnlineSparseConfig::keep_tail`).
+    #[arg(long, default_value_t = OnlineSparseConfig::default().keep_tail, action = clap::ArgAction::Set)]
+    online_keep_tail: bool,
+    /// Online sparse attention's query cube `t,h,w` in tokens (`OnlineSparseConfig::query_cube`).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,4")]
+    online_cube: Vec<usize>,
     /// Noise seed.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
@@ -92,7 +105,17 @@ fn sampler_for(method: &str, base: SamplerConfig, args: &Args) -> SamplerConfig 
                 })
             }
             "online-sparse" => {
-                sampler.online_sparse = Some(OnlineSparseConfig::new(args.online_sparsity))
+                let Ok(query_cube) = <[usize; 3]>::try_from(args.online_cube.as_slice()) else {
+                    fail(format!("--online-cube: t,h,w, got {:?}", args.online_cube))
+                };
+                sampler.online_sparse = Some(OnlineSparseConfig {
+                    sparsity: args.online_sparsity,
+                    warmup: args.online_warmup,
+                    search_every: args.online_search_every,
+                    query_cube,
+                    keep_tail: args.online_keep_tail,
+                    ..OnlineSparseConfig::default()
+                })
             }
             other => fail(format!(
                 "--methods: `+`-joined parts of baseline, dense, faster-cache, free-init and \
@@ -102,15 +125,15 @@ fn sampler_for(method: &str, base: SamplerConfig, args: &Args) -> SamplerConfig 
     }
     sampler
         .check("bench_sampling")
-        .unwrap_or_else(|e| fail(format!("{e} (--renoise-sigma, --online-sparsity)")));
+        .unwrap_or_else(|e| fail(format!("{e} (--renoise-sigma, --online-*)")));
     sampler
 }
 
 /// The self-attention's time per sample (against the first method that timed it) and each
 /// block's online sparse record.
-fn print_layers(layers: &[OnlineLayerStats], seconds: f64, dense: f64) {
+fn print_layers(layers: &[OnlineLayerStats], seconds: f64, dense: f64, width: usize) {
     println!(
-        "{:>13}   attention {seconds:.3} s/sample, {:.2}× the first timed method",
+        "{:>width$}   attention {seconds:.3} s/sample, {:.2}× the first timed method",
         "",
         dense / seconds
     );
@@ -120,7 +143,7 @@ fn print_layers(layers: &[OnlineLayerStats], seconds: f64, dense: f64) {
             n => format!("recall {:.3}", l.recall.iter().sum::<f64>() / n as f64),
         };
         println!(
-            "{:>13}   block {i}: {} dense, {} searches, {} sparse calls; sparsity {:.3}, {recall}",
+            "{:>width$}   block {i}: {} dense, {} searches, {} sparse calls; sparsity {:.3}, {recall}",
             "", l.dense, l.searches, l.sparse, l.sparsity
         );
     }
@@ -175,8 +198,15 @@ fn main() {
         args.run.display(),
         config.sampler
     );
+    let width = args
+        .methods
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!(
-        "{:>13} | {:>8} {:>7} | {:>6} {:>6} {:>6} {:>6} {:>7} {:>7} {:>7}",
+        "{:>width$} | {:>8} {:>7} | {:>6} {:>6} {:>6} {:>6} {:>7} {:>7} {:>7}",
         "method",
         "s/sample",
         "speed",
@@ -200,7 +230,7 @@ fn main() {
         let reference = *baseline_seconds.get_or_insert(per_sample);
         let m = measure(&samples, &labels, None, &classifier);
         println!(
-            "{method:>13} | {per_sample:>8.3} {:>6.2}× | {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>7.3} {:>7.3} {:>7.3}",
+            "{method:>width$} | {per_sample:>8.3} {:>6.2}× | {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>7.3} {:>7.3} {:>7.3}",
             reference / per_sample,
             m.object_accuracy,
             m.colour_accuracy,
@@ -213,7 +243,7 @@ fn main() {
         let attention = (!layers.is_empty()).then(|| {
             let seconds = layers.iter().map(|l| l.seconds).sum::<f64>() / args.clips as f64;
             let dense = *dense_attention_seconds.get_or_insert(seconds);
-            print_layers(&layers, seconds, dense);
+            print_layers(&layers, seconds, dense, width);
             serde_json::json!({
                 "seconds_per_sample": seconds,
                 "speed_vs_first_timed": dense / seconds,

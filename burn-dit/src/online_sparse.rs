@@ -9,7 +9,8 @@ use std::time::Instant;
 use burn::tensor::{Tensor, module::attention, ops::AttentionModuleOptions};
 use burn_sparse_attn::dsv::{Reorder, TokenGrid};
 use burn_sparse_attn::{
-    CriticalKeys, SelectionConfig, SparseAttnError, dense_attention_with_search, sparse_attention,
+    CriticalKeys, SelectionConfig, SparseAttentionOutput, SparseAttnError,
+    dense_attention_with_search, sparse_attention, sparse_attention_with_lse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,10 @@ pub struct OnlineSparseConfig {
     pub search_every: usize,
     /// Query cube `[t, h, w]` in tokens: the queries that share one selection.
     pub query_cube: [usize; 3],
+    /// Keep each query's attention over the keys a search skipped (their weighted values and
+    /// share of the weight) and add it to the sparse steps' attention over the kept keys until
+    /// the next search, instead of dropping it.
+    pub keep_tail: bool,
     /// Sequences shorter than this attend densely (too short for sparse attention to win;
     /// `usize::MAX` attends densely throughout, which times the dense attention alike).
     pub min_len: usize,
@@ -39,6 +44,7 @@ impl Default for OnlineSparseConfig {
             warmup: 0.2,
             search_every: 10,
             query_cube: [1, 4, 4],
+            keep_tail: true,
             min_len: 256,
         }
     }
@@ -160,16 +166,54 @@ impl OnlineLayerStats {
     }
 }
 
-/// The index of one block's clip and what it was made for.
-struct StoredIndex {
+/// What a search leaves one block's clip: its index and, with `keep_tail`, each query's
+/// attention over the keys it skipped.
+struct Searched {
     keys: CriticalKeys,
+    tail: Option<Tail>,
     grid: TokenGrid,
+}
+
+/// The skipped keys' part of each query's dense attention at a search, in cube order:
+/// `weighted = Σ_{j skipped} p_j·v_j` `[B, H, S, D]` over the row's weights `p`, and the
+/// kept keys' share of them, `kept = Σ_{j kept} p_j` `[B, H, S]`.
+#[derive(Clone)]
+struct Tail {
+    weighted: Tensor<4>,
+    kept: Tensor<3>,
+}
+
+impl Tail {
+    /// The tail of a search: its dense output less the part over the kept keys, whose share
+    /// of each row's weight is `exp(lse_kept − lse)`.
+    fn new(dense: Tensor<4>, lse: Tensor<3>, kept: SparseAttentionOutput) -> Self {
+        let share = (kept.lse - lse).exp().clamp(0.0, 1.0);
+        Self {
+            weighted: dense - kept.output * share.clone().unsqueeze_dim(3),
+            kept: share,
+        }
+    }
+
+    /// This step's attention over the kept keys, `kept_out`, completed by the stored tail
+    /// with each row's weight split as at the search: `kept·kept_out + weighted`. A shared
+    /// shift of the scores (their scale moves with the noise level) leaves the split alone,
+    /// which merging by the search's log-sum-exp would not.
+    fn complete(&self, kept_out: Tensor<4>) -> Tensor<4> {
+        kept_out * self.kept.clone().unsqueeze_dim(3) + self.weighted.clone()
+    }
+
+    fn map_batch(&self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
+        Self {
+            weighted: f(self.weighted.clone()),
+            kept: f(self.kept.clone().unsqueeze_dim(3)).squeeze_dim(3),
+        }
+    }
 }
 
 struct OnlineState {
     step: Option<usize>,
     /// Per block, per clip: the last searched index.
-    index: Vec<Vec<Option<StoredIndex>>>,
+    index: Vec<Vec<Option<Searched>>>,
     layers: Vec<OnlineLayerStats>,
 }
 
@@ -250,9 +294,7 @@ impl OnlineSparse {
                     .get(clip)
                     .and_then(Option::as_ref)
                     .filter(|stored| stored.grid == grid)
-                    .map(|stored| fit_batch(&stored.keys, b))
-                    .transpose()?
-                    .flatten(),
+                    .and_then(|stored| fit_batch(stored, b)),
                 _ => None,
             };
             if kind == OnlineStep::Dense {
@@ -273,8 +315,12 @@ impl OnlineSparse {
         let reorder = Reorder::new(grid, self.config.query_cube, &q.device());
         let [q, k, v] = [q, k, v].map(|t| reorder.apply(t));
         let out = match stored {
-            Some(keys) => {
-                let out = sparse_attention(q, k, v, &keys, None)?;
+            Some((keys, tail)) => {
+                let kept = sparse_attention(q, k, v, &keys, None)?;
+                let out = match tail {
+                    Some(tail) => tail.complete(kept),
+                    None => kept,
+                };
                 let mut state = self.state.lock().expect("online sparse lock");
                 let layer = &mut state.layers[block];
                 layer.sparsity = (layer.sparsity * layer.sparse as f64 + keys.sparsity())
@@ -286,7 +332,19 @@ impl OnlineSparse {
             None => {
                 let group = self.config.query_cube.iter().product();
                 let selection = SelectionConfig::new(group, self.config.budget(s));
-                let searched = dense_attention_with_search(q, k, v, selection, None)?;
+                let searched =
+                    dense_attention_with_search(q.clone(), k.clone(), v.clone(), selection, None)?;
+                let tail = match self.config.keep_tail {
+                    true => {
+                        let kept = sparse_attention_with_lse(q, k, v, &searched.keys, None)?;
+                        Some(Tail::new(
+                            searched.output.clone(),
+                            searched.lse.clone(),
+                            kept,
+                        ))
+                    }
+                    false => None,
+                };
                 let recall: Vec<f64> = searched
                     .recall
                     .into_data()
@@ -310,8 +368,9 @@ impl OnlineSparse {
                 if clips.len() <= clip {
                     clips.resize_with(clip + 1, || None);
                 }
-                clips[clip] = Some(StoredIndex {
+                clips[clip] = Some(Searched {
                     keys: searched.keys,
+                    tail,
                     grid,
                 });
                 searched.output
@@ -321,18 +380,23 @@ impl OnlineSparse {
     }
 }
 
-/// `keys` for a batch of `b`: as it is, its first half (a step running only the conditional
-/// branch after one that ran both: the samplers put the conditional branch first) or twice
-/// over (the other way round); `None` for any other batch.
-fn fit_batch(keys: &CriticalKeys, b: usize) -> Result<Option<CriticalKeys>, SparseAttnError> {
-    let have = keys.indices().dims()[0];
+/// A search's index (and tail) for a batch of `b`: as it is, its first half (a step running
+/// only the conditional branch after one that ran both: the samplers put the conditional
+/// branch first) or twice over (the other way round); `None` for any other batch.
+fn fit_batch(searched: &Searched, b: usize) -> Option<(CriticalKeys, Option<Tail>)> {
+    let have = searched.keys.indices().dims()[0];
+    let fit = |f: &dyn Fn(Tensor<4>) -> Tensor<4>, keys: CriticalKeys| {
+        (keys, searched.tail.as_ref().map(|tail| tail.map_batch(f)))
+    };
     if have == b {
-        Ok(Some(keys.clone()))
+        Some((searched.keys.clone(), searched.tail.clone()))
     } else if have == 2 * b {
-        keys.narrow_batch(0, b).map(Some)
+        let keys = searched.keys.narrow_batch(0, b).ok()?;
+        Some(fit(&|t| t.narrow(0, 0, b), keys))
     } else if 2 * have == b {
-        keys.repeat_batch(2).map(Some)
+        let keys = searched.keys.repeat_batch(2).ok()?;
+        Some(fit(&|t| t.repeat_dim(0, 2), keys))
     } else {
-        Ok(None)
+        None
     }
 }

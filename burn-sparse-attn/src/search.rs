@@ -4,7 +4,7 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use burn::tensor::{Tensor, activation::softmax, kind::Basic};
+use burn::tensor::{Tensor, kind::Basic};
 
 use crate::functions::check_qkv;
 use crate::{CriticalKeys, SelectionConfig, SparseAttnError, error::ensure};
@@ -14,6 +14,10 @@ use crate::{CriticalKeys, SelectionConfig, SparseAttnError, error::ensure};
 pub struct SearchedAttention {
     /// Dense attention output `[B, H, Sq, D]`.
     pub output: Tensor<4>,
+    /// Log-sum-exp of each query row's scaled scores over all keys `[B, H, Sq]`: with
+    /// [`sparse_attention_with_lse`](crate::sparse_attention_with_lse)'s over the selected
+    /// keys it gives the share of each row's weight the selection holds.
+    pub lse: Tensor<3>,
     /// The `budget` key units of each query group holding the most attention mass.
     pub keys: CriticalKeys,
     /// Per head `[H]`: the share of the attention mass the selection keeps, averaged over
@@ -31,7 +35,7 @@ const CHUNK_SCORES: usize = 1 << 24;
 /// each row its dense output, normalised by the row's log-sum-exp, also gives the row's
 /// exact attention weights; summed over the rows of a group and the keys of a unit they are
 /// the unit's attention mass, and the `config.budget` heaviest units become the group's
-/// index. Queries run in chunks of whole groups, so memory stays at about 2²⁴ scores
+/// index; the rows' log-sum-exps come back too. Queries run in chunks of whole groups, so memory stays at about 2²⁴ scores
 /// whatever the sequence length. Nothing here is differentiable (a sampling-time search).
 pub fn dense_attention_with_search(
     q: Tensor<4>,
@@ -72,15 +76,18 @@ pub fn dense_attention_with_search(
     let chunk_groups = (CHUNK_SCORES / (b * h * sk * group).max(1)).max(1);
     let (q, k, v) = (q.detach(), k.detach(), v.detach());
     let keys_t = k.swap_dims(2, 3);
-    let (mut outputs, mut indices, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut outputs, mut lses, mut indices, mut kept) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for first in (0..groups).step_by(chunk_groups) {
         let chunk = chunk_groups.min(groups - first);
         let start = first * group;
         let rows = (chunk * group).min(sq - start);
-        let probs = softmax(
-            q.clone().narrow(2, start, rows).matmul(keys_t.clone()) * scale,
-            3,
-        );
+        let scores = q.clone().narrow(2, start, rows).matmul(keys_t.clone()) * scale;
+        let max = scores.clone().max_dim(3);
+        let weights = (scores - max.clone()).exp();
+        let total = weights.clone().sum_dim(3);
+        lses.push(max + total.clone().log());
+        let probs = weights / total;
         outputs.push(probs.clone().matmul(v.clone()));
         let mass = unit_mass(group_mass(probs, group), config.key_block);
         // A full sort rather than `topk`: Burn's CubeCL top-k returns -1 ids for large k.
@@ -104,6 +111,7 @@ pub fn dense_attention_with_search(
         .reshape([h]);
     Ok(SearchedAttention {
         output: cat(outputs, 2),
+        lse: cat(lses, 2).reshape([b, h, sq]),
         keys: CriticalKeys::trusted(cat(indices, 2), group, config.key_block, sq, sk),
         recall,
     })

@@ -1,4 +1,6 @@
-use burn::module::{Module, ModuleMapper, Param};
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_dit::data::SplitMix;
 use burn_dit::flow::{
@@ -184,17 +186,62 @@ impl ModuleMapper for JitterMatrices {
     }
 }
 
+/// Every float parameter of a model by its path, to copy into another model.
+#[derive(Default)]
+struct ParamsByPath {
+    path: Vec<String>,
+    params: HashMap<String, TensorData>,
+}
+
+impl ModuleVisitor for ParamsByPath {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.params
+            .insert(self.path.join("."), param.val().into_data());
+    }
+}
+
+impl ModuleMapper for ParamsByPath {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.params.get(&self.path.join(".")) {
+            Some(data) => param.map(|w| {
+                assert_eq!(data.shape(), &w.shape(), "{}", self.path.join("."));
+                Tensor::from_data(data.clone(), &w.device())
+            }),
+            None => param,
+        }
+    }
+}
+
 #[test]
 fn output_convolution_starts_as_the_identity() {
     let device = Device::flex();
-    let build = |head_conv: bool| {
-        device.seed(5);
-        micro_model(AttentionKind::Dense)
-            .with_head_conv(head_conv)
-            .init(&device)
-            .map(&mut JitterMatrices)
-    };
-    let (with, without) = (build(true), build(false));
+    let without = micro_model(AttentionKind::Dense)
+        .init(&device)
+        .map(&mut JitterMatrices);
+    // The same weights (copied: other tests draw from the device's generator in parallel)
+    // plus the output convolution as built.
+    let mut weights = ParamsByPath::default();
+    without.visit(&mut weights);
+    let with = micro_model(AttentionKind::Dense)
+        .with_head_conv(true)
+        .init(&device)
+        .map(&mut weights);
     let x = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [2]), &device);
     let cond = without.embed_labels(Tensor::<2, Int>::from_data(

@@ -69,11 +69,26 @@ fn search_is_dense_attention_and_keeps_the_heaviest_units(device: &Device) {
             &format!("{what}: output"),
         );
 
-        let probs = softmax(
-            masked_scores(tensor(&q, &oracle), tensor(&k, &oracle), None, scale),
-            3,
-        )
-        .into_data();
+        let scores = masked_scores(tensor(&q, &oracle), tensor(&k, &oracle), None, scale);
+        let host_lse: Vec<f32> = scores
+            .to_data()
+            .as_slice::<f32>()
+            .unwrap()
+            .chunks_exact(sk)
+            .map(|row| {
+                let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                top + row.iter().map(|x| (x - top).exp()).sum::<f32>().ln()
+            })
+            .collect();
+        assert_eq!(searched.lse.dims(), [b, h, sq]);
+        let lse: Vec<f32> = searched.lse.to_data().convert::<f32>().to_vec().unwrap();
+        for (row, (got, want)) in lse.iter().zip(&host_lse).enumerate() {
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{what}: row {row} lse {got}, host {want}"
+            );
+        }
+        let probs = softmax(scores, 3).into_data();
         let (masses, rows) = host_masses(
             probs.as_slice::<f32>().unwrap(),
             [b * h, sq, sk],
