@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example long_video -- [--out out/tiny] [--ranks 8] [--clips-per-rank 2]
 //!     [--window 2] [--global-frames 4] [--scope-bias 10] [--switch-sigma 0.5]
-//!     [--prompts circle:red,square:blue] [--steps 24] [--seed 7]
+//!     [--prompts circle:red,square:blue] [--steps 24] [--faster-cache] [--free-init 3] [--seed 7]
 //! mpirun -np 4 target/release/examples/long_video --transport mpi [--clips-per-rank 4] …
 //! ```
 //! Ranks are threads of this process on the CPU (Flex), or with `--transport mpi` (a build
@@ -12,7 +12,8 @@
 //! files. The video is cut into `ranks × clips-per-rank` clips of the training length; each
 //! clip has its own noise and its prompt (the prompts are spread over time in order), so the
 //! video is the same however the clips are spread. For comparison rank 0 also generates the
-//! same clips one by one with no attention between them. Writes under `OUT/long_video/`:
+//! same clips one by one with no attention between them. With `--free-init`, FreeInit filters
+//! the whole video between passes (every rank gathers it). Writes under `OUT/long_video/`:
 //! `long_video.gif`, `side_by_side.gif` (dual-scope left, independent clips right),
 //! `report.json`, `report.md`.
 
@@ -23,6 +24,7 @@ use burn::tensor::{Device, Tensor};
 use burn_sparse_video::ctx_parallel::{ClipLayout, DualScopeConfig};
 use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, parse_label};
 use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
+use burn_sparse_video::dit::free_init::FreeInitConfig;
 use burn_sparse_video::dit::long_video::{clip_noise, generate_long};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
 use burn_sparse_video::dit::metrics::{
@@ -70,6 +72,10 @@ struct Args {
     /// FasterCache: reuse attention outputs and the guidance difference across steps.
     #[arg(long)]
     faster_cache: bool,
+    /// FreeInit with this many sampling passes over the whole video (its defaults otherwise;
+    /// the video's frames, height and width must be powers of two).
+    #[arg(long)]
+    free_init: Option<usize>,
     /// Noise seed; clip `c` draws from its own stream of it.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -177,6 +183,15 @@ fn main() {
     if args.faster_cache {
         sampler.faster_cache = Some(FasterCacheConfig::default());
     }
+    if let Some(iterations) = args.free_init {
+        sampler.free_init = Some(FreeInitConfig {
+            iterations,
+            ..FreeInitConfig::default()
+        });
+    }
+    sampler
+        .check("long_video")
+        .unwrap_or_else(|e| fail(&format!("{e} (--steps, --free-init)")));
     let prompts: Vec<(usize, usize)> = args
         .prompts
         .split(',')

@@ -7,6 +7,7 @@ use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AttentionKind;
+use crate::data::SplitMix;
 use crate::faster_cache::{CfgDifference, FasterCacheConfig};
 use crate::flow::shift_sigma;
 use crate::free_init::FreeInitConfig;
@@ -190,6 +191,8 @@ pub fn sample_euler_with_state(
 /// [`sample_euler`] for a long video cut into clips over the ranks of `comm` (see
 /// [`VideoDit::forward_clips`]), called by every rank: `noise[i]`, `cond[i]` and
 /// `uncond[i]` belong to this rank's `i`-th clip. Returns this rank's clips of the video.
+/// FreeInit filters the whole video (every rank gathers it between passes); online sparse
+/// attention is refused (dual-scope attention stays dense).
 #[allow(clippy::too_many_arguments)]
 pub fn sample_euler_clips(
     model: &VideoDit,
@@ -201,13 +204,6 @@ pub fn sample_euler_clips(
     config: SamplerConfig,
     scope: &DualScopeConfig,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
-    SparseAttnError::check(
-        config.free_init.is_none() || layout.clips() == 1,
-        "sample_euler_clips",
-        "config.free_init",
-        "None for a video of several clips (FreeInit filters the whole video at once)",
-        format!("FreeInit over {} clips", layout.clips()),
-    )?;
     SparseAttnError::check(
         config.online_sparse.is_none(),
         "sample_euler_clips",
@@ -231,14 +227,69 @@ pub fn sample_euler_clips(
                 Some(&state),
             )
         };
-    sample_with_velocity(
+    let mine = layout.clips_of(comm.rank());
+    let reinitialise =
+        |free_init: &FreeInitConfig, pass: usize, clean: Vec<Tensor<5>>, noise: &[Tensor<5>]| {
+            whole_video_reinitialise(comm, layout, mine.clone(), free_init, pass, clean, noise)
+        };
+    sample_passes(
         noise,
         cond,
         uncond,
         config,
         model.config().self_condition,
         velocity,
+        reinitialise,
     )
+}
+
+/// FreeInit's re-initialisation of a video cut into clips over the ranks of `comm`: the
+/// filter needs the whole video, so every rank gathers it (this rank holds clips `mine`),
+/// re-initialises it and keeps its own clips. The fresh noise comes from a host generator
+/// seeded by the video's own noise and the pass, so every rank draws the same whatever the
+/// ranks are (threads sharing one device generator would draw in any order).
+fn whole_video_reinitialise(
+    comm: &Communicator,
+    layout: &ClipLayout,
+    mine: std::ops::Range<usize>,
+    free_init: &FreeInitConfig,
+    pass: usize,
+    clean: Vec<Tensor<5>>,
+    noise: &[Tensor<5>],
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    let frames: Vec<usize> = clean.iter().map(|c| c.dims()[2]).collect();
+    let channels = clean.first().map_or(0, |c| c.dims()[1]);
+    // Clean and noise travel together: one gather per pass.
+    let local = Tensor::cat(
+        clean
+            .into_iter()
+            .zip(noise)
+            .map(|(c, n)| Tensor::cat(vec![c, n.clone()], 1))
+            .collect(),
+        2,
+    );
+    let video = comm.all_gather(local, 2)?;
+    let [b, _, t, h, w] = video.dims();
+    let (clean, noise) = (
+        video.clone().narrow(1, 0, channels),
+        video.narrow(1, channels, channels),
+    );
+    let first: f32 = noise
+        .clone()
+        .slice([0..1, 0..1, 0..1, 0..1, 0..1])
+        .into_scalar();
+    let mut rng = SplitMix(u64::from(first.to_bits()) ^ ((pass as u64 + 1) << 40));
+    let fresh = rng.normal_tensor([b, channels, t, h, w], &noise.device());
+    let start = free_init.reinitialise(clean, noise, fresh)?;
+    let mut offset = layout.frame_offset(mine.start);
+    Ok(frames
+        .into_iter()
+        .map(|f| {
+            let clip = start.clone().narrow(2, offset, f);
+            offset += f;
+            clip
+        })
+        .collect())
 }
 
 /// The Euler sampler with classifier-free guidance over any velocity model: `noise[i]`,
@@ -260,6 +311,45 @@ pub fn sample_with_velocity(
         f64,
         Vec<Tensor<3>>,
         Option<Vec<Tensor<5>>>,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    let reinitialise =
+        |free_init: &FreeInitConfig, _: usize, clean: Vec<Tensor<5>>, noise: &[Tensor<5>]| {
+            clean
+                .into_iter()
+                .zip(noise)
+                .map(|(clean, noise)| {
+                    let fresh = Tensor::random(
+                        noise.shape(),
+                        Distribution::Normal(0.0, 1.0),
+                        &noise.device(),
+                    );
+                    free_init.reinitialise(clean, noise.clone(), fresh)
+                })
+                .collect()
+        };
+    sample_passes(noise, cond, uncond, config, refine, velocity, reinitialise)
+}
+
+/// [`sample_with_velocity`] with FreeInit's re-initialisation between passes made by
+/// `reinitialise(config, pass, results, initial noise)`.
+fn sample_passes(
+    noise: Vec<Tensor<5>>,
+    cond: Vec<Tensor<3>>,
+    uncond: Vec<Tensor<3>>,
+    config: SamplerConfig,
+    refine: bool,
+    velocity: impl Fn(
+        Vec<Tensor<5>>,
+        f64,
+        Vec<Tensor<3>>,
+        Option<Vec<Tensor<5>>>,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+    reinitialise: impl Fn(
+        &FreeInitConfig,
+        usize,
+        Vec<Tensor<5>>,
+        &[Tensor<5>],
     ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     const F: &str = "sample_euler";
@@ -286,18 +376,7 @@ pub fn sample_with_velocity(
     let mut sigma = 1.0;
     for i in 0..free_init.iterations - 1 {
         let clean = integrate(start, &cond, &uncond, pass(i), refine, &velocity, sigma)?;
-        start = clean
-            .into_iter()
-            .zip(&noise)
-            .map(|(clean, noise)| {
-                let fresh = Tensor::random(
-                    noise.shape(),
-                    Distribution::Normal(0.0, 1.0),
-                    &noise.device(),
-                );
-                free_init.reinitialise(clean, noise.clone(), fresh)
-            })
-            .collect::<Result<_, _>>()?;
+        start = reinitialise(&free_init, i, clean, &noise)?;
         sigma = free_init.renoise_sigma;
     }
     let last = pass(free_init.iterations - 1);

@@ -118,6 +118,7 @@ fn every_example_names_bad_arguments_without_panicking() {
         ("long_video", format!("--out {run_s} --global-frames 1000"), "global_frames"),
         ("long_video", format!("--out {run_s} --ranks 1 --clips-per-rank 1 --prompts circle:red,square:blue"), "--prompts"),
         ("long_video", format!("--out {run_s} --steps 0"), "--steps"),
+        ("long_video", format!("--out {run_s} --free-init 0"), "free_init.iterations"),
         ("bench_attention", "--repeats 0".into(), "--repeats"),
         ("bench_attention", "--seq 0".into(), "--seq"),
         ("bench_attention", "--sparsity 1.5".into(), "--sparsity"),

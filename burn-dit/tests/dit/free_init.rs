@@ -1,7 +1,7 @@
 use std::sync::Mutex;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn_ctx_parallel::Communicator;
+use burn_ctx_parallel::transport::run_in_process;
 use burn_dit::free_init::{FreeInitConfig, FrequencyFilter};
 use burn_dit::sample::{SamplerConfig, sample_euler_clips, sample_with_velocity};
 use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
@@ -243,24 +243,52 @@ fn each_pass_after_the_first_starts_at_the_renoise_level() {
 }
 
 #[test]
-fn free_init_refuses_a_video_of_several_clips() {
+fn free_init_over_clips_filters_the_whole_video_alike_on_any_ranks() {
     let device = Device::flex();
     let scope = DualScopeConfig::new().with_window(1).with_global_frames(2);
     let model = jittered(AttentionKind::DualScope(scope.clone()), &device);
-    let layout = ClipLayout::uniform(2, 2, 1).unwrap();
     let cond = model.embed_labels(Tensor::from_ints([[1, 4]], &device));
-    let noise = || Tensor::<5>::zeros([1, 3, 2, 16, 16], &device);
-    let err = sample_euler_clips(
-        &model,
-        &Communicator::single(device.clone()),
-        &layout,
-        vec![noise(), noise()],
-        vec![cond.clone(); 2],
-        vec![cond; 2],
-        with(FreeInitConfig::default()),
-        &scope,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("free_init"), "{err}");
+    let uncond = model.embed_labels(Tensor::from_ints([[0, 0]], &device));
+    // Four clips of two frames: the filter sees 8 frames whatever the ranks hold.
+    let noise = burn_dit::data::SplitMix(3).normal_tensor([1, 3, 8, 16, 16], &device);
+    let free_init = FreeInitConfig {
+        iterations: 2,
+        ..FreeInitConfig::default()
+    };
+    let sample = |world: usize, config: SamplerConfig| -> Tensor<5> {
+        let layout = ClipLayout::uniform(4, 2, world).unwrap();
+        let parts = run_in_process(&vec![device.clone(); world], |comm| {
+            let clips = layout
+                .clips_of(comm.rank())
+                .map(|c| noise.clone().narrow(2, layout.frame_offset(c), 2))
+                .collect::<Vec<_>>();
+            let n = clips.len();
+            sample_euler_clips(
+                &model,
+                &comm,
+                &layout,
+                clips,
+                vec![cond.clone(); n],
+                vec![uncond.clone(); n],
+                config,
+                &scope,
+            )
+        });
+        let clips: Vec<Tensor<5>> = parts.into_iter().flat_map(Result::unwrap).collect();
+        Tensor::cat(clips, 2)
+    };
+    let one_rank = sample(1, with(free_init));
+    let two_ranks = sample(2, with(free_init));
+    assert!(max_abs_diff(one_rank.clone(), two_ranks) < 1e-4);
+    let plain = sample(
+        1,
+        SamplerConfig {
+            free_init: None,
+            ..with(free_init)
+        },
+    );
+    assert!(
+        max_abs_diff(one_rank, plain) > 1e-3,
+        "the second pass changes the video"
+    );
 }
