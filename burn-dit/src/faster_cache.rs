@@ -129,11 +129,12 @@ pub fn extrapolate<const D: usize>(previous: Tensor<D>, before: Tensor<D>, w: f6
 /// step, each after [`AttentionReuse::begin_step`]). The samplers make their own.
 pub struct AttentionReuse {
     config: FasterCacheConfig,
-    steps: usize,
     state: Mutex<ReuseState>,
 }
 
 struct ReuseState {
+    /// Steps of the pass in progress.
+    steps: usize,
     /// The step in progress (`None` before the first).
     step: Option<usize>,
     /// Per block: (step, one output per clip) of the newest two steps, newest first.
@@ -148,8 +149,8 @@ impl AttentionReuse {
     pub fn new(depth: usize, steps: usize, config: FasterCacheConfig) -> Self {
         Self {
             config,
-            steps,
             state: Mutex::new(ReuseState {
+                steps,
                 step: None,
                 history: vec![VecDeque::new(); depth],
                 reused: 0,
@@ -162,6 +163,15 @@ impl AttentionReuse {
     pub fn begin_step(&self) {
         let mut state = self.state.lock().expect("attention reuse lock");
         state.step = Some(state.step.map_or(0, |s| s + 1));
+    }
+
+    /// Starts a new pass of `steps` steps over the schedule (FreeInit): the schedule starts
+    /// again and the outputs of the last pass are forgotten.
+    pub fn begin_pass(&self, steps: usize) {
+        let mut state = self.state.lock().expect("attention reuse lock");
+        state.steps = steps;
+        state.step = None;
+        state.history.iter_mut().for_each(VecDeque::clear);
     }
 
     /// Block `block`'s attention output this step, one `[B, S_c, d]` per clip of `dims`:
@@ -201,11 +211,11 @@ impl AttentionReuse {
             };
             let adjacent =
                 history.len() == 2 && history[0].0 + 1 == step && history[1].0 + 2 == step;
-            let extrapolated = (self.config.reuses_attention(step, self.steps) && adjacent)
+            let extrapolated = (self.config.reuses_attention(step, state.steps) && adjacent)
                 .then(|| matching(&history[0].1).zip(matching(&history[1].1)))
                 .flatten()
                 .map(|(previous, before)| {
-                    let w = self.config.weight(step, self.steps);
+                    let w = self.config.weight(step, state.steps);
                     previous
                         .into_iter()
                         .zip(before)

@@ -211,6 +211,8 @@ impl Tail {
 }
 
 struct OnlineState {
+    /// Steps of the pass in progress.
+    steps: usize,
     step: Option<usize>,
     /// Per block, per clip: the last searched index.
     index: Vec<Vec<Option<Searched>>>,
@@ -222,7 +224,6 @@ struct OnlineState {
 /// [`SamplingState`](crate::SamplingState).
 pub struct OnlineSparse {
     config: OnlineSparseConfig,
-    steps: usize,
     state: Mutex<OnlineState>,
 }
 
@@ -231,8 +232,8 @@ impl OnlineSparse {
     pub fn new(depth: usize, steps: usize, config: OnlineSparseConfig) -> Self {
         Self {
             config,
-            steps,
             state: Mutex::new(OnlineState {
+                steps,
                 step: None,
                 index: (0..depth).map(|_| Vec::new()).collect(),
                 layers: vec![OnlineLayerStats::default(); depth],
@@ -244,6 +245,15 @@ impl OnlineSparse {
     pub fn begin_step(&self) {
         let mut state = self.state.lock().expect("online sparse lock");
         state.step = Some(state.step.map_or(0, |s| s + 1));
+    }
+
+    /// Starts a new pass of `steps` steps over the schedule (FreeInit): warm-up and searches
+    /// start again, the last pass's indices are forgotten; the records add up.
+    pub fn begin_pass(&self, steps: usize) {
+        let mut state = self.state.lock().expect("online sparse lock");
+        state.steps = steps;
+        state.step = None;
+        state.index.iter_mut().for_each(Vec::clear);
     }
 
     /// Each block's record so far.
@@ -287,7 +297,7 @@ impl OnlineSparse {
             let mut state = self.state.lock().expect("online sparse lock");
             let kind = match s < self.config.min_len {
                 true => OnlineStep::Dense,
-                false => self.config.step(state.step.unwrap_or(0), self.steps),
+                false => self.config.step(state.step.unwrap_or(0), state.steps),
             };
             let stored = match kind {
                 OnlineStep::Sparse => state.index[block]

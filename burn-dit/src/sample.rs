@@ -177,13 +177,17 @@ pub fn sample_euler_with_state(
             )
             .map(|v| vec![v])
     };
-    sample_with_velocity(
+    sample_passes(
         vec![noise],
         vec![cond],
         vec![uncond],
         config,
         model.config().self_condition,
         velocity,
+        PassHooks {
+            reinitialise: reinitialise_each_clip,
+            begin: |steps| state.begin_pass(steps),
+        },
     )
     .map(|mut x| x.remove(0))
 }
@@ -239,7 +243,10 @@ pub fn sample_euler_clips(
         config,
         model.config().self_condition,
         velocity,
-        reinitialise,
+        PassHooks {
+            reinitialise,
+            begin: |steps| state.begin_pass(steps),
+        },
     )
 }
 
@@ -313,27 +320,51 @@ pub fn sample_with_velocity(
         Option<Vec<Tensor<5>>>,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
-    let reinitialise =
-        |free_init: &FreeInitConfig, _: usize, clean: Vec<Tensor<5>>, noise: &[Tensor<5>]| {
-            clean
-                .into_iter()
-                .zip(noise)
-                .map(|(clean, noise)| {
-                    let fresh = Tensor::random(
-                        noise.shape(),
-                        Distribution::Normal(0.0, 1.0),
-                        &noise.device(),
-                    );
-                    free_init.reinitialise(clean, noise.clone(), fresh)
-                })
-                .collect()
-        };
-    sample_passes(noise, cond, uncond, config, refine, velocity, reinitialise)
+    sample_passes(
+        noise,
+        cond,
+        uncond,
+        config,
+        refine,
+        velocity,
+        PassHooks {
+            reinitialise: reinitialise_each_clip,
+            begin: |_| {},
+        },
+    )
 }
 
-/// [`sample_with_velocity`] with FreeInit's re-initialisation between passes made by
-/// `reinitialise(config, pass, results, initial noise)`.
-fn sample_passes(
+/// FreeInit's re-initialisation of independent clips, with fresh noise from the device's
+/// generator.
+fn reinitialise_each_clip(
+    free_init: &FreeInitConfig,
+    _pass: usize,
+    clean: Vec<Tensor<5>>,
+    noise: &[Tensor<5>],
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    clean
+        .into_iter()
+        .zip(noise)
+        .map(|(clean, noise)| {
+            let fresh = Tensor::random(
+                noise.shape(),
+                Distribution::Normal(0.0, 1.0),
+                &noise.device(),
+            );
+            free_init.reinitialise(clean, noise.clone(), fresh)
+        })
+        .collect()
+}
+
+/// What a sampler does at FreeInit's passes: `reinitialise(config, pass, results, initial
+/// noise)` between them and `begin(steps)` before each.
+struct PassHooks<R, B> {
+    reinitialise: R,
+    begin: B,
+}
+
+/// [`sample_with_velocity`] with FreeInit's passes met by `hooks`.
+fn sample_passes<R, B>(
     noise: Vec<Tensor<5>>,
     cond: Vec<Tensor<3>>,
     uncond: Vec<Tensor<3>>,
@@ -345,13 +376,17 @@ fn sample_passes(
         Vec<Tensor<3>>,
         Option<Vec<Tensor<5>>>,
     ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
-    reinitialise: impl Fn(
+    hooks: PassHooks<R, B>,
+) -> Result<Vec<Tensor<5>>, SparseAttnError>
+where
+    R: Fn(
         &FreeInitConfig,
         usize,
         Vec<Tensor<5>>,
         &[Tensor<5>],
     ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
-) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    B: Fn(usize),
+{
     const F: &str = "sample_euler";
     config.check(F)?;
     SparseAttnError::check(
@@ -375,11 +410,13 @@ fn sample_passes(
     let mut start = noise.clone();
     let mut sigma = 1.0;
     for i in 0..free_init.iterations - 1 {
+        (hooks.begin)(pass(i).steps);
         let clean = integrate(start, &cond, &uncond, pass(i), refine, &velocity, sigma)?;
-        start = reinitialise(&free_init, i, clean, &noise)?;
+        start = (hooks.reinitialise)(&free_init, i, clean, &noise)?;
         sigma = free_init.renoise_sigma;
     }
     let last = pass(free_init.iterations - 1);
+    (hooks.begin)(last.steps);
     integrate(start, &cond, &uncond, last, refine, &velocity, sigma)
 }
 

@@ -38,6 +38,16 @@ impl SamplingState {
         }
     }
 
+    /// Starts a new pass of `steps` steps (FreeInit's passes each run the schedule again).
+    pub fn begin_pass(&self, steps: usize) {
+        if let Some(reuse) = &self.reuse {
+            reuse.begin_pass(steps);
+        }
+        if let Some(online) = &self.online {
+            online.begin_pass(steps);
+        }
+    }
+
     /// FasterCache's attention reuse, when on.
     pub fn reuse(&self) -> Option<&AttentionReuse> {
         self.reuse.as_ref()

@@ -2,8 +2,11 @@ use std::sync::Mutex;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use burn_ctx_parallel::transport::run_in_process;
+use burn_dit::faster_cache::FasterCacheConfig;
 use burn_dit::free_init::{FreeInitConfig, FrequencyFilter};
-use burn_dit::sample::{SamplerConfig, sample_euler_clips, sample_with_velocity};
+use burn_dit::sample::{
+    SamplerConfig, sample_euler_clips, sample_euler_with_state, sample_with_velocity,
+};
 use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
 
 use crate::common::*;
@@ -291,4 +294,30 @@ fn free_init_over_clips_filters_the_whole_video_alike_on_any_ranks() {
         max_abs_diff(one_rank, plain) > 1e-3,
         "the second pass changes the video"
     );
+}
+
+#[test]
+fn every_free_init_pass_runs_the_attention_reuse_schedule_again() {
+    let device = Device::flex();
+    let model = jittered(AttentionKind::Dense, &device);
+    let cond = model.embed_labels(Tensor::from_ints([[1, 4]], &device));
+    let uncond = model.embed_labels(Tensor::from_ints([[0, 0]], &device));
+    let noise = burn_dit::data::SplitMix(9).normal_tensor([1, 3, 4, 16, 16], &device);
+    let config = SamplerConfig {
+        faster_cache: Some(FasterCacheConfig {
+            attention_window: [0.0, 1.0],
+            ..FasterCacheConfig::default()
+        }),
+        ..with(FreeInitConfig {
+            iterations: 2,
+            coarse_to_fine: false,
+            ..FreeInitConfig::default()
+        })
+    };
+    let state = config.sampling_state(&model);
+    let out = sample_euler_with_state(&model, noise, cond, uncond, config, &state).unwrap();
+    assert!(out.abs().max().into_scalar::<f32>().is_finite());
+    // Per pass of 4 steps, step 3 is the one with two steps of history to extrapolate from.
+    let depth = model.blocks().len();
+    assert_eq!(state.reuse().unwrap().counts(), (2 * depth, 6 * depth));
 }

@@ -1,4 +1,4 @@
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Tensor};
 use burn_ctx_parallel::Communicator;
 use burn_dit::faster_cache::FasterCacheConfig;
 use burn_dit::online_sparse::{OnlineSparseConfig, OnlineStep};
@@ -40,9 +40,8 @@ struct Inputs {
 }
 
 fn inputs(model: &VideoDit, device: &Device) -> Inputs {
-    device.seed(5);
     Inputs {
-        noise: Tensor::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), device),
+        noise: burn_dit::data::SplitMix(5).normal_tensor([2, 3, 4, 16, 16], device),
         cond: model.embed_labels(Tensor::from_ints([[1, 4], [2, 5]], device)),
         uncond: model.embed_labels(Tensor::from_ints([[0, 0], [0, 0]], device)),
     }
