@@ -276,22 +276,11 @@ impl OnlineSparse {
         v: Tensor<4>,
         grid: TokenGrid,
     ) -> Result<Tensor<4>, SparseAttnError> {
-        let start = Instant::now();
-        let out = self.attend_untimed(block, clip, q, k, v, grid)?;
-        self.state.lock().expect("online sparse lock").layers[block].seconds +=
-            start.elapsed().as_secs_f64();
-        Ok(out)
-    }
-
-    fn attend_untimed(
-        &self,
-        block: usize,
-        clip: usize,
-        q: Tensor<4>,
-        k: Tensor<4>,
-        v: Tensor<4>,
-        grid: TokenGrid,
-    ) -> Result<Tensor<4>, SparseAttnError> {
+        let _timer = AttentionTimer {
+            state: &self.state,
+            block,
+            start: Instant::now(),
+        };
         let [b, _, s, _] = q.dims();
         let (kind, stored) = {
             let mut state = self.state.lock().expect("online sparse lock");
@@ -387,6 +376,22 @@ impl OnlineSparse {
             }
         };
         Ok(reorder.undo(out))
+    }
+}
+
+/// Adds the time from its making to its drop to a block's record (every way out of
+/// [`OnlineSparse::attend`], which takes the state's lock only in inner scopes).
+struct AttentionTimer<'a> {
+    state: &'a Mutex<OnlineState>,
+    block: usize,
+    start: Instant,
+}
+
+impl Drop for AttentionTimer<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.layers[self.block].seconds += self.start.elapsed().as_secs_f64();
+        }
     }
 }
 

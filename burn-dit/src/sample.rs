@@ -299,6 +299,30 @@ fn whole_video_reinitialise(
         .collect())
 }
 
+/// A velocity model for [`sample_with_velocity`]: `velocity(x, σ, cond, estimates)`
+/// predicts the velocity of every clip `x[i]` at noise level σ with conditioning `cond[i]`
+/// (and, for a self-conditioning model, its previous clean estimate). Every such closure is
+/// one.
+pub trait Velocity:
+    Fn(
+    Vec<Tensor<5>>,
+    f64,
+    Vec<Tensor<3>>,
+    Option<Vec<Tensor<5>>>,
+) -> Result<Vec<Tensor<5>>, SparseAttnError>
+{
+}
+
+impl<F> Velocity for F where
+    F: Fn(
+        Vec<Tensor<5>>,
+        f64,
+        Vec<Tensor<3>>,
+        Option<Vec<Tensor<5>>>,
+    ) -> Result<Vec<Tensor<5>>, SparseAttnError>
+{
+}
+
 /// The Euler sampler with classifier-free guidance over any velocity model: `noise[i]`,
 /// `cond[i]` and `uncond[i]` are clip `i`'s; `velocity(x, σ, cond, estimates)` predicts
 /// every clip at once. With guidance both branches go through one call at twice the batch.
@@ -313,12 +337,7 @@ pub fn sample_with_velocity(
     uncond: Vec<Tensor<3>>,
     config: SamplerConfig,
     refine: bool,
-    velocity: impl Fn(
-        Vec<Tensor<5>>,
-        f64,
-        Vec<Tensor<3>>,
-        Option<Vec<Tensor<5>>>,
-    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+    velocity: impl Velocity,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     sample_passes(
         noise,
@@ -370,12 +389,7 @@ fn sample_passes<R, B>(
     uncond: Vec<Tensor<3>>,
     config: SamplerConfig,
     refine: bool,
-    velocity: impl Fn(
-        Vec<Tensor<5>>,
-        f64,
-        Vec<Tensor<3>>,
-        Option<Vec<Tensor<5>>>,
-    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+    velocity: impl Velocity,
     hooks: PassHooks<R, B>,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError>
 where
@@ -428,12 +442,7 @@ fn integrate(
     uncond: &[Tensor<3>],
     config: SamplerConfig,
     refine: bool,
-    velocity: &impl Fn(
-        Vec<Tensor<5>>,
-        f64,
-        Vec<Tensor<3>>,
-        Option<Vec<Tensor<5>>>,
-    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+    velocity: &impl Velocity,
     start: f64,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     let eta = config.stochasticity;

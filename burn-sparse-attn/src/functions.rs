@@ -36,6 +36,38 @@ impl SelectionConfig {
     }
 }
 
+impl SelectionConfig {
+    /// Checks the fields for `key_len` keys, naming `function` in the error.
+    pub(crate) fn check(
+        &self,
+        function: &'static str,
+        key_len: usize,
+    ) -> Result<(), SparseAttnError> {
+        ensure(
+            self.group_size >= 1,
+            function,
+            "config.group_size",
+            "≥ 1",
+            self.group_size,
+        )?;
+        ensure(
+            self.key_block >= 1,
+            function,
+            "config.key_block",
+            "≥ 1",
+            self.key_block,
+        )?;
+        let units = key_len.div_ceil(self.key_block);
+        ensure(
+            (1..=units).contains(&self.budget),
+            function,
+            "config.budget",
+            format!("in 1..={units} (key units of {} keys)", self.key_block),
+            self.budget,
+        )
+    }
+}
+
 /// Picks the critical key units of every query group from low-rank projections.
 ///
 /// `q_lr: [B, H, Sq, r]`, `k_lr: [B, H, Sk, r]`. Each group of `config.group_size`
@@ -86,28 +118,7 @@ pub fn select_critical_keys(
         "on q_lr's device",
         "another device",
     )?;
-    ensure(
-        config.group_size >= 1,
-        F,
-        "config.group_size",
-        "≥ 1",
-        config.group_size,
-    )?;
-    ensure(
-        config.key_block >= 1,
-        F,
-        "config.key_block",
-        "≥ 1",
-        config.key_block,
-    )?;
-    let units = sk.div_ceil(config.key_block);
-    ensure(
-        (1..=units).contains(&config.budget),
-        F,
-        "config.budget",
-        format!("in 1..={units} (key units of {} keys)", config.key_block),
-        config.budget,
-    )?;
+    config.check(F, sk)?;
 
     let index_dtype = q_lr.device().settings().int_dtype;
     let index = <Dispatch as SparseAttnOps>::select_critical_keys(

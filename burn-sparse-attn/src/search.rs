@@ -1,13 +1,12 @@
 //! Online search of critical keys from the full queries and keys (AdaSpa, Xia et al. 2025,
 //! arXiv 2502.21079): for models without a trained predictor.
 
-use alloc::format;
 use alloc::vec::Vec;
 
 use burn::tensor::{Tensor, kind::Basic};
 
 use crate::functions::check_qkv;
-use crate::{CriticalKeys, SelectionConfig, SparseAttnError, error::ensure};
+use crate::{CriticalKeys, SelectionConfig, SparseAttnError};
 
 /// Output of [`dense_attention_with_search`].
 #[derive(Clone, Debug)]
@@ -48,28 +47,7 @@ pub fn dense_attention_with_search(
     let scale = check_qkv(F, &q, &k, &v, scale)?;
     let [b, h, sq, _] = q.dims();
     let sk = k.dims()[2];
-    ensure(
-        config.group_size >= 1,
-        F,
-        "config.group_size",
-        "≥ 1",
-        config.group_size,
-    )?;
-    ensure(
-        config.key_block >= 1,
-        F,
-        "config.key_block",
-        "≥ 1",
-        config.key_block,
-    )?;
-    let units = sk.div_ceil(config.key_block);
-    ensure(
-        (1..=units).contains(&config.budget),
-        F,
-        "config.budget",
-        format!("in 1..={units} (key units of {} keys)", config.key_block),
-        config.budget,
-    )?;
+    config.check(F, sk)?;
 
     let group = config.group_size;
     let groups = sq.div_ceil(group);

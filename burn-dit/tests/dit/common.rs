@@ -3,6 +3,7 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_dit::data::{ClipShape, SplitMix};
+use burn_dit::sample::SamplerConfig;
 use burn_dit::train::{StepLog, TrainConfig, Trainer};
 use burn_dit::{AttentionKind, DsvPolicy, VideoDit, VideoDitConfig};
 
@@ -106,6 +107,20 @@ impl ModuleMapper for Jitter {
                 false => noise,
             }
         })
+    }
+}
+
+/// A deterministic Euler sampler of `steps` steps with guidance 3 and no accelerators.
+pub fn plain_sampler(steps: usize) -> SamplerConfig {
+    SamplerConfig {
+        steps,
+        guidance: 3.0,
+        shift: 1.0,
+        guidance_max_sigma: 1.0,
+        stochasticity: 0.0,
+        faster_cache: None,
+        free_init: None,
+        online_sparse: None,
     }
 }
 

@@ -11,14 +11,8 @@ use crate::common::*;
 
 fn sampler(steps: usize, cache: Option<FasterCacheConfig>) -> SamplerConfig {
     SamplerConfig {
-        steps,
-        guidance: 3.0,
-        shift: 1.0,
-        guidance_max_sigma: 1.0,
-        stochasticity: 0.0,
         faster_cache: cache,
-        free_init: None,
-        online_sparse: None,
+        ..plain_sampler(steps)
     }
 }
 

@@ -13,14 +13,9 @@ use crate::common::*;
 
 fn with(free_init: FreeInitConfig) -> SamplerConfig {
     SamplerConfig {
-        steps: 4,
         guidance: 1.0,
-        shift: 1.0,
-        guidance_max_sigma: 1.0,
-        stochasticity: 0.0,
-        faster_cache: None,
         free_init: Some(free_init),
-        online_sparse: None,
+        ..plain_sampler(4)
     }
 }
 

@@ -22,14 +22,8 @@ fn online(sparsity: f64) -> OnlineSparseConfig {
 
 fn sampler(steps: usize, online: Option<OnlineSparseConfig>) -> SamplerConfig {
     SamplerConfig {
-        steps,
-        guidance: 3.0,
-        shift: 1.0,
-        guidance_max_sigma: 1.0,
-        stochasticity: 0.0,
-        faster_cache: None,
-        free_init: None,
         online_sparse: online,
+        ..plain_sampler(steps)
     }
 }
 
