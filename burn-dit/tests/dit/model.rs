@@ -391,14 +391,8 @@ fn euler_sampler_integrates_the_predicted_velocity() {
         );
     }
     let bad = SamplerConfig {
-        steps: 0,
         guidance: 1.0,
-        shift: 1.0,
-        guidance_max_sigma: 1.0,
-        stochasticity: 0.0,
-        faster_cache: None,
-        free_init: None,
-        online_sparse: None,
+        ..plain_sampler(0)
     };
     assert_eq!(
         sample_euler(&model, noise, cond, uncond, bad)
