@@ -142,7 +142,7 @@ pub struct OnlineLayerStats {
 }
 
 impl OnlineLayerStats {
-    /// Adds another run's record of the same block (e.g. a parallel share of the batch).
+    /// Adds another record of the same block: a parallel share of the batch, or one call.
     pub fn merge(&mut self, other: &Self) {
         let weighted = |a: f64, n: usize, b: f64, m: usize| match n + m {
             0 => 0.0,
@@ -297,7 +297,10 @@ impl OnlineSparse {
                 _ => None,
             };
             if kind == OnlineStep::Dense {
-                state.layers[block].dense += 1;
+                state.layers[block].merge(&OnlineLayerStats {
+                    dense: 1,
+                    ..OnlineLayerStats::default()
+                });
             }
             (kind, stored)
         };
@@ -320,11 +323,13 @@ impl OnlineSparse {
                     Some(tail) => tail.complete(kept),
                     None => kept,
                 };
-                let mut state = self.state.lock().expect("online sparse lock");
-                let layer = &mut state.layers[block];
-                layer.sparsity = (layer.sparsity * layer.sparse as f64 + keys.sparsity())
-                    / (layer.sparse + 1) as f64;
-                layer.sparse += 1;
+                self.state.lock().expect("online sparse lock").layers[block].merge(
+                    &OnlineLayerStats {
+                        sparse: 1,
+                        sparsity: keys.sparsity(),
+                        ..OnlineLayerStats::default()
+                    },
+                );
                 out
             }
             // A search step, or a sparse step without a fitting index (a new clip shape).
@@ -351,18 +356,11 @@ impl OnlineSparse {
                     .try_to_vec()
                     .expect("f64 recall");
                 let mut state = self.state.lock().expect("online sparse lock");
-                let layer = &mut state.layers[block];
-                let n = layer.searches as f64;
-                layer.recall = match layer.recall.len() == recall.len() {
-                    true => layer
-                        .recall
-                        .iter()
-                        .zip(&recall)
-                        .map(|(mean, r)| (mean * n + r) / (n + 1.0))
-                        .collect(),
-                    false => recall,
-                };
-                layer.searches += 1;
+                state.layers[block].merge(&OnlineLayerStats {
+                    searches: 1,
+                    recall,
+                    ..OnlineLayerStats::default()
+                });
                 let clips = &mut state.index[block];
                 if clips.len() <= clip {
                     clips.resize_with(clip + 1, || None);

@@ -231,10 +231,16 @@ pub fn sample_euler_clips(
                 Some(&state),
             )
         };
-    let mine = layout.clips_of(comm.rank());
+    // FreeInit filters the whole video: its initial noise is gathered once.
+    let whole_noise = match config.free_init {
+        Some(_) => Some(comm.all_gather(Tensor::cat(noise.clone(), 2), 2)?),
+        None => None,
+    };
+    let first_frame = layout.frame_offset(layout.clips_of(comm.rank()).start);
     let reinitialise =
-        |free_init: &FreeInitConfig, pass: usize, clean: Vec<Tensor<5>>, noise: &[Tensor<5>]| {
-            whole_video_reinitialise(comm, layout, mine.clone(), free_init, pass, clean, noise)
+        |free_init: &FreeInitConfig, pass: usize, clean: Vec<Tensor<5>>, _: &[Tensor<5>]| {
+            let noise = whole_noise.clone().expect("gathered when FreeInit is on");
+            whole_video_reinitialise(comm, first_frame, free_init, pass, clean, noise)
         };
     sample_passes(
         noise,
@@ -251,44 +257,29 @@ pub fn sample_euler_clips(
 }
 
 /// FreeInit's re-initialisation of a video cut into clips over the ranks of `comm`: the
-/// filter needs the whole video, so every rank gathers it (this rank holds clips `mine`),
-/// re-initialises it and keeps its own clips. The fresh noise comes from a host generator
-/// seeded by the video's own noise and the pass, so every rank draws the same whatever the
-/// ranks are (threads sharing one device generator would draw in any order).
+/// filter needs the whole video, so every rank gathers this pass's result (`clean`, this
+/// rank's clips, the first at video frame `first_frame`), re-initialises it with the whole
+/// video's initial `noise` and keeps its own clips. The fresh noise comes from a host
+/// generator seeded by the video's own noise and the pass, so every rank draws the same
+/// whatever the ranks are (threads sharing one device generator would draw in any order).
 fn whole_video_reinitialise(
     comm: &Communicator,
-    layout: &ClipLayout,
-    mine: std::ops::Range<usize>,
+    first_frame: usize,
     free_init: &FreeInitConfig,
     pass: usize,
     clean: Vec<Tensor<5>>,
-    noise: &[Tensor<5>],
+    noise: Tensor<5>,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     let frames: Vec<usize> = clean.iter().map(|c| c.dims()[2]).collect();
-    let channels = clean.first().map_or(0, |c| c.dims()[1]);
-    // Clean and noise travel together: one gather per pass.
-    let local = Tensor::cat(
-        clean
-            .into_iter()
-            .zip(noise)
-            .map(|(c, n)| Tensor::cat(vec![c, n.clone()], 1))
-            .collect(),
-        2,
-    );
-    let video = comm.all_gather(local, 2)?;
-    let [b, _, t, h, w] = video.dims();
-    let (clean, noise) = (
-        video.clone().narrow(1, 0, channels),
-        video.narrow(1, channels, channels),
-    );
+    let clean = comm.all_gather(Tensor::cat(clean, 2), 2)?;
     let first: f32 = noise
         .clone()
         .slice([0..1, 0..1, 0..1, 0..1, 0..1])
         .into_scalar();
     let mut rng = SplitMix(u64::from(first.to_bits()) ^ ((pass as u64 + 1) << 40));
-    let fresh = rng.normal_tensor([b, channels, t, h, w], &noise.device());
+    let fresh = rng.normal_tensor(noise.dims(), &noise.device());
     let start = free_init.reinitialise(clean, noise, fresh)?;
-    let mut offset = layout.frame_offset(mine.start);
+    let mut offset = first_frame;
     Ok(frames
         .into_iter()
         .map(|f| {
