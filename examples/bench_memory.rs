@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example bench_memory -- [--budget-gib 20] [--size 32]
 //!     [--frames 32,64,128] [--max-frames 2048] [--sparsity 0.9]
-//!     [--variants dense,dense-ckpt,dsv,dsv-ckpt] [--out out/bench_memory.json]
+//!     [--variants dense,dense-ckpt,dsv,dsv-ckpt] [--ranks 1,2,4] [--out out/bench_memory.json]
 //! ```
 //!
 //! Every measurement is a fresh process (this program with `--probe`): it builds the tiny
@@ -22,17 +22,25 @@
 //! its allocation instead of pushing the machine into swap; that counts as not fitting. The
 //! search doubles the frames from the longest fixed length while a step fits, up to
 //! `--max-frames` (a sparse step at 64k tokens takes minutes on two cores), then bisects.
+//!
+//! `--ranks N` (N > 1) splits every clip along time over N processes of an MPI job (`mpirun`
+//! from OpenMPI; a build with `--features mpi`): sequence-parallel training
+//! (`Trainer::with_sequence_parallel`), where dense attention runs as a ring and DSV's layer
+//! is sharded. The budget and the address-space cap then hold for each process, and the
+//! report gives every rank's peak; the machine's cores are shared among the processes.
 
 use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use burn_sparse_video::dit::data::ClipShape;
 use burn_sparse_video::dit::train::{TrainConfig, Trainer};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 
+#[path = "common/ranks.rs"]
+mod ranks;
 #[path = "common/report.rs"]
 mod report;
 
@@ -63,6 +71,9 @@ struct Args {
         default_value = "dense,dense-ckpt,dsv,dsv-ckpt"
     )]
     variants: Vec<String>,
+    /// Processes each clip is split over (sequence parallelism; N > 1 runs under `mpirun`).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    ranks: Vec<usize>,
     /// Skip the search for the longest clip (fixed lengths only).
     #[arg(long)]
     no_search: bool,
@@ -75,6 +86,9 @@ struct Args {
     /// Internal: the variant a probe measures.
     #[arg(long, hide = true, default_value = "dense")]
     variant: String,
+    /// Internal: the processes of a probe's MPI job.
+    #[arg(long, hide = true, default_value_t = 1)]
+    probe_ranks: usize,
 }
 
 /// What one probe measured.
@@ -82,13 +96,34 @@ struct Args {
 struct Probe {
     frames: usize,
     tokens: usize,
+    /// Processes the clip was split over.
+    ranks: usize,
     /// Whether the step ran within the address-space cap.
     ran: bool,
-    /// Peak resident memory over both steps.
+    /// Peak resident memory over both steps (the largest rank's).
     peak_gib: Option<f64>,
     /// Peak of the first step alone (DSV profiles there) and of the second alone.
     step_peaks_gib: Option<[f64; 2]>,
+    /// Every rank's peak over both steps.
+    rank_peaks_gib: Option<Vec<f64>>,
+    /// The last step's time (the slowest rank's).
     step_seconds: Option<f64>,
+}
+
+impl Probe {
+    /// A probe whose step did not run within the cap.
+    fn failed(frames: usize, size: usize, ranks: usize) -> Self {
+        Self {
+            frames,
+            tokens: tokens(frames, size),
+            ranks,
+            ran: false,
+            peak_gib: None,
+            step_peaks_gib: None,
+            rank_peaks_gib: None,
+            step_seconds: None,
+        }
+    }
 }
 
 fn fail(message: String) -> ! {
@@ -133,25 +168,61 @@ fn peak_resident_gib() -> f64 {
     kib * 1024.0 / GIB
 }
 
-/// The probe itself: the training step(s), the last timed.
-fn probe(frames: usize, size: usize, variant: &str, sparsity: f64) {
-    let (attention, checkpointing) = variant_config(variant, sparsity);
+/// The probe itself: the training step(s), the last timed; under `mpirun` every rank trains
+/// its shard and rank 0 reports.
+fn probe(args: &Args, frames: usize) {
+    let (attention, checkpointing) = variant_config(&args.variant, args.sparsity);
     let mut config =
         TrainConfig::tiny(VideoDitConfig::tiny().with_attention(attention)).with_steps(100);
     config.clip = ClipShape {
         frames,
-        height: size,
-        width: size,
+        height: args.size,
+        width: args.size,
     };
     config.batch_size = 1;
     config.replicas = 1;
     config.dataset_size = 2;
     config.checkpointing = checkpointing;
-    let mut trainer = Trainer::new(config, &Device::flex()).expect("bouncing shapes need no files");
+    let device = Device::flex();
+    let trainer = || Trainer::new(config.clone(), &device).expect("bouncing shapes need no files");
+    let report = if args.probe_ranks <= 1 {
+        let [first, last, seconds] = measure_steps(&mut trainer());
+        Some(probe_report(frames, args.size, &[[first, last, seconds]]))
+    } else {
+        let measured = ranks::on_ranks(ranks::Transport::Mpi, 1, &device, |comm| {
+            let mut trainer = trainer().with_sequence_parallel(comm)?;
+            let own = measure_steps(&mut trainer);
+            let comm = trainer.communicator();
+            let all = comm.all_gather(Tensor::<1>::from_floats(own, comm.device()), 0)?;
+            let all: Vec<f64> = all
+                .into_data()
+                .convert::<f64>()
+                .try_to_vec()
+                .expect("f64 peaks");
+            Ok(probe_report(
+                frames,
+                args.size,
+                &all.chunks_exact(3)
+                    .map(|c| [c[0], c[1], c[2]])
+                    .collect::<Vec<_>>(),
+            ))
+        });
+        measured.unwrap_or_else(|e| fail(e))
+    };
+    if let Some(report) = report {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a probe serialises")
+        );
+    }
+}
+
+/// This process's training steps: the first step's peak (0 when one step is measured), the
+/// last's, and the last step's seconds. DSV profiles on its first step and attends sparse
+/// from its second: both count. A dense model's steps are alike, so one is measured.
+fn measure_steps(trainer: &mut Trainer) -> [f64; 3] {
     let dsv = !trainer.model().dsv_layers().is_empty();
     trainer.set_dsv_stage(DsvStage::Sparse);
-    // DSV profiles on its first step and attends sparse from its second: both count. A dense
-    // model's steps are alike, so one is measured.
     let first = dsv.then(|| {
         trainer.train_step();
         let peak = peak_resident_gib();
@@ -162,26 +233,48 @@ fn probe(frames: usize, size: usize, variant: &str, sparsity: f64) {
     let start = Instant::now();
     trainer.train_step();
     let seconds = start.elapsed().as_secs_f64();
-    let last = peak_resident_gib();
-    let report = Probe {
+    [first.unwrap_or(0.0), peak_resident_gib(), seconds]
+}
+
+/// The report of one probe from every rank's `[first peak, last peak, seconds]`.
+fn probe_report(frames: usize, size: usize, ranks: &[[f64; 3]]) -> Probe {
+    let max = |i: usize| ranks.iter().map(|r| r[i]).fold(0.0, f64::max);
+    let (first, last) = (max(0), max(1));
+    Probe {
         frames,
         tokens: tokens(frames, size),
+        ranks: ranks.len(),
         ran: true,
-        peak_gib: Some(first.unwrap_or(0.0).max(last)),
-        step_peaks_gib: first.map(|first| [first, last]),
-        step_seconds: Some(seconds),
-    };
-    println!(
-        "{}",
-        serde_json::to_string(&report).expect("a probe serialises")
-    );
+        peak_gib: Some(first.max(last)),
+        step_peaks_gib: (first > 0.0).then_some([first, last]),
+        rank_peaks_gib: Some(ranks.iter().map(|r| r[0].max(r[1])).collect()),
+        step_seconds: Some(max(2)),
+    }
 }
 
 /// Runs one probe in a fresh process whose address space is capped at `cap_gib`.
-fn run_probe(args: &Args, variant: &str, frames: usize, cap_gib: f64) -> Probe {
+fn run_probe(args: &Args, variant: &str, ranks: usize, frames: usize, cap_gib: f64) -> Probe {
     let exe = std::env::current_exe().expect("this program's path");
     let cap = (cap_gib * GIB) as u64;
-    let mut command = Command::new(exe);
+    let mut command = match ranks {
+        1 => Command::new(&exe),
+        _ => {
+            // The cores are shared among the ranks.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut mpirun = Command::new("mpirun");
+            mpirun
+                .args([
+                    "--oversubscribe",
+                    "--allow-run-as-root",
+                    "--bind-to",
+                    "none",
+                ])
+                .args(["-np", &ranks.to_string(), "-x", "RAYON_NUM_THREADS"])
+                .env("RAYON_NUM_THREADS", (cores / ranks).max(1).to_string())
+                .arg(&exe);
+            mpirun
+        }
+    };
     command.args([
         "--probe",
         &frames.to_string(),
@@ -191,6 +284,8 @@ fn run_probe(args: &Args, variant: &str, frames: usize, cap_gib: f64) -> Probe {
         &args.size.to_string(),
         "--sparsity",
         &args.sparsity.to_string(),
+        "--probe-ranks",
+        &ranks.to_string(),
     ]);
     // SAFETY: setrlimit between fork and exec touches only the child's own limits.
     unsafe {
@@ -205,7 +300,11 @@ fn run_probe(args: &Args, variant: &str, frames: usize, cap_gib: f64) -> Probe {
             Ok(())
         });
     }
-    let output = command.output().expect("the probe starts");
+    let output = command.output().unwrap_or_else(|e| {
+        fail(format!(
+            "the probe does not start ({e}); --ranks > 1 needs mpirun"
+        ))
+    });
     let stdout = String::from_utf8_lossy(&output.stdout);
     match stdout
         .lines()
@@ -213,14 +312,7 @@ fn run_probe(args: &Args, variant: &str, frames: usize, cap_gib: f64) -> Probe {
         .find_map(|l| serde_json::from_str::<Probe>(l).ok())
     {
         Some(probe) if output.status.success() => probe,
-        _ => Probe {
-            frames,
-            tokens: tokens(frames, args.size),
-            ran: false,
-            peak_gib: None,
-            step_peaks_gib: None,
-            step_seconds: None,
-        },
+        _ => Probe::failed(frames, args.size, ranks),
     }
 }
 
@@ -234,8 +326,20 @@ fn show(variant: &str, p: &Probe, budget: f64) {
         (true, Some(peak)) => format!("{peak:6.2} GiB (over)"),
         _ => "allocation failed (over)".to_string(),
     };
+    let per_rank = match &p.rank_peaks_gib {
+        Some(peaks) if p.ranks > 1 => format!(
+            " (ranks: {})",
+            peaks
+                .iter()
+                .map(|g| format!("{g:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => String::new(),
+    };
     println!(
-        "{variant:>10} {:>6} frames {:>7} tokens: {status}{}",
+        "{variant:>10} × {} {:>6} frames {:>7} tokens: {status}{per_rank}{}",
+        p.ranks,
         p.frames,
         p.tokens,
         p.step_seconds
@@ -248,7 +352,13 @@ fn show(variant: &str, p: &Probe, budget: f64) {
 /// Doubles from `start` frames while a step fits, then bisects until the longest clip that
 /// fits and the shortest that does not are within a quarter of the former (a dense probe
 /// near the limit takes minutes on two cores). `start` has been measured already.
-fn longest_clip(args: &Args, variant: &str, start: Probe, cap: f64) -> (usize, Vec<Probe>) {
+fn longest_clip(
+    args: &Args,
+    variant: &str,
+    ranks: usize,
+    start: Probe,
+    cap: f64,
+) -> (usize, Vec<Probe>) {
     let budget = args.budget_gib;
     let step = VideoDitConfig::tiny().patch[0];
     let mut probes = Vec::new();
@@ -258,7 +368,7 @@ fn longest_clip(args: &Args, variant: &str, start: Probe, cap: f64) -> (usize, V
         let p = match known.take() {
             Some(p) if p.frames == frames => p,
             _ => {
-                let p = run_probe(args, variant, frames, cap);
+                let p = run_probe(args, variant, ranks, frames, cap);
                 show(variant, &p, budget);
                 p
             }
@@ -314,7 +424,7 @@ fn main() {
                 "--probe: a positive multiple of 2 frames, got {frames}"
             ));
         }
-        probe(frames, args.size, &args.variant, args.sparsity);
+        probe(&args, frames);
         return;
     }
     if args.budget_gib.is_nan() || args.budget_gib <= 0.0 {
@@ -332,36 +442,52 @@ fn main() {
     for v in &args.variants {
         variant_config(v, args.sparsity);
     }
+    let frame_patch = VideoDitConfig::tiny().patch[0];
+    let shortest = args.frames.iter().copied().min().unwrap_or(0);
+    if args
+        .ranks
+        .iter()
+        .any(|&r| r == 0 || shortest / frame_patch < r)
+    {
+        fail(format!(
+            "--ranks: each between 1 and the shortest clip's {} latent frames, got {:?}",
+            shortest / frame_patch,
+            args.ranks
+        ));
+    }
     // Room for the allocator's and threads' address space beyond the resident set.
     let cap = args.budget_gib + 1.5;
     println!(
-        "tiny DiT (width 128, depth 4, 4 heads), batch 1, {0}×{0} frames, DSV at sparsity {1}; budget {2} GiB peak resident",
+        "tiny DiT (width 128, depth 4, 4 heads), batch 1, {0}×{0} frames, DSV at sparsity {1}; budget {2} GiB peak resident per process",
         args.size, args.sparsity, args.budget_gib
     );
     let mut fixed = Vec::new();
     let mut longest_fixed = Vec::new();
-    for v in &args.variants {
-        let mut longest: Option<Probe> = None;
-        for &f in &args.frames {
-            let p = run_probe(&args, v, f, cap);
-            show(v, &p, args.budget_gib);
-            fixed.push(serde_json::json!({ "variant": v, "probe": p }));
-            if longest.as_ref().is_none_or(|l| l.frames < p.frames) {
-                longest = Some(p);
+    for &r in &args.ranks {
+        for v in &args.variants {
+            let mut longest: Option<Probe> = None;
+            for &f in &args.frames {
+                let p = run_probe(&args, v, r, f, cap);
+                show(v, &p, args.budget_gib);
+                fixed.push(serde_json::json!({ "variant": v, "ranks": r, "probe": p }));
+                if longest.as_ref().is_none_or(|l| l.frames < p.frames) {
+                    longest = Some(p);
+                }
             }
+            longest_fixed.push((v, r, longest.expect("--frames is not empty")));
         }
-        longest_fixed.push(longest.expect("--frames is not empty"));
     }
     let mut longest = Vec::new();
     if !args.no_search {
-        for (v, start) in args.variants.iter().zip(longest_fixed) {
-            let (frames, probes) = longest_clip(&args, v, start, cap);
+        for (v, r, start) in longest_fixed {
+            let (frames, probes) = longest_clip(&args, v, r, start, cap);
             println!(
-                "{v:>10}: longest clip {frames} frames = {} tokens",
+                "{v:>10} × {r}: longest clip {frames} frames = {} tokens",
                 tokens(frames, args.size)
             );
             longest.push(serde_json::json!({
                 "variant": v,
+                "ranks": r,
                 "frames": frames,
                 "tokens": tokens(frames, args.size),
                 "probes": probes,
@@ -374,6 +500,8 @@ fn main() {
         "size": args.size,
         "sparsity": args.sparsity,
         "budget_gib": args.budget_gib,
+        "budget_per": "process",
+        "ranks": args.ranks,
         "fixed": fixed,
         "longest": longest,
     });

@@ -6,7 +6,7 @@
 //!     [--parallel-block] [--feature-aggregation]
 //!     [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume | --overwrite]
 //!     [--keep-checkpoints 3] [--on-divergence stop|skip] [--use-intact]
-//! mpirun -np 2 target/release/examples/video_dit train --transport mpi [--replicas 1] …
+//! mpirun -np 2 target/release/examples/video_dit train --transport mpi [--replicas 1] [--sequence-parallel] …
 //! cargo run --release --example video_dit -- sample --out out/tiny --labels circle:red,square:blue
 //! cargo run --release --example video_dit -- eval --out out/tiny
 //! ```
@@ -14,7 +14,8 @@
 //! clips the report measures), `contact_sheet.png`, `loss.png`, `report.json`, `report.md`
 //! and `checkpoints/`. With `--transport mpi` (a build with `--features mpi`) every process of
 //! the MPI job is one data-parallel rank: the batch is shared out over `ranks × replicas`
-//! shares and the gradients summed over the ranks, and rank 0 writes every file.
+//! shares and the gradients summed over the ranks, and rank 0 writes every file; with
+//! `--sequence-parallel` every clip is split along time over the processes instead.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -192,6 +193,10 @@ enum Command {
         /// job (`mpirun -np N`).
         #[arg(long, value_enum, default_value_t = Transport::Threads)]
         transport: Transport,
+        /// Split every clip along time over the ranks (sequence parallelism) instead of
+        /// sharing out the batch; needs `--replicas 1`.
+        #[arg(long)]
+        sequence_parallel: bool,
         /// Peak learning rate (default: the tiny preset's).
         #[arg(long)]
         lr: Option<f64>,
@@ -506,6 +511,7 @@ struct Schedule {
     replicas: Option<usize>,
     lr: Option<f64>,
     transport: Transport,
+    sequence_parallel: bool,
     keep_checkpoints: Option<usize>,
     on_divergence: DivergenceChoice,
     checkpointing: bool,
@@ -524,6 +530,7 @@ fn train(
         replicas,
         lr,
         transport,
+        sequence_parallel,
         keep_checkpoints,
         on_divergence,
         checkpointing,
@@ -626,13 +633,22 @@ fn train(
             }
         }
         if comm.world() > 1 && lead {
-            println!(
-                "data parallel over {} MPI processes, {} shares of the batch each",
-                comm.world(),
-                trainer.config().replicas
-            );
+            match sequence_parallel {
+                true => println!(
+                    "sequence parallel over {} MPI processes, each a run of every clip's frames",
+                    comm.world()
+                ),
+                false => println!(
+                    "data parallel over {} MPI processes, {} shares of the batch each",
+                    comm.world(),
+                    trainer.config().replicas
+                ),
+            }
         }
-        let trainer = trainer.with_communicator(comm)?;
+        let trainer = match sequence_parallel {
+            true => trainer.with_sequence_parallel(comm)?,
+            false => trainer.with_communicator(comm)?,
+        };
         train_loop(trainer, &common, lead);
         Ok(())
     });
@@ -804,6 +820,7 @@ fn main() {
             on_divergence,
             checkpointing,
             transport,
+            sequence_parallel,
         } => train(
             common,
             Schedule {
@@ -812,6 +829,7 @@ fn main() {
                 replicas,
                 lr,
                 transport,
+                sequence_parallel,
                 keep_checkpoints,
                 on_divergence,
                 checkpointing,

@@ -17,7 +17,10 @@
 //! - [`head_parallel_attention`]: head sharding (Ulysses), dense or sparse per head shard.
 //! - [`ring_attention`]: sequence sharding with a log-sum-exp merge.
 //! - [`sparse_sequence_attention`]: DSV's sequence sharding for sparse attention — each rank
-//!   fetches only the remote key/value rows its index selected.
+//!   fetches only the remote key/value rows its index selected. A [`Communicator`] is the
+//!   [`SequenceShards`](burn_sparse_attn::dsv::SequenceShards) of a sharded DSV layer
+//!   (`DsvAttention::forward_sharded`), which attends and trains over a whole sequence from
+//!   each rank's shard.
 //! - [`hybrid_attention`]: DSV's hybrid — head groups (all-to-all, LPT head placement) ×
 //!   sequence groups (sparse remote fetch), over subgroups.
 //! - [`planner`]: DSV's Longest-Processing-Time head placement and a cost model that picks
@@ -61,6 +64,7 @@ mod hybrid;
 mod ops;
 pub mod planner;
 mod ring;
+mod sequence_shards;
 mod sparse_sequence;
 pub mod transport;
 

@@ -9,7 +9,7 @@ use burn::nn::{
 use burn::tensor::{
     Device, Tensor, activation::sigmoid, module::attention, ops::AttentionModuleOptions,
 };
-use burn_ctx_parallel::{DualScopePlan, clip_halos};
+use burn_ctx_parallel::{ClipLayout, Communicator, DualScopePlan, clip_halos, ring_attention};
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvTape, TokenGrid};
 
@@ -44,6 +44,14 @@ pub(crate) enum AttentionMode<'a> {
     PerClip(Option<&'a DsvTape>),
     /// Dual-scope attention across the clips of a plan.
     DualScope(&'a DualScopePlan<'a>),
+    /// One video split along time over the ranks of `comm`, this rank's shard its one clip
+    /// of `layout`: the block's own attention over the whole video (a ring for dense, DSV's
+    /// sharded layer), the layer recording on `tape` when there is one.
+    Sequence {
+        comm: &'a Communicator,
+        layout: &'a ClipLayout,
+        tape: Option<&'a DsvTape>,
+    },
 }
 
 impl<'a> AttentionMode<'a> {
@@ -52,6 +60,20 @@ impl<'a> AttentionMode<'a> {
         match self {
             Self::PerClip(_) => Self::PerClip(None),
             Self::DualScope(plan) => Self::DualScope(plan),
+            Self::Sequence { comm, layout, .. } => Self::Sequence {
+                comm,
+                layout,
+                tape: None,
+            },
+        }
+    }
+
+    /// The ranks and clips a video spans, where it spans more than one clip.
+    fn clip_group(&self) -> Option<(&'a Communicator, &'a ClipLayout)> {
+        match self {
+            Self::PerClip(_) => None,
+            Self::DualScope(plan) => Some((plan.comm(), plan.layout())),
+            Self::Sequence { comm, layout, .. } => Some((comm, layout)),
         }
     }
 }
@@ -163,16 +185,27 @@ impl SelfAttention {
             k.push(clip.rope.apply(normed(part(1), &self.k_norm)));
             v.push(part(2));
         }
+        if !matches!(mode, AttentionMode::PerClip(_)) {
+            SparseAttnError::check(
+                online.is_none(),
+                "SelfAttention::forward",
+                "online",
+                "None with attention across clips (online sparse attention runs per clip)",
+                "online sparse attention",
+            )?;
+        }
         let outs = match mode {
-            AttentionMode::DualScope(plan) => {
-                SparseAttnError::check(
-                    online.is_none(),
-                    "SelfAttention::forward",
-                    "online",
-                    "None with dual-scope attention (online sparse attention runs per clip)",
-                    "online sparse attention",
-                )?;
-                plan.attend(q, k, v)?
+            AttentionMode::DualScope(plan) => plan.attend(q, k, v)?,
+            AttentionMode::Sequence { comm, tape, .. } => {
+                // The sequence entry hands each rank its shard as one clip.
+                let clip = clips.first().expect("a shard");
+                let x = xs.into_iter().next().expect("a shard");
+                let first = |t: Vec<Tensor<4>>| t.into_iter().next().expect("a shard");
+                let (q, k, v) = (first(q), first(k), first(v));
+                vec![match &self.dsv {
+                    Some(dsv) => dsv.forward_sharded(x, q, k, v, clip.grid, *tape, *comm)?,
+                    None => ring_attention(comm, q, k, v, None)?,
+                }]
             }
             AttentionMode::PerClip(tape) => xs
                 .into_iter()
@@ -340,9 +373,9 @@ impl TimeConv {
         clips: &[ClipContext],
         mode: &AttentionMode,
     ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
-        let halos = match mode {
-            AttentionMode::PerClip(_) => vec![(None, None); xs.len()],
-            AttentionMode::DualScope(plan) => {
+        let halos = match mode.clip_group() {
+            None => vec![(None, None); xs.len()],
+            Some((comm, layout)) => {
                 let framed: Vec<Tensor<4>> = xs
                     .iter()
                     .zip(clips)
@@ -351,7 +384,7 @@ impl TimeConv {
                         x.clone().reshape([b, c.grid.frames, s / c.grid.frames, d])
                     })
                     .collect();
-                clip_halos(plan.comm(), plan.layout(), &framed, 1, 1)?
+                clip_halos(comm, layout, &framed, 1, 1)?
             }
         };
         Ok(xs

@@ -23,6 +23,7 @@
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
+use burn_ctx_parallel::Communicator;
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::DsvTape;
 
@@ -56,21 +57,9 @@ impl VideoDit {
         tape: Option<&DsvTape>,
         loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
     ) -> Result<CheckpointedStep, SparseAttnError> {
-        const F: &str = "VideoDit::checkpointed_gradients";
-        let device = x.device();
-        SparseAttnError::check(
-            device.is_autodiff()
-                && self
-                    .devices()
-                    .first()
-                    .is_some_and(|device| device.is_autodiff()),
-            F,
-            "self",
-            "a model and inputs on an autodiff device",
-            format!("inputs on {device:?}"),
-        )?;
-        self.on_one_video(
-            F,
+        self.checkpointed(
+            "VideoDit::checkpointed_gradients",
+            None,
             Video {
                 x,
                 sigma,
@@ -78,12 +67,70 @@ impl VideoDit {
                 estimate,
             },
             tape,
-            |clips, mode| {
-                self.run_checkpointed(clips, mode, tape, |velocities| {
-                    loss(velocities.into_iter().next().expect("one clip"))
-                })
-            },
+            loss,
         )
+    }
+
+    /// [`VideoDit::checkpointed_gradients`] of this rank's shard of a video split along time
+    /// over the ranks of `comm`: `loss(velocity)` of the shard's velocity from
+    /// [`VideoDit::forward_sequence_shard`], every rank calling it with its shard. The
+    /// gradients are this rank's part: summed over the ranks they are the gradients of the
+    /// sum of the ranks' losses.
+    #[allow(clippy::too_many_arguments)]
+    pub fn checkpointed_sequence_gradients(
+        &self,
+        comm: &Communicator,
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+        estimate: Option<Tensor<5>>,
+        tape: Option<&DsvTape>,
+        loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
+    ) -> Result<CheckpointedStep, SparseAttnError> {
+        self.checkpointed(
+            "VideoDit::checkpointed_sequence_gradients",
+            Some(comm),
+            Video {
+                x,
+                sigma,
+                cond,
+                estimate,
+            },
+            tape,
+            loss,
+        )
+    }
+
+    /// The checkpointed backward of one video, or of this rank's shard of it.
+    fn checkpointed(
+        &self,
+        function: &'static str,
+        comm: Option<&Communicator>,
+        video: Video,
+        tape: Option<&DsvTape>,
+        loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
+    ) -> Result<CheckpointedStep, SparseAttnError> {
+        let device = video.x.device();
+        SparseAttnError::check(
+            device.is_autodiff()
+                && self
+                    .devices()
+                    .first()
+                    .is_some_and(|device| device.is_autodiff()),
+            function,
+            "self",
+            "a model and inputs on an autodiff device",
+            format!("inputs on {device:?}"),
+        )?;
+        let network = |clips, mode: &AttentionMode| {
+            self.run_checkpointed(clips, mode, tape, |velocities| {
+                loss(velocities.into_iter().next().expect("one clip"))
+            })
+        };
+        match comm {
+            None => self.on_one_video(function, video, tape, network),
+            Some(comm) => self.on_sequence_shard(function, comm, video, tape, network),
+        }
     }
 
     /// Steps 1–5 of the module documentation over `clips`.

@@ -336,6 +336,74 @@ impl VideoDit {
         .map(|mut v| v.remove(0))
     }
 
+    /// [`VideoDit::forward_refining`] (or, with `tape`, [`VideoDit::forward_training`]) on
+    /// this rank's shard of one video split along time over the ranks of `comm` (sequence
+    /// parallelism), every rank calling it with its own frames `x: [B, C, T_r, H, W]`
+    /// (shards contiguous in rank order, each a multiple of the frame patch; with DSV, every
+    /// shard but the last a multiple of its query cube in time), the video's `sigma` and
+    /// `cond`, and its shard of `estimate`. Self-attention spans the whole video (dense as a
+    /// ring, DSV's layer sharded: [`DsvAttention::forward_sharded`]), positions are the
+    /// video's and the temporal convolution reads the neighbouring shards' edge frames, so
+    /// the shards' outputs are the whole video's velocity, cut alike. Each rank keeps its
+    /// shard's activations only. With a tape, every rank passes one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_sequence_shard(
+        &self,
+        comm: &Communicator,
+        x: Tensor<5>,
+        sigma: Tensor<1>,
+        cond: Tensor<3>,
+        estimate: Option<Tensor<5>>,
+        tape: Option<&DsvTape>,
+    ) -> Result<Tensor<5>, SparseAttnError> {
+        self.on_sequence_shard(
+            "VideoDit::forward_sequence_shard",
+            comm,
+            Video {
+                x,
+                sigma,
+                cond,
+                estimate,
+            },
+            tape,
+            |clips, mode| self.run(clips, mode, None, None),
+        )
+        .map(|mut v| v.remove(0))
+    }
+
+    /// Runs `network` on this rank's shard of a video split along time over `comm`.
+    pub(crate) fn on_sequence_shard<R>(
+        &self,
+        function: &'static str,
+        comm: &Communicator,
+        video: Video,
+        tape: Option<&DsvTape>,
+        network: impl FnOnce(ClipInputs, &AttentionMode) -> Result<R, SparseAttnError>,
+    ) -> Result<R, SparseAttnError> {
+        self.check_inputs(function, &video.x, &video.sigma, &video.cond)?;
+        self.check_estimate(function, video.estimate.as_ref(), &video.x)?;
+        SparseAttnError::check(
+            !matches!(self.config.attention, AttentionKind::DualScope(_)),
+            function,
+            "self",
+            "a model with dense or DSV attention (dual-scope models span ranks through \
+             `forward_clips`)",
+            "dual-scope attention",
+        )?;
+        let frames = comm.gather_sizes(video.x.dims()[2] / self.config.patch[0])?;
+        let layout = ClipLayout::new(frames, comm.world())?;
+        let mut clip = video.into_clip();
+        clip.frame_offsets = vec![layout.frame_offset(comm.rank())];
+        network(
+            clip,
+            &AttentionMode::Sequence {
+                comm,
+                layout: &layout,
+                tape,
+            },
+        )
+    }
+
     /// Runs `network` on one video with the model's own attention; a dual-scope model sees
     /// it as one clip on one rank.
     pub(crate) fn on_one_video<R>(

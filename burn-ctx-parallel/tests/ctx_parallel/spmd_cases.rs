@@ -12,17 +12,19 @@ use burn::tensor::{
 use burn_ctx_parallel::planner::lpt_assign;
 use burn_ctx_parallel::{
     ClipLayout, Communicator, DualScopeConfig, DualScopePlan, HybridSplit, all_reduce_gradients,
-    clip_halos, head_parallel_attention, head_parallel_bytes_per_rank, hybrid_attention,
-    ring_attention, sparse_sequence_attention, synced_moments,
+    broadcast_module, clip_halos, head_parallel_attention, head_parallel_bytes_per_rank,
+    hybrid_attention, ring_attention, sparse_sequence_attention, synced_moments,
 };
+use burn_sparse_attn::dsv::{DsvAttentionConfig, DsvPolicy, DsvStage, TokenGrid};
 use burn_sparse_attn::{CriticalKeys, SelectionConfig, select_critical_keys, sparse_attention};
 
 /// The cases every world size runs, by name.
-pub const CASES: [&str; 8] = [
+pub const CASES: [&str; 9] = [
     "collectives",
     "head_parallel",
     "ring",
     "sparse_sequence",
+    "dsv_sharded",
     "hybrid",
     "clips",
     "dual_scope",
@@ -37,6 +39,7 @@ pub fn run_case(name: &str, comm: &Communicator) -> Result<f64, String> {
         "head_parallel" => head_parallel(comm),
         "ring" => ring(comm),
         "sparse_sequence" => sparse_sequence(comm),
+        "dsv_sharded" => dsv_sharded(comm),
         "hybrid" => hybrid(comm),
         "clips" => clips(comm),
         "dual_scope" => dual_scope(comm),
@@ -566,6 +569,53 @@ fn sparse_sequence(comm: &Communicator) -> Result<f64, String> {
         )?;
     }
     Ok(worst)
+}
+
+/// A DSV layer in its sparse stage over this rank's frames (`DsvAttention::forward_sharded`,
+/// the communicator as its `SequenceShards`) against the same layer on the whole video:
+/// query cubes of 2 frames, shards of whole cubes (uneven at 3 ranks).
+fn dsv_sharded(comm: &Communicator) -> Result<f64, String> {
+    let (world, rank) = (comm.world(), comm.rank());
+    let device = comm.device().clone().autodiff();
+    let (b, heads, head_dim, frames, side) = (2, 2, 8, 8, 4);
+    let plane = side * side;
+    let policy = DsvPolicy::new()
+        .with_min_sparse_len(0)
+        .with_query_cube([2, 2, 2])
+        .with_sparsity_threshold(0.0)
+        .with_min_budget_fraction(0.2)
+        .with_max_budget_fraction(0.2);
+    let layer = DsvAttentionConfig::new(heads * head_dim, heads, head_dim, policy).init(&device);
+    // Threads of one process draw their inits from one generator: rank 0's weights for all.
+    let mut layer = broadcast_module(comm, layer, 0).map_err(|e| e.to_string())?;
+    layer.set_stage(DsvStage::Sparse);
+    let x = normal([b, frames * plane, heads * head_dim], 90, &device);
+    let (first, count) = shard_range(frames, 2, world, rank);
+    let worst = compare_shard(
+        comm,
+        [b, heads, frames * plane, head_dim],
+        (first * plane, count * plane),
+        91,
+        |q, k, v| {
+            layer
+                .forward(x.clone(), q, k, v, TokenGrid::new(frames, side, side))
+                .expect("valid")
+        },
+        |q, k, v| {
+            layer
+                .forward_sharded(
+                    x.clone().narrow(1, first * plane, count * plane),
+                    q,
+                    k,
+                    v,
+                    TokenGrid::new(count, side, side),
+                    None,
+                    comm,
+                )
+                .map_err(|e| e.to_string())
+        },
+    )?;
+    within("DsvAttention::forward_sharded", worst)
 }
 
 fn hybrid(comm: &Communicator) -> Result<f64, String> {

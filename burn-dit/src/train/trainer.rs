@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::finite::first_non_finite;
 use super::{DivergencePolicy, TrainConfig, batch_shares, generate};
+use crate::config::AttentionKind;
 use crate::data::{ClipBatcher, ClipSet, SplitMix};
 use crate::ema::ema_update;
 use crate::flow::{add_noise, velocity_target};
@@ -109,8 +110,11 @@ pub struct Trainer {
     pub(super) history: Vec<StepLog>,
     pub(super) data: ClipSet,
     pub(super) batcher: ClipBatcher,
-    /// The data-parallel group (one rank unless [`Trainer::with_communicator`]).
+    /// The data-parallel group (one rank unless [`Trainer::with_communicator`]), or the
+    /// sequence-parallel one ([`Trainer::with_sequence_parallel`]).
     pub(super) comm: Communicator,
+    /// This rank's frames `(first, count)` of every clip when training sequence-parallel.
+    pub(super) sequence: Option<(usize, usize)>,
     /// Factor on the scheduled learning rate, lowered by skipped steps.
     pub(super) lr_scale: f64,
     /// Steps skipped in a row by the divergence guard.
@@ -148,6 +152,7 @@ impl Trainer {
             history: Vec::new(),
             data,
             comm: Communicator::single(device.clone()),
+            sequence: None,
             device,
             lr_scale: 1.0,
             skipped_in_a_row: 0,
@@ -178,6 +183,63 @@ impl Trainer {
         self.model = broadcast_module(&comm, self.model, 0)?;
         self.ema = broadcast_module(&comm, self.ema, 0)?;
         self.comm = comm;
+        Ok(self)
+    }
+
+    /// Trains sequence-parallel over the ranks of `comm` (threads or MPI processes, each with
+    /// its own `Trainer` made from the same config): every rank draws the same batch and
+    /// takes its run of every clip's frames (contiguous shards in rank order, cut in units of
+    /// the frame patch and, with DSV, of its query cube in time); self-attention spans the
+    /// whole clip ([`VideoDit::forward_sequence_shard`]: a ring for dense attention, DSV's
+    /// sharded layer) and the gradients are summed over the ranks, so the run equals one
+    /// process training on whole clips up to the order of float sums while each rank holds
+    /// the activations of its shard only. Every rank's DSV layers learn and profile on their
+    /// own rows against all keys; rank 0's schedule is copied after each step. Validation
+    /// and sampling run on whole videos. Every rank starts from rank 0's weights. Needs
+    /// `replicas` ≤ 1, dense or DSV attention and at least one unit of frames per rank.
+    pub fn with_sequence_parallel(mut self, comm: Communicator) -> Result<Self, SparseAttnError> {
+        const F: &str = "Trainer::with_sequence_parallel";
+        let c = &self.config;
+        SparseAttnError::check(
+            c.replicas <= 1,
+            F,
+            "config.replicas",
+            "at most 1 (every rank holds one model)",
+            c.replicas,
+        )?;
+        SparseAttnError::check(
+            !matches!(c.model.attention, AttentionKind::DualScope(_)),
+            F,
+            "config.model.attention",
+            "dense or DSV attention (dual-scope models span ranks in sampling)",
+            "dual-scope",
+        )?;
+        let cube_frames = match &c.model.attention {
+            AttentionKind::Dsv(policy) => policy.query_cube[0].max(1),
+            _ => 1,
+        };
+        let (world, rank) = (comm.world(), comm.rank());
+        let unit = c.model.patch[0] * cube_frames;
+        let units = c.clip.frames / unit;
+        SparseAttnError::check(
+            units >= world,
+            F,
+            "comm",
+            format!(
+                "at most {units} ranks (clips of {} frames in units of {unit})",
+                c.clip.frames
+            ),
+            world,
+        )?;
+        let first = rank * units / world * unit;
+        let end = match rank + 1 == world {
+            true => c.clip.frames,
+            false => (rank + 1) * units / world * unit,
+        };
+        self.model = broadcast_module(&comm, self.model, 0)?;
+        self.ema = broadcast_module(&comm, self.ema, 0)?;
+        self.comm = comm;
+        self.sequence = Some((first, end - first));
         Ok(self)
     }
 
@@ -270,64 +332,109 @@ impl Trainer {
         // Self-conditioning: on some steps the model first estimates the clean video without
         // gradient (and without counting a DSV step), then refines with the estimate in view.
         let self_condition = c.model.self_condition && (rng.unit() as f64) < SELF_CONDITION_RATE;
-        // This rank's run of the group's shares; rank 0 holds the first.
+        // This rank's run of the group's shares; rank 0 holds the first. Sequence-parallel
+        // ranks all hold the whole batch (their own frames of it).
         let (world, rank) = (self.comm.world(), self.comm.rank());
+        let sequence = self.sequence.map(|frames| (&self.comm, frames));
         let all_shares = batch_shares(b, world * c.replicas.max(1));
         let n = all_shares.len();
-        let shares: Vec<(usize, usize)> = (0..n)
-            .filter(|i| i * world / n == rank)
-            .map(|i| all_shares[i])
-            .collect();
+        let shares: Vec<(usize, usize)> = match sequence {
+            Some(_) => vec![(0, b)],
+            None => (0..n)
+                .filter(|i| i * world / n == rank)
+                .map(|i| all_shares[i])
+                .collect(),
+        };
+        // Squared errors per sample of the whole video.
+        let per_sample = target.dims()[1..].iter().product::<usize>();
         // Each replica's share of the batch: its loss, weighted by the share, and gradients.
         // The model's share records its DSV layers' observations; replicas record none.
-        let replica_grads =
-            |model: &VideoDit, (start, n): (usize, usize), tape: Option<DsvTape>| -> DsvGradients {
-                let x_t = x_t.clone().narrow(0, start, n);
-                let sigma = sigma.clone().narrow(0, start, n);
-                let cond = model.embed_labels(labels.clone().narrow(0, start, n));
-                let estimate = self_condition.then(|| {
-                    let frozen = model.clone().valid();
-                    let v = frozen
-                        .forward(
-                            x_t.clone().inner(),
-                            sigma.clone().inner(),
-                            cond.clone().inner(),
-                        )
-                        .expect("training shapes come from the config");
-                    (x_t.clone().inner() - v * sigma.clone().inner().reshape([n, 1, 1, 1, 1]))
-                        .autodiff()
-                });
-                let target = target.clone().narrow(0, start, n);
-                let loss =
-                    |pred: Tensor<5>| (pred - target).square().mean() * (n as f64 / b as f64);
-                if c.checkpointing {
-                    let step = model
-                        .checkpointed_gradients(x_t, sigma, cond, estimate, tape.as_ref(), loss)
-                        .expect("training shapes come from the config");
-                    return DsvTrainer::backward_segmented(
-                        model,
-                        step.loss,
-                        step.gradients,
-                        tape.unwrap_or_default(),
-                    );
-                }
-                let pred = match &tape {
-                    Some(tape) => model.forward_training(x_t, sigma, cond, estimate, tape),
-                    None => model.forward_refining(x_t, sigma, cond, estimate),
-                }
-                .expect("training shapes come from the config");
-                DsvTrainer::backward(model, loss(pred), tape.unwrap_or_default())
+        let replica_grads = |model: &VideoDit,
+                             (start, n): (usize, usize),
+                             tape: Option<DsvTape>|
+         -> Result<DsvGradients, SparseAttnError> {
+            let frames = |t: Tensor<5>| match sequence {
+                Some((_, (first, count))) => t.narrow(2, first, count),
+                None => t,
             };
+            let x_t = frames(x_t.clone().narrow(0, start, n));
+            let sigma = sigma.clone().narrow(0, start, n);
+            let cond = model.embed_labels(labels.clone().narrow(0, start, n));
+            let estimate = match self_condition {
+                true => {
+                    let frozen = model.clone().valid();
+                    let (x, s, c) = (
+                        x_t.clone().inner(),
+                        sigma.clone().inner(),
+                        cond.clone().inner(),
+                    );
+                    let v = match sequence {
+                        Some((comm, _)) => frozen.forward_sequence_shard(comm, x, s, c, None, None),
+                        None => frozen.forward(x, s, c),
+                    }?;
+                    let x_t = x_t.clone().inner();
+                    Some((x_t - v * sigma.clone().inner().reshape([n, 1, 1, 1, 1])).autodiff())
+                }
+                false => None,
+            };
+            let target = frames(target.clone().narrow(0, start, n));
+            // A shard's part of the batch mean: the ranks' losses sum to it.
+            let loss = |pred: Tensor<5>| match sequence {
+                Some(_) => (pred - target).square().sum() / (b * per_sample) as f64,
+                None => (pred - target).square().mean() * (n as f64 / b as f64),
+            };
+            if c.checkpointing {
+                let step = match sequence {
+                    Some((comm, _)) => model.checkpointed_sequence_gradients(
+                        comm,
+                        x_t,
+                        sigma,
+                        cond,
+                        estimate,
+                        tape.as_ref(),
+                        loss,
+                    ),
+                    None => model.checkpointed_gradients(
+                        x_t,
+                        sigma,
+                        cond,
+                        estimate,
+                        tape.as_ref(),
+                        loss,
+                    ),
+                }?;
+                return Ok(DsvTrainer::backward_segmented(
+                    model,
+                    step.loss,
+                    step.gradients,
+                    tape.unwrap_or_default(),
+                ));
+            }
+            let pred = match (sequence, &tape) {
+                (Some((comm, _)), tape) => {
+                    model.forward_sequence_shard(comm, x_t, sigma, cond, estimate, tape.as_ref())
+                }
+                (None, Some(tape)) => model.forward_training(x_t, sigma, cond, estimate, tape),
+                (None, None) => model.forward_refining(x_t, sigma, cond, estimate),
+            }?;
+            Ok(DsvTrainer::backward(
+                model,
+                loss(pred),
+                tape.unwrap_or_default(),
+            ))
+        };
         // The model takes the first share, replicas the others, as tasks of the thread pool
         // Flex's matmuls use (so the cores are shared, not oversubscribed); the results come
-        // back in share order, so the sum is the same whatever ran first. Other ranks run
-        // replicas only: the model itself counts DSV steps and profiles.
-        let own = usize::from(rank == 0);
+        // back in share order, so the sum is the same whatever ran first. Other data-parallel
+        // ranks run replicas only: the model itself counts DSV steps and profiles. Every
+        // sequence-parallel rank runs the model and records: its DSV layers' exchanges need
+        // every rank.
+        let own = usize::from(rank == 0 || sequence.is_some());
         let replicas: Vec<VideoDit> = shares[own..]
             .iter()
             .map(|_| DsvTrainer::replica(&self.model))
             .collect();
-        let models: Vec<&VideoDit> = (rank == 0)
+        let models: Vec<&VideoDit> = (own == 1)
             .then_some(&self.model)
             .into_iter()
             .chain(&replicas)
@@ -337,10 +444,10 @@ impl Trainer {
             .zip(shares)
             .enumerate()
             .map(|(i, (model, share))| {
-                let tape = (rank == 0 && i == 0).then(DsvTape::new);
+                let tape = (own == 1 && i == 0).then(DsvTape::new);
                 replica_grads(model, share, tape)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let mut grads = grads.into_iter();
         let first = grads.next().expect("at least one share");
         let mut grads = grads.fold(first, |acc, other| acc.merge(other, &self.model));
@@ -453,20 +560,21 @@ impl Trainer {
     }
 
     /// Every rank's gradients and host loss summed; the predictor losses of rank 0 (the only
-    /// rank that trains the predictors).
+    /// data-parallel rank that trains the predictors), or of all sequence-parallel ranks.
     fn sum_over_ranks(&self, grads: DsvGradients) -> Result<DsvGradients, SparseAttnError> {
         let comm = &self.comm;
         let mut grads =
             grads.try_map_gradients(&self.model, |g| all_reduce_gradients(comm, &self.model, g))?;
         // [loss, predictor losses…]: other ranks add zeros to rank 0's (NaN where it has none).
         let mut values = vec![grads.loss];
-        values.extend(grads.predictor_losses.iter().map(|l| {
-            if comm.rank() == 0 {
-                l.unwrap_or(f32::NAN)
-            } else {
-                0.0
-            }
-        }));
+        // Sequence-parallel ranks each hold a weighted part of every layer's loss.
+        let own = comm.rank() == 0 || self.sequence.is_some();
+        values.extend(
+            grads
+                .predictor_losses
+                .iter()
+                .map(|l| if own { l.unwrap_or(f32::NAN) } else { 0.0 }),
+        );
         let n = values.len();
         let summed = comm.all_reduce(Tensor::<1>::from_data(
             TensorData::new(values, [n]),

@@ -1,6 +1,7 @@
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_ctx_parallel::Communicator;
 use burn_dit::data::SplitMix;
 use burn_dit::flow::{add_noise, velocity_target};
 use burn_dit::optim::{
@@ -420,6 +421,137 @@ fn data_parallel_ranks_train_like_one_process() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn sequence_parallel_ranks_train_like_one_process() {
+    let device = Device::flex();
+    let sparse_dsv = AttentionKind::Dsv(
+        burn_dit::DsvPolicy::new()
+            .with_min_sparse_len(0)
+            .with_query_cube([1, 2, 2])
+            .with_sparsity_threshold(0.0)
+            .with_min_budget_fraction(0.25)
+            .with_max_budget_fraction(0.25)
+            .with_sample_stride(8)
+            .with_profile_every(2),
+    );
+    // Dense attention as a ring; DSV in its dense stage (sharded predictor loss and
+    // profile); DSV sparse with checkpointing over three uneven shards (1, 1, 2 frames).
+    let cases = [
+        (AttentionKind::Dense, false, 2),
+        (micro_dsv(), false, 2),
+        (sparse_dsv, true, 3),
+    ];
+    for (case, (attention, checkpointing, world)) in cases.into_iter().enumerate() {
+        let config = || {
+            let mut config = micro_train(attention.clone());
+            config.replicas = 1;
+            config.checkpointing = checkpointing;
+            config
+        };
+        let sparse = |trainer: &mut Trainer| {
+            if checkpointing {
+                trainer.set_dsv_stage(burn_sparse_attn::dsv::DsvStage::Sparse);
+            }
+        };
+        let start = SameStart::new(&format!("sp-{case}"), config(), &device);
+        let mut one = start.trainer(config(), &device);
+        sparse(&mut one);
+        let one_logs: Vec<_> = (0..3).map(|_| one.train_step()).collect();
+        let ranks =
+            burn_ctx_parallel::transport::run_in_process(&vec![device.clone(); world], |comm| {
+                let trainer = if comm.rank() == 0 {
+                    start.trainer(config(), &device)
+                } else {
+                    Trainer::new(config(), &device).unwrap()
+                };
+                let mut trainer = trainer.with_sequence_parallel(comm)?;
+                sparse(&mut trainer);
+                let logs = (0..3)
+                    .map(|_| trainer.try_train_step())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| match e {
+                        TrainError::Group(e) => e,
+                        other => panic!("{other}"),
+                    })?;
+                let dsv: Vec<_> = trainer
+                    .model()
+                    .dsv_layers()
+                    .iter()
+                    .map(|l| l.stats())
+                    .collect();
+                Ok((params(&trainer), logs, dsv))
+            });
+        let one_params = params(&one);
+        let one_dsv: Vec<_> = one.model().dsv_layers().iter().map(|l| l.stats()).collect();
+        for (rank, result) in ranks.into_iter().enumerate() {
+            let what = format!("case {case}, rank {rank}");
+            let (params, logs, dsv) = result.unwrap();
+            assert_same_steps(&one_logs, &logs, 1e-4, &what);
+            for (a, b) in one_logs.iter().zip(&logs) {
+                assert_eq!(a.sparse_layers, b.sparse_layers, "{what}");
+                if let (Some(x), Some(y)) = (a.predictor_loss, b.predictor_loss) {
+                    assert!(
+                        (x - y).abs() < 1e-4 * x.abs().max(1.0),
+                        "{what}: {x} vs {y}"
+                    );
+                }
+            }
+            let worst = one_params
+                .iter()
+                .zip(&params)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{what} drifted from one process by {worst}: {one_dsv:?} vs {dsv:?}"
+            );
+            assert_eq!(dsv.len(), one_dsv.len());
+            for (a, b) in one_dsv.iter().zip(&dsv) {
+                assert_eq!((a.step, a.stage), (b.step, b.stage), "{what}");
+                let (x, y) = (a.head_sparsity.clone(), b.head_sparsity.clone());
+                let (x, y) = (x.expect("profiled"), y.expect("profiled"));
+                for (x, y) in x.iter().zip(&y) {
+                    assert!((x - y).abs() < 1e-4, "{what}: sparsity {x} vs {y}");
+                }
+            }
+        }
+        if checkpointing {
+            assert!(
+                one_logs.iter().all(|l| l.sparse_layers == 2),
+                "sparse case runs sparse"
+            );
+        }
+    }
+}
+
+#[test]
+fn sequence_parallel_training_names_what_it_cannot_split() {
+    let device = Device::flex();
+    let single = || Communicator::single(device.clone());
+    let mut config = micro_train(AttentionKind::Dense);
+    config.replicas = 2;
+    let err = Trainer::new(config, &device)
+        .unwrap()
+        .with_sequence_parallel(single())
+        .err()
+        .expect("replicas refused");
+    assert!(err.to_string().contains("config.replicas"), "{err}");
+    let mut config = micro_train(AttentionKind::Dense);
+    config.replicas = 1;
+    config.clip.frames = 2;
+    let ranks = burn_ctx_parallel::transport::run_in_process(&vec![device.clone(); 3], |comm| {
+        Ok(Trainer::new(config.clone(), &device)
+            .unwrap()
+            .with_sequence_parallel(comm)
+            .err()
+            .map(|e| e.to_string()))
+    });
+    for rank in ranks {
+        let err = rank.unwrap().expect("three ranks cannot split two frames");
+        assert!(err.contains("at most 2 ranks"), "{err}");
     }
 }
 

@@ -12,6 +12,7 @@ use burn::tensor::{
 use super::grid::{Reorder, TokenGrid};
 use super::predictor::{LowRankPredictor, PredictorInput, predictor_loss as predictor_loss_of};
 use super::profiler::{critical_recall, critical_sets, row_probabilities};
+use super::shards::{SequenceShards, ShardShape};
 use super::state::{HostState, to_host};
 use super::tape::{DsvLayerStep, DsvTape, LayerObservation};
 use crate::{
@@ -208,7 +209,7 @@ impl DsvAttention {
         v: Tensor<4>,
         grid: TokenGrid,
     ) -> Result<Tensor<4>, SparseAttnError> {
-        self.attend(x, q, k, v, grid, None)
+        self.attend(x, q, k, v, grid, None, None)
     }
 
     /// [`DsvAttention::forward`] for a training step: also builds the predictor loss and, on
@@ -224,9 +225,36 @@ impl DsvAttention {
         grid: TokenGrid,
         tape: &DsvTape,
     ) -> Result<Tensor<4>, SparseAttnError> {
-        self.attend(x, q, k, v, grid, Some(tape))
+        self.attend(x, q, k, v, grid, Some(tape), None)
     }
 
+    /// [`DsvAttention::forward`] (or, with `tape`, [`DsvAttention::forward_training`]) on
+    /// this rank's shard of a sequence split along time over the ranks of `shards`: `x`,
+    /// `q`, `k`, `v` hold this rank's tokens, frame-major on its own `grid`. Shards are
+    /// contiguous runs of whole frames in rank order, all with the grid's height and width,
+    /// and every shard but the last holds whole query cubes in time.
+    ///
+    /// The layer attends and learns as it would on the whole sequence: each query group
+    /// selects from every rank's predicted keys and fetches only the remote keys it selected
+    /// (dense attention runs as a ring); the predictor loss and the profile cover the sampled
+    /// rows of every shard, each rank its own rows against all keys, weighted so that the
+    /// ranks' losses and profiles sum to the whole sequence's. Every rank calls it together,
+    /// all with a tape or none.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_sharded(
+        &self,
+        x: Tensor<3>,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        grid: TokenGrid,
+        tape: Option<&DsvTape>,
+        shards: &dyn SequenceShards,
+    ) -> Result<Tensor<4>, SparseAttnError> {
+        self.attend(x, q, k, v, grid, tape, Some(shards))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         x: Tensor<3>,
@@ -235,6 +263,7 @@ impl DsvAttention {
         v: Tensor<4>,
         grid: TokenGrid,
         tape: Option<&DsvTape>,
+        shards: Option<&dyn SequenceShards>,
     ) -> Result<Tensor<4>, SparseAttnError> {
         const F: &str = "DsvAttention::forward";
         let c = &self.config;
@@ -268,53 +297,115 @@ impl DsvAttention {
             format!("{:?}", x.dims()),
         )?;
         grid.check_len(F, s)?;
-
         let training = tape.is_some();
+        let shape = ShardShape::new(F, grid, c.policy.query_cube, shards, s)?;
+        let stride = c.policy.sample_stride.max(1);
+        if training {
+            ensure(
+                shape
+                    .lens
+                    .iter()
+                    .zip(&shape.offsets)
+                    .all(|(&len, &offset)| !sampled_rows(offset, len, stride).is_empty()),
+                F,
+                "policy.sample_stride",
+                format!("at most the shortest shard ({} tokens)", shape.shortest()),
+                stride,
+            )?;
+        }
+        let total = shape.total();
+        let gather = |t: Tensor<4>| match shards {
+            Some(shards) => shards.gather_sequence(t),
+            None => Ok(t),
+        };
+
         let device = q.device();
         // The step this forward trains: the trainer counts it once the update is applied.
         let step = self.step() + 1;
         let sparsity = self.profiled_sparsity();
         let scale = 1.0 / (d as f64).sqrt();
-        let budgets = self.budgets(s, sparsity);
-        let go_sparse = self.runs_sparse(s);
+        let budgets = self.budgets(total, sparsity);
+        let go_sparse = self.runs_sparse(total);
         let profile_due =
             training && (sparsity.is_none() || step.is_multiple_of(self.profile_interval(step)));
-        let rows = training.then(|| Self::sampled_rows(s, c.policy.sample_stride, &device));
+        // This shard's sampled rows (the whole sequence's every `stride`-th) and its share
+        // of all of them.
+        let rows = training.then(|| {
+            let own = sampled_rows(shape.offset(), s, stride);
+            let all: usize = shape
+                .lens
+                .iter()
+                .zip(&shape.offsets)
+                .map(|(&len, &offset)| sampled_rows(offset, len, stride).len())
+                .sum();
+            let share = own.len() as f64 / all as f64;
+            let n = own.len();
+            let ids = own.iter().map(|&r| r as i64).collect();
+            (
+                Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device),
+                own,
+                share,
+            )
+        });
+        // What a shard contributes to a sum over the sequence's rows.
+        let weigh = |values: Vec<f32>, share: f64| match shards {
+            Some(shards) => shards.sum(values.iter().map(|v| v * share as f32).collect()),
+            None => Ok(values),
+        };
+        // Every rank's keys, without gradient, for the predictor loss and the profile.
+        let all_keys = training.then(|| gather(k.clone().detach())).transpose()?;
 
         // The predictor runs only where its output is used: training (its loss, the profiler's
         // recall) or sparse attention. It reads a detached input, so it never sends gradient
         // into the host.
         let mut predictor_loss = None;
-        let low_rank = (training || go_sparse).then(|| {
-            let (q_lr, k_lr) = self.predictor.forward(x, q.clone(), k.clone());
-            if let Some(rows) = &rows {
-                let target = q
-                    .clone()
-                    .detach()
-                    .select(2, rows.clone())
-                    .matmul(k.clone().detach().swap_dims(2, 3));
-                let predicted = q_lr
-                    .clone()
-                    .select(2, rows.clone())
-                    .matmul(k_lr.clone().swap_dims(2, 3));
-                predictor_loss = Some(predictor_loss_of(predicted, target));
+        let low_rank = match training || go_sparse {
+            true => {
+                let (q_lr, k_lr) = self.predictor.forward(x, q.clone(), k.clone());
+                let reorder = Reorder::new(grid, c.policy.query_cube, &device);
+                let q_lr_cubes = reorder.apply(q_lr.clone().detach());
+                let k_lr_cubes = match (&rows, &all_keys) {
+                    (Some((ids, _, share)), Some(all_keys)) => {
+                        // The predictor's gradient returns to the ranks that own the keys.
+                        let k_lr_all = gather(k_lr)?;
+                        let target = q
+                            .clone()
+                            .detach()
+                            .select(2, ids.clone())
+                            .matmul(all_keys.clone().swap_dims(2, 3));
+                        let predicted = q_lr
+                            .select(2, ids.clone())
+                            .matmul(k_lr_all.clone().swap_dims(2, 3));
+                        let loss = predictor_loss_of(predicted, target);
+                        predictor_loss = Some(match shards {
+                            Some(_) => loss * *share,
+                            None => loss,
+                        });
+                        shape.in_cube_order(k_lr_all.detach(), &reorder)
+                    }
+                    _ => shape.in_cube_order(gather(k_lr.detach())?, &reorder),
+                };
+                Some((q_lr_cubes, k_lr_cubes, reorder))
             }
-            let reorder = Reorder::new(grid, c.policy.query_cube, &device);
-            (
-                reorder.apply(q_lr.detach()),
-                reorder.apply(k_lr.detach()),
-                reorder,
-            )
-        });
+            false => None,
+        };
 
-        let out = match &low_rank {
-            Some((q_lr, k_lr, reorder)) if go_sparse => {
+        let out = match (&low_rank, shards) {
+            (Some((q_lr, k_lr, reorder)), _) if go_sparse => {
                 let [qc, kc, vc] = [q.clone(), k.clone(), v.clone()].map(|t| reorder.apply(t));
-                let out =
-                    self.sparse_by_budget(qc, kc, vc, q_lr.clone(), k_lr.clone(), &budgets)?;
+                let out = self.sparse_by_budget(
+                    qc,
+                    kc,
+                    vc,
+                    q_lr.clone(),
+                    k_lr.clone(),
+                    &budgets,
+                    shards,
+                )?;
                 reorder.undo(out)
             }
-            _ => attention(
+            (_, Some(shards)) => shards.dense_attention(q.clone(), k.clone(), v)?,
+            (_, None) => attention(
                 q.clone(),
                 k.clone(),
                 v,
@@ -330,17 +421,20 @@ impl DsvAttention {
         let mut observation = LayerObservation {
             predictor_loss,
             ran_sparse: go_sparse,
-            seq_len: s,
+            seq_len: total,
             ..Default::default()
         };
-        if let (true, Some((q_lr, k_lr, _)), Some(rows)) = (profile_due, &low_rank, rows) {
-            let probs = row_probabilities(q.detach().select(2, rows), k.detach(), scale);
+        if let (true, Some((q_lr, k_lr, _)), Some((ids, own, share)), Some(all_keys)) =
+            (profile_due, &low_rank, rows, all_keys)
+        {
+            let probs = row_probabilities(q.detach().select(2, ids), all_keys, scale);
             let (critical, measured) = critical_sets(probs.clone(), c.policy.mass_threshold);
-            let measured = to_host(measured);
+            let measured = weigh(to_host(measured), share)?;
             // Recall against the budgets this profile leads to.
-            let budgets = self.budgets(s, Some(&self.smoothed_sparsity(&measured)));
-            let selected = self.predicted_rows_mask(q_lr, k_lr, &budgets, grid, s);
-            observation.recall = Some(to_host(critical_recall(probs, critical, selected)));
+            let budgets = self.budgets(total, Some(&self.smoothed_sparsity(&measured)));
+            let selected = self.predicted_rows_mask(q_lr, k_lr, &budgets, grid, &own, &shape);
+            let recall = to_host(critical_recall(probs, critical, selected));
+            observation.recall = Some(weigh(recall, share)?);
             observation.measured_sparsity = Some(measured);
         }
         tape.record(self.state_id(), observation);
@@ -349,7 +443,9 @@ impl DsvAttention {
 
     /// Runs sparse attention over runs of neighbouring heads with the same budget: a run is
     /// a narrow of the head axis and the outputs concatenate in head order, so no head is
-    /// gathered or scattered (an index select's backward is a scatter-add).
+    /// gathered or scattered (an index select's backward is a scatter-add). `k_lr` holds
+    /// every shard's keys; `q`, `k`, `v` and `q_lr` this shard's.
+    #[allow(clippy::too_many_arguments)]
     fn sparse_by_budget(
         &self,
         q: Tensor<4>,
@@ -358,6 +454,7 @@ impl DsvAttention {
         q_lr: Tensor<4>,
         k_lr: Tensor<4>,
         budgets: &[usize],
+        shards: Option<&dyn SequenceShards>,
     ) -> Result<Tensor<4>, SparseAttnError> {
         let group = self.config.policy.query_cube.iter().product();
         let heads = budgets.len();
@@ -381,7 +478,10 @@ impl DsvAttention {
                 pick(&k_lr),
                 SelectionConfig::new(group, budget),
             )?;
-            outputs.push(sparse_attention(pick(&q), pick(&k), pick(&v), &keys, None)?);
+            outputs.push(match shards {
+                Some(shards) => shards.sparse_attention(pick(&q), pick(&k), pick(&v), &keys)?,
+                None => sparse_attention(pick(&q), pick(&k), pick(&v), &keys, None)?,
+            });
             start += len;
         }
         Ok(if outputs.len() == 1 {
@@ -391,27 +491,28 @@ impl DsvAttention {
         })
     }
 
-    /// `[B, H, n, S]` mask (original token order) of the keys the predictor would give each
-    /// sampled row with these budgets.
+    /// `[B, H, n, S]` mask (the sequence's token order) of the keys the predictor would give
+    /// this shard's sampled rows `rows` (token ids on `grid`) with these budgets; `k_lr`
+    /// holds every shard's keys in cube order.
     fn predicted_rows_mask(
         &self,
         q_lr: &Tensor<4>,
         k_lr: &Tensor<4>,
         budgets: &[usize],
         grid: TokenGrid,
-        s: usize,
+        rows: &[usize],
+        shape: &ShardShape,
     ) -> Tensor<4, Bool> {
-        let [b, h, _, _] = q_lr.dims();
-        let group: usize = self.config.policy.query_cube.iter().product();
-        let order = grid.cube_order(self.config.policy.query_cube);
+        let [b, h, s, _] = q_lr.dims();
+        let total = shape.total();
+        let cube = self.config.policy.query_cube;
+        let group: usize = cube.iter().product();
         let mut position = alloc::vec![0usize; s];
-        for (pos, &token) in order.iter().enumerate() {
+        for (pos, &token) in grid.cube_order(cube).iter().enumerate() {
             position[token] = pos;
         }
-        let rows: Vec<usize> = (0..s)
-            .step_by(self.config.policy.sample_stride.max(1))
-            .collect();
-        let mut mask = alloc::vec![true; b * h * rows.len() * s];
+        let key_order = shape.key_order();
+        let mut mask = alloc::vec![true; b * h * rows.len() * total];
         for (head, &budget) in budgets.iter().enumerate() {
             let pick = |t: &Tensor<4>| t.clone().narrow(1, head, 1);
             let keys =
@@ -427,21 +528,18 @@ impl DsvAttention {
             for bi in 0..b {
                 for (ri, &row) in rows.iter().enumerate() {
                     let g = position[row] / group;
-                    let base = ((bi * h + head) * rows.len() + ri) * s;
+                    let base = ((bi * h + head) * rows.len() + ri) * total;
                     for &key_pos in &ids[(bi * groups + g) * budget..][..budget] {
-                        mask[base + order[key_pos as usize]] = false;
+                        mask[base + key_order[key_pos as usize]] = false;
                     }
                 }
             }
         }
-        Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, h, rows.len(), s]), &q_lr.device())
-            .bool_not()
-    }
-
-    fn sampled_rows(s: usize, stride: usize, device: &Device) -> Tensor<1, Int> {
-        let rows: Vec<i64> = (0..s).step_by(stride.max(1)).map(|r| r as i64).collect();
-        let n = rows.len();
-        Tensor::from_data(TensorData::new(rows, [n]), device)
+        Tensor::<4, Bool>::from_data(
+            TensorData::new(mask, [b, h, rows.len(), total]),
+            &q_lr.device(),
+        )
+        .bool_not()
     }
 
     /// Keys per head: `max(S·(1 − s_h), min_fraction·S)` rounded up to the kernel tile, at
@@ -635,4 +733,13 @@ impl DsvAttention {
             seq_len,
         }
     }
+}
+
+/// The token ids, within a shard of `len` tokens starting at token `offset`, of the
+/// sequence's sampled rows (every `stride`-th token from its first).
+fn sampled_rows(offset: usize, len: usize, stride: usize) -> Vec<usize> {
+    (offset.div_ceil(stride) * stride..offset + len)
+        .step_by(stride)
+        .map(|r| r - offset)
+        .collect()
 }

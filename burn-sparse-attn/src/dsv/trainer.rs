@@ -201,9 +201,17 @@ impl DsvTrainer {
         } else {
             self.optimizer.step(self.lr, model, predictors)
         };
-        for (layer, step) in model.dsv_layers_mut().into_iter().zip(&steps) {
-            if let Some(step) = step {
-                layer.advance(step);
+        // `predictor_losses` stands: a caller may have summed it over the ranks that each
+        // hold a part of a sharded layer's loss.
+        for ((layer, step), loss) in model
+            .dsv_layers_mut()
+            .into_iter()
+            .zip(steps)
+            .zip(&predictor_losses)
+        {
+            if let Some(mut step) = step {
+                step.predictor_loss = *loss;
+                layer.advance(&step);
             }
         }
         (
@@ -252,7 +260,8 @@ pub struct DsvGradients {
     /// The host loss (weighted by the replica's share of the batch; summed over merged
     /// replicas).
     pub loss: f32,
-    /// Each DSV layer's predictor loss, where this replica recorded one.
+    /// Each DSV layer's predictor loss, where this replica recorded one: what the layer's
+    /// schedule folds in (sum it over the ranks of a sharded layer).
     pub predictor_losses: Vec<Option<f32>>,
     /// Each DSV layer's observations, where this replica recorded them.
     steps: Vec<Option<DsvLayerStep>>,
