@@ -380,8 +380,7 @@ impl VideoDit {
         tape: Option<&DsvTape>,
         network: impl FnOnce(ClipInputs, &AttentionMode) -> Result<R, SparseAttnError>,
     ) -> Result<R, SparseAttnError> {
-        self.check_inputs(function, &video.x, &video.sigma, &video.cond)?;
-        self.check_estimate(function, video.estimate.as_ref(), &video.x)?;
+        self.check_video(function, &video)?;
         SparseAttnError::check(
             !matches!(self.config.attention, AttentionKind::DualScope(_)),
             function,
@@ -413,8 +412,7 @@ impl VideoDit {
         tape: Option<&DsvTape>,
         network: impl FnOnce(ClipInputs, &AttentionMode) -> Result<R, SparseAttnError>,
     ) -> Result<R, SparseAttnError> {
-        self.check_inputs(function, &video.x, &video.sigma, &video.cond)?;
-        self.check_estimate(function, video.estimate.as_ref(), &video.x)?;
+        self.check_video(function, &video)?;
         match &self.config.attention {
             AttentionKind::DualScope(scope) => {
                 let Video {
@@ -635,6 +633,12 @@ impl VideoDit {
             ),
             format!("{:?}", x.dims()),
         )
+    }
+
+    /// One whole video's (or one shard's) inputs.
+    fn check_video(&self, function: &'static str, video: &Video) -> Result<(), SparseAttnError> {
+        self.check_inputs(function, &video.x, &video.sigma, &video.cond)?;
+        self.check_estimate(function, video.estimate.as_ref(), &video.x)
     }
 
     fn check_estimate(

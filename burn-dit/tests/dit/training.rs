@@ -8,9 +8,10 @@ use burn_dit::optim::{
     DitOptimizer, MUON_PARAMS, ODD_BLOCKS_OPTIMIZER_FILE, OPTIMIZER_FILE, OptimizerKind,
     dit_optimizer,
 };
-use burn_dit::train::{CheckpointError, TrainConfig, TrainError, Trainer, label_ids};
+use burn_dit::train::{CheckpointError, StepLog, TrainConfig, TrainError, Trainer, label_ids};
 use burn_dit::{AttentionKind, VideoDit};
-use burn_sparse_attn::dsv::DsvHost;
+use burn_sparse_attn::SparseAttnError;
+use burn_sparse_attn::dsv::{DsvHost, DsvLayerStats};
 
 use crate::common::*;
 
@@ -293,7 +294,47 @@ impl SameStart {
         trainer.resume(&self.0).unwrap();
         trainer
     }
+
+    /// Three steps on the ranks of a group of `world` threads that `join` makes of each
+    /// rank's trainer: rank 0 starts here, the others from their own init (which joining
+    /// replaces with rank 0's weights). Every rank's weights, logs and DSV layer stats.
+    fn ranks(
+        &self,
+        world: usize,
+        config: impl Fn() -> TrainConfig + Sync,
+        device: &Device,
+        join: impl Fn(Trainer, Communicator) -> Result<Trainer, SparseAttnError> + Sync,
+    ) -> Vec<RankRun> {
+        burn_ctx_parallel::transport::run_in_process(&vec![device.clone(); world], |comm| {
+            let trainer = if comm.rank() == 0 {
+                self.trainer(config(), device)
+            } else {
+                Trainer::new(config(), device).unwrap()
+            };
+            let mut trainer = join(trainer, comm)?;
+            let logs = (0..3)
+                .map(|_| trainer.try_train_step())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| match e {
+                    TrainError::Group(e) => e,
+                    other => panic!("{other}"),
+                })?;
+            let dsv = trainer
+                .model()
+                .dsv_layers()
+                .iter()
+                .map(|l| l.stats())
+                .collect();
+            Ok((params(&trainer), logs, dsv))
+        })
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+    }
 }
+
+/// One rank's weights, step logs and DSV layer stats.
+type RankRun = (Vec<f32>, Vec<StepLog>, Vec<DsvLayerStats>);
 
 impl Drop for SameStart {
     fn drop(&mut self) {
@@ -364,37 +405,15 @@ fn data_parallel_ranks_train_like_one_process() {
         );
         let mut one = start.trainer(config(2), &device);
         let one_logs: Vec<_> = (0..3).map(|_| one.train_step()).collect();
-        let ranks = burn_ctx_parallel::transport::run_in_process(
-            &[device.clone(), device.clone()],
-            |comm| {
-                // Rank 0 starts where the one-process run did; the others from their own init,
-                // which `with_communicator` replaces with rank 0's weights.
-                let trainer = if comm.rank() == 0 {
-                    start.trainer(config(1), &device)
-                } else {
-                    Trainer::new(config(1), &device).unwrap()
-                };
-                let mut trainer = trainer.with_communicator(comm)?;
-                let logs = (0..3)
-                    .map(|_| trainer.try_train_step())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| match e {
-                        TrainError::Group(e) => e,
-                        other => panic!("{other}"),
-                    })?;
-                let dsv: Vec<_> = trainer
-                    .model()
-                    .dsv_layers()
-                    .iter()
-                    .map(|l| l.stats())
-                    .collect();
-                Ok((params(&trainer), logs, dsv))
-            },
+        let ranks = start.ranks(
+            2,
+            || config(1),
+            &device,
+            |trainer, comm| trainer.with_communicator(comm),
         );
         let one_params = params(&one);
         let one_dsv: Vec<_> = one.model().dsv_layers().iter().map(|l| l.stats()).collect();
-        for (rank, result) in ranks.into_iter().enumerate() {
-            let (params, logs, dsv) = result.unwrap();
+        for (rank, (params, logs, dsv)) in ranks.into_iter().enumerate() {
             assert_same_steps(&one_logs, &logs, 1e-5, &format!("rank {rank}"));
             for (a, b) in one_logs.iter().zip(&logs) {
                 assert_eq!(
@@ -460,35 +479,15 @@ fn sequence_parallel_ranks_train_like_one_process() {
         let mut one = start.trainer(config(), &device);
         sparse(&mut one);
         let one_logs: Vec<_> = (0..3).map(|_| one.train_step()).collect();
-        let ranks =
-            burn_ctx_parallel::transport::run_in_process(&vec![device.clone(); world], |comm| {
-                let trainer = if comm.rank() == 0 {
-                    start.trainer(config(), &device)
-                } else {
-                    Trainer::new(config(), &device).unwrap()
-                };
-                let mut trainer = trainer.with_sequence_parallel(comm)?;
-                sparse(&mut trainer);
-                let logs = (0..3)
-                    .map(|_| trainer.try_train_step())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| match e {
-                        TrainError::Group(e) => e,
-                        other => panic!("{other}"),
-                    })?;
-                let dsv: Vec<_> = trainer
-                    .model()
-                    .dsv_layers()
-                    .iter()
-                    .map(|l| l.stats())
-                    .collect();
-                Ok((params(&trainer), logs, dsv))
-            });
+        let ranks = start.ranks(world, config, &device, |trainer, comm| {
+            let mut trainer = trainer.with_sequence_parallel(comm)?;
+            sparse(&mut trainer);
+            Ok(trainer)
+        });
         let one_params = params(&one);
         let one_dsv: Vec<_> = one.model().dsv_layers().iter().map(|l| l.stats()).collect();
-        for (rank, result) in ranks.into_iter().enumerate() {
+        for (rank, (params, logs, dsv)) in ranks.into_iter().enumerate() {
             let what = format!("case {case}, rank {rank}");
-            let (params, logs, dsv) = result.unwrap();
             assert_same_steps(&one_logs, &logs, 1e-4, &what);
             for (a, b) in one_logs.iter().zip(&logs) {
                 assert_eq!(a.sparse_layers, b.sparse_layers, "{what}");
