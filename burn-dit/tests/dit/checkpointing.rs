@@ -173,11 +173,7 @@ fn checkpointed_training_follows_the_plain_run_through_dsv_stages() {
     }
     assert!(plain_logs.iter().any(|l| l.predictor_loss.is_some()));
     assert_eq!(plain.len(), checkpointed.len());
-    let worst = plain
-        .iter()
-        .zip(&checkpointed)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let worst = worst_gap(&plain, &checkpointed);
     assert!(worst < 1e-4, "checkpointed weights drifted by {worst}");
 }
 

@@ -63,6 +63,14 @@ pub fn assert_same_steps(a: &[StepLog], b: &[StepLog], tolerance: f32, what: &st
     }
 }
 
+/// The largest `|a_i − b_i|` of two weight lists.
+pub fn worst_gap(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
 }

@@ -77,11 +77,7 @@ fn resumes_exactly(config: TrainConfig, name: &str) {
         resumed.train_step();
     }
     let (a, b) = (params(&straight), params(&resumed));
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let worst = worst_gap(&a, &b);
     assert!(worst < 1e-5, "{name}: resumed run drifted by {worst}");
     let losses = |t: &Trainer| {
         t.history()
@@ -361,11 +357,7 @@ fn replicas_train_like_one_model() {
         assert_same_steps(&one_logs, &logs, 1e-4, &format!("{replicas} replicas"));
         let params = host_params(&many);
         assert_eq!(params.len(), one_params.len());
-        let worst = one_params
-            .iter()
-            .zip(&params)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
+        let worst = worst_gap(&one_params, &params);
         assert!(
             worst < 1e-4,
             "{replicas} replicas drifted from one model by {worst}"
@@ -422,11 +414,7 @@ fn data_parallel_ranks_train_like_one_process() {
                     a.step
                 );
             }
-            let worst = one_params
-                .iter()
-                .zip(&params)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max);
+            let worst = worst_gap(&one_params, &params);
             assert!(
                 worst < 1e-5,
                 "rank {rank} drifted from the one-process run by {worst}"
@@ -498,11 +486,7 @@ fn sequence_parallel_ranks_train_like_one_process() {
                     );
                 }
             }
-            let worst = one_params
-                .iter()
-                .zip(&params)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max);
+            let worst = worst_gap(&one_params, &params);
             assert!(
                 worst < 1e-4,
                 "{what} drifted from one process by {worst}: {one_dsv:?} vs {dsv:?}"
