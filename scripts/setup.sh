@@ -24,7 +24,8 @@ for arg in "$@"; do
             command -v mpirun >/dev/null 2>&1 || packages+=(openmpi-bin)
             command -v mpicc >/dev/null 2>&1 || packages+=(libopenmpi-dev)
             # libclang itself: an image may carry libclang-cpp alone.
-            ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
+            compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+                || compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
                 || packages+=(libclang-dev) ;;
         *) echo "setup: unknown option $arg (expected --vulkan, --fashion, --mpi)" >&2; exit 2 ;;
     esac
