@@ -9,10 +9,6 @@ use crate::{Communicator, ring_attention, sparse_sequence_attention};
 /// The ranks of the communicator hold the shards: dense attention runs as a ring, sparse
 /// attention fetches only the selected remote keys ([`sparse_sequence_attention`]).
 impl SequenceShards for Communicator {
-    fn world(&self) -> usize {
-        Communicator::world(self)
-    }
-
     fn rank(&self) -> usize {
         Communicator::rank(self)
     }

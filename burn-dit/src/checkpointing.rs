@@ -58,7 +58,6 @@ impl VideoDit {
         loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
     ) -> Result<CheckpointedStep, SparseAttnError> {
         self.checkpointed(
-            "VideoDit::checkpointed_gradients",
             None,
             Video {
                 x,
@@ -88,7 +87,6 @@ impl VideoDit {
         loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
     ) -> Result<CheckpointedStep, SparseAttnError> {
         self.checkpointed(
-            "VideoDit::checkpointed_sequence_gradients",
             Some(comm),
             Video {
                 x,
@@ -101,15 +99,18 @@ impl VideoDit {
         )
     }
 
-    /// The checkpointed backward of one video, or of this rank's shard of it.
-    fn checkpointed(
+    /// The checkpointed backward of one video, or with `comm` of this rank's shard of it.
+    pub(crate) fn checkpointed(
         &self,
-        function: &'static str,
         comm: Option<&Communicator>,
         video: Video,
         tape: Option<&DsvTape>,
         loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
     ) -> Result<CheckpointedStep, SparseAttnError> {
+        let function = match comm {
+            None => "VideoDit::checkpointed_gradients",
+            Some(_) => "VideoDit::checkpointed_sequence_gradients",
+        };
         let device = video.x.device();
         SparseAttnError::check(
             device.is_autodiff()

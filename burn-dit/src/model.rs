@@ -356,9 +356,8 @@ impl VideoDit {
         estimate: Option<Tensor<5>>,
         tape: Option<&DsvTape>,
     ) -> Result<Tensor<5>, SparseAttnError> {
-        self.on_sequence_shard(
-            "VideoDit::forward_sequence_shard",
-            comm,
+        self.forward_video(
+            Some(comm),
             Video {
                 x,
                 sigma,
@@ -366,9 +365,29 @@ impl VideoDit {
                 estimate,
             },
             tape,
-            |clips, mode| self.run(clips, mode, None, None),
         )
-        .map(|mut v| v.remove(0))
+    }
+
+    /// The velocity of one video, or with `comm` of this rank's shard of it
+    /// ([`VideoDit::forward_sequence_shard`]), recording on `tape`.
+    pub(crate) fn forward_video(
+        &self,
+        comm: Option<&Communicator>,
+        video: Video,
+        tape: Option<&DsvTape>,
+    ) -> Result<Tensor<5>, SparseAttnError> {
+        match comm {
+            None => self.forward_one(video, tape, None),
+            Some(comm) => self
+                .on_sequence_shard(
+                    "VideoDit::forward_sequence_shard",
+                    comm,
+                    video,
+                    tape,
+                    |clips, mode| self.run(clips, mode, None, None),
+                )
+                .map(|mut v| v.remove(0)),
+        }
     }
 
     /// Runs `network` on this rank's shard of a video split along time over `comm`.

@@ -20,7 +20,7 @@ use crate::data::{ClipBatcher, ClipSet, SplitMix};
 use crate::ema::ema_update;
 use crate::flow::{add_noise, velocity_target};
 use crate::media::Frames;
-use crate::model::VideoDit;
+use crate::model::{Video, VideoDit};
 use crate::optim::DitOptimizer;
 
 /// One logged training step.
@@ -360,18 +360,17 @@ impl Trainer {
             let x_t = frames(x_t.clone().narrow(0, start, n));
             let sigma = sigma.clone().narrow(0, start, n);
             let cond = model.embed_labels(labels.clone().narrow(0, start, n));
+            let comm = sequence.map(|(comm, _)| comm);
             let estimate = match self_condition {
                 true => {
                     let frozen = model.clone().valid();
-                    let (x, s, c) = (
-                        x_t.clone().inner(),
-                        sigma.clone().inner(),
-                        cond.clone().inner(),
-                    );
-                    let v = match sequence {
-                        Some((comm, _)) => frozen.forward_sequence_shard(comm, x, s, c, None, None),
-                        None => frozen.forward(x, s, c),
-                    }?;
+                    let video = Video {
+                        x: x_t.clone().inner(),
+                        sigma: sigma.clone().inner(),
+                        cond: cond.clone().inner(),
+                        estimate: None,
+                    };
+                    let v = frozen.forward_video(comm, video, None)?;
                     let x_t = x_t.clone().inner();
                     Some((x_t - v * sigma.clone().inner().reshape([n, 1, 1, 1, 1])).autodiff())
                 }
@@ -383,26 +382,14 @@ impl Trainer {
                 Some(_) => (pred - target).square().sum() / (b * per_sample) as f64,
                 None => (pred - target).square().mean() * (n as f64 / b as f64),
             };
+            let video = Video {
+                x: x_t,
+                sigma,
+                cond,
+                estimate,
+            };
             if c.checkpointing {
-                let step = match sequence {
-                    Some((comm, _)) => model.checkpointed_sequence_gradients(
-                        comm,
-                        x_t,
-                        sigma,
-                        cond,
-                        estimate,
-                        tape.as_ref(),
-                        loss,
-                    ),
-                    None => model.checkpointed_gradients(
-                        x_t,
-                        sigma,
-                        cond,
-                        estimate,
-                        tape.as_ref(),
-                        loss,
-                    ),
-                }?;
+                let step = model.checkpointed(comm, video, tape.as_ref(), loss)?;
                 return Ok(DsvTrainer::backward_segmented(
                     model,
                     step.loss,
@@ -410,13 +397,7 @@ impl Trainer {
                     tape.unwrap_or_default(),
                 ));
             }
-            let pred = match (sequence, &tape) {
-                (Some((comm, _)), tape) => {
-                    model.forward_sequence_shard(comm, x_t, sigma, cond, estimate, tape.as_ref())
-                }
-                (None, Some(tape)) => model.forward_training(x_t, sigma, cond, estimate, tape),
-                (None, None) => model.forward_refining(x_t, sigma, cond, estimate),
-            }?;
+            let pred = model.forward_video(comm, video, tape.as_ref())?;
             Ok(DsvTrainer::backward(
                 model,
                 loss(pred),
@@ -429,7 +410,7 @@ impl Trainer {
         // ranks run replicas only: the model itself counts DSV steps and profiles. Every
         // sequence-parallel rank runs the model and records: its DSV layers' exchanges need
         // every rank.
-        let own = usize::from(rank == 0 || sequence.is_some());
+        let own = usize::from(self.trains_predictors());
         let replicas: Vec<VideoDit> = shares[own..]
             .iter()
             .map(|_| DsvTrainer::replica(&self.model))
@@ -559,6 +540,13 @@ impl Trainer {
         self.history.iter().filter(|l| l.skipped).count()
     }
 
+    /// Whether this rank's own model trains the DSV predictors and records their
+    /// observations: rank 0 of a data-parallel group, every sequence-parallel rank (each
+    /// holds a weighted part of every layer's predictor loss).
+    fn trains_predictors(&self) -> bool {
+        self.comm.rank() == 0 || self.sequence.is_some()
+    }
+
     /// Every rank's gradients and host loss summed; the predictor losses of rank 0 (the only
     /// data-parallel rank that trains the predictors), or of all sequence-parallel ranks.
     fn sum_over_ranks(&self, grads: DsvGradients) -> Result<DsvGradients, SparseAttnError> {
@@ -567,8 +555,7 @@ impl Trainer {
             grads.try_map_gradients(&self.model, |g| all_reduce_gradients(comm, &self.model, g))?;
         // [loss, predictor losses…]: other ranks add zeros to rank 0's (NaN where it has none).
         let mut values = vec![grads.loss];
-        // Sequence-parallel ranks each hold a weighted part of every layer's loss.
-        let own = comm.rank() == 0 || self.sequence.is_some();
+        let own = self.trains_predictors();
         values.extend(
             grads
                 .predictor_losses

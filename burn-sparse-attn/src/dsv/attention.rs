@@ -300,13 +300,16 @@ impl DsvAttention {
         let training = tape.is_some();
         let shape = ShardShape::new(F, grid, c.policy.query_cube, shards, s)?;
         let stride = c.policy.sample_stride.max(1);
+        // Every shard's count of the sequence's sampled rows.
+        let row_counts: Vec<usize> = shape
+            .lens
+            .iter()
+            .zip(&shape.offsets)
+            .map(|(&len, &offset)| sampled_rows(offset, len, stride).len())
+            .collect();
         if training {
             ensure(
-                shape
-                    .lens
-                    .iter()
-                    .zip(&shape.offsets)
-                    .all(|(&len, &offset)| !sampled_rows(offset, len, stride).is_empty()),
+                row_counts.iter().all(|&n| n > 0),
                 F,
                 "policy.sample_stride",
                 format!("at most the shortest shard ({} tokens)", shape.shortest()),
@@ -332,13 +335,7 @@ impl DsvAttention {
         // of all of them.
         let rows = training.then(|| {
             let own = sampled_rows(shape.offset(), s, stride);
-            let all: usize = shape
-                .lens
-                .iter()
-                .zip(&shape.offsets)
-                .map(|(&len, &offset)| sampled_rows(offset, len, stride).len())
-                .sum();
-            let share = own.len() as f64 / all as f64;
+            let share = own.len() as f64 / row_counts.iter().sum::<usize>() as f64;
             let n = own.len();
             let ids = own.iter().map(|&r| r as i64).collect();
             (

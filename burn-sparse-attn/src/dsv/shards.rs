@@ -16,9 +16,6 @@ use crate::{CriticalKeys, SparseAttnError, error::ensure};
 ///
 /// Every method is collective: when one rank calls it, every rank calls it, in the same order.
 pub trait SequenceShards {
-    /// Number of ranks.
-    fn world(&self) -> usize;
-
     /// This rank's place in the group.
     fn rank(&self) -> usize;
 
