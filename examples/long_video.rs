@@ -5,6 +5,7 @@
 //! cargo run --release --example long_video -- [--out out/tiny] [--ranks 8] [--clips-per-rank 2]
 //!     [--window 2] [--global-frames 4] [--scope-bias 10] [--switch-sigma 0.5]
 //!     [--prompts circle:red,square:blue] [--steps 24] [--faster-cache] [--free-init 3] [--seed 7]
+//!     [--clip-frames 128] [--online-sparse 0.9] [--time-attention] [--skip-independent]
 //! mpirun -np 4 target/release/examples/long_video --transport mpi [--clips-per-rank 4] …
 //! ```
 //! Ranks are threads of this process on the CPU (Flex), or with `--transport mpi` (a build
@@ -13,23 +14,28 @@
 //! clip has its own noise and its prompt (the prompts are spread over time in order), so the
 //! video is the same however the clips are spread. For comparison rank 0 also generates the
 //! same clips one by one with no attention between them. With `--free-init`, FreeInit filters
-//! the whole video between passes (every rank gathers it). Writes under `OUT/long_video/`:
+//! the whole video between passes (every rank gathers it). With `--online-sparse`, each
+//! clip's dual-scope attention searches its critical keys online; `--time-attention` times
+//! each block's self-attention (dense, or online sparse) and reports it summed over the
+//! ranks. Writes under `OUT/long_video/`:
 //! `long_video.gif`, `side_by_side.gif` (dual-scope left, independent clips right),
 //! `report.json`, `report.md`.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_sparse_video::ctx_parallel::Communicator;
 use burn_sparse_video::ctx_parallel::{ClipLayout, DualScopeConfig};
 use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, parse_label};
 use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
 use burn_sparse_video::dit::free_init::FreeInitConfig;
-use burn_sparse_video::dit::long_video::{clip_noise, generate_long};
+use burn_sparse_video::dit::long_video::{clip_noise, generate_long_with_stats};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
 use burn_sparse_video::dit::metrics::{
     clip_continuity, detect, dynamic_degree, motion_smoothness, temporal_flickering,
 };
+use burn_sparse_video::dit::online_sparse::{OnlineLayerStats, OnlineSparseConfig};
 use burn_sparse_video::dit::sample::sample_euler;
 use burn_sparse_video::dit::train::{IfDamaged, label_ids, load_for_sampling};
 use clap::Parser;
@@ -76,6 +82,20 @@ struct Args {
     /// the video's frames, height and width must be powers of two).
     #[arg(long)]
     free_init: Option<usize>,
+    /// Frames per clip (default: the training clip's; a multiple of the frame patch): longer
+    /// clips, more tokens in each clip's attention.
+    #[arg(long)]
+    clip_frames: Option<usize>,
+    /// Online sparse attention skipping this share of each clip's keys (its defaults
+    /// otherwise).
+    #[arg(long)]
+    online_sparse: Option<f64>,
+    /// Time each block's self-attention (dense, or online sparse with `--online-sparse`).
+    #[arg(long)]
+    time_attention: bool,
+    /// Skip generating the same clips one by one for comparison.
+    #[arg(long)]
+    skip_independent: bool,
     /// Noise seed; clip `c` draws from its own stream of it.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -132,6 +152,64 @@ struct Generated {
     seconds: f64,
     bytes: u64,
     messages: u64,
+    /// Each block's self-attention record, summed over the ranks (with `--online-sparse` or
+    /// `--time-attention`).
+    attention: Vec<OnlineLayerStats>,
+}
+
+/// Numbers per block in [`merged_over_ranks`]'s exchange.
+const STATS_FIELDS: usize = 6;
+
+/// Each block's online sparse record summed over the ranks of `comm` (recall averaged over
+/// the heads).
+fn merged_over_ranks(
+    comm: &Communicator,
+    layers: &[OnlineLayerStats],
+) -> Result<Vec<OnlineLayerStats>, burn_sparse_video::sparse_attn::SparseAttnError> {
+    let mine: Vec<f32> = layers
+        .iter()
+        .flat_map(|l| {
+            let recall = l.recall.iter().sum::<f64>() / l.recall.len().max(1) as f64;
+            [
+                l.dense as f64,
+                l.searches as f64,
+                l.sparse as f64,
+                l.sparsity,
+                l.seconds,
+                recall,
+            ]
+            .map(|x| x as f32)
+        })
+        .collect();
+    let row = Tensor::<2>::from_data(
+        TensorData::new(mine, [1, layers.len() * STATS_FIELDS]),
+        comm.device(),
+    );
+    let all: Vec<f32> = comm
+        .all_gather(row, 0)?
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 stats");
+    let mut merged = vec![OnlineLayerStats::default(); layers.len()];
+    for rank in all.chunks_exact(layers.len() * STATS_FIELDS) {
+        for (total, f) in merged.iter_mut().zip(rank.chunks_exact(STATS_FIELDS)) {
+            let searches = f[1] as usize;
+            total.merge(&OnlineLayerStats {
+                dense: f[0] as usize,
+                searches,
+                sparse: f[2] as usize,
+                sparsity: f[3] as f64,
+                recall: if searches > 0 {
+                    vec![f[5] as f64]
+                } else {
+                    Vec::new()
+                },
+                seconds: f[4] as f64,
+            });
+        }
+    }
+    Ok(merged)
 }
 
 fn main() {
@@ -183,6 +261,22 @@ fn main() {
     if args.faster_cache {
         sampler.faster_cache = Some(FasterCacheConfig::default());
     }
+    sampler.online_sparse = match (args.online_sparse, args.time_attention) {
+        (Some(sparsity), _) => Some(OnlineSparseConfig::new(sparsity)),
+        // Dense attention throughout, timed through online sparse attention's dense path.
+        (None, true) => Some(OnlineSparseConfig {
+            min_len: usize::MAX,
+            ..OnlineSparseConfig::default()
+        }),
+        (None, false) => None,
+    };
+    let clip_frames = args.clip_frames.unwrap_or(clip.frames);
+    if clip_frames == 0 || clip_frames % config.model.patch[0] != 0 {
+        fail(&format!(
+            "--clip-frames must be a positive multiple of the frame patch ({}), got {clip_frames}",
+            config.model.patch[0]
+        ));
+    }
     if let Some(iterations) = args.free_init {
         sampler.free_init = Some(FreeInitConfig {
             iterations,
@@ -191,7 +285,7 @@ fn main() {
     }
     sampler
         .check("long_video")
-        .unwrap_or_else(|e| fail(&format!("{e} (--steps, --free-init)")));
+        .unwrap_or_else(|e| fail(&format!("{e} (--steps, --free-init, --online-sparse)")));
     let prompts: Vec<(usize, usize)> = args
         .prompts
         .split(',')
@@ -236,11 +330,11 @@ fn main() {
                 actual: prompts.len().to_string(),
             });
         }
-        let layout = ClipLayout::uniform(clips, clip.frames, ranks)?;
+        let layout = ClipLayout::uniform(clips, clip_frames, ranks)?;
         let (cond, uncond) = conditioning(&clip_prompts(clips));
         if comm.rank() == 0 {
             println!(
-                "{} frames of {}×{} ({}× the {}-frame training clips) on {ranks} ranks ({:?}), {} clips each; window ±{} latent frames, {} global frames",
+                "{} frames of {}×{} ({} clips of {clip_frames} frames; the training clips have {}) on {ranks} ranks ({:?}), {} clips each; window ±{} latent frames, {} global frames",
                 layout.total_frames(),
                 clip.height,
                 clip.width,
@@ -253,7 +347,7 @@ fn main() {
             );
         }
         let start = Instant::now();
-        let video = generate_long(
+        let (video, attention) = generate_long_with_stats(
             &model,
             &comm,
             &layout,
@@ -268,12 +362,17 @@ fn main() {
         let stats = comm.stats();
         let bytes: usize = comm.gather_sizes(stats.bytes as usize)?.iter().sum();
         let messages: usize = comm.gather_sizes(stats.messages as usize)?.iter().sum();
+        let attention = match attention.is_empty() {
+            true => attention,
+            false => merged_over_ranks(&comm, &attention)?,
+        };
         Ok(video.map(|video| Generated {
             video,
             ranks,
             seconds,
             bytes: bytes as u64,
             messages: messages as u64,
+            attention,
         }))
     });
     let Some(Generated {
@@ -282,42 +381,45 @@ fn main() {
         seconds: dual_seconds,
         bytes,
         messages,
+        attention,
     }) = generated.unwrap_or_else(|e| fail(&e)).flatten()
     else {
         return;
     };
     let clips = ranks * args.clips_per_rank;
-    let layout = ClipLayout::uniform(clips, clip.frames, ranks).expect("made on every rank above");
+    let layout = ClipLayout::uniform(clips, clip_frames, ranks).expect("made on every rank above");
     let clip_prompt = clip_prompts(clips);
     let (cond, uncond) = conditioning(&clip_prompt);
     let clip_starts: Vec<usize> = (0..clips).map(|c| layout.frame_offset(c)).collect();
 
     // The same clips with the same noise and prompts, each generated alone.
-    let start = Instant::now();
-    let mut alone = Frames {
-        width: clip.width,
-        height: clip.height,
-        frames: Vec::new(),
-    };
-    for c in 0..clips {
-        let noise = clip_noise(
-            args.seed,
-            c,
-            [1, 3, clip.frames, clip.height, clip.width],
-            &device,
-        );
-        let x = sample_euler(&model, noise, cond[c].clone(), uncond[c].clone(), sampler)
-            .unwrap_or_else(|e| fail(&e.to_string()));
-        let pixels: Vec<f32> = x
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .expect("f32 video");
-        alone
-            .frames
-            .extend(Frames::from_chw(&pixels, clip.frames, clip.height, clip.width).frames);
-    }
-    let alone_seconds = start.elapsed().as_secs_f64();
+    let alone = (!args.skip_independent).then(|| {
+        let start = Instant::now();
+        let mut alone = Frames {
+            width: clip.width,
+            height: clip.height,
+            frames: Vec::new(),
+        };
+        for c in 0..clips {
+            let noise = clip_noise(
+                args.seed,
+                c,
+                [1, 3, clip_frames, clip.height, clip.width],
+                &device,
+            );
+            let x = sample_euler(&model, noise, cond[c].clone(), uncond[c].clone(), sampler)
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            let pixels: Vec<f32> = x
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .expect("f32 video");
+            alone
+                .frames
+                .extend(Frames::from_chw(&pixels, clip_frames, clip.height, clip.width).frames);
+        }
+        (alone, start.elapsed().as_secs_f64())
+    });
 
     let dir = args.out.join("long_video");
     std::fs::create_dir_all(&dir)
@@ -326,20 +428,27 @@ fn main() {
         write_gif(&dir.join(name), v, 8).unwrap_or_else(|e| fail(&format!("writing {name}: {e}")))
     };
     write("long_video.gif", &upscale(&video, 3));
-    write(
-        "side_by_side.gif",
-        &tile(&[upscale(&video, 3), upscale(&alone, 3)], 2),
-    );
+    if let Some((alone, _)) = &alone {
+        write(
+            "side_by_side.gif",
+            &tile(&[upscale(&video, 3), upscale(alone, 3)], 2),
+        );
+    }
 
     let frames = layout.total_frames() as f64;
     let report = serde_json::json!({
         "frames": layout.total_frames(), "height": clip.height, "width": clip.width,
-        "training_clip_frames": clip.frames, "ranks": ranks, "transport": format!("{:?}", args.transport).to_lowercase(), "clips": clips,
+        "training_clip_frames": clip.frames, "clip_frames": clip_frames, "ranks": ranks, "transport": format!("{:?}", args.transport).to_lowercase(), "clips": clips,
         "scope": { "window": args.window, "global_frames": args.global_frames, "scope_bias": args.scope_bias, "switch_sigma": args.switch_sigma },
         "sampler": sampler, "seed": args.seed,
         "prompts": clip_prompt.iter().map(|&(s, c)| format!("{}:{}", config.data.classes()[s], COLOURS[c].0)).collect::<Vec<_>>(),
         "dual_scope": { "seconds": dual_seconds, "frames_per_second": frames / dual_seconds, "bytes_between_ranks": bytes, "messages": messages, "metrics": metrics(&video, &clip_starts, config.model.patch[0]) },
-        "independent_clips": { "seconds": alone_seconds, "frames_per_second": frames / alone_seconds, "metrics": metrics(&alone, &clip_starts, config.model.patch[0]) },
+        "independent_clips": alone.as_ref().map(|(alone, seconds)| serde_json::json!({ "seconds": seconds, "frames_per_second": frames / seconds, "metrics": metrics(alone, &clip_starts, config.model.patch[0]) })),
+        "attention": (!attention.is_empty()).then(|| serde_json::json!({
+            "seconds": attention.iter().map(|l| l.seconds).sum::<f64>(),
+            "online_sparse": args.online_sparse,
+            "layers": attention,
+        })),
     });
     std::fs::write(
         dir.join("report.json"),
@@ -347,16 +456,20 @@ fn main() {
     )
     .unwrap_or_else(|e| fail(&format!("report: {e}")));
     let row = |name: &str, key: &str| {
-        let v = |which: &str| report[which]["metrics"][key].as_f64().unwrap_or(f64::NAN);
+        let v = |which: &str| {
+            report[which]["metrics"][key]
+                .as_f64()
+                .map_or("–".into(), |v| format!("{v:.3}"))
+        };
         format!(
-            "| {name} | {:.3} | {:.3} |\n",
+            "| {name} | {} | {} |\n",
             v("dual_scope"),
             v("independent_clips")
         )
     };
     let mut md = format!(
-        "# Long video: {} frames from a model trained on {}-frame clips\n\n{} ranks × {} clips, window ±{} latent frames, {} global frames, scope bias {} switching at σ = {}; {} Euler steps, guidance {}.\n\n\
-         Dual-scope: {:.1} s ({:.2} frames/s), {:.1} MiB between ranks. Independent clips: {:.1} s.\n\n| metric | dual-scope | independent clips |\n|---|---|---|\n",
+        "# Long video: {} frames from a model trained on {}-frame clips\n\n{} ranks × {} clips of {clip_frames} frames, window ±{} latent frames, {} global frames, scope bias {} switching at σ = {}; {} Euler steps, guidance {}.\n\n\
+         Dual-scope: {:.1} s ({:.2} frames/s), {:.1} MiB between ranks. Independent clips: {}.\n\n| metric | dual-scope | independent clips |\n|---|---|---|\n",
         layout.total_frames(),
         clip.frames,
         ranks,
@@ -370,7 +483,9 @@ fn main() {
         dual_seconds,
         frames / dual_seconds,
         bytes as f64 / (1 << 20) as f64,
-        alone_seconds
+        alone
+            .as_ref()
+            .map_or("skipped".into(), |(_, seconds)| format!("{seconds:.1} s"))
     );
     md += &row("temporal flickering (1 = steady)", "temporal_flickering");
     md += &row("motion smoothness (1 = linear)", "motion_smoothness");
@@ -382,7 +497,27 @@ fn main() {
     );
     md += &row("boundary / within (1 = seamless)", "boundary_over_within");
     md += &row("object detected (share of frames)", "object_detected");
-    md += "\nFiles: long_video.gif, side_by_side.gif (dual-scope left, independent clips right), report.json.\n";
+    if !attention.is_empty() {
+        md += &format!(
+            "\nSelf-attention ({}): {:.2} s summed over the ranks and blocks.\n\n| block | dense | searches | sparse | sparsity | recall |\n|---|---|---|---|---|---|\n",
+            args.online_sparse
+                .map_or("dense, timed".into(), |s| format!("online sparse at {s}")),
+            attention.iter().map(|l| l.seconds).sum::<f64>()
+        );
+        for (i, l) in attention.iter().enumerate() {
+            let recall = l.recall.first().map_or("–".into(), |r| format!("{r:.3}"));
+            md += &format!(
+                "| {i} | {} | {} | {} | {:.3} | {recall} |\n",
+                l.dense, l.searches, l.sparse, l.sparsity
+            );
+        }
+    }
+    md += match alone {
+        Some(_) => {
+            "\nFiles: long_video.gif, side_by_side.gif (dual-scope left, independent clips right), report.json.\n"
+        }
+        None => "\nFiles: long_video.gif, report.json.\n",
+    };
     std::fs::write(dir.join("report.md"), &md).unwrap_or_else(|e| fail(&format!("report: {e}")));
     println!("{md}");
 }

@@ -91,11 +91,47 @@ pub struct DualScopePlan<'c> {
     tokens_per_frame: usize,
     window: usize,
     global: Vec<usize>,
-    batch: usize,
+    /// Per sample: `(local, global)` logit biases.
+    scope_biases: Vec<(f64, f64)>,
     /// Per local clip: `[1, 1, S_q, S_k]`, true = hidden.
     masks: Vec<Tensor<4, Bool>>,
-    /// Per local clip: `[B, 1, S_q, S_k]` scope biases, `None` when all are zero.
+    /// Per local clip: `[B, 1, 1, S_k]` scope biases of the keys, `None` when all are zero.
     biases: Vec<Option<Tensor<4>>>,
+}
+
+/// One clip's dual-scope attention as [`DualScopePlan::attend_with`] hands it over: its
+/// queries against the keys it sees (left halo, the clip, right halo, global frames), with
+/// the window mask and the scope biases.
+pub struct DualScopeInputs {
+    /// The clip's index among this rank's clips.
+    pub clip: usize,
+    /// `[B, H, S_q, D]`.
+    pub q: Tensor<4>,
+    /// `[B, H, S_k, D]`.
+    pub k: Tensor<4>,
+    /// `[B, H, S_k, D]`.
+    pub v: Tensor<4>,
+    /// `[1, 1, S_q, S_k]`, true where a query cannot see a key.
+    pub mask: Tensor<4, Bool>,
+    /// `[B, 1, 1, S_k]`: each key's scope bias, added to the scaled scores of every query
+    /// of its sample; `None` when all are zero.
+    pub bias: Option<Tensor<4>>,
+}
+
+impl DualScopeInputs {
+    /// The dual-scope attention itself: dense attention under the mask and the biases.
+    pub fn dense(self) -> Tensor<4> {
+        let [b, h, sq, _] = self.q.dims();
+        let full = [b, h, sq, self.k.dims()[2]];
+        attention(
+            self.q,
+            self.k,
+            self.v,
+            Some(self.mask.expand(full)),
+            self.bias.map(|bias| bias.expand(full)),
+            AttentionModuleOptions::default(),
+        )
+    }
 }
 
 impl<'c> DualScopePlan<'c> {
@@ -156,6 +192,7 @@ impl<'c> DualScopePlan<'c> {
         }
         let device = comm.device();
         let global = config.global_frame_ids(layout.total_frames());
+        let scope_biases: Vec<(f64, f64)> = sigmas.iter().map(|&s| config.biases(s)).collect();
         let mut masks = Vec::with_capacity(mine.len());
         let mut biases = Vec::with_capacity(mine.len());
         for c in mine.clone() {
@@ -177,33 +214,25 @@ impl<'c> DualScopePlan<'c> {
                 TensorData::new(hidden, [1, 1, sq, sk]),
                 device,
             ));
-            let per_sample: Vec<(f64, f64)> = sigmas.iter().map(|&s| config.biases(s)).collect();
             biases.push(
-                per_sample
+                scope_biases
                     .iter()
                     .any(|&(l, g)| l != 0.0 || g != 0.0)
                     .then(|| {
-                        let mut bias = Vec::with_capacity(sigmas.len() * sq * sk);
-                        for &(local, global) in &per_sample {
-                            let row: Vec<f32> = keys
-                                .iter()
-                                .flat_map(|k| {
-                                    std::iter::repeat_n(
-                                        if k.scope == Scope::Local {
-                                            local
-                                        } else {
-                                            global
-                                        } as f32,
-                                        n,
-                                    )
+                        let bias: Vec<f32> = scope_biases
+                            .iter()
+                            .flat_map(|&(local, global)| {
+                                keys.iter().flat_map(move |k| {
+                                    let b = match k.scope {
+                                        Scope::Local => local,
+                                        Scope::Global => global,
+                                    };
+                                    std::iter::repeat_n(b as f32, n)
                                 })
-                                .collect();
-                            for _ in 0..sq {
-                                bias.extend_from_slice(&row);
-                            }
-                        }
+                            })
+                            .collect();
                         Tensor::<4>::from_data(
-                            TensorData::new(bias, [sigmas.len(), 1, sq, sk]),
+                            TensorData::new(bias, [sigmas.len(), 1, 1, sk]),
                             device,
                         )
                     }),
@@ -216,7 +245,7 @@ impl<'c> DualScopePlan<'c> {
             tokens_per_frame,
             window: p,
             global,
-            batch: sigmas.len(),
+            scope_biases,
             masks,
             biases,
         })
@@ -237,6 +266,12 @@ impl<'c> DualScopePlan<'c> {
         &self.global
     }
 
+    /// Per sample: the `(local, global)` logit biases of this pass
+    /// ([`DualScopeConfig::biases`] at its noise level).
+    pub fn scope_biases(&self) -> &[(f64, f64)] {
+        &self.scope_biases
+    }
+
     /// Attention of this rank's clips' queries over their local windows and the global
     /// frames. `q, k, v`: one `[B, H, frames(c)·tokens_per_frame, D]` tensor per clip of this
     /// rank ([`ClipLayout::clips_of`]), with positions already encoded (RoPE of global frame
@@ -247,6 +282,20 @@ impl<'c> DualScopePlan<'c> {
         q: Vec<Tensor<4>>,
         k: Vec<Tensor<4>>,
         v: Vec<Tensor<4>>,
+    ) -> Result<Vec<Tensor<4>>, SparseAttnError> {
+        self.attend_with(q, k, v, |inputs| Ok(inputs.dense()))
+    }
+
+    /// [`DualScopePlan::attend`] with each clip's attention computed by `attend`, given the
+    /// clip's queries, the keys and values it sees, the mask and the biases
+    /// ([`DualScopeInputs::dense`] is the plan's own): for attention that approximates it,
+    /// such as a sampler's online sparse attention.
+    pub fn attend_with(
+        &self,
+        q: Vec<Tensor<4>>,
+        k: Vec<Tensor<4>>,
+        v: Vec<Tensor<4>>,
+        mut attend: impl FnMut(DualScopeInputs) -> Result<Tensor<4>, SparseAttnError>,
     ) -> Result<Vec<Tensor<4>>, SparseAttnError> {
         const F: &str = "DualScopePlan::attend";
         let (layout, n, p) = (&self.layout, self.tokens_per_frame, self.window);
@@ -263,7 +312,7 @@ impl<'c> DualScopePlan<'c> {
         )?;
         let [_, h, _, d] = q[0].dims();
         for (i, c) in self.mine.clone().enumerate() {
-            let want = [self.batch, h, layout.frames(c) * n, d];
+            let want = [self.scope_biases.len(), h, layout.frames(c) * n, d];
             for (name, x) in [("q", &q[i]), ("k", &k[i]), ("v", &v[i])] {
                 SparseAttnError::check(
                     x.dims() == want,
@@ -313,18 +362,14 @@ impl<'c> DualScopePlan<'c> {
                 .collect();
             let keys = Tensor::cat(keys, 2);
             let (keys, values) = (keys.clone().narrow(3, 0, d), keys.narrow(3, d, d));
-            let (sq, sk) = (q_c.dims()[2], keys.dims()[2]);
-            let full = [self.batch, h, sq, sk];
-            let mask = self.masks[i].clone().expand(full);
-            let bias = self.biases[i].clone().map(|b| b.expand(full));
-            out.push(attention(
-                q_c,
-                keys,
-                values,
-                Some(mask),
-                bias,
-                AttentionModuleOptions::default(),
-            ));
+            out.push(attend(DualScopeInputs {
+                clip: i,
+                q: q_c,
+                k: keys,
+                v: values,
+                mask: self.masks[i].clone(),
+                bias: self.biases[i].clone(),
+            })?);
         }
         Ok(out)
     }

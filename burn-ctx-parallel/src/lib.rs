@@ -72,7 +72,7 @@ pub use burn_sparse_attn;
 pub use clips::{ClipLayout, clip_halos, synced_moments};
 pub use communicator::{CommStats, Communicator, Halo};
 pub use data_parallel::{all_reduce_gradients, broadcast_module};
-pub use dual_scope::{DualScopeConfig, DualScopePlan, dual_scope_bytes_per_layer};
+pub use dual_scope::{DualScopeConfig, DualScopeInputs, DualScopePlan, dual_scope_bytes_per_layer};
 pub use head_parallel::{head_parallel_attention, head_parallel_bytes_per_rank};
 pub use hybrid::{HybridSplit, hybrid_attention};
 pub use ops::CollectiveOps;

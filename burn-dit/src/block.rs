@@ -185,17 +185,27 @@ impl SelfAttention {
             k.push(clip.rope.apply(normed(part(1), &self.k_norm)));
             v.push(part(2));
         }
-        if !matches!(mode, AttentionMode::PerClip(_)) {
+        if matches!(mode, AttentionMode::Sequence { .. }) {
             SparseAttnError::check(
                 online.is_none(),
                 "SelfAttention::forward",
                 "online",
-                "None with attention across clips (online sparse attention runs per clip)",
+                "None with sequence-parallel attention (online sparse attention runs per clip)",
                 "online sparse attention",
             )?;
         }
         let outs = match mode {
-            AttentionMode::DualScope(plan) => plan.attend(q, k, v)?,
+            AttentionMode::DualScope(plan) => match online {
+                Some((online, block)) => {
+                    // One noise level per step: the first sample's scope phase is the batch's.
+                    let phase = plan.scope_biases()[0];
+                    plan.attend_with(q, k, v, |inputs| {
+                        let grid = clips[inputs.clip].grid;
+                        online.attend_dual_scope(block, inputs, grid, phase)
+                    })?
+                }
+                None => plan.attend(q, k, v)?,
+            },
             AttentionMode::Sequence { comm, tape, .. } => {
                 // The sequence entry hands each rank its shard as one clip.
                 let clip = clips.first().expect("a shard");

@@ -8,7 +8,8 @@ use burn_sparse_attn::SparseAttnError;
 use crate::data::SplitMix;
 use crate::media::Frames;
 use crate::model::VideoDit;
-use crate::sample::{SamplerConfig, sample_euler_clips};
+use crate::online_sparse::OnlineLayerStats;
+use crate::sample::{SamplerConfig, sample_euler_clips_with_state};
 
 /// Noise of clip `clip` of a video seeded `seed`: its own stream, so a clip's noise does not
 /// depend on how many clips come before it or which rank draws it.
@@ -41,6 +42,34 @@ pub fn generate_long(
     scope: &DualScopeConfig,
     seed: u64,
 ) -> Result<Option<Frames>, SparseAttnError> {
+    generate_long_with_stats(
+        model,
+        comm,
+        layout,
+        [height, width],
+        cond,
+        uncond,
+        sampler,
+        scope,
+        seed,
+    )
+    .map(|(video, _)| video)
+}
+
+/// [`generate_long`] that also returns what online sparse attention did in each block on
+/// this rank's clips (empty when it is off).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_long_with_stats(
+    model: &VideoDit,
+    comm: &Communicator,
+    layout: &ClipLayout,
+    [height, width]: [usize; 2],
+    cond: &[Tensor<3>],
+    uncond: &[Tensor<3>],
+    sampler: SamplerConfig,
+    scope: &DualScopeConfig,
+    seed: u64,
+) -> Result<(Option<Frames>, Vec<OnlineLayerStats>), SparseAttnError> {
     const F: &str = "generate_long";
     let clips = layout.clips();
     SparseAttnError::check(
@@ -69,7 +98,8 @@ pub fn generate_long(
             .map(|c| all[c].clone().to_device(device))
             .collect()
     };
-    let parts = sample_euler_clips(
+    let state = sampler.sampling_state(model);
+    let parts = sample_euler_clips_with_state(
         model,
         comm,
         layout,
@@ -78,19 +108,20 @@ pub fn generate_long(
         local(uncond),
         sampler,
         scope,
+        &state,
     )?;
+    let stats = state
+        .online()
+        .map(|online| online.layer_stats())
+        .unwrap_or_default();
     let Some(video) = comm.gather_to(Tensor::cat(parts, 2), 0, 2)? else {
-        return Ok(None);
+        return Ok((None, stats));
     };
     let pixels: Vec<f32> = video
         .into_data()
         .convert::<f32>()
         .try_to_vec()
         .expect("f32 video");
-    Ok(Some(Frames::from_chw(
-        &pixels,
-        layout.total_frames(),
-        height,
-        width,
-    )))
+    let video = Frames::from_chw(&pixels, layout.total_frames(), height, width);
+    Ok((Some(video), stats))
 }

@@ -300,8 +300,8 @@ impl VideoDit {
 
     /// [`VideoDit::forward_refining`] for one step of a sampling run with the accelerators
     /// of `state` (FasterCache's attention reuse, online sparse attention): call
-    /// [`SamplingState::begin_step`] before each step's call. A dual-scope model reuses as
-    /// in [`VideoDit::forward_clips`] and takes no online sparse attention.
+    /// [`SamplingState::begin_step`] before each step's call. A dual-scope model attends as
+    /// in [`VideoDit::forward_clips`].
     pub fn forward_sampling(
         &self,
         x: Tensor<5>,

@@ -6,11 +6,12 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use burn::tensor::{Tensor, module::attention, ops::AttentionModuleOptions};
+use burn::tensor::{Bool, Tensor, module::attention, ops::AttentionModuleOptions};
+use burn_ctx_parallel::DualScopeInputs;
 use burn_sparse_attn::dsv::{Reorder, TokenGrid};
 use burn_sparse_attn::{
     CriticalKeys, SelectionConfig, SparseAttentionOutput, SparseAttnError,
-    dense_attention_with_search, sparse_attention, sparse_attention_with_lse,
+    dense_attention_with_search, sparse_attention_with_key_bias,
 };
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +173,38 @@ struct Searched {
     keys: CriticalKeys,
     tail: Option<Tail>,
     grid: TokenGrid,
+    /// Dual-scope attention's `(local, global)` biases at the search: the tail's split of the
+    /// weights holds only while they do.
+    phase: Option<(f64, f64)>,
+}
+
+/// Dual-scope attention's keys of one clip: which each query sees and their scope biases
+/// ([`DualScopeInputs`]).
+struct Scope {
+    /// `[1, 1, Sq, Sk]`, true = hidden.
+    mask: Tensor<4, Bool>,
+    /// `[B, 1, 1, Sk]`, `None` when all are zero.
+    bias: Option<Tensor<4>>,
+    /// The first sample's `(local, global)` biases.
+    phase: (f64, f64),
+}
+
+impl Scope {
+    /// The additive score bias of the search, `[B or 1, 1, Sq, Sk]` with the query rows in
+    /// `reorder`'s order: −∞ where the mask hides a key, plus the key's scope bias.
+    fn score_bias(&self, reorder: &Reorder) -> Tensor<4> {
+        let [_, _, sq, sk] = self.mask.dims();
+        let hidden = Tensor::<4>::zeros([1, 1, sq, sk], &self.mask.device())
+            .mask_fill(self.mask.clone(), f32::NEG_INFINITY);
+        let hidden = reorder.apply(hidden);
+        match &self.bias {
+            Some(bias) => {
+                let b = bias.dims()[0];
+                hidden.expand([b, 1, sq, sk]) + bias.clone().expand([b, 1, sq, sk])
+            }
+            None => hidden,
+        }
+    }
 }
 
 /// The skipped keys' part of each query's dense attention at a search, in cube order:
@@ -276,12 +309,51 @@ impl OnlineSparse {
         v: Tensor<4>,
         grid: TokenGrid,
     ) -> Result<Tensor<4>, SparseAttnError> {
+        self.attend_keys(block, clip, [q, k, v], grid, None)
+    }
+
+    /// Block `block`'s dual-scope attention of one clip (`grid`: its query tokens) at scope
+    /// biases `phase` (the first sample's `(local, global)`): the search takes the window
+    /// mask and the scope biases as a score bias and keeps only keys every query of a cube
+    /// sees, and the sparse steps add the scope biases exactly. A search runs at the first
+    /// step after the favoured scope switches.
+    pub(crate) fn attend_dual_scope(
+        &self,
+        block: usize,
+        inputs: DualScopeInputs,
+        grid: TokenGrid,
+        phase: (f64, f64),
+    ) -> Result<Tensor<4>, SparseAttnError> {
+        let DualScopeInputs {
+            clip,
+            q,
+            k,
+            v,
+            mask,
+            bias,
+        } = inputs;
+        let scope = Scope { mask, bias, phase };
+        self.attend_keys(block, clip, [q, k, v], grid, Some(scope))
+    }
+
+    /// [`OnlineSparse::attend`] over the clip's own tokens (`scope` = `None`) or over
+    /// dual-scope keys.
+    fn attend_keys(
+        &self,
+        block: usize,
+        clip: usize,
+        [q, k, v]: [Tensor<4>; 3],
+        grid: TokenGrid,
+        scope: Option<Scope>,
+    ) -> Result<Tensor<4>, SparseAttnError> {
         let _timer = AttentionTimer {
             state: &self.state,
             block,
             start: Instant::now(),
         };
         let [b, _, s, _] = q.dims();
+        let sk = k.dims()[2];
+        let phase = scope.as_ref().map(|scope| scope.phase);
         let (kind, stored) = {
             let mut state = self.state.lock().expect("online sparse lock");
             let kind = match s < self.config.min_len {
@@ -292,7 +364,7 @@ impl OnlineSparse {
                 OnlineStep::Sparse => state.index[block]
                     .get(clip)
                     .and_then(Option::as_ref)
-                    .filter(|stored| stored.grid == grid)
+                    .filter(|stored| stored.grid == grid && stored.phase == phase)
                     .and_then(|stored| fit_batch(stored, b)),
                 _ => None,
             };
@@ -305,20 +377,29 @@ impl OnlineSparse {
             (kind, stored)
         };
         if kind == OnlineStep::Dense {
-            return Ok(attention(
-                q,
-                k,
-                v,
-                None,
-                None,
-                AttentionModuleOptions::default(),
-            ));
+            return Ok(match scope {
+                Some(Scope { mask, bias, .. }) => DualScopeInputs {
+                    clip,
+                    q,
+                    k,
+                    v,
+                    mask,
+                    bias,
+                }
+                .dense(),
+                None => attention(q, k, v, None, None, AttentionModuleOptions::default()),
+            });
         }
         let reorder = Reorder::new(grid, self.config.query_cube, &q.device());
-        let [q, k, v] = [q, k, v].map(|t| reorder.apply(t));
+        // Dual-scope keys are not the clip's own tokens: only the queries go into cubes.
+        let (q, k, v) = match scope {
+            Some(_) => (reorder.apply(q), k, v),
+            None => (reorder.apply(q), reorder.apply(k), reorder.apply(v)),
+        };
+        let key_bias = scope.as_ref().and_then(|scope| scope.bias.clone());
         let out = match stored {
             Some((keys, tail)) => {
-                let kept = sparse_attention(q, k, v, &keys, None)?;
+                let kept = sparse_attention_with_key_bias(q, k, v, key_bias, &keys)?.output;
                 let out = match tail {
                     Some(tail) => tail.complete(kept),
                     None => kept,
@@ -332,15 +413,24 @@ impl OnlineSparse {
                 );
                 out
             }
-            // A search step, or a sparse step without a fitting index (a new clip shape).
+            // A search step, or a sparse step without a fitting index (a new clip shape, or
+            // the first step after the favoured scope switched).
             None => {
                 let group = self.config.query_cube.iter().product();
-                let selection = SelectionConfig::new(group, self.config.budget(s));
-                let searched =
-                    dense_attention_with_search(q.clone(), k.clone(), v.clone(), selection, None)?;
+                let selection = SelectionConfig::new(group, self.config.budget(sk));
+                let score_bias = scope.as_ref().map(|scope| scope.score_bias(&reorder));
+                let searched = dense_attention_with_search(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    score_bias,
+                    selection,
+                    None,
+                )?;
                 let tail = match self.config.keep_tail {
                     true => {
-                        let kept = sparse_attention_with_lse(q, k, v, &searched.keys, None)?;
+                        let kept =
+                            sparse_attention_with_key_bias(q, k, v, key_bias, &searched.keys)?;
                         Some(Tail::new(
                             searched.output.clone(),
                             searched.lse.clone(),
@@ -369,6 +459,7 @@ impl OnlineSparse {
                     keys: searched.keys,
                     tail,
                     grid,
+                    phase,
                 });
                 searched.output
             }

@@ -6,7 +6,6 @@ use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
-use crate::config::AttentionKind;
 use crate::data::SplitMix;
 use crate::faster_cache::{CfgDifference, FasterCacheConfig};
 use crate::flow::shift_sigma;
@@ -45,8 +44,9 @@ pub struct SamplerConfig {
     pub free_init: Option<FreeInitConfig>,
     /// Online sparse attention: each query cube's critical keys searched from the full
     /// attention at a few steps and reused between them, in place of the blocks' own
-    /// attention ([`OnlineSparseConfig`]); `None` attends as the model was trained. Runs
-    /// per clip, so not with dual-scope attention.
+    /// attention ([`OnlineSparseConfig`]); `None` attends as the model was trained. With
+    /// dual-scope attention it searches each clip's keys under the window mask and the scope
+    /// biases, and again after the favoured scope switches.
     #[serde(default)]
     pub online_sparse: Option<OnlineSparseConfig>,
 }
@@ -152,14 +152,6 @@ pub fn sample_euler_with_state(
     state: &SamplingState,
 ) -> Result<Tensor<5>, SparseAttnError> {
     let device = noise.device();
-    SparseAttnError::check(
-        config.online_sparse.is_none()
-            || !matches!(model.config().attention, AttentionKind::DualScope(_)),
-        "sample_euler",
-        "config.online_sparse",
-        "None for a dual-scope model (online sparse attention runs per clip)",
-        "online sparse attention",
-    )?;
     let velocity = |mut x: Vec<Tensor<5>>,
                     sigma: f64,
                     mut cond: Vec<Tensor<3>>,
@@ -196,7 +188,7 @@ pub fn sample_euler_with_state(
 /// [`VideoDit::forward_clips`]), called by every rank: `noise[i]`, `cond[i]` and
 /// `uncond[i]` belong to this rank's `i`-th clip. Returns this rank's clips of the video.
 /// FreeInit filters the whole video (every rank gathers it between passes); online sparse
-/// attention is refused (dual-scope attention stays dense).
+/// attention searches each clip's keys under the dual-scope mask and biases.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_euler_clips(
     model: &VideoDit,
@@ -208,14 +200,27 @@ pub fn sample_euler_clips(
     config: SamplerConfig,
     scope: &DualScopeConfig,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
-    SparseAttnError::check(
-        config.online_sparse.is_none(),
-        "sample_euler_clips",
-        "config.online_sparse",
-        "None (a video cut into clips attends dual-scope; online sparse attention runs per clip)",
-        "online sparse attention",
-    )?;
     let state = config.sampling_state(model);
+    sample_euler_clips_with_state(
+        model, comm, layout, noise, cond, uncond, config, scope, &state,
+    )
+}
+
+/// [`sample_euler_clips`] with the accelerators' state made by the caller
+/// ([`SamplerConfig::sampling_state`], fresh for each run and rank), which then holds what
+/// they did on this rank's clips.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_euler_clips_with_state(
+    model: &VideoDit,
+    comm: &Communicator,
+    layout: &ClipLayout,
+    noise: Vec<Tensor<5>>,
+    cond: Vec<Tensor<3>>,
+    uncond: Vec<Tensor<3>>,
+    config: SamplerConfig,
+    scope: &DualScopeConfig,
+    state: &SamplingState,
+) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     let velocity =
         |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
             let b = x.first().map_or(0, |x| x.dims()[0]);
@@ -228,7 +233,7 @@ pub fn sample_euler_clips(
                 cond,
                 estimates,
                 scope,
-                Some(&state),
+                Some(state),
             )
         };
     // FreeInit filters the whole video: its initial noise is gathered once.

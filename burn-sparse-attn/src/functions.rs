@@ -1,6 +1,7 @@
 //! The Tensor-level API: validates every argument, then dispatches to the backend op.
 
 use alloc::format;
+use alloc::vec;
 
 use burn::backend::Dispatch;
 use burn::tensor::{Int, Tensor};
@@ -179,6 +180,45 @@ pub fn sparse_attention_with_lse(
     Ok(SparseAttentionOutput {
         output: Tensor::from_dispatch(out),
         lse: Tensor::from_dispatch(lse),
+    })
+}
+
+/// [`sparse_attention_with_lse`] whose scores carry a bias per key, `key_bias: [B, 1, 1, Sk]`
+/// (or `None`: no bias), added to every query's scaled score of the key, as a scope or
+/// distance bias that depends only on the key. Exact, through one more column:
+/// `[q, 1]·[k, b/scale]ᵀ·scale = q·kᵀ·scale + b`, with a zero column of values; gradients flow
+/// to q, k and v. The scale is `1/√D` of the given head dim.
+pub fn sparse_attention_with_key_bias(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_bias: Option<Tensor<4>>,
+    keys: &CriticalKeys,
+) -> Result<SparseAttentionOutput, SparseAttnError> {
+    let Some(bias) = key_bias else {
+        return sparse_attention_with_lse(q, k, v, keys, None);
+    };
+    const F: &str = "sparse_attention_with_key_bias";
+    let [b, h, _, d] = q.dims();
+    let sk = k.dims()[2];
+    ensure(
+        bias.dims() == [b, 1, 1, sk],
+        F,
+        "key_bias",
+        format!("[{b}, 1, 1, {sk}] (batch, one row of keys)"),
+        format!("{:?}", bias.dims()),
+    )?;
+    let scale = check_qkv(F, &q, &k, &v, None)?;
+    let column = (bias.swap_dims(2, 3).expand([b, h, sk, 1]) / scale).cast(k.dtype());
+    let ones = q.clone().narrow(3, 0, 1).ones_like();
+    let zeros = v.clone().narrow(3, 0, 1).zeros_like();
+    let q = Tensor::cat(vec![q, ones], 3);
+    let k = Tensor::cat(vec![k, column], 3);
+    let v = Tensor::cat(vec![v, zeros], 3);
+    let out = sparse_attention_with_lse(q, k, v, keys, Some(scale))?;
+    Ok(SparseAttentionOutput {
+        output: out.output.narrow(3, 0, d),
+        lse: out.lse,
     })
 }
 

@@ -48,7 +48,7 @@ pub use critical_keys::CriticalKeys;
 pub use error::SparseAttnError;
 pub use functions::{
     DenseFallback, SelectionConfig, SparseAttentionOutput, select_critical_keys, sparse_attention,
-    sparse_attention_auto, sparse_attention_with_lse,
+    sparse_attention_auto, sparse_attention_with_key_bias, sparse_attention_with_lse,
 };
 pub use layout::{AttnInputs, AttnLayout};
 pub use ops::SparseAttnOps;

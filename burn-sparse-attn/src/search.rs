@@ -1,10 +1,12 @@
 //! Online search of critical keys from the full queries and keys (AdaSpa, Xia et al. 2025,
 //! arXiv 2502.21079): for models without a trained predictor.
 
+use alloc::format;
 use alloc::vec::Vec;
 
-use burn::tensor::{Tensor, kind::Basic};
+use burn::tensor::{Bool, Tensor, kind::Basic};
 
+use crate::error::ensure;
 use crate::functions::check_qkv;
 use crate::{CriticalKeys, SelectionConfig, SparseAttnError};
 
@@ -34,12 +36,20 @@ const CHUNK_SCORES: usize = 1 << 24;
 /// each row its dense output, normalised by the row's log-sum-exp, also gives the row's
 /// exact attention weights; summed over the rows of a group and the keys of a unit they are
 /// the unit's attention mass, and the `config.budget` heaviest units become the group's
-/// index; the rows' log-sum-exps come back too. Queries run in chunks of whole groups, so memory stays at about 2²⁴ scores
-/// whatever the sequence length. Nothing here is differentiable (a sampling-time search).
+/// index; the rows' log-sum-exps come back too. Queries run in chunks of whole groups, so
+/// memory stays at about 2²⁴ scores whatever the sequence length. Nothing here is
+/// differentiable (a sampling-time search).
+///
+/// `bias: [B or 1, H or 1, Sq, Sk]` is added to the scaled scores, as Burn's
+/// `module::attention` adds its `attn_bias`; −∞ hides a key from a row. A group never
+/// selects a unit that any of its rows cannot see, so sparse attention on the index needs no
+/// mask: the budget is cut to the fewest units some group's rows all see, and every group
+/// must share at least one.
 pub fn dense_attention_with_search(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
+    bias: Option<Tensor<4>>,
     config: SelectionConfig,
     scale: Option<f64>,
 ) -> Result<SearchedAttention, SparseAttnError> {
@@ -48,6 +58,30 @@ pub fn dense_attention_with_search(
     let [b, h, sq, _] = q.dims();
     let sk = k.dims()[2];
     config.check(F, sk)?;
+    let units = sk.div_ceil(config.key_block);
+    let bias = bias
+        .map(|bias| check_bias(F, bias, [b, h, sq, sk]))
+        .transpose()?;
+    // Per group and unit: whether some row of the group cannot see it.
+    let blocked = bias
+        .as_ref()
+        .map(|bias| hidden_units(bias, config.group_size, config.key_block));
+    let budget = match &blocked {
+        Some(blocked) => {
+            let most = blocked.clone().int().sum_dim(3).max().into_scalar::<i64>();
+            let open = units as i64 - most;
+            ensure(
+                open >= 1,
+                F,
+                "bias",
+                "a bias that leaves every query group at least one key unit all its rows see \
+                 (−∞ hides a key)",
+                "a group whose rows share no visible key",
+            )?;
+            config.budget.min(open as usize)
+        }
+        None => config.budget,
+    };
 
     let group = config.group_size;
     let groups = sq.div_ceil(group);
@@ -60,20 +94,24 @@ pub fn dense_attention_with_search(
         let chunk = chunk_groups.min(groups - first);
         let start = first * group;
         let rows = (chunk * group).min(sq - start);
-        let scores = q.clone().narrow(2, start, rows).matmul(keys_t.clone()) * scale;
+        let mut scores = q.clone().narrow(2, start, rows).matmul(keys_t.clone()) * scale;
+        if let Some(bias) = &bias {
+            scores = scores + bias.clone().narrow(2, start, rows).expand([b, h, rows, sk]);
+        }
         let max = scores.clone().max_dim(3);
         let weights = (scores - max.clone()).exp();
         let total = weights.clone().sum_dim(3);
         lses.push(max + total.clone().log());
         let probs = weights / total;
         outputs.push(probs.clone().matmul(v.clone()));
-        let mass = unit_mass(group_mass(probs, group), config.key_block);
+        let mut mass = unit_mass(group_mass(probs, group), config.key_block);
+        if let Some(blocked) = &blocked {
+            let hide = blocked.clone().narrow(2, first, chunk);
+            mass = mass.mask_fill(hide.expand([b, h, chunk, units]), -1.0);
+        }
         // A full sort rather than `topk`: Burn's CubeCL top-k returns -1 ids for large k.
         let (sorted, order) = mass.sort_descending_with_indices(3);
-        let (top, ids) = (
-            sorted.narrow(3, 0, config.budget),
-            order.narrow(3, 0, config.budget),
-        );
+        let (top, ids) = (sorted.narrow(3, 0, budget), order.narrow(3, 0, budget));
         // Kernels read each row's units in ascending order.
         indices.push(ids.sort(3));
         kept.push(top.sum_dim(3));
@@ -93,6 +131,30 @@ pub fn dense_attention_with_search(
         keys: CriticalKeys::trusted(cat(indices, 2), group, config.key_block, sq, sk),
         recall,
     })
+}
+
+/// Checks `bias` against the scores' `[b, h, sq, sk]`.
+fn check_bias(
+    function: &'static str,
+    bias: Tensor<4>,
+    [b, h, sq, sk]: [usize; 4],
+) -> Result<Tensor<4>, SparseAttnError> {
+    let [bb, bh, bq, bk] = bias.dims();
+    ensure(
+        (bb == 1 || bb == b) && (bh == 1 || bh == h) && bq == sq && bk == sk,
+        function,
+        "bias",
+        format!("[{b} or 1, {h} or 1, {sq}, {sk}] (batch, heads, queries, keys)"),
+        format!("{:?}", bias.dims()),
+    )?;
+    Ok(bias.detach())
+}
+
+/// Per group of `group` rows and unit of `key_block` keys: whether `bias` hides a key of the
+/// unit from a row of the group. `[B', H', G, units]` for a `[B', H', Sq, Sk]` bias.
+fn hidden_units(bias: &Tensor<4>, group: usize, key_block: usize) -> Tensor<4, Bool> {
+    let hidden = bias.clone().equal_elem(f32::NEG_INFINITY).float();
+    unit_mass(group_mass(hidden, group), key_block).greater_elem(0.0)
 }
 
 /// `probs: [B, H, rows, Sk]` summed over each group of `group` consecutive rows (the last

@@ -1,8 +1,9 @@
 use burn::tensor::{Device, Tensor};
-use burn_ctx_parallel::Communicator;
+use burn_ctx_parallel::transport::run_in_process;
 use burn_dit::faster_cache::FasterCacheConfig;
+use burn_dit::long_video::generate_long;
 use burn_dit::online_sparse::{OnlineSparseConfig, OnlineStep};
-use burn_dit::sample::{SamplerConfig, sample_euler, sample_euler_clips, sample_euler_with_state};
+use burn_dit::sample::{SamplerConfig, sample_euler_with_state};
 use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig, SamplingState, VideoDit};
 use burn_sparse_attn::dsv::{DsvHost, DsvStage};
 
@@ -254,7 +255,7 @@ fn the_kept_tail_restores_the_skipped_keys_on_unchanged_inputs() {
 }
 
 #[test]
-fn online_sparse_replaces_dsv_combines_with_faster_cache_and_refuses_dual_scope() {
+fn online_sparse_replaces_dsv_and_combines_with_faster_cache() {
     let device = Device::flex();
     // A DSV model held dense (an untrained predictor): online search instead of its own.
     let mut dsv = jittered(micro_dsv(), &device);
@@ -282,38 +283,91 @@ fn online_sparse_replaces_dsv_combines_with_faster_cache_and_refuses_dual_scope(
     let (reused, _) = state.reuse().unwrap().counts();
     let layer = &state.online().unwrap().layer_stats()[0];
     assert!(reused > 0 && layer.sparse > 0, "{reused} reused, {layer:?}");
+}
 
-    let scope = DualScopeConfig::new().with_window(1).with_global_frames(2);
+/// Dual-scope attention where every query sees every frame once, near ones as local keys and
+/// far ones as global keys: each query cube keeps all it sees at sparsity 0, so sparse steps
+/// are exact and the scope biases must be right for them to be.
+fn every_frame_once() -> DualScopeConfig {
+    DualScopeConfig::new()
+        .with_window(1)
+        .with_global_frames(4)
+        .with_scope_bias(3.0)
+        .with_switch_sigma(0.4)
+}
+
+#[test]
+fn online_sparse_on_dual_scope_adds_the_scope_bias_and_searches_at_the_switch() {
+    let device = Device::flex();
+    let dual = jittered(AttentionKind::DualScope(every_frame_once()), &device);
+    let inputs = inputs(&dual, &device);
+    let (plain, _) = sample(&dual, &inputs, sampler(6, None));
+    let (all_seen, state) = sample(&dual, &inputs, sampler(6, Some(online(0.0))));
+    let gap = max_abs_diff(plain.clone(), all_seen);
+    assert!(gap < 1e-4, "gap {gap}");
+    // σ = 1, 5/6, …, 1/6: steps 0–2 dense, 3 searches (σ = 0.5, global keys favoured), 4
+    // searches again (σ = 1/3: local keys favoured), 5 is sparse.
+    for layer in state.online().unwrap().layer_stats() {
+        assert_eq!(
+            (layer.dense, layer.searches, layer.sparse),
+            (3, 2, 1),
+            "{layer:?}"
+        );
+        // 64 of the 128 keys (4 local and 4 global frames) are seen by each query.
+        assert!((layer.sparsity - 0.5).abs() < 1e-9, "{layer:?}");
+    }
+    let (sparse, state) = sample(&dual, &inputs, sampler(6, Some(online(0.75))));
+    let gap = max_abs_diff(plain.clone(), sparse);
+    let scale = plain.abs().max().into_scalar::<f32>();
+    assert!(
+        gap > 1e-4 && gap < 0.5 * scale,
+        "gap {gap} at scale {scale}"
+    );
+    let layer = &state.online().unwrap().layer_stats()[0];
+    assert!((layer.sparsity - 0.75).abs() < 1e-9, "{layer:?}");
+}
+
+#[test]
+fn online_sparse_over_clips_is_the_same_video_on_any_ranks() {
+    let device = Device::flex();
+    let scope = DualScopeConfig::new()
+        .with_window(1)
+        .with_global_frames(2)
+        .with_scope_bias(3.0);
     let dual = jittered(AttentionKind::DualScope(scope.clone()), &device);
-    let err = sample_euler(
-        &dual,
-        inputs.noise.clone(),
-        inputs.cond.clone(),
-        inputs.uncond.clone(),
-        sampler(4, Some(online(0.5))),
-    )
-    .unwrap_err();
-    assert_eq!(
-        (err.function, err.argument),
-        ("sample_euler", "config.online_sparse")
-    );
-    let layout = ClipLayout::uniform(2, 2, 1).unwrap();
-    let err = sample_euler_clips(
-        &dual,
-        &Communicator::single(device.clone()),
-        &layout,
-        vec![
-            inputs.noise.clone().narrow(2, 0, 2),
-            inputs.noise.narrow(2, 2, 2),
-        ],
-        vec![inputs.cond.clone(); 2],
-        vec![inputs.uncond.clone(); 2],
-        sampler(4, Some(online(0.5))),
-        &scope,
-    )
-    .unwrap_err();
-    assert_eq!(
-        (err.function, err.argument),
-        ("sample_euler_clips", "config.online_sparse")
-    );
+    let cond = vec![dual.embed_labels(Tensor::from_ints([[1, 4]], &device)); 4];
+    let uncond = vec![dual.embed_labels(Tensor::from_ints([[0, 0]], &device)); 4];
+    let generate = |world: usize, online: Option<OnlineSparseConfig>| {
+        let layout = ClipLayout::uniform(4, 2, world).unwrap();
+        run_in_process(&vec![device.clone(); world], |comm| {
+            generate_long(
+                &dual,
+                &comm,
+                &layout,
+                [16, 16],
+                &cond,
+                &uncond,
+                sampler(6, online),
+                &scope,
+                3,
+            )
+        })
+        .into_iter()
+        .map(Result::unwrap)
+        .next()
+        .flatten()
+        .expect("rank 0 gets the video")
+    };
+    let plain = generate(1, None);
+    let sparse = generate(1, Some(online(0.5)));
+    assert_eq!(sparse, generate(2, Some(online(0.5))));
+    let gap = plain
+        .frames
+        .iter()
+        .flatten()
+        .zip(sparse.frames.iter().flatten())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(gap > 0, "online sparse attention changed no pixel");
 }

@@ -49,6 +49,7 @@ fn search_is_dense_attention_and_keeps_the_heaviest_units(device: &Device) {
             tensor(&q, device),
             tensor(&k, device),
             tensor(&v, device),
+            None,
             config,
             None,
         )
@@ -154,6 +155,7 @@ fn searched_keys_serve_sparse_attention_and_other_batches(device: &Device) {
         q.clone(),
         k.clone(),
         v.clone(),
+        None,
         SelectionConfig::new(8, 12),
         None,
     )
@@ -183,7 +185,103 @@ fn searched_keys_serve_sparse_attention_and_other_batches(device: &Device) {
     assert!(searched.keys.repeat_batch(0).is_err());
 }
 
+/// A bias as dual-scope attention makes one: a finite per-key bias for each sample plus −∞
+/// where a row cannot see a key; rows of a group see different keys in the second case.
+fn search_with_a_bias_keeps_only_keys_every_row_of_its_group_sees(device: &Device) {
+    let [b, h, sq, sk, d, group] = [2, 2, 24, 30, 8, 4];
+    // (row, key) → hidden: the same for a group's rows (later groups see fewer keys), or
+    // row by row.
+    type Hidden = fn(usize, usize) -> bool;
+    let patterns: [(&str, Hidden); 2] = [
+        ("per group", |i, j| (i / 4 + j) % 3 == 0 || j < i / 4),
+        ("per row", |i, j| (i + j) % 5 == 0),
+    ];
+    for (n, (what, hidden)) in patterns.into_iter().enumerate() {
+        let [q, k, v] = [[b, h, sq, d], [b, h, sk, d], [b, h, sk, d]]
+            .map(|shape| random_data(shape, 40 + 10 * n as u64 + shape[2] as u64));
+        let mut rng = Rng::new(5 + n as u64);
+        let key_bias: Vec<Vec<f32>> = (0..b)
+            .map(|_| (0..sk).map(|_| 2.0 * rng.uniform()).collect())
+            .collect();
+        let bias_at = |bi: usize, i: usize, j: usize| match hidden(i, j) {
+            true => f32::NEG_INFINITY,
+            false => key_bias[bi][j],
+        };
+        let bias: Vec<f32> = (0..b * sq * sk)
+            .map(|x| bias_at(x / (sq * sk), x / sk % sq, x % sk))
+            .collect();
+        let bias = burn::tensor::TensorData::new(bias, [b, 1, sq, sk]);
+        let oracle = oracle_device();
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = masked_scores(tensor(&q, &oracle), tensor(&k, &oracle), None, scale)
+            + tensor(&bias, &oracle).expand([b, h, sq, sk]);
+        let probs = softmax(scores, 3);
+        let expected = probs.clone().matmul(tensor(&v, &oracle));
+        // Units every row of group g sees: the budget is cut to the fewest of them.
+        let open = |g: usize| -> Vec<usize> {
+            (0..sk)
+                .filter(|&j| (g * group..(g + 1) * group).all(|i| !hidden(i, j)))
+                .collect()
+        };
+        let fewest = (0..sq / group).map(|g| open(g).len()).min().unwrap();
+        let searched = dense_attention_with_search(
+            tensor(&q, device),
+            tensor(&k, device),
+            tensor(&v, device),
+            Some(tensor(&bias, device)),
+            SelectionConfig::new(group, sk),
+            None,
+        )
+        .unwrap();
+        assert_close(
+            Tensor::<4>::from_data(searched.output.into_data(), &oracle),
+            expected,
+            1e-4,
+            &format!("{what}: output"),
+        );
+        assert_eq!(
+            searched.keys.indices().dims(),
+            [b, h, sq / group, fewest],
+            "{what}: budget cut to the fewest open units"
+        );
+        let (masses, _) = host_masses(
+            probs.into_data().as_slice::<f32>().unwrap(),
+            [b * h, sq, sk],
+            group,
+            1,
+        );
+        let ids: Vec<i64> = searched
+            .keys
+            .indices()
+            .to_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
+        for (row, (chosen, mass)) in ids.chunks_exact(fewest).zip(&masses).enumerate() {
+            let open = open(row % (sq / group));
+            assert!(
+                chosen.iter().all(|&j| open.contains(&(j as usize))),
+                "{what}: group row {row} chose a key one of its rows cannot see: {chosen:?}"
+            );
+            let lightest_kept = chosen
+                .iter()
+                .map(|&u| mass[u as usize])
+                .fold(f32::INFINITY, f32::min);
+            let heaviest_left = open
+                .iter()
+                .filter(|&&u| !chosen.contains(&(u as i64)))
+                .map(|&u| mass[u])
+                .fold(0.0, f32::max);
+            assert!(
+                lightest_kept >= heaviest_left - 1e-5,
+                "{what}: group row {row} kept {lightest_kept} but left {heaviest_left}"
+            );
+        }
+    }
+}
+
 per_backend!(
     search_is_dense_attention_and_keeps_the_heaviest_units,
     searched_keys_serve_sparse_attention_and_other_batches,
+    search_with_a_bias_keeps_only_keys_every_row_of_its_group_sees,
 );

@@ -1,7 +1,7 @@
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_sparse_attn::{
     CriticalKeys, SelectionConfig, SparseAttnError, dense_attention_with_search,
-    select_critical_keys, sparse_attention,
+    select_critical_keys, sparse_attention, sparse_attention_with_key_bias,
 };
 
 fn expect_err<T: std::fmt::Debug>(
@@ -145,6 +145,18 @@ fn attention_rejects_bad_arguments() {
     let other_heads =
         select_critical_keys(one_head.clone(), one_head, SelectionConfig::new(4, 3)).unwrap();
     expect_err(call(&q, &k, &v, &other_heads, None), F, "keys");
+    let biased = |bias: Tensor<4>| {
+        sparse_attention_with_key_bias(q.clone(), k.clone(), v.clone(), Some(bias), &keys)
+    };
+    assert!(biased(zeros([2, 1, 1, 12], &device)).is_ok());
+    for shape in [[1, 1, 1, 12], [2, 2, 1, 12], [2, 1, 12, 12], [2, 1, 1, 11]] {
+        let err = expect_err(
+            biased(zeros(shape, &device)),
+            "sparse_attention_with_key_bias",
+            "key_bias",
+        );
+        assert!(err.expected.contains("[2, 1, 1, 12]"), "{err}");
+    }
 }
 
 #[test]
@@ -153,7 +165,7 @@ fn search_rejects_bad_arguments() {
     let q = zeros([1, 2, 12, 8], &device);
     const F: &str = "dense_attention_with_search";
     let call = |k: Tensor<4>, config, scale| {
-        dense_attention_with_search(q.clone(), k.clone(), k, config, scale)
+        dense_attention_with_search(q.clone(), k.clone(), k, None, config, scale)
     };
     assert!(call(q.clone(), SelectionConfig::new(4, 12), None).is_ok());
     expect_err(
@@ -195,6 +207,27 @@ fn search_rejects_bad_arguments() {
         F,
         "scale",
     );
+    let biased = |bias: Tensor<4>| {
+        dense_attention_with_search(
+            q.clone(),
+            q.clone(),
+            q.clone(),
+            Some(bias),
+            SelectionConfig::new(4, 3),
+            None,
+        )
+    };
+    let err = expect_err(biased(zeros([1, 2, 12, 11], &device)), F, "bias");
+    assert!(err.expected.contains("[1 or 1, 2 or 1, 12, 12]"), "{err}");
+    expect_err(biased(zeros([2, 1, 12, 12], &device)), F, "bias");
+    // Rows 0 and 1 of the first group see disjoint keys: the group shares none.
+    let mut hidden = vec![0.0f32; 12 * 12];
+    for j in 0..12 {
+        hidden[if j < 6 { j } else { 12 + j }] = f32::NEG_INFINITY;
+    }
+    let bias = Tensor::<4>::from_data(TensorData::new(hidden, [1, 1, 12, 12]), &device);
+    let err = expect_err(biased(bias), F, "bias");
+    assert!(err.expected.contains("at least one key unit"), "{err}");
 }
 
 #[test]
