@@ -345,10 +345,11 @@ pub struct DenseFallback {
 impl DenseFallback {
     /// The policy for `device`'s backend. CPU backends (Flex, NdArray): sparse from 128 keys
     /// and at most 60% density — measured, the sparse kernels win there (README). Cube
-    /// backends: sparse from 2048 keys and at most 40% density — from an H100 over Vulkan
-    /// (README): at 1024 keys dense wins below 90% sparsity; at 4096 sparse wins the forward
-    /// from 50% sparsity and forward+backward from 80% (40% lies between the measured
-    /// points). Set the fields from your own benchmark.
+    /// backends: sparse from 2048 keys and at most 40% density — from an NVIDIA H200
+    /// (docs/benchmarks.md): at 1024 keys Vulkan's dense forward wins below 95% sparsity; at
+    /// 4096 sparse wins the forward from 50% sparsity through CUDA and Vulkan, and
+    /// forward+backward from 80% through Vulkan and 90% through CUDA. Set the fields from
+    /// your own benchmark.
     pub fn for_device(device: &burn::tensor::Device) -> Self {
         if is_cpu_backend(device) {
             Self {
