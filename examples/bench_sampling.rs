@@ -91,12 +91,7 @@ fn sampler_for(method: &str, base: SamplerConfig, args: &Args) -> SamplerConfig 
     for part in method.split('+') {
         match part {
             "baseline" => {}
-            "dense" => {
-                sampler.online_sparse = Some(OnlineSparseConfig {
-                    min_len: usize::MAX,
-                    ..OnlineSparseConfig::default()
-                })
-            }
+            "dense" => sampler.online_sparse = Some(OnlineSparseConfig::dense_timed()),
             "faster-cache" => sampler.faster_cache = Some(FasterCacheConfig::default()),
             "free-init" => {
                 sampler.free_init = Some(FreeInitConfig {

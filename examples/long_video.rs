@@ -263,11 +263,7 @@ fn main() {
     }
     sampler.online_sparse = match (args.online_sparse, args.time_attention) {
         (Some(sparsity), _) => Some(OnlineSparseConfig::new(sparsity)),
-        // Dense attention throughout, timed through online sparse attention's dense path.
-        (None, true) => Some(OnlineSparseConfig {
-            min_len: usize::MAX,
-            ..OnlineSparseConfig::default()
-        }),
+        (None, true) => Some(OnlineSparseConfig::dense_timed()),
         (None, false) => None,
     };
     let clip_frames = args.clip_frames.unwrap_or(clip.frames);

@@ -71,6 +71,15 @@ impl OnlineSparseConfig {
         }
     }
 
+    /// Dense attention at every step, recorded and timed like the sparse settings'
+    /// (`min_len = usize::MAX`): the baseline a sparse run's attention time is compared with.
+    pub fn dense_timed() -> Self {
+        Self {
+            min_len: usize::MAX,
+            ..Self::default()
+        }
+    }
+
     /// Checks every field's range, naming `function` in the error.
     pub fn check(&self, function: &'static str) -> Result<(), SparseAttnError> {
         SparseAttnError::check(

@@ -139,6 +139,17 @@ fn online_sparse_over_every_key_is_dense_sampling() {
     let (all_keys, state) = sample(&model, &inputs, sampler(6, Some(online(0.0))));
     let gap = max_abs_diff(plain.clone(), all_keys);
     assert!(gap < 1e-4, "gap {gap}");
+    // The timed dense baseline attends densely at every step and records it.
+    let (timed, timed_state) = sample(
+        &model,
+        &inputs,
+        sampler(6, Some(OnlineSparseConfig::dense_timed())),
+    );
+    assert!(max_abs_diff(plain.clone(), timed) < 1e-5);
+    for layer in timed_state.online().unwrap().layer_stats() {
+        assert_eq!((layer.dense, layer.searches, layer.sparse), (6, 0, 0));
+        assert!(layer.seconds > 0.0, "{layer:?}");
+    }
     // Steps 0–2 dense, 3 searches, 4–5 sparse; one clip per call.
     for layer in state.online().unwrap().layer_stats() {
         assert_eq!((layer.dense, layer.searches, layer.sparse), (3, 1, 2));
