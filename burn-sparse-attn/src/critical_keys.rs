@@ -76,6 +76,38 @@ impl CriticalKeys {
         ))
     }
 
+    /// The index that selects every key: `units = ceil(key_len / key_block)` blocks for each of
+    /// the `ceil(query_len / group_size)` groups, on `device`. With it, sparse attention is
+    /// dense attention in `O(S)` memory (see [`flash_attention`](crate::flash_attention)).
+    pub fn all_keys(
+        [batch, heads]: [usize; 2],
+        query_len: usize,
+        key_len: usize,
+        group_size: usize,
+        key_block: usize,
+        device: &burn::tensor::Device,
+    ) -> Result<Self, SparseAttnError> {
+        const F: &str = "CriticalKeys::all_keys";
+        for (name, value) in [
+            ("batch", batch),
+            ("heads", heads),
+            ("query_len", query_len),
+            ("key_len", key_len),
+            ("group_size", group_size),
+            ("key_block", key_block),
+        ] {
+            ensure(value >= 1, F, name, "≥ 1", value)?;
+        }
+        let units = key_len.div_ceil(key_block);
+        let groups = query_len.div_ceil(group_size);
+        let indices = Tensor::<1, Int>::arange(0..units as i64, device)
+            .reshape([1, 1, 1, units])
+            .expand([batch, heads, groups, units]);
+        Ok(Self::trusted(
+            indices, group_size, key_block, query_len, key_len,
+        ))
+    }
+
     /// Wraps an index that an op of this crate produced (no read-back).
     pub(crate) fn trusted(
         indices: Tensor<4, Int>,

@@ -34,8 +34,11 @@ extern crate alloc;
 
 mod backends;
 mod critical_keys;
+#[cfg(feature = "cuda-source")]
+pub mod cuda_source;
 pub mod dsv;
 mod error;
+mod flash;
 mod functions;
 mod kernel;
 mod layout;
@@ -46,6 +49,7 @@ mod search;
 
 pub use critical_keys::CriticalKeys;
 pub use error::SparseAttnError;
+pub use flash::flash_attention;
 pub use functions::{
     DenseFallback, SelectionConfig, SparseAttentionOutput, select_critical_keys, sparse_attention,
     sparse_attention_auto, sparse_attention_with_key_bias, sparse_attention_with_lse,

@@ -10,6 +10,10 @@ mod backward;
 mod common;
 #[path = "sparse_attn/dsv.rs"]
 mod dsv;
+#[path = "sparse_attn/dtypes.rs"]
+mod dtypes;
+#[path = "sparse_attn/flash.rs"]
+mod flash;
 #[path = "sparse_attn/forward.rs"]
 mod forward;
 #[path = "sparse_attn/kernels.rs"]

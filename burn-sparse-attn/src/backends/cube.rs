@@ -8,7 +8,8 @@ use burn::backend::{
 use burn::tensor::{DType, IntDType};
 use burn_cubecl::CubeBackend;
 
-use crate::kernel::cube::tiles::TilePlan;
+use crate::kernel::cube::matrix::{F32Products, MatrixPlan};
+use crate::kernel::cube::tiles::{TilePlan, unrolls};
 use crate::kernel::cube::{backward, forward, select};
 use crate::{AttnInputs, SelectionConfig, SparseAttnOps, reference};
 
@@ -30,7 +31,16 @@ impl SparseAttnOps for CubeBackend {
     fn sparse_attention_forward(
         inputs: AttnInputs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        match TilePlan::new(&inputs.q, inputs.layout.group_size, 1) {
+        let head_dim = inputs.q.shape().dims::<4>()[3];
+        let plan = MatrixPlan::new(
+            &inputs.q.client.properties(),
+            inputs.q.dtype,
+            inputs.layout.group_size,
+            head_dim,
+            F32Products::Exact,
+            unrolls(&inputs.q.client),
+        );
+        match plan {
             Some(plan) => forward::sparse_attention_forward(inputs, plan),
             None => reference::sparse_attention_forward::<Self>(inputs),
         }

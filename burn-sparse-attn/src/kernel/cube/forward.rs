@@ -1,7 +1,9 @@
-//! Sparse attention forward as one CubeCL kernel: a cube per (query group, head, batch),
-//! `lanes` units per query row. The group's selected keys stream through shared memory in
-//! tiles that every row reuses; per tile the row's units add up their partial scores, then
-//! update one online softmax (one rescale per tile) and their share of the f32 output.
+//! Sparse attention forward as one CubeCL kernel: a cube per (query group, head, batch), a
+//! plane per 16 of the group's rows. The group's selected keys are gathered into shared
+//! tiles; per tile the planes score their rows against it (`q·kᵀ`), one online-softmax step
+//! turns the scores into probabilities and a rescale per row, and the planes accumulate
+//! `p·v` into their output. The matrix steps run on tensor cores or on scalar tiles
+//! ([`MatrixPlan`]); everything else is the same code on both.
 
 use crate::AttnInputs;
 use burn::backend::TensorMetadata;
@@ -12,13 +14,17 @@ use burn_cubecl::cubecl;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
+use cubecl::cmma;
 use cubecl::prelude::*;
 
-use super::tiles::{TilePlan, lane_partials, load_tile, row_score};
+use super::matrix::{
+    FRAG, MatrixPlan, PLANE, accumulate_output, is_row, load_key_tile, load_query_fragments,
+    score_tile, softmax_step, write_output,
+};
 
-#[cube(launch)]
+#[cube(launch, create_dummy_kernel)]
 #[allow(clippy::too_many_arguments)]
-fn sparse_forward_kernel<F: Float, I: Numeric>(
+pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
@@ -32,52 +38,82 @@ fn sparse_forward_kernel<F: Float, I: Numeric>(
     #[comptime] group_size: usize,
     #[comptime] key_block: usize,
     #[comptime] head_dim: usize,
-    #[comptime] tile: usize,
-    #[comptime] lanes: usize,
-    #[comptime] row_stride: usize,
-    #[comptime] unroll: bool,
-    #[define(F, I)] _dtypes: [ElemType; 2],
+    #[comptime] plan: MatrixPlan,
+    #[define(F, FM, I)] _dtypes: [ElemType; 3],
 ) {
     let g = CUBE_POS_X as usize;
     let h = CUBE_POS_Y as usize;
     let b = CUBE_POS_Z as usize;
     let unit = UNIT_POS_X as usize;
-    let local = unit / lanes;
-    let lane = unit % lanes;
+    let plane = unit / PLANE;
+    let lane = unit % PLANE;
+    let query_len = query_len as usize;
     let key_len = key_len as usize;
-    let row = g * group_size + local;
-    let active = row < query_len as usize;
-    let per_lane = comptime!(head_dim / lanes);
+    let group_start = g * group_size;
+    let tile = comptime!(plan.tile);
+    let padded_dim = comptime!(plan.padded_dim);
+    let rows = comptime!(plan.planes * FRAG);
 
-    // This unit's dims of the row's scaled query and of its running output, in f32.
-    let mut q_part = Array::<f32>::new(per_lane);
-    let mut acc = Array::<f32>::new(per_lane);
-    let q_base = b * q.stride(0) + h * q.stride(1) + row * q.stride(2);
-    #[unroll(unroll)]
-    for i in 0..per_lane {
-        let mut value = f32::new(0.0);
-        if active {
-            value = f32::cast_from(q[q_base + (lane + lanes * i) * q.stride(3)]) * scale;
-        }
-        q_part[i] = value;
-        acc[i] = 0.0f32;
-    }
-
-    let mut k_tile = Shared::<[f32]>::new_slice(tile * head_dim);
-    let mut v_tile = Shared::<[f32]>::new_slice(tile * head_dim);
+    let mut k_tile = Shared::<[FM]>::new_slice(tile * padded_dim);
+    let mut v_tile = Shared::<[FM]>::new_slice(tile * padded_dim);
     let mut valid = Shared::<[u32]>::new_slice(tile);
-    let mut partial = Shared::<[f32]>::new_slice(group_size * row_stride);
-    let mut scores = Array::<f32>::new(tile);
+    let mut scores = Shared::<[f32]>::new_slice(rows * tile);
+    let mut probs = Shared::<[FM]>::new_slice(rows * tile);
+    let mut row_scale = Shared::<[f32]>::new_slice(rows);
+
+    let q_base = b * q.stride(0) + h * q.stride(1);
     let k_base = b * k.stride(0) + h * k.stride(1);
     let v_base = b * v.stride(0) + h * v.stride(1);
     let index_base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
     let total = budget as usize * key_block;
 
+    // The output accumulators: fragments on tensor cores, this unit's elements otherwise.
+    let mut q_frags = Sequence::<cmma::Matrix<FM>>::new();
+    let mut o_frags = Sequence::<cmma::Matrix<f32>>::new();
+    let mut o_regs = Array::<f32>::new(comptime!(if plan.tensor_cores {
+        1
+    } else {
+        FRAG * padded_dim / PLANE
+    }));
+    if comptime!(plan.tensor_cores) {
+        load_query_fragments::<F, FM>(
+            q,
+            &mut k_tile,
+            &mut q_frags,
+            q_base,
+            group_start,
+            query_len,
+            plane,
+            group_size,
+            head_dim,
+            padded_dim,
+            plan.planes,
+            plan.frag_k(),
+        );
+        #[unroll]
+        for _ in 0..comptime!(padded_dim / FRAG) {
+            o_frags.push(cmma::Matrix::<f32>::from_value(
+                cmma::MatrixIdent::Accumulator,
+                FRAG,
+                FRAG,
+                plan.frag_k(),
+                cmma::MatrixLayout::Undefined,
+                0.0,
+            ));
+        }
+    } else {
+        #[unroll(plan.unroll)]
+        for i in 0..comptime!(FRAG * padded_dim / PLANE) {
+            o_regs[i] = 0.0f32;
+        }
+    }
+
+    // Row statistics, kept by the unit that owns the row (`lane < FRAG`).
     let mut running_max = f32::new(-1.0e30);
     let mut running_sum = f32::new(0.0);
     let mut start = 0usize;
     while start < total {
-        load_tile::<F, I>(
+        load_key_tile::<F, FM, I>(
             k,
             v,
             index,
@@ -92,82 +128,86 @@ fn sparse_forward_kernel<F: Float, I: Numeric>(
             key_len,
             key_block,
             head_dim,
+            padded_dim,
             tile,
         );
         sync_cube();
-        lane_partials(
-            &q_part,
+        score_tile::<F, FM>(
+            q,
+            &q_frags,
             &k_tile,
-            &mut partial,
-            local,
+            &mut scores,
+            q_base,
+            group_start,
+            query_len,
+            plane,
+            lane,
+            group_size,
+            head_dim,
+            plan,
+        );
+        sync_cube();
+        softmax_step::<FM>(
+            &scores,
+            &mut probs,
+            &mut row_scale,
+            &valid,
+            &mut running_max,
+            &mut running_sum,
+            scale,
+            plane,
             lane,
             tile,
-            head_dim,
-            lanes,
-            row_stride,
-            unroll,
         );
         sync_cube();
-
-        let mut tile_max = f32::new(-1.0e30);
-        #[unroll(unroll)]
-        for j in 0..tile {
-            let score = row_score(&partial, local, j, lanes, row_stride, unroll);
-            scores[j] = score;
-            if valid[j] == 1u32 && score > tile_max {
-                tile_max = score;
-            }
-        }
-        let new_max = if tile_max > running_max {
-            tile_max
-        } else {
-            running_max
-        };
-        let correction = (running_max - new_max).exp();
-        running_sum *= correction;
-        #[unroll(unroll)]
-        for i in 0..per_lane {
-            acc[i] *= correction;
-        }
-        #[unroll(unroll)]
-        for j in 0..tile {
-            // Slots past the selection's end are skipped, not weighted by exp(0).
-            let mut weight = f32::new(0.0);
-            if valid[j] == 1u32 {
-                weight = (scores[j] - new_max).exp();
-            }
-            running_sum += weight;
-            #[unroll(unroll)]
-            for i in 0..per_lane {
-                acc[i] += weight * v_tile[j * head_dim + lane + lanes * i];
-            }
-        }
-        running_max = new_max;
+        accumulate_output::<FM>(
+            &mut o_frags,
+            &mut o_regs,
+            &probs,
+            &v_tile,
+            &mut scores,
+            &row_scale,
+            plane,
+            lane,
+            plan,
+        );
         sync_cube();
         start += tile;
     }
 
-    if active {
-        let inv = 1.0f32 / running_sum;
-        let o_base = b * out.stride(0) + h * out.stride(1) + row * out.stride(2);
-        let o_step = out.stride(3);
-        #[unroll(unroll)]
-        for i in 0..per_lane {
-            out[o_base + (lane + lanes * i) * o_step] = F::cast_from(acc[i] * inv);
-        }
-        if lane == 0 {
+    let local = plane * FRAG + lane;
+    let row = group_start + local;
+    if lane < FRAG {
+        row_scale[local] = 1.0f32 / running_sum;
+        if is_row(local, row, query_len, group_size) {
             let at = b * lse.stride(0) + h * lse.stride(1) + row * lse.stride(2);
             lse[at] = running_max + running_sum.ln();
         }
     }
+    sync_cube();
+    let o_base = b * out.stride(0) + h * out.stride(1);
+    write_output::<F>(
+        out,
+        &mut o_frags,
+        &o_regs,
+        &mut scores,
+        &row_scale,
+        o_base,
+        group_start,
+        query_len,
+        plane,
+        lane,
+        group_size,
+        head_dim,
+        plan,
+    );
 }
 
 /// Launches the forward kernel: `q, k, v: [B, H, S, D]`, `index: [B, H, G, k]` →
-/// (output like `q`, f32 log-sum-exp `[B, H, S_q]`), laid out by `plan`
-/// ([`TilePlan::new`] with one score array).
+/// (output like `q`, f32 log-sum-exp `[B, H, S_q]`), laid out by `plan`.
 pub(crate) fn sparse_attention_forward(
     inputs: AttnInputs<CubeBackend>,
-    plan: TilePlan,
+    plan: MatrixPlan,
 ) -> (CubeTensor, CubeTensor) {
     let shape = inputs.shape();
     let groups = shape.groups();
@@ -183,12 +223,13 @@ pub(crate) fn sparse_attention_forward(
     );
     let dtypes = [
         dtype_to_storage_type(q.dtype),
+        plan.stage.storage(),
         dtype_to_storage_type(index.dtype),
     ];
     sparse_forward_kernel::launch(
         &client,
         CubeCount::Static(groups as u32, shape.heads as u32, shape.batch as u32),
-        CubeDim::new_1d(plan.units(shape.group_size)),
+        CubeDim::new_1d(plan.units()),
         q.into_tensor_arg(),
         k.into_tensor_arg(),
         v.into_tensor_arg(),
@@ -202,10 +243,7 @@ pub(crate) fn sparse_attention_forward(
         shape.group_size,
         shape.key_block,
         shape.head_dim,
-        plan.tile,
-        plan.lanes,
-        plan.row_stride(),
-        plan.unroll,
+        plan,
         dtypes,
     );
     (out, lse)

@@ -2,5 +2,6 @@
 
 pub(crate) mod backward;
 pub(crate) mod forward;
+pub(crate) mod matrix;
 pub(crate) mod select;
 pub(crate) mod tiles;

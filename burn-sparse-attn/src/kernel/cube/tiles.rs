@@ -1,6 +1,6 @@
-//! What the forward and dQ kernels share: how a query group maps onto a cube (a few units
-//! per row, each owning every `lanes`-th dim, so a row's registers stay small at any head
-//! dim), and the shared-memory tiles of selected keys they stream through.
+//! How the dQ kernel maps a query group onto a cube (a few units per row, each owning every
+//! `lanes`-th dim, so a row's registers stay small at any head dim), and how a group's
+//! flattened selection names its keys.
 
 use burn::backend::TensorMetadata;
 use burn_cubecl::cubecl;
@@ -95,63 +95,6 @@ pub(crate) fn selected_key<I: Numeric>(
     let unit = u32::cast_from(index[base + (p / key_block) * index.stride(3)]) as usize;
     let key = unit * key_block + p % key_block;
     if key < key_len { key } else { key_len }
-}
-
-/// Loads keys `start .. start + tile` of a group's flattened selection into the shared K/V
-/// tiles (as f32, zero past the end) and marks which slots hold a key; every unit of the
-/// cube loads a share.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn load_tile<F: Float, I: Numeric>(
-    k: &Tensor<F>,
-    v: &Tensor<F>,
-    index: &Tensor<I>,
-    k_tile: &mut Shared<[f32]>,
-    v_tile: &mut Shared<[f32]>,
-    valid: &mut Shared<[u32]>,
-    k_base: usize,
-    v_base: usize,
-    index_base: usize,
-    start: usize,
-    total: usize,
-    key_len: usize,
-    #[comptime] key_block: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] tile: usize,
-) {
-    let unit = UNIT_POS_X as usize;
-    let threads = CUBE_DIM_X as usize;
-    let mut e = unit;
-    while e < tile * head_dim {
-        let j = e / head_dim;
-        let d = e % head_dim;
-        let mut kv = f32::new(0.0);
-        let mut vv = f32::new(0.0);
-        if start + j < total {
-            let key = selected_key::<I>(index, index_base, start + j, key_len, key_block);
-            if key < key_len {
-                kv = f32::cast_from(k[k_base + key * k.stride(2) + d * k.stride(3)]);
-                vv = f32::cast_from(v[v_base + key * v.stride(2) + d * v.stride(3)]);
-            }
-        }
-        k_tile[e] = kv;
-        v_tile[e] = vv;
-        e += threads;
-    }
-    let mut j = unit;
-    while j < tile {
-        let mut ok = u32::new(0);
-        // Nested, not `&&`: a kernel evaluates both operands, and the index read must stay
-        // behind the bounds check.
-        #[allow(clippy::collapsible_if)]
-        if start + j < total {
-            if selected_key::<I>(index, index_base, start + j, key_len, key_block) < key_len {
-                ok = 1u32;
-            }
-        }
-        valid[j] = ok;
-        j += threads;
-    }
 }
 
 /// This unit's share (`row_part`, the row's dims `lane + lanes·i`) of the dot product of its

@@ -4,7 +4,8 @@
 use burn_cubecl::cubecl;
 use cubecl::prelude::*;
 
-use crate::kernel::cube::tiles::{lane_partials, load_tile, row_score};
+use crate::kernel::cube::matrix::load_key_tile;
+use crate::kernel::cube::tiles::{lane_partials, row_score};
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -78,7 +79,7 @@ pub(super) fn dq_kernel<F: Float, I: Numeric>(
     let total = budget as usize * key_block;
     let mut start = 0usize;
     while start < total {
-        load_tile::<F, I>(
+        load_key_tile::<F, f32, I>(
             k,
             v,
             index,
@@ -92,6 +93,7 @@ pub(super) fn dq_kernel<F: Float, I: Numeric>(
             total,
             key_len,
             key_block,
+            head_dim,
             head_dim,
             tile,
         );

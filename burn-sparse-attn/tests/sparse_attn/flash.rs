@@ -1,0 +1,67 @@
+//! `flash_attention` (every key selected, linear memory) is Burn's dense attention: the same
+//! output, log-sum-exp and gradients, for lengths that are not multiples of its tiles and
+//! queries and keys of different lengths.
+
+use burn::tensor::Device;
+use burn_sparse_attn::flash_attention;
+
+use crate::common::*;
+
+fn flash_attention_equals_dense_attention(device: &Device) {
+    // (batch, heads, query len, key len, head dim)
+    for (n, (b, h, sq, sk, d)) in [(2, 2, 100, 70, 32), (1, 3, 64, 200, 64), (1, 1, 5, 1, 16)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 9500 + 10 * n as u64;
+        let data = [
+            random_data([b, h, sq, d], seed),
+            random_data([b, h, sk, d], seed + 1),
+            random_data([b, h, sk, d], seed + 2),
+            random_data([b, h, sq, d], seed + 3),
+        ];
+        let scale = 1.1 / (d as f64).sqrt();
+        let run = |device: &Device, flash: bool| {
+            let device = device.clone().autodiff();
+            let [q, k, v] = [0, 1, 2].map(|i| tensor(&data[i], &device).require_grad());
+            let (out, lse) = if flash {
+                let out = flash_attention(q.clone(), k.clone(), v.clone(), Some(scale)).unwrap();
+                (out.output, out.lse)
+            } else {
+                let scores = masked_scores(q.clone(), k.clone(), None, scale);
+                let lse = scores.clone().exp().sum_dim(3).log().squeeze_dim(3);
+                (
+                    dense_masked_attention(q.clone(), k.clone(), v.clone(), None, scale),
+                    lse,
+                )
+            };
+            let grads = (out.clone() * tensor(&data[3], &device)).sum().backward();
+            let grads = [&q, &k, &v].map(|x| x.grad(&grads).expect("gradient"));
+            (out.inner(), lse.inner(), grads)
+        };
+        let (out, lse, grads) = run(device, true);
+        let (want_out, want_lse, want_grads) = run(&oracle_device(), false);
+        let what = format!("case {n} on {device:?}");
+        assert_close(out, want_out, 1e-4, &what);
+        assert_close(lse, want_lse, 1e-4, &format!("lse of {what}"));
+        for ((name, got), want) in ["dq", "dk", "dv"].iter().zip(grads).zip(want_grads) {
+            assert_close(got, want, 2e-4, &format!("{name} of {what}"));
+        }
+    }
+}
+
+fn flash_attention_checks_its_arguments(device: &Device) {
+    let q = tensor(&random_data([1, 1, 4, 8], 1), device);
+    let k = tensor(&random_data([1, 1, 6, 8], 2), device);
+    let err = flash_attention(q.clone(), k.clone().narrow(3, 0, 4), k.clone(), None).unwrap_err();
+    assert_eq!(err.argument, "k", "{err}");
+    let err = flash_attention(q.clone(), k.clone(), k.clone().narrow(2, 0, 5), None).unwrap_err();
+    assert_eq!(err.argument, "v", "{err}");
+    let out = flash_attention(q, k.clone(), k, Some(-1.0));
+    assert!(out.is_err(), "a negative scale is refused");
+}
+
+per_backend!(
+    flash_attention_equals_dense_attention,
+    flash_attention_checks_its_arguments,
+);
