@@ -4,7 +4,8 @@
 //! cargo run --release --example bench_attention -- [--device flex|ndarray|wgpu|vulkan|cuda]
 //!     [--seq 1024,4096,16384] [--sparsity 0.5,0.8,0.9,0.95] [--head-dims 64,128]
 //!     [--heads 8] [--group 32] [--rank 16] [--repeats 3] [--dense-mem-gib 12]
-//!     [--skip-dense true] [--out out/bench_attention.json]
+//!     [--skip-dense true] [--dtype f32|f16|bf16] [--our-dense false]
+//!     [--out out/bench_attention.json]
 //! ```
 //!
 //! For each shape it times dense attention and our selection + sparse attention, forward and
@@ -16,11 +17,16 @@
 //! forward+backward, the FlashAttention convention), selection as a share of the sparse
 //! forward, and the peak heap memory of each (CPU backends; counted by this binary's
 //! allocator). Dense runs whose score matrices would not fit `--dense-mem-gib` are skipped.
+//! Our own dense path (`flash_attention`: every key selected, linear memory) is timed too,
+//! forward and forward+backward, and sparse forward+backward is compared with it (`vs ours`).
 
+use burn::tensor::DType;
 use burn::tensor::{
     Distribution, Tensor, activation::softmax, module::attention, ops::AttentionModuleOptions,
 };
-use burn_sparse_video::sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
+use burn_sparse_video::sparse_attn::{
+    SelectionConfig, flash_attention, select_critical_keys, sparse_attention,
+};
 
 #[path = "common/allocator.rs"]
 mod allocator;
@@ -70,9 +76,25 @@ struct Args {
     /// Time only our kernels (profiling them); the table then has no speedups.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     skip_dense: bool,
+    /// Input dtype of q, k, v and the selection inputs (f32, f16 or bf16).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Also time our dense path (`flash_attention`), forward and forward+backward.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    our_dense: bool,
     /// JSON report.
     #[arg(long, default_value = "out/bench_attention.json")]
     out: String,
+}
+
+/// The `--dtype` flag as a dtype.
+fn dtype_named(name: &str) -> Option<DType> {
+    match name {
+        "f32" => Some(DType::F32),
+        "f16" => Some(DType::F16),
+        "bf16" => Some(DType::BF16),
+        _ => None,
+    }
 }
 
 /// The command line, checked: every value in range, or an error naming the flag.
@@ -103,6 +125,9 @@ fn parse_args() -> Args {
         if v == 0 {
             fail(format!("{name} must be ≥ 1"));
         }
+    }
+    if dtype_named(&a.dtype).is_none() {
+        fail(format!("--dtype: f32, f16 or bf16, got {:?}", a.dtype));
     }
     if !(a.dense_mem_gib > 0.0 && a.dense_mem_gib.is_finite()) {
         fail(format!(
@@ -159,14 +184,22 @@ fn main() {
     allocator::keep_freed_memory();
     let args = parse_args();
     let device = device_named(&args.device);
+    let dtype = dtype_named(&args.dtype).expect("checked by parse_args");
+    if !device.supports_dtype(dtype) {
+        eprintln!(
+            "error: --dtype {}: {device:?} has no such dtype",
+            args.dtype
+        );
+        std::process::exit(2);
+    }
     let normal = Distribution::Normal(0.0, 1.0);
     let mut rows = Vec::new();
     println!(
-        "device: {:?}, heads {}, group {}, rank {}, median of {}",
-        device, args.heads, args.group, args.rank, args.repeats
+        "device: {:?}, {}, heads {}, group {}, rank {}, median of {}",
+        device, args.dtype, args.heads, args.group, args.rank, args.repeats
     );
     println!(
-        "{:>6} {:>4} {:>5} | {:>9} {:>9} {:>7} {:>6} | {:>9} {:>9} {:>7} | {:>7} {:>7} | {:>9} {:>9}",
+        "{:>6} {:>4} {:>5} | {:>9} {:>9} {:>7} {:>6} | {:>9} {:>9} {:>7} | {:>9} {:>8} | {:>7} {:>7} | {:>9} {:>9}",
         "S",
         "D",
         "s",
@@ -177,6 +210,8 @@ fn main() {
         "dense f+b",
         "sparse fb",
         "speedup",
+        "ours f+b",
+        "vs ours",
         "GF/s fw",
         "GF/s fb",
         "select %",
@@ -185,10 +220,8 @@ fn main() {
     for &d in &args.head_dims {
         for &s in &args.seqs {
             let shape = [1, args.heads, s, d];
-            let q = Tensor::<4>::random(shape, normal, &device);
-            let k = Tensor::<4>::random(shape, normal, &device);
-            let v = Tensor::<4>::random(shape, normal, &device);
-            let w = Tensor::<4>::random(shape, normal, &device);
+            let random = || Tensor::<4>::random(shape, normal, &device).cast(dtype);
+            let (q, k, v, w) = (random(), random(), random(), random());
             // Contiguous, as a predictor hands them over: a narrowed view would add Flex's
             // strided copy (a fifth of the selection time at 4k keys) to what is timed.
             let contiguous = |x: Tensor<4>| Tensor::<4>::from_data(x.into_data(), &device);
@@ -215,7 +248,9 @@ fn main() {
                 // A kernel that failed on the device (e.g. a buffer over the API's limit) fails here.
                 diff.try_into_scalar::<f32>().map_or(f64::NAN, f64::from)
             };
-            let flash_ok = flash_error.is_finite() && flash_error < 1e-2;
+            // Half dtypes round each output to 8 or 11 bits.
+            let agreement = if dtype == DType::F32 { 1e-2 } else { 1e-1 };
+            let flash_ok = flash_error.is_finite() && flash_error < agreement;
             let flash_fwd = flash_ok.then(|| {
                 measure(&device, args.repeats, || {
                     flash(q.clone(), k.clone(), v.clone())
@@ -247,6 +282,23 @@ fn main() {
                     (matmul_attention(qa.clone(), ka.clone(), va.clone()) * wa.clone())
                         .sum()
                         .backward()
+                })
+            });
+            let ours_fwd = args.our_dense.then(|| {
+                measure(&device, args.repeats, || {
+                    flash_attention(q.clone(), k.clone(), v.clone(), None)
+                        .unwrap()
+                        .output
+                })
+            });
+            let ours_fb = args.our_dense.then(|| {
+                measure(&device, args.repeats, || {
+                    (flash_attention(qa.clone(), ka.clone(), va.clone(), None)
+                        .unwrap()
+                        .output
+                        * wa.clone())
+                    .sum()
+                    .backward()
                 })
             });
             if !flash_ok && !args.skip_dense {
@@ -294,7 +346,7 @@ fn main() {
                     .map(|(_, m)| format!("{:.3}", sparse_fb_mem as f64 / m.max(1) as f64))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:>6} {:>4} {:>5.2} | {:>9} {:>9.4} {:>7} {:>5.1}x | {:>9} {:>9.4} {:>7} | {:>7.1} {:>7.1} | {:>8.1}% {:>9}",
+                    "{:>6} {:>4} {:>5.2} | {:>9} {:>9.4} {:>7} {:>5.1}x | {:>9} {:>9.4} {:>7} | {:>9} {:>8} | {:>7.1} {:>7.1} | {:>8.1}% {:>9}",
                     s,
                     d,
                     sparsity,
@@ -305,19 +357,26 @@ fn main() {
                     fmt_t(dense_fb, dense_fb_kind),
                     sparse_fb_t + select_t,
                     speed(dense_fb, sparse_fb_t + select_t),
+                    fmt_t(ours_fb, "o"),
+                    speed(ours_fb, sparse_fb_t + select_t),
                     gflops(sparse_flops, sparse_fwd_t),
                     gflops(3.5 * sparse_flops, sparse_fb_t),
                     100.0 * select_t / sparse_fwd_t,
                     mem_ratio
                 );
                 rows.push(serde_json::json!({
-                    "seq": s, "head_dim": d, "heads": args.heads, "group": args.group, "rank": args.rank,
+                    "dtype": args.dtype, "seq": s, "head_dim": d, "heads": args.heads, "group": args.group, "rank": args.rank,
                     "sparsity": sparsity, "budget": budget,
                     "dense_fwd_s": dense_fwd.map(|x| x.0), "dense_fwd_peak_bytes": dense_fwd.map(|x| x.1), "dense_fwd_kind": dense_fwd_kind,
                     "dense_fwd_bwd_s": dense_fb.map(|x| x.0), "dense_fwd_bwd_peak_bytes": dense_fb.map(|x| x.1), "dense_fwd_bwd_kind": dense_fb_kind,
                     "flash_fwd_s": flash_fwd.map(|x| x.0), "matmul_fwd_s": matmul_fwd.map(|x| x.0),
                     "flash_fwd_bwd_s": flash_fb.map(|x| x.0), "matmul_fwd_bwd_s": matmul_fb.map(|x| x.0),
                     "flash_max_abs_error": flash_error,
+                    "ours_dense_fwd_s": ours_fwd.map(|x| x.0), "ours_dense_fwd_peak_bytes": ours_fwd.map(|x| x.1),
+                    "ours_dense_fwd_bwd_s": ours_fb.map(|x| x.0), "ours_dense_fwd_bwd_peak_bytes": ours_fb.map(|x| x.1),
+                    "speedup_fwd_bwd_vs_ours": ours_fb.map(|x| x.0 / (sparse_fb_t + select_t)),
+                    "ours_dense_fwd_gflops": ours_fwd.map(|x| gflops(dense_flops, x.0)),
+                    "ours_dense_fwd_bwd_gflops": ours_fb.map(|x| gflops(3.5 * dense_flops, x.0)),
                     "select_s": select_t, "sparse_fwd_s": sparse_fwd_t, "sparse_fwd_peak_bytes": sparse_fwd_mem,
                     "sparse_fwd_bwd_s": sparse_fb_t, "sparse_fwd_bwd_peak_bytes": sparse_fb_mem,
                     "speedup_fwd": dense_fwd.map(|x| x.0 / sparse_total),

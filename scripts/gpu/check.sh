@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, run on the NVIDIA machine from the repository root with .carry/ and .gl/
-# from scripts/gpu/pack.sh: the kernel tests through Vulkan and CUDA, then the attention
-# benchmark through each and the training benchmark through CUDA. Logs and JSON go to
+# from scripts/gpu/pack.sh: the kernel tests through Vulkan and CUDA (the tensor-core tiles'
+# first check against the reference: every dtype, flash, awkward shapes), then the attention
+# benchmark in bf16 and f32 through CUDA and f16 through Vulkan, sparse against Burn's dense
+# attention and our own dense path, and the training benchmark through CUDA. Logs and JSON go to
 # DIR (default out/gpu); each step has its own time limit, so one stuck step costs only its own.
 #   scripts/gpu/check.sh [DIR]
 set -uo pipefail
@@ -17,9 +19,14 @@ step() {
     echo "rc=$? after $((SECONDS - start)) s" | tee -a "$out/$name.log"
     tail -n 45 "$out/$name.log"
 }
-bench=(--repeats 5 --dense-mem-gib 60 --seq 1024,4096,16384 --head-dims 64,128)
-step tests 130 sparse_attn_test cuda:: vulkan:: --test-threads 4
-step attention_cuda 120 bench_attention --device cuda "${bench[@]}" --out "$out/attention_cuda.json"
-step attention_vulkan 110 bench_attention --device vulkan "${bench[@]}" --out "$out/attention_vulkan.json"
+# 90% sparsity, the targets' setting; bf16 and f16 run the tensor-core tiles, f32 the scalar ones.
+bench=(--repeats 5 --dense-mem-gib 60 --sparsity 0.9 --head-dims 64,128)
+step tests 150 sparse_attn_test cuda:: vulkan:: --test-threads 4
+step attention_cuda_bf16 120 bench_attention --device cuda --dtype bf16 --seq 4096,16384,32768 \
+    "${bench[@]}" --out "$out/attention_cuda_bf16.json"
+step attention_cuda_f32 90 bench_attention --device cuda --seq 4096,16384 "${bench[@]}" \
+    --out "$out/attention_cuda_f32.json"
+step attention_vulkan_f16 70 bench_attention --device vulkan --dtype f16 --seq 4096,16384 \
+    "${bench[@]}" --out "$out/attention_vulkan_f16.json"
 step training_cuda 60 bench_training --device cuda --frames 8,16,32 --size 64 --steps 6 \
     --out "$out/training_cuda.json"

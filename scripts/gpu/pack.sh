@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .carry .gl
 export DOCS_RS=1
+# The CUDA bindings cudarc picks without a toolkit, also where compile-cuda.sh installed one.
+export CUDARC_CUDA_VERSION=13040
 args=(--release --workspace --features vulkan,cuda-nvrtc
     --config "target.x86_64-unknown-linux-gnu.linker=\"$PWD/scripts/gpu/link-unresolved.sh\"")
 cargo build "${args[@]}" --example bench_attention --example bench_training

@@ -33,7 +33,7 @@ impl SparseAttnOps for CubeBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let head_dim = inputs.q.shape().dims::<4>()[3];
         let plan = MatrixPlan::new(
-            &inputs.q.client.properties(),
+            inputs.q.client.properties(),
             inputs.q.dtype,
             inputs.layout.group_size,
             head_dim,

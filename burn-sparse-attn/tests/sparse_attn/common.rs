@@ -99,6 +99,17 @@ pub fn random_data(shape: [usize; 4], seed: u64) -> TensorData {
     TensorData::new((0..n).map(|_| rng.uniform()).collect::<Vec<f32>>(), shape)
 }
 
+/// Random q `[b, h, sq, d]`, k and v `[b, h, sk, d]` and an output weight like q (the loss
+/// `sum(out · w)` of a gradient check), from `seed` on.
+pub fn gradient_case_data([b, h, sq, sk, d]: [usize; 5], seed: u64) -> [TensorData; 4] {
+    [
+        random_data([b, h, sq, d], seed),
+        random_data([b, h, sk, d], seed + 1),
+        random_data([b, h, sk, d], seed + 2),
+        random_data([b, h, sq, d], seed + 3),
+    ]
+}
+
 pub fn tensor(data: &TensorData, device: &Device) -> Tensor<4> {
     Tensor::from_data(data.clone(), device)
 }

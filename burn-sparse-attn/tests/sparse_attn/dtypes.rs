@@ -31,12 +31,7 @@ fn forward_and_gradients_in_half_precision_follow_f32(device: &Device) {
         }
         for (n, (b, h, sq, sk, d, g, block, budget)) in cases.into_iter().enumerate() {
             let seed = 9000 + 10 * n as u64;
-            let data = [
-                random_data([b, h, sq, d], seed),
-                random_data([b, h, sk, d], seed + 1),
-                random_data([b, h, sk, d], seed + 2),
-                random_data([b, h, sq, d], seed + 3),
-            ];
+            let data = gradient_case_data([b, h, sq, sk, d], seed);
             let ids =
                 random_index_data([b, h, sq.div_ceil(g)], sk.div_ceil(block), budget, seed + 4);
             let what = format!("{dtype:?} case {n} on {device:?}");

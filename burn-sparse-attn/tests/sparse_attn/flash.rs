@@ -14,12 +14,7 @@ fn flash_attention_equals_dense_attention(device: &Device) {
         .enumerate()
     {
         let seed = 9500 + 10 * n as u64;
-        let data = [
-            random_data([b, h, sq, d], seed),
-            random_data([b, h, sk, d], seed + 1),
-            random_data([b, h, sk, d], seed + 2),
-            random_data([b, h, sq, d], seed + 3),
-        ];
+        let data = gradient_case_data([b, h, sq, sk, d], seed);
         let scale = 1.1 / (d as f64).sqrt();
         let run = |device: &Device, flash: bool| {
             let device = device.clone().autodiff();

@@ -58,12 +58,7 @@ fn forward_and_lse_match_the_reference(device: &Device) {
 fn gradients_match_the_reference_autodiff(device: &Device) {
     for (n, (b, h, sq, sk, d, g, block, budget)) in CASES.into_iter().enumerate() {
         let seed = 6000 + 10 * n as u64;
-        let data = [
-            random_data([b, h, sq, d], seed),
-            random_data([b, h, sk, d], seed + 1),
-            random_data([b, h, sk, d], seed + 2),
-            random_data([b, h, sq, d], seed + 3),
-        ];
+        let data = gradient_case_data([b, h, sq, sk, d], seed);
         let ids = random_index_data([b, h, sq.div_ceil(g)], sk.div_ceil(block), budget, seed + 4);
         {
             let run = |device: &Device, native: bool| {

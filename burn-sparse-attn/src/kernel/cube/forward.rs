@@ -19,7 +19,7 @@ use cubecl::prelude::*;
 
 use super::matrix::{
     FRAG, MatrixPlan, PLANE, accumulate_output, is_row, load_key_tile, load_query_fragments,
-    score_tile, softmax_step, write_output,
+    load_query_row, score_tile, softmax_step, write_output,
 };
 
 #[cube(launch, create_dummy_kernel)]
@@ -75,6 +75,7 @@ pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
     } else {
         FRAG * padded_dim / PLANE
     }));
+    let mut q_row = Array::<f32>::new(comptime!(if plan.tensor_cores { 1 } else { head_dim }));
     if comptime!(plan.tensor_cores) {
         load_query_fragments::<F, FM>(
             q,
@@ -102,6 +103,18 @@ pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
             ));
         }
     } else {
+        load_query_row::<F>(
+            q,
+            &mut q_row,
+            q_base,
+            group_start,
+            query_len,
+            plane,
+            lane,
+            group_size,
+            head_dim,
+            plan.unroll,
+        );
         #[unroll(plan.unroll)]
         for i in 0..comptime!(FRAG * padded_dim / PLANE) {
             o_regs[i] = 0.0f32;
@@ -132,17 +145,13 @@ pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
             tile,
         );
         sync_cube();
-        score_tile::<F, FM>(
-            q,
+        score_tile::<FM>(
             &q_frags,
+            &q_row,
             &k_tile,
             &mut scores,
-            q_base,
-            group_start,
-            query_len,
             plane,
             lane,
-            group_size,
             head_dim,
             plan,
         );

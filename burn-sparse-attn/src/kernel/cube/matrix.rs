@@ -12,8 +12,8 @@
 //! - `probs`: `[planes·FRAG, tile]` in the stage dtype;
 //! - `row_scale`: one f32 per row (the softmax rescale, at the end the inverse row sum).
 //!
-//! On scalar tiles each unit owns the output elements `lane + PLANE·i` of its plane's
-//! `[FRAG, padded_dim]` block in registers; on tensor cores the plane owns `padded_dim / FRAG`
+//! On scalar tiles the two units of a row score its keys from its q in registers, and each
+//! unit owns the output elements `lane + PLANE·i` of its plane's `[FRAG, padded_dim]` block; on tensor cores the plane owns `padded_dim / FRAG`
 //! accumulator fragments and rescales them through its bounce buffer.
 
 use burn::backend::cubecl::dtype_to_storage_type;
@@ -304,7 +304,7 @@ pub(crate) fn load_query_fragments<F: Float, FM: Float>(
             for kk in 0..count {
                 cmma::load(
                     frags.index_mut(kk),
-                    &staging.slice(kk * frag_k, FRAG * padded_dim),
+                    staging.slice(kk * frag_k, FRAG * padded_dim),
                     padded_dim as u32,
                 );
             }
@@ -327,17 +327,13 @@ pub(crate) fn is_row(
 /// The plane's raw scores `q·kᵀ` against the key tile, into its rows of `scores`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn score_tile<F: Float, FM: Float>(
-    q: &Tensor<F>,
+pub(crate) fn score_tile<FM: Float>(
     q_frags: &Sequence<cmma::Matrix<FM>>,
+    q_row: &Array<f32>,
     k_tile: &Shared<[FM]>,
     scores: &mut Shared<[f32]>,
-    q_base: usize,
-    group_start: usize,
-    query_len: usize,
     plane: usize,
     lane: usize,
-    #[comptime] group_size: usize,
     #[comptime] head_dim: usize,
     #[comptime] plan: MatrixPlan,
 ) {
@@ -365,37 +361,62 @@ pub(crate) fn score_tile<F: Float, FM: Float>(
                     FRAG,
                     frag_k,
                     MatrixLayout::ColMajor,
-                    &k_tile.slice(n * FRAG * padded_dim + kk * frag_k, tile * padded_dim),
+                    k_tile.slice(n * FRAG * padded_dim + kk * frag_k, tile * padded_dim),
                     padded_dim as u32,
                 );
                 cmma::execute(q_frags.index(kk), &keys, &acc, &acc);
             }
             cmma::store(
-                &mut scores.slice_mut(base + n * FRAG, base + FRAG * tile),
+                scores.slice_mut(base + n * FRAG, base + FRAG * tile),
                 &acc,
                 tile as u32,
                 MatrixLayout::RowMajor,
             );
         }
     } else {
-        // Each unit scores the plane's elements `lane + PLANE·i`, reading its rows of q
-        // directly (one row's dims stay in cache across the tile).
+        // The two units of row `lane % FRAG` score its keys `lane / FRAG + 2·t` from the row's
+        // q in registers; the rows of a plane read the same key at once.
+        let local = plane * FRAG + lane % FRAG;
+        let first = lane / FRAG;
         #[unroll(plan.unroll)]
-        for i in 0..comptime!(FRAG * tile / PLANE) {
-            let e = lane + PLANE * i;
-            let local = plane * FRAG + e / tile;
-            let j = e % tile;
-            let row = group_start + local;
+        for t in 0..comptime!(tile / 2) {
+            let j = first + 2 * t;
             let mut score = f32::new(0.0);
-            if is_row(local, row, query_len, group_size) {
-                let row_base = q_base + row * q.stride(2);
-                for d in 0..head_dim {
-                    score += f32::cast_from(q[row_base + d * q.stride(3)])
-                        * f32::cast_from(k_tile[j * padded_dim + d]);
-                }
+            #[unroll(plan.unroll)]
+            for d in 0..head_dim {
+                score += q_row[d] * f32::cast_from(k_tile[j * padded_dim + d]);
             }
-            scores[base + e] = score;
+            scores[local * tile + j] = score;
         }
+    }
+}
+
+/// This unit's query row in registers for the scalar score tiles (units `lane` and
+/// `lane + FRAG` share row `lane % FRAG` of the plane); zero past the group or sequence.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_query_row<F: Float>(
+    q: &Tensor<F>,
+    q_row: &mut Array<f32>,
+    q_base: usize,
+    group_start: usize,
+    query_len: usize,
+    plane: usize,
+    lane: usize,
+    #[comptime] group_size: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] unroll: bool,
+) {
+    let local = plane * FRAG + lane % FRAG;
+    let row = group_start + local;
+    let active = is_row(local, row, query_len, group_size);
+    #[unroll(unroll)]
+    for d in 0..head_dim {
+        let mut value = f32::new(0.0);
+        if active {
+            value = f32::cast_from(q[q_base + row * q.stride(2) + d * q.stride(3)]);
+        }
+        q_row[d] = value;
     }
 }
 
@@ -478,7 +499,7 @@ pub(crate) fn accumulate_output<FM: Float>(
                     FRAG,
                     frag_k,
                     MatrixLayout::RowMajor,
-                    &probs.slice(base + kk * frag_k, base + FRAG * tile),
+                    probs.slice(base + kk * frag_k, base + FRAG * tile),
                     tile as u32,
                 );
                 let values = cmma::Matrix::<FM>::from_slice(
@@ -487,7 +508,7 @@ pub(crate) fn accumulate_output<FM: Float>(
                     FRAG,
                     frag_k,
                     MatrixLayout::RowMajor,
-                    &v_tile.slice(kk * frag_k * padded_dim + f * FRAG, tile * padded_dim),
+                    v_tile.slice(kk * frag_k * padded_dim + f * FRAG, tile * padded_dim),
                     padded_dim as u32,
                 );
                 let acc = o_frags.index(f);
@@ -524,7 +545,7 @@ fn scale_fragment_rows(
 ) {
     let base = plane * FRAG * tile;
     cmma::store(
-        &mut bounce.slice_mut(base, base + FRAG * tile),
+        bounce.slice_mut(base, base + FRAG * tile),
         frags.index(f),
         tile as u32,
         MatrixLayout::RowMajor,
@@ -539,7 +560,7 @@ fn scale_fragment_rows(
     sync_cube();
     cmma::load_with_layout(
         frags.index_mut(f),
-        &bounce.slice(base, base + FRAG * tile),
+        bounce.slice(base, base + FRAG * tile),
         tile as u32,
         MatrixLayout::RowMajor,
     );
@@ -572,7 +593,7 @@ pub(crate) fn write_output<F: Float>(
         #[unroll]
         for f in 0..comptime!(padded_dim / FRAG) {
             cmma::store(
-                &mut bounce.slice_mut(base, base + FRAG * tile),
+                bounce.slice_mut(base, base + FRAG * tile),
                 o_frags.index(f),
                 tile as u32,
                 MatrixLayout::RowMajor,
