@@ -217,3 +217,40 @@ pub fn critical_keys(
     let ids = Tensor::<4, Int>::from_data(data.clone(), device);
     CriticalKeys::new(ids, group_size, key_block, query_len, key_len).expect("valid index")
 }
+
+/// Set in the child process that runs a memory case alone.
+const MEMORY_CHILD: &str = "SPARSE_ATTN_MEMORY_CHILD";
+
+/// The peak resident memory (KiB) of `case` run alone in a child process (this test binary
+/// again, running only the test `test_name`), so other tests' buffers do not count. In that
+/// child, runs the case, prints its peak and returns `None`; `None` too without `/proc`.
+pub fn peak_of_case_alone(test_name: &str, case: impl FnOnce()) -> Option<u64> {
+    if std::env::var_os(MEMORY_CHILD).is_some() {
+        case();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        println!("peak {peak}");
+        return None;
+    }
+    if !std::path::Path::new("/proc/self/status").exists() {
+        eprintln!("no /proc: the memory check needs Linux");
+        return None;
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .env(MEMORY_CHILD, "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success(),
+        "child failed:\n{out}{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let kib = out
+        .lines()
+        .find_map(|l| l.split("VmHWM:").nth(1))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak in the child's output:\n{out}"));
+    Some(kib)
+}

@@ -56,6 +56,37 @@ fn flash_attention_checks_its_arguments(device: &Device) {
     assert!(out.is_err(), "a negative scale is refused");
 }
 
+#[test]
+fn flash_attention_trains_without_a_score_matrix() {
+    // 4k tokens, two heads, forward and backward of dense attention: one [S, S] f32 score
+    // matrix of the two heads is 128 MiB, and an autodiff graph of the plain form keeps two.
+    let Some(kib) = peak_of_case_alone(
+        "flash::flash_attention_trains_without_a_score_matrix",
+        || {
+            let (b, h, s, d) = (1, 2, 4096, 64);
+            let device = Device::flex().autodiff();
+            let x = tensor(&random_data([b, h, s, d], 1), &device).require_grad();
+            let out = flash_attention(x.clone(), x.clone(), x.clone(), None).unwrap();
+            let grads = out.output.sum().backward();
+            let grad = x.grad(&grads).unwrap().abs().max().into_scalar::<f32>();
+            assert!(grad.is_finite());
+        },
+    ) else {
+        return;
+    };
+    println!(
+        "4k tokens, flash forward + backward: peak resident {} MiB",
+        kib / 1024
+    );
+    // Inputs, gradients and the index are a few MiB, Burn and the test binary about 60 MiB:
+    // one score matrix (128 MiB) would show.
+    assert!(
+        kib < 120 * 1024,
+        "peak resident memory {} MiB: a score matrix was made",
+        kib / 1024
+    );
+}
+
 per_backend!(
     flash_attention_equals_dense_attention,
     flash_attention_checks_its_arguments,

@@ -136,65 +136,31 @@ fn selection_matches_the_reference_id_for_id(device: &Device) {
     }
 }
 
-/// Set in the child process that runs the large case alone.
-const MEMORY_CHILD: &str = "SPARSE_ATTN_MEMORY_CHILD";
-
 #[test]
 fn large_sequence_runs_without_dense_buffers() {
     // 8k tokens, 90% sparse, forward and backward: dense [S, S] score matrices for the two
-    // heads would take 512 MiB. The case runs alone in a child process (this binary again),
-    // whose peak resident memory the kernel reports.
-    if std::env::var_os(MEMORY_CHILD).is_some() {
-        let (b, h, s, d, g) = (1, 2, 8192, 64, 64);
-        let device = Device::flex().autodiff();
-        let x = tensor(&random_data([b, h, s, d], 1), &device).require_grad();
-        let keys = select_critical_keys(
-            x.clone().narrow(3, 0, 16).detach(),
-            x.clone().narrow(3, 0, 16).detach(),
-            SelectionConfig::new(g, s / 10),
-        )
-        .unwrap();
-        let out = sparse_attention_with_lse(x.clone(), x.clone(), x.clone(), &keys, None).unwrap();
-        assert_eq!(out.output.dims(), [b, h, s, d]);
-        let grads = out.output.sum().backward();
-        assert!(
-            x.grad(&grads)
-                .unwrap()
-                .abs()
-                .max()
-                .into_scalar::<f32>()
-                .is_finite()
-        );
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        println!("peak {peak}");
+    // heads would take 512 MiB.
+    let Some(kib) =
+        peak_of_case_alone("kernels::large_sequence_runs_without_dense_buffers", || {
+            let (b, h, s, d, g) = (1, 2, 8192, 64, 64);
+            let device = Device::flex().autodiff();
+            let x = tensor(&random_data([b, h, s, d], 1), &device).require_grad();
+            let keys = select_critical_keys(
+                x.clone().narrow(3, 0, 16).detach(),
+                x.clone().narrow(3, 0, 16).detach(),
+                SelectionConfig::new(g, s / 10),
+            )
+            .unwrap();
+            let out =
+                sparse_attention_with_lse(x.clone(), x.clone(), x.clone(), &keys, None).unwrap();
+            assert_eq!(out.output.dims(), [b, h, s, d]);
+            let grads = out.output.sum().backward();
+            let grad = x.grad(&grads).unwrap().abs().max().into_scalar::<f32>();
+            assert!(grad.is_finite());
+        })
+    else {
         return;
-    }
-    if !std::path::Path::new("/proc/self/status").exists() {
-        eprintln!("no /proc: the memory check needs Linux");
-        return;
-    }
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "kernels::large_sequence_runs_without_dense_buffers",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(MEMORY_CHILD, "1")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&child.stdout);
-    assert!(
-        child.status.success(),
-        "child failed:\n{out}{}",
-        String::from_utf8_lossy(&child.stderr)
-    );
-    let kib: u64 = out
-        .lines()
-        .find_map(|l| l.split("VmHWM:").nth(1))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak in the child's output:\n{out}"));
+    };
     println!(
         "8k tokens, sparse forward + backward: peak resident {} MiB",
         kib / 1024
