@@ -1,4 +1,4 @@
-//! Writes the CUDA C++ that CubeCL generates for every forward kernel variant, one `.cu`
+//! Writes the CUDA C++ that CubeCL generates for every forward and dQ kernel variant, one `.cu`
 //! file each, without a GPU: `scripts/gpu/compile-cuda.sh` compiles them with `nvcc`.
 //!
 //! ```text
@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use burn_sparse_video::sparse_attn::cuda_source::forward_sources;
+use burn_sparse_video::sparse_attn::cuda_source::kernel_sources;
 
 fn main() {
     let dir = PathBuf::from(
@@ -15,7 +15,7 @@ fn main() {
             .nth(1)
             .unwrap_or_else(|| "out/cuda-sources".into()),
     );
-    let written = forward_sources().and_then(|sources| {
+    let written = kernel_sources().and_then(|sources| {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for source in &sources {
             let path = dir.join(format!("{}.cu", source.name));

@@ -1,5 +1,5 @@
-//! The CUDA C++ that CubeCL generates for the attention kernels, without a GPU: each kernel
-//! variant is expanded against the properties of an sm_80+ device (tensor cores for f16,
+//! The CUDA C++ that CubeCL generates for the tiled attention kernels (forward and dQ),
+//! without a GPU: each kernel variant is expanded against the properties of an sm_80+ device (tensor cores for f16,
 //! bf16 and TF32) and compiled by CubeCL's C++ backend. `scripts/gpu/compile-cuda.sh` hands
 //! the sources to `nvcc` for sm_80 and sm_90, so a kernel that NVRTC would refuse on the GPU
 //! fails on a CPU machine first.
@@ -24,21 +24,22 @@ use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 use cubecl_cpp::target::Cuda;
 use cubecl_environment::stream::StreamId;
 
+use crate::kernel::cube::backward::dq::dq_kernel;
 use crate::kernel::cube::forward::sparse_forward_kernel;
 use crate::kernel::cube::matrix::{F32Products, MatrixPlan};
 
 /// One generated kernel: a name that says its variant, and its CUDA C++.
 #[derive(Clone, Debug)]
 pub struct CudaSource {
-    /// `forward_<dtype>_d<head dim>_g<group>_b<key block>_<tile kind>`.
+    /// `<forward|dq>_<dtype>_d<head dim>_g<group>_b<key block>_<tile kind>`.
     pub name: String,
     /// The kernel as NVRTC would receive it.
     pub source: String,
 }
 
-/// Every forward variant the GPU pass runs: f16, bf16 and f32 (exact and TF32), head dims 64,
-/// 128 and 96 (padded), groups of 32 and 64 rows, single keys and 64-key blocks.
-pub fn forward_sources() -> Result<Vec<CudaSource>, String> {
+/// Every forward and dQ variant the GPU pass runs: f16, bf16 and f32 (exact and TF32), head
+/// dims 64, 128 and 96 (padded), groups of 32 and 64 rows, single keys and 64-key blocks.
+pub fn kernel_sources() -> Result<Vec<CudaSource>, String> {
     let properties = sm80_properties();
     let mut sources = Vec::new();
     for (dtype, products) in [
@@ -49,18 +50,34 @@ pub fn forward_sources() -> Result<Vec<CudaSource>, String> {
     ] {
         for head_dim in [64, 128, 96] {
             for (group_size, key_block) in [(32, 1), (64, 64)] {
-                let plan =
-                    MatrixPlan::new(&properties, dtype, group_size, head_dim, products, true)
-                        .ok_or_else(|| format!("no plan for {dtype:?} d{head_dim}"))?;
-                let name = format!(
-                    "forward_{}_d{head_dim}_g{group_size}_b{key_block}_{}",
-                    dtype_name(dtype, products),
-                    if plan.tensor_cores { "cmma" } else { "scalar" }
-                );
-                let source =
-                    forward_source(&properties, dtype, plan, group_size, key_block, head_dim)
+                for (kernel, score_tiles) in [(Kernel::Forward, 1), (Kernel::Dq, 2)] {
+                    let plan = MatrixPlan::new(
+                        &properties,
+                        dtype,
+                        group_size,
+                        head_dim,
+                        products,
+                        true,
+                        score_tiles,
+                    )
+                    .ok_or_else(|| format!("no plan for {dtype:?} d{head_dim}"))?;
+                    let name = format!(
+                        "{}_{}_d{head_dim}_g{group_size}_b{key_block}_{}",
+                        kernel.name(),
+                        dtype_name(dtype, products),
+                        if plan.tensor_cores { "cmma" } else { "scalar" }
+                    );
+                    let case = Case {
+                        dtype,
+                        plan,
+                        group_size,
+                        key_block,
+                        head_dim,
+                    };
+                    let source = kernel_source(&properties, kernel, case)
                         .map_err(|e| format!("{name}: {e}"))?;
-                sources.push(CudaSource { name, source });
+                    sources.push(CudaSource { name, source });
+                }
             }
         }
     }
@@ -76,18 +93,40 @@ fn dtype_name(dtype: DType, products: F32Products) -> &'static str {
     }
 }
 
-fn forward_source(
-    properties: &DeviceProperties,
+#[derive(Clone, Copy)]
+enum Kernel {
+    Forward,
+    Dq,
+}
+
+impl Kernel {
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Forward => "forward",
+            Kernel::Dq => "dq",
+        }
+    }
+}
+
+/// One kernel variant's comptime arguments.
+#[derive(Clone, Copy)]
+struct Case {
     dtype: DType,
     plan: MatrixPlan,
     group_size: usize,
     key_block: usize,
     head_dim: usize,
+}
+
+fn kernel_source(
+    properties: &DeviceProperties,
+    kernel: Kernel,
+    case: Case,
 ) -> Result<String, String> {
     let (batch, heads, seq) = (1, 2, 1024);
     let budget = 8;
-    let groups = seq / group_size;
-    let elem = dtype.size();
+    let groups = seq / case.group_size;
+    let elem = case.dtype.size();
     let tensor = |shape: [usize; 4], elem_size: usize| {
         let strides = [
             shape[1] * shape[2] * shape[3],
@@ -104,32 +143,68 @@ fn forward_source(
         // SAFETY: the argument only describes a launch that is never made.
         unsafe { TensorArg::from_raw_parts(handle, strides.into(), shape.into()) }
     };
-    let kernel = sparse_forward_kernel::create_dummy_kernel(
-        Arc::new(properties.clone()),
-        Arc::new(target_properties()),
-        CubeCount::Static(groups as u32, heads as u32, batch as u32),
-        CubeDim::new_1d(plan.units()),
-        tensor([batch, heads, seq, head_dim], elem),
-        tensor([batch, heads, seq, head_dim], elem),
-        tensor([batch, heads, seq, head_dim], elem),
-        tensor([batch, heads, groups, budget], 4),
-        tensor([batch, heads, seq, head_dim], elem),
-        tensor([batch, heads, seq, 1], 4),
-        0.125,
-        seq as u32,
-        seq as u32,
-        budget as u32,
-        group_size,
-        key_block,
-        head_dim,
-        plan,
-        [
-            burn::backend::cubecl::dtype_to_storage_type(dtype),
-            plan.stage.storage(),
-            burn::backend::cubecl::dtype_to_storage_type(DType::I32),
-        ],
-    );
-    let definition = cubecl::define_kernel(&kernel).map_err(|e| e.to_string())?;
+    let rows = || tensor([batch, heads, seq, case.head_dim], elem);
+    let per_row = || tensor([batch, heads, seq, 1], 4);
+    let index = || tensor([batch, heads, groups, budget], 4);
+    let properties = Arc::new(properties.clone());
+    let target = Arc::new(target_properties());
+    let count = CubeCount::Static(groups as u32, heads as u32, batch as u32);
+    let dim = CubeDim::new_1d(case.plan.units());
+    let dtypes = [
+        burn::backend::cubecl::dtype_to_storage_type(case.dtype),
+        case.plan.stage.storage(),
+        burn::backend::cubecl::dtype_to_storage_type(DType::I32),
+    ];
+    let (scale, len, budget) = (0.125, seq as u32, budget as u32);
+    let (group_size, key_block, head_dim, plan) =
+        (case.group_size, case.key_block, case.head_dim, case.plan);
+    let definition = match kernel {
+        Kernel::Forward => cubecl::define_kernel(&sparse_forward_kernel::create_dummy_kernel(
+            properties,
+            target,
+            count,
+            dim,
+            rows(),
+            rows(),
+            rows(),
+            index(),
+            rows(),
+            per_row(),
+            scale,
+            len,
+            len,
+            budget,
+            group_size,
+            key_block,
+            head_dim,
+            plan,
+            dtypes,
+        )),
+        Kernel::Dq => cubecl::define_kernel(&dq_kernel::create_dummy_kernel(
+            properties,
+            target,
+            count,
+            dim,
+            rows(),
+            rows(),
+            rows(),
+            index(),
+            rows(),
+            per_row(),
+            per_row(),
+            rows(),
+            scale,
+            len,
+            len,
+            budget,
+            group_size,
+            key_block,
+            head_dim,
+            plan,
+            dtypes,
+        )),
+    }
+    .map_err(|e| e.to_string())?;
     CppCompiler::<Cuda>::default()
         .compile(definition, &CompilationOptions::default())
         .map(|kernel| kernel.to_string())

@@ -9,9 +9,23 @@ use burn::tensor::{DType, IntDType};
 use burn_cubecl::CubeBackend;
 
 use crate::kernel::cube::matrix::{F32Products, MatrixPlan};
-use crate::kernel::cube::tiles::{TilePlan, unrolls};
+use crate::kernel::cube::tiles::unrolls;
 use crate::kernel::cube::{backward, forward, select};
 use crate::{AttnInputs, SelectionConfig, SparseAttnOps, reference};
+
+/// The tile layout of the forward (one score tile) or dQ (two) kernel for `inputs` on their
+/// device; `None` where none fits (the reference body runs).
+fn matrix_plan(inputs: &AttnInputs<CubeBackend>, score_tiles: usize) -> Option<MatrixPlan> {
+    MatrixPlan::new(
+        inputs.q.client.properties(),
+        inputs.q.dtype,
+        inputs.layout.group_size,
+        inputs.q.shape().dims::<4>()[3],
+        F32Products::Exact,
+        unrolls(&inputs.q.client),
+        score_tiles,
+    )
+}
 
 impl SparseAttnOps for CubeBackend {
     fn select_critical_keys(
@@ -31,16 +45,7 @@ impl SparseAttnOps for CubeBackend {
     fn sparse_attention_forward(
         inputs: AttnInputs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let head_dim = inputs.q.shape().dims::<4>()[3];
-        let plan = MatrixPlan::new(
-            inputs.q.client.properties(),
-            inputs.q.dtype,
-            inputs.layout.group_size,
-            head_dim,
-            F32Products::Exact,
-            unrolls(&inputs.q.client),
-        );
-        match plan {
+        match matrix_plan(&inputs, 1) {
             Some(plan) => forward::sparse_attention_forward(inputs, plan),
             None => reference::sparse_attention_forward::<Self>(inputs),
         }
@@ -52,7 +57,7 @@ impl SparseAttnOps for CubeBackend {
         lse: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        match TilePlan::new(&inputs.q, inputs.layout.group_size, 2) {
+        match matrix_plan(&inputs, 2) {
             Some(plan) => backward::sparse_attention_backward(inputs, out, lse, grad_out, plan),
             None => reference::sparse_attention_backward::<Self>(inputs, out, lse, grad_out),
         }

@@ -18,8 +18,8 @@ use cubecl::cmma;
 use cubecl::prelude::*;
 
 use super::matrix::{
-    FRAG, MatrixPlan, PLANE, accumulate_output, is_row, load_key_tile, load_query_fragments,
-    load_query_row, score_tile, softmax_step, write_output,
+    FRAG, MatrixPlan, PLANE, accumulate_output, is_row, load_key_tile, load_row,
+    load_row_fragments, score_tile, softmax_step, write_output,
 };
 
 #[cube(launch, create_dummy_kernel)]
@@ -77,7 +77,7 @@ pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
     }));
     let mut q_row = Array::<f32>::new(comptime!(if plan.tensor_cores { 1 } else { head_dim }));
     if comptime!(plan.tensor_cores) {
-        load_query_fragments::<F, FM>(
+        load_row_fragments::<F, FM>(
             q,
             &mut k_tile,
             &mut q_frags,
@@ -103,7 +103,7 @@ pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
             ));
         }
     } else {
-        load_query_row::<F>(
+        load_row::<F>(
             q,
             &mut q_row,
             q_base,
@@ -179,6 +179,7 @@ pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
             plane,
             lane,
             plan,
+            true,
         );
         sync_cube();
         start += tile;

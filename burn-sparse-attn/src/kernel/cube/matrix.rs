@@ -32,6 +32,9 @@ pub(crate) const PLANE: usize = 32;
 pub(crate) const FRAG: usize = 16;
 /// Static shared memory a CUDA kernel may declare.
 const SHARED_LIMIT: usize = 48 * 1024;
+/// Largest query group and head dim the kernels take (larger ones run the reference body).
+const MAX_GROUP: usize = 256;
+const MAX_HEAD_DIM: usize = 256;
 /// Widest padded head dim on tensor cores: its accumulators and query fragments stay in
 /// registers.
 const MAX_TENSOR_CORE_DIM: usize = 128;
@@ -125,6 +128,8 @@ pub(crate) struct MatrixPlan {
 impl MatrixPlan {
     /// The layout for `group_size` rows of `head_dim` in `dtype` on a device with these
     /// properties; `None` when no layout fits (then the reference body runs).
+    /// `score_tiles` f32 score tiles share the cube's shared memory (the forward's scores; the
+    /// dQ kernel's scores and `dO·vᵀ`).
     pub(crate) fn new(
         properties: &cubecl::ir::DeviceProperties,
         dtype: DType,
@@ -132,10 +137,13 @@ impl MatrixPlan {
         head_dim: usize,
         f32_products: F32Products,
         unroll: bool,
+        score_tiles: usize,
     ) -> Option<Self> {
         let hardware = &properties.hardware;
         let planes = group_size.div_ceil(FRAG);
-        if group_size == 0 || head_dim == 0 || planes * PLANE > hardware.max_units_per_cube as usize
+        if !(1..=MAX_GROUP).contains(&group_size)
+            || !(1..=MAX_HEAD_DIM).contains(&head_dim)
+            || planes * PLANE > hardware.max_units_per_cube as usize
         {
             return None;
         }
@@ -157,7 +165,7 @@ impl MatrixPlan {
         let rows = planes * FRAG;
         let bytes = |tile: usize| {
             2 * tile * padded_dim * stage.bytes()
-                + rows * tile * (4 + stage.bytes())
+                + rows * tile * (4 * score_tiles + stage.bytes())
                 + 4 * tile
                 + 4 * rows
         };
@@ -251,11 +259,11 @@ pub(crate) fn load_key_tile<F: Float, FM: Float, I: Numeric>(
     }
 }
 
-/// Loads the plane's query rows as `A` fragments, staging each plane's rows in turn through
-/// `staging` (the key tile, free before the first key tile).
+/// Loads the plane's rows of `rows` (q, or dO) as `A` fragments, staging each plane's rows in
+/// turn through `staging` (a key tile, free before the first key tile).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn load_query_fragments<F: Float, FM: Float>(
+pub(crate) fn load_row_fragments<F: Float, FM: Float>(
     q: &Tensor<F>,
     staging: &mut Shared<[FM]>,
     frags: &mut Sequence<cmma::Matrix<FM>>,
@@ -391,11 +399,11 @@ pub(crate) fn score_tile<FM: Float>(
     }
 }
 
-/// This unit's query row in registers for the scalar score tiles (units `lane` and
+/// This unit's row of `q` (or dO) in registers for the scalar score tiles (units `lane` and
 /// `lane + FRAG` share row `lane % FRAG` of the plane); zero past the group or sequence.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn load_query_row<F: Float>(
+pub(crate) fn load_row<F: Float>(
     q: &Tensor<F>,
     q_row: &mut Array<f32>,
     q_base: usize,
@@ -469,7 +477,8 @@ pub(crate) fn softmax_step<FM: Float>(
     }
 }
 
-/// The plane's output rows: `out = out·row_scale + probs·v_tile` over the tile.
+/// The plane's output rows: `out = out·row_scale + probs·v_tile` over the tile (`out +=
+/// probs·v_tile` without `rescale`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_output<FM: Float>(
@@ -482,6 +491,7 @@ pub(crate) fn accumulate_output<FM: Float>(
     plane: usize,
     lane: usize,
     #[comptime] plan: MatrixPlan,
+    #[comptime] rescale: bool,
 ) {
     let tile = comptime!(plan.tile);
     let padded_dim = comptime!(plan.padded_dim);
@@ -490,7 +500,9 @@ pub(crate) fn accumulate_output<FM: Float>(
         let frag_k = comptime!(plan.frag_k());
         #[unroll]
         for f in 0..comptime!(padded_dim / FRAG) {
-            scale_fragment_rows(o_frags, f, scores, row_scale, plane, lane, tile);
+            if comptime!(rescale) {
+                scale_fragment_rows(o_frags, f, scores, row_scale, plane, lane, tile);
+            }
             #[unroll]
             for kk in 0..comptime!(tile / frag_k) {
                 let p = cmma::Matrix::<FM>::from_slice(
@@ -521,7 +533,10 @@ pub(crate) fn accumulate_output<FM: Float>(
             let e = lane + PLANE * i;
             let local = plane * FRAG + e / padded_dim;
             let d = e % padded_dim;
-            let mut value = o_regs[i] * row_scale[local];
+            let mut value = o_regs[i];
+            if comptime!(rescale) {
+                value *= row_scale[local];
+            }
             for j in 0..tile {
                 value += f32::cast_from(probs[local * tile + j])
                     * f32::cast_from(v_tile[j * padded_dim + d]);

@@ -1,15 +1,21 @@
-//! dQ by gathering: a cube per query group streams the group's keys through shared memory,
-//! as the forward does, and recomputes `P` from the saved log-sum-exp.
+//! dQ by gathering, laid out as the forward (a cube per query group, a plane per 16 rows, the
+//! group's selected keys through shared K/V tiles): per tile the planes form `q·kᵀ` and
+//! `dO·vᵀ`, the unit that owns a row turns them into `dS = P∘(dP − Δ)·scale` with `P`
+//! recomputed from the saved log-sum-exp, and the planes accumulate `dS·k`. The matrix steps
+//! run on tensor cores or scalar tiles, as in the forward ([`MatrixPlan`]).
 
 use burn_cubecl::cubecl;
+use cubecl::cmma;
 use cubecl::prelude::*;
 
-use crate::kernel::cube::matrix::load_key_tile;
-use crate::kernel::cube::tiles::{lane_partials, row_score};
+use crate::kernel::cube::matrix::{
+    FRAG, MatrixPlan, PLANE, accumulate_output, is_row, load_key_tile, load_row,
+    load_row_fragments, score_tile, write_output,
+};
 
-#[cube(launch)]
+#[cube(launch, create_dummy_kernel)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn dq_kernel<F: Float, I: Numeric>(
+pub(crate) fn dq_kernel<F: Float, FM: Float, I: Numeric>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
@@ -25,61 +31,135 @@ pub(super) fn dq_kernel<F: Float, I: Numeric>(
     #[comptime] group_size: usize,
     #[comptime] key_block: usize,
     #[comptime] head_dim: usize,
-    #[comptime] tile: usize,
-    #[comptime] lanes: usize,
-    #[comptime] row_stride: usize,
-    #[comptime] unroll: bool,
-    #[define(F, I)] _dtypes: [ElemType; 2],
+    #[comptime] plan: MatrixPlan,
+    #[define(F, FM, I)] _dtypes: [ElemType; 3],
 ) {
     let g = CUBE_POS_X as usize;
     let h = CUBE_POS_Y as usize;
     let b = CUBE_POS_Z as usize;
     let unit = UNIT_POS_X as usize;
-    let local = unit / lanes;
-    let lane = unit % lanes;
+    let plane = unit / PLANE;
+    let lane = unit % PLANE;
+    let query_len = query_len as usize;
     let key_len = key_len as usize;
-    let row = g * group_size + local;
-    let active = row < query_len as usize;
-    let per_lane = comptime!(head_dim / lanes);
+    let group_start = g * group_size;
+    let tile = comptime!(plan.tile);
+    let padded_dim = comptime!(plan.padded_dim);
+    let rows = comptime!(plan.planes * FRAG);
 
-    // This unit's dims of the row's q, dO and dQ accumulator.
-    let mut q_part = Array::<f32>::new(per_lane);
-    let mut do_part = Array::<f32>::new(per_lane);
-    let mut acc = Array::<f32>::new(per_lane);
-    let q_base = b * q.stride(0) + h * q.stride(1) + row * q.stride(2);
-    let do_base = b * d_out.stride(0) + h * d_out.stride(1) + row * d_out.stride(2);
-    let mut row_lse = f32::new(0.0);
-    let mut row_delta = f32::new(0.0);
-    if active {
-        row_lse = lse[b * lse.stride(0) + h * lse.stride(1) + row * lse.stride(2)];
-        row_delta = delta[b * delta.stride(0) + h * delta.stride(1) + row * delta.stride(2)];
-    }
-    #[unroll(unroll)]
-    for i in 0..per_lane {
-        let d = lane + lanes * i;
-        let mut qv = f32::new(0.0);
-        let mut dv = f32::new(0.0);
-        if active {
-            qv = f32::cast_from(q[q_base + d * q.stride(3)]);
-            dv = f32::cast_from(d_out[do_base + d * d_out.stride(3)]);
-        }
-        q_part[i] = qv;
-        do_part[i] = dv;
-        acc[i] = 0.0f32;
-    }
-
-    let mut k_tile = Shared::<[f32]>::new_slice(tile * head_dim);
-    let mut v_tile = Shared::<[f32]>::new_slice(tile * head_dim);
+    let mut k_tile = Shared::<[FM]>::new_slice(tile * padded_dim);
+    let mut v_tile = Shared::<[FM]>::new_slice(tile * padded_dim);
     let mut valid = Shared::<[u32]>::new_slice(tile);
-    let mut score_partial = Shared::<[f32]>::new_slice(group_size * row_stride);
-    let mut dp_partial = Shared::<[f32]>::new_slice(group_size * row_stride);
+    let mut scores = Shared::<[f32]>::new_slice(rows * tile);
+    let mut dp = Shared::<[f32]>::new_slice(rows * tile);
+    let mut ds = Shared::<[FM]>::new_slice(rows * tile);
+    let mut row_scale = Shared::<[f32]>::new_slice(rows);
+
+    let q_base = b * q.stride(0) + h * q.stride(1);
+    let do_base = b * d_out.stride(0) + h * d_out.stride(1);
     let k_base = b * k.stride(0) + h * k.stride(1);
     let v_base = b * v.stride(0) + h * v.stride(1);
     let index_base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
     let total = budget as usize * key_block;
+
+    let mut q_frags = Sequence::<cmma::Matrix<FM>>::new();
+    let mut do_frags = Sequence::<cmma::Matrix<FM>>::new();
+    let mut o_frags = Sequence::<cmma::Matrix<f32>>::new();
+    let regs = comptime!(if plan.tensor_cores { 1 } else { head_dim });
+    let mut q_row = Array::<f32>::new(regs);
+    let mut do_row = Array::<f32>::new(regs);
+    let mut o_regs = Array::<f32>::new(comptime!(if plan.tensor_cores {
+        1
+    } else {
+        FRAG * padded_dim / PLANE
+    }));
+    if comptime!(plan.tensor_cores) {
+        load_row_fragments::<F, FM>(
+            q,
+            &mut k_tile,
+            &mut q_frags,
+            q_base,
+            group_start,
+            query_len,
+            plane,
+            group_size,
+            head_dim,
+            padded_dim,
+            plan.planes,
+            plan.frag_k(),
+        );
+        load_row_fragments::<F, FM>(
+            d_out,
+            &mut k_tile,
+            &mut do_frags,
+            do_base,
+            group_start,
+            query_len,
+            plane,
+            group_size,
+            head_dim,
+            padded_dim,
+            plan.planes,
+            plan.frag_k(),
+        );
+        #[unroll]
+        for _ in 0..comptime!(padded_dim / FRAG) {
+            o_frags.push(cmma::Matrix::<f32>::from_value(
+                cmma::MatrixIdent::Accumulator,
+                FRAG,
+                FRAG,
+                plan.frag_k(),
+                cmma::MatrixLayout::Undefined,
+                0.0,
+            ));
+        }
+    } else {
+        load_row::<F>(
+            q,
+            &mut q_row,
+            q_base,
+            group_start,
+            query_len,
+            plane,
+            lane,
+            group_size,
+            head_dim,
+            plan.unroll,
+        );
+        load_row::<F>(
+            d_out,
+            &mut do_row,
+            do_base,
+            group_start,
+            query_len,
+            plane,
+            lane,
+            group_size,
+            head_dim,
+            plan.unroll,
+        );
+        #[unroll(plan.unroll)]
+        for i in 0..comptime!(FRAG * padded_dim / PLANE) {
+            o_regs[i] = 0.0f32;
+        }
+    }
+
+    // The row this unit owns (`lane < FRAG`): its log-sum-exp and Δ = rowsum(dO∘O).
+    let local = plane * FRAG + lane;
+    let row = group_start + local;
+    let mut row_lse = f32::new(0.0);
+    let mut row_delta = f32::new(0.0);
+    if lane < FRAG {
+        if is_row(local, row, query_len, group_size) {
+            row_lse = lse[b * lse.stride(0) + h * lse.stride(1) + row * lse.stride(2)];
+            row_delta = delta[b * delta.stride(0) + h * delta.stride(1) + row * delta.stride(2)];
+        }
+        row_scale[local] = 1.0f32;
+    }
+
     let mut start = 0usize;
     while start < total {
-        load_key_tile::<F, f32, I>(
+        load_key_tile::<F, FM, I>(
             k,
             v,
             index,
@@ -94,60 +174,87 @@ pub(super) fn dq_kernel<F: Float, I: Numeric>(
             key_len,
             key_block,
             head_dim,
-            head_dim,
+            padded_dim,
             tile,
         );
         sync_cube();
-        lane_partials(
-            &q_part,
+        score_tile::<FM>(
+            &q_frags,
+            &q_row,
             &k_tile,
-            &mut score_partial,
-            local,
+            &mut scores,
+            plane,
             lane,
-            tile,
             head_dim,
-            lanes,
-            row_stride,
-            unroll,
+            plan,
         );
-        lane_partials(
-            &do_part,
-            &v_tile,
-            &mut dp_partial,
-            local,
-            lane,
-            tile,
-            head_dim,
-            lanes,
-            row_stride,
-            unroll,
+        score_tile::<FM>(
+            &do_frags, &do_row, &v_tile, &mut dp, plane, lane, head_dim, plan,
         );
         sync_cube();
-        #[unroll(unroll)]
-        for j in 0..tile {
-            let mut ds = f32::new(0.0);
-            if valid[j] == 1u32 {
-                let p = (row_score(&score_partial, local, j, lanes, row_stride, unroll) * scale
-                    - row_lse)
-                    .exp();
-                ds = p
-                    * (row_score(&dp_partial, local, j, lanes, row_stride, unroll) - row_delta)
-                    * scale;
-            }
-            #[unroll(unroll)]
-            for i in 0..per_lane {
-                acc[i] += ds * k_tile[j * head_dim + lane + lanes * i];
-            }
-        }
+        score_gradients::<FM>(
+            &scores, &dp, &mut ds, &valid, row_lse, row_delta, scale, plane, lane, tile,
+        );
+        sync_cube();
+        accumulate_output::<FM>(
+            &mut o_frags,
+            &mut o_regs,
+            &ds,
+            &k_tile,
+            &mut scores,
+            &row_scale,
+            plane,
+            lane,
+            plan,
+            false,
+        );
         sync_cube();
         start += tile;
     }
-    if active {
-        let base = b * dq.stride(0) + h * dq.stride(1) + row * dq.stride(2);
-        let step = dq.stride(3);
-        #[unroll(unroll)]
-        for i in 0..per_lane {
-            dq[base + (lane + lanes * i) * step] = F::cast_from(acc[i]);
+
+    let o_base = b * dq.stride(0) + h * dq.stride(1);
+    write_output::<F>(
+        dq,
+        &mut o_frags,
+        &o_regs,
+        &mut scores,
+        &row_scale,
+        o_base,
+        group_start,
+        query_len,
+        plane,
+        lane,
+        group_size,
+        head_dim,
+        plan,
+    );
+}
+
+/// `dS = P∘(dP − Δ)·scale` for the tile's keys of the row this unit owns (`lane < FRAG`), with
+/// `P = exp(s·scale − lse)`; zero for slots past the selection's end.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn score_gradients<FM: Float>(
+    scores: &Shared<[f32]>,
+    dp: &Shared<[f32]>,
+    ds: &mut Shared<[FM]>,
+    valid: &Shared<[u32]>,
+    row_lse: f32,
+    row_delta: f32,
+    scale: f32,
+    plane: usize,
+    lane: usize,
+    #[comptime] tile: usize,
+) {
+    if lane < FRAG {
+        let base = (plane * FRAG + lane) * tile;
+        for j in 0..tile {
+            let mut value = f32::new(0.0);
+            if valid[j] == 1u32 {
+                let p = (scores[base + j] * scale - row_lse).exp();
+                value = p * (dp[base + j] - row_delta) * scale;
+            }
+            ds[base + j] = FM::cast_from(value);
         }
     }
 }

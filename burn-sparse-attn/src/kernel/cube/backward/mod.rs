@@ -18,14 +18,15 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 mod dkdv;
-mod dq;
+pub(crate) mod dq;
 mod invert;
 
 use dkdv::{dkdv_kernel, dkdv_lanes};
 use dq::dq_kernel;
 use invert::invert_kernel;
 
-use super::tiles::{TilePlan, unrolls};
+use super::matrix::MatrixPlan;
+use super::tiles::unrolls;
 
 /// Threads of the element-wise kernels.
 pub(super) const UNITS: u32 = 128;
@@ -67,13 +68,13 @@ fn elementwise(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
 }
 
 /// Launches the backward kernels → `(dq, dk, dv)` typed like `q, k, v`; dQ laid out by
-/// `plan` ([`TilePlan::new`] with two score arrays).
+/// `plan` ([`MatrixPlan::new`] with two score tiles).
 pub(crate) fn sparse_attention_backward(
     inputs: AttnInputs<CubeBackend>,
     out: CubeTensor,
     lse: CubeTensor,
     grad_out: CubeTensor,
-    plan: TilePlan,
+    plan: MatrixPlan,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let shape = inputs.shape();
     let (groups, units) = (shape.groups(), shape.units());
@@ -119,7 +120,7 @@ pub(crate) fn sparse_attention_backward(
     dq_kernel::launch(
         &client,
         CubeCount::Static(groups as u32, shape.heads as u32, shape.batch as u32),
-        CubeDim::new_1d(plan.units(shape.group_size)),
+        CubeDim::new_1d(plan.units()),
         q.clone().into_tensor_arg(),
         k.clone().into_tensor_arg(),
         v.clone().into_tensor_arg(),
@@ -135,11 +136,12 @@ pub(crate) fn sparse_attention_backward(
         shape.group_size,
         shape.key_block,
         shape.head_dim,
-        plan.tile,
-        plan.lanes,
-        plan.row_stride(),
-        plan.unroll,
-        [dtype_to_storage_type(fdt), dtype_to_storage_type(idt)],
+        plan,
+        [
+            dtype_to_storage_type(fdt),
+            plan.stage.storage(),
+            dtype_to_storage_type(idt),
+        ],
     );
 
     // Invert the index: counts per unit, exclusive prefix sums, then the lists.
