@@ -150,11 +150,7 @@ fn kernel_source(
     let target = Arc::new(target_properties());
     let count = CubeCount::Static(groups as u32, heads as u32, batch as u32);
     let dim = CubeDim::new_1d(case.plan.units());
-    let dtypes = [
-        burn::backend::cubecl::dtype_to_storage_type(case.dtype),
-        case.plan.stage.storage(),
-        burn::backend::cubecl::dtype_to_storage_type(DType::I32),
-    ];
+    let dtypes = case.plan.kernel_dtypes(case.dtype, DType::I32);
     let (scale, len, budget) = (0.125, seq as u32, budget as u32);
     let (group_size, key_block, head_dim, plan) =
         (case.group_size, case.key_block, case.head_dim, case.plan);

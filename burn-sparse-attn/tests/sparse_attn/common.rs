@@ -99,6 +99,19 @@ pub fn random_data(shape: [usize; 4], seed: u64) -> TensorData {
     TensorData::new((0..n).map(|_| rng.uniform()).collect::<Vec<f32>>(), shape)
 }
 
+/// Inputs on a grid of 1/8 in [-1, 1]: with power-of-two groups and blocks every score is
+/// exact, so native and reference must agree id for id, ties included.
+pub fn grid_data(shape: [usize; 4], seed: u64) -> TensorData {
+    let mut rng = Rng::new(seed);
+    let n = shape.iter().product();
+    TensorData::new(
+        (0..n)
+            .map(|_| (rng.below(17) as f32 - 8.0) / 8.0)
+            .collect::<Vec<f32>>(),
+        shape,
+    )
+}
+
 /// Random q `[b, h, sq, d]`, k and v `[b, h, sk, d]` and an output weight like q (the loss
 /// `sum(out · w)` of a gradient check), from `seed` on.
 pub fn gradient_case_data([b, h, sq, sk, d]: [usize; 5], seed: u64) -> [TensorData; 4] {

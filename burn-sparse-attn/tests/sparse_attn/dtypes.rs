@@ -74,17 +74,7 @@ fn selection_on_half_inputs_picks_the_f32_keys(device: &Device) {
     // Eighths in [-1, 1] are exact in both half dtypes, and every partial sum of the scores
     // is exact in f32: the selection must agree id for id.
     let (b, h, s, r) = (2, 2, 96, 16);
-    let mut rng = Rng::new(77);
-    let mut grid = |shape: [usize; 4]| {
-        let n = shape.iter().product();
-        TensorData::new(
-            (0..n)
-                .map(|_| (rng.below(17) as f32 - 8.0) / 8.0)
-                .collect::<Vec<f32>>(),
-            shape,
-        )
-    };
-    let (q_lr, k_lr) = (grid([b, h, s, r]), grid([b, h, s, r]));
+    let (q_lr, k_lr) = (grid_data([b, h, s, r], 77), grid_data([b, h, s, r], 78));
     for config in [
         SelectionConfig::new(16, 12),
         SelectionConfig::new(32, 3).with_key_block(16),

@@ -3,7 +3,7 @@
 //! where they are fast, except the selection oracle and one forward case, which run on the
 //! backend itself: the reference bodies are also the Cube backends' fallback.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use burn_sparse_attn::{SelectionConfig, oracle, select_critical_keys, sparse_attention_with_lse};
 
 use crate::common::*;
@@ -93,19 +93,6 @@ fn gradients_match_the_reference_autodiff(device: &Device) {
             }
         }
     }
-}
-
-/// Inputs on a grid of 1/8 in [-1, 1]: with power-of-two groups and blocks every score is
-/// exact, so native and reference must agree id for id, ties included.
-fn grid_data(shape: [usize; 4], seed: u64) -> TensorData {
-    let mut rng = Rng::new(seed);
-    let n = shape.iter().product();
-    TensorData::new(
-        (0..n)
-            .map(|_| (rng.below(17) as f32 - 8.0) / 8.0)
-            .collect::<Vec<f32>>(),
-        shape,
-    )
 }
 
 fn selection_matches_the_reference_id_for_id(device: &Device) {

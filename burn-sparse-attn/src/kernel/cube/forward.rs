@@ -7,7 +7,6 @@
 
 use crate::AttnInputs;
 use burn::backend::TensorMetadata;
-use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
@@ -18,8 +17,8 @@ use cubecl::cmma;
 use cubecl::prelude::*;
 
 use super::matrix::{
-    FRAG, MatrixPlan, PLANE, accumulate_output, is_row, load_key_tile, load_row,
-    load_row_fragments, score_tile, softmax_step, write_output,
+    FRAG, MatrixPlan, PLANE, accumulate_output, init_output, is_row, load_key_tile, load_rows,
+    score_tile, softmax_step, write_output,
 };
 
 #[cube(launch, create_dummy_kernel)]
@@ -67,59 +66,26 @@ pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
     let index_base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
     let total = budget as usize * key_block;
 
-    // The output accumulators: fragments on tensor cores, this unit's elements otherwise.
+    // q as the score step's left operand, and the output accumulators.
     let mut q_frags = Sequence::<cmma::Matrix<FM>>::new();
     let mut o_frags = Sequence::<cmma::Matrix<f32>>::new();
-    let mut o_regs = Array::<f32>::new(comptime!(if plan.tensor_cores {
-        1
-    } else {
-        FRAG * padded_dim / PLANE
-    }));
-    let mut q_row = Array::<f32>::new(comptime!(if plan.tensor_cores { 1 } else { head_dim }));
-    if comptime!(plan.tensor_cores) {
-        load_row_fragments::<F, FM>(
-            q,
-            &mut k_tile,
-            &mut q_frags,
-            q_base,
-            group_start,
-            query_len,
-            plane,
-            group_size,
-            head_dim,
-            padded_dim,
-            plan.planes,
-            plan.frag_k(),
-        );
-        #[unroll]
-        for _ in 0..comptime!(padded_dim / FRAG) {
-            o_frags.push(cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                FRAG,
-                FRAG,
-                plan.frag_k(),
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            ));
-        }
-    } else {
-        load_row::<F>(
-            q,
-            &mut q_row,
-            q_base,
-            group_start,
-            query_len,
-            plane,
-            lane,
-            group_size,
-            head_dim,
-            plan.unroll,
-        );
-        #[unroll(plan.unroll)]
-        for i in 0..comptime!(FRAG * padded_dim / PLANE) {
-            o_regs[i] = 0.0f32;
-        }
-    }
+    let mut o_regs = Array::<f32>::new(comptime!(plan.output_regs()));
+    let mut q_row = Array::<f32>::new(comptime!(plan.row_regs(head_dim)));
+    load_rows::<F, FM>(
+        q,
+        &mut k_tile,
+        &mut q_frags,
+        &mut q_row,
+        q_base,
+        group_start,
+        query_len,
+        plane,
+        lane,
+        group_size,
+        head_dim,
+        plan,
+    );
+    init_output(&mut o_frags, &mut o_regs, plan);
 
     // Row statistics, kept by the unit that owns the row (`lane < FRAG`).
     let mut running_max = f32::new(-1.0e30);
@@ -231,11 +197,7 @@ pub(crate) fn sparse_attention_forward(
         Shape::new([shape.batch, shape.heads, shape.query_len]),
         DType::F32,
     );
-    let dtypes = [
-        dtype_to_storage_type(q.dtype),
-        plan.stage.storage(),
-        dtype_to_storage_type(index.dtype),
-    ];
+    let dtypes = plan.kernel_dtypes(q.dtype, index.dtype);
     sparse_forward_kernel::launch(
         &client,
         CubeCount::Static(groups as u32, shape.heads as u32, shape.batch as u32),

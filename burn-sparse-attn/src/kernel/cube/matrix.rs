@@ -51,7 +51,7 @@ pub(crate) enum Stage {
 }
 
 impl Stage {
-    pub(crate) fn storage(&self) -> ElemType {
+    fn storage(&self) -> ElemType {
         match self {
             Stage::F32 => dtype_to_storage_type(DType::F32),
             Stage::Half(dtype) => dtype_to_storage_type(*dtype),
@@ -196,6 +196,32 @@ impl MatrixPlan {
     pub(crate) fn frag_k(&self) -> usize {
         self.stage.frag_k()
     }
+
+    /// Registers a unit holds for one left-hand row of the scalar score tiles (1 on tensor
+    /// cores, where the rows are fragments).
+    pub(crate) fn row_regs(&self, head_dim: usize) -> usize {
+        if self.tensor_cores { 1 } else { head_dim }
+    }
+
+    /// Output elements a unit holds on scalar tiles (1 on tensor cores, where the output is
+    /// fragments).
+    pub(crate) fn output_regs(&self) -> usize {
+        if self.tensor_cores {
+            1
+        } else {
+            FRAG * self.padded_dim / PLANE
+        }
+    }
+
+    /// The `#[define(F, FM, I)]` types of a kernel on inputs of `dtype` and an index of
+    /// `index`: the input, the stage, the index.
+    pub(crate) fn kernel_dtypes(&self, dtype: DType, index: DType) -> [ElemType; 3] {
+        [
+            dtype_to_storage_type(dtype),
+            self.stage.storage(),
+            dtype_to_storage_type(index),
+        ]
+    }
 }
 
 /// Loads keys `start .. start + tile` of a group's flattened selection into the shared K/V
@@ -259,11 +285,88 @@ pub(crate) fn load_key_tile<F: Float, FM: Float, I: Numeric>(
     }
 }
 
+/// The plane's rows of `rows` (q, or dO) as the left operand of [`score_tile`]: `A`
+/// fragments on tensor cores (staged through `staging`, a key tile free before the first
+/// key tile), else this unit's row in `regs`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_rows<F: Float, FM: Float>(
+    rows: &Tensor<F>,
+    staging: &mut Shared<[FM]>,
+    frags: &mut Sequence<cmma::Matrix<FM>>,
+    regs: &mut Array<f32>,
+    base: usize,
+    group_start: usize,
+    query_len: usize,
+    plane: usize,
+    lane: usize,
+    #[comptime] group_size: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] plan: MatrixPlan,
+) {
+    if comptime!(plan.tensor_cores) {
+        load_row_fragments::<F, FM>(
+            rows,
+            staging,
+            frags,
+            base,
+            group_start,
+            query_len,
+            plane,
+            group_size,
+            head_dim,
+            plan.padded_dim,
+            plan.planes,
+            plan.frag_k(),
+        );
+    } else {
+        load_row::<F>(
+            rows,
+            regs,
+            base,
+            group_start,
+            query_len,
+            plane,
+            lane,
+            group_size,
+            head_dim,
+            plan.unroll,
+        );
+    }
+}
+
+/// Zero output accumulators: fragments on tensor cores, this unit's elements otherwise.
+#[cube]
+pub(crate) fn init_output(
+    o_frags: &mut Sequence<cmma::Matrix<f32>>,
+    o_regs: &mut Array<f32>,
+    #[comptime] plan: MatrixPlan,
+) {
+    if comptime!(plan.tensor_cores) {
+        #[unroll]
+        for _ in 0..comptime!(plan.padded_dim / FRAG) {
+            o_frags.push(cmma::Matrix::<f32>::from_value(
+                MatrixIdent::Accumulator,
+                FRAG,
+                FRAG,
+                plan.frag_k(),
+                MatrixLayout::Undefined,
+                0.0,
+            ));
+        }
+    } else {
+        #[unroll(plan.unroll)]
+        for i in 0..comptime!(plan.output_regs()) {
+            o_regs[i] = 0.0f32;
+        }
+    }
+}
+
 /// Loads the plane's rows of `rows` (q, or dO) as `A` fragments, staging each plane's rows in
 /// turn through `staging` (a key tile, free before the first key tile).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn load_row_fragments<F: Float, FM: Float>(
+fn load_row_fragments<F: Float, FM: Float>(
     q: &Tensor<F>,
     staging: &mut Shared<[FM]>,
     frags: &mut Sequence<cmma::Matrix<FM>>,
@@ -403,7 +506,7 @@ pub(crate) fn score_tile<FM: Float>(
 /// `lane + FRAG` share row `lane % FRAG` of the plane); zero past the group or sequence.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn load_row<F: Float>(
+fn load_row<F: Float>(
     q: &Tensor<F>,
     q_row: &mut Array<f32>,
     q_base: usize,

@@ -9,8 +9,8 @@ use cubecl::cmma;
 use cubecl::prelude::*;
 
 use crate::kernel::cube::matrix::{
-    FRAG, MatrixPlan, PLANE, accumulate_output, is_row, load_key_tile, load_row,
-    load_row_fragments, score_tile, write_output,
+    FRAG, MatrixPlan, PLANE, accumulate_output, init_output, is_row, load_key_tile, load_rows,
+    score_tile, write_output,
 };
 
 #[cube(launch, create_dummy_kernel)]
@@ -62,87 +62,42 @@ pub(crate) fn dq_kernel<F: Float, FM: Float, I: Numeric>(
     let index_base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
     let total = budget as usize * key_block;
 
+    // q and dO as the score steps' left operands, and the dQ accumulators.
     let mut q_frags = Sequence::<cmma::Matrix<FM>>::new();
     let mut do_frags = Sequence::<cmma::Matrix<FM>>::new();
     let mut o_frags = Sequence::<cmma::Matrix<f32>>::new();
-    let regs = comptime!(if plan.tensor_cores { 1 } else { head_dim });
-    let mut q_row = Array::<f32>::new(regs);
-    let mut do_row = Array::<f32>::new(regs);
-    let mut o_regs = Array::<f32>::new(comptime!(if plan.tensor_cores {
-        1
-    } else {
-        FRAG * padded_dim / PLANE
-    }));
-    if comptime!(plan.tensor_cores) {
-        load_row_fragments::<F, FM>(
-            q,
-            &mut k_tile,
-            &mut q_frags,
-            q_base,
-            group_start,
-            query_len,
-            plane,
-            group_size,
-            head_dim,
-            padded_dim,
-            plan.planes,
-            plan.frag_k(),
-        );
-        load_row_fragments::<F, FM>(
-            d_out,
-            &mut k_tile,
-            &mut do_frags,
-            do_base,
-            group_start,
-            query_len,
-            plane,
-            group_size,
-            head_dim,
-            padded_dim,
-            plan.planes,
-            plan.frag_k(),
-        );
-        #[unroll]
-        for _ in 0..comptime!(padded_dim / FRAG) {
-            o_frags.push(cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                FRAG,
-                FRAG,
-                plan.frag_k(),
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            ));
-        }
-    } else {
-        load_row::<F>(
-            q,
-            &mut q_row,
-            q_base,
-            group_start,
-            query_len,
-            plane,
-            lane,
-            group_size,
-            head_dim,
-            plan.unroll,
-        );
-        load_row::<F>(
-            d_out,
-            &mut do_row,
-            do_base,
-            group_start,
-            query_len,
-            plane,
-            lane,
-            group_size,
-            head_dim,
-            plan.unroll,
-        );
-        #[unroll(plan.unroll)]
-        for i in 0..comptime!(FRAG * padded_dim / PLANE) {
-            o_regs[i] = 0.0f32;
-        }
-    }
+    let mut q_row = Array::<f32>::new(comptime!(plan.row_regs(head_dim)));
+    let mut do_row = Array::<f32>::new(comptime!(plan.row_regs(head_dim)));
+    let mut o_regs = Array::<f32>::new(comptime!(plan.output_regs()));
+    load_rows::<F, FM>(
+        q,
+        &mut k_tile,
+        &mut q_frags,
+        &mut q_row,
+        q_base,
+        group_start,
+        query_len,
+        plane,
+        lane,
+        group_size,
+        head_dim,
+        plan,
+    );
+    load_rows::<F, FM>(
+        d_out,
+        &mut k_tile,
+        &mut do_frags,
+        &mut do_row,
+        do_base,
+        group_start,
+        query_len,
+        plane,
+        lane,
+        group_size,
+        head_dim,
+        plan,
+    );
+    init_output(&mut o_frags, &mut o_regs, plan);
 
     // The row this unit owns (`lane < FRAG`): its log-sum-exp and Δ = rowsum(dO∘O).
     let local = plane * FRAG + lane;

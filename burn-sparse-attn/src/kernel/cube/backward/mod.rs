@@ -137,11 +137,7 @@ pub(crate) fn sparse_attention_backward(
         shape.key_block,
         shape.head_dim,
         plan,
-        [
-            dtype_to_storage_type(fdt),
-            plan.stage.storage(),
-            dtype_to_storage_type(idt),
-        ],
+        plan.kernel_dtypes(fdt, idt),
     );
 
     // Invert the index: counts per unit, exclusive prefix sums, then the lists.
