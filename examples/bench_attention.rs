@@ -32,6 +32,8 @@ use burn_sparse_video::sparse_attn::{
 mod allocator;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/limits.rs"]
+mod limits;
 #[path = "common/measure.rs"]
 mod measure;
 #[path = "common/report.rs"]
@@ -135,6 +137,19 @@ fn parse_args() -> Args {
             a.dense_mem_gib
         ));
     }
+    // The largest case: q, k, v, the output and their gradients (f32, about ten tensors of
+    // [heads, S, D]) and the selected-key index with its inverse (4 bytes per selected key).
+    let (seq, dim) = (a.seqs.iter().max(), a.head_dims.iter().max());
+    let (seq, dim) = (*seq.expect("checked"), *dim.expect("checked"));
+    let densest = a.sparsities.iter().copied().fold(1.0, f64::min);
+    let selected = ((1.0 - densest) * seq as f64).ceil() as usize;
+    let tensors = limits::bytes_of(&[10, 4, a.heads, seq, dim]);
+    let index = limits::bytes_of(&[2, 4, a.heads, seq.div_ceil(a.group), selected]);
+    limits::check_fits(
+        "--seq",
+        &format!("a case of S = {seq}, D = {dim}, {} heads", a.heads),
+        tensors.zip(index).and_then(|(t, i)| t.checked_add(i)),
+    );
     a
 }
 

@@ -385,6 +385,8 @@ fn finish(args: &Args, report: serde_json::Value) {
     report::write_json(&args.out, &report);
 }
 
+#[path = "common/limits.rs"]
+mod limits;
 #[path = "common/ranks.rs"]
 mod ranks;
 #[path = "common/report.rs"]
@@ -400,6 +402,18 @@ fn main() {
             "error: --ranks must be ≥ 1 and divide --heads, and --seq a multiple of 64 × ranks"
         );
         std::process::exit(2);
+    }
+    // Dense attention's scores and probabilities (f32, kept for the backward) over all heads,
+    // and about ten [heads, S, D] tensors; threads share this machine's memory, processes of
+    // an MPI job may each have a machine (so only overflow is refused there).
+    let [h, s, d] = [args.heads, args.seq, args.head_dim];
+    let need = limits::bytes_of(&[12, h, s, s])
+        .zip(limits::bytes_of(&[40, h, s, d]))
+        .and_then(|(scores, tensors)| scores.checked_add(tensors));
+    let what = format!("dense attention over S = {s} with {h} heads of D = {d}");
+    match args.transport {
+        Transport::Threads => limits::check_fits("--seq", &what, need),
+        Transport::Mpi => limits::check_fits("--seq", &what, need.map(|_| 0)),
     }
     if args.transport == Transport::Mpi && !cfg!(feature = "mpi") {
         eprintln!("error: --transport mpi needs a build with `--features mpi`");

@@ -27,6 +27,8 @@ use clap::Parser;
 
 #[path = "common/allocator.rs"]
 mod allocator;
+#[path = "common/limits.rs"]
+mod limits;
 #[path = "common/measure.rs"]
 mod measure;
 #[path = "common/ranks.rs"]
@@ -164,6 +166,12 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let longest = args.frames.iter().copied().max().unwrap_or(0);
+    limits::check_fits(
+        "--frames",
+        &format!("a video of {longest} frames of {SIZE}×{SIZE}"),
+        limits::tiny_dit_clip_bytes(longest, SIZE),
+    );
     let device = Device::flex();
     device.seed(3);
     let model = VideoDitConfig::tiny().init(&device);

@@ -39,6 +39,8 @@ use burn_sparse_video::dit::train::{TrainConfig, Trainer};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 
+#[path = "common/limits.rs"]
+mod limits;
 #[path = "common/ranks.rs"]
 mod ranks;
 #[path = "common/report.rs"]
@@ -437,6 +439,21 @@ fn main() {
         fail(format!(
             "--frames: one or more positive multiples of 2, got {:?}",
             args.frames
+        ));
+    }
+    let longest_fixed = args.frames.iter().copied().max().unwrap_or(0);
+    if !args.no_search && args.max_frames < longest_fixed {
+        fail(format!(
+            "--max-frames must be at least the longest --frames ({longest_fixed}) for the search \
+             to start, got {} (or pass --no-search)",
+            args.max_frames
+        ));
+    }
+    if limits::tiny_dit_clip_bytes(args.max_frames.max(longest_fixed), args.size).is_none() {
+        fail(format!(
+            "--max-frames {} and --size {}: a clip that large has more tokens than a 64-bit \
+             size holds",
+            args.max_frames, args.size
         ));
     }
     for v in &args.variants {

@@ -32,6 +32,10 @@ use burn_sparse_video::dit::train::{IfDamaged, generate_with_stats, load_for_sam
 
 #[path = "common/allocator.rs"]
 mod allocator;
+#[path = "common/device.rs"]
+mod device;
+#[path = "common/limits.rs"]
+mod limits;
 #[path = "common/report.rs"]
 mod report;
 
@@ -146,6 +150,8 @@ fn print_layers(layers: &[OnlineLayerStats], seconds: f64, dense: f64, width: us
 
 fn main() {
     allocator::keep_freed_memory();
+    // Everything runs on Flex.
+    device::make_default("flex");
     let args = <Args as clap::Parser>::parse();
     if !(1..=1024).contains(&args.clips) {
         fail(format!("--clips must be in 1..=1024, got {}", args.clips));
@@ -170,6 +176,11 @@ fn main() {
             g.frames
         ));
     }
+    limits::check_fits(
+        "--frames",
+        &format!("a clip of {} frames of {}×{}", g.frames, g.height, g.width),
+        limits::tiny_dit_clip_bytes(g.frames, g.height.max(g.width)),
+    );
     let data = config
         .data
         .open(

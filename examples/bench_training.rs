@@ -37,6 +37,8 @@ use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 mod allocator;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/limits.rs"]
+mod limits;
 #[path = "common/report.rs"]
 mod report;
 use device::try_device_named;
@@ -207,6 +209,12 @@ fn main() {
             args.size
         ));
     }
+    let longest = args.frames.iter().copied().max().expect("checked");
+    limits::check_fits(
+        "--frames",
+        &format!("a clip of {longest} frames of {0}×{0}", args.size),
+        limits::tiny_dit_clip_bytes(longest, args.size),
+    );
     if args.steps < 2 || args.dense_steps == 0 || args.tail == 0 || args.seeds.is_empty() {
         fail("--steps must be ≥ 2, --dense-steps and --tail ≥ 1, --seeds non-empty".into());
     }

@@ -37,7 +37,7 @@ use burn_sparse_video::dit::metrics::{
 };
 use burn_sparse_video::dit::online_sparse::{OnlineLayerStats, OnlineSparseConfig};
 use burn_sparse_video::dit::sample::sample_euler;
-use burn_sparse_video::dit::train::{IfDamaged, label_ids, load_for_sampling};
+use burn_sparse_video::dit::train::{IfDamaged, label_ids, load_for_sampling, write_atomically};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -136,6 +136,8 @@ fn metrics(video: &Frames, clip_starts: &[usize], frame_patch: usize) -> serde_j
 
 #[path = "common/allocator.rs"]
 mod allocator;
+#[path = "common/device.rs"]
+mod device;
 #[path = "common/ranks.rs"]
 mod ranks;
 use ranks::{Transport, on_ranks};
@@ -214,6 +216,8 @@ fn merged_over_ranks(
 
 fn main() {
     allocator::keep_freed_memory();
+    // Everything runs on Flex.
+    device::make_default("flex");
     let args = Args::parse();
     if args.ranks == 0 || args.clips_per_rank == 0 {
         fail("--ranks and --clips-per-rank must be ≥ 1");
@@ -446,11 +450,10 @@ fn main() {
             "layers": attention,
         })),
     });
-    std::fs::write(
-        dir.join("report.json"),
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .unwrap_or_else(|e| fail(&format!("report: {e}")));
+    write_text(
+        &dir.join("report.json"),
+        &serde_json::to_string_pretty(&report).expect("json"),
+    );
     let row = |name: &str, key: &str| {
         let v = |which: &str| {
             report[which]["metrics"][key]
@@ -514,6 +517,12 @@ fn main() {
         }
         None => "\nFiles: long_video.gif, report.json.\n",
     };
-    std::fs::write(dir.join("report.md"), &md).unwrap_or_else(|e| fail(&format!("report: {e}")));
+    write_text(&dir.join("report.md"), &md);
     println!("{md}");
+}
+
+/// Writes `text` to `path` whole or not at all; exits naming the file when it cannot.
+fn write_text(path: &std::path::Path, text: &str) {
+    write_atomically(path, |file| file.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
 }

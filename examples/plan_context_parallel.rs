@@ -47,6 +47,11 @@ struct Args {
     calibration: Option<String>,
 }
 
+/// GPUs of the largest plan.
+const LARGEST_CLUSTER: usize = 128;
+/// Longest video the cost model plans for, in tokens.
+const MAX_SEQ: usize = 1 << 26;
+
 fn fail(message: &str) -> ! {
     eprintln!("error: {message}");
     std::process::exit(2)
@@ -131,8 +136,21 @@ fn main() {
             args.latency_us
         ));
     }
-    if args.seq == 0 || args.head_dim == 0 {
-        fail("--seq and --head-dim must be ≥ 1");
+    // The plans split a video over up to 128 GPUs, at least one token each; past 2^26 tokens
+    // one layer takes minutes on 128 GPUs and the cost model's terms are not what they
+    // were measured for.
+    if !(LARGEST_CLUSTER..=MAX_SEQ).contains(&args.seq) {
+        fail(&format!(
+            "--seq must be in {LARGEST_CLUSTER}..={MAX_SEQ} (a token per GPU of the largest plan, \
+             {LARGEST_CLUSTER} GPUs; at most 2^26), got {}",
+            args.seq
+        ));
+    }
+    if !(1..=1024).contains(&args.head_dim) {
+        fail(&format!(
+            "--head-dim must be in 1..=1024, got {}",
+            args.head_dim
+        ));
     }
     let (head_sparsity, source) = sparsities(args.report.as_deref());
     let correction = args.calibration.as_deref().map(|path| {
@@ -172,7 +190,7 @@ fn main() {
         "best/naive",
         "best × measured/model"
     );
-    for devices in [8usize, 16, 32, 64, 128] {
+    for devices in [8usize, 16, 32, 64, LARGEST_CLUSTER] {
         let cluster = ClusterSpec {
             devices,
             devices_per_node: 8,

@@ -5,7 +5,7 @@
 //!     [--steps 2700] [--replicas 2] [--optimizer muon|adamw] [--prediction velocity|clean] [--head-conv] [--self-condition]
 //!     [--parallel-block] [--feature-aggregation]
 //!     [--lr 2e-3] [--device flex|ndarray|wgpu|vulkan|cuda] [--resume | --overwrite]
-//!     [--keep-checkpoints 3] [--on-divergence stop|skip] [--use-intact]
+//!     [--keep-checkpoints 3] [--checkpoint-every N] [--on-divergence stop|skip] [--use-intact]
 //! mpirun -np 2 target/release/examples/video_dit train --transport mpi [--replicas 1] [--sequence-parallel] …
 //! cargo run --release --example video_dit -- sample --out out/tiny --labels circle:red,square:blue
 //! cargo run --release --example video_dit -- eval --out out/tiny
@@ -37,7 +37,7 @@ use burn_sparse_video::dit::train::report::{
 };
 use burn_sparse_video::dit::train::{
     CheckpointError, DivergencePolicy, IfDamaged, RunDir, RunDirError, RunMode, TrainConfig,
-    Trainer, generate_with_progress, saved_config,
+    Trainer, generate_with_progress, saved_config, write_atomically,
 };
 use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDit, VideoDitConfig};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -182,6 +182,9 @@ enum Command {
         /// Checkpoints kept on disk, the newest (0 = all; default: the tiny preset's, 3).
         #[arg(long)]
         keep_checkpoints: Option<usize>,
+        /// Steps between checkpoints (0 = only at the end; default: half the run).
+        #[arg(long)]
+        checkpoint_every: Option<usize>,
         /// What a step with a NaN or infinite loss or gradient does.
         #[arg(long, value_enum, default_value = "stop")]
         on_divergence: DivergenceChoice,
@@ -363,9 +366,15 @@ fn showcase_labels(n: usize, classes: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn write_video_set(path: &Path, videos: &[Frames]) {
+/// Writes `videos` as one GIF grid (whole or not at all).
+fn try_write_video_set(path: &Path, videos: &[Frames]) -> std::io::Result<()> {
     let grid = tile(&videos.iter().map(|v| upscale(v, 3)).collect::<Vec<_>>(), 4);
-    write_gif(path, &grid, 6).unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
+    write_gif(path, &grid, 6)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+}
+
+fn write_video_set(path: &Path, videos: &[Frames]) {
+    try_write_video_set(path, videos).unwrap_or_else(|e| fail(&e.to_string()));
 }
 
 /// The training-free sampling accelerators, each off unless asked for.
@@ -477,9 +486,10 @@ fn load_trainer(common: &Common) -> Trainer {
     }
     let mut trainer = Trainer::new(saved, &device(common.device))
         .unwrap_or_else(|e| fail(&format!("--data: {e}")));
-    trainer
+    let loaded = trainer
         .resume_with(out, common.if_damaged())
         .unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
+    println!("loaded {} (step {})", loaded.display(), trainer.step());
     trainer
 }
 
@@ -513,6 +523,7 @@ struct Schedule {
     transport: Transport,
     sequence_parallel: bool,
     keep_checkpoints: Option<usize>,
+    checkpoint_every: Option<usize>,
     on_divergence: DivergenceChoice,
     checkpointing: bool,
 }
@@ -532,6 +543,7 @@ fn train(
         transport,
         sequence_parallel,
         keep_checkpoints,
+        checkpoint_every,
         on_divergence,
         checkpointing,
     } = schedule;
@@ -583,6 +595,9 @@ fn train(
     }
     if let Some(keep) = keep_checkpoints {
         config.keep_checkpoints = keep;
+    }
+    if let Some(every) = checkpoint_every {
+        config.checkpoint_every = every;
     }
     config.checkpointing |= checkpointing;
     config.on_divergence = match on_divergence {
@@ -724,16 +739,17 @@ fn train_loop(mut trainer: Trainer, common: &Common, lead: bool) {
                 clock((c.steps - done) as f64 / rate)
             );
         }
-        if c.sample_every > 0 && done.is_multiple_of(c.sample_every) && done < c.steps {
-            write_video_set(
-                &out.join(format!("samples/step_{done:06}.gif")),
-                &trainer.sample(&showcase, 7),
-            );
-        }
         if c.checkpoint_every > 0 && done.is_multiple_of(c.checkpoint_every) && done < c.steps {
             trainer
                 .save_checkpoint(out)
                 .unwrap_or_else(|e| fail(&format!("saving checkpoint: {e}")));
+        }
+        // A progress GIF is worth less than the run: a failed one (a full disk) is reported.
+        if c.sample_every > 0 && done.is_multiple_of(c.sample_every) && done < c.steps {
+            let path = out.join(format!("samples/step_{done:06}.gif"));
+            if let Err(e) = try_write_video_set(&path, &trainer.sample(&showcase, 7)) {
+                eprintln!("warning: {e}; training goes on");
+            }
         }
     }
     let train_seconds = start.elapsed().as_secs_f64();
@@ -789,19 +805,32 @@ fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_pe
         &sample_metrics,
         &real_metrics,
     );
-    std::fs::write(
-        out.join("report.json"),
-        serde_json::to_string_pretty(&report.to_json()).unwrap(),
-    )
-    .unwrap_or_else(|e| fail(&format!("report: {e}")));
+    let json = serde_json::to_string_pretty(&report.to_json()).expect("the report serialises");
     let md = report.to_markdown();
-    std::fs::write(out.join("report.md"), &md).unwrap_or_else(|e| fail(&format!("report: {e}")));
+    for (name, text) in [("report.json", &json), ("report.md", &md)] {
+        let path = out.join(name);
+        write_atomically(&path, |file| file.write_all(text.as_bytes()))
+            .unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
+    }
     println!("{md}");
+}
+
+impl Command {
+    fn common(&self) -> &Common {
+        match self {
+            Self::Train { common, .. }
+            | Self::Sample { common, .. }
+            | Self::Eval { common, .. } => common,
+        }
+    }
 }
 
 fn main() {
     allocator::keep_freed_memory();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    let device = command.common().device.to_possible_value();
+    device_names::make_default(device.expect("every choice has a name").get_name());
+    match command {
         Command::Train {
             common,
             steps,
@@ -817,6 +846,7 @@ fn main() {
             resume,
             overwrite,
             keep_checkpoints,
+            checkpoint_every,
             on_divergence,
             checkpointing,
             transport,
@@ -831,6 +861,7 @@ fn main() {
                 transport,
                 sequence_parallel,
                 keep_checkpoints,
+                checkpoint_every,
                 on_divergence,
                 checkpointing,
             },
@@ -906,8 +937,7 @@ fn main() {
                 sampler.stochasticity,
                 accelerators.file_suffix()
             ));
-            write_video_set(&path, &videos);
-            println!("wrote {}", path.display());
+            // The metrics first: they are the result, and stay on screen if the GIF fails.
             println!(
                 "samples: {}",
                 serde_json::to_string_pretty(&samples).unwrap()
@@ -920,6 +950,8 @@ fn main() {
                 "held-out real clips: {}",
                 serde_json::to_string_pretty(&real).unwrap()
             );
+            write_video_set(&path, &videos);
+            println!("wrote {}", path.display());
         }
     }
 }

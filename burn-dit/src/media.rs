@@ -2,7 +2,10 @@
 //! GIF and PNG writers need the default `media` feature).
 
 #[cfg(feature = "media")]
-use std::{fs::File, io::BufWriter, path::Path};
+use std::path::Path;
+
+#[cfg(feature = "media")]
+use crate::train::write_atomically;
 
 /// RGB frames of one video: `frames[t]` is `height × width × 3` bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,32 +120,36 @@ pub fn upscale(video: &Frames, factor: usize) -> Frames {
 /// Writes an endlessly looping GIF at `fps`.
 #[cfg(feature = "media")]
 pub fn write_gif(path: &Path, video: &Frames, fps: u16) -> std::io::Result<()> {
-    let file = BufWriter::new(File::create(path)?);
-    let mut encoder = gif::Encoder::new(file, video.width as u16, video.height as u16, &[])
-        .map_err(std::io::Error::other)?;
-    encoder
-        .set_repeat(gif::Repeat::Infinite)
-        .map_err(std::io::Error::other)?;
-    for frame in &video.frames {
-        let mut f = gif::Frame::from_rgb_speed(video.width as u16, video.height as u16, frame, 10);
-        f.delay = (100 / fps.max(1)).max(1);
-        encoder.write_frame(&f).map_err(std::io::Error::other)?;
-    }
-    Ok(())
+    write_atomically(path, |file| {
+        let mut encoder = gif::Encoder::new(file, video.width as u16, video.height as u16, &[])
+            .map_err(std::io::Error::other)?;
+        encoder
+            .set_repeat(gif::Repeat::Infinite)
+            .map_err(std::io::Error::other)?;
+        for frame in &video.frames {
+            let mut f =
+                gif::Frame::from_rgb_speed(video.width as u16, video.height as u16, frame, 10);
+            f.delay = (100 / fps.max(1)).max(1);
+            encoder.write_frame(&f).map_err(std::io::Error::other)?;
+        }
+        encoder.into_inner().map_err(std::io::Error::other)?;
+        Ok(())
+    })
 }
 
 /// Writes an RGB image as PNG.
 #[cfg(feature = "media")]
 pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> std::io::Result<()> {
-    let file = BufWriter::new(File::create(path)?);
-    let mut encoder = png::Encoder::new(file, width as u32, height as u32);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
-    writer
-        .write_image_data(rgb)
-        .map_err(std::io::Error::other)?;
-    Ok(())
+    write_atomically(path, |file| {
+        let mut encoder = png::Encoder::new(file, width as u32, height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        writer
+            .write_image_data(rgb)
+            .map_err(std::io::Error::other)?;
+        writer.finish().map_err(std::io::Error::other)
+    })
 }
 
 /// A contact sheet: one row per video, its frames left to right.

@@ -67,10 +67,10 @@ impl SamplerConfig {
             self.shift,
         )?;
         SparseAttnError::check(
-            self.guidance.is_finite(),
+            self.guidance.is_finite() && self.guidance >= 0.0,
             function,
             "config.guidance",
-            "a finite scale",
+            "a finite scale ≥ 0 (0: unconditional, 1: conditional only, above 1: guided)",
             self.guidance,
         )?;
         SparseAttnError::check(

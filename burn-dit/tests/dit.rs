@@ -9,6 +9,8 @@ mod common;
 mod data;
 #[path = "dit/faster_cache.rs"]
 mod faster_cache;
+#[path = "dit/faults.rs"]
+mod faults;
 #[path = "dit/free_init.rs"]
 mod free_init;
 #[path = "dit/long_video.rs"]

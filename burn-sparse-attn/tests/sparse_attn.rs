@@ -18,6 +18,8 @@ mod flash;
 mod forward;
 #[path = "sparse_attn/kernels.rs"]
 mod kernels;
+#[path = "sparse_attn/non_finite.rs"]
+mod non_finite;
 #[path = "sparse_attn/search.rs"]
 mod search;
 #[path = "sparse_attn/selection.rs"]

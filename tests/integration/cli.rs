@@ -30,7 +30,16 @@ const EXAMPLES: [&str; 9] = [
 
 /// Runs `name args`, killing it after `limit`.
 fn run(name: &str, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(example(name))
+    run_without(name, args, limit, &[])
+}
+
+/// [`run`] with the environment variables `unset` removed.
+fn run_without(name: &str, args: &[&str], limit: Duration, unset: &[&str]) -> Output {
+    let mut command = Command::new(example(name));
+    for var in unset {
+        command.env_remove(var);
+    }
+    let child = command
         .args(args)
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())
@@ -42,14 +51,24 @@ fn run(name: &str, args: &[&str], limit: Duration) -> Output {
                 example(name).display()
             )
         });
+    wait_at_most(
+        child,
+        limit,
+        &format!("{name} {args:?} (it took bad arguments as good)"),
+    )
+}
+
+/// `child`'s output once it ends; killed, and a failure naming `what`, after `limit`.
+fn wait_at_most(mut child: std::process::Child, limit: Duration, what: &str) -> Output {
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > limit {
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
             panic!(
-                "{name} {args:?} still running after {limit:?}: it took bad arguments as good\n{}",
-                String::from_utf8_lossy(&out.stdout)
+                "{what} still runs after {limit:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -81,6 +100,11 @@ fn every_example_names_bad_arguments_without_panicking() {
     let blocker = root.join("a-file");
     std::fs::write(&blocker, b"").unwrap();
     let many_labels = vec!["circle:red"; 1025].join(",");
+    // A user's folder that a fresh run refuses: nothing may be left in it.
+    let users = root.join("users");
+    std::fs::create_dir_all(&users).unwrap();
+    std::fs::write(users.join("notes.txt"), b"mine").unwrap();
+    let users_s = users.display();
 
     // (example, arguments split at spaces, what the message must name)
     let (run_s, locked_s, empty_s) = (run_dir.display(), locked.display(), empty.display());
@@ -143,6 +167,19 @@ fn every_example_names_bad_arguments_without_panicking() {
         ("bench_context_parallel", "--bogus".into(), "--bogus"),
         ("plan_context_parallel", "--seq=-5".into(), "--seq"),
         ("plan_context_parallel", "--nvlink 0".into(), "--nvlink"),
+        // Sizes past what the machine or the model can hold, and inputs without a meaning.
+        ("bench_attention", "--seq 18446744073709551615".into(), "--seq"),
+        ("bench_attention", "--seq 4294967296".into(), "--seq"),
+        ("bench_context_parallel", "--seq 4294967296".into(), "--seq"),
+        ("bench_training", "--frames 1099511627776".into(), "--frames"),
+        ("bench_long_video", "--frames 1099511627776".into(), "--frames"),
+        ("bench_sampling", format!("--run {run_s} --frames 1099511627776"), "--frames"),
+        ("bench_memory", "--max-frames 0".into(), "--max-frames"),
+        ("bench_memory", "--size 4294967296 --max-frames 18446744073709551614".into(), "--max-frames"),
+        ("plan_context_parallel", "--seq 1".into(), "--seq"),
+        ("plan_context_parallel", "--seq 18446744073709551615".into(), "--seq"),
+        ("video_dit", format!("eval --out {run_s} --guidance=-5"), "guidance"),
+        ("video_dit", format!("train --out {users_s} --steps 2"), "not empty"),
     ];
     let mut failures = Vec::new();
     for (name, args, expect) in &cases {
@@ -159,6 +196,16 @@ fn every_example_names_bad_arguments_without_panicking() {
         }
     }
     // Nothing was written where it was refused.
+    let mut left: Vec<String> = std::fs::read_dir(&users)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["notes.txt"],
+        "a refused folder keeps only what it held"
+    );
     assert!(!locked.join("checkpoints/latest").exists());
     assert!(!empty.join("checkpoints/latest").exists());
     assert!(!empty.join("report.json").exists());
@@ -183,4 +230,226 @@ fn every_example_has_help() {
             out.status
         );
     }
+}
+
+#[test]
+fn a_latest_pointer_out_of_the_run_folder_is_refused_and_the_intact_one_named() {
+    let root = std::env::temp_dir().join(format!("cli-latest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (ours, theirs) = (root.join("ours"), root.join("theirs"));
+    // One step in: the checkpoint holds optimiser state.
+    let config =
+        TrainConfig::tiny(VideoDitConfig::tiny().with_attention(AttentionKind::tiny_dsv()));
+    let mut trainer = Trainer::new(config, &Device::flex()).unwrap();
+    trainer.train_step();
+    trainer.save_checkpoint(&ours).unwrap();
+    tiny_checkpoint(&theirs);
+    let other = theirs.join("checkpoints/step_000000");
+    std::fs::write(ours.join("checkpoints/latest"), other.display().to_string()).unwrap();
+    let out_s = ours.display().to_string();
+    let out = run(
+        "video_dit",
+        &["sample", "--out", &out_s],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("latest") && stderr.contains("--use-intact loads it"),
+        "{stderr}"
+    );
+    // With --use-intact the run's own checkpoint is loaded and named (the bad label then
+    // stops the command before it samples), without a word from backends the run does not
+    // use (a build with wgpu started a Vulkan instance for the optimiser's state, which
+    // complained four times without XDG_RUNTIME_DIR).
+    let out = run_without(
+        "video_dit",
+        &[
+            "sample",
+            "--out",
+            &out_s,
+            "--use-intact",
+            "--labels",
+            "circle:mauve",
+        ],
+        Duration::from_secs(60),
+        &["XDG_RUNTIME_DIR", "BURN_DEVICE"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    let own = ours.join("checkpoints/step_000001");
+    assert!(
+        stdout.contains(&format!("loaded {} (step 1)", own.display())),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Runs `mpirun` with one `video_dit train` process per argument list (MPMD), killed after
+/// `limit`.
+#[cfg(feature = "mpi")]
+fn mpirun_train(ranks: &[Vec<String>], limit: Duration) -> (bool, String, Duration) {
+    let mut command = Command::new("mpirun");
+    command.args([
+        "--oversubscribe",
+        "--allow-run-as-root",
+        "--bind-to",
+        "none",
+    ]);
+    command.args([
+        "-x",
+        "RAYON_NUM_THREADS",
+        "-x",
+        "OMPI_MCA_btl_vader_single_copy_mechanism",
+    ]);
+    for (i, args) in ranks.iter().enumerate() {
+        if i > 0 {
+            command.arg(":");
+        }
+        command
+            .args(["-np", "1"])
+            .arg(example("video_dit"))
+            .args(args);
+    }
+    let started = Instant::now();
+    let child = command
+        .env("RAYON_NUM_THREADS", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun (OpenMPI: scripts/setup.sh --mpi installs it)");
+    let out = wait_at_most(child, limit, "the MPI job");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text, started.elapsed())
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_ranks_with_different_settings_end_the_job_by_name() {
+    let root = std::env::temp_dir().join(format!("cli-mpi-settings-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out = root.join("run").display().to_string();
+    let train = |extra: &str| -> Vec<String> {
+        let mut args: Vec<String> = ["train", "--transport", "mpi", "--replicas", "1", "--out"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.push(out.clone());
+        args.extend(extra.split(' ').map(ToString::to_string));
+        args
+    };
+    for (a, b, field) in [
+        (
+            "--steps 4 --lr 1e-3",
+            "--steps 4 --lr 2e-3",
+            "`config.lr` is 0.001 on rank 0, got 0.002 on rank 1",
+        ),
+        ("--steps 4", "--steps 6", "`config.steps`"),
+        (
+            "--steps 4 --batch 4 --optimizer adamw",
+            "--steps 4 --batch 8 --optimizer muon",
+            "`config.batch_size` is 4 on rank 0, got 8 on rank 1",
+        ),
+    ] {
+        let _ = std::fs::remove_dir_all(&root);
+        let (success, text, took) = mpirun_train(&[train(a), train(b)], Duration::from_secs(120));
+        assert!(!success, "{a} : {b} succeeded:\n{text}");
+        assert!(text.contains(field), "{a} : {b}:\n{text}");
+        // Well before a peer's 300 s timeout: the ranks compare their runs before training.
+        assert!(took < Duration::from_secs(60), "{a} : {b} took {took:?}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn eval_prints_its_metrics_before_a_failing_gif() {
+    let root = std::env::temp_dir().join(format!("cli-eval-gif-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    tiny_checkpoint(&root);
+    // A folder where the GIF goes: its write fails (as in a read-only folder, which the tests,
+    // running as root, cannot make).
+    std::fs::create_dir_all(root.join("eval_guidance1_below1_steps2_shift1_eta0.gif/x")).unwrap();
+    let out_s = root.display().to_string();
+    let args = [
+        "eval",
+        "--out",
+        &out_s,
+        "--clips",
+        "1",
+        "--guidance",
+        "1",
+        "--guidance-max-sigma",
+        "1",
+        "--sampling-steps",
+        "2",
+        "--shift",
+        "1",
+        "--stochasticity",
+        "0",
+    ];
+    let out = run("video_dit", &args, Duration::from_secs(120));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("eval_guidance1_below1_steps2_shift1_eta0.gif"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("samples: {") && stdout.contains("held-out real clips: {"),
+        "the metrics come first:\n{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn checkpoint_every_bounds_the_work_a_kill_loses() {
+    let root = std::env::temp_dir().join(format!("cli-ckpt-every-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out_s = root.display().to_string();
+    // 40 steps would save at step 20 alone; every step is asked for.
+    let mut child = Command::new(example("video_dit"))
+        .args([
+            "train",
+            "--out",
+            &out_s,
+            "--steps",
+            "40",
+            "--checkpoint-every",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second = root.join("checkpoints/step_000002");
+    let started = Instant::now();
+    while !second.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "train ended ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint at step 2 after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(root.join("checkpoints/step_000001").exists());
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -375,26 +375,32 @@ impl Communicator {
 }
 
 impl Communicator {
+    /// Every rank's `bytes`, in rank order (metadata: configurations, shard lengths).
+    pub fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, SparseAttnError> {
+        const F: &str = "Communicator::all_gather_bytes";
+        let others = self.others();
+        let sends = others.iter().map(|&r| (r, bytes.to_vec())).collect();
+        let mut out = self.exchange_bytes(F, sends, &others)?;
+        out.insert(self.rank, bytes.to_vec());
+        Ok(out)
+    }
+
     /// Every rank's `value`, in rank order (metadata: shard lengths and the like).
     pub fn gather_sizes(&self, value: usize) -> Result<Vec<usize>, SparseAttnError> {
         const F: &str = "Communicator::gather_sizes";
-        let others = self.others();
-        let sends = others
+        let replies = self.all_gather_bytes(&(value as u64).to_le_bytes())?;
+        replies
             .iter()
-            .map(|&r| (r, (value as u64).to_le_bytes().to_vec()))
-            .collect();
-        let replies = self.exchange_bytes(F, sends, &others)?;
-        let mut out = Vec::with_capacity(self.world());
-        for (reply, &peer) in replies.iter().zip(&others) {
-            let bytes: [u8; 8] = reply.as_slice().try_into().map_err(|_| SparseAttnError {
-                function: F,
-                argument: "peers",
-                expected: "8 bytes".into(),
-                actual: format!("{} from rank {peer}", reply.len()),
-            })?;
-            out.push(u64::from_le_bytes(bytes) as usize);
-        }
-        out.insert(self.rank, value);
-        Ok(out)
+            .enumerate()
+            .map(|(peer, reply)| {
+                let bytes: [u8; 8] = reply.as_slice().try_into().map_err(|_| SparseAttnError {
+                    function: F,
+                    argument: "peers",
+                    expected: "8 bytes".into(),
+                    actual: format!("{} from rank {peer}", reply.len()),
+                })?;
+                Ok(u64::from_le_bytes(bytes) as usize)
+            })
+            .collect()
     }
 }

@@ -63,6 +63,12 @@ pub enum PeerError {
         /// How long this rank waited.
         waited: Duration,
     },
+    /// A peer ended its work (returned from the job's body) while this rank waits for a
+    /// message from it: the ranks ran different sequences of collectives.
+    Finished {
+        /// The rank that finished.
+        rank: usize,
+    },
     /// The messenger itself failed (an MPI error, a call from the wrong thread).
     Messenger(String),
 }
@@ -75,6 +81,11 @@ impl fmt::Display for PeerError {
                 f,
                 "no message from rank {rank} within {:.1} s (it failed, hangs, or called a different collective)",
                 waited.as_secs_f64()
+            ),
+            Self::Finished { rank } => write!(
+                f,
+                "rank {rank} finished its work while this rank waits for a message from it (the \
+                 ranks ran different numbers of collectives: different settings or data?)"
             ),
             Self::Messenger(why) => write!(f, "{why}"),
         }
@@ -105,4 +116,11 @@ pub trait Messenger: Send + Sync {
     /// exchanges return [`PeerError::Failed`] (threads), or the job is aborted with the
     /// cause printed (MPI).
     fn fail(&self, cause: &str);
+    /// Tells the job that this rank has finished its work and waits until every peer has
+    /// too, so that the job ends together: a peer still waiting for a message from this rank
+    /// gets [`PeerError::Finished`] at once instead of waiting out its timeout. The default
+    /// returns at once (for messengers whose peers cannot outlive each other).
+    fn finish(&self) -> Result<(), PeerError> {
+        Ok(())
+    }
 }

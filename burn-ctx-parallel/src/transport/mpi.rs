@@ -71,12 +71,16 @@ impl MpiUniverse {
     }
 }
 
-/// MPI guarantees tags up to 32767: 4 bits of group, 1 of direction, 10 of sequence. Messages
-/// between two ranks are matched in sending order, and both ranks run their collectives in
-/// the same order, so tags that wrap or collide still pair the right messages.
+/// MPI guarantees tags up to 32767: 3 bits of group, 1 of direction, 10 of sequence, and one
+/// tag above them for [`FINISHED`]. Messages between two ranks are matched in sending order,
+/// and both ranks run their collectives in the same order, so tags that wrap or collide still
+/// pair the right messages.
 fn mpi_tag(tag: Tag) -> i32 {
-    (((tag.group & 0xF) << 11) | ((tag.backward as u64) << 10) | (tag.seq & 0x3FF)) as i32
+    (((tag.group & 0x7) << 11) | ((tag.backward as u64) << 10) | (tag.seq & 0x3FF)) as i32
 }
+
+/// The tag of the message a rank sends every peer when its work is done.
+const FINISHED: i32 = 0x4000;
 
 impl Messenger for MpiMessenger {
     fn rank(&self) -> usize {
@@ -114,14 +118,20 @@ impl Messenger for MpiMessenger {
             let mut received: Vec<Option<Vec<u8>>> = vec![None; from.len()];
             loop {
                 let mut progress = false;
+                let mut gone = None;
                 for (slot, &peer) in received.iter_mut().zip(from) {
-                    if slot.is_none()
-                        && let Some(probed) = world
-                            .process_at_rank(peer as i32)
-                            .immediate_matched_probe_with_tag(tag)
-                    {
+                    if slot.is_some() {
+                        continue;
+                    }
+                    let source = world.process_at_rank(peer as i32);
+                    let finished = source.immediate_probe_with_tag(FINISHED).is_some();
+                    // Messages from one rank are matched in sending order: once its
+                    // FINISHED is seen, whatever it sent before has arrived too.
+                    if let Some(probed) = source.immediate_matched_probe_with_tag(tag) {
                         *slot = Some(probed.matched_receive_vec::<u8>().0);
                         progress = true;
+                    } else if finished {
+                        gone = Some(peer);
                     }
                 }
                 pending = pending
@@ -134,8 +144,14 @@ impl Messenger for MpiMessenger {
                         .map(|m| m.expect("all received"))
                         .collect());
                 }
-                if Instant::now() >= deadline {
+                if let Some(rank) = gone {
                     // Pending sends cannot be abandoned safely: stop the job here.
+                    let why = PeerError::Finished { rank };
+                    say(&format!("rank {}: aborting the MPI job: {why}", self.rank));
+                    world.abort(1);
+                }
+                if Instant::now() >= deadline {
+                    // As above.
                     let waiting = from
                         .iter()
                         .zip(&received)
@@ -159,6 +175,60 @@ impl Messenger for MpiMessenger {
                     std::thread::sleep(Duration::from_micros(20));
                 }
             }
+        })
+    }
+
+    fn finish(&self) -> Result<(), PeerError> {
+        let mpi = self
+            .mpi
+            .lock()
+            .map_err(|_| PeerError::Messenger("MPI messenger poisoned".into()))?;
+        let world = &mpi.world;
+        let peers: Vec<i32> = (0..self.world as i32)
+            .filter(|&r| r != self.rank as i32)
+            .collect();
+        let note = [1u8];
+        scope(|scope| {
+            let mut pending: Vec<_> = peers
+                .iter()
+                .map(|&to| {
+                    world
+                        .process_at_rank(to)
+                        .immediate_send_with_tag(scope, &note[..], FINISHED)
+                })
+                .collect();
+            // No deadline: a peer still working (rank 0 writing a report) is waited for, and a
+            // peer that waits for this rank receives FINISHED and aborts the job.
+            let mut done = vec![false; peers.len()];
+            while !(pending.is_empty() && done.iter().all(|&d| d)) {
+                for (done, &peer) in done.iter_mut().zip(&peers) {
+                    let source = world.process_at_rank(peer);
+                    if !*done
+                        && let Some(probed) = source.immediate_matched_probe_with_tag(FINISHED)
+                    {
+                        probed.matched_receive_vec::<u8>();
+                        *done = true;
+                        // Anything else it sent arrived before its FINISHED.
+                        if let Some(status) = source.immediate_probe() {
+                            say(&format!(
+                                "rank {}: aborting the MPI job: rank {peer} finished with a \
+                                 message (tag {}) that this rank never received (the ranks ran \
+                                 different collectives)",
+                                self.rank,
+                                status.tag()
+                            ));
+                            world.abort(1);
+                        }
+                    }
+                }
+                pending = pending
+                    .into_iter()
+                    .filter_map(|request| request.test().err())
+                    .collect();
+                // Waiting ranks may share the cores of the one still working.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(())
         })
     }
 
@@ -189,7 +259,10 @@ pub fn run_mpi<R>(
     let messenger = MpiUniverse::init()?;
     let comm = Communicator::new(messenger.clone(), device);
     let result = match catch_unwind(AssertUnwindSafe(|| body(comm))) {
-        Ok(Ok(value)) => return Ok(value),
+        Ok(Ok(value)) => match messenger.finish() {
+            Ok(()) => return Ok(value),
+            Err(e) => e.to_string(),
+        },
         Ok(Err(e)) => e.to_string(),
         Err(panic) => format!("panicked: {}", panic_message(&*panic)),
     };

@@ -18,6 +18,8 @@ struct Mailboxes {
     queues: HashMap<(usize, usize, Tag), VecDeque<Vec<u8>>>,
     /// The first rank that failed, and why.
     failed: Option<(usize, String)>,
+    /// Ranks whose body has returned.
+    finished: Vec<usize>,
 }
 
 struct Shared {
@@ -99,6 +101,10 @@ impl Messenger for ThreadMessenger {
                         cause: cause.clone(),
                     });
                 }
+                // Its sends were queued before it finished, so none is still to come.
+                if boxes.finished.contains(&peer) {
+                    return Err(PeerError::Finished { rank: peer });
+                }
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(PeerError::Timeout {
@@ -124,6 +130,18 @@ impl Messenger for ThreadMessenger {
                 .get_or_insert_with(|| (self.rank, cause.to_string()));
         }
         self.shared.arrived.notify_all();
+    }
+
+    /// Marks this rank finished; the scope that runs the ranks waits for the others.
+    fn finish(&self) -> Result<(), PeerError> {
+        self.shared
+            .boxes
+            .lock()
+            .map_err(|_| PeerError::Messenger("mailboxes poisoned".into()))?
+            .finished
+            .push(self.rank);
+        self.shared.arrived.notify_all();
+        Ok(())
     }
 }
 
@@ -158,8 +176,10 @@ pub fn run_in_process<R: Send>(
                             ),
                         }),
                     };
-                    if let Err(e) = &result {
-                        messenger.fail(&e.to_string());
+                    match &result {
+                        // Fails only on poisoned mailboxes, which every peer then reports.
+                        Ok(_) => drop(messenger.finish()),
+                        Err(e) => messenger.fail(&e.to_string()),
                     }
                     result
                 })

@@ -97,3 +97,29 @@ fn a_failing_rank_ends_the_job_with_its_cause_on_every_rank() {
         }
     }
 }
+
+#[test]
+fn a_rank_that_finishes_early_does_not_leave_a_peer_waiting() {
+    // Rank 0 is done after one collective, rank 1 calls a second: rank 1 must hear at once
+    // that rank 0 has finished, not wait out the timeout (300 s unless set).
+    let started = Instant::now();
+    let results = run_in_process(&devices(2), |comm| {
+        let x: Tensor<2> = normal([2, 2], 1, comm.device());
+        comm.all_reduce(x.clone())?;
+        if comm.rank() == 1 {
+            comm.all_reduce(x)?;
+        }
+        Ok(())
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the job took {:?}",
+        started.elapsed()
+    );
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    let err = results[1].as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains("rank 0 finished its work while this rank waits"),
+        "{err}"
+    );
+}

@@ -123,6 +123,12 @@ fn mpi_rank() {
                 }
                 comm.all_reduce(normal::<2>([2, 2], 1, comm.device()))?;
             }
+            "early_finish" => {
+                comm.all_reduce(normal::<2>([2, 2], 1, comm.device()))?;
+                if comm.rank() == 1 {
+                    comm.all_reduce(normal::<2>([2, 2], 1, comm.device()))?;
+                }
+            }
             "heads" => {
                 let x: Tensor<4> = normal([1, comm.world() + 1, 4, 4], 1, comm.device());
                 head_parallel_attention(&comm, x.clone(), x.clone(), x, |q, _, _| Ok(q))?;
@@ -198,4 +204,16 @@ fn failures_end_the_job_with_the_rank_and_cause() {
         job.output
     );
     assert!(job.took < Duration::from_secs(50), "{:?}", job.took);
+    // A rank that finishes while a peer still waits for it: the job ends at once, naming it,
+    // well within the 10 s timeout.
+    let job = mpirun(2, "early_finish", limit);
+    assert!(!job.success);
+    assert!(
+        job.output.contains(
+            "rank 1: aborting the MPI job: rank 0 finished its work while this rank waits"
+        ),
+        "{}",
+        job.output
+    );
+    assert!(job.took < Duration::from_secs(9), "{:?}", job.took);
 }

@@ -257,14 +257,21 @@ impl Trainer {
         .map_err(at(&path))
     }
 
-    /// Deletes all but the newest `keep_checkpoints` checkpoints (0 keeps all).
+    /// Keeps the newest `keep_checkpoints` intact checkpoints (0 keeps all) and deletes every
+    /// checkpoint older than the last of them. Damaged ones among them stay (for a look) but
+    /// do not count: they cannot replace an intact one.
     fn prune_checkpoints(&self, root: &Path) -> std::io::Result<()> {
         let keep = self.config.keep_checkpoints;
         if keep == 0 {
             return Ok(());
         }
-        for (_, old) in checkpoints_newest_first(root).into_iter().skip(keep) {
-            std::fs::remove_dir_all(&old).map_err(at(&old))?;
+        let mut intact = 0;
+        for (_, ckpt) in checkpoints_newest_first(root) {
+            if intact < keep {
+                intact += usize::from(open_intact(&ckpt).is_ok());
+            } else {
+                std::fs::remove_dir_all(&ckpt).map_err(at(&ckpt))?;
+            }
         }
         sync_dir(root).map_err(at(root))
     }
@@ -351,22 +358,34 @@ fn first_difference(
     ours: &serde_json::Value,
     theirs: &serde_json::Value,
 ) -> Option<(String, String, String)> {
+    differences(prefix, ours, theirs).into_iter().next()
+}
+
+/// Every leaf where two JSON values differ, in key order: its dotted path under `prefix` and
+/// both values.
+pub(super) fn differences(
+    prefix: &str,
+    ours: &serde_json::Value,
+    theirs: &serde_json::Value,
+) -> Vec<(String, String, String)> {
     use serde_json::Value;
     match (ours, theirs) {
         (Value::Object(a), Value::Object(b)) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
             keys.sort();
             keys.dedup();
-            keys.into_iter().find_map(|k| {
-                let (x, y) = (
-                    a.get(k).unwrap_or(&Value::Null),
-                    b.get(k).unwrap_or(&Value::Null),
-                );
-                first_difference(&format!("{prefix}.{k}"), x, y)
-            })
+            keys.into_iter()
+                .flat_map(|k| {
+                    let (x, y) = (
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                    );
+                    differences(&format!("{prefix}.{k}"), x, y)
+                })
+                .collect()
         }
-        _ if ours == theirs => None,
-        _ => Some((prefix.to_string(), brief(ours), brief(theirs))),
+        _ if ours == theirs => Vec::new(),
+        _ => vec![(prefix.to_string(), brief(ours), brief(theirs))],
     }
 }
 
@@ -444,24 +463,38 @@ fn read_checkpoint(
     let latest = root.join("latest");
     let name =
         std::fs::read_to_string(&latest).map_err(|e| CheckpointError::Io(latest.clone(), e))?;
-    let ckpt = root.join(name.trim());
-    // A save killed between renaming its folder into place and replacing `latest` left a
-    // finished checkpoint newer than `latest`: it is whole (its manifest says so), use it.
-    if let Some(latest_step) = step_of(name.trim()) {
-        let newer = checkpoints_newest_first(&root)
-            .into_iter()
-            .take_while(|(step, _)| *step > latest_step)
-            .find_map(|(_, path)| open_intact(&path).ok().map(|state| (path, state)));
-        if let Some(found) = newer {
-            return Ok(found);
+    let name = name.trim();
+    // `latest` names a folder beside it, never a path: another run's checkpoint (absolute or
+    // `../`) is not this run's.
+    let (ckpt, damage) = match step_of(name) {
+        Some(latest_step) => {
+            // A save killed between renaming its folder into place and replacing `latest`
+            // left a finished checkpoint newer than `latest`: it is whole (its manifest says
+            // so), use it.
+            let newer = checkpoints_newest_first(&root)
+                .into_iter()
+                .take_while(|(step, _)| *step > latest_step)
+                .find_map(|(_, path)| open_intact(&path).ok().map(|state| (path, state)));
+            if let Some(found) = newer {
+                return Ok(found);
+            }
+            let ckpt = root.join(name);
+            match open_intact(&ckpt) {
+                Ok(state) => return Ok((ckpt, state)),
+                Err(CheckpointError::Corrupt(file, why)) => (ckpt, (file, why)),
+                Err(CheckpointError::Io(file, e)) => (ckpt, (file, e.to_string())),
+                Err(other) => return Err(other),
+            }
         }
-    }
-    let (file, why) = match open_intact(&ckpt) {
-        Ok(state) => return Ok((ckpt, state)),
-        Err(CheckpointError::Corrupt(file, why)) => (file, why),
-        Err(CheckpointError::Io(file, e)) => (file, e.to_string()),
-        Err(other) => return Err(other),
+        None => (
+            latest.clone(),
+            (
+                latest.clone(),
+                format!("it names {name:?}, not a checkpoint folder of this run (step_NNNNNN)"),
+            ),
+        ),
     };
+    let (file, why) = damage;
     let intact = checkpoints_newest_first(&root)
         .into_iter()
         .filter(|(_, path)| *path != ckpt)

@@ -16,6 +16,7 @@ pub use generate::{
     SAMPLE_CHUNK, generate, generate_with_progress, generate_with_stats, label_ids,
 };
 pub use run_dir::{RunDir, RunDirError, RunMode};
+pub use storage::write_atomically;
 pub use trainer::{SELF_CONDITION_RATE, StepLog, TrainError, Trainer};
 
 /// `(start, len)` of each of `replicas` shares of a batch of `b` (at least 1 clip each; the

@@ -17,8 +17,8 @@ pub enum RunMode {
     Overwrite,
 }
 
-/// Why a run cannot use its folder. No earlier run's file was changed (the folder and its
-/// `.lock` may have been created; `Overwrite` may have deleted part of what it deletes).
+/// Why a run cannot use its folder. No earlier run's file was changed and nothing was left
+/// behind (`Overwrite` may have deleted part of what it deletes).
 #[derive(Debug)]
 pub enum RunDirError {
     /// Another process holds the folder's lock.
@@ -66,33 +66,54 @@ pub struct RunDir {
 impl RunDir {
     /// Takes `path` for a run: creates it, takes its lock (failing at once if another run
     /// holds it), checks it per `mode`, proves it writable, and removes the temporary files
-    /// and half-written checkpoint folders of killed saves. Returns the folder and what was
-    /// removed.
+    /// and half-written checkpoint folders of killed saves and writes. Returns the folder and
+    /// what was removed. A refused folder is left as it was found: the lock file and the
+    /// folder are removed again when this call created them.
     pub fn open(path: &Path, mode: RunMode) -> Result<(Self, Vec<PathBuf>), RunDirError> {
-        let not_writable = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| RunDirError::NotWritable(p, e)
-        };
+        let created_dir = !path.exists();
         std::fs::create_dir_all(path).map_err(not_writable(path))?;
         let lock_path = path.join(LOCK);
+        let created_lock = !lock_path.exists();
+        let opened = Self::lock_and_prepare(path, &lock_path, mode);
+        if opened.is_err() {
+            if created_lock {
+                let _ = std::fs::remove_file(&lock_path);
+            }
+            if created_dir {
+                // Only if still empty: nothing of anyone else's is removed.
+                let _ = std::fs::remove_dir(path);
+            }
+        }
+        opened
+    }
+
+    fn lock_and_prepare(
+        path: &Path,
+        lock_path: &Path,
+        mode: RunMode,
+    ) -> Result<(Self, Vec<PathBuf>), RunDirError> {
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
-            .map_err(not_writable(&lock_path))?;
+            .open(lock_path)
+            .map_err(not_writable(lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(RunDirError::Locked(lock_path)),
-            Err(TryLockError::Error(e)) => return Err(RunDirError::NotWritable(lock_path, e)),
+            Err(TryLockError::WouldBlock) => {
+                return Err(RunDirError::Locked(lock_path.to_path_buf()));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(RunDirError::NotWritable(lock_path.to_path_buf(), e));
+            }
         }
         let others: Vec<String> = std::fs::read_dir(path)
             .map_err(not_writable(path))?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n != LOCK)
+            .filter(|n| n != LOCK && !is_temporary(n))
             // What a run killed before its first checkpoint leaves.
-            .filter(|n| !(n == "checkpoints" && is_empty_dir(&path.join(n))))
+            .filter(|n| !(RUN_SUBFOLDERS.contains(&n.as_str()) && holds_nothing(&path.join(n))))
             .collect();
         match mode {
             RunMode::Fresh if !others.is_empty() => {
@@ -101,7 +122,7 @@ impl RunDir {
                 return Err(RunDirError::NotEmpty(path.to_path_buf(), names));
             }
             RunMode::Overwrite => {
-                for sub in ["checkpoints", "samples"] {
+                for sub in RUN_SUBFOLDERS {
                     let dir = path.join(sub);
                     if dir.exists() {
                         std::fs::remove_dir_all(&dir).map_err(not_writable(&dir))?;
@@ -117,7 +138,11 @@ impl RunDir {
             write_synced(&probe, b"probe").map_err(not_writable(&probe))?;
             std::fs::remove_file(&probe).map_err(not_writable(&probe))?;
         }
-        let removed = remove_leftovers(&checkpoints).map_err(not_writable(&checkpoints))?;
+        let mut removed = remove_leftovers(&checkpoints).map_err(not_writable(&checkpoints))?;
+        for dir in [path.to_path_buf(), path.join("samples")] {
+            removed.extend(remove_temporary_files(&dir).map_err(not_writable(&dir))?);
+        }
+        removed.sort();
         Ok((
             Self {
                 path: path.to_path_buf(),
@@ -133,15 +158,56 @@ impl RunDir {
     }
 }
 
-fn is_empty_dir(path: &Path) -> bool {
-    std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
+/// The folders a run writes below its own; `Overwrite` deletes them.
+const RUN_SUBFOLDERS: [&str; 2] = ["checkpoints", "samples"];
+
+fn not_writable(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + use<> {
+    let path = path.to_path_buf();
+    move |e| RunDirError::NotWritable(path, e)
+}
+
+/// A temporary file of an atomic write ([`write_atomically`](super::write_atomically)) or of
+/// Burn's record writers, left by a kill.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with(".tmp-") || name.ends_with(".tmp")
+}
+
+/// `path` is a folder holding nothing but what a kill leaves (temporary files).
+fn holds_nothing(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|entries| {
+        entries.filter_map(|e| e.ok()).all(|e| {
+            e.file_type().is_ok_and(|t| t.is_file())
+                && is_temporary(&e.file_name().to_string_lossy())
+        })
+    })
+}
+
+/// Removes the temporary files directly in `dir` (absent: nothing).
+fn remove_temporary_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(removed);
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_file()
+            && entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(".tmp-"))
+        {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes what interrupted saves leave under `checkpoints`: staging folders (`.step_*`),
 /// temporary files (`.tmp-*`, Burn's `*.tmp`), also inside finished checkpoints.
 fn remove_leftovers(checkpoints: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let stale = |name: &str| name.starts_with(".tmp-") || name.ends_with(".tmp");
+    let stale = is_temporary;
     for entry in std::fs::read_dir(checkpoints)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -164,6 +230,5 @@ fn remove_leftovers(checkpoints: &Path) -> std::io::Result<Vec<PathBuf>> {
             removed.push(path);
         }
     }
-    removed.sort();
     Ok(removed)
 }

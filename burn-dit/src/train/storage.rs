@@ -28,12 +28,30 @@ pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// Replaces `path` by `bytes` atomically: a temporary file in the same folder, synced, renamed
-/// over it, the folder synced. A reader sees the old content or the new, never a mix.
+/// Replaces `path` by `bytes` atomically (see [`write_atomically`]).
 pub(crate) fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    write_atomically(path, |file| file.write_all(bytes))
+}
+
+/// Writes the file `path` whole or not at all: `write` fills a temporary file (`.tmp-*`) in
+/// the same folder, which is synced and renamed over `path`, and the folder is synced. A kill,
+/// a full disk or an error from `write` leaves the previous file (or none) in place; a
+/// reader sees the old content or the new, never a mix. Only a kill leaves the temporary file
+/// behind ([`RunDir::open`](super::RunDir::open) removes those of a run folder).
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
+    {
+        let mut buffered = std::io::BufWriter::new(tmp.as_file_mut());
+        write(&mut buffered)?;
+        buffered.flush()?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)

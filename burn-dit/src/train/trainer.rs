@@ -13,6 +13,7 @@ use burn_sparse_attn::dsv::{DsvGradients, DsvHost, DsvStage, DsvTape, DsvTrainer
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::differences;
 use super::finite::first_non_finite;
 use super::{DivergencePolicy, TrainConfig, batch_shares, generate};
 use crate::config::AttentionKind;
@@ -168,8 +169,11 @@ impl Trainer {
     /// rank 0, trains the DSV predictors and profiles sparsity, and every rank copies rank
     /// 0's DSV schedule after each step. Every rank starts from rank 0's weights (call it
     /// after [`Trainer::resume`]; optimiser states start equal when they start empty or from
-    /// one checkpoint). Fails when the batch has fewer clips than ranks.
+    /// one checkpoint). Fails on every rank when the ranks' configurations or steps differ
+    /// (naming the first setting that does and both values), or when the batch has fewer
+    /// clips than ranks.
     pub fn with_communicator(mut self, comm: Communicator) -> Result<Self, SparseAttnError> {
+        self.check_same_run(&comm, "Trainer::with_communicator")?;
         let world = comm.world();
         SparseAttnError::check(
             self.config.batch_size >= world,
@@ -196,9 +200,11 @@ impl Trainer {
     /// the activations of its shard only. Every rank's DSV layers learn and profile on their
     /// own rows against all keys; rank 0's schedule is copied after each step. Validation
     /// and sampling run on whole videos. Every rank starts from rank 0's weights. Needs
-    /// `replicas` ≤ 1, dense or DSV attention and at least one unit of frames per rank.
+    /// `replicas` ≤ 1, dense or DSV attention and at least one unit of frames per rank, and
+    /// the same configuration and step on every rank (as [`Trainer::with_communicator`]).
     pub fn with_sequence_parallel(mut self, comm: Communicator) -> Result<Self, SparseAttnError> {
         const F: &str = "Trainer::with_sequence_parallel";
+        self.check_same_run(&comm, F)?;
         let c = &self.config;
         SparseAttnError::check(
             c.replicas <= 1,
@@ -241,6 +247,58 @@ impl Trainer {
         self.comm = comm;
         self.sequence = Some((first, end - first));
         Ok(self)
+    }
+
+    /// Fails, on every rank alike, unless every rank of `comm` has rank 0's configuration
+    /// and step: ranks that disagree on a setting that keeps tensor shapes (learning rate,
+    /// optimiser, steps) would otherwise train a silently wrong run or leave a peer waiting.
+    fn check_same_run(
+        &self,
+        comm: &Communicator,
+        function: &'static str,
+    ) -> Result<(), SparseAttnError> {
+        if comm.world() == 1 {
+            return Ok(());
+        }
+        let run = serde_json::json!({ "config": self.config, "step": self.step });
+        let ranks = comm.all_gather_bytes(&serde_json::to_vec(&run).expect("config serialises"))?;
+        let parse = |rank: usize| {
+            serde_json::from_slice::<serde_json::Value>(&ranks[rank]).map_err(|e| SparseAttnError {
+                function,
+                argument: "comm",
+                expected: "ranks that send their run configuration as JSON".into(),
+                actual: format!("rank {rank}: {e}"),
+            })
+        };
+        let lead = parse(0)?;
+        for rank in 1..ranks.len() {
+            let differ = differences("", &lead, &parse(rank)?);
+            let Some((field, lead_value, value)) = differ.first() else {
+                continue;
+            };
+            let name = |field: &str| field.trim_start_matches('.').to_string();
+            let also = match differ.len() {
+                1 => String::new(),
+                _ => format!(
+                    " (also {})",
+                    differ[1..]
+                        .iter()
+                        .map(|d| format!("`{}`", name(&d.0)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Err(SparseAttnError {
+                function,
+                argument: "comm",
+                expected: format!(
+                    "ranks that train the same run: `{}` is {lead_value} on rank 0",
+                    name(field)
+                ),
+                actual: format!("{value} on rank {rank}{also}"),
+            });
+        }
+        Ok(())
     }
 
     /// The data-parallel group this trainer is a rank of.

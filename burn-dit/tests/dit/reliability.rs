@@ -2,7 +2,7 @@
 //! clean-up, the divergence guard, and checkpoints that survive a kill at any moment.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,23 +18,6 @@ use burn_dit::train::{
 };
 
 use crate::common::*;
-
-/// A fresh temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dit-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn losses(trainer: &Trainer) -> Vec<(usize, f32)> {
     trainer.history().iter().map(|l| (l.step, l.loss)).collect()
@@ -138,11 +121,7 @@ fn checkpoints_are_written_once_and_the_newest_k_kept() {
         trainer.train_step();
         trainer.save_checkpoint(&dir.0).unwrap();
     }
-    let mut left: Vec<String> = std::fs::read_dir(dir.0.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    left.sort();
+    let left = names_in(&dir.0.join("checkpoints"));
     assert_eq!(left, ["latest", "step_000002", "step_000003"]);
     assert_eq!(
         std::fs::read_to_string(dir.0.join("checkpoints/latest")).unwrap(),

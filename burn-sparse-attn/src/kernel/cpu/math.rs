@@ -86,7 +86,8 @@ pub(crate) fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, alpha: f32, accumu
     }
 }
 
-/// `e^x` for `x ≤ 0` to ~2 ulp, written so the compiler vectorises it (no libm call).
+/// `e^x` for `x ≤ 0` to ~2 ulp, written so the compiler vectorises it (no libm call); NaN
+/// for NaN.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
@@ -95,7 +96,9 @@ fn exp_nonpositive(x: f32) -> f32 {
     // Round-to-nearest by the 1.5·2²³ trick: float adds and bit casts only, so it vectorises
     // (`as i32` would not: Rust's saturating conversion compiles to scalar compares).
     const ROUNDER: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
+    // Not `x.max(-87.0)`, which turns NaN into -87: a NaN score must stay NaN, so that a NaN
+    // input shows in the rows it reaches instead of vanishing.
+    let x = if x < -87.0 { -87.0 } else { x };
     let rounded = x * LOG2E + ROUNDER;
     // n = round(x·log2(e)) ∈ [-126, 0], exact.
     let n = rounded - ROUNDER;
@@ -154,7 +157,8 @@ pub(crate) fn exp_shifted(row: &mut [f32], alpha: f32, shift: f32) -> f32 {
     exp_shifted_generic(row, alpha, shift)
 }
 
-/// Largest element (NaN-free input assumed; `-inf` for an empty row).
+/// Largest element, NaN ignored (`-inf` for an empty row): a NaN element then gives NaN in
+/// `exp_shifted` on its own.
 pub(crate) fn max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = row.chunks_exact(8);
