@@ -415,6 +415,22 @@ fn main() {
         Transport::Threads => limits::check_fits("--seq", &what, need),
         Transport::Mpi => limits::check_fits("--seq", &what, need.map(|_| 0)),
     }
+    // The selection reads 16 columns of each head; the sweep sends at least a KiB.
+    for (flag, value, least) in [
+        ("--heads", args.heads, 1),
+        ("--head-dim", args.head_dim, 16),
+        ("--repeats", args.repeats, 1),
+        ("--kib", args.kib.iter().copied().min().unwrap_or(0), 1),
+    ] {
+        if value < least {
+            eprintln!("error: {flag} must be ≥ {least}, got {value}");
+            std::process::exit(2);
+        }
+    }
+    if !(0.0..1.0).contains(&args.sparsity) {
+        eprintln!("error: --sparsity must be in [0, 1), got {}", args.sparsity);
+        std::process::exit(2);
+    }
     if args.transport == Transport::Mpi && !cfg!(feature = "mpi") {
         eprintln!("error: --transport mpi needs a build with `--features mpi`");
         std::process::exit(2);

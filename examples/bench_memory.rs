@@ -429,9 +429,9 @@ fn main() {
         probe(&args, frames);
         return;
     }
-    if args.budget_gib.is_nan() || args.budget_gib <= 0.0 {
+    if !(args.budget_gib > 0.0 && args.budget_gib.is_finite()) {
         fail(format!(
-            "--budget-gib must be positive, got {}",
+            "--budget-gib must be a positive number, got {}",
             args.budget_gib
         ));
     }

@@ -156,6 +156,16 @@ fn main() {
     if !(1..=1024).contains(&args.clips) {
         fail(format!("--clips must be in 1..=1024, got {}", args.clips));
     }
+    // Ranges are the methods' own checks; a non-finite value has none to meet.
+    for (flag, value) in [
+        ("--online-sparsity", args.online_sparsity),
+        ("--online-warmup", args.online_warmup),
+        ("--renoise-sigma", args.renoise_sigma),
+    ] {
+        if !value.is_finite() {
+            fail(format!("{flag} must be a finite number, got {value}"));
+        }
+    }
     if args.methods.is_empty() {
         fail("--methods: at least one".into());
     }

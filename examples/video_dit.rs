@@ -46,6 +46,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod allocator;
 #[path = "common/ranks.rs"]
 mod ranks;
+#[path = "common/stop.rs"]
+mod stop;
 use ranks::{Transport, on_ranks};
 #[path = "common/device.rs"]
 mod device_names;
@@ -608,6 +610,11 @@ fn train(
         },
     };
     let device = device(common.device);
+    // One process: it can stop between steps with a checkpoint. The ranks of an MPI job would
+    // have to agree on the step first; mpirun's signal ends them as before.
+    if transport == Transport::Threads {
+        stop::catch_polite_stops();
+    }
     let trained = on_ranks(transport, 1, &device, |comm| {
         let lead = comm.rank() == 0;
         // The lead rank owns the folder for the whole run (the lock goes with `_run_dir`).
@@ -695,6 +702,7 @@ fn train_loop(mut trainer: Trainer, common: &Common, lead: bool) {
     let start = Instant::now();
     let first = trainer.step();
     let showcase = showcase_labels(8, c.data.classes().len());
+    let mut saved: Option<PathBuf> = None;
     while trainer.step() < c.steps {
         let log = trainer
             .try_train_step()
@@ -740,9 +748,11 @@ fn train_loop(mut trainer: Trainer, common: &Common, lead: bool) {
             );
         }
         if c.checkpoint_every > 0 && done.is_multiple_of(c.checkpoint_every) && done < c.steps {
-            trainer
-                .save_checkpoint(out)
-                .unwrap_or_else(|e| fail(&format!("saving checkpoint: {e}")));
+            saved = Some(
+                trainer
+                    .save_checkpoint(out)
+                    .unwrap_or_else(|e| fail(&format!("saving checkpoint: {e}"))),
+            );
         }
         // A progress GIF is worth less than the run: a failed one (a full disk) is reported.
         if c.sample_every > 0 && done.is_multiple_of(c.sample_every) && done < c.steps {
@@ -751,11 +761,26 @@ fn train_loop(mut trainer: Trainer, common: &Common, lead: bool) {
                 eprintln!("warning: {e}; training goes on");
             }
         }
+        if stop::requested().is_some() {
+            break;
+        }
     }
     let train_seconds = start.elapsed().as_secs_f64();
-    let ckpt = trainer
-        .save_checkpoint(out)
-        .unwrap_or_else(|e| fail(&format!("saving checkpoint: {e}")));
+    let step_dir = out.join(format!("checkpoints/step_{:06}", trainer.step()));
+    let ckpt = match saved {
+        Some(path) if path == step_dir => path,
+        _ => trainer
+            .save_checkpoint(out)
+            .unwrap_or_else(|e| fail(&format!("saving checkpoint: {e}"))),
+    };
+    if let Some((signal, status)) = stop::requested() {
+        println!(
+            "stopped by {signal} at step {}: saved {} (train --resume continues the run)",
+            trainer.step(),
+            ckpt.display()
+        );
+        std::process::exit(status);
+    }
     write_report(
         &trainer,
         common,

@@ -60,10 +60,10 @@ impl SamplerConfig {
     pub fn check(&self, function: &'static str) -> Result<(), SparseAttnError> {
         SparseAttnError::check(self.steps >= 1, function, "config.steps", "≥ 1", self.steps)?;
         SparseAttnError::check(
-            self.shift > 0.0,
+            self.shift > 0.0 && self.shift.is_finite(),
             function,
             "config.shift",
-            "> 0",
+            "a finite number > 0",
             self.shift,
         )?;
         SparseAttnError::check(

@@ -179,6 +179,17 @@ fn every_example_names_bad_arguments_without_panicking() {
         ("plan_context_parallel", "--seq 1".into(), "--seq"),
         ("plan_context_parallel", "--seq 18446744073709551615".into(), "--seq"),
         ("video_dit", format!("eval --out {run_s} --guidance=-5"), "guidance"),
+        ("video_dit", format!("eval --out {run_s} --shift=inf"), "shift"),
+        ("bench_memory", "--budget-gib=inf".into(), "--budget-gib"),
+        ("bench_sampling", format!("--run {run_s} --online-sparsity=NaN"), "--online-sparsity"),
+        ("bench_sampling", format!("--run {run_s} --online-warmup=inf"), "--online-warmup"),
+        ("bench_sampling", format!("--run {run_s} --renoise-sigma=-inf"), "--renoise-sigma"),
+        ("bench_context_parallel", "--sparsity=NaN".into(), "--sparsity"),
+        ("bench_context_parallel", "--sparsity=inf".into(), "--sparsity"),
+        ("bench_context_parallel", "--repeats 0".into(), "--repeats"),
+        ("bench_context_parallel", "--heads 0".into(), "--heads"),
+        ("bench_context_parallel", "--head-dim 0".into(), "--head-dim"),
+        ("bench_context_parallel", "--kib 0".into(), "--kib"),
         ("video_dit", format!("train --out {users_s} --steps 2"), "not empty"),
     ];
     let mut failures = Vec::new();
@@ -451,5 +462,64 @@ fn checkpoint_every_bounds_the_work_a_kill_loses() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(root.join("checkpoints/step_000001").exists());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn sigterm_and_sigint_stop_training_with_a_checkpoint() {
+    use std::io::{BufRead, BufReader};
+    let root = std::env::temp_dir().join(format!("cli-polite-stop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out_s = root.display().to_string();
+    let mut stopped_at = 0;
+    for (signal, status, resume) in [("TERM", 143, false), ("INT", 130, true)] {
+        let mut args = vec!["train", "--out", &out_s, "--steps", "400"];
+        if resume {
+            args.push("--resume");
+        }
+        let mut child = Command::new(example("video_dit"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Stop it a moment into training.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.starts_with("training the tiny DiT"))),
+            "train did not start"
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        let pid = child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(sent.unwrap().success());
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let out = wait_at_most(child, Duration::from_secs(60), "train after a polite stop");
+        let stopped = rest
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("stopped by SIG{signal} at step ")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "SIG{signal}: {}\n{rest:?}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let step: usize = stopped.split(':').next().unwrap().parse().unwrap();
+        assert_eq!(out.status.code(), Some(status), "SIG{signal}");
+        assert!(
+            step > stopped_at,
+            "SIG{signal}: step {step} after {stopped_at}"
+        );
+        stopped_at = step;
+        // The checkpoint of that step is the latest, and the folder is free for the next run.
+        assert_eq!(
+            std::fs::read_to_string(root.join("checkpoints/latest")).unwrap(),
+            format!("step_{step:06}")
+        );
+        drop(RunDir::open(&root, RunMode::Resume).expect("the lock is released"));
+    }
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -479,7 +479,16 @@ fn read_checkpoint(
                 return Ok(found);
             }
             let ckpt = root.join(name);
+            // A link is not this run's checkpoint either, wherever it leads.
+            let linked = std::fs::symlink_metadata(&ckpt).is_ok_and(|m| m.is_symlink());
             match open_intact(&ckpt) {
+                _ if linked => (
+                    ckpt.clone(),
+                    (
+                        ckpt,
+                        "a symbolic link, not a checkpoint folder of this run".into(),
+                    ),
+                ),
                 Ok(state) => return Ok((ckpt, state)),
                 Err(CheckpointError::Corrupt(file, why)) => (ckpt, (file, why)),
                 Err(CheckpointError::Io(file, e)) => (ckpt, (file, e.to_string())),

@@ -267,3 +267,96 @@ fn a_negative_guidance_is_refused() {
     sampler.guidance = 0.0;
     sampler.check("test").unwrap();
 }
+
+#[test]
+fn damaged_pointers_and_manifests_are_named_and_the_intact_checkpoint_offered() {
+    let device = Device::flex();
+    let dir = TempDir::new("pointers");
+    let elsewhere = TempDir::new("pointers-elsewhere");
+    let config = micro_train(AttentionKind::Dense);
+    let mut trainer = Trainer::new(config.clone(), &device).unwrap();
+    for _ in 0..2 {
+        trainer.train_step();
+        trainer.save_checkpoint(&dir.0).unwrap();
+    }
+    let mut other = Trainer::new(config.clone(), &device).unwrap();
+    for _ in 0..3 {
+        other.train_step();
+    }
+    other.save_checkpoint(&elsewhere.0).unwrap();
+    let ckpts = dir.0.join("checkpoints");
+    let latest = ckpts.join("latest");
+    let second = ckpts.join("step_000002");
+    let manifest = second.join("manifest.json");
+    let good_manifest = std::fs::read(&manifest).unwrap();
+    // (what is done, what the error names)
+    type Damage<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Damage> = vec![
+        (
+            "empty latest",
+            Box::new(|| std::fs::write(&latest, b"").unwrap()),
+            "latest",
+        ),
+        (
+            "latest naming a missing step",
+            Box::new(|| std::fs::write(&latest, b"step_000009").unwrap()),
+            "step_000009",
+        ),
+        (
+            "a checkpoint folder linked out of the run",
+            Box::new(|| {
+                std::fs::write(&latest, b"step_000007").unwrap();
+                std::os::unix::fs::symlink(
+                    elsewhere.0.join("checkpoints/step_000003"),
+                    ckpts.join("step_000007"),
+                )
+                .unwrap();
+            }),
+            "symbolic link",
+        ),
+        (
+            "a missing manifest",
+            Box::new(|| std::fs::remove_file(&manifest).unwrap()),
+            "manifest.json",
+        ),
+        (
+            "an invalid manifest",
+            Box::new(|| std::fs::write(&manifest, b"{\"format\": 7,").unwrap()),
+            "manifest.json",
+        ),
+        (
+            "a manifest that lies about a size",
+            Box::new(|| {
+                let text = String::from_utf8(good_manifest.clone()).unwrap();
+                let lie = text.replacen("\"size\": ", "\"size\": 1", 1);
+                std::fs::write(&manifest, lie).unwrap()
+            }),
+            "where the manifest says",
+        ),
+    ];
+    for (what, damage, named) in cases {
+        std::fs::write(&latest, b"step_000002").unwrap();
+        std::fs::write(&manifest, &good_manifest).unwrap();
+        let _ = std::fs::remove_file(ckpts.join("step_000007"));
+        damage();
+        // Named, with the newest intact checkpoint offered …
+        match load_for_sampling(&dir.0, &device, IfDamaged::Fail) {
+            Err(e @ CheckpointError::Damaged { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(named), "{what}: {text}");
+                assert!(text.contains("the newest intact one is"), "{what}: {text}");
+            }
+            other => panic!(
+                "{what}: expected a damaged checkpoint, got {:?}",
+                other.err()
+            ),
+        }
+        // … which is this run's own and loads when asked.
+        let mut resumed = Trainer::new(config.clone(), &device).unwrap();
+        let from = resumed
+            .resume_with(&dir.0, IfDamaged::UseNewestIntact)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(from.starts_with(&ckpts), "{what}: {}", from.display());
+        assert_ne!(from, ckpts.join("step_000007"), "{what}");
+    }
+}
