@@ -197,26 +197,36 @@ impl Trainer {
             std::fs::remove_dir_all(&staging).map_err(at(&staging))?;
         }
         std::fs::create_dir(&staging).map_err(at(&staging))?;
-        self.write_files(&staging)?;
-        for entry in std::fs::read_dir(&staging).map_err(at(&staging))? {
-            let path = entry?.path();
-            sync_file(&path).map_err(at(&path))?;
+        if let Err(e) = self.seal(&staging) {
+            // A full disk: give back what the failed save took (a kill leaves it to the
+            // next start's clean-up).
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
         }
-        let config = serde_json::to_value(&self.config).map_err(std::io::Error::other)?;
-        let manifest = Manifest::describe(&staging, FORMAT, self.step, config)?;
-        let manifest_path = staging.join(super::storage::MANIFEST);
-        write_synced(
-            &manifest_path,
-            &serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?,
-        )
-        .map_err(at(&manifest_path))?;
-        sync_dir(&staging).map_err(at(&staging))?;
         std::fs::rename(&staging, &ckpt).map_err(at(&ckpt))?;
         sync_dir(&root).map_err(at(&root))?;
         let latest = root.join("latest");
         replace_atomically(&latest, name.as_bytes()).map_err(at(&latest))?;
         self.prune_checkpoints(&root)?;
         Ok(ckpt)
+    }
+
+    /// The run's files into `staging`, each synced, with their manifest; the folder synced.
+    fn seal(&self, staging: &Path) -> std::io::Result<()> {
+        self.write_files(staging)?;
+        for entry in std::fs::read_dir(staging).map_err(at(staging))? {
+            let path = entry?.path();
+            sync_file(&path).map_err(at(&path))?;
+        }
+        let config = serde_json::to_value(&self.config).map_err(std::io::Error::other)?;
+        let manifest = Manifest::describe(staging, FORMAT, self.step, config)?;
+        let manifest_path = staging.join(super::storage::MANIFEST);
+        write_synced(
+            &manifest_path,
+            &serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?,
+        )
+        .map_err(at(&manifest_path))?;
+        sync_dir(staging).map_err(at(staging))
     }
 
     /// The run's files, unsynced, into `dir`.
