@@ -144,9 +144,14 @@ fn odd_blocks_of(model: &VideoDit) -> impl Iterator<Item = (usize, &DitBlock)> {
     model.blocks().iter().enumerate().skip(1).step_by(2)
 }
 
+/// A shard's state, read whole into memory first: Burn's file loader reads tensors lazily,
+/// and a checkpoint pruned by a run writing beside this reader would vanish under it.
 fn load_shard(
     kind: OptimizerKind,
     file: PathBuf,
 ) -> Result<ModuleOptimizer, (PathBuf, RecordError)> {
-    dit_optimizer(kind).load(&file).map_err(|e| (file, e))
+    let bytes = std::fs::read(&file).map_err(|e| (file.clone(), RecordError::Io(e.to_string())))?;
+    dit_optimizer(kind)
+        .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| (file, e))
 }

@@ -422,26 +422,24 @@ fn eval_prints_its_metrics_before_a_failing_gif() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// `video_dit train --out OUT EXTRA…` started in the background (stderr piped).
+fn train_in_background(out: &str, extra: &[&str]) -> std::process::Child {
+    Command::new(example("video_dit"))
+        .args(["train", "--out", out])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn checkpoint_every_bounds_the_work_a_kill_loses() {
     let root = std::env::temp_dir().join(format!("cli-ckpt-every-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let out_s = root.display().to_string();
     // 40 steps would save at step 20 alone; every step is asked for.
-    let mut child = Command::new(example("video_dit"))
-        .args([
-            "train",
-            "--out",
-            &out_s,
-            "--steps",
-            "40",
-            "--checkpoint-every",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = train_in_background(&out_s, &["--steps", "40", "--checkpoint-every", "1"]);
     let second = root.join("checkpoints/step_000002");
     let started = Instant::now();
     while !second.exists() {
@@ -522,4 +520,58 @@ fn sigterm_and_sigint_stop_training_with_a_checkpoint() {
         drop(RunDir::open(&root, RunMode::Resume).expect("the lock is released"));
     }
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn readers_load_whole_checkpoints_while_train_writes_and_prunes_them() {
+    use burn_sparse_video::dit::train::{IfDamaged, load_for_sampling};
+    let root = std::env::temp_dir().join(format!("cli-readers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out_s = root.display().to_string();
+    // A checkpoint every step and only the newest kept: each one is pruned a step later.
+    let mut child = train_in_background(
+        &out_s,
+        &[
+            "--steps",
+            "400",
+            "--checkpoint-every",
+            "1",
+            "--keep-checkpoints",
+            "1",
+        ],
+    );
+    let started = Instant::now();
+    while !root.join("checkpoints/latest").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no first checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let device = Device::flex();
+    let (mut loads, mut steps) = (0, std::collections::BTreeSet::new());
+    let reading = Instant::now();
+    while reading.elapsed() < Duration::from_secs(12) {
+        let (model, config) = load_for_sampling(&root, &device, IfDamaged::Fail)
+            .unwrap_or_else(|e| panic!("load {loads} while train writes: {e}"));
+        assert_eq!(model.config().depth, config.model.depth);
+        let mut trainer = Trainer::new(config, &device).unwrap();
+        trainer
+            .resume(&root)
+            .unwrap_or_else(|e| panic!("resume {loads} while train writes: {e}"));
+        steps.insert(trainer.step());
+        loads += 1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        loads >= 5 && steps.len() >= 3,
+        "{loads} loads of {} checkpoints",
+        steps.len()
+    );
+    println!(
+        "{loads} loads and resumes of {} checkpoints, all whole",
+        steps.len()
+    );
 }

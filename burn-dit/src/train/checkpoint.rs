@@ -95,6 +95,16 @@ impl std::fmt::Display for CheckpointError {
 
 impl std::error::Error for CheckpointError {}
 
+/// What a resume reads from a checkpoint before the trainer changes.
+struct LoadedRun {
+    ckpt: PathBuf,
+    state: SavedState,
+    model: VideoDit,
+    ema: VideoDit,
+    optimizer: DitOptimizer,
+    predictor_optimizer: burn::optim::ModuleOptimizer,
+}
+
 /// Which checkpoint to load when the one `latest` names fails its manifest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IfDamaged {
@@ -299,6 +309,29 @@ impl Trainer {
         dir: &Path,
         if_damaged: IfDamaged,
     ) -> Result<PathBuf, CheckpointError> {
+        let LoadedRun {
+            ckpt,
+            state,
+            model,
+            ema,
+            optimizer,
+            predictor_optimizer,
+        } = while_latest_moves(dir, || self.load_run(dir, if_damaged))?;
+        self.model = model;
+        self.ema = ema;
+        self.optimizer = optimizer;
+        self.dsv.set_optimizer(predictor_optimizer);
+        self.step = state.step;
+        self.history = state.history;
+        self.lr_scale = state.lr_scale;
+        // Each step logs once and a successful one ends a run of skips, so the trailing
+        // skipped logs are the divergence guard's count.
+        self.skipped_in_a_row = self.history.iter().rev().take_while(|l| l.skipped).count();
+        Ok(ckpt)
+    }
+
+    /// Everything [`Trainer::resume_with`] reads, read and checked against this run.
+    fn load_run(&self, dir: &Path, if_damaged: IfDamaged) -> Result<LoadedRun, CheckpointError> {
         let (ckpt, state) = read_checkpoint(dir, if_damaged)?;
         let ours = serde_json::to_value(&self.config.model).expect("config serialises");
         let theirs = serde_json::to_value(&state.config.model).expect("config serialises");
@@ -341,23 +374,21 @@ impl Trainer {
         let optimizer =
             optimizer.map_err(|(file, e)| CheckpointError::Corrupt(file, e.to_string()))?;
         let pred_path = ckpt.join("predictor_optimizer.bpk");
+        let bytes =
+            std::fs::read(&pred_path).map_err(|e| CheckpointError::Io(pred_path.clone(), e))?;
         let predictor_optimizer = AdamWConfig::new()
             .with_weight_decay(0.0)
             .init()
-            .load(&pred_path)
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
             .map_err(|e| CheckpointError::Corrupt(pred_path, e.to_string()))?;
-
-        self.model = model;
-        self.ema = ema;
-        self.optimizer = optimizer;
-        self.dsv.set_optimizer(predictor_optimizer);
-        self.step = state.step;
-        self.history = state.history;
-        self.lr_scale = state.lr_scale;
-        // Each step logs once and a successful one ends a run of skips, so the trailing
-        // skipped logs are the divergence guard's count.
-        self.skipped_in_a_row = self.history.iter().rev().take_while(|l| l.skipped).count();
-        Ok(ckpt)
+        Ok(LoadedRun {
+            ckpt,
+            state,
+            model,
+            ema,
+            optimizer,
+            predictor_optimizer,
+        })
     }
 }
 
@@ -529,21 +560,37 @@ fn read_checkpoint(
     }
 }
 
+/// The record of `ckpt/file`, read whole into memory first: Burn's file loader reads tensors
+/// lazily, and a checkpoint pruned by a run writing beside this reader would vanish under it
+/// (a panic deep in a tensor read instead of an error).
 fn load_module_record(ckpt: &Path, file: &str) -> Result<ModuleRecord, CheckpointError> {
     let path = ckpt.join(file);
-    if !path.exists() {
-        return Err(CheckpointError::Io(
-            path,
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
+    let bytes = std::fs::read(&path).map_err(|e| CheckpointError::Io(path.clone(), e))?;
+    ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| CheckpointError::Corrupt(path, e.to_string()))
+}
+
+/// `load()`, again (up to three times) when it failed while `dir`'s `latest` moved: a run
+/// writing beside this reader saved a newer checkpoint and pruned the one being read.
+fn while_latest_moves<T>(
+    dir: &Path,
+    mut load: impl FnMut() -> Result<T, CheckpointError>,
+) -> Result<T, CheckpointError> {
+    let latest = dir.join("checkpoints").join("latest");
+    let mut attempts = 0;
+    loop {
+        let before = std::fs::read(&latest).ok();
+        match load() {
+            Err(_) if attempts < 3 && std::fs::read(&latest).ok() != before => attempts += 1,
+            result => return result,
+        }
     }
-    ModuleRecord::load(&path).map_err(|e| CheckpointError::Corrupt(path, e.to_string()))
 }
 
 /// The training configuration of the checkpoint that `dir/checkpoints/latest` points to
 /// (per `if_damaged`, of the newest intact one).
 pub fn saved_config(dir: &Path, if_damaged: IfDamaged) -> Result<TrainConfig, CheckpointError> {
-    read_checkpoint(dir, if_damaged).map(|(_, state)| state.config)
+    while_latest_moves(dir, || read_checkpoint(dir, if_damaged)).map(|(_, state)| state.config)
 }
 
 /// The EMA (sampling) weights and the training configuration of the checkpoint that
@@ -555,7 +602,9 @@ pub fn load_for_sampling(
     device: &Device,
     if_damaged: IfDamaged,
 ) -> Result<(VideoDit, TrainConfig), CheckpointError> {
-    let (ckpt, state) = read_checkpoint(dir, if_damaged)?;
-    let model = load_weights(state.config.model.init(device), &ckpt, "ema.bpk")?;
-    Ok((model, state.config))
+    while_latest_moves(dir, || {
+        let (ckpt, state) = read_checkpoint(dir, if_damaged)?;
+        let model = load_weights(state.config.model.init(device), &ckpt, "ema.bpk")?;
+        Ok((model, state.config))
+    })
 }
