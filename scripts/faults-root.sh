@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Faults that need root and mounts, outside the README's test command (docs/reliability.md):
-# a disk that fills during a checkpoint save, and a read-only run folder (root ignores file
-# permissions, so a read-only mount stands in for one). Each case prints PASS or FAIL; the
+# Faults outside the README's test command (docs/reliability.md): a disk that fills during a
+# checkpoint save and a read-only run folder, which need root and mounts (root ignores file
+# permissions, so a read-only mount stands in for one), and MPI ranks killed or stopped, which
+# run alone. Each case prints PASS or FAIL; the
 # script exits non-zero if any case fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +80,17 @@ set -e
 check "read-only folder: eval prints its metrics, then names the GIF" \
     '[ $rc -ne 0 ] && grep -q "samples: {" "$work/eval.out" && grep -q "Read-only file system" "$work/eval.err"'
 umount "$mnt"
+
+# 3. A rank of an MPI job killed (SIGKILL) or stopped (SIGSTOP) a few steps in: the job ends
+#    with the rank named (run alone: timing-sensitive beside other training tests).
+if cargo test --workspace --features ndarray,mpi,wgpu --test integration -- --ignored \
+    --exact cli::mpi_a_killed_or_stopped_rank_ends_the_job_by_name >"$work/mpi.out" 2>&1; then
+    echo "PASS MPI: a killed or stopped rank ends the job by name"
+else
+    echo "FAIL MPI: a killed or stopped rank ends the job by name (see below)"
+    tail -30 "$work/mpi.out"
+    failures=$((failures + 1))
+fi
 
 echo "faults-root.sh: $failures failed"
 exit "$failures"

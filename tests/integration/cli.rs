@@ -298,10 +298,10 @@ fn a_latest_pointer_out_of_the_run_folder_is_refused_and_the_intact_one_named() 
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// Runs `mpirun` with one `video_dit train` process per argument list (MPMD), killed after
-/// `limit`.
+/// `mpirun` with one `video_dit` process per argument list (MPMD), a peer timeout of
+/// `timeout_s` seconds.
 #[cfg(feature = "mpi")]
-fn mpirun_train(ranks: &[Vec<String>], limit: Duration) -> (bool, String, Duration) {
+fn mpirun_command(ranks: &[Vec<String>], timeout_s: &str) -> Command {
     let mut command = Command::new("mpirun");
     command.args([
         "--oversubscribe",
@@ -309,12 +309,13 @@ fn mpirun_train(ranks: &[Vec<String>], limit: Duration) -> (bool, String, Durati
         "--bind-to",
         "none",
     ]);
-    command.args([
-        "-x",
+    for var in [
         "RAYON_NUM_THREADS",
-        "-x",
         "OMPI_MCA_btl_vader_single_copy_mechanism",
-    ]);
+        "CTX_PARALLEL_TIMEOUT_S",
+    ] {
+        command.args(["-x", var]);
+    }
     for (i, args) in ranks.iter().enumerate() {
         if i > 0 {
             command.arg(":");
@@ -324,21 +325,49 @@ fn mpirun_train(ranks: &[Vec<String>], limit: Duration) -> (bool, String, Durati
             .arg(example("video_dit"))
             .args(args);
     }
-    let started = Instant::now();
-    let child = command
+    command
         .env("RAYON_NUM_THREADS", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("CTX_PARALLEL_TIMEOUT_S", timeout_s)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun (OpenMPI: scripts/setup.sh --mpi installs it)");
+        .stderr(Stdio::piped());
+    command
+}
+
+/// What an MPI job printed (stdout and stderr) once it ended, killed after `limit`.
+#[cfg(feature = "mpi")]
+fn mpi_job_output(child: std::process::Child, limit: Duration) -> (bool, String) {
     let out = wait_at_most(child, limit, "the MPI job");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text, started.elapsed())
+    (out.status.success(), text)
+}
+
+/// Runs `mpirun` with one `video_dit` process per argument list, killed after `limit`.
+#[cfg(feature = "mpi")]
+fn mpirun_train(ranks: &[Vec<String>], limit: Duration) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let child = mpirun_command(ranks, "300")
+        .spawn()
+        .expect("mpirun (OpenMPI: scripts/setup.sh --mpi installs it)");
+    let (success, text) = mpi_job_output(child, limit);
+    (success, text, started.elapsed())
+}
+
+/// The process id of rank `rank` of the MPI job whose command line holds `run`.
+#[cfg(feature = "mpi")]
+fn rank_pid(run: &str, rank: usize) -> Option<u32> {
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}\0");
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let has = |bytes: &[u8], text: &str| String::from_utf8_lossy(bytes).contains(text);
+        (has(&cmdline, "video_dit") && has(&cmdline, run) && has(&environ, &wanted)).then_some(pid)
+    })
 }
 
 #[cfg(feature = "mpi")]
@@ -550,8 +579,14 @@ fn readers_load_whole_checkpoints_while_train_writes_and_prunes_them() {
     }
     let device = Device::flex();
     let (mut loads, mut steps) = (0, std::collections::BTreeSet::new());
+    // Until a few checkpoints were read (a loaded machine trains slower), within a limit.
     let reading = Instant::now();
-    while reading.elapsed() < Duration::from_secs(12) {
+    while loads < 5 || steps.len() < 4 {
+        assert!(
+            reading.elapsed() < Duration::from_secs(180),
+            "{loads} loads of {} checkpoints in 180 s",
+            steps.len()
+        );
         let (model, config) = load_for_sampling(&root, &device, IfDamaged::Fail)
             .unwrap_or_else(|e| panic!("load {loads} while train writes: {e}"));
         assert_eq!(model.config().depth, config.model.depth);
@@ -565,13 +600,89 @@ fn readers_load_whole_checkpoints_while_train_writes_and_prunes_them() {
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&root);
-    assert!(
-        loads >= 5 && steps.len() >= 3,
-        "{loads} loads of {} checkpoints",
-        steps.len()
-    );
     println!(
         "{loads} loads and resumes of {} checkpoints, all whole",
         steps.len()
     );
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_sequence_parallel_over_more_ranks_than_frame_units_is_refused() {
+    let root = std::env::temp_dir().join(format!("cli-mpi-seq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out = root.display().to_string();
+    let rank: Vec<String> = ["train", "--transport", "mpi", "--replicas", "1"]
+        .iter()
+        .chain(&["--sequence-parallel", "--steps", "4", "--out", &out])
+        .map(ToString::to_string)
+        .collect();
+    // The tiny preset's clips have 8 frames in units of 2: at most 4 ranks.
+    let (success, text, took) = mpirun_train(&vec![rank; 5], Duration::from_secs(120));
+    assert!(!success, "{text}");
+    assert!(
+        text.contains("`comm` must be at most 4 ranks (clips of 8 frames in units of 2), got 5"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Outside the README's test command: once, among tests training beside it on a loaded
+/// machine, a job outlived its limit; `scripts/faults-root.sh` runs it alone.
+#[cfg(feature = "mpi")]
+#[test]
+#[ignore = "run alone by scripts/faults-root.sh"]
+fn mpi_a_killed_or_stopped_rank_ends_the_job_by_name() {
+    // (signal to rank 1, the peers' timeout, what the job's output names); a timeout long
+    // enough that a loaded machine's imbalance between the ranks never reaches it.
+    for (signal, timeout, named) in [
+        ("KILL", "300", "exited on signal 9"),
+        ("STOP", "10", "no message from rank 1 within 10.0 s"),
+    ] {
+        let root = std::env::temp_dir().join(format!("cli-mpi-{signal}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let out = root.display().to_string();
+        let rank: Vec<String> = ["train", "--transport", "mpi", "--replicas", "1"]
+            .iter()
+            .map(ToString::to_string)
+            .chain(["--steps", "400", "--out", &out].map(String::from))
+            .collect();
+        let started = Instant::now();
+        let child = mpirun_command(&[rank.clone(), rank], timeout)
+            .spawn()
+            .unwrap();
+        let pid = loop {
+            if let Some(pid) = rank_pid(&out, 1) {
+                break pid;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "rank 1 never started"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // A few steps in.
+        std::thread::sleep(Duration::from_secs(4));
+        let signalled = Instant::now();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
+        assert!(sent.unwrap().success());
+        let (success, text) = mpi_job_output(child, Duration::from_secs(120));
+        // The stopped rank, if mpirun left it.
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        assert!(!success, "SIG{signal}: the job succeeded:\n{text}");
+        assert!(text.contains(named), "SIG{signal}:\n{text}");
+        // Bounded: well before the default 300 s timeout.
+        assert!(
+            signalled.elapsed() < Duration::from_secs(60),
+            "SIG{signal}: the job took {:?} to end",
+            signalled.elapsed()
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -205,15 +205,15 @@ fn failures_end_the_job_with_the_rank_and_cause() {
     );
     assert!(job.took < Duration::from_secs(50), "{:?}", job.took);
     // A rank that finishes while a peer still waits for it: the job ends at once, naming it,
-    // well within the 10 s timeout.
+    // not by the peer's 10 s timeout.
     let job = mpirun(2, "early_finish", limit);
     assert!(!job.success);
     assert!(
         job.output.contains(
             "rank 1: aborting the MPI job: rank 0 finished its work while this rank waits"
-        ),
+        ) && !job.output.contains("within 10.0 s"),
         "{}",
         job.output
     );
-    assert!(job.took < Duration::from_secs(9), "{:?}", job.took);
+    assert!(job.took < Duration::from_secs(50), "{:?}", job.took);
 }

@@ -360,3 +360,46 @@ fn damaged_pointers_and_manifests_are_named_and_the_intact_checkpoint_offered() 
         assert_ne!(from, ckpts.join("step_000007"), "{what}");
     }
 }
+
+#[test]
+fn a_checkpoint_of_two_ranks_resumes_on_one_and_on_three() {
+    let device = Device::flex();
+    let dir = TempDir::new("ranks-resume");
+    let mut config = micro_train(AttentionKind::Dense);
+    config.replicas = 1;
+    // Two data-parallel ranks train two steps; rank 0 saves.
+    let saved = run_in_process(&[device.clone(), device.clone()], |comm| {
+        let lead = comm.rank() == 0;
+        let mut trainer = Trainer::new(config.clone(), comm.device())
+            .unwrap()
+            .with_communicator(comm)?;
+        for _ in 0..2 {
+            trainer.try_train_step().unwrap();
+        }
+        if lead {
+            trainer.save_checkpoint(&dir.0).unwrap();
+        }
+        Ok(params(&trainer))
+    });
+    let weights = saved[0].as_ref().unwrap().clone();
+    for world in [1, 3] {
+        let resumed = run_in_process(&vec![device.clone(); world], |comm| {
+            let mut trainer = Trainer::new(config.clone(), comm.device()).unwrap();
+            trainer.resume(&dir.0).unwrap();
+            let mut trainer = trainer.with_communicator(comm)?;
+            let at = (trainer.step(), params(&trainer));
+            let log = trainer.try_train_step().unwrap();
+            Ok((at, log.step, log.loss))
+        });
+        for (rank, result) in resumed.into_iter().enumerate() {
+            let ((step, params), next, loss) = result.unwrap();
+            assert_eq!(step, 2, "{world} ranks, rank {rank}");
+            assert_eq!(
+                params, weights,
+                "{world} ranks, rank {rank}: the saved weights"
+            );
+            assert_eq!(next, 3, "{world} ranks, rank {rank}");
+            assert!(loss.is_finite(), "{world} ranks, rank {rank}: loss {loss}");
+        }
+    }
+}
