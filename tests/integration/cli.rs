@@ -686,3 +686,68 @@ fn mpi_a_killed_or_stopped_rank_ends_the_job_by_name() {
         let _ = std::fs::remove_dir_all(&root);
     }
 }
+
+#[test]
+fn every_float_flag_refuses_nan_and_infinities_by_name() {
+    let root = std::env::temp_dir().join(format!("cli-non-finite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let run_dir = root.join("run");
+    tiny_checkpoint(&run_dir);
+    let run_s = run_dir.display().to_string();
+    let fresh = root.join("fresh").display().to_string();
+    // (example, arguments before the flag, flag). `eval --guidance-max-sigma inf` is left out:
+    // infinity there means "guide every step".
+    let flags: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("video_dit", vec!["train", "--out", &fresh], "--lr"),
+        ("video_dit", vec!["eval", "--out", &run_s], "--guidance"),
+        ("video_dit", vec!["eval", "--out", &run_s], "--shift"),
+        (
+            "video_dit",
+            vec!["eval", "--out", &run_s],
+            "--stochasticity",
+        ),
+        (
+            "video_dit",
+            vec!["sample", "--out", &run_s],
+            "--online-sparse",
+        ),
+        ("long_video", vec!["--out", &run_s], "--switch-sigma"),
+        ("bench_attention", vec![], "--sparsity"),
+        ("bench_attention", vec![], "--dense-mem-gib"),
+        ("bench_training", vec![], "--sparsity"),
+        ("bench_memory", vec![], "--budget-gib"),
+        ("bench_memory", vec![], "--sparsity"),
+        ("bench_sampling", vec!["--run", &run_s], "--online-sparsity"),
+        ("bench_sampling", vec!["--run", &run_s], "--online-warmup"),
+        ("bench_sampling", vec!["--run", &run_s], "--renoise-sigma"),
+        ("bench_context_parallel", vec![], "--sparsity"),
+        ("plan_context_parallel", vec![], "--nvlink"),
+        ("plan_context_parallel", vec![], "--ib"),
+        ("plan_context_parallel", vec![], "--tflops"),
+        ("plan_context_parallel", vec![], "--latency-us"),
+    ];
+    let mut failures = Vec::new();
+    for (name, before, flag) in &flags {
+        for value in ["NaN", "inf", "-inf"] {
+            let mut args = before.clone();
+            let flag_value = format!("{flag}={value}");
+            args.push(&flag_value);
+            let out = run(name, &args, Duration::from_secs(60));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // The message names the flag, or the setting it fills (`--shift` → `config.shift`).
+            let setting = flag.trim_start_matches("--").replace('-', "_");
+            let named = stderr.contains(flag) || stderr.contains(&setting);
+            if out.status.success() || stderr.contains("panicked") || !named {
+                failures.push(format!("{name} {args:?}: {}\n{stderr}", out.status));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        failures.is_empty(),
+        "{} of {} non-finite values were not refused by name:\n{}",
+        failures.len(),
+        flags.len() * 3,
+        failures.join("\n")
+    );
+}
