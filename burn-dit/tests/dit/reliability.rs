@@ -385,6 +385,50 @@ fn print_straight_run() {
     }
 }
 
+/// The losses the straight run's child printed, each step's exact bits.
+fn straight_run_losses(out: std::process::Output) -> Vec<(usize, f32)> {
+    assert!(out.status.success(), "the straight run failed");
+    let losses: Vec<(usize, f32)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l[l.find("loss ")? + "loss ".len()..].split(' ');
+            let step = parts.next()?.parse().ok()?;
+            let bits = parts.next()?.parse().ok()?;
+            Some((step, f32::from_bits(bits)))
+        })
+        .collect();
+    assert_eq!(losses.len(), KILL_TEST_STEPS);
+    losses
+}
+
+#[test]
+fn training_is_bitwise_reproducible_under_load() {
+    // The same run (replicas in parallel threads, rayon inside the kernels) in a process alone
+    // and in three processes side by side on the same cores: thread timing differs, every
+    // step's loss must not (a reduction whose order followed the schedule would show here).
+    // Across CPUs it may differ: gemm and the kernels pick AVX-512 or AVX2 code at run time.
+    let alone = straight_run_losses(kill_test_child(REFERENCE).output().unwrap());
+    let crowded: Vec<_> = (0..3)
+        .map(|_| {
+            kill_test_child(REFERENCE)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (n, child) in crowded.into_iter().enumerate() {
+        let losses = straight_run_losses(child.wait_with_output().unwrap());
+        let differ = alone
+            .iter()
+            .zip(&losses)
+            .find(|(a, b)| a.1.to_bits() != b.1.to_bits());
+        assert!(
+            differ.is_none(),
+            "run {n} under load: first differing step {differ:?}"
+        );
+    }
+}
+
 #[test]
 fn killed_saves_never_lose_a_checkpoint() {
     match std::env::var(KILL_CHILD).as_deref() {
@@ -395,18 +439,7 @@ fn killed_saves_never_lose_a_checkpoint() {
     let dir = TempDir::new("killed");
     // The straight run every resumed history must match, in a process of its own as the
     // killed runs are: tests running beside this one share the device's generator.
-    let out = kill_test_child(REFERENCE).output().unwrap();
-    assert!(out.status.success(), "the straight run failed");
-    let reference: Vec<(usize, f32)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l[l.find("loss ")? + "loss ".len()..].split(' ');
-            let step = parts.next()?.parse().ok()?;
-            let bits = parts.next()?.parse().ok()?;
-            Some((step, f32::from_bits(bits)))
-        })
-        .collect();
-    assert_eq!(reference.len(), KILL_TEST_STEPS);
+    let reference = straight_run_losses(kill_test_child(REFERENCE).output().unwrap());
     let device = Device::flex();
     let mut rng = SplitMix(2024);
     let (mut kills, mut mid_save, mut saved) = (0, 0, 0usize);
