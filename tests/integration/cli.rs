@@ -751,3 +751,71 @@ fn every_float_flag_refuses_nan_and_infinities_by_name() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn odd_paths_are_named_or_work() {
+    let root = std::env::temp_dir().join(format!("cli-odd-paths-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let file = root.join("a file");
+    std::fs::write(&file, b"mine").unwrap();
+    let file_s = file.display().to_string();
+    let below = file.join("x.json").display().to_string();
+    // (example, arguments, what the message names)
+    let refused: [(&str, Vec<&str>, &str); 5] = [
+        ("video_dit", vec!["train", "--out", ""], "--out"),
+        (
+            "video_dit",
+            vec!["train", "--out", &file_s, "--steps", "1"],
+            "cannot write to",
+        ),
+        (
+            "video_dit",
+            vec!["sample", "--out", &file_s],
+            "a file/checkpoints/latest",
+        ),
+        (
+            "bench_attention",
+            vec!["--out", "", "--seq", "64", "--repeats", "1"],
+            "--out",
+        ),
+        (
+            "bench_attention",
+            vec!["--out", &below, "--seq", "64", "--repeats", "1"],
+            "--out",
+        ),
+    ];
+    for (name, args, named) in &refused {
+        let out = run(name, args, Duration::from_secs(120));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(named) && !stderr.contains("panicked"),
+            "{name} {args:?}: {}\n{stderr}",
+            out.status
+        );
+    }
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"mine",
+        "the file is untouched"
+    );
+    // Spaces and non-ASCII letters in a run folder's path.
+    let unicode = root.join("ü nicode run");
+    tiny_checkpoint(&unicode);
+    let unicode_s = unicode.display().to_string();
+    let out = run(
+        "video_dit",
+        &["sample", "--out", &unicode_s, "--labels", "circle:mauve"],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "loaded {}",
+            unicode.join("checkpoints/step_000000").display()
+        )),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
