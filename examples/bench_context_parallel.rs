@@ -413,7 +413,9 @@ fn main() {
     let what = format!("dense attention over S = {s} with {h} heads of D = {d}");
     match args.transport {
         Transport::Threads => limits::check_fits("--seq", &what, need),
-        Transport::Mpi => limits::check_fits("--seq", &what, need.map(|_| 0)),
+        Transport::Mpi => {
+            limits::check_size("--seq", &what, need);
+        }
     }
     // The selection reads 16 columns of each head; the sweep sends at least a KiB.
     for (flag, value, least) in [

@@ -449,13 +449,12 @@ fn main() {
             args.max_frames
         ));
     }
-    if limits::tiny_dit_clip_bytes(args.max_frames.max(longest_fixed), args.size).is_none() {
-        fail(format!(
-            "--max-frames {} and --size {}: a clip that large has more tokens than a 64-bit \
-             size holds",
-            args.max_frames, args.size
-        ));
-    }
+    let longest = args.max_frames.max(longest_fixed);
+    limits::check_size(
+        "--max-frames",
+        &format!("a clip of {longest} frames of {0}×{0}", args.size),
+        limits::tiny_dit_clip_bytes(longest, args.size),
+    );
     for v in &args.variants {
         variant_config(v, args.sparsity);
     }

@@ -18,24 +18,30 @@ pub fn bytes_of(factors: &[usize]) -> Option<u64> {
         .try_fold(1u64, |acc, &f| acc.checked_mul(u64::try_from(f).ok()?))
 }
 
-/// Exits (status 2) naming `flag` when `bytes` (`None`: a size that overflows) is more than
-/// the machine's available memory; `what` says what needs it. On a GPU device the host's
-/// memory bounds what is staged there too, and the device's own limit applies later.
+fn refuse(flag: &str, what: &str, why: &str) -> ! {
+    eprintln!("error: {flag}: {what} needs {why}");
+    std::process::exit(2)
+}
+
+/// `bytes`, or an exit (status 2) naming `flag` when it overflowed (`None`); `what` says what
+/// needs them. For sizes that need not fit this machine (an MPI job's ranks may each have one).
+pub fn check_size(flag: &str, what: &str, bytes: Option<u64>) -> u64 {
+    bytes.unwrap_or_else(|| refuse(flag, what, "more bytes than a 64-bit size holds"))
+}
+
+/// [`check_size`], and an exit naming `flag` when the bytes are more than the machine's
+/// available memory. On a GPU device the host's memory bounds what is staged there too, and
+/// the device's own limit applies later.
 pub fn check_fits(flag: &str, what: &str, bytes: Option<u64>) {
     const GIB: f64 = (1u64 << 30) as f64;
-    let available = available_bytes();
-    let refuse = match (bytes, available) {
-        (None, _) => Some("more bytes than a 64-bit size holds".to_string()),
-        (Some(b), Some(a)) if b > a => Some(format!(
+    let bytes = check_size(flag, what, bytes);
+    if let Some(available) = available_bytes().filter(|&a| bytes > a) {
+        let why = format!(
             "about {:.1} GiB, and this machine has {:.1} GiB available",
-            b as f64 / GIB,
-            a as f64 / GIB
-        )),
-        _ => None,
-    };
-    if let Some(why) = refuse {
-        eprintln!("error: {flag}: {what} needs {why}");
-        std::process::exit(2);
+            bytes as f64 / GIB,
+            available as f64 / GIB
+        );
+        refuse(flag, what, &why);
     }
 }
 

@@ -628,8 +628,8 @@ fn mpi_sequence_parallel_over_more_ranks_than_frame_units_is_refused() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// Outside the README's test command: once, among tests training beside it on a loaded
-/// machine, a job outlived its limit; `scripts/faults-root.sh` runs it alone.
+/// Outside the README's test command: timing-sensitive beside the other training tests on a
+/// loaded machine, so `scripts/faults-root.sh` runs it alone.
 #[cfg(feature = "mpi")]
 #[test]
 #[ignore = "run alone by scripts/faults-root.sh"]

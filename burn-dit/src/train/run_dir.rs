@@ -111,9 +111,16 @@ impl RunDir {
             .map_err(not_writable(path))?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n != LOCK && !is_temporary(n))
+            .filter(|n| n != LOCK && !is_killed_write(n))
             // What a run killed before its first checkpoint leaves.
-            .filter(|n| !(RUN_SUBFOLDERS.contains(&n.as_str()) && holds_nothing(&path.join(n))))
+            .filter(|n| {
+                let dir = path.join(n);
+                !match n.as_str() {
+                    "checkpoints" => holds_only(&dir, is_temporary),
+                    "samples" => holds_only(&dir, is_killed_write),
+                    _ => false,
+                }
+            })
             .collect();
         match mode {
             RunMode::Fresh if !others.is_empty() => {
@@ -166,18 +173,23 @@ fn not_writable(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + use
     move |e| RunDirError::NotWritable(path, e)
 }
 
-/// A temporary file of an atomic write ([`write_atomically`](super::write_atomically)) or of
-/// Burn's record writers, left by a kill.
-fn is_temporary(name: &str) -> bool {
-    name.starts_with(".tmp-") || name.ends_with(".tmp")
+/// The temporary file of an atomic write ([`write_atomically`](super::write_atomically)),
+/// left by a kill: the only leftover in the run folder and `samples/`.
+fn is_killed_write(name: &str) -> bool {
+    name.starts_with(".tmp-")
 }
 
-/// `path` is a folder holding nothing but what a kill leaves (temporary files).
-fn holds_nothing(path: &Path) -> bool {
+/// A temporary file a killed save leaves in `checkpoints/`: an atomic write's, or one of
+/// Burn's record writers (`*.tmp`).
+fn is_temporary(name: &str) -> bool {
+    is_killed_write(name) || name.ends_with(".tmp")
+}
+
+/// `path` is a folder holding only files that `leftover` names (what a kill leaves).
+fn holds_only(path: &Path, leftover: fn(&str) -> bool) -> bool {
     std::fs::read_dir(path).is_ok_and(|entries| {
         entries.filter_map(|e| e.ok()).all(|e| {
-            e.file_type().is_ok_and(|t| t.is_file())
-                && is_temporary(&e.file_name().to_string_lossy())
+            e.file_type().is_ok_and(|t| t.is_file()) && leftover(&e.file_name().to_string_lossy())
         })
     })
 }
@@ -190,12 +202,7 @@ fn remove_temporary_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     };
     for entry in entries {
         let entry = entry?;
-        if entry.file_type()?.is_file()
-            && entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(".tmp-"))
-        {
+        if entry.file_type()?.is_file() && entry.file_name().to_str().is_some_and(is_killed_write) {
             std::fs::remove_file(entry.path())?;
             removed.push(entry.path());
         }
@@ -207,7 +214,6 @@ fn remove_temporary_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// temporary files (`.tmp-*`, Burn's `*.tmp`), also inside finished checkpoints.
 fn remove_leftovers(checkpoints: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let stale = is_temporary;
     for entry in std::fs::read_dir(checkpoints)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -219,13 +225,13 @@ fn remove_leftovers(checkpoints: &Path) -> std::io::Result<Vec<PathBuf>> {
             } else {
                 for inner in std::fs::read_dir(&path)? {
                     let inner = inner?;
-                    if stale(&inner.file_name().to_string_lossy()) {
+                    if is_temporary(&inner.file_name().to_string_lossy()) {
                         std::fs::remove_file(inner.path())?;
                         removed.push(inner.path());
                     }
                 }
             }
-        } else if stale(&name) {
+        } else if is_temporary(&name) {
             std::fs::remove_file(&path)?;
             removed.push(path);
         }

@@ -151,6 +151,16 @@ fn a_refused_folder_is_left_as_found_and_a_killed_start_is_fresh() {
     }
     let names = names_in(&dir.0);
     assert_eq!(names, ["notes.txt"]);
+    // A user's `*.tmp` file is theirs, not a leftover of ours: refused too.
+    let notes = dir.0.join("notes.tmp");
+    std::fs::write(&notes, b"mine").unwrap();
+    std::fs::remove_file(dir.0.join("notes.txt")).unwrap();
+    match RunDir::open(&dir.0, RunMode::Fresh) {
+        Err(RunDirError::NotEmpty(_, names)) => assert_eq!(names, ["notes.tmp"]),
+        other => panic!("expected the folder refused, got {other:?}"),
+    }
+    std::fs::remove_file(&notes).unwrap();
+    std::fs::write(dir.0.join("notes.txt"), b"mine").unwrap();
     // A folder the refused call created is removed again.
     let blocked = dir.0.join("notes.txt/run");
     assert!(RunDir::open(&blocked, RunMode::Fresh).is_err());
