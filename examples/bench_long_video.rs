@@ -22,7 +22,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use burn_sparse_video::ctx_parallel::burn_sparse_attn::SparseAttnError;
 use burn_sparse_video::ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_video::dit::data::SplitMix;
-use burn_sparse_video::dit::{VideoDit, VideoDitConfig};
+use burn_sparse_video::dit::{ForwardContext, VideoDit, VideoDitConfig, VideoDitInput};
 use clap::Parser;
 
 #[path = "common/allocator.rs"]
@@ -96,23 +96,20 @@ fn dual_scope_step(
         TensorData::new(vec![1i64, 4, 2, 5], [BATCH, 2]),
         device,
     ));
-    let parts: Vec<Tensor<5>> = mine
-        .clone()
-        .map(|c| SplitMix(c as u64).normal_tensor([BATCH, 3, layout.frames(c), SIZE, SIZE], device))
-        .collect();
+    // This rank's clips, one after another in time.
+    let x = Tensor::cat(
+        mine.map(|c| {
+            SplitMix(c as u64).normal_tensor([BATCH, 3, layout.frames(c), SIZE, SIZE], device)
+        })
+        .collect(),
+        2,
+    );
+    let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.7f32; BATCH], [BATCH]), device);
     let scope = DualScopeConfig::new();
+    let ctx = ForwardContext::clips(comm, &layout, &scope, &[0.7; BATCH]);
     let step = || -> Result<(), SparseAttnError> {
-        for v in model.forward_clips(
-            comm,
-            &layout,
-            parts.clone(),
-            &[0.7; BATCH],
-            vec![cond.clone(); mine.len()],
-            None,
-            &scope,
-        )? {
-            v.into_data();
-        }
+        let input = VideoDitInput::new(x.clone(), sigma.clone(), cond.clone());
+        model.forward(input, &ctx)?.into_data();
         Ok(())
     };
     step()?;
@@ -196,8 +193,9 @@ fn main() {
                 let sigma =
                     Tensor::<1>::from_data(TensorData::new(vec![0.7f32; BATCH], [BATCH]), &device);
                 measure(&device, args.repeats, || {
+                    let input = VideoDitInput::new(video.clone(), sigma.clone(), cond.clone());
                     model
-                        .forward(video.clone(), sigma.clone(), cond.clone())
+                        .forward(input, &ForwardContext::whole())
                         .expect("shapes")
                         .into_data()
                 })

@@ -194,7 +194,10 @@ fn probe(args: &Args, frames: usize) {
         let measured = ranks::on_ranks(ranks::Transport::Mpi, 1, &device, |comm| {
             let mut trainer = trainer().with_sequence_parallel(comm)?;
             let own = measure_steps(&mut trainer);
-            let comm = trainer.communicator();
+            let comm = trainer
+                .parallelism()
+                .communicator()
+                .expect("a sequence-parallel group");
             let all = comm.all_gather(Tensor::<1>::from_floats(own, comm.device()), 0)?;
             let all: Vec<f64> = all
                 .into_data()

@@ -22,12 +22,12 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use burn_sparse_video::dit::data::ClipShape;
-use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
-use burn_sparse_video::dit::free_init::FreeInitConfig;
 use burn_sparse_video::dit::media::Frames;
 use burn_sparse_video::dit::metrics::{ObjectClassifier, measure};
-use burn_sparse_video::dit::online_sparse::{OnlineLayerStats, OnlineSparseConfig};
 use burn_sparse_video::dit::sample::SamplerConfig;
+use burn_sparse_video::dit::sample::faster_cache::FasterCacheConfig;
+use burn_sparse_video::dit::sample::free_init::FreeInitConfig;
+use burn_sparse_video::dit::sample::online_sparse::{OnlineLayerStats, OnlineSparseConfig};
 use burn_sparse_video::dit::train::{IfDamaged, generate_with_stats, load_for_sampling};
 
 #[path = "common/allocator.rs"]

@@ -28,14 +28,14 @@ use burn::tensor::{Device, Tensor, TensorData};
 use burn_sparse_video::ctx_parallel::Communicator;
 use burn_sparse_video::ctx_parallel::{ClipLayout, DualScopeConfig};
 use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, parse_label};
-use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
-use burn_sparse_video::dit::free_init::FreeInitConfig;
-use burn_sparse_video::dit::long_video::{clip_noise, generate_long_with_stats};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
 use burn_sparse_video::dit::metrics::{
     clip_continuity, detect, dynamic_degree, motion_smoothness, temporal_flickering,
 };
-use burn_sparse_video::dit::online_sparse::{OnlineLayerStats, OnlineSparseConfig};
+use burn_sparse_video::dit::sample::faster_cache::FasterCacheConfig;
+use burn_sparse_video::dit::sample::free_init::FreeInitConfig;
+use burn_sparse_video::dit::sample::long_video::{clip_noise, generate_long_with_stats};
+use burn_sparse_video::dit::sample::online_sparse::{OnlineLayerStats, OnlineSparseConfig};
 use burn_sparse_video::dit::sample::sample_euler;
 use burn_sparse_video::dit::train::{IfDamaged, label_ids, load_for_sampling, write_atomically};
 use clap::Parser;

@@ -23,15 +23,15 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::Device;
 use burn_sparse_video::dit::data::{COLOURS, DataSource, FASHION_DIR, parse_label};
-use burn_sparse_video::dit::faster_cache::FasterCacheConfig;
-use burn_sparse_video::dit::free_init::FreeInitConfig;
 use burn_sparse_video::dit::media::{
     Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png,
 };
 use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
-use burn_sparse_video::dit::online_sparse::OnlineSparseConfig;
-use burn_sparse_video::dit::optim::OptimizerKind;
 use burn_sparse_video::dit::sample::SamplerConfig;
+use burn_sparse_video::dit::sample::faster_cache::FasterCacheConfig;
+use burn_sparse_video::dit::sample::free_init::FreeInitConfig;
+use burn_sparse_video::dit::sample::online_sparse::OnlineSparseConfig;
+use burn_sparse_video::dit::train::optim::OptimizerKind;
 use burn_sparse_video::dit::train::report::{
     LOSS_WINDOW, RunReport, attention_name, confusion_table, smoothed_losses,
 };

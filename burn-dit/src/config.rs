@@ -14,7 +14,7 @@ pub enum AttentionKind {
     Dsv(DsvPolicy),
     /// Video-Infinity's dual-scope attention on the frame axis of the token grid: a local
     /// window of frames plus global frames, balanced by noise level. On one device the video
-    /// is one clip; [`crate::VideoDit::forward_clips`] spreads clips over a group of ranks.
+    /// is one clip; [`crate::ForwardContext::clips`] spreads clips over a group of ranks.
     DualScope(DualScopeConfig),
 }
 
@@ -89,7 +89,7 @@ pub struct VideoDitConfig {
     /// reads the model's previous clean-video estimate `x̂0`, zeros when there is none. The
     /// sampler hands each step's estimate to the next, so a sample's outline, once guessed,
     /// is refined instead of re-guessed from the noisy input at every step; training makes
-    /// the estimate without gradient on half of its steps ([`crate::VideoDit::forward_refining`]).
+    /// the estimate without gradient on half of its steps ([`crate::VideoDitInput::estimate`]).
     #[config(default = false)]
     pub self_condition: bool,
     /// Vchitect-2.0's parallel block: self-attention, cross-attention and the MLP all read

@@ -11,10 +11,12 @@
 //! and across frames in the MLP, and a zero-initialised output head predicting the velocity
 //! or the clean video.
 //!
-//! Long videos ([`long_video`]): [`VideoDit::forward_clips`] runs a video cut into clips
-//! over the ranks of a `burn-ctx-parallel` communicator (threads or MPI processes) with
-//! Video-Infinity's dual-scope attention,
-//! and [`sample::sample_euler_clips`] samples it, each clip with its own noise and prompt.
+//! One forward pass, [`VideoDit::forward`], takes a [`VideoDitInput`] and a
+//! [`ForwardContext`] that says where the frames lie and what the pass records. Long videos
+//! ([`sample::long_video`]): [`ForwardContext::clips`] runs a video cut into clips over the
+//! ranks of a `burn-ctx-parallel` communicator (threads or MPI processes) with
+//! Video-Infinity's dual-scope attention, and [`sample::sample_euler_clips`] samples it, each
+//! clip with its own noise and prompt.
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Distribution, Int, Tensor};
@@ -33,36 +35,23 @@
 //! # Ok::<(), burn_dit::burn_sparse_attn::SparseAttnError>(())
 //! ```
 
-mod block;
-mod checkpointing;
 mod config;
 pub mod data;
-mod ema;
-pub mod faster_cache;
 pub mod flow;
-pub mod free_init;
-pub mod long_video;
 pub mod media;
 pub mod metrics;
 mod model;
-pub mod online_sparse;
-pub mod optim;
-mod patch;
-mod rope;
 pub mod sample;
-mod sampling_state;
-mod spectral;
 pub mod train;
 
-pub use block::{CrossAttention, DitBlock, SelfAttention};
 pub use burn_ctx_parallel;
 pub use burn_ctx_parallel::{ClipLayout, DualScopeConfig};
 pub use burn_sparse_attn;
 pub use burn_sparse_attn::dsv::DsvPolicy;
-pub use checkpointing::CheckpointedStep;
 pub use config::{AttentionKind, Prediction, VideoDitConfig};
-pub use ema::ema_update;
-pub use model::VideoDit;
-pub use patch::{patchify, unpatchify};
-pub use rope::{Rope3d, rope_split};
-pub use sampling_state::SamplingState;
+pub use model::patch::{patchify, unpatchify};
+pub use model::rope::{Rope3d, rope_split};
+pub use model::{
+    BlockFeatures, CheckpointedStep, Conditioning, CrossAttention, DitBlock, ForwardContext,
+    Layout, SelfAttention, VideoDit, VideoDitInput,
+};

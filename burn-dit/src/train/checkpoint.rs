@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::finite::first_non_finite;
 use super::storage::{Manifest, replace_atomically, sync_dir, sync_file, write_synced};
 use super::{StepLog, TrainConfig, Trainer};
-use crate::model::VideoDit;
-use crate::optim::DitOptimizer;
+use crate::VideoDit;
+use crate::train::optim::DitOptimizer;
 
 /// Why a checkpoint could not be used. Nothing in memory or on disk changes when this is
 /// returned.

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::VideoDitConfig;
 use crate::data::{ClipShape, DataSource};
 use crate::flow::SigmaSampling;
-use crate::optim::OptimizerKind;
 use crate::sample::SamplerConfig;
+use crate::train::optim::OptimizerKind;
 
 /// Everything a training run is made of; saved in every checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]

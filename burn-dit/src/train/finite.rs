@@ -5,7 +5,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn_sparse_attn::dsv::DsvHost;
 
-use crate::model::VideoDit;
+use crate::VideoDit;
 
 /// The dotted path (`blocks.3.mlp_in.weight`) of the first weight of `model` holding NaN or ±inf,
 /// or — with `grads` — of the first weight whose gradient in any of them does. DSV layers'

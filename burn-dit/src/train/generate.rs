@@ -6,10 +6,10 @@ use rayon::prelude::*;
 use std::sync::Mutex;
 
 use super::batch_shares;
+use crate::VideoDit;
 use crate::data::{COND_TOKENS, ClipShape, SplitMix, colour_token, object_token};
 use crate::media::Frames;
-use crate::model::VideoDit;
-use crate::online_sparse::OnlineLayerStats;
+use crate::sample::online_sparse::OnlineLayerStats;
 use crate::sample::{SamplerConfig, sample_euler_with_state};
 
 /// Clip labels `(object, colour)` as conditioning ids `[B, COND_TOKENS]`.

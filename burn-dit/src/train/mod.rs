@@ -1,20 +1,26 @@
-//! Training: the run's configuration and folder, the training loop, checkpoints and sampling
-//! of labelled clips.
+//! Training: the run's configuration and folder, the training loop, its optimisers and EMA,
+//! checkpoints and sampling of labelled clips.
 
 mod checkpoint;
 mod config;
+mod ema;
 mod finite;
 mod generate;
+pub mod optim;
+mod parallelism;
 pub mod report;
 mod run_dir;
+mod step;
 mod storage;
 mod trainer;
 
 pub use checkpoint::{CheckpointError, IfDamaged, load_for_sampling, saved_config};
 pub use config::{DivergencePolicy, TrainConfig};
+pub use ema::ema_update;
 pub use generate::{
     SAMPLE_CHUNK, generate, generate_with_progress, generate_with_stats, label_ids,
 };
+pub use parallelism::Parallelism;
 pub use run_dir::{RunDir, RunDirError, RunMode};
 pub use storage::write_atomically;
 pub use trainer::{SELF_CONDITION_RATE, StepLog, TrainError, Trainer};

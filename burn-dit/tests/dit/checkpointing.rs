@@ -7,6 +7,7 @@ use burn_dit::{AttentionKind, DsvPolicy, DualScopeConfig, Prediction, VideoDit, 
 use burn_sparse_attn::dsv::DsvStage;
 
 use crate::common::*;
+use burn_dit::{ForwardContext, VideoDitInput};
 
 /// The largest gap between two sets of gradients relative to the largest gradient, after
 /// checking that the same parameters have gradients in both.
@@ -80,16 +81,19 @@ fn checkpointed_gap(config: VideoDitConfig) -> f32 {
     let loss = |pred: Tensor<5>| (pred - target.clone()).square().mean();
 
     let pred = model
-        .forward_refining(
-            x.clone(),
-            sigma.clone(),
-            model.embed_labels(labels.clone()),
-            estimate.clone(),
+        .forward(
+            VideoDitInput::new(x.clone(), sigma.clone(), model.embed_labels(labels.clone()))
+                .with_estimate(estimate.clone()),
+            &ForwardContext::whole(),
         )
         .unwrap();
     let plain = GradientsParams::from_grads(loss(pred).backward(), &model);
     let checkpointed = model
-        .checkpointed_gradients(x, sigma, model.embed_labels(labels), estimate, None, loss)
+        .checkpointed_gradients(
+            VideoDitInput::new(x, sigma, model.embed_labels(labels)).with_estimate(estimate),
+            &ForwardContext::whole().with_tape(None),
+            loss,
+        )
         .unwrap();
     gradient_gap(&model, &plain, &checkpointed.gradients)
 }
@@ -185,7 +189,11 @@ fn checkpointing_needs_an_autodiff_model_and_is_saved_in_the_run_config() {
     let sigma = Tensor::<1>::from_floats([0.5], &device);
     let cond = model.embed_labels(Tensor::from_ints([[1, 4]], &device));
     let err = model
-        .checkpointed_gradients(x, sigma, cond, None, None, |p| p.sum())
+        .checkpointed_gradients(
+            VideoDitInput::new(x, sigma, cond).with_estimate(None),
+            &ForwardContext::whole().with_tape(None),
+            |p| p.sum(),
+        )
         .err()
         .expect("a model without autodiff has no gradients");
     assert!(err.to_string().contains("autodiff"), "{err}");

@@ -2,12 +2,14 @@ use std::sync::Mutex;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
-use burn_dit::faster_cache::{FasterCacheConfig, extrapolate, split_spatial_frequencies};
+use burn_dit::sample::SamplingState;
+use burn_dit::sample::faster_cache::{FasterCacheConfig, extrapolate, split_spatial_frequencies};
 use burn_dit::sample::{SamplerConfig, sample_euler, sample_euler_clips, sample_with_velocity};
-use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig, SamplingState};
+use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
 use burn_sparse_attn::dsv::{DsvHost, DsvStage};
 
 use crate::common::*;
+use burn_dit::{ForwardContext, VideoDitInput};
 
 fn sampler(steps: usize, cache: Option<FasterCacheConfig>) -> SamplerConfig {
     SamplerConfig {
@@ -241,12 +243,20 @@ fn attention_reuse_extrapolates_each_blocks_attention_on_its_steps() {
     let step = |input: Tensor<5>| {
         state.begin_step();
         model
-            .forward_sampling(input, sigma.clone(), cond.clone(), None, &state)
+            .forward(
+                VideoDitInput::new(input, sigma.clone(), cond.clone()).with_estimate(None),
+                &ForwardContext::whole().with_sampling(&state),
+            )
             .unwrap()
     };
     // Step 0 computes; step 1 is due but has one step of history, so it computes; step 2 is
     // not due. All three see the same input, so steps 1 and 2 leave equal attentions.
-    let full = model.forward(x(1), sigma.clone(), cond.clone()).unwrap();
+    let full = model
+        .forward(
+            VideoDitInput::new(x(1), sigma.clone(), cond.clone()),
+            &ForwardContext::whole(),
+        )
+        .unwrap();
     for _ in 0..3 {
         assert!(max_abs_diff(step(x(1)), full.clone()) < 1e-5);
     }
@@ -255,7 +265,12 @@ fn attention_reuse_extrapolates_each_blocks_attention_on_its_steps() {
     // old input, while the rest of the network sees the new one.
     let reused = step(x(2));
     assert_eq!(reuse.counts(), (depth, 3 * depth));
-    let computed = model.forward(x(2), sigma.clone(), cond.clone()).unwrap();
+    let computed = model
+        .forward(
+            VideoDitInput::new(x(2), sigma.clone(), cond.clone()),
+            &ForwardContext::whole(),
+        )
+        .unwrap();
     assert!(
         max_abs_diff(reused.clone(), computed) > 1e-3,
         "the attention was reused"

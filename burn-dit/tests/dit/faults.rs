@@ -12,7 +12,7 @@ use burn_ctx_parallel::transport::run_in_process;
 use burn_dit::AttentionKind;
 use burn_dit::data::SplitMix;
 use burn_dit::media::{Frames, write_gif};
-use burn_dit::optim::OptimizerKind;
+use burn_dit::train::optim::OptimizerKind;
 use burn_dit::train::{
     CheckpointError, IfDamaged, RunDir, RunDirError, RunMode, Trainer, load_for_sampling,
 };

@@ -2,8 +2,8 @@ use std::sync::Mutex;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use burn_ctx_parallel::transport::run_in_process;
-use burn_dit::faster_cache::FasterCacheConfig;
-use burn_dit::free_init::{FreeInitConfig, FrequencyFilter};
+use burn_dit::sample::faster_cache::FasterCacheConfig;
+use burn_dit::sample::free_init::{FreeInitConfig, FrequencyFilter};
 use burn_dit::sample::{
     SamplerConfig, sample_euler_clips, sample_euler_with_state, sample_with_velocity,
 };

@@ -2,11 +2,14 @@ use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
 use burn_ctx_parallel::transport::run_in_process;
-use burn_dit::long_video::{clip_noise, generate_long};
 use burn_dit::media::Frames;
 use burn_dit::metrics::clip_continuity;
+use burn_dit::sample::long_video::{clip_noise, generate_long};
 use burn_dit::sample::{SamplerConfig, sample_euler, sample_euler_clips};
-use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
+use burn_dit::{
+    AttentionKind, ClipLayout, Conditioning, DualScopeConfig, ForwardContext, VideoDit,
+    VideoDitInput,
+};
 
 use crate::common::*;
 
@@ -62,7 +65,11 @@ fn a_video_over_ranks_equals_the_whole_video_on_one_device() {
         let model = jittered_model(config, &device);
         let cond = model.embed_labels(labels(&[1, 4, 2, 5], &device));
         let whole = model
-            .forward_refining(x.clone(), sigma.clone(), cond.clone(), estimate.clone())
+            .forward(
+                VideoDitInput::new(x.clone(), sigma.clone(), cond.clone())
+                    .with_estimate(estimate.clone()),
+                &ForwardContext::whole(),
+            )
             .unwrap();
         assert!(
             whole.clone().abs().max().into_scalar::<f32>() > 1e-2,
@@ -78,19 +85,16 @@ fn a_video_over_ranks_equals_the_whole_video_on_one_device() {
             let clips = on_ranks(world, &device, |comm| {
                 let rank = comm.rank();
                 let estimates = estimate.as_ref().map(|e| split(e, &layout, rank));
-                let mine = layout.clips_of(rank).len();
-                Ok(Tensor::cat(
-                    model.forward_clips(
-                        &comm,
-                        &layout,
-                        split(&x, &layout, rank),
-                        &sigmas,
-                        vec![cond.clone(); mine],
-                        estimates,
-                        &scope,
-                    )?,
-                    2,
-                ))
+                let input = VideoDitInput {
+                    x: Tensor::cat(split(&x, &layout, rank), 2),
+                    sigma: sigma.clone(),
+                    cond: Conditioning::Video(cond.clone()),
+                    estimate: estimates.map(|e| Tensor::cat(e, 2)),
+                };
+                model.forward(
+                    input,
+                    &ForwardContext::clips(&comm, &layout, &scope, &sigmas),
+                )
             });
             let err = max_abs_diff(Tensor::cat(clips, 2), whole.clone());
             assert!(err < 1e-4, "clips {frames:?} on {world} ranks: error {err}");
@@ -113,9 +117,14 @@ fn dual_scope_with_a_window_over_the_clip_is_the_dense_model() {
     let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.6f32], [1]), &device);
     let cond = dual.embed_labels(labels(&[3, 6], &device));
     let err = max_abs_diff(
-        dual.forward(x.clone(), sigma.clone(), cond.clone())
+        dual.forward(
+            VideoDitInput::new(x.clone(), sigma.clone(), cond.clone()),
+            &ForwardContext::whole(),
+        )
+        .unwrap(),
+        dense
+            .forward(VideoDitInput::new(x, sigma, cond), &ForwardContext::whole())
             .unwrap(),
-        dense.forward(x, sigma, cond).unwrap(),
     );
     assert!(err < 1e-4, "error {err}");
 }
@@ -223,122 +232,125 @@ fn forward_clips_names_bad_arguments() {
     let layout = ClipLayout::uniform(2, 2, 1).unwrap();
     let x = Tensor::<5>::zeros([1, 3, 2, 16, 16], &device);
     let cond = model.embed_labels(labels(&[1, 4], &device));
-    let run = |x: Vec<Tensor<5>>,
+    let two = Tensor::cat(vec![x.clone(); 2], 2);
+    let input = |x: Tensor<5>, cond: Conditioning, estimate: Option<Tensor<5>>| {
+        let b = x.dims()[0];
+        let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.5f32; b], [b]), &device);
+        VideoDitInput {
+            x,
+            sigma,
+            cond,
+            estimate,
+        }
+    };
+    let run = |model: &VideoDit,
+               x: Tensor<5>,
                sigmas: &[f64],
-               cond: Vec<Tensor<3>>,
+               cond: Conditioning,
+               estimate: Option<Tensor<5>>,
                layout: &ClipLayout,
                scope: &DualScopeConfig| {
-        model
-            .forward_clips(&comm, layout, x, sigmas, cond, None, scope)
+        model.forward(
+            input(x, cond, estimate),
+            &ForwardContext::clips(&comm, layout, scope, sigmas),
+        )
+    };
+    let error = |x: Tensor<5>,
+                 sigmas: &[f64],
+                 cond: Conditioning,
+                 layout: &ClipLayout,
+                 scope: &DualScopeConfig| {
+        run(&model, x, sigmas, cond, None, layout, scope)
             .unwrap_err()
             .argument
     };
+    let video = || Conditioning::Video(cond.clone());
+    // The rank's clips are 2 + 2 frames.
+    assert_eq!(error(x.clone(), &[0.5], video(), &layout, &scope), "x");
     assert_eq!(
-        run(
-            vec![x.clone()],
+        error(
+            two.clone(),
             &[0.5],
-            vec![cond.clone(); 2],
+            Conditioning::PerClip(vec![cond.clone()]),
             &layout,
             &scope
         ),
-        "x"
+        "input.cond"
     );
     assert_eq!(
-        run(
-            vec![x.clone(); 2],
-            &[0.5],
-            vec![cond.clone()],
-            &layout,
-            &scope
-        ),
-        "cond"
-    );
-    assert_eq!(
-        run(
-            vec![x.clone(); 2],
-            &[0.5, 0.5],
-            vec![cond.clone(); 2],
-            &layout,
-            &scope
-        ),
+        error(two.clone(), &[0.5, 0.5], video(), &layout, &scope),
         "sigmas"
     );
     assert_eq!(
-        run(
-            vec![x.clone(), x.clone().narrow(2, 0, 1)],
+        error(
+            two.clone().narrow(2, 0, 3),
             &[0.5],
-            vec![cond.clone(); 2],
+            video(),
             &layout,
             &scope
         ),
         "x"
     );
     assert_eq!(
-        run(
-            vec![x.clone(); 2],
+        error(
+            two.clone(),
             &[0.5],
-            vec![cond.clone(); 2],
+            video(),
             &layout,
             &scope.clone().with_window(3)
         ),
         "config.window"
     );
     assert_eq!(
-        run(
-            vec![x.clone(); 2],
+        error(
+            two.clone(),
             &[0.5],
-            vec![cond.clone(); 2],
+            video(),
             &ClipLayout::uniform(2, 2, 2).unwrap(),
             &scope
         ),
         "layout"
     );
-    // Estimates: one per clip, and only for a self-conditioning model.
+    // Per-clip conditioning needs clips.
+    assert_eq!(
+        model
+            .forward(
+                input(x.clone(), Conditioning::PerClip(vec![cond.clone()]), None),
+                &ForwardContext::whole()
+            )
+            .unwrap_err()
+            .argument,
+        "input.cond"
+    );
+    // An estimate like the rank's frames, and only for a self-conditioning model.
     let refining = micro_model(AttentionKind::Dense)
         .with_self_condition(true)
         .init(&device);
-    let estimates = |n: usize| Some(vec![x.clone(); n]);
+    let estimate = |e: Tensor<5>| {
+        run(
+            &refining,
+            two.clone(),
+            &[0.5],
+            video(),
+            Some(e),
+            &layout,
+            &scope,
+        )
+    };
+    assert_eq!(estimate(x.clone()).unwrap_err().argument, "estimate");
+    assert!(estimate(two.clone()).is_ok());
     assert_eq!(
-        refining
-            .forward_clips(
-                &comm,
-                &layout,
-                vec![x.clone(); 2],
-                &[0.5],
-                vec![cond.clone(); 2],
-                estimates(1),
-                &scope
-            )
-            .unwrap_err()
-            .argument,
-        "estimates"
-    );
-    assert!(
-        refining
-            .forward_clips(
-                &comm,
-                &layout,
-                vec![x.clone(); 2],
-                &[0.5],
-                vec![cond.clone(); 2],
-                estimates(2),
-                &scope
-            )
-            .is_ok()
-    );
-    assert_eq!(
-        model
-            .forward_clips(
-                &comm,
-                &layout,
-                vec![x.clone(); 2],
-                &[0.5],
-                vec![cond.clone(); 2],
-                estimates(2),
-                &scope
-            )
-            .unwrap_err()
-            .argument,
+        run(
+            &model,
+            two.clone(),
+            &[0.5],
+            video(),
+            Some(two.clone()),
+            &layout,
+            &scope
+        )
+        .unwrap_err()
+        .argument,
         "estimate"
     );
 }

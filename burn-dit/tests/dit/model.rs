@@ -12,6 +12,7 @@ use burn_dit::{AttentionKind, Prediction, Rope3d, patchify, rope_split, unpatchi
 use burn_sparse_attn::dsv::DsvHost;
 
 use crate::common::*;
+use burn_dit::{BlockFeatures, ForwardContext, VideoDitInput};
 
 #[test]
 fn patches_round_trip_exactly() {
@@ -97,24 +98,33 @@ fn fresh_model_is_zero_and_validates_inputs() {
         ));
         // Zero-initialised head: a fresh model predicts exactly zero velocity.
         let v = model
-            .forward(x.clone(), sigma.clone(), cond.clone())
+            .forward(
+                VideoDitInput::new(x.clone(), sigma.clone(), cond.clone()),
+                &ForwardContext::whole(),
+            )
             .unwrap();
         assert_eq!(v.dims(), [2, 3, 4, 16, 16]);
         assert_eq!(v.abs().max().into_scalar::<f32>(), 0.0);
         let err = model
             .forward(
-                Tensor::zeros([2, 3, 4, 16, 15], &device),
-                sigma.clone(),
-                cond.clone(),
+                VideoDitInput::new(
+                    Tensor::zeros([2, 3, 4, 16, 15], &device),
+                    sigma.clone(),
+                    cond.clone(),
+                ),
+                &ForwardContext::whole(),
             )
             .unwrap_err();
         assert_eq!(err.argument, "x");
         assert_eq!(
             model
                 .forward(
-                    Tensor::zeros([2, 4, 4, 16, 16], &device),
-                    sigma.clone(),
-                    cond.clone()
+                    VideoDitInput::new(
+                        Tensor::zeros([2, 4, 4, 16, 16], &device),
+                        sigma.clone(),
+                        cond.clone()
+                    ),
+                    &ForwardContext::whole()
                 )
                 .unwrap_err()
                 .argument,
@@ -122,14 +132,20 @@ fn fresh_model_is_zero_and_validates_inputs() {
         );
         assert_eq!(
             model
-                .forward(x.clone(), Tensor::zeros([3], &device), cond.clone())
+                .forward(
+                    VideoDitInput::new(x.clone(), Tensor::zeros([3], &device), cond.clone()),
+                    &ForwardContext::whole()
+                )
                 .unwrap_err()
                 .argument,
             "sigma"
         );
         assert_eq!(
             model
-                .forward(x, sigma, Tensor::zeros([2, 2, 7], &device))
+                .forward(
+                    VideoDitInput::new(x, sigma, Tensor::zeros([2, 2, 7], &device)),
+                    &ForwardContext::whole()
+                )
                 .unwrap_err()
                 .argument,
             "cond"
@@ -249,13 +265,20 @@ fn output_convolution_starts_as_the_identity() {
         &device,
     ));
     let v = without
-        .forward(x.clone(), sigma.clone(), cond.clone())
+        .forward(
+            VideoDitInput::new(x.clone(), sigma.clone(), cond.clone()),
+            &ForwardContext::whole(),
+        )
         .unwrap();
     assert!(
         v.clone().abs().max().into_scalar::<f32>() > 1e-2,
         "the jittered head must predict something"
     );
-    let err = max_abs_diff(with.forward(x, sigma, cond).unwrap(), v.clone());
+    let err = max_abs_diff(
+        with.forward(VideoDitInput::new(x, sigma, cond), &ForwardContext::whole())
+            .unwrap(),
+        v.clone(),
+    );
     assert!(
         err < 1e-5,
         "{err} of {}",
@@ -334,9 +357,17 @@ fn clean_prediction_returns_the_velocity_towards_its_estimate() {
             .load_record(velocity.clone().into_record());
         let cond = velocity.embed_labels(cond_ids.clone());
         let head = velocity
-            .forward(x.clone(), sigma.clone(), cond.clone())
+            .forward(
+                VideoDitInput::new(x.clone(), sigma.clone(), cond.clone()),
+                &ForwardContext::whole(),
+            )
             .unwrap();
-        let v = clean.forward(x.clone(), sigma.clone(), cond).unwrap();
+        let v = clean
+            .forward(
+                VideoDitInput::new(x.clone(), sigma.clone(), cond),
+                &ForwardContext::whole(),
+            )
+            .unwrap();
         assert!(max_abs_diff(v, velocity_from_clean(x.clone(), head, sigma.clone())) < 1e-4);
     }
 }
@@ -376,8 +407,18 @@ fn euler_sampler_integrates_the_predicted_velocity() {
         for i in 0..steps {
             let (sigma, next) = (sigma_at(i), sigma_at(i + 1));
             let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32], [1]), &device);
-            let v_c = model.forward(x.clone(), s.clone(), cond.clone()).unwrap();
-            let v_u = model.forward(x.clone(), s, uncond.clone()).unwrap();
+            let v_c = model
+                .forward(
+                    VideoDitInput::new(x.clone(), s.clone(), cond.clone()),
+                    &ForwardContext::whole(),
+                )
+                .unwrap();
+            let v_u = model
+                .forward(
+                    VideoDitInput::new(x.clone(), s, uncond.clone()),
+                    &ForwardContext::whole(),
+                )
+                .unwrap();
             x = x + (v_u.clone() + (v_c - v_u) * guidance) * (next - sigma);
         }
         assert!(
@@ -422,13 +463,20 @@ fn self_conditioning_reads_the_previous_estimate() {
     ));
     // No estimate reads as zeros; an estimate changes the prediction.
     let plain = model
-        .forward(x.clone(), sigma.clone(), cond.clone())
+        .forward(
+            VideoDitInput::new(x.clone(), sigma.clone(), cond.clone()),
+            &ForwardContext::whole(),
+        )
         .unwrap();
     assert_eq!(
         max_abs_diff(
             plain.clone(),
             model
-                .forward_refining(x.clone(), sigma.clone(), cond.clone(), Some(x.zeros_like()))
+                .forward(
+                    VideoDitInput::new(x.clone(), sigma.clone(), cond.clone())
+                        .with_estimate(Some(x.zeros_like())),
+                    &ForwardContext::whole()
+                )
                 .unwrap()
         ),
         0.0
@@ -437,11 +485,10 @@ fn self_conditioning_reads_the_previous_estimate() {
         max_abs_diff(
             plain,
             model
-                .forward_refining(
-                    x.clone(),
-                    sigma.clone(),
-                    cond.clone(),
-                    Some(estimate.clone())
+                .forward(
+                    VideoDitInput::new(x.clone(), sigma.clone(), cond.clone())
+                        .with_estimate(Some(estimate.clone())),
+                    &ForwardContext::whole()
                 )
                 .unwrap()
         ) > 1e-3
@@ -449,7 +496,11 @@ fn self_conditioning_reads_the_previous_estimate() {
     let short = estimate.clone().narrow(2, 0, 2);
     assert_eq!(
         model
-            .forward_refining(x.clone(), sigma.clone(), cond.clone(), Some(short))
+            .forward(
+                VideoDitInput::new(x.clone(), sigma.clone(), cond.clone())
+                    .with_estimate(Some(short)),
+                &ForwardContext::whole()
+            )
             .unwrap_err()
             .argument,
         "estimate"
@@ -457,7 +508,10 @@ fn self_conditioning_reads_the_previous_estimate() {
     let without = jittered(AttentionKind::Dense, &device);
     assert_eq!(
         without
-            .forward_refining(x, sigma, cond.clone(), Some(estimate))
+            .forward(
+                VideoDitInput::new(x, sigma, cond.clone()).with_estimate(Some(estimate)),
+                &ForwardContext::whole()
+            )
             .unwrap_err()
             .argument,
         "estimate"
@@ -465,7 +519,7 @@ fn self_conditioning_reads_the_previous_estimate() {
 
     // The sampler hands each step's clean estimate `x − σ·v` to the next, per guidance branch
     // (the conditional one's to both after an unguided step): a loop written out with
-    // `forward_refining` gives the same samples.
+    // `VideoDitInput::with_estimate` gives the same samples.
     let noise = Tensor::<5>::random([2, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let uncond = model.embed_labels(Tensor::zeros([2, 2], &device));
     for (guidance, guidance_max_sigma) in [(1.0, 1.0), (3.0, 1.0), (3.0, 0.5)] {
@@ -488,12 +542,20 @@ fn self_conditioning_reads_the_previous_estimate() {
             let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; 2], [2]), &device);
             let (given_cond, given_uncond) = (cond_estimate.take(), uncond_estimate.take());
             let v_cond = model
-                .forward_refining(x.clone(), s.clone(), cond.clone(), given_cond.clone())
+                .forward(
+                    VideoDitInput::new(x.clone(), s.clone(), cond.clone())
+                        .with_estimate(given_cond.clone()),
+                    &ForwardContext::whole(),
+                )
                 .unwrap();
             cond_estimate = Some(x.clone() - v_cond.clone() * sigma);
             let v = if guidance > 1.0 && sigma <= guidance_max_sigma + 1e-9 {
                 let v_uncond = model
-                    .forward_refining(x.clone(), s, uncond.clone(), given_uncond.or(given_cond))
+                    .forward(
+                        VideoDitInput::new(x.clone(), s, uncond.clone())
+                            .with_estimate(given_uncond.or(given_cond)),
+                        &ForwardContext::whole(),
+                    )
                     .unwrap();
                 uncond_estimate = Some(x.clone() - v_uncond.clone() * sigma);
                 v_uncond.clone() + (v_cond - v_uncond) * guidance
@@ -659,7 +721,12 @@ fn block_delta(model: &burn_dit::VideoDit, device: &Device) -> Tensor<3> {
     let x = SplitMix(3).normal_tensor([2, 3, 4, 16, 16], device);
     let sigma = Tensor::<1>::from_floats([0.3, 0.8], device);
     let cond = model.embed_labels(Tensor::from_ints([[1, 4], [2, 5]], device));
-    let mut features = model.block_features(x, sigma, cond).unwrap();
+    let record = BlockFeatures::new();
+    let ctx = ForwardContext::whole().with_features(&record);
+    model
+        .forward(VideoDitInput::new(x, sigma, cond), &ctx)
+        .unwrap();
+    let mut features = record.into_levels();
     assert_eq!(features.len(), 2);
     let after = features.pop().unwrap();
     after - features.pop().unwrap()
@@ -733,7 +800,12 @@ fn feature_aggregation_starts_as_the_plain_model_and_feeds_later_blocks() {
         let x = SplitMix(5).normal_tensor([1, 3, 4, 16, 16], &device);
         let sigma = Tensor::<1>::from_floats([0.5], &device);
         let cond = model.embed_labels(Tensor::from_ints([[1, 4]], &device));
-        model.block_features(x, sigma, cond).unwrap()
+        let record = BlockFeatures::new();
+        let ctx = ForwardContext::whole().with_features(&record);
+        model
+            .forward(VideoDitInput::new(x, sigma, cond), &ctx)
+            .unwrap();
+        record.into_levels()
     };
     // One jittered model with zero gates, and the plain model given the same weights (tests
     // share the device's generator, so a second seeded construction could differ).

@@ -1,13 +1,15 @@
 use burn::tensor::{Device, Tensor};
 use burn_ctx_parallel::transport::run_in_process;
-use burn_dit::faster_cache::FasterCacheConfig;
-use burn_dit::long_video::generate_long;
-use burn_dit::online_sparse::{OnlineSparseConfig, OnlineStep};
+use burn_dit::sample::SamplingState;
+use burn_dit::sample::faster_cache::FasterCacheConfig;
+use burn_dit::sample::long_video::generate_long;
+use burn_dit::sample::online_sparse::{OnlineSparseConfig, OnlineStep};
 use burn_dit::sample::{SamplerConfig, sample_euler_with_state};
-use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig, SamplingState, VideoDit};
+use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig, VideoDit};
 use burn_sparse_attn::dsv::{DsvHost, DsvStage};
 
 use crate::common::*;
+use burn_dit::{ForwardContext, VideoDitInput};
 
 /// Online sparse attention on the micro model's 64-token clips: cubes of 4 tokens.
 fn online(sparsity: f64) -> OnlineSparseConfig {
@@ -216,18 +218,24 @@ fn search_then_sparse_on_the_same_input(keep_tail: bool) -> (f32, f32) {
     let cond = Tensor::cat(vec![inputs.cond.clone(), inputs.uncond.clone()], 0);
     state.begin_step();
     let searched = model
-        .forward_sampling(both.clone(), sigma.clone(), cond.clone(), None, &state)
+        .forward(
+            VideoDitInput::new(both.clone(), sigma.clone(), cond.clone()).with_estimate(None),
+            &ForwardContext::whole().with_sampling(&state),
+        )
         .unwrap();
-    let dense = model.forward(both, sigma.clone(), cond).unwrap();
+    let dense = model
+        .forward(
+            VideoDitInput::new(both, sigma.clone(), cond),
+            &ForwardContext::whole(),
+        )
+        .unwrap();
     state.begin_step();
     let sigma = sigma.narrow(0, 0, 2);
     let sparse = model
-        .forward_sampling(
-            inputs.noise.clone(),
-            sigma.clone(),
-            inputs.cond.clone(),
-            None,
-            &state,
+        .forward(
+            VideoDitInput::new(inputs.noise.clone(), sigma.clone(), inputs.cond.clone())
+                .with_estimate(None),
+            &ForwardContext::whole().with_sampling(&state),
         )
         .unwrap();
     assert!(sparse.clone().abs().max().into_scalar::<f32>().is_finite());
@@ -235,7 +243,10 @@ fn search_then_sparse_on_the_same_input(keep_tail: bool) -> (f32, f32) {
         assert_eq!((layer.dense, layer.searches, layer.sparse), (0, 1, 1));
     }
     let conditional = model
-        .forward(inputs.noise.clone(), sigma, inputs.cond.clone())
+        .forward(
+            VideoDitInput::new(inputs.noise.clone(), sigma, inputs.cond.clone()),
+            &ForwardContext::whole(),
+        )
         .unwrap();
     (
         max_abs_diff(searched, dense),

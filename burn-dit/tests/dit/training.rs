@@ -4,7 +4,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
 use burn_dit::data::SplitMix;
 use burn_dit::flow::{add_noise, velocity_target};
-use burn_dit::optim::{
+use burn_dit::train::optim::{
     DitOptimizer, MUON_PARAMS, ODD_BLOCKS_OPTIMIZER_FILE, OPTIMIZER_FILE, OptimizerKind,
     dit_optimizer,
 };
@@ -14,6 +14,7 @@ use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvHost, DsvLayerStats};
 
 use crate::common::*;
+use burn_dit::{ForwardContext, VideoDitInput};
 
 #[test]
 fn loss_falls_on_a_small_problem() {
@@ -562,7 +563,11 @@ fn the_optimizer_shards_update_like_one_optimizer() {
             TensorData::new(vec![1i64, 4, 2, 5], [2, 2]),
             &device,
         ));
-        let loss = model.forward(x, sigma, cond).unwrap().square().mean();
+        let loss = model
+            .forward(VideoDitInput::new(x, sigma, cond), &ForwardContext::whole())
+            .unwrap()
+            .square()
+            .mean();
         GradientsParams::from_grads(loss.backward(), model)
     };
     let start = jittered(AttentionKind::Dense, &device);
@@ -671,9 +676,12 @@ fn validation_loss_is_the_held_out_flow_matching_loss() {
                 let x_t = add_noise(x0.clone(), noise.clone(), sigma.clone());
                 let v = model
                     .forward(
-                        x_t,
-                        sigma,
-                        model.embed_labels(label_ids(&[(item.object, item.colour)], &device)),
+                        VideoDitInput::new(
+                            x_t,
+                            sigma,
+                            model.embed_labels(label_ids(&[(item.object, item.colour)], &device)),
+                        ),
+                        &ForwardContext::whole(),
                     )
                     .unwrap();
                 losses.push(

@@ -9,8 +9,8 @@ use burn::store::RecordError;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::block::DitBlock;
-use crate::model::VideoDit;
+use crate::DitBlock;
+use crate::VideoDit;
 
 /// Which optimiser trains the DiT (the DSV predictors keep their own AdamW).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

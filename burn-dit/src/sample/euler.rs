@@ -6,13 +6,14 @@ use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
+use super::SamplingState;
 use crate::data::SplitMix;
-use crate::faster_cache::{CfgDifference, FasterCacheConfig};
 use crate::flow::shift_sigma;
-use crate::free_init::FreeInitConfig;
-use crate::model::VideoDit;
-use crate::online_sparse::OnlineSparseConfig;
-use crate::sampling_state::SamplingState;
+use crate::model::split_frames;
+use crate::sample::faster_cache::{CfgDifference, FasterCacheConfig};
+use crate::sample::free_init::FreeInitConfig;
+use crate::sample::online_sparse::OnlineSparseConfig;
+use crate::{Conditioning, ForwardContext, VideoDit, VideoDitInput};
 
 /// Settings of [`sample_euler`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,7 +143,7 @@ pub fn sample_euler(
 
 /// [`sample_euler`] with the accelerators' state made by the caller
 /// ([`SamplerConfig::sampling_state`], fresh for each run), which can then read what they
-/// did (e.g. [`OnlineSparse::layer_stats`](crate::online_sparse::OnlineSparse::layer_stats)).
+/// did (e.g. [`OnlineSparse::layer_stats`](crate::sample::online_sparse::OnlineSparse::layer_stats)).
 pub fn sample_euler_with_state(
     model: &VideoDit,
     noise: Tensor<5>,
@@ -159,14 +160,10 @@ pub fn sample_euler_with_state(
         let b = x[0].dims()[0];
         let s = Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &device);
         state.begin_step();
+        let input = VideoDitInput::new(x.remove(0), s, cond.remove(0))
+            .with_estimate(estimate.map(|mut e| e.remove(0)));
         model
-            .forward_sampling(
-                x.remove(0),
-                s,
-                cond.remove(0),
-                estimate.map(|mut e| e.remove(0)),
-                state,
-            )
+            .forward(input, &ForwardContext::whole().with_sampling(state))
             .map(|v| vec![v])
     };
     sample_passes(
@@ -185,7 +182,7 @@ pub fn sample_euler_with_state(
 }
 
 /// [`sample_euler`] for a long video cut into clips over the ranks of `comm` (see
-/// [`VideoDit::forward_clips`]), called by every rank: `noise[i]`, `cond[i]` and
+/// [`ForwardContext::clips`](crate::ForwardContext::clips)), called by every rank: `noise[i]`, `cond[i]` and
 /// `uncond[i]` belong to this rank's `i`-th clip. Returns this rank's clips of the video.
 /// FreeInit filters the whole video (every rank gathers it between passes); online sparse
 /// attention searches each clip's keys under the dual-scope mask and biases.
@@ -221,20 +218,27 @@ pub fn sample_euler_clips_with_state(
     scope: &DualScopeConfig,
     state: &SamplingState,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    let frames: Vec<usize> = layout
+        .clips_of(comm.rank())
+        .map(|i| layout.frames(i))
+        .collect();
     let velocity =
         |x: Vec<Tensor<5>>, sigma: f64, cond: Vec<Tensor<3>>, estimates: Option<Vec<Tensor<5>>>| {
-            let b = x.first().map_or(0, |x| x.dims()[0]);
+            // Every rank holds at least one clip (`ClipLayout::new`).
+            let b = x[0].dims()[0];
+            let sigmas = vec![sigma; b];
+            let s =
+                Tensor::<1>::from_data(TensorData::new(vec![sigma as f32; b], [b]), &x[0].device());
             state.begin_step();
-            model.forward_clips_sampling(
-                comm,
-                layout,
-                x,
-                &vec![sigma; b],
-                cond,
-                estimates,
-                scope,
-                Some(state),
-            )
+            let input = VideoDitInput {
+                x: Tensor::cat(x, 2),
+                sigma: s,
+                cond: Conditioning::PerClip(cond),
+                estimate: estimates.map(|e| Tensor::cat(e, 2)),
+            };
+            let ctx = ForwardContext::clips(comm, layout, scope, &sigmas).with_sampling(state);
+            let velocity = model.forward(input, &ctx)?;
+            Ok(split_frames(velocity, &frames))
         };
     // FreeInit filters the whole video: its initial noise is gathered once.
     let whole_noise = match config.free_init {

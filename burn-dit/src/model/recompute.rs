@@ -1,5 +1,6 @@
-//! Per-block activation checkpointing: a training backward that keeps only each block's input
-//! and recomputes the block's activations when its gradient is due.
+//! Per-block activation recomputation ("activation checkpointing"): a training backward
+//! that keeps only each block's input and recomputes the block's activations when its
+//! gradient is due.
 //!
 //! Burn 0.22 checkpoints per tensor op (`Device::gradient_checkpointing`): it recomputes
 //! memory-bound ops and keeps compute-bound ones, so the attention scores and matmul
@@ -20,15 +21,19 @@
 //! forward's values (DSV layers attend as they did; their predictor losses are
 //! back-propagated with the segment that records them).
 
+use std::cell::OnceCell;
+
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
-use burn_ctx_parallel::Communicator;
 use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::DsvTape;
 
-use crate::block::{AttentionMode, ClipContext, leaf};
-use crate::model::{ClipInputs, Embedded, HeadInput, Video, VideoDit, accumulate, add_clips};
+use super::block::{ClipContext, leaf};
+use super::input::{ForwardContext, VideoDitInput};
+use super::placement::{ClipInputs, join_clips};
+use super::self_attention::AttentionMode;
+use super::{Embedded, HeadInput, VideoDit, accumulate, add_clips};
 
 /// What [`VideoDit::checkpointed_gradients`] returns.
 pub struct CheckpointedStep {
@@ -41,105 +46,55 @@ pub struct CheckpointedStep {
 
 impl VideoDit {
     /// The gradients of `loss(velocity)` where `velocity` is
-    /// [`VideoDit::forward_training`]`(x, sigma, cond, estimate, tape)` (or
-    /// [`VideoDit::forward_refining`] without a tape), computed with per-block activation
-    /// checkpointing: equal to `loss.backward()` on the plain forward, with the activations
+    /// [`VideoDit::forward`]`(input, ctx)`, computed with per-block activation
+    /// recomputation: equal to `loss.backward()` on the plain forward, with the activations
     /// of one block alive at a time instead of all. The model must live on an autodiff
-    /// device. A DSV layer's predictor losses are back-propagated here and taken off `tape`
+    /// device; `ctx` records no sampling accelerators or features. A DSV layer's predictor
+    /// losses are back-propagated here and taken off the context's tape
     /// ([`DsvTape::take_predictor_losses`]); hand the tape and the result to
     /// [`DsvTrainer::backward_segmented`](burn_sparse_attn::dsv::DsvTrainer::backward_segmented).
+    /// With [`ForwardContext::sequence_shard`] the gradients are this rank's part: summed
+    /// over the ranks they are the gradients of the sum of the ranks' losses.
     pub fn checkpointed_gradients(
         &self,
-        x: Tensor<5>,
-        sigma: Tensor<1>,
-        cond: Tensor<3>,
-        estimate: Option<Tensor<5>>,
-        tape: Option<&DsvTape>,
+        input: VideoDitInput,
+        ctx: &ForwardContext,
         loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
     ) -> Result<CheckpointedStep, SparseAttnError> {
-        self.checkpointed(
-            None,
-            Video {
-                x,
-                sigma,
-                cond,
-                estimate,
-            },
-            tape,
-            loss,
-        )
-    }
-
-    /// [`VideoDit::checkpointed_gradients`] of this rank's shard of a video split along time
-    /// over the ranks of `comm`: `loss(velocity)` of the shard's velocity from
-    /// [`VideoDit::forward_sequence_shard`], every rank calling it with its shard. The
-    /// gradients are this rank's part: summed over the ranks they are the gradients of the
-    /// sum of the ranks' losses.
-    #[allow(clippy::too_many_arguments)]
-    pub fn checkpointed_sequence_gradients(
-        &self,
-        comm: &Communicator,
-        x: Tensor<5>,
-        sigma: Tensor<1>,
-        cond: Tensor<3>,
-        estimate: Option<Tensor<5>>,
-        tape: Option<&DsvTape>,
-        loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
-    ) -> Result<CheckpointedStep, SparseAttnError> {
-        self.checkpointed(
-            Some(comm),
-            Video {
-                x,
-                sigma,
-                cond,
-                estimate,
-            },
-            tape,
-            loss,
-        )
-    }
-
-    /// The checkpointed backward of one video, or with `comm` of this rank's shard of it.
-    pub(crate) fn checkpointed(
-        &self,
-        comm: Option<&Communicator>,
-        video: Video,
-        tape: Option<&DsvTape>,
-        loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
-    ) -> Result<CheckpointedStep, SparseAttnError> {
-        let function = match comm {
-            None => "VideoDit::checkpointed_gradients",
-            Some(_) => "VideoDit::checkpointed_sequence_gradients",
-        };
-        let device = video.x.device();
+        const F: &str = "VideoDit::checkpointed_gradients";
+        let device = input.x.device();
         SparseAttnError::check(
             device.is_autodiff()
                 && self
                     .devices()
                     .first()
                     .is_some_and(|device| device.is_autodiff()),
-            function,
+            F,
             "self",
             "a model and inputs on an autodiff device",
             format!("inputs on {device:?}"),
         )?;
-        let network = |clips, mode: &AttentionMode| {
-            self.run_checkpointed(clips, mode, tape, |velocities| {
-                loss(velocities.into_iter().next().expect("one clip"))
-            })
+        SparseAttnError::check(
+            ctx.sampling.is_none() && ctx.features.is_none(),
+            F,
+            "ctx",
+            "a context without sampling accelerators or feature records",
+            "a sampling state or a feature record",
+        )?;
+        let alone = OnceCell::new();
+        let (clips, span) = self.place(F, input, ctx.layout, &alone)?;
+        let mode = AttentionMode {
+            span: &span,
+            tape: ctx.tape,
         };
-        match comm {
-            None => self.on_one_video(function, video, tape, network),
-            Some(comm) => self.on_sequence_shard(function, comm, video, tape, network),
-        }
+        self.run_checkpointed(clips, mode, |velocities| loss(join_clips(velocities)))
     }
 
     /// Steps 1–5 of the module documentation over `clips`.
     fn run_checkpointed(
         &self,
         clips: ClipInputs,
-        mode: &AttentionMode,
-        tape: Option<&DsvTape>,
+        mode: AttentionMode,
         loss: impl FnOnce(Vec<Tensor<5>>) -> Tensor<1>,
     ) -> Result<CheckpointedStep, SparseAttnError> {
         let mut gradients = Accumulator::default();
@@ -167,7 +122,7 @@ impl VideoDit {
             let out = frozen.forward(
                 saved[i].clone(),
                 &constant_contexts,
-                &untaped,
+                untaped,
                 means.as_deref(),
                 None,
             )?;
@@ -221,7 +176,7 @@ impl VideoDit {
                 None => token_grads,
             };
             let mut objective = inner_product(&out, &out_grads);
-            if let Some(predictor) = tape.and_then(DsvTape::take_predictor_losses) {
+            if let Some(predictor) = mode.tape.and_then(DsvTape::take_predictor_losses) {
                 objective = objective + predictor;
             }
             let mut grads = objective.backward();

@@ -1,12 +1,12 @@
 //! What one sampling run keeps across its steps for the training-free accelerators:
 //! FasterCache's attention outputs and online sparse attention's key index.
 
-use crate::faster_cache::{AttentionReuse, FasterCacheConfig};
-use crate::online_sparse::{OnlineSparse, OnlineSparseConfig};
+use crate::sample::faster_cache::{AttentionReuse, FasterCacheConfig};
+use crate::sample::online_sparse::{OnlineSparse, OnlineSparseConfig};
 
 /// The per-run state of the accelerators that work inside the model's blocks, handed to
 /// every model call of one sampling run
-/// ([`VideoDit::forward_sampling`](crate::VideoDit::forward_sampling)), each call after
+/// ([`ForwardContext::with_sampling`](crate::ForwardContext::with_sampling)), each call after
 /// [`SamplingState::begin_step`]. The samplers make their own.
 pub struct SamplingState {
     reuse: Option<AttentionReuse>,

@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
-use crate::spectral::{Axes, filter_frequencies};
+use crate::sample::spectral::{Axes, filter_frequencies};
 
 /// FasterCache settings ([`SamplerConfig::faster_cache`](crate::sample::SamplerConfig::faster_cache));
 /// the defaults are those of the reference implementation.
@@ -125,8 +125,8 @@ pub fn extrapolate<const D: usize>(previous: Tensor<D>, before: Tensor<D>, w: f6
 
 /// Each block's self-attention output at the last two sampling steps, and the schedule that
 /// decides when they stand in for the attention: one per sampling run, handed to every model
-/// call of the run ([`VideoDit::forward_reusing`](crate::VideoDit::forward_reusing), one per
-/// step, each after [`AttentionReuse::begin_step`]). The samplers make their own.
+/// call of the run through [`SamplingState`](crate::sample::SamplingState) (one call per step,
+/// each after [`AttentionReuse::begin_step`]). The samplers make their own.
 pub struct AttentionReuse {
     config: FasterCacheConfig,
     state: Mutex<ReuseState>,

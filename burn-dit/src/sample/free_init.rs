@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
-use crate::spectral::{Axes, filter_frequencies};
+use crate::sample::spectral::{Axes, filter_frequencies};
 
 /// The low-pass filter over the 3D spectrum.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,11 +5,11 @@ use burn::tensor::Tensor;
 use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_attn::SparseAttnError;
 
+use super::{SamplerConfig, sample_euler_clips_with_state};
+use crate::VideoDit;
 use crate::data::SplitMix;
 use crate::media::Frames;
-use crate::model::VideoDit;
-use crate::online_sparse::OnlineLayerStats;
-use crate::sample::{SamplerConfig, sample_euler_clips_with_state};
+use crate::sample::online_sparse::OnlineLayerStats;
 
 /// Noise of clip `clip` of a video seeded `seed`: its own stream, so a clip's noise does not
 /// depend on how many clips come before it or which rank draws it.
