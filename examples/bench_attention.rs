@@ -28,10 +28,13 @@ use burn_sparse_video::sparse_attn::{
     SelectionConfig, flash_attention, select_critical_keys, sparse_attention,
 };
 
+use fail::fail;
 #[path = "common/allocator.rs"]
 mod allocator;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/fail.rs"]
+mod fail;
 #[path = "common/limits.rs"]
 mod limits;
 #[path = "common/measure.rs"]
@@ -102,10 +105,6 @@ fn dtype_named(name: &str) -> Option<DType> {
 /// The command line, checked: every value in range, or an error naming the flag.
 fn parse_args() -> Args {
     let a = <Args as clap::Parser>::parse();
-    let fail = |message: String| -> ! {
-        eprintln!("error: {message}");
-        std::process::exit(2)
-    };
     if a.seqs.is_empty() || a.seqs.contains(&0) {
         fail(format!("--seq: lengths must be ≥ 1, got {:?}", a.seqs));
     }
@@ -201,11 +200,10 @@ fn main() {
     let device = device_named(&args.device);
     let dtype = dtype_named(&args.dtype).expect("checked by parse_args");
     if !device.supports_dtype(dtype) {
-        eprintln!(
-            "error: --dtype {}: {device:?} has no such dtype",
+        fail(format!(
+            "--dtype {}: {device:?} has no such dtype",
             args.dtype
-        );
-        std::process::exit(2);
+        ));
     }
     let normal = Distribution::Normal(0.0, 1.0);
     let mut rows = Vec::new();

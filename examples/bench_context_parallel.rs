@@ -385,6 +385,9 @@ fn finish(args: &Args, report: serde_json::Value) {
     report::write_json(&args.out, &report);
 }
 
+use fail::fail;
+#[path = "common/fail.rs"]
+mod fail;
 #[path = "common/limits.rs"]
 mod limits;
 #[path = "common/ranks.rs"]
@@ -398,10 +401,7 @@ fn main() {
     if args.transport == Transport::Threads
         && (args.ranks == 0 || args.heads % args.ranks != 0 || args.seq % (args.ranks * 64) != 0)
     {
-        eprintln!(
-            "error: --ranks must be ≥ 1 and divide --heads, and --seq a multiple of 64 × ranks"
-        );
-        std::process::exit(2);
+        fail("--ranks must be ≥ 1 and divide --heads, and --seq a multiple of 64 × ranks");
     }
     // Dense attention's scores and probabilities (f32, kept for the backward) over all heads,
     // and about ten [heads, S, D] tensors; threads share this machine's memory, processes of
@@ -425,17 +425,17 @@ fn main() {
         ("--kib", args.kib.iter().copied().min().unwrap_or(0), 1),
     ] {
         if value < least {
-            eprintln!("error: {flag} must be ≥ {least}, got {value}");
-            std::process::exit(2);
+            fail(format!("{flag} must be ≥ {least}, got {value}"));
         }
     }
     if !(0.0..1.0).contains(&args.sparsity) {
-        eprintln!("error: --sparsity must be in [0, 1), got {}", args.sparsity);
-        std::process::exit(2);
+        fail(format!(
+            "--sparsity must be in [0, 1), got {}",
+            args.sparsity
+        ));
     }
     if args.transport == Transport::Mpi && !cfg!(feature = "mpi") {
-        eprintln!("error: --transport mpi needs a build with `--features mpi`");
-        std::process::exit(2);
+        fail("--transport mpi needs a build with `--features mpi`");
     }
     match on_ranks(args.transport, args.ranks, &Device::flex(), |comm| {
         bench(comm, &args)

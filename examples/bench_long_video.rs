@@ -22,11 +22,14 @@ use burn::tensor::{Device, Tensor, TensorData};
 use burn_sparse_video::ctx_parallel::burn_sparse_attn::SparseAttnError;
 use burn_sparse_video::ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_video::dit::data::SplitMix;
-use burn_sparse_video::dit::{ForwardContext, VideoDit, VideoDitConfig, VideoDitInput};
+use burn_sparse_video::dit::{ClipGroup, ForwardContext, VideoDit, VideoDitConfig, VideoDitInput};
 use clap::Parser;
 
+use fail::fail;
 #[path = "common/allocator.rs"]
 mod allocator;
+#[path = "common/fail.rs"]
+mod fail;
 #[path = "common/limits.rs"]
 mod limits;
 #[path = "common/measure.rs"]
@@ -106,7 +109,14 @@ fn dual_scope_step(
     );
     let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.7f32; BATCH], [BATCH]), device);
     let scope = DualScopeConfig::new();
-    let ctx = ForwardContext::clips(comm, &layout, &scope, &[0.7; BATCH]);
+    let ctx = ForwardContext::clips(
+        ClipGroup {
+            comm,
+            layout: &layout,
+            scope: &scope,
+        },
+        &[0.7; BATCH],
+    );
     let step = || -> Result<(), SparseAttnError> {
         let input = VideoDitInput::new(x.clone(), sigma.clone(), cond.clone());
         model.forward(input, &ctx)?.into_data();
@@ -149,19 +159,17 @@ fn main() {
     allocator::keep_freed_memory();
     let args = Args::parse();
     if args.frames_per_clip == 0 || args.repeats == 0 || args.ranks.contains(&0) {
-        eprintln!("error: --frames-per-clip, --repeats and every --ranks entry must be ≥ 1");
-        std::process::exit(2);
+        fail("--frames-per-clip, --repeats and every --ranks entry must be ≥ 1");
     }
     if let Some(f) = args
         .frames
         .iter()
         .find(|&&f| f == 0 || f % args.frames_per_clip != 0)
     {
-        eprintln!(
-            "error: --frames: {f} is not a positive multiple of --frames-per-clip {}",
+        fail(format!(
+            "--frames: {f} is not a positive multiple of --frames-per-clip {}",
             args.frames_per_clip
-        );
-        std::process::exit(2);
+        ));
     }
     let longest = args.frames.iter().copied().max().unwrap_or(0);
     limits::check_fits(

@@ -39,6 +39,9 @@ use burn_sparse_video::dit::train::{TrainConfig, Trainer};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 
+use fail::fail;
+#[path = "common/fail.rs"]
+mod fail;
 #[path = "common/limits.rs"]
 mod limits;
 #[path = "common/ranks.rs"]
@@ -126,11 +129,6 @@ impl Probe {
             step_seconds: None,
         }
     }
-}
-
-fn fail(message: String) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2)
 }
 
 fn tokens(frames: usize, size: usize) -> usize {

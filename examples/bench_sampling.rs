@@ -23,17 +23,20 @@ use std::time::Instant;
 use burn::tensor::Device;
 use burn_sparse_video::dit::data::ClipShape;
 use burn_sparse_video::dit::media::Frames;
-use burn_sparse_video::dit::metrics::{ObjectClassifier, measure};
+use burn_sparse_video::dit::metrics::HeldOut;
 use burn_sparse_video::dit::sample::SamplerConfig;
 use burn_sparse_video::dit::sample::faster_cache::FasterCacheConfig;
 use burn_sparse_video::dit::sample::free_init::FreeInitConfig;
 use burn_sparse_video::dit::sample::online_sparse::{OnlineLayerStats, OnlineSparseConfig};
 use burn_sparse_video::dit::train::{IfDamaged, generate_with_stats, load_for_sampling};
 
+use fail::fail;
 #[path = "common/allocator.rs"]
 mod allocator;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/fail.rs"]
+mod fail;
 #[path = "common/limits.rs"]
 mod limits;
 #[path = "common/report.rs"]
@@ -80,11 +83,6 @@ struct Args {
     /// JSON report.
     #[arg(long, default_value = "out/bench_sampling.json")]
     out: String,
-}
-
-fn fail(message: String) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2)
 }
 
 /// The sampler of `method`: `+`-joined parts, each `baseline` (the checkpoint's sampler),
@@ -167,7 +165,7 @@ fn main() {
         }
     }
     if args.methods.is_empty() {
-        fail("--methods: at least one".into());
+        fail("--methods: at least one");
     }
     let device = Device::flex();
     let (model, config) = load_for_sampling(&args.run, &device, IfDamaged::Fail)
@@ -200,11 +198,8 @@ fn main() {
             config.seed,
         )
         .unwrap_or_else(|e| fail(format!("the run's data: {e}")));
-    let real: Vec<_> = (config.dataset_size..config.dataset_size + args.clips)
-        .map(|i| data.generate(i))
-        .collect();
-    let labels: Vec<(usize, usize)> = real.iter().map(|r| (r.object, r.colour)).collect();
-    let classifier = ObjectClassifier::for_set(&data, 2000);
+    let held_out = HeldOut::new(&data, config.dataset_size, args.clips);
+    let labels = held_out.labels();
     println!(
         "{} clips of {}×{}×{} from {}, sampler {:?}",
         args.clips,
@@ -241,10 +236,10 @@ fn main() {
         let sampler = sampler_for(method, config.sampler, &args);
         let start = Instant::now();
         let (samples, layers): (Vec<Frames>, _) =
-            generate_with_stats(&model, g, &labels, sampler, args.seed, |_, _| {});
+            generate_with_stats(&model, g, labels, sampler, args.seed, |_, _| {});
         let per_sample = start.elapsed().as_secs_f64() / args.clips as f64;
         let reference = *baseline_seconds.get_or_insert(per_sample);
-        let m = measure(&samples, &labels, None, &classifier);
+        let m = held_out.measure(&samples);
         println!(
             "{method:>width$} | {per_sample:>8.3} {:>6.2}× | {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>7.3} {:>7.3} {:>7.3}",
             reference / per_sample,

@@ -33,10 +33,13 @@ use burn_sparse_video::dit::train::{TrainConfig, Trainer};
 use burn_sparse_video::dit::{AttentionKind, DsvPolicy, VideoDitConfig};
 use burn_sparse_video::sparse_attn::dsv::{DsvHost, DsvStage};
 
+use fail::fail;
 #[path = "common/allocator.rs"]
 mod allocator;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/fail.rs"]
+mod fail;
 #[path = "common/limits.rs"]
 mod limits;
 #[path = "common/report.rs"]
@@ -193,10 +196,6 @@ fn attention_seconds(tokens: usize, model: &VideoDitConfig, device: &Device) -> 
 fn main() {
     allocator::keep_freed_memory();
     let args = <Args as clap::Parser>::parse();
-    let fail = |message: String| -> ! {
-        eprintln!("error: {message}");
-        std::process::exit(2)
-    };
     if args.frames.is_empty() || args.frames.iter().any(|&f| f == 0 || f % 2 != 0) {
         fail(format!(
             "--frames: positive multiples of 2, got {:?}",
@@ -216,7 +215,7 @@ fn main() {
         limits::tiny_dit_clip_bytes(longest, args.size),
     );
     if args.steps < 2 || args.dense_steps == 0 || args.tail == 0 || args.seeds.is_empty() {
-        fail("--steps must be ≥ 2, --dense-steps and --tail ≥ 1, --seeds non-empty".into());
+        fail("--steps must be ≥ 2, --dense-steps and --tail ≥ 1, --seeds non-empty");
     }
     if !(0.0..1.0).contains(&args.sparsity) {
         fail(format!(

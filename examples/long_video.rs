@@ -24,9 +24,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor, TensorData};
-use burn_sparse_video::ctx_parallel::Communicator;
+use burn::tensor::{Device, Tensor};
 use burn_sparse_video::ctx_parallel::{ClipLayout, DualScopeConfig};
+use burn_sparse_video::dit::ClipGroup;
 use burn_sparse_video::dit::data::{COLOURS, COND_TOKENS, parse_label};
 use burn_sparse_video::dit::media::{Frames, tile, upscale, write_gif};
 use burn_sparse_video::dit::metrics::{
@@ -105,13 +105,8 @@ struct Args {
     use_intact: bool,
 }
 
-fn fail(message: &str) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2)
-}
-
 fn parse_prompt(pair: &str, classes: &[&str]) -> (usize, usize) {
-    parse_label(pair, classes).unwrap_or_else(|e| fail(&format!("--prompts: {e}")))
+    parse_label(pair, classes).unwrap_or_else(|e| fail(format!("--prompts: {e}")))
 }
 
 /// The network-free metrics of one long video.
@@ -134,10 +129,13 @@ fn metrics(video: &Frames, clip_starts: &[usize], frame_patch: usize) -> serde_j
     })
 }
 
+use fail::fail;
 #[path = "common/allocator.rs"]
 mod allocator;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/fail.rs"]
+mod fail;
 #[path = "common/ranks.rs"]
 mod ranks;
 use ranks::{Transport, on_ranks};
@@ -159,61 +157,6 @@ struct Generated {
     attention: Vec<OnlineLayerStats>,
 }
 
-/// Numbers per block in [`merged_over_ranks`]'s exchange.
-const STATS_FIELDS: usize = 6;
-
-/// Each block's online sparse record summed over the ranks of `comm` (recall averaged over
-/// the heads).
-fn merged_over_ranks(
-    comm: &Communicator,
-    layers: &[OnlineLayerStats],
-) -> Result<Vec<OnlineLayerStats>, burn_sparse_video::sparse_attn::SparseAttnError> {
-    let mine: Vec<f32> = layers
-        .iter()
-        .flat_map(|l| {
-            let recall = l.recall.iter().sum::<f64>() / l.recall.len().max(1) as f64;
-            [
-                l.dense as f64,
-                l.searches as f64,
-                l.sparse as f64,
-                l.sparsity,
-                l.seconds,
-                recall,
-            ]
-            .map(|x| x as f32)
-        })
-        .collect();
-    let row = Tensor::<2>::from_data(
-        TensorData::new(mine, [1, layers.len() * STATS_FIELDS]),
-        comm.device(),
-    );
-    let all: Vec<f32> = comm
-        .all_gather(row, 0)?
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .expect("f32 stats");
-    let mut merged = vec![OnlineLayerStats::default(); layers.len()];
-    for rank in all.chunks_exact(layers.len() * STATS_FIELDS) {
-        for (total, f) in merged.iter_mut().zip(rank.chunks_exact(STATS_FIELDS)) {
-            let searches = f[1] as usize;
-            total.merge(&OnlineLayerStats {
-                dense: f[0] as usize,
-                searches,
-                sparse: f[2] as usize,
-                sparsity: f[3] as f64,
-                recall: if searches > 0 {
-                    vec![f[5] as f64]
-                } else {
-                    Vec::new()
-                },
-                seconds: f[4] as f64,
-            });
-        }
-    }
-    Ok(merged)
-}
-
 fn main() {
     allocator::keep_freed_memory();
     // Everything runs on Flex.
@@ -224,19 +167,19 @@ fn main() {
     }
     // Every rank holds its clips' activations: bound the video before allocating it.
     if args.ranks > MAX_RANKS || args.clips_per_rank > MAX_CLIPS_PER_RANK {
-        fail(&format!(
+        fail(format!(
             "--ranks must be at most {MAX_RANKS} and --clips-per-rank at most {MAX_CLIPS_PER_RANK}, got {} and {}",
             args.ranks, args.clips_per_rank
         ));
     }
     if !(0.0..=1.0).contains(&args.switch_sigma) {
-        fail(&format!(
+        fail(format!(
             "--switch-sigma must be a noise level in [0, 1], got {}",
             args.switch_sigma
         ));
     }
     if !args.scope_bias.is_finite() {
-        fail(&format!(
+        fail(format!(
             "--scope-bias must be finite, got {}",
             args.scope_bias
         ));
@@ -251,7 +194,7 @@ fn main() {
         IfDamaged::Fail
     };
     let (model, config) = load_for_sampling(&args.out, &device, if_damaged)
-        .unwrap_or_else(|e| fail(&format!("{e}\n(run the main job first: scripts/main.sh)")));
+        .unwrap_or_else(|e| fail(format!("{e}\n(run the main job first: scripts/main.sh)")));
     let clip = config.clip;
     let scope = DualScopeConfig::new()
         .with_window(args.window)
@@ -272,7 +215,7 @@ fn main() {
     };
     let clip_frames = args.clip_frames.unwrap_or(clip.frames);
     if clip_frames == 0 || clip_frames % config.model.patch[0] != 0 {
-        fail(&format!(
+        fail(format!(
             "--clip-frames must be a positive multiple of the frame patch ({}), got {clip_frames}",
             config.model.patch[0]
         ));
@@ -285,7 +228,7 @@ fn main() {
     }
     sampler
         .check("long_video")
-        .unwrap_or_else(|e| fail(&format!("{e} (--steps, --free-init, --online-sparse)")));
+        .unwrap_or_else(|e| fail(format!("{e} (--steps, --free-init, --online-sparse)")));
     let prompts: Vec<(usize, usize)> = args
         .prompts
         .split(',')
@@ -349,23 +292,21 @@ fn main() {
         let start = Instant::now();
         let (video, attention) = generate_long_with_stats(
             &model,
-            &comm,
-            &layout,
+            ClipGroup {
+                comm: &comm,
+                layout: &layout,
+                scope: &scope,
+            },
             [clip.height, clip.width],
             &cond,
             &uncond,
             sampler,
-            &scope,
             args.seed,
         )?;
         let seconds = start.elapsed().as_secs_f64();
         let stats = comm.stats();
         let bytes: usize = comm.gather_sizes(stats.bytes as usize)?.iter().sum();
         let messages: usize = comm.gather_sizes(stats.messages as usize)?.iter().sum();
-        let attention = match attention.is_empty() {
-            true => attention,
-            false => merged_over_ranks(&comm, &attention)?,
-        };
         Ok(video.map(|video| Generated {
             video,
             ranks,
@@ -382,7 +323,7 @@ fn main() {
         bytes,
         messages,
         attention,
-    }) = generated.unwrap_or_else(|e| fail(&e)).flatten()
+    }) = generated.unwrap_or_else(|e| fail(e)).flatten()
     else {
         return;
     };
@@ -408,7 +349,7 @@ fn main() {
                 &device,
             );
             let x = sample_euler(&model, noise, cond[c].clone(), uncond[c].clone(), sampler)
-                .unwrap_or_else(|e| fail(&e.to_string()));
+                .unwrap_or_else(|e| fail(e));
             let pixels: Vec<f32> = x
                 .into_data()
                 .convert::<f32>()
@@ -423,9 +364,9 @@ fn main() {
 
     let dir = args.out.join("long_video");
     std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| fail(&format!("creating {}: {e}", dir.display())));
+        .unwrap_or_else(|e| fail(format!("creating {}: {e}", dir.display())));
     let write = |name: &str, v: &Frames| {
-        write_gif(&dir.join(name), v, 8).unwrap_or_else(|e| fail(&format!("writing {name}: {e}")))
+        write_gif(&dir.join(name), v, 8).unwrap_or_else(|e| fail(format!("writing {name}: {e}")))
     };
     write("long_video.gif", &upscale(&video, 3));
     if let Some((alone, _)) = &alone {
@@ -524,5 +465,5 @@ fn main() {
 /// Writes `text` to `path` whole or not at all; exits naming the file when it cannot.
 fn write_text(path: &std::path::Path, text: &str) {
     write_atomically(path, |file| file.write_all(text.as_bytes()))
-        .unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
+        .unwrap_or_else(|e| fail(format!("writing {}: {e}", path.display())));
 }

@@ -18,6 +18,10 @@ use burn_sparse_video::ctx_parallel::planner::{
 };
 use clap::Parser;
 
+#[path = "common/fail.rs"]
+mod fail;
+use fail::fail;
+
 #[derive(Parser)]
 #[command(about = "Model head, sequence and hybrid context parallelism on 8-128 GPUs")]
 struct Args {
@@ -52,17 +56,12 @@ const LARGEST_CLUSTER: usize = 128;
 /// Longest video the cost model plans for, in tokens.
 const MAX_SEQ: usize = 1 << 26;
 
-fn fail(message: &str) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2)
-}
-
 fn sparsities(report: Option<&str>) -> (Vec<f64>, String) {
     if let Some(path) = report {
-        let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| fail(&format!("--report {path}: {e}")));
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| fail(format!("--report {path}: {e}")));
         let report: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| fail(&format!("--report {path}: {e}")));
+            serde_json::from_str(&text).unwrap_or_else(|e| fail(format!("--report {path}: {e}")));
         let heads: Vec<f64> = report["dsv_layers"]
             .as_array()
             .into_iter()
@@ -71,7 +70,7 @@ fn sparsities(report: Option<&str>) -> (Vec<f64>, String) {
             .filter_map(|v| v.as_f64())
             .collect();
         if heads.is_empty() {
-            fail(&format!("--report {path}: no DSV head sparsities in it"));
+            fail(format!("--report {path}: no DSV head sparsities in it"));
         }
         return (heads, format!("measured, {path}"));
     }
@@ -88,9 +87,9 @@ fn sparsities(report: Option<&str>) -> (Vec<f64>, String) {
 /// `measured / model` of every attention row of a `bench_context_parallel` JSON that has both.
 fn model_error(path: &str) -> (Vec<(String, f64)>, String) {
     let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| fail(&format!("--calibration {path}: {e}")));
+        .unwrap_or_else(|e| fail(format!("--calibration {path}: {e}")));
     let bench: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| fail(&format!("--calibration {path}: {e}")));
+        serde_json::from_str(&text).unwrap_or_else(|e| fail(format!("--calibration {path}: {e}")));
     let ratios: Vec<(String, f64)> = bench["attention"]["rows"]
         .as_array()
         .into_iter()
@@ -103,7 +102,7 @@ fn model_error(path: &str) -> (Vec<(String, f64)>, String) {
         })
         .collect();
     if ratios.is_empty() {
-        fail(&format!(
+        fail(format!(
             "--calibration {path}: no attention rows with a model time (bench_context_parallel writes them)"
         ));
     }
@@ -127,27 +126,24 @@ fn main() {
         ("--tflops", args.tflops),
     ] {
         if !(v > 0.0 && v.is_finite()) {
-            fail(&format!("{name} must be a positive number, got {v}"));
+            fail(format!("{name} must be a positive number, got {v}"));
         }
     }
     if !(args.latency_us >= 0.0 && args.latency_us.is_finite()) {
-        fail(&format!(
-            "--latency-us must be ≥ 0, got {}",
-            args.latency_us
-        ));
+        fail(format!("--latency-us must be ≥ 0, got {}", args.latency_us));
     }
     // The plans split a video over up to 128 GPUs, at least one token each; past 2^26 tokens
     // one layer takes minutes on 128 GPUs and the cost model's terms are not what they
     // were measured for.
     if !(LARGEST_CLUSTER..=MAX_SEQ).contains(&args.seq) {
-        fail(&format!(
+        fail(format!(
             "--seq must be in {LARGEST_CLUSTER}..={MAX_SEQ} (a token per GPU of the largest plan, \
              {LARGEST_CLUSTER} GPUs; at most 2^26), got {}",
             args.seq
         ));
     }
     if !(1..=1024).contains(&args.head_dim) {
-        fail(&format!(
+        fail(format!(
             "--head-dim must be in 1..=1024, got {}",
             args.head_dim
         ));

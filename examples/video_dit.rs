@@ -17,33 +17,29 @@
 //! shares and the gradients summed over the ranks, and rank 0 writes every file; with
 //! `--sequence-parallel` every clip is split along time over the processes instead.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use burn::module::Module;
 use burn::tensor::Device;
-use burn_sparse_video::dit::data::{COLOURS, DataSource, FASHION_DIR, parse_label};
-use burn_sparse_video::dit::media::{
-    Frames, contact_sheet, plot_lines, tile, upscale, write_gif, write_png,
-};
-use burn_sparse_video::dit::metrics::{ObjectClassifier, VideoMetrics, measure};
+use burn_sparse_video::dit::data::{DataSource, FASHION_DIR, parse_label};
 use burn_sparse_video::dit::sample::SamplerConfig;
 use burn_sparse_video::dit::sample::faster_cache::FasterCacheConfig;
 use burn_sparse_video::dit::sample::free_init::FreeInitConfig;
 use burn_sparse_video::dit::sample::online_sparse::OnlineSparseConfig;
 use burn_sparse_video::dit::train::optim::OptimizerKind;
-use burn_sparse_video::dit::train::report::{
-    LOSS_WINDOW, RunReport, attention_name, confusion_table, smoothed_losses,
-};
+use burn_sparse_video::dit::train::report::{attention_name, confusion_table};
 use burn_sparse_video::dit::train::{
-    CheckpointError, DivergencePolicy, IfDamaged, RunDir, RunDirError, RunMode, TrainConfig,
-    Trainer, generate_with_progress, saved_config, write_atomically,
+    CheckpointError, DivergencePolicy, Evaluation, IfDamaged, REPORT_CLIPS, RunDir, RunDirError,
+    RunEnd, RunMode, RunProgress, TrainConfig, Trainer, sample_with_progress, saved_config,
+    write_video_set,
 };
-use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDit, VideoDitConfig};
+use burn_sparse_video::dit::{AttentionKind, Prediction, VideoDitConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use fail::fail;
 #[path = "common/allocator.rs"]
 mod allocator;
+#[path = "common/fail.rs"]
+mod fail;
 #[path = "common/ranks.rs"]
 mod ranks;
 #[path = "common/stop.rs"]
@@ -273,12 +269,7 @@ enum Command {
 
 fn device(choice: DeviceChoice) -> Device {
     let name = choice.to_possible_value().expect("every choice has a name");
-    try_device_named(name.get_name()).unwrap_or_else(|e| fail(&format!("--device: {e}")))
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(2)
+    try_device_named(name.get_name()).unwrap_or_else(|e| fail(format!("--device: {e}")))
 }
 
 /// The tiny preset (the library's), with the command line's attention, data, steps and batch.
@@ -304,7 +295,7 @@ fn with_length(mut config: TrainConfig, steps: Option<usize>, batch: Option<usiz
 /// model setting that contradicts the checkpoint is then refused by name when resuming).
 fn resumed_config(common: &Common, steps: Option<usize>, batch: Option<usize>) -> TrainConfig {
     let mut config = saved_config(&common.out, common.if_damaged())
-        .unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
+        .unwrap_or_else(|e| fail(checkpoint_hint(&e)));
     if common.attention.is_some() {
         config.model.attention = common.attention_kind();
     }
@@ -321,62 +312,15 @@ const MAX_CLIPS: usize = 1024;
 fn parse_labels(text: &str, classes: &[&str]) -> Vec<(usize, usize)> {
     let labels: Vec<(usize, usize)> = text
         .split(',')
-        .map(|pair| parse_label(pair, classes).unwrap_or_else(|e| fail(&format!("--labels: {e}"))))
+        .map(|pair| parse_label(pair, classes).unwrap_or_else(|e| fail(format!("--labels: {e}"))))
         .collect();
     if labels.len() > MAX_CLIPS {
-        fail(&format!(
+        fail(format!(
             "--labels: at most {MAX_CLIPS} labels per run, got {}",
             labels.len()
         ));
     }
     labels
-}
-
-/// Samples `labels` with a progress line per chunk.
-fn sample_with_progress(
-    model: &VideoDit,
-    config: &TrainConfig,
-    labels: &[(usize, usize)],
-    sampler: SamplerConfig,
-    seed: u64,
-) -> Vec<Frames> {
-    let start = Instant::now();
-    generate_with_progress(model, config.clip, labels, sampler, seed, |done, n| {
-        let elapsed = start.elapsed().as_secs_f64();
-        println!(
-            "sampling: {done}/{n} clips, {} elapsed, ETA {}",
-            clock(elapsed),
-            clock(elapsed / done as f64 * (n - done) as f64)
-        );
-    })
-}
-
-/// `m:ss` (or `h:mm:ss`).
-fn clock(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    if s >= 3600 {
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else {
-        format!("{}:{:02}", s / 60, s % 60)
-    }
-}
-
-/// One label per object×colour pair, cycled.
-fn showcase_labels(n: usize, classes: usize) -> Vec<(usize, usize)> {
-    (0..n)
-        .map(|i| (i % classes, (i / classes + i) % COLOURS.len()))
-        .collect()
-}
-
-/// Writes `videos` as one GIF grid (whole or not at all).
-fn try_write_video_set(path: &Path, videos: &[Frames]) -> std::io::Result<()> {
-    let grid = tile(&videos.iter().map(|v| upscale(v, 3)).collect::<Vec<_>>(), 4);
-    write_gif(path, &grid, 6)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
-}
-
-fn write_video_set(path: &Path, videos: &[Frames]) {
-    try_write_video_set(path, videos).unwrap_or_else(|e| fail(&e.to_string()));
 }
 
 /// The training-free sampling accelerators, each off unless asked for.
@@ -433,35 +377,12 @@ impl Accelerators {
     }
 }
 
-/// Samples of the trainer's EMA model and held-out real clips, measured alike.
-fn evaluate(
-    trainer: &Trainer,
-    clips: usize,
-    sampler: SamplerConfig,
-) -> (Vec<Frames>, Vec<(usize, usize)>, VideoMetrics, VideoMetrics) {
-    let c = trainer.config();
-    let real: Vec<_> = (c.dataset_size..c.dataset_size + clips)
-        .map(|i| trainer.data().generate(i))
-        .collect();
-    let labels: Vec<(usize, usize)> = real.iter().map(|r| (r.object, r.colour)).collect();
-    let real_frames: Vec<Frames> = real
-        .iter()
-        .map(|r| Frames::from_chw(&r.pixels, c.clip.frames, c.clip.height, c.clip.width))
-        .collect();
-    let trajectories: Vec<Vec<(f32, f32)>> = real.iter().map(|r| r.trajectory.clone()).collect();
-    let classifier = ObjectClassifier::for_set(trainer.data(), 2000);
-    let real_metrics = measure(&real_frames, &labels, Some(&trajectories), &classifier);
-    let samples = sample_with_progress(trainer.ema(), c, &labels, sampler, 1234);
-    let sample_metrics = measure(&samples, &labels, None, &classifier);
-    (samples, labels, sample_metrics, real_metrics)
-}
-
 /// The run the checkpoint in `--out` was trained as: its model, data, clips and optimiser.
 /// `--attention` and `--data`, when given, must agree with it.
 fn load_trainer(common: &Common) -> Trainer {
     let out = &common.out;
     let saved =
-        saved_config(out, common.if_damaged()).unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
+        saved_config(out, common.if_damaged()).unwrap_or_else(|e| fail(checkpoint_hint(&e)));
     if let Some(choice) = common.attention {
         let asked = if choice == AttentionChoice::Dense {
             "dense"
@@ -470,7 +391,7 @@ fn load_trainer(common: &Common) -> Trainer {
         };
         let trained = attention_name(&saved.model.attention);
         if asked != trained {
-            fail(&format!(
+            fail(format!(
                 "--attention {asked} contradicts the checkpoint in {}, trained with {trained} \
                  attention (leave --attention out to use the checkpoint's)",
                 out.display()
@@ -478,7 +399,7 @@ fn load_trainer(common: &Common) -> Trainer {
         }
     }
     if common.data.is_some() && common.data_source() != saved.data {
-        fail(&format!(
+        fail(format!(
             "--data {:?} contradicts the checkpoint in {}, trained on {:?} (leave --data out to \
              use the checkpoint's)",
             common.data_source(),
@@ -487,10 +408,10 @@ fn load_trainer(common: &Common) -> Trainer {
         ));
     }
     let mut trainer = Trainer::new(saved, &device(common.device))
-        .unwrap_or_else(|e| fail(&format!("--data: {e}")));
+        .unwrap_or_else(|e| fail(format!("--data: {e}")));
     let loaded = trainer
         .resume_with(out, common.if_damaged())
-        .unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
+        .unwrap_or_else(|e| fail(checkpoint_hint(&e)));
     println!("loaded {} (step {})", loaded.display(), trainer.step());
     trainer
 }
@@ -553,7 +474,7 @@ fn train(
         fail("--steps and --batch must be ≥ 1");
     }
     if batch.is_some_and(|b| b > 1024) {
-        fail(&format!(
+        fail(format!(
             "--batch must be at most 1024, got {}",
             batch.unwrap_or(0)
         ));
@@ -565,7 +486,7 @@ fn train(
     };
     let batch = config.batch_size;
     if replicas.is_some_and(|r| r == 0 || r > batch) {
-        fail(&format!(
+        fail(format!(
             "--replicas must be in 1..=--batch ({batch}), got {}",
             replicas.unwrap_or(0)
         ));
@@ -591,7 +512,7 @@ fn train(
     config.model.feature_aggregation |= flags.feature_aggregation;
     if let Some(lr) = lr {
         if !(lr > 0.0 && lr.is_finite()) {
-            fail(&format!("--lr must be a positive number, got {lr}"));
+            fail(format!("--lr must be a positive number, got {lr}"));
         }
         config.lr = lr;
     }
@@ -620,7 +541,7 @@ fn train(
         // The lead rank owns the folder for the whole run (the lock goes with `_run_dir`).
         let _run_dir = lead.then(|| {
             let (run_dir, removed) = RunDir::open(out, mode).unwrap_or_else(|e| {
-                fail(&match e {
+                fail(match e {
                     RunDirError::NotEmpty(..) => format!("{e} (--resume or --overwrite)"),
                     e => e.to_string(),
                 })
@@ -629,16 +550,16 @@ fn train(
                 println!("removed {} (left by an interrupted save)", path.display());
             }
             std::fs::create_dir_all(out.join("samples")).unwrap_or_else(|e| {
-                fail(&format!("creating {}: {e}", out.join("samples").display()))
+                fail(format!("creating {}: {e}", out.join("samples").display()))
             });
             run_dir
         });
         let mut trainer =
-            Trainer::new(config.clone(), &device).unwrap_or_else(|e| fail(&format!("--data: {e}")));
+            Trainer::new(config.clone(), &device).unwrap_or_else(|e| fail(format!("--data: {e}")));
         if mode == RunMode::Resume {
             let from = trainer
                 .resume_with(out, common.if_damaged())
-                .unwrap_or_else(|e| fail(&checkpoint_hint(&e)));
+                .unwrap_or_else(|e| fail(checkpoint_hint(&e)));
             if lead {
                 println!("resumed at step {} from {}", trainer.step(), from.display());
             }
@@ -667,177 +588,43 @@ fn train(
                 ),
             }
         }
-        let trainer = match sequence_parallel {
+        let mut trainer = match sequence_parallel {
             true => trainer.with_sequence_parallel(comm)?,
             false => trainer.with_communicator(comm)?,
         };
-        train_loop(trainer, &common, lead);
+        let mut progress = Progress;
+        match trainer.run(out, lead, &mut progress) {
+            Ok(RunEnd::Finished {
+                checkpoint: Some(checkpoint),
+            }) => println!("checkpoint: {}", checkpoint.display()),
+            Ok(RunEnd::Finished { checkpoint: None }) => {}
+            Ok(RunEnd::Stopped { checkpoint }) => {
+                let (signal, status) = stop::requested().expect("stopped on request");
+                println!(
+                    "stopped by {signal} at step {}: saved {} (train --resume continues the run)",
+                    trainer.step(),
+                    checkpoint.display()
+                );
+                std::process::exit(status);
+            }
+            Err(e) => fail(e),
+        }
         Ok(())
     });
-    trained.unwrap_or_else(|e| fail(&e));
+    trained.unwrap_or_else(|e| fail(e));
 }
 
-/// The training loop; the lead rank logs, samples, saves and reports.
-fn train_loop(mut trainer: Trainer, common: &Common, lead: bool) {
-    let out = &common.out;
-    let c = trainer.config().clone();
-    if !lead {
-        while trainer.step() < c.steps {
-            trainer
-                .try_train_step()
-                .unwrap_or_else(|e| fail(&e.to_string()));
-        }
-        return;
-    }
-    println!(
-        "training the tiny DiT ({} attention) on {:?}: {} steps × {} clips of {}×{}×{}",
-        attention_name(&c.model.attention).replace("dsv", "DSV"),
-        trainer.model().devices()[0],
-        c.steps,
-        c.batch_size,
-        c.clip.frames,
-        c.clip.height,
-        c.clip.width
-    );
-    let start = Instant::now();
-    let first = trainer.step();
-    let showcase = showcase_labels(8, c.data.classes().len());
-    let mut saved: Option<PathBuf> = None;
-    while trainer.step() < c.steps {
-        let log = trainer
-            .try_train_step()
-            .unwrap_or_else(|e| fail(&e.to_string()));
-        if log.skipped {
-            println!(
-                "step {}: loss or gradient not finite (loss {}); step skipped, learning rate lowered",
-                log.step, log.loss
-            );
-        }
-        let done = trainer.step();
-        if done.is_multiple_of(c.log_every) || done == c.steps {
-            let elapsed = start.elapsed().as_secs_f64();
-            let rate = (done - first) as f64 / elapsed;
-            let bar = (done * 30 / c.steps).min(30);
-            let recent: Vec<f32> = trainer
-                .history()
-                .iter()
-                .rev()
-                .take(c.log_every)
-                .map(|l| l.loss)
-                .collect();
-            let dsv = match (log.mean_sparsity, log.predictor_loss) {
-                (Some(s), p) => format!(
-                    " | dsv: {}/{} layers sparse, sparsity {:.2}, predictor loss {:.3}",
-                    log.sparse_layers,
-                    c.model.depth,
-                    s,
-                    p.unwrap_or(f32::NAN)
-                ),
-                (None, Some(p)) => format!(" | dsv: dense stage, predictor loss {p:.3}"),
-                _ => String::new(),
-            };
-            println!(
-                "[{}{}] {done}/{} loss {:.4} | {:.2} steps/s, {} elapsed, ETA {}{dsv}",
-                "#".repeat(bar),
-                "-".repeat(30 - bar),
-                c.steps,
-                recent.iter().sum::<f32>() / recent.len() as f32,
-                rate,
-                clock(elapsed),
-                clock((c.steps - done) as f64 / rate)
-            );
-        }
-        if c.checkpoint_every > 0 && done.is_multiple_of(c.checkpoint_every) && done < c.steps {
-            saved = Some(
-                trainer
-                    .save_checkpoint(out)
-                    .unwrap_or_else(|e| fail(&format!("saving checkpoint: {e}"))),
-            );
-        }
-        // A progress GIF is worth less than the run: a failed one (a full disk) is reported.
-        if c.sample_every > 0 && done.is_multiple_of(c.sample_every) && done < c.steps {
-            let path = out.join(format!("samples/step_{done:06}.gif"));
-            if let Err(e) = try_write_video_set(&path, &trainer.sample(&showcase, 7)) {
-                eprintln!("warning: {e}; training goes on");
-            }
-        }
-        if stop::requested().is_some() {
-            break;
-        }
-    }
-    let train_seconds = start.elapsed().as_secs_f64();
-    let step_dir = out.join(format!("checkpoints/step_{:06}", trainer.step()));
-    let ckpt = match saved {
-        Some(path) if path == step_dir => path,
-        _ => trainer
-            .save_checkpoint(out)
-            .unwrap_or_else(|e| fail(&format!("saving checkpoint: {e}"))),
-    };
-    if let Some((signal, status)) = stop::requested() {
-        println!(
-            "stopped by {signal} at step {}: saved {} (train --resume continues the run)",
-            trainer.step(),
-            ckpt.display()
-        );
-        std::process::exit(status);
-    }
-    write_report(
-        &trainer,
-        common,
-        train_seconds,
-        (trainer.step() - first) as f64 / train_seconds,
-    );
-    println!("checkpoint: {}", ckpt.display());
-}
+/// The run's lines on the terminal; a caught SIGTERM or SIGINT stops it after the step.
+struct Progress;
 
-/// Held-out labels the report samples and measures: with 12, one run's share of right
-/// shapes read 0.75 where 48 labels gave 0.42.
-const REPORT_CLIPS: usize = 48;
-
-fn write_report(trainer: &Trainer, common: &Common, train_seconds: f64, steps_per_second: f64) {
-    let out = &common.out;
-    let (samples, labels, sample_metrics, real_metrics) =
-        evaluate(trainer, REPORT_CLIPS, trainer.config().sampler);
-    write_video_set(&out.join("samples.gif"), &samples[..12]);
-    let (w, h, sheet) = contact_sheet(
-        &samples
-            .iter()
-            .take(6)
-            .map(|v| upscale(v, 2))
-            .collect::<Vec<_>>(),
-    );
-    write_png(&out.join("contact_sheet.png"), w, h, &sheet)
-        .unwrap_or_else(|e| fail(&format!("contact sheet: {e}")));
-    let losses: Vec<f32> = trainer.history().iter().map(|l| l.loss).collect();
-    let smooth = smoothed_losses(trainer.history(), LOSS_WINDOW);
-    write_png(
-        &out.join("loss.png"),
-        480,
-        240,
-        &plot_lines(
-            &[(&losses, [180, 180, 220]), (&smooth, [20, 40, 200])],
-            480,
-            240,
-        ),
-    )
-    .unwrap_or_else(|e| fail(&format!("loss plot: {e}")));
-
-    let report = RunReport::new(
-        trainer,
-        train_seconds,
-        steps_per_second,
-        &labels,
-        &sample_metrics,
-        &real_metrics,
-    );
-    let json = serde_json::to_string_pretty(&report.to_json()).expect("the report serialises");
-    let md = report.to_markdown();
-    for (name, text) in [("report.json", &json), ("report.md", &md)] {
-        let path = out.join(name);
-        write_atomically(&path, |file| file.write_all(text.as_bytes()))
-            .unwrap_or_else(|e| fail(&format!("writing {}: {e}", path.display())));
+impl RunProgress for Progress {
+    fn line(&mut self, text: &str) {
+        println!("{text}");
     }
-    println!("{md}");
+
+    fn stop_requested(&mut self) -> bool {
+        stop::requested().is_some()
+    }
 }
 
 impl Command {
@@ -917,11 +704,10 @@ fn main() {
             let sampler = accelerators.apply(c.sampler);
             sampler
                 .check("video_dit sample")
-                .unwrap_or_else(|e| fail(&format!("{e} (--free-init, --online-sparse)")));
-            write_video_set(
-                &path,
-                &sample_with_progress(trainer.ema(), c, &labels, sampler, seed),
-            );
+                .unwrap_or_else(|e| fail(format!("{e} (--free-init, --online-sparse)")));
+            let videos =
+                sample_with_progress(trainer.ema(), c, &labels, sampler, seed, &mut Progress);
+            write_video_set(&path, &videos).unwrap_or_else(|e| fail(e));
             println!("wrote {}", path.display());
         }
         Command::Eval {
@@ -935,7 +721,7 @@ fn main() {
             accelerators,
         } => {
             if !(1..=MAX_CLIPS).contains(&clips) {
-                fail(&format!("--clips must be in 1..={MAX_CLIPS}, got {clips}"));
+                fail(format!("--clips must be in 1..={MAX_CLIPS}, got {clips}"));
             }
             let trainer = load_trainer(&common);
             let mut sampler = trainer.config().sampler;
@@ -945,10 +731,15 @@ fn main() {
             sampler.guidance_max_sigma = guidance_max_sigma.unwrap_or(sampler.guidance_max_sigma);
             sampler.stochasticity = stochasticity.unwrap_or(sampler.stochasticity);
             let sampler = accelerators.apply(sampler);
-            sampler.check("video_dit eval").unwrap_or_else(|e| fail(&format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity, --free-init, --online-sparse)")));
+            sampler.check("video_dit eval").unwrap_or_else(|e| fail(format!("{e} (--guidance, --sampling-steps, --shift, --guidance-max-sigma, --stochasticity, --free-init, --online-sparse)")));
             println!("sampler: {sampler:?}");
             let start = std::time::Instant::now();
-            let (videos, _, samples, real) = evaluate(&trainer, clips, sampler);
+            let Evaluation {
+                samples: videos,
+                sample_metrics: samples,
+                real_metrics: real,
+                ..
+            } = trainer.evaluate(clips, sampler, &mut Progress);
             println!(
                 "evaluated {clips} clips in {:.1} s (sampling and measuring)",
                 start.elapsed().as_secs_f64()
@@ -975,7 +766,7 @@ fn main() {
                 "held-out real clips: {}",
                 serde_json::to_string_pretty(&real).unwrap()
             );
-            write_video_set(&path, &videos);
+            write_video_set(&path, &videos).unwrap_or_else(|e| fail(e));
             println!("wrote {}", path.display());
         }
     }

@@ -52,6 +52,6 @@ pub use config::{AttentionKind, Prediction, VideoDitConfig};
 pub use model::patch::{patchify, unpatchify};
 pub use model::rope::{Rope3d, rope_split};
 pub use model::{
-    BlockFeatures, CheckpointedStep, Conditioning, CrossAttention, DitBlock, ForwardContext,
-    Layout, SelfAttention, VideoDit, VideoDitInput,
+    BlockFeatures, CheckpointedStep, ClipGroup, Conditioning, CrossAttention, DitBlock,
+    ForwardContext, Layout, SelfAttention, VideoDit, VideoDitInput,
 };

@@ -1,6 +1,7 @@
 //! Sizes the examples accept, bounded up front against the memory this machine has, so that a
 //! size too large is an error naming the flag, not a shape overflow or an allocation abort
-//! deep inside Burn (include with `#[path]`; each example uses what it needs).
+//! deep inside Burn (include with `#[path]`, beside `fail.rs`; each example uses what it
+//! needs).
 #![allow(dead_code)]
 
 /// Bytes this machine can still allocate (Linux `MemAvailable`), or `None` where unknown.
@@ -19,8 +20,7 @@ pub fn bytes_of(factors: &[usize]) -> Option<u64> {
 }
 
 fn refuse(flag: &str, what: &str, why: &str) -> ! {
-    eprintln!("error: {flag}: {what} needs {why}");
-    std::process::exit(2)
+    super::fail::fail(format!("{flag}: {what} needs {why}"))
 }
 
 /// `bytes`, or an exit (status 2) naming `flag` when it overflowed (`None`); `what` says what

@@ -1,4 +1,4 @@
-//! Writing a bench's JSON report (include with `#[path]`).
+//! Writing a bench's JSON report (include with `#[path]`, beside `fail.rs`).
 
 /// Writes `report` as pretty JSON to `path` (whole or not at all), creating its folder, and
 /// says so; exits naming `--out` and the reason when it cannot.
@@ -13,8 +13,7 @@ pub fn write_json(path: &str, report: &serde_json::Value) {
             })
         });
     if let Err(e) = written {
-        eprintln!("error: --out {path}: {e}");
-        std::process::exit(2);
+        super::fail::fail(format!("--out {path}: {e}"));
     }
     println!("wrote {path}");
 }

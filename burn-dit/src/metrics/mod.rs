@@ -2,12 +2,14 @@
 //! and ground truth of the synthetic sets.
 
 mod fidelity;
+mod held_out;
 mod objects;
 mod temporal;
 
 use serde::{Deserialize, Serialize};
 
 pub use fidelity::{ObjectClassifier, ObjectFidelity, object_fidelity};
+pub use held_out::HeldOut;
 pub use objects::{Detection, MIN_REGION, classify_colour, classify_shape, detect, shape_ious};
 pub use temporal::{
     ClipContinuity, clip_continuity, dynamic_degree, motion_smoothness, temporal_flickering,

@@ -45,6 +45,8 @@ impl VideoDitInput {
 }
 
 /// The conditioning tokens of a forward pass.
+// One value per forward pass: boxing the tensor would save nothing worth an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Conditioning {
     /// `[B, M, cond_dim]` for all frames.
@@ -75,21 +77,28 @@ pub enum Layout<'a> {
     /// convolution reads the neighbouring shards' edge frames, so the shards' outputs are
     /// the whole video's velocity, cut alike. Dense and DSV models only.
     SequenceShard(&'a Communicator),
-    /// A long video cut into clips along time and spread over the ranks of `comm`, every
-    /// rank calling with its own clips ([`ClipLayout::clips_of`]), each a multiple of the
-    /// frame patch. Self-attention is dual-scope with `scope` whatever the model was
-    /// trained with; positions are global frame indices. The blocks' other ops see one
-    /// token (or one frame) at a time, so nothing else is synchronised across clips.
+    /// A long video cut into clips along time and spread over a group of ranks, every rank
+    /// calling with its own clips ([`ClipLayout::clips_of`]), each a multiple of the frame
+    /// patch. Self-attention is dual-scope whatever the model was trained with; positions
+    /// are global frame indices. The blocks' other ops see one token (or one frame) at a
+    /// time, so nothing else is synchronised across clips.
     Clips {
-        /// The ranks.
-        comm: &'a Communicator,
-        /// The clips, in video frames.
-        layout: &'a ClipLayout,
-        /// The dual-scope attention.
-        scope: &'a DualScopeConfig,
+        /// The ranks, the clips and their attention.
+        group: ClipGroup<'a>,
         /// The B noise levels of the input's `sigma` on the host, for the scope balance.
         sigmas: &'a [f64],
     },
+}
+
+/// A long video cut into clips over a group of ranks, joined by dual-scope attention.
+#[derive(Clone, Copy)]
+pub struct ClipGroup<'a> {
+    /// The ranks.
+    pub comm: &'a Communicator,
+    /// The clips, in video frames, and the rank of each.
+    pub layout: &'a ClipLayout,
+    /// The dual-scope attention.
+    pub scope: &'a DualScopeConfig,
 }
 
 /// How one forward pass runs: the layout of its frames and what it records.
@@ -121,20 +130,11 @@ impl<'a> ForwardContext<'a> {
         }
     }
 
-    /// This rank's clips of a long video ([`Layout::Clips`]).
-    pub fn clips(
-        comm: &'a Communicator,
-        layout: &'a ClipLayout,
-        scope: &'a DualScopeConfig,
-        sigmas: &'a [f64],
-    ) -> Self {
+    /// This rank's clips of a long video ([`Layout::Clips`]) at the host noise levels
+    /// `sigmas` of the input's `sigma`.
+    pub fn clips(group: ClipGroup<'a>, sigmas: &'a [f64]) -> Self {
         Self {
-            layout: Layout::Clips {
-                comm,
-                layout,
-                scope,
-                sigmas,
-            },
+            layout: Layout::Clips { group, sigmas },
             ..Self::default()
         }
     }

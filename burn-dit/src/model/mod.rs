@@ -26,7 +26,7 @@ use burn_sparse_attn::dsv::{DsvAttention, DsvHost, TokenGrid};
 pub use block::DitBlock;
 pub(crate) use block::{ClipContext, modulate, plain_norm, quick_gelu};
 pub use cross_attention::CrossAttention;
-pub use input::{BlockFeatures, Conditioning, ForwardContext, Layout, VideoDitInput};
+pub use input::{BlockFeatures, ClipGroup, Conditioning, ForwardContext, Layout, VideoDitInput};
 pub(crate) use placement::{ClipInputs, split_frames};
 pub use recompute::CheckpointedStep;
 pub use self_attention::SelfAttention;

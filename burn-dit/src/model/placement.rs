@@ -4,11 +4,11 @@
 use std::cell::OnceCell;
 
 use burn::tensor::{Tensor, TensorData};
-use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig, DualScopePlan};
+use burn_ctx_parallel::{ClipLayout, Communicator, DualScopePlan};
 use burn_sparse_attn::SparseAttnError;
 
 use super::VideoDit;
-use super::input::{Conditioning, Layout, VideoDitInput};
+use super::input::{ClipGroup, Conditioning, Layout, VideoDitInput};
 use super::self_attention::Span;
 use crate::config::AttentionKind;
 
@@ -83,11 +83,10 @@ impl VideoDit {
                             .expect("f64 noise levels");
                         let comm = alone.get_or_init(|| Communicator::single(x.device()));
                         let layout = ClipLayout::new(vec![x.dims()[2]], 1)?;
-                        let clips = Clips {
+                        let group = ClipGroup {
                             comm,
                             layout: &layout,
                             scope,
-                            sigmas: &sigmas,
                         };
                         let input = VideoDitInput {
                             x,
@@ -95,7 +94,7 @@ impl VideoDit {
                             cond: Conditioning::Video(cond),
                             estimate,
                         };
-                        self.place_clips(function, input, clips)
+                        self.place_clips(function, input, comm, group, &sigmas)
                     }
                     _ => Ok((ClipInputs::one(x, sigma, cond, estimate), Span::PerClip)),
                 }
@@ -116,38 +115,23 @@ impl VideoDit {
                 clip.frame_offsets = vec![layout.frame_offset(comm.rank())];
                 Ok((clip, Span::Sequence { comm, layout }))
             }
-            Layout::Clips {
-                comm,
-                layout,
-                scope,
-                sigmas,
-            } => self.place_clips(
-                function,
-                input,
-                Clips {
-                    comm,
-                    layout,
-                    scope,
-                    sigmas,
-                },
-            ),
+            Layout::Clips { group, sigmas } => {
+                self.place_clips(function, input, group.comm, group, sigmas)
+            }
         }
     }
 
     /// Checks the input of [`Layout::Clips`], cuts it into this rank's clips and plans the
-    /// dual-scope attention.
+    /// dual-scope attention over `comm` (the group's, which the plan keeps).
     fn place_clips<'a>(
         &self,
         function: &'static str,
         input: VideoDitInput,
-        clips: Clips<'a, '_>,
+        comm: &'a Communicator,
+        group: ClipGroup,
+        sigmas: &[f64],
     ) -> Result<(ClipInputs, Span<'a>), SparseAttnError> {
-        let Clips {
-            comm,
-            layout,
-            scope,
-            sigmas,
-        } = clips;
+        let ClipGroup { layout, scope, .. } = group;
         let c = &self.config;
         let pt = c.patch[0];
         let mine = layout.clips_of_rank(function, comm)?;
@@ -200,12 +184,4 @@ impl VideoDit {
             Span::DualScope(plan),
         ))
     }
-}
-
-/// The arguments of [`Layout::Clips`].
-struct Clips<'a, 'b> {
-    comm: &'a Communicator,
-    layout: &'b ClipLayout,
-    scope: &'b DualScopeConfig,
-    sigmas: &'b [f64],
 }

@@ -2,7 +2,7 @@
 //! over any velocity model, and its use with [`VideoDit`] for one clip or a long video.
 
 use burn::tensor::{Distribution, Tensor, TensorData};
-use burn_ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
+use burn_ctx_parallel::Communicator;
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use crate::model::split_frames;
 use crate::sample::faster_cache::{CfgDifference, FasterCacheConfig};
 use crate::sample::free_init::FreeInitConfig;
 use crate::sample::online_sparse::OnlineSparseConfig;
-use crate::{Conditioning, ForwardContext, VideoDit, VideoDitInput};
+use crate::{ClipGroup, Conditioning, ForwardContext, VideoDit, VideoDitInput};
 
 /// Settings of [`sample_euler`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -181,43 +181,36 @@ pub fn sample_euler_with_state(
     .map(|mut x| x.remove(0))
 }
 
-/// [`sample_euler`] for a long video cut into clips over the ranks of `comm` (see
-/// [`ForwardContext::clips`](crate::ForwardContext::clips)), called by every rank: `noise[i]`, `cond[i]` and
-/// `uncond[i]` belong to this rank's `i`-th clip. Returns this rank's clips of the video.
-/// FreeInit filters the whole video (every rank gathers it between passes); online sparse
-/// attention searches each clip's keys under the dual-scope mask and biases.
-#[allow(clippy::too_many_arguments)]
+/// [`sample_euler`] for a long video cut into clips over a group of ranks (see
+/// [`ForwardContext::clips`](crate::ForwardContext::clips)), called by every rank: `noise[i]`,
+/// `cond[i]` and `uncond[i]` belong to this rank's `i`-th clip. Returns this rank's clips of
+/// the video. FreeInit filters the whole video (every rank gathers it between passes); online
+/// sparse attention searches each clip's keys under the dual-scope mask and biases.
 pub fn sample_euler_clips(
     model: &VideoDit,
-    comm: &Communicator,
-    layout: &ClipLayout,
+    group: ClipGroup,
     noise: Vec<Tensor<5>>,
     cond: Vec<Tensor<3>>,
     uncond: Vec<Tensor<3>>,
     config: SamplerConfig,
-    scope: &DualScopeConfig,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
     let state = config.sampling_state(model);
-    sample_euler_clips_with_state(
-        model, comm, layout, noise, cond, uncond, config, scope, &state,
-    )
+    sample_euler_clips_with_state(model, group, noise, cond, uncond, config, &state)
 }
 
 /// [`sample_euler_clips`] with the accelerators' state made by the caller
 /// ([`SamplerConfig::sampling_state`], fresh for each run and rank), which then holds what
 /// they did on this rank's clips.
-#[allow(clippy::too_many_arguments)]
 pub fn sample_euler_clips_with_state(
     model: &VideoDit,
-    comm: &Communicator,
-    layout: &ClipLayout,
+    group: ClipGroup,
     noise: Vec<Tensor<5>>,
     cond: Vec<Tensor<3>>,
     uncond: Vec<Tensor<3>>,
     config: SamplerConfig,
-    scope: &DualScopeConfig,
     state: &SamplingState,
 ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    let ClipGroup { comm, layout, .. } = group;
     let frames: Vec<usize> = layout
         .clips_of(comm.rank())
         .map(|i| layout.frames(i))
@@ -236,7 +229,7 @@ pub fn sample_euler_clips_with_state(
                 cond: Conditioning::PerClip(cond),
                 estimate: estimates.map(|e| Tensor::cat(e, 2)),
             };
-            let ctx = ForwardContext::clips(comm, layout, scope, &sigmas).with_sampling(state);
+            let ctx = ForwardContext::clips(group, &sigmas).with_sampling(state);
             let velocity = model.forward(input, &ctx)?;
             Ok(split_frames(velocity, &frames))
         };

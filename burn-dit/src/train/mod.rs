@@ -9,6 +9,8 @@ mod generate;
 pub mod optim;
 mod parallelism;
 pub mod report;
+#[cfg(feature = "media")]
+mod run;
 mod run_dir;
 mod step;
 mod storage;
@@ -21,6 +23,11 @@ pub use generate::{
     SAMPLE_CHUNK, generate, generate_with_progress, generate_with_stats, label_ids,
 };
 pub use parallelism::Parallelism;
+#[cfg(feature = "media")]
+pub use run::{
+    Evaluation, PrintProgress, REPORT_CLIPS, RunEnd, RunError, RunProgress, clock,
+    sample_with_progress, write_video_set,
+};
 pub use run_dir::{RunDir, RunDirError, RunMode};
 pub use storage::write_atomically;
 pub use trainer::{SELF_CONDITION_RATE, StepLog, TrainError, Trainer};

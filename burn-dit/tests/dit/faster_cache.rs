@@ -5,7 +5,7 @@ use burn_ctx_parallel::Communicator;
 use burn_dit::sample::SamplingState;
 use burn_dit::sample::faster_cache::{FasterCacheConfig, extrapolate, split_spatial_frequencies};
 use burn_dit::sample::{SamplerConfig, sample_euler, sample_euler_clips, sample_with_velocity};
-use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
+use burn_dit::{AttentionKind, ClipGroup, ClipLayout, DualScopeConfig};
 use burn_sparse_attn::dsv::{DsvHost, DsvStage};
 
 use crate::common::*;
@@ -331,13 +331,15 @@ fn faster_cache_samples_with_dsv_and_dual_scope_attention() {
     let run = |config| {
         sample_euler_clips(
             &dual,
-            &single,
-            &layout,
+            ClipGroup {
+                comm: &single,
+                layout: &layout,
+                scope: &scope,
+            },
             clips(noise.clone()),
             vec![cond.clone(); 2],
             vec![uncond.clone(); 2],
             config,
-            &scope,
         )
         .unwrap()
     };

@@ -7,7 +7,7 @@ use burn_dit::sample::free_init::{FreeInitConfig, FrequencyFilter};
 use burn_dit::sample::{
     SamplerConfig, sample_euler_clips, sample_euler_with_state, sample_with_velocity,
 };
-use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig};
+use burn_dit::{AttentionKind, ClipGroup, ClipLayout, DualScopeConfig};
 
 use crate::common::*;
 
@@ -263,13 +263,15 @@ fn free_init_over_clips_filters_the_whole_video_alike_on_any_ranks() {
             let n = clips.len();
             sample_euler_clips(
                 &model,
-                &comm,
-                &layout,
+                ClipGroup {
+                    comm: &comm,
+                    layout: &layout,
+                    scope: &scope,
+                },
                 clips,
                 vec![cond.clone(); n],
                 vec![uncond.clone(); n],
                 config,
-                &scope,
             )
         });
         let clips: Vec<Tensor<5>> = parts.into_iter().flat_map(Result::unwrap).collect();

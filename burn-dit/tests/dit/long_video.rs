@@ -7,7 +7,7 @@ use burn_dit::metrics::clip_continuity;
 use burn_dit::sample::long_video::{clip_noise, generate_long};
 use burn_dit::sample::{SamplerConfig, sample_euler, sample_euler_clips};
 use burn_dit::{
-    AttentionKind, ClipLayout, Conditioning, DualScopeConfig, ForwardContext, VideoDit,
+    AttentionKind, ClipGroup, ClipLayout, Conditioning, DualScopeConfig, ForwardContext, VideoDit,
     VideoDitInput,
 };
 
@@ -93,7 +93,14 @@ fn a_video_over_ranks_equals_the_whole_video_on_one_device() {
                 };
                 model.forward(
                     input,
-                    &ForwardContext::clips(&comm, &layout, &scope, &sigmas),
+                    &ForwardContext::clips(
+                        ClipGroup {
+                            comm: &comm,
+                            layout: &layout,
+                            scope: &scope,
+                        },
+                        &sigmas,
+                    ),
                 )
             });
             let err = max_abs_diff(Tensor::cat(clips, 2), whole.clone());
@@ -154,13 +161,15 @@ fn long_video_sampling_gives_each_clip_its_noise_and_prompt() {
     let plain = sample_euler(&dual, noise.clone(), cond.clone(), uncond.clone(), sampler).unwrap();
     let clipped = sample_euler_clips(
         &dual,
-        &single,
-        &one,
+        ClipGroup {
+            comm: &single,
+            layout: &one,
+            scope: &scope,
+        },
         vec![noise],
         vec![cond],
         vec![uncond],
         sampler,
-        &scope,
     )
     .unwrap();
     assert!(max_abs_diff(plain, clipped[0].clone()) < 1e-4);
@@ -180,13 +189,15 @@ fn long_video_sampling_gives_each_clip_its_noise_and_prompt() {
         let mut videos = on_ranks(world, &device, |comm| {
             generate_long(
                 &model,
-                &comm,
-                &layout,
+                ClipGroup {
+                    comm: &comm,
+                    layout: &layout,
+                    scope: &scope,
+                },
                 [16, 16],
                 &cond,
                 &uncond,
                 sampler,
-                &scope,
                 seed,
             )
         });
@@ -202,13 +213,15 @@ fn long_video_sampling_gives_each_clip_its_noise_and_prompt() {
     let one_rank = on_ranks(1, &device, |comm| {
         generate_long(
             &model,
-            &comm,
-            &ClipLayout::uniform(4, 2, 1).unwrap(),
+            ClipGroup {
+                comm: &comm,
+                layout: &ClipLayout::uniform(4, 2, 1).unwrap(),
+                scope: &scope,
+            },
             [16, 16],
             &cond,
             &uncond,
             sampler,
-            &scope,
             9,
         )
     })
@@ -252,7 +265,14 @@ fn forward_clips_names_bad_arguments() {
                scope: &DualScopeConfig| {
         model.forward(
             input(x, cond, estimate),
-            &ForwardContext::clips(&comm, layout, scope, sigmas),
+            &ForwardContext::clips(
+                ClipGroup {
+                    comm: &comm,
+                    layout,
+                    scope,
+                },
+                sigmas,
+            ),
         )
     };
     let error = |x: Tensor<5>,

@@ -5,7 +5,7 @@ use burn_dit::sample::faster_cache::FasterCacheConfig;
 use burn_dit::sample::long_video::generate_long;
 use burn_dit::sample::online_sparse::{OnlineSparseConfig, OnlineStep};
 use burn_dit::sample::{SamplerConfig, sample_euler_with_state};
-use burn_dit::{AttentionKind, ClipLayout, DualScopeConfig, VideoDit};
+use burn_dit::{AttentionKind, ClipGroup, ClipLayout, DualScopeConfig, VideoDit};
 use burn_sparse_attn::dsv::{DsvHost, DsvStage};
 
 use crate::common::*;
@@ -364,13 +364,15 @@ fn online_sparse_over_clips_is_the_same_video_on_any_ranks() {
         run_in_process(&vec![device.clone(); world], |comm| {
             generate_long(
                 &dual,
-                &comm,
-                &layout,
+                ClipGroup {
+                    comm: &comm,
+                    layout: &layout,
+                    scope: &scope,
+                },
                 [16, 16],
                 &cond,
                 &uncond,
                 sampler(6, online),
-                &scope,
                 3,
             )
         })
