@@ -41,6 +41,7 @@ mod limits;
 mod measure;
 #[path = "common/report.rs"]
 mod report;
+use burn_sparse_video::sparse_attn::SparseAttentionOptions;
 use device::device_named;
 use measure::measure;
 
@@ -329,7 +330,16 @@ fn main() {
                     select_critical_keys(q_lr.clone(), k_lr.clone(), config).unwrap()
                 });
                 let (sparse_fwd_t, sparse_fwd_mem) = measure(&device, args.repeats, || {
-                    sparse_attention(q.clone(), k.clone(), v.clone(), &keys, None).unwrap()
+                    sparse_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        &keys,
+                        None,
+                        SparseAttentionOptions::default(),
+                    )
+                    .map(|out| out.output)
+                    .unwrap()
                 });
                 let keys_ad = select_critical_keys(
                     qa.clone().narrow(3, 0, args.rank),
@@ -338,7 +348,16 @@ fn main() {
                 )
                 .unwrap();
                 let (sparse_fb_t, sparse_fb_mem) = measure(&device, args.repeats, || {
-                    (sparse_attention(qa.clone(), ka.clone(), va.clone(), &keys_ad, None).unwrap()
+                    (sparse_attention(
+                        qa.clone(),
+                        ka.clone(),
+                        va.clone(),
+                        &keys_ad,
+                        None,
+                        SparseAttentionOptions::default(),
+                    )
+                    .map(|out| out.output)
+                    .unwrap()
                         * wa.clone())
                     .sum()
                     .backward()

@@ -177,7 +177,8 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
             k.clone().narrow(3, 0, 16).detach(),
             SelectionConfig::new(group, budget).with_key_block(block),
         )?;
-        sparse_attention(q, k, v, &keys, None)
+        sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+            .map(|out| out.output)
     };
     let low_rank = Tensor::<4>::random(
         [1, h, s, 16],
@@ -203,10 +204,12 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
         }
         burn_sparse_video::sparse_attn::CriticalKeys::new(
             idx.narrow(2, start / group, len / group),
-            group,
-            block,
-            len,
-            s,
+            IndexShape {
+                group_size: group,
+                key_block: block,
+                query_len: len,
+                key_len: s,
+            },
         )
     };
     let step = |f: &dyn Fn(
@@ -234,7 +237,8 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
                 k.clone().narrow(3, 0, 16).detach(),
                 SelectionConfig::new(group, local_budget).with_key_block(block),
             )?;
-            sparse_attention(q, k, v, &keys, None)
+            sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+                .map(|out| out.output)
         };
     let mut kinds: Vec<(&str, Attend)> = vec![
         (LOCAL_DENSE, Box::new(|q, k, v| Ok(dense(q, k, v)))),
@@ -394,6 +398,7 @@ mod limits;
 mod ranks;
 #[path = "common/report.rs"]
 mod report;
+use burn_sparse_video::sparse_attn::{IndexShape, SparseAttentionOptions};
 use ranks::{Transport, on_ranks};
 
 fn main() {

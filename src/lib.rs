@@ -11,3 +11,8 @@
 pub use burn_ctx_parallel as ctx_parallel;
 pub use burn_dit as dit;
 pub use burn_sparse_attn as sparse_attn;
+
+/// The README's Rust code, compiled by `cargo test` as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

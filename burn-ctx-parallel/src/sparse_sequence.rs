@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use burn_sparse_attn::{CriticalKeys, SparseAttnError, sparse_attention};
+use burn_sparse_attn::{
+    CriticalKeys, IndexShape, SparseAttentionOptions, SparseAttnError, sparse_attention,
+};
 
 use crate::Communicator;
 
@@ -169,14 +171,16 @@ pub fn sparse_sequence_attention(
         TensorData::new(plan.remapped, [b, h, groups, budget]),
         &device,
     );
-    let keys = CriticalKeys::new(
-        remapped,
-        index.group_size(),
-        block,
-        index.query_len(),
-        plan.compact_units * block,
-    )?;
-    sparse_attention(q, kc, vc, &keys, scale)
+    let shape = IndexShape {
+        key_len: plan.compact_units * block,
+        ..index.shape()
+    };
+    let keys = CriticalKeys::new(remapped, shape)?;
+    let options = SparseAttentionOptions {
+        scale,
+        fallback: None,
+    };
+    Ok(sparse_attention(q, kc, vc, &keys, None, options)?.output)
 }
 
 /// Reads one rank's index back and plans its fetch: the distinct units of every (batch,

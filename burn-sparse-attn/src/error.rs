@@ -62,14 +62,3 @@ impl SparseAttnError {
         }
     }
 }
-
-/// Checks one condition, naming the argument when it fails.
-pub(crate) fn ensure(
-    ok: bool,
-    function: &'static str,
-    argument: &'static str,
-    expected: impl ToString,
-    actual: impl ToString,
-) -> Result<(), SparseAttnError> {
-    SparseAttnError::check(ok, function, argument, expected, actual)
-}

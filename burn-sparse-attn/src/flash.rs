@@ -6,15 +6,17 @@ use alloc::format;
 
 use burn::tensor::Tensor;
 
-use crate::error::ensure;
-use crate::{CriticalKeys, SparseAttentionOutput, SparseAttnError, sparse_attention_with_lse};
+use crate::{
+    CriticalKeys, IndexShape, SparseAttentionOptions, SparseAttentionOutput, SparseAttnError,
+    sparse_attention,
+};
 
 /// Query rows per group and keys per block of the all-keys index: the index then holds
 /// `ceil(S_q/64) · ceil(S_k/64)` ids per head (64 Ki at 16k tokens).
 const TILE: usize = 64;
 
 /// Dense attention `softmax(q·kᵀ·scale)·v` without a score matrix, differentiable in q, k and
-/// v, with the per-row log-sum-exp.
+/// v, with the per-row log-sum-exp (its `lse` is always `Some`).
 ///
 /// `q: [B, H, Sq, D]`, `k, v: [B, H, Sk, D]`; `scale` defaults to `1/√D`. The same result as
 /// Burn's `module::attention` (to rounding), in memory linear in the sequence, also in
@@ -27,20 +29,30 @@ pub fn flash_attention(
 ) -> Result<SparseAttentionOutput, SparseAttnError> {
     let [batch, heads, query_len, _] = q.dims();
     let key_len = k.dims()[2];
-    ensure(
+    SparseAttnError::check(
         key_len >= 1,
         "flash_attention",
         "k",
         "[B, H, Sk ≥ 1, D]",
         format!("{:?}", k.dims()),
     )?;
-    ensure(
+    SparseAttnError::check(
         query_len >= 1,
         "flash_attention",
         "q",
         "[B, H, Sq ≥ 1, D]",
         format!("{:?}", q.dims()),
     )?;
-    let keys = CriticalKeys::all_keys([batch, heads], query_len, key_len, TILE, TILE, &q.device())?;
-    sparse_attention_with_lse(q, k, v, &keys, scale)
+    let shape = IndexShape {
+        group_size: TILE,
+        key_block: TILE,
+        query_len,
+        key_len,
+    };
+    let keys = CriticalKeys::all_keys([batch, heads], shape, &q.device())?;
+    let options = SparseAttentionOptions {
+        scale,
+        fallback: None,
+    };
+    sparse_attention(q, k, v, &keys, None, options)
 }

@@ -16,7 +16,9 @@
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Distribution, Tensor};
-//! use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
+//! use burn_sparse_attn::{
+//!     SelectionConfig, SparseAttentionOptions, select_critical_keys, sparse_attention,
+//! };
 //!
 //! let device = Device::default();
 //! let [b, h, s, d, r] = [1, 4, 256, 64, 16];
@@ -26,7 +28,8 @@
 //! // Low-rank views of q and k (DSV learns these projections).
 //! let (q_lr, k_lr) = (q.clone().narrow(3, 0, r), k.clone().narrow(3, 0, r));
 //! let keys = select_critical_keys(q_lr, k_lr, SelectionConfig::new(32, 26))?;
-//! let out = sparse_attention(q, k, v, &keys, None)?; // [1, 4, 256, 64], 90% sparse
+//! let out = sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())?;
+//! assert_eq!(out.output.dims(), [1, 4, 256, 64]); // 90% sparse
 //! # Ok::<(), burn_sparse_attn::SparseAttnError>(())
 //! ```
 
@@ -47,12 +50,12 @@ pub mod oracle;
 mod reference;
 mod search;
 
-pub use critical_keys::CriticalKeys;
+pub use critical_keys::{CriticalKeys, IndexShape};
 pub use error::SparseAttnError;
 pub use flash::flash_attention;
 pub use functions::{
-    DenseFallback, SelectionConfig, SparseAttentionOutput, select_critical_keys, sparse_attention,
-    sparse_attention_auto, sparse_attention_with_key_bias, sparse_attention_with_lse,
+    DenseFallback, SelectionConfig, SparseAttentionOptions, SparseAttentionOutput,
+    select_critical_keys, sparse_attention,
 };
 pub use layout::{AttnInputs, AttnLayout};
 pub use ops::SparseAttnOps;

@@ -5,11 +5,11 @@
 use burn::backend::Dispatch;
 use burn::tensor::{Int, Tensor};
 
-use crate::{AttnInputs, CriticalKeys, SelectionConfig, reference};
+use crate::{AttnInputs, CriticalKeys, SelectionConfig, SparseAttentionOutput, reference};
 
 /// [`select_critical_keys`](crate::select_critical_keys) computed by the reference body.
 /// Arguments are trusted: validate them with the public function first.
-pub fn select_critical_keys(
+pub fn reference_selection(
     q_lr: Tensor<4>,
     k_lr: Tensor<4>,
     config: SelectionConfig,
@@ -24,22 +24,19 @@ pub fn select_critical_keys(
     );
     CriticalKeys::trusted(
         Tensor::<4, Int>::from_dispatch(index),
-        config.group_size,
-        config.key_block,
-        sq,
-        sk,
+        config.index_shape(sq, sk),
     )
 }
 
-/// [`sparse_attention_with_lse`](crate::sparse_attention_with_lse) computed by the
-/// reference body: `(output, lse)`. Arguments are trusted.
-pub fn sparse_attention(
+/// [`sparse_attention`](crate::sparse_attention) without a bias computed by the reference
+/// body at score scale `scale`. Arguments are trusted.
+pub fn reference_attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     keys: &CriticalKeys,
     scale: f64,
-) -> (Tensor<4>, Tensor<3>) {
+) -> SparseAttentionOutput {
     let (out, lse) = reference::sparse_attention_forward::<Dispatch>(AttnInputs {
         q: q.into_dispatch(),
         k: k.into_dispatch(),
@@ -47,5 +44,8 @@ pub fn sparse_attention(
         index: keys.indices().clone().into_dispatch(),
         layout: keys.layout(scale),
     });
-    (Tensor::from_dispatch(out), Tensor::from_dispatch(lse))
+    SparseAttentionOutput {
+        output: Tensor::from_dispatch(out),
+        lse: Some(Tensor::from_dispatch(lse)),
+    }
 }

@@ -6,9 +6,8 @@ use alloc::vec::Vec;
 
 use burn::tensor::{Bool, Tensor, kind::Basic};
 
-use crate::error::ensure;
-use crate::functions::check_qkv;
-use crate::{CriticalKeys, SelectionConfig, SparseAttnError};
+use crate::functions::checks::check_qkv;
+use crate::{CriticalKeys, IndexShape, SelectionConfig, SparseAttnError};
 
 /// Output of [`dense_attention_with_search`].
 #[derive(Clone, Debug)]
@@ -16,7 +15,7 @@ pub struct SearchedAttention {
     /// Dense attention output `[B, H, Sq, D]`.
     pub output: Tensor<4>,
     /// Log-sum-exp of each query row's scaled scores over all keys `[B, H, Sq]`: with
-    /// [`sparse_attention_with_lse`](crate::sparse_attention_with_lse)'s over the selected
+    /// [`sparse_attention`](crate::sparse_attention)'s over the selected
     /// keys it gives the share of each row's weight the selection holds.
     pub lse: Tensor<3>,
     /// The `budget` key units of each query group holding the most attention mass.
@@ -70,7 +69,7 @@ pub fn dense_attention_with_search(
         Some(blocked) => {
             let most = blocked.clone().int().sum_dim(3).max().into_scalar::<i64>();
             let open = units as i64 - most;
-            ensure(
+            SparseAttnError::check(
                 open >= 1,
                 F,
                 "bias",
@@ -128,7 +127,15 @@ pub fn dense_attention_with_search(
     Ok(SearchedAttention {
         output: cat(outputs, 2),
         lse: cat(lses, 2).reshape([b, h, sq]),
-        keys: CriticalKeys::trusted(cat(indices, 2), group, config.key_block, sq, sk),
+        keys: CriticalKeys::trusted(
+            cat(indices, 2),
+            IndexShape {
+                group_size: group,
+                key_block: config.key_block,
+                query_len: sq,
+                key_len: sk,
+            },
+        ),
         recall,
     })
 }
@@ -140,7 +147,7 @@ fn check_bias(
     [b, h, sq, sk]: [usize; 4],
 ) -> Result<Tensor<4>, SparseAttnError> {
     let [bb, bh, bq, bk] = bias.dims();
-    ensure(
+    SparseAttnError::check(
         (bb == 1 || bb == b) && (bh == 1 || bh == h) && bq == sq && bk == sk,
         function,
         "bias",

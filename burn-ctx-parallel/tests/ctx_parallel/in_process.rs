@@ -6,28 +6,41 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Device, Tensor};
 use burn_ctx_parallel::transport::run_in_process;
 
-use crate::spmd_cases::{CASES, normal, run_case};
+use crate::spmd_cases::{normal, run_case};
 
 fn devices(world: usize) -> Vec<Device> {
     vec![Device::flex(); world]
 }
 
-#[test]
-fn every_case_equals_unsharded_on_threads() {
+/// Case `case` on 1 to 4 ranks as threads equals the unsharded computation on every rank.
+fn equals_unsharded_on_threads(case: &str) {
     let mut worst_seen = 0.0f64;
     for world in 1..=4 {
-        for case in CASES {
-            let results = run_in_process(&devices(world), |comm| Ok(run_case(case, &comm)));
-            for (rank, result) in results.into_iter().enumerate() {
-                let worst = result
-                    .unwrap()
-                    .unwrap_or_else(|e| panic!("{case}, world {world}, rank {rank}: {e}"));
-                assert!(worst <= 1e-5, "{case}, world {world}: {worst}");
-                worst_seen = worst_seen.max(worst);
-            }
+        let results = run_in_process(&devices(world), |comm| Ok(run_case(case, &comm)));
+        for (rank, result) in results.into_iter().enumerate() {
+            let worst = result
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{case}, world {world}, rank {rank}: {e}"));
+            assert!(worst <= 1e-5, "{case}, world {world}: {worst}");
+            worst_seen = worst_seen.max(worst);
         }
     }
-    println!("threads, worlds 1-4: worst relative difference {worst_seen:.3e}");
+    println!("{case} on threads, worlds 1-4: worst relative difference {worst_seen:.3e}");
+}
+
+/// One test per SPMD case, so that one failing case hides no other.
+mod case_on_threads {
+    macro_rules! tests {
+        ($($case:ident),*) => {
+            $(
+                #[test]
+                fn $case() {
+                    super::equals_unsharded_on_threads(stringify!($case));
+                }
+            )*
+        };
+    }
+    crate::spmd_cases::for_each_case!(tests);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 use burn_ctx_parallel::head_parallel_attention;
 use burn_ctx_parallel::transport::run_mpi;
 
-use crate::spmd_cases::{CASES, normal, run_case};
+use crate::spmd_cases::{normal, run_case};
 
 /// What one `mpirun` printed and how it ended.
 struct Job {
@@ -97,15 +97,14 @@ fn mpi_rank() {
             actual: why,
         };
         match case.as_str() {
-            "all" => {
-                for name in CASES {
-                    let worst = run_case(name, &comm).map_err(fail)?;
-                    println!(
-                        "rank {} of {}: {name} worst relative difference {worst:.3e}",
-                        comm.rank(),
-                        comm.world()
-                    );
-                }
+            name if name.starts_with("case:") => {
+                let name = &name["case:".len()..];
+                let worst = run_case(name, &comm).map_err(fail)?;
+                println!(
+                    "rank {} of {}: {name} worst relative difference {worst:.3e}",
+                    comm.rank(),
+                    comm.world()
+                );
             }
             "mismatch" => {
                 let width = if comm.rank() == 1 { 5 } else { 4 };
@@ -140,29 +139,45 @@ fn mpi_rank() {
     .unwrap_or_else(|e| panic!("MPI: {e}"));
 }
 
-#[test]
-fn every_case_equals_unsharded_across_2_3_and_4_processes() {
+/// Case `case` across 2, 3 and 4 processes equals the unsharded computation on every rank.
+fn equals_unsharded_across_processes(case: &str) {
     for np in [2, 3, 4] {
-        let job = mpirun(np, "all", Duration::from_secs(600));
-        assert!(job.success, "mpirun -np {np}:\n{}", job.output);
-        for case in CASES {
-            let lines = job
-                .output
-                .lines()
-                .filter(|l| l.contains(&format!(" {case} worst relative difference")))
-                .count();
-            assert_eq!(lines, np, "every rank reports {case}:\n{}", job.output);
-        }
-        let worst = job
+        let job = mpirun(np, &format!("case:{case}"), Duration::from_secs(600));
+        assert!(job.success, "{case}, mpirun -np {np}:\n{}", job.output);
+        let marker = format!(" {case} worst relative difference ");
+        let worst: Vec<f64> = job
             .output
             .lines()
+            .filter(|l| l.contains(&marker))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(0.0, f64::max);
+            .collect();
+        assert_eq!(
+            worst.len(),
+            np,
+            "every rank reports {case}:\n{}",
+            job.output
+        );
         println!(
-            "mpirun -np {np}: worst relative difference {worst:.3e} in {:.1} s",
+            "{case}, mpirun -np {np}: worst relative difference {:.3e} in {:.1} s",
+            worst.iter().copied().fold(0.0, f64::max),
             job.took.as_secs_f64()
         );
     }
+}
+
+/// One test per SPMD case, so that one failing case hides no other.
+mod case_across_processes {
+    macro_rules! tests {
+        ($($case:ident),*) => {
+            $(
+                #[test]
+                fn $case() {
+                    super::equals_unsharded_across_processes(stringify!($case));
+                }
+            )*
+        };
+    }
+    crate::spmd_cases::for_each_case!(tests);
 }
 
 #[test]

@@ -17,19 +17,26 @@ use burn_ctx_parallel::{
 };
 use burn_sparse_attn::dsv::{DsvAttentionConfig, DsvPolicy, DsvStage, TokenGrid};
 use burn_sparse_attn::{CriticalKeys, SelectionConfig, select_critical_keys, sparse_attention};
+use burn_sparse_attn::{IndexShape, SparseAttentionOptions};
 
-/// The cases every world size runs, by name.
-pub const CASES: [&str; 9] = [
-    "collectives",
-    "head_parallel",
-    "ring",
-    "sparse_sequence",
-    "dsv_sharded",
-    "hybrid",
-    "clips",
-    "dual_scope",
-    "data_parallel",
-];
+/// Calls macro `$m` with the name of every case, each a function of this module: the
+/// transports' test modules make one test per case from it.
+macro_rules! for_each_case {
+    ($m:ident) => {
+        $m!(
+            collectives,
+            head_parallel,
+            ring,
+            sparse_sequence,
+            dsv_sharded,
+            hybrid,
+            clips,
+            dual_scope,
+            data_parallel
+        );
+    };
+}
+pub(crate) use for_each_case;
 
 /// Runs case `name` on this rank; returns the worst relative difference from the unsharded
 /// computation, or what went wrong.
@@ -75,7 +82,7 @@ fn rel<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f64 {
     (a - b).abs().max().into_scalar::<f32>() as f64 / scale
 }
 
-/// Fails when `worst` exceeds the bound (1e-5 relative in f32).
+/// Fails when `worst` exceeds 1e-5 relative: f32 rounding, not an algorithmic difference.
 fn within(what: &str, worst: f64) -> Result<f64, String> {
     if worst <= 1e-5 {
         Ok(worst)
@@ -436,7 +443,8 @@ fn head_parallel(comm: &Communicator) -> Result<f64, String> {
             k.clone().narrow(3, 0, 8).detach(),
             SelectionConfig::new(g, budget),
         )?;
-        sparse_attention(q, k, v, &keys, None)
+        sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+            .map(|out| out.output)
     };
     let worst = worst.max(compare(
         comm,
@@ -495,8 +503,16 @@ fn shard_keys(keys: &CriticalKeys, group: usize, start: usize, len: usize) -> Cr
         .indices()
         .clone()
         .narrow(2, start / group, len.div_ceil(group));
-    CriticalKeys::new(idx, group, keys.key_block(), len, keys.key_len())
-        .expect("a valid shard of a valid index")
+    CriticalKeys::new(
+        idx,
+        IndexShape {
+            group_size: group,
+            key_block: keys.key_block(),
+            query_len: len,
+            key_len: keys.key_len(),
+        },
+    )
+    .expect("a valid shard of a valid index")
 }
 
 fn sparse_sequence(comm: &Communicator) -> Result<f64, String> {
@@ -514,7 +530,11 @@ fn sparse_sequence(comm: &Communicator) -> Result<f64, String> {
         .map_err(|e| e.to_string())?;
         let (start, len) = shard_range(s, 4, world, rank);
         let mine = shard_keys(&keys, g, start, len);
-        let full = |q, k, v| sparse_attention(q, k, v, &keys, None).expect("valid");
+        let full = |q, k, v| {
+            sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+                .map(|out| out.output)
+                .expect("valid")
+        };
         worst = worst.max(compare(comm, [b, h, s, d], 4, 40, full, |q, k, v| {
             sparse_sequence_attention(comm, q, k, v, &mine, None).map_err(|e| e.to_string())
         })?);
@@ -651,9 +671,21 @@ fn hybrid(comm: &Communicator) -> Result<f64, String> {
                 Tensor::<1, Int>::from_data(TensorData::new(heads.clone(), [heads.len()]), &device),
             );
             let (lo, len) = group_range(sg);
-            CriticalKeys::new(idx.narrow(2, lo / g, len / g), g, 4, len, s)
+            CriticalKeys::new(
+                idx.narrow(2, lo / g, len / g),
+                IndexShape {
+                    group_size: g,
+                    key_block: 4,
+                    query_len: len,
+                    key_len: s,
+                },
+            )
         };
-        let full = |q, k, v| sparse_attention(q, k, v, &keys, None).expect("valid");
+        let full = |q, k, v| {
+            sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+                .map(|out| out.output)
+                .expect("valid")
+        };
         let diff = compare(comm, [b, h, s, d], 4, 60, full, |q, k, v| {
             hybrid_attention(comm, &split, q, k, v, index).map_err(|e| e.to_string())
         })

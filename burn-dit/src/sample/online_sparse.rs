@@ -11,7 +11,7 @@ use burn_ctx_parallel::DualScopeInputs;
 use burn_sparse_attn::dsv::{Reorder, TokenGrid};
 use burn_sparse_attn::{
     CriticalKeys, SelectionConfig, SparseAttentionOutput, SparseAttnError,
-    dense_attention_with_search, sparse_attention_with_key_bias,
+    dense_attention_with_search, sparse_attention,
 };
 use serde::{Deserialize, Serialize};
 
@@ -229,7 +229,8 @@ impl Tail {
     /// The tail of a search: its dense output less the part over the kept keys, whose share
     /// of each row's weight is `exp(lse_kept − lse)`.
     fn new(dense: Tensor<4>, lse: Tensor<3>, kept: SparseAttentionOutput) -> Self {
-        let share = (kept.lse - lse).exp().clamp(0.0, 1.0);
+        let kept_lse = kept.lse.expect("sparse attention without a dense fallback");
+        let share = (kept_lse - lse).exp().clamp(0.0, 1.0);
         Self {
             weighted: dense - kept.output * share.clone().unsqueeze_dim(3),
             kept: share,
@@ -408,7 +409,7 @@ impl OnlineSparse {
         let key_bias = scope.as_ref().and_then(|scope| scope.bias.clone());
         let out = match stored {
             Some((keys, tail)) => {
-                let kept = sparse_attention_with_key_bias(q, k, v, key_bias, &keys)?.output;
+                let kept = sparse_attention(q, k, v, &keys, key_bias, Default::default())?.output;
                 let out = match tail {
                     Some(tail) => tail.complete(kept),
                     None => kept,
@@ -438,8 +439,14 @@ impl OnlineSparse {
                 )?;
                 let tail = match self.config.keep_tail {
                     true => {
-                        let kept =
-                            sparse_attention_with_key_bias(q, k, v, key_bias, &searched.keys)?;
+                        let kept = sparse_attention(
+                            q,
+                            k,
+                            v,
+                            &searched.keys,
+                            key_bias,
+                            Default::default(),
+                        )?;
                         Some(Tail::new(
                             searched.output.clone(),
                             searched.lse.clone(),

@@ -16,7 +16,8 @@ use super::shards::{SequenceShards, ShardShape};
 use super::state::{HostState, to_host};
 use super::tape::{DsvLayerStep, DsvTape, LayerObservation};
 use crate::{
-    SelectionConfig, SparseAttnError, error::ensure, select_critical_keys, sparse_attention,
+    SelectionConfig, SparseAttentionOptions, SparseAttnError, select_critical_keys,
+    sparse_attention,
 };
 
 /// Configuration of [`DsvAttention`]: the layer's shape and its [`DsvPolicy`].
@@ -268,28 +269,28 @@ impl DsvAttention {
         const F: &str = "DsvAttention::forward";
         let c = &self.config;
         let [b, h, s, d] = q.dims();
-        ensure(
+        SparseAttnError::check(
             (h, d) == (c.heads, c.head_dim) && b * s > 0,
             F,
             "q",
             format!("[B, {}, S, {}]", c.heads, c.head_dim),
             format!("{:?}", q.dims()),
         )?;
-        ensure(
+        SparseAttnError::check(
             k.dims() == q.dims(),
             F,
             "k",
             format!("{:?} like q", q.dims()),
             format!("{:?}", k.dims()),
         )?;
-        ensure(
+        SparseAttnError::check(
             v.dims() == q.dims(),
             F,
             "v",
             format!("{:?} like q", q.dims()),
             format!("{:?}", v.dims()),
         )?;
-        ensure(
+        SparseAttnError::check(
             x.dims() == [b, s, c.d_model],
             F,
             "x",
@@ -308,7 +309,7 @@ impl DsvAttention {
             .map(|(&len, &offset)| sampled_rows(offset, len, stride).len())
             .collect();
         if training {
-            ensure(
+            SparseAttnError::check(
                 row_counts.iter().all(|&n| n > 0),
                 F,
                 "policy.sample_stride",
@@ -477,7 +478,10 @@ impl DsvAttention {
             )?;
             outputs.push(match shards {
                 Some(shards) => shards.sparse_attention(pick(&q), pick(&k), pick(&v), &keys)?,
-                None => sparse_attention(pick(&q), pick(&k), pick(&v), &keys, None)?,
+                None => {
+                    let options = SparseAttentionOptions::default();
+                    sparse_attention(pick(&q), pick(&k), pick(&v), &keys, None, options)?.output
+                }
             });
             start += len;
         }
@@ -660,7 +664,7 @@ impl DsvAttention {
     /// on another rank).
     pub fn set_schedule_state(&mut self, state: Tensor<1>) -> Result<(), SparseAttnError> {
         let heads = self.config.heads;
-        ensure(
+        SparseAttnError::check(
             state.dims() == [SCHEDULE_LEN + heads],
             "DsvAttention::set_schedule_state",
             "state",

@@ -4,7 +4,7 @@ use alloc::vec::Vec;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::{SparseAttnError, error::ensure};
+use crate::SparseAttnError;
 
 /// The token grid of a video: `frames × height × width` tokens, flattened frame-major
 /// (`t·H·W + y·W + x`), which is how patch embeddings lay them out.
@@ -65,7 +65,7 @@ impl TokenGrid {
         function: &'static str,
         seq: usize,
     ) -> Result<(), SparseAttnError> {
-        ensure(
+        SparseAttnError::check(
             self.len() == seq,
             function,
             "grid",

@@ -12,8 +12,8 @@ pub enum PredictorInput {
     LayerInput,
     /// The layer's own queries and keys (`head_dim → r` per head), after whatever the host
     /// applied to them. With RoPE, scores depend on relative position, which no linear map of
-    /// `x` can express; measured on the tiny video DiT (README) its predictor loss stalled at
-    /// 0.24–0.52 from `x` and the layers never went sparse.
+    /// `x` can express: on the tiny video DiT a predictor of `x` stalled at a loss of 0.24–0.52
+    /// and its layers never went sparse.
     QueryKey,
 }
 

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use burn::tensor::Tensor;
 
 use super::grid::{Reorder, TokenGrid};
-use crate::{CriticalKeys, SparseAttnError, error::ensure};
+use crate::{CriticalKeys, SparseAttnError};
 
 /// The ranks of a group, each holding one contiguous shard of a sequence (shards in rank
 /// order), and the exchanges a DSV layer needs to attend over the whole sequence from its own
@@ -78,7 +78,7 @@ impl ShardShape {
         let plane = grid.height * grid.width;
         let cube_frames = cube[0].max(1);
         let last = lens.len() - 1;
-        ensure(
+        SparseAttnError::check(
             lens.iter().enumerate().all(|(i, l)| {
                 l.is_multiple_of(plane) && (i == last || (l / plane).is_multiple_of(cube_frames))
             }),

@@ -4,4 +4,3 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cube")]
 pub(crate) mod cube;
-pub(crate) mod topk;

@@ -1,7 +1,8 @@
 use burn::tensor::{Device, Tensor, TensorData, activation::softmax};
-use burn_sparse_attn::{sparse_attention, sparse_attention_with_key_bias};
+use burn_sparse_attn::sparse_attention;
 
 use crate::common::*;
+use burn_sparse_attn::SparseAttentionOptions;
 
 /// Gradients of `Σ w ∘ attention(q, k, v)` for random weights `w`.
 struct Grads {
@@ -62,7 +63,11 @@ fn gradients_survive_gradient_checkpointing(device: &Device) {
     let attention = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
         let keys = critical_keys(&ids, g, block, s, s, &q.device());
         let (q, k, v) = ((q * 1.5).tanh(), k.exp() * 0.5, v.sin());
-        sparse_attention(q, k, v, &keys, None).unwrap().tanh() * 2.0
+        sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+            .map(|out| out.output)
+            .unwrap()
+            .tanh()
+            * 2.0
     };
     {
         let device = device.clone();
@@ -107,7 +112,9 @@ fn gradients_equal_masked_dense_autodiff(device: &Device) {
             let device = device.clone();
             let actual = grads_of(&device, data, |q, k, v| {
                 let keys = critical_keys(&ids, g, block, sq, sk, &q.device());
-                sparse_attention(q, k, v, &keys, None).unwrap()
+                sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+                    .map(|out| out.output)
+                    .unwrap()
             });
             assert_grads_close(actual, &expected, &format!("case {n} on {device:?}"));
         }
@@ -126,13 +133,23 @@ fn gradient_of_q_matches_finite_differences(device: &Device) {
         let device = device.clone();
         let keys = critical_keys(&ids, g, 1, s, s, &device);
         let objective = |q: Tensor<4>| {
-            let out =
-                sparse_attention(q, tensor(&k, &device), tensor(&v, &device), &keys, None).unwrap();
+            let out = sparse_attention(
+                q,
+                tensor(&k, &device),
+                tensor(&v, &device),
+                &keys,
+                None,
+                SparseAttentionOptions::default(),
+            )
+            .map(|out| out.output)
+            .unwrap();
             (out * tensor(&w, &device)).sum().into_scalar::<f32>()
         };
         let analytic = grads_of(&device, [&q, &k, &v, &w], |q, k, v| {
             let keys = critical_keys(&ids, g, 1, s, s, &q.device());
-            sparse_attention(q, k, v, &keys, None).unwrap()
+            sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+                .map(|out| out.output)
+                .unwrap()
         })
         .dq
         .into_data()
@@ -180,7 +197,15 @@ fn key_bias_attention_equals_biased_masked_dense(device: &Device) {
         let device = q.device();
         let keys = critical_keys(&ids, g, block, sq, sk, &device);
         let bias = tensor(&bias, &device).mul_scalar(4.0);
-        sparse_attention_with_key_bias(q, k, v, Some(bias), &keys).unwrap()
+        sparse_attention(
+            q,
+            k,
+            v,
+            &keys,
+            Some(bias),
+            SparseAttentionOptions::default(),
+        )
+        .unwrap()
     };
     let out = biased_sparse(tensor(&q, device), tensor(&k, device), tensor(&v, device));
     let expected = biased_dense(
@@ -189,7 +214,7 @@ fn key_bias_attention_equals_biased_masked_dense(device: &Device) {
         tensor(&v, &oracle),
     );
     assert_close(out.output, expected, 1e-4, "key-bias sparse attention");
-    assert_eq!(out.lse.dims(), [b, h, sq]);
+    assert_eq!(out.lse.expect("sparse").dims(), [b, h, sq]);
     let expected = grads_of(&oracle, [&q, &k, &v, &w], biased_dense);
     let actual = grads_of(device, [&q, &k, &v, &w], |q, k, v| {
         biased_sparse(q, k, v).output

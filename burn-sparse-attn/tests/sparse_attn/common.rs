@@ -6,6 +6,7 @@ use burn::tensor::{
     ops::AttentionModuleOptions,
 };
 use burn_sparse_attn::CriticalKeys;
+use burn_sparse_attn::IndexShape;
 
 /// One test per backend compiled in for each check `fn(&Device)`, named
 /// `<module>::<backend>::<check>`: a failure names its backend, and backends run in parallel.
@@ -228,7 +229,16 @@ pub fn critical_keys(
     device: &Device,
 ) -> CriticalKeys {
     let ids = Tensor::<4, Int>::from_data(data.clone(), device);
-    CriticalKeys::new(ids, group_size, key_block, query_len, key_len).expect("valid index")
+    CriticalKeys::new(
+        ids,
+        IndexShape {
+            group_size,
+            key_block,
+            query_len,
+            key_len,
+        },
+    )
+    .expect("valid index")
 }
 
 /// Set in the child process that runs a memory case alone.

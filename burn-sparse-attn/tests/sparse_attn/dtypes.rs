@@ -4,9 +4,10 @@
 //! selection on half low-rank inputs picks the same keys as on f32.
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention_with_lse};
+use burn_sparse_attn::{SelectionConfig, select_critical_keys};
 
 use crate::common::*;
+use burn_sparse_attn::{SparseAttentionOptions, sparse_attention};
 
 /// The half dtypes and the relative error each allows after rounding its result: f16 keeps
 /// 11 significant bits, bf16 8.
@@ -43,13 +44,20 @@ fn forward_and_gradients_in_half_precision_follow_f32(device: &Device) {
                 };
                 let [q, k, v] = [0, 1, 2].map(input);
                 let keys = critical_keys(&ids, g, block, sq, sk, &device);
-                let out = sparse_attention_with_lse(q.clone(), k.clone(), v.clone(), &keys, None)
-                    .unwrap();
+                let out = sparse_attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    &keys,
+                    None,
+                    SparseAttentionOptions::default(),
+                )
+                .unwrap();
                 let weights = rounded(&data[3], dtype, &device);
                 let weights = if half { weights.cast(dtype) } else { weights };
                 let grads = (out.output.clone() * weights).sum().backward();
                 let grads = [&q, &k, &v].map(|x| x.grad(&grads).expect("gradient"));
-                (out.output, out.lse, grads)
+                (out.output, out.lse.expect("sparse"), grads)
             };
             let (out, lse, grads) = run(true);
             let (want_out, want_lse, want_grads) = run(false);

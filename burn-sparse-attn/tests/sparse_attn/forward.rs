@@ -1,9 +1,8 @@
 use burn::tensor::{Device, Tensor};
-use burn_sparse_attn::{
-    SelectionConfig, select_critical_keys, sparse_attention, sparse_attention_with_lse,
-};
+use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
 
 use crate::common::*;
+use burn_sparse_attn::SparseAttentionOptions;
 
 /// (batch, heads, query len, key len, head dim, group size, key block)
 type Case = (usize, usize, usize, usize, usize, usize, usize);
@@ -55,7 +54,9 @@ fn all_keys_equals_burn_dense_attention(device: &Device) {
             let config = SelectionConfig::new(g, units).with_key_block(block);
             let keys = select_critical_keys(q.clone(), k.clone(), config).unwrap();
             assert_eq!(keys.sparsity(), 0.0);
-            let out = sparse_attention(q, k, v, &keys, None).unwrap();
+            let out = sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
+                .map(|out| out.output)
+                .unwrap();
             assert_close(
                 out,
                 expected.clone(),
@@ -94,18 +95,19 @@ fn random_index_equals_masked_dense_attention(device: &Device) {
         {
             let device = device.clone();
             let keys = critical_keys(&ids, g, block, sq, sk, &device);
-            let out = sparse_attention_with_lse(
+            let out = sparse_attention(
                 tensor(&q, &device),
                 tensor(&k, &device),
                 tensor(&v, &device),
                 &keys,
-                Some(scale),
+                None,
+                SparseAttentionOptions::default().with_scale(scale),
             )
             .unwrap();
             let what = format!("case {case:?} on {device:?}");
             assert_close(out.output, expected.clone(), 1e-4, &what);
             assert_close(
-                out.lse,
+                out.lse.expect("sparse"),
                 expected_lse.clone(),
                 1e-4,
                 &format!("lse of {what}"),
@@ -141,7 +143,7 @@ fn tensors_live_on_the_backend(device: &Device) {
 }
 
 fn auto_mode_falls_back_to_dense_with_the_same_result(device: &Device) {
-    use burn_sparse_attn::{DenseFallback, sparse_attention_auto};
+    use burn_sparse_attn::DenseFallback;
     let (b, h, s, d, g) = (1, 2, 96, 32, 8);
     let [q, k, v] = [1, 2, 3].map(|seed| random_data([b, h, s, d], 40 + seed));
     let scale = Some(0.8 / (d as f64).sqrt());
@@ -163,23 +165,41 @@ fn auto_mode_falls_back_to_dense_with_the_same_result(device: &Device) {
                 tensor(&k, &device),
                 tensor(&v, &device),
             );
-            let sparse = sparse_attention(q.clone(), k.clone(), v.clone(), &keys, scale).unwrap();
             assert!(!always_sparse.prefers_dense(&keys) && always_dense.prefers_dense(&keys));
-            for fallback in [
-                always_sparse,
-                always_dense,
-                DenseFallback::for_device(&device),
-            ] {
-                let auto =
-                    sparse_attention_auto(q.clone(), k.clone(), v.clone(), &keys, scale, fallback)
-                        .unwrap();
-                // The dense fallback is Burn's attention.
-                assert_close(
-                    auto,
-                    sparse.clone(),
-                    burn_matmul_tolerance(&device),
-                    &format!("budget {budget}, {fallback:?} on {device:?}"),
-                );
+            // A per-key bias (a scope bias) takes the same path as no bias.
+            let key_bias = tensor(&random_data([b, 1, 1, s], 60 + budget as u64), &device);
+            for bias in [None, Some(key_bias)] {
+                let attend = |fallback| {
+                    let options = SparseAttentionOptions { scale, fallback };
+                    sparse_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        &keys,
+                        bias.clone(),
+                        options,
+                    )
+                    .unwrap()
+                };
+                let sparse = attend(None).output;
+                for fallback in [
+                    always_sparse,
+                    always_dense,
+                    DenseFallback::for_device(&device),
+                ] {
+                    let auto = attend(Some(fallback));
+                    // The dense fallback is Burn's attention, which has no log-sum-exp.
+                    assert_eq!(auto.lse.is_none(), fallback.prefers_dense(&keys));
+                    assert_close(
+                        auto.output,
+                        sparse.clone(),
+                        burn_matmul_tolerance(&device),
+                        &format!(
+                            "budget {budget}, bias {}, {fallback:?} on {device:?}",
+                            bias.is_some()
+                        ),
+                    );
+                }
             }
             // Denser than 60% of the keys runs dense under a 0.6 density cap.
             let capped = DenseFallback {
@@ -188,14 +208,18 @@ fn auto_mode_falls_back_to_dense_with_the_same_result(device: &Device) {
             };
             assert_eq!(capped.prefers_dense(&keys), budget > 57, "budget {budget}");
             // The dense path checks its arguments like the sparse one.
-            let err = sparse_attention_auto(
+            let err = sparse_attention(
                 q.clone(),
                 k.clone(),
                 v.narrow(3, 0, 8),
                 &keys,
-                scale,
-                always_dense,
+                None,
+                SparseAttentionOptions {
+                    scale,
+                    fallback: Some(always_dense),
+                },
             )
+            .map(|out| out.output)
             .unwrap_err();
             assert_eq!(err.argument, "v");
         }

@@ -4,9 +4,10 @@
 //! backend itself: the reference bodies are also the Cube backends' fallback.
 
 use burn::tensor::{Device, Int, Tensor};
-use burn_sparse_attn::{SelectionConfig, oracle, select_critical_keys, sparse_attention_with_lse};
+use burn_sparse_attn::{SelectionConfig, oracle, select_critical_keys};
 
 use crate::common::*;
+use burn_sparse_attn::{SparseAttentionOptions, sparse_attention};
 
 /// (batch, heads, query len, key len, head dim, group size, key block, budget)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -45,12 +46,25 @@ fn forward_and_lse_match_the_reference(device: &Device) {
                 oracle_device()
             };
             let (oq, ok, ov, okeys) = on(&oracle_on);
-            let (want, want_lse) = oracle::sparse_attention(oq, ok, ov, &okeys, scale);
+            let want = oracle::reference_attention(oq, ok, ov, &okeys, scale);
             let (q, k, v, keys) = on(device);
-            let got = sparse_attention_with_lse(q, k, v, &keys, Some(scale)).unwrap();
+            let got = sparse_attention(
+                q,
+                k,
+                v,
+                &keys,
+                None,
+                SparseAttentionOptions::default().with_scale(scale),
+            )
+            .unwrap();
             let what = format!("case {n} on {device:?}");
-            assert_close(got.output, want, 1e-4, &what);
-            assert_close(got.lse, want_lse, 1e-5, &format!("lse of {what}"));
+            assert_close(got.output, want.output, 1e-4, &what);
+            assert_close(
+                got.lse.expect("sparse"),
+                want.lse.expect("reference"),
+                1e-5,
+                &format!("lse of {what}"),
+            );
         }
     }
 }
@@ -66,18 +80,20 @@ fn gradients_match_the_reference_autodiff(device: &Device) {
                 let [q, k, v] = [0, 1, 2].map(|i| tensor(&data[i], &device).require_grad());
                 let keys = critical_keys(&ids, g, block, sq, sk, &device);
                 let out = if native {
-                    sparse_attention_with_lse(q.clone(), k.clone(), v.clone(), &keys, None)
-                        .unwrap()
-                        .output
-                } else {
-                    oracle::sparse_attention(
+                    sparse_attention(
                         q.clone(),
                         k.clone(),
                         v.clone(),
                         &keys,
-                        1.0 / (d as f64).sqrt(),
+                        None,
+                        SparseAttentionOptions::default(),
                     )
-                    .0
+                    .unwrap()
+                    .output
+                } else {
+                    let scale = 1.0 / (d as f64).sqrt();
+                    oracle::reference_attention(q.clone(), k.clone(), v.clone(), &keys, scale)
+                        .output
                 };
                 let grads = (out * tensor(&data[3], &device)).sum().backward();
                 [&q, &k, &v].map(|x| x.grad(&grads).expect("gradient"))
@@ -110,7 +126,7 @@ fn selection_matches_the_reference_id_for_id(device: &Device) {
         {
             let device = device.clone();
             let (q, k) = (tensor(&q_lr, &device), tensor(&k_lr, &device));
-            let want = oracle::select_critical_keys(q.clone(), k.clone(), config);
+            let want = oracle::reference_selection(q.clone(), k.clone(), config);
             let got = select_critical_keys(q, k, config).unwrap();
             let ids =
                 |t: &Tensor<4, Int>| t.to_data().convert::<i64>().try_to_vec::<i64>().unwrap();
@@ -138,8 +154,15 @@ fn large_sequence_runs_without_dense_buffers() {
                 SelectionConfig::new(g, s / 10),
             )
             .unwrap();
-            let out =
-                sparse_attention_with_lse(x.clone(), x.clone(), x.clone(), &keys, None).unwrap();
+            let out = sparse_attention(
+                x.clone(),
+                x.clone(),
+                x.clone(),
+                &keys,
+                None,
+                SparseAttentionOptions::default(),
+            )
+            .unwrap();
             assert_eq!(out.output.dims(), [b, h, s, d]);
             let grads = out.output.sum().backward();
             let grad = x.grad(&grads).unwrap().abs().max().into_scalar::<f32>();

@@ -2,9 +2,9 @@
 //! backend, as in dense attention: a diverging input shows instead of vanishing.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_sparse_attn::sparse_attention_with_lse;
 
 use crate::common::*;
+use burn_sparse_attn::{SparseAttentionOptions, sparse_attention};
 
 /// (batch, heads, length, head dim, group, key block, budget): the (group, head dim, block)
 /// triple of a forward case, so a Cube backend compiles no extra kernels.
@@ -110,9 +110,16 @@ fn non_finite_inputs_reach_exactly_the_rows_they_touch(device: &Device) {
             tensor(v, &device).require_grad(),
         );
         let keys = critical_keys(&ids, g, block, s, s, &device);
-        let attended = sparse_attention_with_lse(q.clone(), k.clone(), v.clone(), &keys, None)
-            .expect("valid inputs");
-        let (out, lse) = (attended.output, attended.lse);
+        let attended = sparse_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            &keys,
+            None,
+            SparseAttentionOptions::default(),
+        )
+        .expect("valid inputs");
+        let (out, lse) = (attended.output, attended.lse.expect("sparse"));
         let grads = (out.clone() * tensor(&w, &device)).sum().backward();
         let grad = |x: &Tensor<4>| x.grad(&grads).expect("a gradient").into_data();
         [

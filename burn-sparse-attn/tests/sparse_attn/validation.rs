@@ -1,8 +1,9 @@
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_sparse_attn::{
     CriticalKeys, SelectionConfig, SparseAttnError, dense_attention_with_search,
-    select_critical_keys, sparse_attention, sparse_attention_with_key_bias,
+    select_critical_keys, sparse_attention,
 };
+use burn_sparse_attn::{IndexShape, SparseAttentionOptions};
 
 fn expect_err<T: std::fmt::Debug>(
     result: Result<T, SparseAttnError>,
@@ -109,7 +110,18 @@ fn attention_rejects_bad_arguments() {
     let keys = select_critical_keys(q.clone(), k.clone(), SelectionConfig::new(4, 3)).unwrap();
     const F: &str = "sparse_attention";
     let call = |q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, keys: &CriticalKeys, scale| {
-        sparse_attention(q.clone(), k.clone(), v.clone(), keys, scale)
+        sparse_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            keys,
+            None,
+            SparseAttentionOptions {
+                scale,
+                fallback: None,
+            },
+        )
+        .map(|out| out.output)
     };
 
     assert!(call(&q, &k, &v, &keys, None).is_ok());
@@ -146,14 +158,21 @@ fn attention_rejects_bad_arguments() {
         select_critical_keys(one_head.clone(), one_head, SelectionConfig::new(4, 3)).unwrap();
     expect_err(call(&q, &k, &v, &other_heads, None), F, "keys");
     let biased = |bias: Tensor<4>| {
-        sparse_attention_with_key_bias(q.clone(), k.clone(), v.clone(), Some(bias), &keys)
+        sparse_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            &keys,
+            Some(bias),
+            SparseAttentionOptions::default(),
+        )
     };
     assert!(biased(zeros([2, 1, 1, 12], &device)).is_ok());
     for shape in [[1, 1, 1, 12], [2, 2, 1, 12], [2, 1, 12, 12], [2, 1, 1, 11]] {
         let err = expect_err(
             biased(zeros(shape, &device)),
-            "sparse_attention_with_key_bias",
-            "key_bias",
+            "sparse_attention",
+            "attn_bias",
         );
         assert!(err.expected.contains("[2, 1, 1, 12]"), "{err}");
     }
@@ -238,42 +257,109 @@ fn user_indices_are_checked() {
     };
     const F: &str = "CriticalKeys::new";
     // 10 queries in groups of 4 → 3 groups; 10 keys.
-    assert!(CriticalKeys::new(index(vec![0, 9, 1, 2, 3, 4], 3, 2), 4, 1, 10, 10).is_ok());
+    assert!(
+        CriticalKeys::new(
+            index(vec![0, 9, 1, 2, 3, 4], 3, 2),
+            IndexShape {
+                group_size: 4,
+                key_block: 1,
+                query_len: 10,
+                key_len: 10
+            }
+        )
+        .is_ok()
+    );
     let err = expect_err(
-        CriticalKeys::new(index(vec![0, 10, 1, 2, 3, 4], 3, 2), 4, 1, 10, 10),
+        CriticalKeys::new(
+            index(vec![0, 10, 1, 2, 3, 4], 3, 2),
+            IndexShape {
+                group_size: 4,
+                key_block: 1,
+                query_len: 10,
+                key_len: 10,
+            },
+        ),
         F,
         "indices",
     );
     assert!(err.actual.contains("row 0"), "{err}");
     expect_err(
-        CriticalKeys::new(index(vec![0, 1, 2, 2, 3, 4], 3, 2), 4, 1, 10, 10),
+        CriticalKeys::new(
+            index(vec![0, 1, 2, 2, 3, 4], 3, 2),
+            IndexShape {
+                group_size: 4,
+                key_block: 1,
+                query_len: 10,
+                key_len: 10,
+            },
+        ),
         F,
         "indices",
     );
     expect_err(
-        CriticalKeys::new(index(vec![0, 1, 3, 2, 3, 4], 3, 2), 4, 1, 10, 10),
+        CriticalKeys::new(
+            index(vec![0, 1, 3, 2, 3, 4], 3, 2),
+            IndexShape {
+                group_size: 4,
+                key_block: 1,
+                query_len: 10,
+                key_len: 10,
+            },
+        ),
         F,
         "indices",
     );
     expect_err(
-        CriticalKeys::new(index(vec![-1, 1, 2, 3, 3, 4], 3, 2), 4, 1, 10, 10),
+        CriticalKeys::new(
+            index(vec![-1, 1, 2, 3, 3, 4], 3, 2),
+            IndexShape {
+                group_size: 4,
+                key_block: 1,
+                query_len: 10,
+                key_len: 10,
+            },
+        ),
         F,
         "indices",
     );
     expect_err(
-        CriticalKeys::new(index(vec![0, 1, 2, 3], 2, 2), 4, 1, 10, 10),
+        CriticalKeys::new(
+            index(vec![0, 1, 2, 3], 2, 2),
+            IndexShape {
+                group_size: 4,
+                key_block: 1,
+                query_len: 10,
+                key_len: 10,
+            },
+        ),
         F,
         "indices",
     );
     // Blocks of 4 over 10 keys: units 0..3 only.
     expect_err(
-        CriticalKeys::new(index(vec![0, 3, 1, 2, 0, 1], 3, 2), 4, 4, 10, 10),
+        CriticalKeys::new(
+            index(vec![0, 3, 1, 2, 0, 1], 3, 2),
+            IndexShape {
+                group_size: 4,
+                key_block: 4,
+                query_len: 10,
+                key_len: 10,
+            },
+        ),
         F,
         "indices",
     );
     expect_err(
-        CriticalKeys::new(index(vec![0, 1, 1, 2, 0, 1], 3, 2), 0, 4, 10, 10),
+        CriticalKeys::new(
+            index(vec![0, 1, 1, 2, 0, 1], 3, 2),
+            IndexShape {
+                group_size: 0,
+                key_block: 4,
+                query_len: 10,
+                key_len: 10,
+            },
+        ),
         F,
-        "group_size",
+        "shape.group_size",
     );
 }

@@ -6,6 +6,7 @@ mod backward;
 mod forward;
 mod math;
 mod select;
+mod topk;
 
 pub(crate) use backward::BackwardInputs;
 pub(crate) use backward::sparse_attention_backward;

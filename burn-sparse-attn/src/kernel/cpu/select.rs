@@ -1,7 +1,7 @@
 use rayon::prelude::*;
 
 use super::math::{Mat, matmul};
-use crate::kernel::topk::{TopKScratch, top_k_ascending};
+use super::topk::{TopKScratch, top_k_ascending};
 use crate::layout::ProblemShape;
 
 /// Groups scored against all units at once; bounds the score buffer to `CHUNK × units`.
