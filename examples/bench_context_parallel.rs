@@ -24,12 +24,10 @@ use burn_sparse_video::ctx_parallel::planner::{
     AttentionWorkload, ClusterSpec, LinkModel, estimate, lpt_assign,
 };
 use burn_sparse_video::ctx_parallel::{
-    Communicator, HybridSplit, head_parallel_attention, hybrid_attention, ring_attention,
-    sparse_sequence_attention,
+    CommError, Communicator, HybridSplit, head_parallel_attention, hybrid_attention,
+    ring_attention, sparse_sequence_attention,
 };
-use burn_sparse_video::sparse_attn::{
-    SelectionConfig, SparseAttnError, select_critical_keys, sparse_attention,
-};
+use burn_sparse_video::sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
 use clap::Parser;
 use serde_json::json;
 
@@ -69,17 +67,16 @@ const LOCAL_DENSE: &str = "local dense (own shard only, no messages)";
 const LOCAL_SPARSE: &str = "local sparse (own shard only, no messages)";
 
 /// One collective call of the sweep.
-type Collective<'a> = Box<dyn Fn() -> Result<(), SparseAttnError> + 'a>;
+type Collective<'a> = Box<dyn Fn() -> Result<(), CommError> + 'a>;
 /// One kind of context-parallel attention on this rank's q, k, v.
-type Attend<'a> =
-    Box<dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, SparseAttnError> + 'a>;
+type Attend<'a> = Box<dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, CommError> + 'a>;
 
 /// The slowest rank's median of `repeats` timed runs of `f`, in seconds.
 fn time(
     comm: &Communicator,
     repeats: usize,
-    mut f: impl FnMut() -> Result<(), SparseAttnError>,
-) -> Result<f64, SparseAttnError> {
+    mut f: impl FnMut() -> Result<(), CommError>,
+) -> Result<f64, CommError> {
     f()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {
@@ -94,7 +91,7 @@ fn time(
     Ok(*all.iter().max().expect("world ≥ 1") as f64 / 1e9)
 }
 
-fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAttnError> {
+fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, CommError> {
     let (world, rank) = (comm.world(), comm.rank());
     let device = comm.device().clone();
     let lead = rank == 0;
@@ -171,14 +168,13 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
     let dense = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
         attention(q, k, v, None, None, AttentionModuleOptions::default())
     };
-    let sparse = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| -> Result<Tensor<4>, SparseAttnError> {
+    let sparse = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| -> Result<Tensor<4>, CommError> {
         let keys = select_critical_keys(
             q.clone().narrow(3, 0, 16).detach(),
             k.clone().narrow(3, 0, 16).detach(),
             SelectionConfig::new(group, budget).with_key_block(block),
         )?;
-        sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
-            .map(|out| out.output)
+        Ok(sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())?.output)
     };
     let low_rank = Tensor::<4>::random(
         [1, h, s, 16],
@@ -216,8 +212,8 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
         Tensor<4>,
         Tensor<4>,
         Tensor<4>,
-    ) -> Result<Tensor<4>, SparseAttnError>|
-     -> Result<(), SparseAttnError> {
+    ) -> Result<Tensor<4>, CommError>|
+     -> Result<(), CommError> {
         let [q, k, v] = [0; 3].map(|_| q.clone().detach().require_grad());
         let out = f(q.clone(), k, v)?;
         let _ = out.sum().backward();
@@ -230,23 +226,23 @@ fn bench(comm: Communicator, args: &Args) -> Result<serde_json::Value, SparseAtt
     });
     // The local sparse row keeps the same share of its own shard's key blocks.
     let local_budget = (((1.0 - args.sparsity) * (shard / block) as f64).round() as usize).max(1);
-    let local_sparse =
-        |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| -> Result<Tensor<4>, SparseAttnError> {
-            let keys = select_critical_keys(
-                q.clone().narrow(3, 0, 16).detach(),
-                k.clone().narrow(3, 0, 16).detach(),
-                SelectionConfig::new(group, local_budget).with_key_block(block),
-            )?;
-            sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())
-                .map(|out| out.output)
-        };
+    let local_sparse = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| -> Result<Tensor<4>, CommError> {
+        let keys = select_critical_keys(
+            q.clone().narrow(3, 0, 16).detach(),
+            k.clone().narrow(3, 0, 16).detach(),
+            SelectionConfig::new(group, local_budget).with_key_block(block),
+        )?;
+        Ok(sparse_attention(q, k, v, &keys, None, SparseAttentionOptions::default())?.output)
+    };
     let mut kinds: Vec<(&str, Attend)> = vec![
         (LOCAL_DENSE, Box::new(|q, k, v| Ok(dense(q, k, v)))),
         (LOCAL_SPARSE, Box::new(local_sparse)),
         (
             "ulysses dense",
             Box::new(|q, k, v| {
-                head_parallel_attention(&comm, q, k, v, |q, k, v| Ok(dense(q, k, v)))
+                head_parallel_attention(&comm, q, k, v, |q, k, v| {
+                    Ok::<_, CommError>(dense(q, k, v))
+                })
             }),
         ),
         (
@@ -443,7 +439,7 @@ fn main() {
         fail("--transport mpi needs a build with `--features mpi`");
     }
     match on_ranks(args.transport, args.ranks, &Device::flex(), |comm| {
-        bench(comm, &args)
+        Ok(bench(comm, &args)?)
     }) {
         Ok(Some(report)) => finish(&args, report),
         Ok(None) => {}

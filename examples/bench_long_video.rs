@@ -19,10 +19,12 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_sparse_video::ctx_parallel::burn_sparse_attn::SparseAttnError;
+
 use burn_sparse_video::ctx_parallel::{ClipLayout, Communicator, DualScopeConfig};
 use burn_sparse_video::dit::data::SplitMix;
-use burn_sparse_video::dit::{ClipGroup, ForwardContext, VideoDit, VideoDitConfig, VideoDitInput};
+use burn_sparse_video::dit::{
+    ClipGroup, DitError, ForwardContext, VideoDit, VideoDitConfig, VideoDitInput,
+};
 use clap::Parser;
 
 use fail::fail;
@@ -90,7 +92,7 @@ fn dual_scope_step(
     model: &VideoDit,
     frames: usize,
     args: &Args,
-) -> Result<Option<Row>, SparseAttnError> {
+) -> Result<Option<Row>, DitError> {
     let device = comm.device();
     let clips = frames / args.frames_per_clip;
     let layout = ClipLayout::uniform(clips, args.frames_per_clip, comm.world())?;
@@ -117,7 +119,7 @@ fn dual_scope_step(
         },
         &[0.7; BATCH],
     );
-    let step = || -> Result<(), SparseAttnError> {
+    let step = || -> Result<(), DitError> {
         let input = VideoDitInput::new(x.clone(), sigma.clone(), cond.clone());
         model.forward(input, &ctx)?.into_data();
         Ok(())

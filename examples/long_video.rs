@@ -263,7 +263,8 @@ fn main() {
                     "at most {MAX_CLIPS} clips in all (every clip's activations stay in memory)"
                 ),
                 actual: clips.to_string(),
-            });
+            }
+            .into());
         }
         if prompts.len() > clips {
             return Err(burn_sparse_video::sparse_attn::SparseAttnError {
@@ -271,7 +272,8 @@ fn main() {
                 argument: "--prompts",
                 expected: format!("at most one prompt per clip ({clips})"),
                 actual: prompts.len().to_string(),
-            });
+            }
+            .into());
         }
         let layout = ClipLayout::uniform(clips, clip_frames, ranks)?;
         let (cond, uncond) = conditioning(&clip_prompts(clips));

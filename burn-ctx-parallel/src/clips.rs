@@ -6,6 +6,7 @@ use std::ops::Range;
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 
+use crate::CommError;
 use crate::{Communicator, Halo};
 
 /// How a video of `total_frames` frames is cut into clips along time and which rank holds
@@ -22,7 +23,7 @@ pub struct ClipLayout {
 impl ClipLayout {
     /// Clips of the given lengths (in frames), spread over `world` ranks in order: rank `r`
     /// holds clips `⌊c·world/clips⌋ = r`, so each rank holds at least one clip.
-    pub fn new(clip_frames: Vec<usize>, world: usize) -> Result<Self, SparseAttnError> {
+    pub fn new(clip_frames: Vec<usize>, world: usize) -> Result<Self, CommError> {
         const F: &str = "ClipLayout::new";
         SparseAttnError::check(world >= 1, F, "world", "≥ 1", world)?;
         SparseAttnError::check(
@@ -58,11 +59,7 @@ impl ClipLayout {
     }
 
     /// `clips` clips of `frames_per_clip` frames each over `world` ranks.
-    pub fn uniform(
-        clips: usize,
-        frames_per_clip: usize,
-        world: usize,
-    ) -> Result<Self, SparseAttnError> {
+    pub fn uniform(clips: usize, frames_per_clip: usize, world: usize) -> Result<Self, CommError> {
         Self::new(vec![frames_per_clip; clips], world)
     }
 
@@ -103,7 +100,7 @@ impl ClipLayout {
         &self,
         function: &'static str,
         comm: &Communicator,
-    ) -> Result<Range<usize>, SparseAttnError> {
+    ) -> Result<Range<usize>, CommError> {
         SparseAttnError::check(
             self.world == comm.world(),
             function,
@@ -138,7 +135,7 @@ pub(crate) fn check_local_clips<T>(
     comm: &Communicator,
     layout: &ClipLayout,
     parts: &[T],
-) -> Result<Range<usize>, SparseAttnError> {
+) -> Result<Range<usize>, CommError> {
     let mine = layout.clips_of_rank(function, comm)?;
     SparseAttnError::check(
         parts.len() == mine.len(),
@@ -166,7 +163,7 @@ pub fn clip_halos<const D: usize>(
     parts: &[Tensor<D>],
     dim: usize,
     halo: usize,
-) -> Result<Vec<Halo<D>>, SparseAttnError> {
+) -> Result<Vec<Halo<D>>, CommError> {
     const F: &str = "clip_halos";
     let mine = check_local_clips(F, comm, layout, parts)?;
     SparseAttnError::check(dim < D, F, "dim", format!("< {D}"), dim)?;
@@ -217,7 +214,7 @@ pub fn synced_moments<const D: usize>(
     layout: &ClipLayout,
     parts: Vec<Tensor<D>>,
     dims: &[usize],
-) -> Result<(Tensor<D>, Tensor<D>), SparseAttnError> {
+) -> Result<(Tensor<D>, Tensor<D>), CommError> {
     const F: &str = "synced_moments";
     check_local_clips(F, comm, layout, &parts)?;
     SparseAttnError::check(

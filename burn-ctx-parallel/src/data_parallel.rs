@@ -7,6 +7,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use burn_sparse_attn::SparseAttnError;
 
+use crate::CommError;
 use crate::Communicator;
 
 /// A parameter's place in the flat gradient vector.
@@ -89,7 +90,7 @@ pub fn all_reduce_gradients<M: Module>(
     comm: &Communicator,
     module: &M,
     mut grads: GradientsParams,
-) -> Result<GradientsParams, SparseAttnError> {
+) -> Result<GradientsParams, CommError> {
     const F: &str = "all_reduce_gradients";
     // Gradients live on the inner (non-autodiff) device.
     let device = comm.device().clone().without_autodiff();
@@ -121,7 +122,14 @@ pub fn all_reduce_gradients<M: Module>(
     let summed = comm
         .with_device(device)
         .all_reduce(flat)
-        .map_err(|e| SparseAttnError { function: F, ..e })?;
+        .map_err(|e| match e {
+            CommError::Argument(e) => CommError::Argument(SparseAttnError { function: F, ..e }),
+            CommError::Peer { rank, cause, .. } => CommError::Peer {
+                function: F,
+                rank,
+                cause,
+            },
+        })?;
     let present: Vec<bool> = summed
         .clone()
         .narrow(0, total - params, params)
@@ -189,7 +197,7 @@ pub fn broadcast_module<M: Module>(
     comm: &Communicator,
     module: M,
     root: usize,
-) -> Result<M, SparseAttnError> {
+) -> Result<M, CommError> {
     if comm.world() == 1 {
         return Ok(module);
     }

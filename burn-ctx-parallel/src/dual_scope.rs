@@ -16,6 +16,7 @@ use burn::config::Config;
 use burn::tensor::{Bool, Tensor, TensorData, module::attention, ops::AttentionModuleOptions};
 use burn_sparse_attn::SparseAttnError;
 
+use crate::CommError;
 use crate::Communicator;
 use crate::clips::{ClipLayout, clip_halos};
 
@@ -144,7 +145,7 @@ impl<'c> DualScopePlan<'c> {
         tokens_per_frame: usize,
         config: &DualScopeConfig,
         sigmas: &[f64],
-    ) -> Result<Self, SparseAttnError> {
+    ) -> Result<Self, CommError> {
         const F: &str = "DualScopePlan::new";
         let mine = layout.clips_of_rank(F, comm)?;
         SparseAttnError::check(
@@ -282,21 +283,21 @@ impl<'c> DualScopePlan<'c> {
         q: Vec<Tensor<4>>,
         k: Vec<Tensor<4>>,
         v: Vec<Tensor<4>>,
-    ) -> Result<Vec<Tensor<4>>, SparseAttnError> {
-        self.attend_with(q, k, v, |inputs| Ok(inputs.dense()))
+    ) -> Result<Vec<Tensor<4>>, CommError> {
+        self.attend_with(q, k, v, |inputs| Ok::<_, CommError>(inputs.dense()))
     }
 
     /// [`DualScopePlan::attend`] with each clip's attention computed by `attend`, given the
     /// clip's queries, the keys and values it sees, the mask and the biases
     /// ([`DualScopeInputs::dense`] is the plan's own): for attention that approximates it,
     /// such as a sampler's online sparse attention.
-    pub fn attend_with(
+    pub fn attend_with<E: Into<CommError>>(
         &self,
         q: Vec<Tensor<4>>,
         k: Vec<Tensor<4>>,
         v: Vec<Tensor<4>>,
-        mut attend: impl FnMut(DualScopeInputs) -> Result<Tensor<4>, SparseAttnError>,
-    ) -> Result<Vec<Tensor<4>>, SparseAttnError> {
+        mut attend: impl FnMut(DualScopeInputs) -> Result<Tensor<4>, E>,
+    ) -> Result<Vec<Tensor<4>>, CommError> {
         const F: &str = "DualScopePlan::attend";
         let (layout, n, p) = (&self.layout, self.tokens_per_frame, self.window);
         let clips = self.mine.len();
@@ -362,14 +363,17 @@ impl<'c> DualScopePlan<'c> {
                 .collect();
             let keys = Tensor::cat(keys, 2);
             let (keys, values) = (keys.clone().narrow(3, 0, d), keys.narrow(3, d, d));
-            out.push(attend(DualScopeInputs {
-                clip: i,
-                q: q_c,
-                k: keys,
-                v: values,
-                mask: self.masks[i].clone(),
-                bias: self.biases[i].clone(),
-            })?);
+            out.push(
+                attend(DualScopeInputs {
+                    clip: i,
+                    q: q_c,
+                    k: keys,
+                    v: values,
+                    mask: self.masks[i].clone(),
+                    bias: self.biases[i].clone(),
+                })
+                .map_err(Into::into)?,
+            );
         }
         Ok(out)
     }

@@ -4,19 +4,20 @@
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 
+use crate::CommError;
 use crate::Communicator;
 
 /// Attention over this rank's sequence shard `q, k, v: [B, H, S_r, D]` (shards in rank
 /// order) computed head-sharded: this rank attends over the whole sequence for heads
 /// `rank·H/world .. (rank+1)·H/world` with `attend(q, k, v)` — dense, or sparse with those
 /// heads' index — and gets its sequence shard of the output back.
-pub fn head_parallel_attention(
+pub fn head_parallel_attention<E: Into<CommError>>(
     comm: &Communicator,
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    attend: impl FnOnce(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, SparseAttnError>,
-) -> Result<Tensor<4>, SparseAttnError> {
+    attend: impl FnOnce(Tensor<4>, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, E>,
+) -> Result<Tensor<4>, CommError> {
     const F: &str = "head_parallel_attention";
     let world = comm.world();
     let heads = q.dims()[1];
@@ -37,7 +38,7 @@ pub fn head_parallel_attention(
     let seq = comm.gather_sizes(q.dims()[2])?;
     let head_split = vec![heads / world; world];
     let to_heads = |x: Tensor<4>| comm.all_to_all(x, 1, &head_split, 2);
-    let out = attend(to_heads(q)?, to_heads(k)?, to_heads(v)?)?;
+    let out = attend(to_heads(q)?, to_heads(k)?, to_heads(v)?).map_err(Into::into)?;
     comm.all_to_all(out, 2, &seq, 1)
 }
 

@@ -5,6 +5,7 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_sparse_attn::{CriticalKeys, SparseAttnError};
 
+use crate::CommError;
 use crate::Communicator;
 use crate::sparse_sequence::sparse_sequence_attention;
 
@@ -27,14 +28,14 @@ pub struct HybridSplit {
 /// critical keys of head group `g`'s heads (in `split.heads[g]` order) for the queries of
 /// sequence group `s`, over all keys. Returns this rank's output shard; equals unsharded
 /// sparse attention, gradients included.
-pub fn hybrid_attention(
+pub fn hybrid_attention<E: Into<CommError>>(
     comm: &Communicator,
     split: &HybridSplit,
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    index: impl FnOnce(usize, usize) -> Result<CriticalKeys, SparseAttnError>,
-) -> Result<Tensor<4>, SparseAttnError> {
+    index: impl FnOnce(usize, usize) -> Result<CriticalKeys, E>,
+) -> Result<Tensor<4>, CommError> {
     const F: &str = "hybrid_attention";
     let (hg, sg) = (split.head_groups, split.seq_groups);
     let world = comm.world();
@@ -79,7 +80,14 @@ pub fn hybrid_attention(
     let to_heads = |x: Tensor<4>| seq_group.all_to_all(select_heads(x, &order), 1, &sizes, 2);
     let (q, k, v) = (to_heads(q)?, to_heads(k)?, to_heads(v)?);
     // Sparse sequence parallelism across the sequence groups of this head group.
-    let out = sparse_sequence_attention(&head_group, q, k, v, &index(g, s)?, None)?;
+    let out = sparse_sequence_attention(
+        &head_group,
+        q,
+        k,
+        v,
+        &index(g, s).map_err(Into::into)?,
+        None,
+    )?;
     // Head shards → sequence shards, heads back in their order.
     Ok(select_heads(
         seq_group.all_to_all(out, 2, &lens, 1)?,

@@ -51,7 +51,7 @@
 //! for out in outputs {
 //!     assert_eq!(out?.dims(), [1, 8, 2048, 64]);
 //! }
-//! # Ok::<(), burn_sparse_attn::SparseAttnError>(())
+//! # Ok::<(), burn_ctx_parallel::CommError>(())
 //! ```
 
 mod backends;
@@ -59,6 +59,7 @@ pub mod clips;
 mod communicator;
 mod data_parallel;
 mod dual_scope;
+mod error;
 mod head_parallel;
 mod hybrid;
 mod ops;
@@ -73,6 +74,7 @@ pub use clips::{ClipLayout, clip_halos, synced_moments};
 pub use communicator::{CommStats, Communicator, Halo};
 pub use data_parallel::{all_reduce_gradients, broadcast_module};
 pub use dual_scope::{DualScopeConfig, DualScopeInputs, DualScopePlan, dual_scope_bytes_per_layer};
+pub use error::CommError;
 pub use head_parallel::{head_parallel_attention, head_parallel_bytes_per_rank};
 pub use hybrid::{HybridSplit, hybrid_attention};
 pub use ops::CollectiveOps;

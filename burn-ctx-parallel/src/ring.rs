@@ -4,6 +4,7 @@
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 
+use crate::CommError;
 use crate::Communicator;
 
 /// Dense attention of one query block against one key block, with its log-sum-exp
@@ -43,7 +44,7 @@ pub fn ring_attention(
     k: Tensor<4>,
     v: Tensor<4>,
     scale: Option<f64>,
-) -> Result<Tensor<4>, SparseAttnError> {
+) -> Result<Tensor<4>, CommError> {
     const F: &str = "ring_attention";
     SparseAttnError::check(
         k.dims() == v.dims() && k.dims()[..2] == q.dims()[..2] && k.dims()[3] == q.dims()[3],

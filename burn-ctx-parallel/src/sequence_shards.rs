@@ -14,11 +14,11 @@ impl SequenceShards for Communicator {
     }
 
     fn shard_lens(&self, len: usize) -> Result<Vec<usize>, SparseAttnError> {
-        self.gather_sizes(len)
+        Ok(self.gather_sizes(len)?)
     }
 
     fn gather_sequence(&self, x: Tensor<4>) -> Result<Tensor<4>, SparseAttnError> {
-        self.all_gather(x, 2)
+        Ok(self.all_gather(x, 2)?)
     }
 
     fn dense_attention(
@@ -27,7 +27,7 @@ impl SequenceShards for Communicator {
         k: Tensor<4>,
         v: Tensor<4>,
     ) -> Result<Tensor<4>, SparseAttnError> {
-        ring_attention(self, q, k, v, None)
+        Ok(ring_attention(self, q, k, v, None)?)
     }
 
     fn sparse_attention(
@@ -37,7 +37,7 @@ impl SequenceShards for Communicator {
         v: Tensor<4>,
         keys: &CriticalKeys,
     ) -> Result<Tensor<4>, SparseAttnError> {
-        sparse_sequence_attention(self, q, k, v, keys, None)
+        Ok(sparse_sequence_attention(self, q, k, v, keys, None)?)
     }
 
     fn sum(&self, values: Vec<f32>) -> Result<Vec<f32>, SparseAttnError> {

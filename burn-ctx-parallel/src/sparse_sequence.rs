@@ -9,6 +9,7 @@ use burn_sparse_attn::{
     CriticalKeys, IndexShape, SparseAttentionOptions, SparseAttnError, sparse_attention,
 };
 
+use crate::CommError;
 use crate::Communicator;
 
 /// What one rank pulls: per source rank the flat row ids of that rank's `[B·H·S_j, D]` K/V,
@@ -36,7 +37,7 @@ pub fn sparse_sequence_attention(
     v: Tensor<4>,
     index: &CriticalKeys,
     scale: Option<f64>,
-) -> Result<Tensor<4>, SparseAttnError> {
+) -> Result<Tensor<4>, CommError> {
     const F: &str = "sparse_sequence_attention";
     let (world, rank) = (comm.world(), comm.rank());
     let [b, h, len, d] = k.dims();

@@ -32,11 +32,12 @@
 //! let uncond = model.embed_labels(Tensor::<2, Int>::zeros([2, 2], &device));
 //! let videos = sample_euler(&model, noise, cond, uncond, SamplerConfig::default())?;
 //! assert_eq!(videos.dims(), [2, 3, 8, 32, 32]);
-//! # Ok::<(), burn_dit::burn_sparse_attn::SparseAttnError>(())
+//! # Ok::<(), burn_dit::DitError>(())
 //! ```
 
 mod config;
 pub mod data;
+mod error;
 pub mod flow;
 pub mod media;
 pub mod metrics;
@@ -49,6 +50,7 @@ pub use burn_ctx_parallel::{ClipLayout, DualScopeConfig};
 pub use burn_sparse_attn;
 pub use burn_sparse_attn::dsv::DsvPolicy;
 pub use config::{AttentionKind, Prediction, VideoDitConfig};
+pub use error::DitError;
 pub use model::patch::{patchify, unpatchify};
 pub use model::rope::{Rope3d, rope_split};
 pub use model::{

@@ -1,8 +1,6 @@
 //! One test binary for the crate; modules inside.
 #![cfg(feature = "flex")]
 
-#[path = "dit/checkpointing.rs"]
-mod checkpointing;
 #[path = "dit/common.rs"]
 mod common;
 #[path = "dit/data.rs"]
@@ -19,7 +17,11 @@ mod long_video;
 mod model;
 #[path = "dit/online_sparse.rs"]
 mod online_sparse;
+#[path = "dit/recompute.rs"]
+mod recompute;
 #[path = "dit/reliability.rs"]
 mod reliability;
+#[path = "dit/sampler.rs"]
+mod sampler;
 #[path = "dit/training.rs"]
 mod training;

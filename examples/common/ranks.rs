@@ -3,7 +3,7 @@
 
 use burn::tensor::Device;
 use burn_sparse_video::ctx_parallel::Communicator;
-use burn_sparse_video::ctx_parallel::burn_sparse_attn::SparseAttnError;
+use burn_sparse_video::dit::DitError;
 
 /// What carries the messages between ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -21,7 +21,7 @@ pub fn on_ranks<R: Send>(
     transport: Transport,
     threads: usize,
     device: &Device,
-    body: impl Fn(Communicator) -> Result<R, SparseAttnError> + Sync,
+    body: impl Fn(Communicator) -> Result<R, DitError> + Sync,
 ) -> Result<Option<R>, String> {
     match transport {
         Transport::Threads => {
@@ -41,7 +41,7 @@ pub fn on_ranks<R: Send>(
 #[cfg(feature = "mpi")]
 fn run_mpi<R>(
     device: &Device,
-    body: impl Fn(Communicator) -> Result<R, SparseAttnError>,
+    body: impl Fn(Communicator) -> Result<R, DitError>,
 ) -> Result<Option<R>, String> {
     burn_sparse_video::ctx_parallel::transport::run_mpi(device.clone(), |comm| {
         let lead = comm.rank() == 0;
@@ -53,7 +53,7 @@ fn run_mpi<R>(
 #[cfg(not(feature = "mpi"))]
 fn run_mpi<R>(
     _: &Device,
-    _: impl Fn(Communicator) -> Result<R, SparseAttnError>,
+    _: impl Fn(Communicator) -> Result<R, DitError>,
 ) -> Result<Option<R>, String> {
     Err("--transport mpi needs a build with `--features mpi`".into())
 }

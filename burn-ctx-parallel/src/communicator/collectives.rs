@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 
 use super::Communicator;
+use crate::CommError;
 
 /// What a rank receives from its two neighbours in a halo exchange: the slices before its
 /// own and after them (`None` at the ends of the group and where the halo is 0).
@@ -41,7 +42,7 @@ impl Communicator {
         &self,
         x: Tensor<D>,
         dim: usize,
-    ) -> Result<Tensor<D>, SparseAttnError> {
+    ) -> Result<Tensor<D>, CommError> {
         const F: &str = "Communicator::all_gather";
         Self::check_dim::<D>(F, "dim", dim)?;
         let agreed = format!(
@@ -67,7 +68,7 @@ impl Communicator {
         split_dim: usize,
         sizes: &[usize],
         concat_dim: usize,
-    ) -> Result<Tensor<D>, SparseAttnError> {
+    ) -> Result<Tensor<D>, CommError> {
         const F: &str = "Communicator::all_to_all";
         let world = self.world();
         Self::check_dim::<D>(F, "split_dim", split_dim)?;
@@ -105,7 +106,7 @@ impl Communicator {
     /// Sum over ranks; every rank receives the total, with the same bits (each slice is
     /// summed once, in rank order, by its owner: a reduce-scatter then an all-gather, moving
     /// `2·(world − 1)/world` of `x` per rank).
-    pub fn all_reduce<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>, SparseAttnError> {
+    pub fn all_reduce<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>, CommError> {
         const F: &str = "Communicator::all_reduce";
         let world = self.world();
         if world == 1 {
@@ -153,7 +154,7 @@ impl Communicator {
         &self,
         x: Tensor<D>,
         dim: usize,
-    ) -> Result<Tensor<D>, SparseAttnError> {
+    ) -> Result<Tensor<D>, CommError> {
         const F: &str = "Communicator::reduce_scatter";
         let world = self.world();
         Self::check_dim::<D>(F, "dim", dim)?;
@@ -186,7 +187,7 @@ impl Communicator {
         x: Tensor<D>,
         dim: usize,
         halo: usize,
-    ) -> Result<Halo<D>, SparseAttnError> {
+    ) -> Result<Halo<D>, CommError> {
         const F: &str = "Communicator::halo_exchange";
         Self::check_dim::<D>(F, "dim", dim)?;
         let len = x.dims()[dim];
@@ -233,7 +234,7 @@ impl Communicator {
         to: usize,
         from: usize,
         free_dim: usize,
-    ) -> Result<Tensor<D>, SparseAttnError> {
+    ) -> Result<Tensor<D>, CommError> {
         const F: &str = "Communicator::send_recv";
         let world = self.world();
         SparseAttnError::check(
@@ -264,7 +265,7 @@ impl Communicator {
         x: Option<Tensor<D>>,
         senders: &[usize],
         dim: usize,
-    ) -> Result<Tensor<D>, SparseAttnError> {
+    ) -> Result<Tensor<D>, CommError> {
         const F: &str = "Communicator::gather_from";
         Self::check_dim::<D>(F, "dim", dim)?;
         self.check_ranks(F, "senders", senders)?;
@@ -326,7 +327,7 @@ impl Communicator {
         &self,
         x: Tensor<D>,
         root: usize,
-    ) -> Result<Tensor<D>, SparseAttnError> {
+    ) -> Result<Tensor<D>, CommError> {
         const F: &str = "Communicator::broadcast";
         let world = self.world();
         self.check_root(F, root)?;
@@ -352,7 +353,7 @@ impl Communicator {
         x: Tensor<D>,
         root: usize,
         dim: usize,
-    ) -> Result<Option<Tensor<D>>, SparseAttnError> {
+    ) -> Result<Option<Tensor<D>>, CommError> {
         const F: &str = "Communicator::gather_to";
         Self::check_dim::<D>(F, "dim", dim)?;
         self.check_root(F, root)?;
@@ -376,7 +377,7 @@ impl Communicator {
 
 impl Communicator {
     /// Every rank's `bytes`, in rank order (metadata: configurations, shard lengths).
-    pub fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, SparseAttnError> {
+    pub fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
         const F: &str = "Communicator::all_gather_bytes";
         let others = self.others();
         let sends = others.iter().map(|&r| (r, bytes.to_vec())).collect();
@@ -386,18 +387,17 @@ impl Communicator {
     }
 
     /// Every rank's `value`, in rank order (metadata: shard lengths and the like).
-    pub fn gather_sizes(&self, value: usize) -> Result<Vec<usize>, SparseAttnError> {
+    pub fn gather_sizes(&self, value: usize) -> Result<Vec<usize>, CommError> {
         const F: &str = "Communicator::gather_sizes";
         let replies = self.all_gather_bytes(&(value as u64).to_le_bytes())?;
         replies
             .iter()
             .enumerate()
             .map(|(peer, reply)| {
-                let bytes: [u8; 8] = reply.as_slice().try_into().map_err(|_| SparseAttnError {
+                let bytes: [u8; 8] = reply.as_slice().try_into().map_err(|_| CommError::Peer {
                     function: F,
-                    argument: "peers",
-                    expected: "8 bytes".into(),
-                    actual: format!("{} from rank {peer}", reply.len()),
+                    rank: self.rank(),
+                    cause: format!("{} bytes from rank {peer} where 8 were due", reply.len()),
                 })?;
                 Ok(u64::from_le_bytes(bytes) as usize)
             })

@@ -25,6 +25,7 @@ use burn_sparse_attn::SparseAttnError;
 pub use collectives::Halo;
 
 use crate::CollectiveOps;
+use crate::CommError;
 use crate::transport::{Messenger, Tag, ThreadMessenger, timeout_from_env};
 use route::{Piece, ReverseRoute};
 
@@ -72,7 +73,7 @@ impl Link {
         tag: Tag,
         sends: Vec<(usize, Vec<u8>)>,
         from: &[usize],
-    ) -> Result<Vec<Vec<u8>>, SparseAttnError> {
+    ) -> Result<Vec<Vec<u8>>, CommError> {
         let sends = sends
             .into_iter()
             .map(|(to, bytes)| (self.members[to], bytes))
@@ -81,11 +82,10 @@ impl Link {
         let start = Instant::now();
         let result = self.messenger.exchange(tag, sends, &from);
         self.stats.lock().expect("stats lock").seconds += start.elapsed().as_secs_f64();
-        result.map_err(|e| SparseAttnError {
+        result.map_err(|e| CommError::Peer {
             function,
-            argument: "peers",
-            expected: "every rank of the group to reach this collective".into(),
-            actual: format!("on rank {}: {e}", self.messenger.rank()),
+            rank: self.messenger.rank(),
+            cause: e.to_string(),
         })
     }
 
@@ -198,7 +198,7 @@ impl Communicator {
 
     /// The group of `ranks` (ranks of this group, renumbered in the order given), which must
     /// include this rank; every member calls it with the same list. Made once and reused.
-    pub fn subgroup(&self, ranks: &[usize]) -> Result<Communicator, SparseAttnError> {
+    pub fn subgroup(&self, ranks: &[usize]) -> Result<Communicator, CommError> {
         const F: &str = "Communicator::subgroup";
         self.check_ranks(F, "ranks", ranks)?;
         let me = ranks.iter().position(|&r| r == self.rank);
@@ -298,7 +298,7 @@ impl Communicator {
         function: &'static str,
         sends: Vec<(usize, Vec<u8>)>,
         from: &[usize],
-    ) -> Result<Vec<Vec<u8>>, SparseAttnError> {
+    ) -> Result<Vec<Vec<u8>>, CommError> {
         let tag = self.next_tag();
         let bytes: usize = sends.iter().map(|(_, b)| b.len()).sum();
         let messages = sends.len();
@@ -317,7 +317,7 @@ impl Communicator {
         agreed: &str,
         sends: Vec<(usize, Tensor<D>)>,
         from: &[usize],
-    ) -> Result<Delivery<D>, SparseAttnError> {
+    ) -> Result<Delivery<D>, CommError> {
         debug_assert!(sends.iter().all(|(to, _)| *to != self.rank) && !from.contains(&self.rank));
         let agreed = format!("{agreed}; autodiff {}", self.device.is_autodiff());
         let tag = self.next_tag();
@@ -340,19 +340,18 @@ impl Communicator {
         let mut received = Vec::with_capacity(from.len());
         let mut pieces = Vec::with_capacity(from.len());
         for (reply, &peer) in replies.iter().zip(from) {
-            let message = wire::decode(reply).map_err(|why| SparseAttnError {
+            let message = wire::decode(reply).map_err(|why| CommError::Peer {
                 function,
-                argument: "peers",
-                expected: "a well-formed message".into(),
-                actual: format!("from rank {peer}: {why}"),
+                rank: self.rank,
+                cause: format!("a malformed message from rank {peer}: {why}"),
             })?;
             if message.agreed != agreed {
-                return Err(SparseAttnError {
+                return Err(CommError::Argument(SparseAttnError {
                     function,
                     argument,
                     expected: format!("the same on every rank (rank {} has `{agreed}`)", self.rank),
                     actual: format!("`{}` on rank {peer}", message.agreed),
-                });
+                }));
             }
             pieces.push(Piece {
                 peer,

@@ -8,6 +8,7 @@ use burn::tensor::{DType, TensorData};
 use burn_sparse_attn::SparseAttnError;
 
 use super::Link;
+use crate::CommError;
 use crate::transport::Tag;
 
 /// One piece of a flattened exchange: the peer (group rank), its element count, and
@@ -37,7 +38,7 @@ impl ReverseRoute {
     /// Sends the gradient of every tracked received piece back to its sender and returns
     /// the gradient of the flattened sent tensor, assembled from what the receivers of its
     /// tracked pieces send back.
-    pub(crate) fn run(&self, grad_received: TensorData) -> Result<TensorData, SparseAttnError> {
+    pub(crate) fn run(&self, grad_received: TensorData) -> Result<TensorData, CommError> {
         let width = self.dtype.size();
         let grad = grad_received.convert_dtype(self.dtype);
         let bytes = grad.as_bytes();

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
-use burn_sparse_attn::SparseAttnError;
 use mpi::Threading;
 use mpi::environment::Universe;
 use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
@@ -252,9 +251,9 @@ fn say(line: &str) {
 /// Runs `body` as this process's rank of an MPI job on `device` and returns its result. A
 /// rank whose body returns an error or panics prints the rank and the cause and aborts the
 /// whole job (exit code 1 from `mpirun`), so no rank waits for it.
-pub fn run_mpi<R>(
+pub fn run_mpi<R, E: std::fmt::Display>(
     device: Device,
-    body: impl FnOnce(Communicator) -> Result<R, SparseAttnError>,
+    body: impl FnOnce(Communicator) -> Result<R, E>,
 ) -> Result<R, PeerError> {
     let messenger = MpiUniverse::init()?;
     let comm = Communicator::new(messenger.clone(), device);

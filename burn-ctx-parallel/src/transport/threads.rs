@@ -7,9 +7,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
-use burn_sparse_attn::SparseAttnError;
 
 use super::{Messenger, PeerError, Tag, timeout_from_env};
+use crate::CommError;
 use crate::Communicator;
 
 #[derive(Default)]
@@ -150,10 +150,10 @@ impl Messenger for ThreadMessenger {
 /// others, whose pending and later collectives then fail with an error naming that rank and
 /// its cause, so the job ends instead of hanging. Ranks wait
 /// [`timeout_from_env`](super::timeout_from_env) at most for a peer.
-pub fn run_in_process<R: Send>(
+pub fn run_in_process<R: Send, E: From<CommError> + std::fmt::Display + Send>(
     devices: &[Device],
-    body: impl Fn(Communicator) -> Result<R, SparseAttnError> + Sync,
-) -> Vec<Result<R, SparseAttnError>> {
+    body: impl Fn(Communicator) -> Result<R, E> + Sync,
+) -> Vec<Result<R, E>> {
     let messengers = ThreadMessenger::job(devices.len(), timeout_from_env());
     std::thread::scope(|scope| {
         let handles: Vec<_> = messengers
@@ -165,16 +165,11 @@ pub fn run_in_process<R: Send>(
                     let comm = Communicator::new(Arc::new(messenger.clone()), device.clone());
                     let result = match catch_unwind(AssertUnwindSafe(|| body(comm))) {
                         Ok(result) => result,
-                        Err(panic) => Err(SparseAttnError {
+                        Err(panic) => Err(E::from(CommError::Peer {
                             function: "run_in_process",
-                            argument: "body",
-                            expected: "to finish without panicking".into(),
-                            actual: format!(
-                                "rank {} panicked: {}",
-                                messenger.rank,
-                                panic_message(&*panic)
-                            ),
-                        }),
+                            rank: messenger.rank,
+                            cause: format!("its body panicked: {}", panic_message(&*panic)),
+                        })),
                     };
                     match &result {
                         // Fails only on poisoned mailboxes, which every peer then reports.

@@ -2,6 +2,7 @@ use burn::tensor::{
     Device, Distribution, Tensor, TensorData, activation::softmax, module::attention,
     ops::AttentionModuleOptions,
 };
+use burn_ctx_parallel::CommError;
 use burn_ctx_parallel::transport::run_in_process;
 use burn_ctx_parallel::{
     ClipLayout, Communicator, DualScopeConfig, DualScopePlan, clip_halos,
@@ -145,18 +146,21 @@ fn clips_over_ranks_equal_the_whole_video_on_one_device() {
                 .with_window(window)
                 .with_global_frames(global)
                 .with_scope_bias(bias);
-            let per_rank = run_in_process(&vec![device.clone(); world], |comm| {
-                let plan = DualScopePlan::new(&comm, &layout, N, &config, &sigmas)?;
-                let rank = comm.rank();
-                Ok(Tensor::cat(
-                    plan.attend(
-                        split_for(&q, &layout, rank),
-                        split_for(&k, &layout, rank),
-                        split_for(&v, &layout, rank),
-                    )?,
-                    2,
-                ))
-            });
+            let per_rank = run_in_process(
+                &vec![device.clone(); world],
+                |comm| -> Result<_, CommError> {
+                    let plan = DualScopePlan::new(&comm, &layout, N, &config, &sigmas)?;
+                    let rank = comm.rank();
+                    Ok(Tensor::cat(
+                        plan.attend(
+                            split_for(&q, &layout, rank),
+                            split_for(&k, &layout, rank),
+                            split_for(&v, &layout, rank),
+                        )?,
+                        2,
+                    ))
+                },
+            );
             let out = Tensor::cat(per_rank.into_iter().map(Result::unwrap).collect(), 2);
             let expected = reference(q.clone(), k.clone(), v.clone(), frames, &config, &sigmas);
             let err = max_diff(out, expected);
@@ -275,16 +279,19 @@ fn communication_per_layer_does_not_grow_with_the_video() {
     for (clips, frames_per_clip, world) in [(3, 3, 3), (3, 6, 3), (6, 3, 3), (6, 8, 3)] {
         let layout = ClipLayout::uniform(clips, frames_per_clip, world).unwrap();
         let [q, k, v] = data(&device, b, layout.total_frames());
-        let per_rank = run_in_process(&vec![device.clone(); world], |comm| {
-            let plan = DualScopePlan::new(&comm, &layout, N, &config, &[0.5])?;
-            let rank = comm.rank();
-            plan.attend(
-                split_for(&q, &layout, rank),
-                split_for(&k, &layout, rank),
-                split_for(&v, &layout, rank),
-            )?;
-            Ok(comm.stats().bytes)
-        });
+        let per_rank = run_in_process(
+            &vec![device.clone(); world],
+            |comm| -> Result<_, CommError> {
+                let plan = DualScopePlan::new(&comm, &layout, N, &config, &[0.5])?;
+                let rank = comm.rank();
+                plan.attend(
+                    split_for(&q, &layout, rank),
+                    split_for(&k, &layout, rank),
+                    split_for(&v, &layout, rank),
+                )?;
+                Ok(comm.stats().bytes)
+            },
+        );
         let bytes: u64 = per_rank.into_iter().map(Result::unwrap).sum();
         // Two halos per rank boundary and every global frame to the ranks that lack it.
         let frame_bytes = (2 * b * h * d * N * 4) as u64;
@@ -308,11 +315,11 @@ fn communication_per_layer_does_not_grow_with_the_video() {
 fn bad_layouts_and_inputs_are_named_errors() {
     let device = Device::flex();
     assert_eq!(
-        ClipLayout::new(vec![4], 2).unwrap_err().argument,
+        ClipLayout::new(vec![4], 2).unwrap_err().argument(),
         "clip_frames"
     );
     assert_eq!(
-        ClipLayout::new(vec![4, 0], 2).unwrap_err().argument,
+        ClipLayout::new(vec![4, 0], 2).unwrap_err().argument(),
         "clip_frames"
     );
     let comm = Communicator::single(device.clone());
@@ -322,7 +329,7 @@ fn bad_layouts_and_inputs_are_named_errors() {
         DualScopePlan::new(&comm, &layout, N, &wide, &[0.5])
             .err()
             .unwrap()
-            .argument,
+            .argument(),
         "config.window"
     );
     let two_ranks = ClipLayout::uniform(2, 2, 2).unwrap();
@@ -330,7 +337,7 @@ fn bad_layouts_and_inputs_are_named_errors() {
         DualScopePlan::new(&comm, &two_ranks, N, &DualScopeConfig::new(), &[0.5])
             .err()
             .unwrap()
-            .argument,
+            .argument(),
         "layout"
     );
     let plan = DualScopePlan::new(&comm, &layout, N, &DualScopeConfig::new(), &[0.5]).unwrap();
@@ -338,7 +345,7 @@ fn bad_layouts_and_inputs_are_named_errors() {
     assert_eq!(
         plan.attend(vec![q.clone()], vec![k.clone()], vec![v.clone()])
             .unwrap_err()
-            .argument,
+            .argument(),
         "q"
     );
     let short = q.clone().narrow(2, 0, N);
@@ -349,26 +356,26 @@ fn bad_layouts_and_inputs_are_named_errors() {
             split(&v, &layout),
         )
         .unwrap_err();
-    assert_eq!(err.argument, "q");
+    assert_eq!(err.argument(), "q");
     assert!(err.to_string().contains("clip 0"), "{err}");
     // Clip halos: one tensor per clip of this rank, a halo no longer than the shortest clip.
     let x: Vec<Tensor<2>> = (0..2)
         .map(|_| Tensor::random([2, 4], Distribution::Normal(0.0, 1.0), &device))
         .collect();
     assert_eq!(
-        clip_halos(&comm, &layout, &x, 0, 3).unwrap_err().argument,
+        clip_halos(&comm, &layout, &x, 0, 3).unwrap_err().argument(),
         "halo"
     );
     assert_eq!(
         clip_halos(&comm, &layout, &x[..1], 0, 1)
             .unwrap_err()
-            .argument,
+            .argument(),
         "parts"
     );
     assert_eq!(
         clip_halos(&comm, &two_ranks, &x, 0, 1)
             .unwrap_err()
-            .argument,
+            .argument(),
         "layout"
     );
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, Tensor};
+use burn_ctx_parallel::CommError;
 use burn_ctx_parallel::transport::run_in_process;
 
 use crate::spmd_cases::{normal, run_case};
@@ -16,7 +17,9 @@ fn devices(world: usize) -> Vec<Device> {
 fn equals_unsharded_on_threads(case: &str) {
     let mut worst_seen = 0.0f64;
     for world in 1..=4 {
-        let results = run_in_process(&devices(world), |comm| Ok(run_case(case, &comm)));
+        let results = run_in_process(&devices(world), |comm| {
+            Ok::<_, CommError>(run_case(case, &comm))
+        });
         for (rank, result) in results.into_iter().enumerate() {
             let worst = result
                 .unwrap()
@@ -52,7 +55,7 @@ fn ranks_that_disagree_get_a_named_error_on_every_rank() {
     });
     for (rank, result) in results.into_iter().enumerate() {
         let err = result.unwrap_err();
-        assert_eq!(err.argument, "x", "rank {rank}: {err}");
+        assert_eq!(err.argument(), "x", "rank {rank}: {err}");
         assert!(
             err.to_string().contains("[*, 5]") && err.to_string().contains("[*, 4]"),
             "rank {rank}: {err}"
@@ -79,7 +82,7 @@ fn ranks_that_disagree_get_a_named_error_on_every_rank() {
 fn a_failing_rank_ends_the_job_with_its_cause_on_every_rank() {
     for panics in [false, true] {
         let started = Instant::now();
-        let results = run_in_process(&devices(3), |comm| {
+        let results = run_in_process(&devices(3), |comm| -> Result<_, CommError> {
             if comm.rank() == 2 {
                 if panics {
                     panic!("injected failure");
@@ -91,7 +94,8 @@ fn a_failing_rank_ends_the_job_with_its_cause_on_every_rank() {
                     "valid",
                     "injected failure",
                 )
-                .unwrap_err());
+                .unwrap_err()
+                .into());
             }
             let x: Tensor<2> = normal([2, 2], 1, comm.device());
             comm.all_reduce(x)
@@ -116,7 +120,7 @@ fn a_rank_that_finishes_early_does_not_leave_a_peer_waiting() {
     // Rank 0 is done after one collective, rank 1 calls a second: rank 1 must hear at once
     // that rank 0 has finished, not wait out the timeout (300 s unless set).
     let started = Instant::now();
-    let results = run_in_process(&devices(2), |comm| {
+    let results = run_in_process(&devices(2), |comm| -> Result<_, CommError> {
         let x: Tensor<2> = normal([2, 2], 1, comm.device());
         comm.all_reduce(x.clone())?;
         if comm.rank() == 1 {

@@ -9,6 +9,8 @@ use burn::tensor::{Device, Tensor};
 use burn_ctx_parallel::head_parallel_attention;
 use burn_ctx_parallel::transport::run_mpi;
 
+use burn_ctx_parallel::CommError;
+
 use crate::spmd_cases::{normal, run_case};
 
 /// What one `mpirun` printed and how it ended.
@@ -130,7 +132,9 @@ fn mpi_rank() {
             }
             "heads" => {
                 let x: Tensor<4> = normal([1, comm.world() + 1, 4, 4], 1, comm.device());
-                head_parallel_attention(&comm, x.clone(), x.clone(), x, |q, _, _| Ok(q))?;
+                head_parallel_attention(&comm, x.clone(), x.clone(), x, |q, _, _| {
+                    Ok::<_, CommError>(q)
+                })?;
             }
             other => return Err(fail(format!("unknown case {other}"))),
         }

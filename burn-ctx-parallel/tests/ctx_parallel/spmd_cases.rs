@@ -11,9 +11,10 @@ use burn::tensor::{
 };
 use burn_ctx_parallel::planner::lpt_assign;
 use burn_ctx_parallel::{
-    ClipLayout, Communicator, DualScopeConfig, DualScopePlan, HybridSplit, all_reduce_gradients,
-    broadcast_module, clip_halos, head_parallel_attention, head_parallel_bytes_per_rank,
-    hybrid_attention, ring_attention, sparse_sequence_attention, synced_moments,
+    ClipLayout, CommError, Communicator, DualScopeConfig, DualScopePlan, HybridSplit,
+    all_reduce_gradients, broadcast_module, clip_halos, head_parallel_attention,
+    head_parallel_bytes_per_rank, hybrid_attention, ring_attention, sparse_sequence_attention,
+    synced_moments,
 };
 use burn_sparse_attn::dsv::{DsvAttentionConfig, DsvPolicy, DsvStage, TokenGrid};
 use burn_sparse_attn::{CriticalKeys, SelectionConfig, select_critical_keys, sparse_attention};
@@ -80,6 +81,11 @@ pub fn normal<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> 
 fn rel<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f64 {
     let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-12) as f64;
     (a - b).abs().max().into_scalar::<f32>() as f64 / scale
+}
+
+/// An error as the text the cases report.
+fn e(error: impl std::fmt::Display) -> String {
+    error.to_string()
 }
 
 /// Fails when `worst` exceeds 1e-5 relative: f32 rounding, not an algorithmic difference.
@@ -193,7 +199,6 @@ fn collectives(comm: &Communicator) -> Result<f64, String> {
     let (world, rank) = (comm.world(), comm.rank());
     let device = comm.device().clone();
     let ad = device.clone().autodiff();
-    let e = |e: burn_sparse_attn::SparseAttnError| e.to_string();
     // Rank r holds r + 2 rows of 3: the full tensor is every rank's rows, in rank order.
     let rows = |r: usize| r + 2;
     let total: usize = (0..world).map(rows).sum();
@@ -415,10 +420,10 @@ fn collectives(comm: &Communicator) -> Result<f64, String> {
     let bad = comm
         .all_to_all(Tensor::<2>::zeros([n + 1, 2], &device), 0, &sizes, 1)
         .unwrap_err();
-    if bad.argument != "x" {
+    if bad.argument() != "x" {
         return Err(format!(
             "all_to_all with a wrong split size named `{}`",
-            bad.argument
+            bad.argument()
         ));
     }
     Ok(worst)
@@ -429,7 +434,7 @@ fn head_parallel(comm: &Communicator) -> Result<f64, String> {
     let heads = 12 / world * world;
     let dims = [1, heads, 29, 16];
     let worst = compare(comm, dims, 1, 1, dense, |q, k, v| {
-        head_parallel_attention(comm, q, k, v, |q, k, v| Ok(dense(q, k, v)))
+        head_parallel_attention(comm, q, k, v, |q, k, v| Ok::<_, CommError>(dense(q, k, v)))
             .map_err(|e| e.to_string())
     })?;
     // Sparse attention per head shard: the index of this rank's heads.
@@ -458,8 +463,10 @@ fn head_parallel(comm: &Communicator) -> Result<f64, String> {
     let [b, h, s, d] = [1, 4 * world, 8 * world, 8];
     comm.reset_stats();
     let x = normal([b, h, s / world, d], 9, comm.device());
-    head_parallel_attention(comm, x.clone(), x.clone(), x, |q, k, v| Ok(dense(q, k, v)))
-        .map_err(|e| e.to_string())?;
+    head_parallel_attention(comm, x.clone(), x.clone(), x, |q, k, v| {
+        Ok::<_, CommError>(dense(q, k, v))
+    })
+    .map_err(|e| e.to_string())?;
     // gather_sizes adds world − 1 lengths of 8 bytes.
     check_bytes(
         comm,
@@ -469,9 +476,10 @@ fn head_parallel(comm: &Communicator) -> Result<f64, String> {
     if world > 1 {
         // Heads that don't divide are named on every rank.
         let x = normal([1, world + 1, 4, 4], 3, comm.device());
-        let err =
-            head_parallel_attention(comm, x.clone(), x.clone(), x, |q, k, v| Ok(dense(q, k, v)))
-                .unwrap_err();
+        let err = head_parallel_attention(comm, x.clone(), x.clone(), x, |q, k, v| {
+            Ok::<_, CommError>(dense(q, k, v))
+        })
+        .unwrap_err();
         if !err.to_string().contains("divisible by the world size") {
             return Err(format!("heads that don't divide: {err}"));
         }
@@ -700,11 +708,12 @@ fn hybrid(comm: &Communicator) -> Result<f64, String> {
     };
     let x = normal([b, h, 4, d], 1, &device);
     let err =
-        hybrid_attention(comm, &bad, x.clone(), x.clone(), x, |_, _| unreachable!()).unwrap_err();
-    if err.argument != "split" {
+        hybrid_attention::<CommError>(comm, &bad, x.clone(), x.clone(), x, |_, _| unreachable!())
+            .unwrap_err();
+    if err.argument() != "split" {
         return Err(format!(
             "a split that does not fit the world named `{}`",
-            err.argument
+            err.argument()
         ));
     }
     Ok(worst)
@@ -734,7 +743,6 @@ fn my_clips<const D: usize>(
 fn clips(comm: &Communicator) -> Result<f64, String> {
     let (world, rank) = (comm.world(), comm.rank());
     let device = comm.device().clone();
-    let e = |e: burn_sparse_attn::SparseAttnError| e.to_string();
     let layout = ClipLayout::new(CLIP_FRAMES.to_vec(), world).map_err(e)?;
     let frames = layout.total_frames();
     let full = normal([frames, 4], 31, &device);
@@ -834,7 +842,6 @@ fn clips(comm: &Communicator) -> Result<f64, String> {
 fn dual_scope(comm: &Communicator) -> Result<f64, String> {
     const N: usize = 3;
     let (world, rank) = (comm.world(), comm.rank());
-    let e = |e: burn_sparse_attn::SparseAttnError| e.to_string();
     let layout = ClipLayout::new(CLIP_FRAMES.to_vec(), world).map_err(e)?;
     let alone = ClipLayout::new(CLIP_FRAMES.to_vec(), 1).map_err(e)?;
     let config = DualScopeConfig::new()
@@ -916,7 +923,6 @@ fn data_parallel(comm: &Communicator) -> Result<f64, String> {
     let (world, rank) = (comm.world(), comm.rank());
     let device = comm.device().clone();
     let ad = device.clone().autodiff();
-    let e = |e: burn_sparse_attn::SparseAttnError| e.to_string();
     let linear = |i: usize, o: usize, seed: u64| Linear {
         weight: burn::module::Param::from_tensor(normal([i, o], seed, &ad)),
         bias: Some(burn::module::Param::from_tensor(normal([o], seed + 1, &ad))),

@@ -4,13 +4,13 @@
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, activation::sigmoid};
-use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::TokenGrid;
 
 use super::conv::{FrameConv, TimeConv};
 use super::cross_attention::CrossAttention;
 use super::rope::Rope3d;
 use super::self_attention::{AttentionMode, SelfAttention};
+use crate::DitError;
 use crate::config::VideoDitConfig;
 use crate::sample::SamplingState;
 
@@ -118,7 +118,7 @@ impl DitBlock {
         mode: AttentionMode,
         aggregates: Option<&[Tensor<3>]>,
         sampling: Option<(&SamplingState, usize)>,
-    ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+    ) -> Result<Vec<Tensor<3>>, DitError> {
         let mods: Vec<Vec<Tensor<3>>> = clips
             .iter()
             .map(|c| (c.time.clone() + self.modulation.val().unsqueeze::<3>()).chunk(6, 1))

@@ -5,11 +5,11 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Tensor};
 use burn_ctx_parallel::clip_halos;
-use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::TokenGrid;
 
 use super::block::ClipContext;
 use super::self_attention::AttentionMode;
+use crate::DitError;
 
 /// Depthwise 3×3 convolution over each frame's token grid (see [`VideoDitConfig::mlp_conv`]).
 #[derive(Module, Debug)]
@@ -90,7 +90,7 @@ impl TimeConv {
         xs: Vec<Tensor<3>>,
         clips: &[ClipContext],
         mode: AttentionMode,
-    ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+    ) -> Result<Vec<Tensor<3>>, DitError> {
         let halos = match mode.clip_group() {
             None => vec![(None, None); xs.len()],
             Some((comm, layout)) => {

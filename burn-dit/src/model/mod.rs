@@ -20,7 +20,6 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
-use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvHost, TokenGrid};
 
 pub use block::DitBlock;
@@ -31,6 +30,7 @@ pub(crate) use placement::{ClipInputs, split_frames};
 pub use recompute::CheckpointedStep;
 pub use self_attention::SelfAttention;
 
+use crate::DitError;
 use crate::config::{Prediction, VideoDitConfig};
 use crate::flow::velocity_from_clean;
 use patch::{patchify, unpatchify};
@@ -212,7 +212,7 @@ impl VideoDit {
         &self,
         input: VideoDitInput,
         ctx: &ForwardContext,
-    ) -> Result<Tensor<5>, SparseAttnError> {
+    ) -> Result<Tensor<5>, DitError> {
         let alone = OnceCell::new();
         let (clips, span) = self.place("VideoDit::forward", input, ctx.layout, &alone)?;
         let mode = AttentionMode {
@@ -230,7 +230,7 @@ impl VideoDit {
         clips: ClipInputs,
         mode: AttentionMode,
         ctx: &ForwardContext,
-    ) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+    ) -> Result<Vec<Tensor<5>>, DitError> {
         let aggregate = self.config.feature_aggregation;
         let Embedded {
             mut tokens,

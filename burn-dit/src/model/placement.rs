@@ -10,6 +10,7 @@ use burn_sparse_attn::SparseAttnError;
 use super::VideoDit;
 use super::input::{ClipGroup, Conditioning, Layout, VideoDitInput};
 use super::self_attention::Span;
+use crate::DitError;
 use crate::config::AttentionKind;
 
 /// What the network runs on, per clip: the video, its noise levels, conditioning, the
@@ -68,7 +69,7 @@ impl VideoDit {
         input: VideoDitInput,
         layout: Layout<'a>,
         alone: &'a OnceCell<Communicator>,
-    ) -> Result<(ClipInputs, Span<'a>), SparseAttnError> {
+    ) -> Result<(ClipInputs, Span<'a>), DitError> {
         match layout {
             Layout::Whole => {
                 let (x, sigma, cond, estimate) = self.check_video(function, input)?;
@@ -130,7 +131,7 @@ impl VideoDit {
         comm: &'a Communicator,
         group: ClipGroup,
         sigmas: &[f64],
-    ) -> Result<(ClipInputs, Span<'a>), SparseAttnError> {
+    ) -> Result<(ClipInputs, Span<'a>), DitError> {
         let ClipGroup { layout, scope, .. } = group;
         let c = &self.config;
         let pt = c.patch[0];

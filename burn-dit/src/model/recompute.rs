@@ -34,6 +34,7 @@ use super::input::{ForwardContext, VideoDitInput};
 use super::placement::{ClipInputs, join_clips};
 use super::self_attention::AttentionMode;
 use super::{Embedded, HeadInput, VideoDit, accumulate, add_clips};
+use crate::DitError;
 
 /// What [`VideoDit::checkpointed_gradients`] returns.
 pub struct CheckpointedStep {
@@ -60,7 +61,7 @@ impl VideoDit {
         input: VideoDitInput,
         ctx: &ForwardContext,
         loss: impl FnOnce(Tensor<5>) -> Tensor<1>,
-    ) -> Result<CheckpointedStep, SparseAttnError> {
+    ) -> Result<CheckpointedStep, DitError> {
         const F: &str = "VideoDit::checkpointed_gradients";
         let device = input.x.device();
         SparseAttnError::check(
@@ -96,7 +97,7 @@ impl VideoDit {
         clips: ClipInputs,
         mode: AttentionMode,
         loss: impl FnOnce(Vec<Tensor<5>>) -> Tensor<1>,
-    ) -> Result<CheckpointedStep, SparseAttnError> {
+    ) -> Result<CheckpointedStep, DitError> {
         let mut gradients = Accumulator::default();
         // 1. The embedding, with its graph.
         let Embedded {

@@ -9,6 +9,7 @@ use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvAttention, DsvAttentionConfig, DsvTape};
 
 use super::block::ClipContext;
+use crate::DitError;
 use crate::config::{AttentionKind, VideoDitConfig};
 use crate::sample::online_sparse::OnlineSparse;
 
@@ -97,7 +98,7 @@ impl SelfAttention {
         clips: &[ClipContext],
         mode: AttentionMode,
         online: Option<(&OnlineSparse, usize)>,
-    ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+    ) -> Result<Vec<Tensor<3>>, DitError> {
         let dims: Vec<[usize; 3]> = xs.iter().map(|x| x.dims()).collect();
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
         for (x, clip) in xs.iter().zip(clips) {
@@ -163,9 +164,9 @@ impl SelfAttention {
                             online.attend(block, i, q, k, v, clip.grid)
                         }
                         (Some(dsv), Some(tape), None) => {
-                            dsv.forward_training(x, q, k, v, clip.grid, tape)
+                            Ok(dsv.forward_training(x, q, k, v, clip.grid, tape)?)
                         }
-                        (Some(dsv), None, None) => dsv.forward(x, q, k, v, clip.grid),
+                        (Some(dsv), None, None) => Ok(dsv.forward(x, q, k, v, clip.grid)?),
                         (None, _, None) => Ok(attention(
                             q,
                             k,

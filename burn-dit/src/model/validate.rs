@@ -7,6 +7,7 @@ use burn_sparse_attn::SparseAttnError;
 
 use super::VideoDit;
 use super::input::{Conditioning, VideoDitInput};
+use crate::DitError;
 
 /// A whole video's (or one shard's) checked input: `x`, `sigma`, `cond`, `estimate`.
 pub(crate) type VideoParts = (Tensor<5>, Tensor<1>, Tensor<3>, Option<Tensor<5>>);
@@ -17,7 +18,7 @@ impl VideoDit {
         &self,
         function: &'static str,
         input: VideoDitInput,
-    ) -> Result<VideoParts, SparseAttnError> {
+    ) -> Result<VideoParts, DitError> {
         let VideoDitInput {
             x,
             sigma,
@@ -34,7 +35,8 @@ impl VideoDit {
                                `Layout::Clips`)"
                         .into(),
                     actual: format!("`Conditioning::PerClip` of {} clips", cond.len()),
-                });
+                }
+                .into());
             }
         };
         let b = x.dims()[0];
@@ -54,7 +56,7 @@ impl VideoDit {
         layout: &ClipLayout,
         frames: &[usize],
         sigmas: &[f64],
-    ) -> Result<(), SparseAttnError> {
+    ) -> Result<(), DitError> {
         let pt = self.config.patch[0];
         SparseAttnError::check(
             (0..layout.clips()).all(|i| layout.frames(i) % pt == 0),
@@ -94,7 +96,7 @@ impl VideoDit {
                 }
             }
         }
-        self.check_estimate(function, input.estimate.as_ref(), &input.x)
+        Ok(self.check_estimate(function, input.estimate.as_ref(), &input.x)?)
     }
 
     /// `x` is `want` (`[B, C, T, H, W]`) with the model's channels and whole patches.

@@ -7,6 +7,7 @@ use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
 use super::SamplingState;
+use crate::DitError;
 use crate::data::SplitMix;
 use crate::flow::shift_sigma;
 use crate::model::split_frames;
@@ -95,7 +96,7 @@ impl SamplerConfig {
             free_init.check(function)?;
         }
         match &self.online_sparse {
-            Some(online) => online.check(function),
+            Some(online) => Ok(online.check(function)?),
             None => Ok(()),
         }
     }
@@ -136,7 +137,7 @@ pub fn sample_euler(
     cond: Tensor<3>,
     uncond: Tensor<3>,
     config: SamplerConfig,
-) -> Result<Tensor<5>, SparseAttnError> {
+) -> Result<Tensor<5>, DitError> {
     let state = config.sampling_state(model);
     sample_euler_with_state(model, noise, cond, uncond, config, &state)
 }
@@ -151,7 +152,7 @@ pub fn sample_euler_with_state(
     uncond: Tensor<3>,
     config: SamplerConfig,
     state: &SamplingState,
-) -> Result<Tensor<5>, SparseAttnError> {
+) -> Result<Tensor<5>, DitError> {
     let device = noise.device();
     let velocity = |mut x: Vec<Tensor<5>>,
                     sigma: f64,
@@ -193,7 +194,7 @@ pub fn sample_euler_clips(
     cond: Vec<Tensor<3>>,
     uncond: Vec<Tensor<3>>,
     config: SamplerConfig,
-) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+) -> Result<Vec<Tensor<5>>, DitError> {
     let state = config.sampling_state(model);
     sample_euler_clips_with_state(model, group, noise, cond, uncond, config, &state)
 }
@@ -209,7 +210,7 @@ pub fn sample_euler_clips_with_state(
     uncond: Vec<Tensor<3>>,
     config: SamplerConfig,
     state: &SamplingState,
-) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+) -> Result<Vec<Tensor<5>>, DitError> {
     let ClipGroup { comm, layout, .. } = group;
     let frames: Vec<usize> = layout
         .clips_of(comm.rank())
@@ -271,7 +272,7 @@ fn whole_video_reinitialise(
     pass: usize,
     clean: Vec<Tensor<5>>,
     noise: Tensor<5>,
-) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+) -> Result<Vec<Tensor<5>>, DitError> {
     let frames: Vec<usize> = clean.iter().map(|c| c.dims()[2]).collect();
     let clean = comm.all_gather(Tensor::cat(clean, 2), 2)?;
     let first: f32 = noise
@@ -297,12 +298,7 @@ fn whole_video_reinitialise(
 /// (and, for a self-conditioning model, its previous clean estimate). Every such closure is
 /// one.
 pub trait Velocity:
-    Fn(
-    Vec<Tensor<5>>,
-    f64,
-    Vec<Tensor<3>>,
-    Option<Vec<Tensor<5>>>,
-) -> Result<Vec<Tensor<5>>, SparseAttnError>
+    Fn(Vec<Tensor<5>>, f64, Vec<Tensor<3>>, Option<Vec<Tensor<5>>>) -> Result<Vec<Tensor<5>>, DitError>
 {
 }
 
@@ -312,7 +308,7 @@ impl<F> Velocity for F where
         f64,
         Vec<Tensor<3>>,
         Option<Vec<Tensor<5>>>,
-    ) -> Result<Vec<Tensor<5>>, SparseAttnError>
+    ) -> Result<Vec<Tensor<5>>, DitError>
 {
 }
 
@@ -331,7 +327,7 @@ pub fn sample_with_velocity(
     config: SamplerConfig,
     refine: bool,
     velocity: impl Velocity,
-) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+) -> Result<Vec<Tensor<5>>, DitError> {
     sample_passes(
         noise,
         cond,
@@ -353,7 +349,7 @@ fn reinitialise_each_clip(
     _pass: usize,
     clean: Vec<Tensor<5>>,
     noise: &[Tensor<5>],
-) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+) -> Result<Vec<Tensor<5>>, DitError> {
     clean
         .into_iter()
         .zip(noise)
@@ -384,14 +380,9 @@ fn sample_passes<R, B>(
     refine: bool,
     velocity: impl Velocity,
     hooks: PassHooks<R, B>,
-) -> Result<Vec<Tensor<5>>, SparseAttnError>
+) -> Result<Vec<Tensor<5>>, DitError>
 where
-    R: Fn(
-        &FreeInitConfig,
-        usize,
-        Vec<Tensor<5>>,
-        &[Tensor<5>],
-    ) -> Result<Vec<Tensor<5>>, SparseAttnError>,
+    R: Fn(&FreeInitConfig, usize, Vec<Tensor<5>>, &[Tensor<5>]) -> Result<Vec<Tensor<5>>, DitError>,
     B: Fn(usize),
 {
     const F: &str = "sample_euler";
@@ -437,7 +428,7 @@ fn integrate(
     refine: bool,
     velocity: &impl Velocity,
     start: f64,
-) -> Result<Vec<Tensor<5>>, SparseAttnError> {
+) -> Result<Vec<Tensor<5>>, DitError> {
     let eta = config.stochasticity;
     // The unshifted time whose shifted noise level is `start`.
     let s = config.shift;

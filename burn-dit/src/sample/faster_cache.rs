@@ -10,6 +10,7 @@ use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
+use crate::DitError;
 use crate::sample::spectral::{Axes, filter_frequencies};
 
 /// FasterCache settings ([`SamplerConfig::faster_cache`](crate::sample::SamplerConfig::faster_cache));
@@ -182,8 +183,8 @@ impl AttentionReuse {
         &self,
         block: usize,
         dims: &[[usize; 3]],
-        compute: impl FnOnce() -> Result<Vec<Tensor<3>>, SparseAttnError>,
-    ) -> Result<Vec<Tensor<3>>, SparseAttnError> {
+        compute: impl FnOnce() -> Result<Vec<Tensor<3>>, DitError>,
+    ) -> Result<Vec<Tensor<3>>, DitError> {
         let (step, extrapolated) = {
             let state = self.state.lock().expect("attention reuse lock");
             let step = state.step.unwrap_or(0);
@@ -257,7 +258,7 @@ pub struct CfgDifference {
 
 impl CfgDifference {
     /// Records `uncond − cond` (both `[B, C, T, H, W]`), split at `radius·min(H, W)`.
-    pub fn new(cond: Tensor<5>, uncond: Tensor<5>, radius: f64) -> Result<Self, SparseAttnError> {
+    pub fn new(cond: Tensor<5>, uncond: Tensor<5>, radius: f64) -> Result<Self, DitError> {
         let (low, high) = split_spatial_frequencies(uncond - cond, radius)?;
         Ok(Self { low, high })
     }
@@ -277,7 +278,7 @@ impl CfgDifference {
 pub fn split_spatial_frequencies(
     x: Tensor<5>,
     radius: f64,
-) -> Result<(Tensor<5>, Tensor<5>), SparseAttnError> {
+) -> Result<(Tensor<5>, Tensor<5>), DitError> {
     const F: &str = "split_spatial_frequencies";
     SparseAttnError::check(
         radius > 0.0 && radius.is_finite(),

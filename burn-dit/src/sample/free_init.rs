@@ -6,6 +6,7 @@ use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
 
+use crate::DitError;
 use crate::sample::spectral::{Axes, filter_frequencies};
 
 /// The low-pass filter over the 3D spectrum.
@@ -121,7 +122,7 @@ impl FreeInitConfig {
     }
 
     /// `x: [B, C, T, H, W]` through the low-pass filter (T, H and W powers of two).
-    pub fn low_pass(&self, x: Tensor<5>) -> Result<Tensor<5>, SparseAttnError> {
+    pub fn low_pass(&self, x: Tensor<5>) -> Result<Tensor<5>, DitError> {
         let [_, _, t, h, w] = x.dims();
         let unit = |f: isize, n: usize| 2.0 * f as f64 / n as f64;
         filter_frequencies(
@@ -140,7 +141,7 @@ impl FreeInitConfig {
         clean: Tensor<5>,
         noise: Tensor<5>,
         fresh: Tensor<5>,
-    ) -> Result<Tensor<5>, SparseAttnError> {
+    ) -> Result<Tensor<5>, DitError> {
         let s = self.renoise_sigma;
         let renoised = clean * (1.0 - s) + noise * s;
         let fresh = fresh * s;

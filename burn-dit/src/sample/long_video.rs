@@ -6,6 +6,7 @@ use burn_ctx_parallel::Communicator;
 use burn_sparse_attn::SparseAttnError;
 
 use super::{SamplerConfig, sample_euler_clips_with_state};
+use crate::DitError;
 use crate::data::SplitMix;
 use crate::media::Frames;
 use crate::sample::online_sparse::OnlineLayerStats;
@@ -39,7 +40,7 @@ pub fn generate_long(
     uncond: &[Tensor<3>],
     sampler: SamplerConfig,
     seed: u64,
-) -> Result<Option<Frames>, SparseAttnError> {
+) -> Result<Option<Frames>, DitError> {
     generate_long_with_stats(model, group, size, cond, uncond, sampler, seed)
         .map(|(video, _)| video)
 }
@@ -54,7 +55,7 @@ pub fn generate_long_with_stats(
     uncond: &[Tensor<3>],
     sampler: SamplerConfig,
     seed: u64,
-) -> Result<(Option<Frames>, Vec<OnlineLayerStats>), SparseAttnError> {
+) -> Result<(Option<Frames>, Vec<OnlineLayerStats>), DitError> {
     const F: &str = "generate_long";
     let ClipGroup { comm, layout, .. } = group;
     let clips = layout.clips();
@@ -118,7 +119,7 @@ const STATS_FIELDS: usize = 6;
 fn merged_over_ranks(
     comm: &Communicator,
     layers: &[OnlineLayerStats],
-) -> Result<Vec<OnlineLayerStats>, SparseAttnError> {
+) -> Result<Vec<OnlineLayerStats>, DitError> {
     let mine: Vec<f32> = layers
         .iter()
         .flat_map(|l| {

@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::DitError;
 use burn::tensor::{Bool, Tensor, module::attention, ops::AttentionModuleOptions};
 use burn_ctx_parallel::DualScopeInputs;
 use burn_sparse_attn::dsv::{Reorder, TokenGrid};
@@ -318,7 +319,7 @@ impl OnlineSparse {
         k: Tensor<4>,
         v: Tensor<4>,
         grid: TokenGrid,
-    ) -> Result<Tensor<4>, SparseAttnError> {
+    ) -> Result<Tensor<4>, DitError> {
         self.attend_keys(block, clip, [q, k, v], grid, None)
     }
 
@@ -333,7 +334,7 @@ impl OnlineSparse {
         inputs: DualScopeInputs,
         grid: TokenGrid,
         phase: (f64, f64),
-    ) -> Result<Tensor<4>, SparseAttnError> {
+    ) -> Result<Tensor<4>, DitError> {
         let DualScopeInputs {
             clip,
             q,
@@ -355,7 +356,7 @@ impl OnlineSparse {
         [q, k, v]: [Tensor<4>; 3],
         grid: TokenGrid,
         scope: Option<Scope>,
-    ) -> Result<Tensor<4>, SparseAttnError> {
+    ) -> Result<Tensor<4>, DitError> {
         let _timer = AttentionTimer {
             state: &self.state,
             block,

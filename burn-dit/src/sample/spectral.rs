@@ -1,6 +1,7 @@
 //! Frequency-domain filtering of videos with burn-signal's FFT (FasterCache's CFG-Cache and
 //! FreeInit).
 
+use crate::DitError;
 use burn::tensor::{Tensor, TensorData};
 use burn_sparse_attn::SparseAttnError;
 
@@ -22,7 +23,7 @@ pub(crate) fn filter_frequencies(
     x: Tensor<5>,
     axes: Axes,
     gain: impl Fn(isize, isize, isize) -> f64,
-) -> Result<Tensor<5>, SparseAttnError> {
+) -> Result<Tensor<5>, DitError> {
     let [_, _, t, h, w] = x.dims();
     let temporal = axes == Axes::SpatioTemporal;
     SparseAttnError::check(

@@ -10,6 +10,7 @@ use burn_sparse_attn::dsv::{DsvGradients, DsvHost};
 
 use super::checkpoint::differences;
 use super::{Trainer, batch_shares};
+use crate::DitError;
 use crate::config::AttentionKind;
 
 /// How the ranks of a training run share each step.
@@ -83,7 +84,7 @@ impl Trainer {
     /// one checkpoint). Fails on every rank when the ranks' configurations or steps differ
     /// (naming the first setting that does and both values), or when the batch has fewer
     /// clips than ranks.
-    pub fn with_communicator(mut self, comm: Communicator) -> Result<Self, SparseAttnError> {
+    pub fn with_communicator(mut self, comm: Communicator) -> Result<Self, DitError> {
         self.check_same_run(&comm, "Trainer::with_communicator")?;
         let world = comm.world();
         SparseAttnError::check(
@@ -113,7 +114,7 @@ impl Trainer {
     /// and sampling run on whole videos. Every rank starts from rank 0's weights. Needs
     /// `replicas` ≤ 1, dense or DSV attention and at least one unit of frames per rank, and
     /// the same configuration and step on every rank (as [`Trainer::with_communicator`]).
-    pub fn with_sequence_parallel(mut self, comm: Communicator) -> Result<Self, SparseAttnError> {
+    pub fn with_sequence_parallel(mut self, comm: Communicator) -> Result<Self, DitError> {
         const F: &str = "Trainer::with_sequence_parallel";
         self.check_same_run(&comm, F)?;
         let c = &self.config;
@@ -165,11 +166,7 @@ impl Trainer {
     /// Fails, on every rank alike, unless every rank of `comm` has rank 0's configuration
     /// and step: ranks that disagree on a setting that keeps tensor shapes (learning rate,
     /// optimiser, steps) would otherwise train a silently wrong run or leave a peer waiting.
-    fn check_same_run(
-        &self,
-        comm: &Communicator,
-        function: &'static str,
-    ) -> Result<(), SparseAttnError> {
+    fn check_same_run(&self, comm: &Communicator, function: &'static str) -> Result<(), DitError> {
         if comm.world() == 1 {
             return Ok(());
         }
@@ -209,7 +206,8 @@ impl Trainer {
                     name(field)
                 ),
                 actual: format!("{value} on rank {rank}{also}"),
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -225,7 +223,7 @@ impl Trainer {
         &self,
         comm: &Communicator,
         grads: DsvGradients,
-    ) -> Result<DsvGradients, SparseAttnError> {
+    ) -> Result<DsvGradients, DitError> {
         let mut grads =
             grads.try_map_gradients(&self.model, |g| all_reduce_gradients(comm, &self.model, g))?;
         // [loss, predictor losses…]: other ranks add zeros to rank 0's (NaN where it has none).
@@ -256,7 +254,7 @@ impl Trainer {
     }
 
     /// Rank 0's DSV stage, step count, predictor loss and sparsity profile on every rank.
-    pub(super) fn copy_dsv_schedule_from_rank_0(&mut self) -> Result<(), SparseAttnError> {
+    pub(super) fn copy_dsv_schedule_from_rank_0(&mut self) -> Result<(), DitError> {
         let Some(comm) = self.parallelism.group() else {
             return Ok(());
         };

@@ -8,10 +8,10 @@ use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
-use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvGradients, DsvTape, DsvTrainer};
 
 use super::{SELF_CONDITION_RATE, TrainConfig};
+use crate::DitError;
 use crate::data::{ClipBatcher, ClipSet, SplitMix};
 use crate::flow::{add_noise, velocity_target};
 use crate::{ForwardContext, VideoDit, VideoDitInput};
@@ -104,7 +104,7 @@ impl ShareRun<'_> {
         batch: &StepBatch,
         (start, n): (usize, usize),
         tape: Option<DsvTape>,
-    ) -> Result<DsvGradients, SparseAttnError> {
+    ) -> Result<DsvGradients, DitError> {
         let b = batch.size();
         let frames = |t: Tensor<5>| match self.sequence {
             Some((_, frames)) => t.narrow(2, frames.start, frames.len()),

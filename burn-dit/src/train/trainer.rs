@@ -18,6 +18,7 @@ use super::optim::DitOptimizer;
 use super::parallelism::Parallelism;
 use super::step::{ShareRun, StepBatch};
 use super::{DivergencePolicy, TrainConfig, generate};
+use crate::DitError;
 use crate::data::{ClipBatcher, ClipSet, SplitMix};
 use crate::flow::{add_noise, velocity_target};
 use crate::media::Frames;
@@ -55,8 +56,8 @@ fn nan_for_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f32
 /// before the step.
 #[derive(Debug)]
 pub enum TrainError {
-    /// The data-parallel group failed or disagrees.
-    Group(SparseAttnError),
+    /// The model rejected the step's inputs, or the group of ranks failed or disagrees.
+    Dit(DitError),
     /// The loss or a gradient is NaN or infinite (the divergence guard).
     Diverged {
         /// The step (1-based) that diverged.
@@ -71,7 +72,7 @@ pub enum TrainError {
 impl std::fmt::Display for TrainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Group(e) => write!(f, "{e}"),
+            Self::Dit(e) => write!(f, "{e}"),
             Self::Diverged {
                 step,
                 quantity,
@@ -88,9 +89,9 @@ impl std::fmt::Display for TrainError {
 
 impl std::error::Error for TrainError {}
 
-impl From<SparseAttnError> for TrainError {
-    fn from(e: SparseAttnError) -> Self {
-        Self::Group(e)
+impl From<DitError> for TrainError {
+    fn from(e: DitError) -> Self {
+        Self::Dit(e)
     }
 }
 
@@ -235,7 +236,7 @@ impl Trainer {
     /// oversubscribed), merged in share order, so the sum is the same whatever ran first.
     /// Where this rank records DSV's observations ([`Parallelism::records`]), the model
     /// itself takes the first share and records them; replicas record nothing.
-    fn share_gradients(&self, batch: &StepBatch) -> Result<DsvGradients, SparseAttnError> {
+    fn share_gradients(&self, batch: &StepBatch) -> Result<DsvGradients, DitError> {
         let shares = self.parallelism.shares(batch.size(), self.config.replicas);
         let records = self.parallelism.records();
         let models: Vec<Cow<VideoDit>> = (0..shares.len())
@@ -279,7 +280,7 @@ impl Trainer {
 
     /// The optimiser's step on the summed gradients, then the EMA's; every rank of a group
     /// takes rank 0's DSV schedule.
-    fn apply(&mut self, grads: DsvGradients) -> Result<DsvStepReport, SparseAttnError> {
+    fn apply(&mut self, grads: DsvGradients) -> Result<DsvStepReport, DitError> {
         let lr = self.config.lr_at(self.step) * self.lr_scale;
         let model = self.model.clone();
         let optimizer = &mut self.optimizer;
@@ -379,7 +380,7 @@ impl Trainer {
         clips: usize,
         sigmas: &[f64],
         seed: u64,
-    ) -> Result<f32, SparseAttnError> {
+    ) -> Result<f32, DitError> {
         self.held_out_loss(
             "Trainer::validation_loss",
             &self.model.valid(),
@@ -396,7 +397,7 @@ impl Trainer {
         clips: usize,
         sigmas: &[f64],
         seed: u64,
-    ) -> Result<f32, SparseAttnError> {
+    ) -> Result<f32, DitError> {
         self.held_out_loss(
             "Trainer::ema_validation_loss",
             &self.ema,
@@ -413,7 +414,7 @@ impl Trainer {
         clips: usize,
         sigmas: &[f64],
         seed: u64,
-    ) -> Result<f32, SparseAttnError> {
+    ) -> Result<f32, DitError> {
         SparseAttnError::check(clips >= 1, function, "clips", "at least 1", clips)?;
         SparseAttnError::check(
             !sigmas.is_empty() && sigmas.iter().all(|s| (0.0..=1.0).contains(s)),

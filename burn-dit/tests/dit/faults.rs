@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::Device;
 use burn_ctx_parallel::transport::run_in_process;
 use burn_dit::AttentionKind;
+use burn_dit::DitError;
 use burn_dit::data::SplitMix;
 use burn_dit::media::{Frames, write_gif};
 use burn_dit::train::optim::OptimizerKind;
@@ -37,14 +38,15 @@ fn ranks_that_train_different_runs_fail_by_name_on_every_rank() {
         let mut other = lead.clone();
         change(&mut other);
         for sequence_parallel in [false, true] {
-            let results = run_in_process(&[device.clone(), device.clone()], |comm| {
-                let config = if comm.rank() == 0 { &lead } else { &other };
-                let trainer = Trainer::new(config.clone(), comm.device()).unwrap();
-                match sequence_parallel {
-                    false => trainer.with_communicator(comm).map(|_| ()),
-                    true => trainer.with_sequence_parallel(comm).map(|_| ()),
-                }
-            });
+            let results =
+                run_in_process::<_, DitError>(&[device.clone(), device.clone()], |comm| {
+                    let config = if comm.rank() == 0 { &lead } else { &other };
+                    let trainer = Trainer::new(config.clone(), comm.device()).unwrap();
+                    match sequence_parallel {
+                        false => trainer.with_communicator(comm).map(|_| ()),
+                        true => trainer.with_sequence_parallel(comm).map(|_| ()),
+                    }
+                });
             let lead_value = serde_json::to_value(&lead).unwrap()[field].to_string();
             let other_value = serde_json::to_value(&other).unwrap()[field].to_string();
             for (rank, result) in results.iter().enumerate() {
@@ -58,7 +60,7 @@ fn ranks_that_train_different_runs_fail_by_name_on_every_rank() {
         }
     }
     // The same run on every rank trains.
-    let results = run_in_process(&[device.clone(), device.clone()], |comm| {
+    let results = run_in_process::<_, DitError>(&[device.clone(), device.clone()], |comm| {
         Trainer::new(base.clone(), comm.device())
             .unwrap()
             .with_communicator(comm)
@@ -378,7 +380,7 @@ fn a_checkpoint_of_two_ranks_resumes_on_one_and_on_three() {
     let mut config = micro_train(AttentionKind::Dense);
     config.replicas = 1;
     // Two data-parallel ranks train two steps; rank 0 saves.
-    let saved = run_in_process(&[device.clone(), device.clone()], |comm| {
+    let saved = run_in_process::<_, DitError>(&[device.clone(), device.clone()], |comm| {
         let lead = comm.rank() == 0;
         let mut trainer = Trainer::new(config.clone(), comm.device())
             .unwrap()
@@ -393,7 +395,7 @@ fn a_checkpoint_of_two_ranks_resumes_on_one_and_on_three() {
     });
     let weights = saved[0].as_ref().unwrap().clone();
     for world in [1, 3] {
-        let resumed = run_in_process(&vec![device.clone(); world], |comm| {
+        let resumed = run_in_process::<_, DitError>(&vec![device.clone(); world], |comm| {
             let mut trainer = Trainer::new(config.clone(), comm.device()).unwrap();
             trainer.resume(&dir.0).unwrap();
             let mut trainer = trainer.with_communicator(comm)?;

@@ -2,6 +2,7 @@ use std::sync::Mutex;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use burn_ctx_parallel::transport::run_in_process;
+use burn_dit::DitError;
 use burn_dit::sample::faster_cache::FasterCacheConfig;
 use burn_dit::sample::free_init::{FreeInitConfig, FrequencyFilter};
 use burn_dit::sample::{
@@ -255,7 +256,7 @@ fn free_init_over_clips_filters_the_whole_video_alike_on_any_ranks() {
     };
     let sample = |world: usize, config: SamplerConfig| -> Tensor<5> {
         let layout = ClipLayout::uniform(4, 2, world).unwrap();
-        let parts = run_in_process(&vec![device.clone(); world], |comm| {
+        let parts = run_in_process::<_, DitError>(&vec![device.clone(); world], |comm| {
             let clips = layout
                 .clips_of(comm.rank())
                 .map(|c| noise.clone().narrow(2, layout.frame_offset(c), 2))

@@ -2,6 +2,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
 use burn_ctx_parallel::transport::run_in_process;
+use burn_dit::DitError;
 use burn_dit::media::Frames;
 use burn_dit::metrics::clip_continuity;
 use burn_dit::sample::long_video::{clip_noise, generate_long};
@@ -32,9 +33,9 @@ fn split(x: &Tensor<5>, layout: &ClipLayout, rank: usize) -> Vec<Tensor<5>> {
 fn on_ranks<R: Send>(
     world: usize,
     device: &Device,
-    body: impl Fn(Communicator) -> Result<R, burn_sparse_attn::SparseAttnError> + Sync,
+    body: impl Fn(Communicator) -> Result<R, burn_dit::DitError> + Sync,
 ) -> Vec<R> {
-    run_in_process(&vec![device.clone(); world], body)
+    run_in_process::<_, DitError>(&vec![device.clone(); world], body)
         .into_iter()
         .map(Result::unwrap)
         .collect()
@@ -282,7 +283,7 @@ fn forward_clips_names_bad_arguments() {
                  scope: &DualScopeConfig| {
         run(&model, x, sigmas, cond, None, layout, scope)
             .unwrap_err()
-            .argument
+            .argument()
     };
     let video = || Conditioning::Video(cond.clone());
     // The rank's clips are 2 + 2 frames.
@@ -339,7 +340,7 @@ fn forward_clips_names_bad_arguments() {
                 &ForwardContext::whole()
             )
             .unwrap_err()
-            .argument,
+            .argument(),
         "input.cond"
     );
     // An estimate like the rank's frames, and only for a self-conditioning model.
@@ -357,7 +358,7 @@ fn forward_clips_names_bad_arguments() {
             &scope,
         )
     };
-    assert_eq!(estimate(x.clone()).unwrap_err().argument, "estimate");
+    assert_eq!(estimate(x.clone()).unwrap_err().argument(), "estimate");
     assert!(estimate(two.clone()).is_ok());
     assert_eq!(
         run(
@@ -370,7 +371,7 @@ fn forward_clips_names_bad_arguments() {
             &scope
         )
         .unwrap_err()
-        .argument,
+        .argument(),
         "estimate"
     );
 }

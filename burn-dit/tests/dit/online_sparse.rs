@@ -1,5 +1,6 @@
 use burn::tensor::{Device, Tensor};
 use burn_ctx_parallel::transport::run_in_process;
+use burn_dit::DitError;
 use burn_dit::sample::SamplingState;
 use burn_dit::sample::faster_cache::FasterCacheConfig;
 use burn_dit::sample::long_video::generate_long;
@@ -361,7 +362,7 @@ fn online_sparse_over_clips_is_the_same_video_on_any_ranks() {
     let uncond = vec![dual.embed_labels(Tensor::from_ints([[0, 0]], &device)); 4];
     let generate = |world: usize, online: Option<OnlineSparseConfig>| {
         let layout = ClipLayout::uniform(4, 2, world).unwrap();
-        run_in_process(&vec![device.clone(); world], |comm| {
+        run_in_process::<_, DitError>(&vec![device.clone(); world], |comm| {
             generate_long(
                 &dual,
                 ClipGroup {

@@ -2,6 +2,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
+use burn_dit::DitError;
 use burn_dit::data::SplitMix;
 use burn_dit::flow::{add_noise, velocity_target};
 use burn_dit::train::optim::{
@@ -10,7 +11,6 @@ use burn_dit::train::optim::{
 };
 use burn_dit::train::{CheckpointError, StepLog, TrainConfig, TrainError, Trainer, label_ids};
 use burn_dit::{AttentionKind, VideoDit};
-use burn_sparse_attn::SparseAttnError;
 use burn_sparse_attn::dsv::{DsvHost, DsvLayerStats};
 
 use crate::common::*;
@@ -300,30 +300,33 @@ impl SameStart {
         world: usize,
         config: impl Fn() -> TrainConfig + Sync,
         device: &Device,
-        join: impl Fn(Trainer, Communicator) -> Result<Trainer, SparseAttnError> + Sync,
+        join: impl Fn(Trainer, Communicator) -> Result<Trainer, DitError> + Sync,
     ) -> Vec<RankRun> {
-        burn_ctx_parallel::transport::run_in_process(&vec![device.clone(); world], |comm| {
-            let trainer = if comm.rank() == 0 {
-                self.trainer(config(), device)
-            } else {
-                Trainer::new(config(), device).unwrap()
-            };
-            let mut trainer = join(trainer, comm)?;
-            let logs = (0..3)
-                .map(|_| trainer.try_train_step())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| match e {
-                    TrainError::Group(e) => e,
-                    other => panic!("{other}"),
-                })?;
-            let dsv = trainer
-                .model()
-                .dsv_layers()
-                .iter()
-                .map(|l| l.stats())
-                .collect();
-            Ok((params(&trainer), logs, dsv))
-        })
+        burn_ctx_parallel::transport::run_in_process::<_, DitError>(
+            &vec![device.clone(); world],
+            |comm| {
+                let trainer = if comm.rank() == 0 {
+                    self.trainer(config(), device)
+                } else {
+                    Trainer::new(config(), device).unwrap()
+                };
+                let mut trainer = join(trainer, comm)?;
+                let logs = (0..3)
+                    .map(|_| trainer.try_train_step())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| match e {
+                        TrainError::Dit(e) => e,
+                        other => panic!("{other}"),
+                    })?;
+                let dsv = trainer
+                    .model()
+                    .dsv_layers()
+                    .iter()
+                    .map(|l| l.stats())
+                    .collect();
+                Ok((params(&trainer), logs, dsv))
+            },
+        )
         .into_iter()
         .map(Result::unwrap)
         .collect()
@@ -526,13 +529,16 @@ fn sequence_parallel_training_names_what_it_cannot_split() {
     let mut config = micro_train(AttentionKind::Dense);
     config.replicas = 1;
     config.clip.frames = 2;
-    let ranks = burn_ctx_parallel::transport::run_in_process(&vec![device.clone(); 3], |comm| {
-        Ok(Trainer::new(config.clone(), &device)
-            .unwrap()
-            .with_sequence_parallel(comm)
-            .err()
-            .map(|e| e.to_string()))
-    });
+    let ranks = burn_ctx_parallel::transport::run_in_process::<_, DitError>(
+        &vec![device.clone(); 3],
+        |comm| {
+            Ok(Trainer::new(config.clone(), &device)
+                .unwrap()
+                .with_sequence_parallel(comm)
+                .err()
+                .map(|e| e.to_string()))
+        },
+    );
     for rank in ranks {
         let err = rank.unwrap().expect("three ranks cannot split two frames");
         assert!(err.contains("at most 2 ranks"), "{err}");
@@ -711,7 +717,7 @@ fn validation_loss_is_the_held_out_flow_matching_loss() {
         "the EMA weights are not the live ones after two steps"
     );
 
-    let message = |r: Result<f32, burn_sparse_attn::SparseAttnError>| r.unwrap_err().to_string();
+    let message = |r: Result<f32, burn_dit::DitError>| r.unwrap_err().to_string();
     assert!(message(trainer.validation_loss(0, &sigmas, 5)).contains("clips"));
     assert!(message(trainer.validation_loss(1, &[0.5, 1.5], 5)).contains("sigmas"));
     assert!(message(trainer.validation_loss(1, &[], 5)).contains("sigmas"));
