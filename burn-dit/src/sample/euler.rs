@@ -1,10 +1,10 @@
 //! Sampling: the Euler integrator of the flow-matching ODE with classifier-free guidance,
 //! over any velocity model, and its use with [`VideoDit`] for one clip or a long video.
 
+use burn::config::Config;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use burn_ctx_parallel::Communicator;
 use burn_sparse_attn::SparseAttnError;
-use serde::{Deserialize, Serialize};
 
 use super::SamplingState;
 use crate::DitError;
@@ -17,44 +17,40 @@ use crate::sample::online_sparse::OnlineSparseConfig;
 use crate::{ClipGroup, Conditioning, ForwardContext, VideoDit, VideoDitInput};
 
 /// Settings of [`sample_euler`].
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Config, Copy, Debug, PartialEq)]
 pub struct SamplerConfig {
     /// Euler steps from σ = 1 to 0.
+    #[config(default = 24)]
     pub steps: usize,
     /// Classifier-free guidance scale (1 = no guidance).
+    #[config(default = 3.0)]
     pub guidance: f64,
     /// Timestep shift.
+    #[config(default = 3.0)]
     pub shift: f64,
     /// Guidance applies only to steps starting at σ ≤ this (1 = every step). Guidance at
     /// the highest noise levels pushes every region towards the prompt at once, before the
     /// sample has decided where its object is (Kynkäänniemi et al. 2024, "Applying guidance
     /// in a limited interval").
-    #[serde(default = "always")]
+    #[config(default = 1.0)]
     pub guidance_max_sigma: f64,
     /// Fraction η ∈ [0, 1] of fresh noise per step: each step re-noises its clean estimate
     /// `x̂0 = x − σ·v` to σ' with `√(1 − η²)·ε̂ + η·z` (`ε̂ = x + (1 − σ)·v`, `z` drawn from
     /// the device's generator). 0 is the deterministic Euler step; 1 is ancestral sampling.
-    #[serde(default)]
+    #[config(default = 0.0)]
     pub stochasticity: f64,
     /// FasterCache: attention outputs and the guidance branches' difference reused across
     /// steps ([`FasterCacheConfig`]); `None` samples every step in full.
-    #[serde(default)]
     pub faster_cache: Option<FasterCacheConfig>,
     /// FreeInit: sample several times, each pass after the first starting from the last
     /// result's low frequencies ([`FreeInitConfig`]); `None` samples once.
-    #[serde(default)]
     pub free_init: Option<FreeInitConfig>,
     /// Online sparse attention: each query cube's critical keys searched from the full
     /// attention at a few steps and reused between them, in place of the blocks' own
     /// attention ([`OnlineSparseConfig`]); `None` attends as the model was trained. With
     /// dual-scope attention it searches each clip's keys under the window mask and the scope
     /// biases, and again after the favoured scope switches.
-    #[serde(default)]
     pub online_sparse: Option<OnlineSparseConfig>,
-}
-
-fn always() -> f64 {
-    1.0
 }
 
 impl SamplerConfig {
@@ -115,16 +111,7 @@ impl SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self {
-            steps: 24,
-            guidance: 3.0,
-            shift: 3.0,
-            guidance_max_sigma: 1.0,
-            stochasticity: 0.0,
-            faster_cache: None,
-            free_init: None,
-            online_sparse: None,
-        }
+        Self::new()
     }
 }
 

@@ -6,45 +6,44 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use burn::config::Config;
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
-use serde::{Deserialize, Serialize};
 
 use crate::DitError;
 use crate::sample::spectral::{Axes, filter_frequencies};
 
 /// FasterCache settings ([`SamplerConfig::faster_cache`](crate::sample::SamplerConfig::faster_cache));
 /// the defaults are those of the reference implementation.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Config, Copy, Debug, PartialEq)]
 pub struct FasterCacheConfig {
     /// Attention reuse over the steps `i` with `start·steps ≤ i < end·steps`: from the
     /// window's second step on, every other step extrapolates each block's self-attention
     /// output from the two steps before ([`extrapolate`]) instead of computing it. An empty
     /// window (`start == end`) switches it off.
+    #[config(default = "[0.3, 0.9]")]
     pub attention_window: [f64; 2],
     /// CFG-Cache: guided steps `i ≥ cfg_start·steps` run both guidance branches only every
     /// `cfg_interval` steps; the steps between run the conditional branch alone and rebuild
     /// the unconditional one from the last measured difference ([`CfgDifference`]). 1
     /// switches it off.
+    #[config(default = 5)]
     pub cfg_interval: usize,
     /// Where CFG-Cache starts, as a share of the schedule.
+    #[config(default = 0.3)]
     pub cfg_start: f64,
     /// Radius of the low-frequency band of the difference, as a share of `min(H, W)`.
+    #[config(default = 0.2)]
     pub low_radius: f64,
     /// The low band is scaled by `1 + boost·(1 − p)` and the high band by `1 + boost·p` at
     /// progress `p = i / steps`: low frequencies (layout) matter early, high (detail) late.
+    #[config(default = 0.1)]
     pub band_boost: f64,
 }
 
 impl Default for FasterCacheConfig {
     fn default() -> Self {
-        Self {
-            attention_window: [0.3, 0.9],
-            cfg_interval: 5,
-            cfg_start: 0.3,
-            low_radius: 0.2,
-            band_boost: 0.1,
-        }
+        Self::new()
     }
 }
 

@@ -2,6 +2,7 @@
 //! initial noise, keep its low spatio-temporal frequencies and draw the high ones afresh,
 //! sample again.
 
+use burn::config::Config;
 use burn::tensor::Tensor;
 use burn_sparse_attn::SparseAttnError;
 use serde::{Deserialize, Serialize};
@@ -24,35 +25,34 @@ pub enum FrequencyFilter {
 }
 
 /// FreeInit settings ([`SamplerConfig::free_init`](crate::sample::SamplerConfig::free_init)).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Config, Copy, Debug, PartialEq)]
 pub struct FreeInitConfig {
     /// Sampling passes in all (1 = the plain sampler).
+    #[config(default = 3)]
     pub iterations: usize,
     /// The low-pass filter.
+    #[config(default = "FrequencyFilter::Butterworth { order: 4 }")]
     pub filter: FrequencyFilter,
     /// Spatial cut-off `d_s` in normalised frequency (1 = the Nyquist frequency).
+    #[config(default = 0.25)]
     pub spatial_cutoff: f64,
     /// Temporal cut-off `d_t` in normalised frequency.
+    #[config(default = 0.25)]
     pub temporal_cutoff: f64,
     /// The noise level the result is re-noised to, and where the next pass starts. FreeInit
     /// diffuses back to pure noise, but under flow matching `x_1 = ε` carries nothing of the
     /// sample (DDPM's `√ᾱ_T > 0` is what carries it there), so the re-noising stops short of
     /// 1.
+    #[config(default = 0.8)]
     pub renoise_sigma: f64,
     /// Early passes take fewer steps: pass `i` of `N` takes `⌈steps·(i + 1)/N⌉`.
+    #[config(default = false)]
     pub coarse_to_fine: bool,
 }
 
 impl Default for FreeInitConfig {
     fn default() -> Self {
-        Self {
-            iterations: 3,
-            filter: FrequencyFilter::Butterworth { order: 4 },
-            spatial_cutoff: 0.25,
-            temporal_cutoff: 0.25,
-            renoise_sigma: 0.8,
-            coarse_to_fine: false,
-        }
+        Self::new()
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::DitError;
+use burn::config::Config;
 use burn::tensor::{Bool, Tensor, module::attention, ops::AttentionModuleOptions};
 use burn_ctx_parallel::DualScopeInputs;
 use burn_sparse_attn::dsv::{Reorder, TokenGrid};
@@ -14,41 +15,39 @@ use burn_sparse_attn::{
     CriticalKeys, SelectionConfig, SparseAttentionOutput, SparseAttnError,
     dense_attention_with_search, sparse_attention,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Online sparse attention settings
 /// ([`SamplerConfig::online_sparse`](crate::sample::SamplerConfig::online_sparse)).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Config, Copy, Debug, PartialEq)]
 pub struct OnlineSparseConfig {
     /// Share of each query cube's keys skipped on the sparse steps, in [0, 1).
     pub sparsity: f64,
     /// The steps `i < warmup·steps` attend densely (the layout forms there and changes
     /// fastest); the first step after them searches.
+    #[config(default = 0.2)]
     pub warmup: f64,
     /// After the first search, search again every this many steps; the steps between reuse
     /// the last index.
+    #[config(default = 10)]
     pub search_every: usize,
     /// Query cube `[t, h, w]` in tokens: the queries that share one selection.
+    #[config(default = "[1, 4, 4]")]
     pub query_cube: [usize; 3],
     /// Keep each query's attention over the keys a search skipped (their weighted values and
     /// share of the weight) and add it to the sparse steps' attention over the kept keys until
     /// the next search, instead of dropping it.
+    #[config(default = true)]
     pub keep_tail: bool,
     /// Sequences shorter than this attend densely (too short for sparse attention to win;
     /// `usize::MAX` attends densely throughout, which times the dense attention alike).
+    #[config(default = 256)]
     pub min_len: usize,
 }
 
 impl Default for OnlineSparseConfig {
     fn default() -> Self {
-        Self {
-            sparsity: 0.9,
-            warmup: 0.2,
-            search_every: 10,
-            query_cube: [1, 4, 4],
-            keep_tail: true,
-            min_len: 256,
-        }
+        Self::new(0.9)
     }
 }
 
@@ -64,14 +63,6 @@ pub enum OnlineStep {
 }
 
 impl OnlineSparseConfig {
-    /// The default settings at `sparsity`.
-    pub fn new(sparsity: f64) -> Self {
-        Self {
-            sparsity,
-            ..Self::default()
-        }
-    }
-
     /// Dense attention at every step, recorded and timed like the sparse settings'
     /// (`min_len = usize::MAX`): the baseline a sparse run's attention time is compared with.
     pub fn dense_timed() -> Self {

@@ -8,7 +8,9 @@ use crate::flow::SigmaSampling;
 use crate::sample::SamplerConfig;
 use crate::train::optim::OptimizerKind;
 
-/// Everything a training run is made of; saved in every checkpoint.
+/// Everything a training run is made of; saved in every checkpoint. A serde struct rather
+/// than a Burn `Config`: it must read the configs of earlier runs, whose later fields take
+/// their defaults here (`#[serde(default)]`), which Burn's derive does not offer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// The model.
@@ -71,6 +73,7 @@ pub struct TrainConfig {
     /// Steps between log lines.
     pub log_every: usize,
     /// Sampler settings.
+    #[serde(deserialize_with = "sampler_with_later_options")]
     pub sampler: SamplerConfig,
     /// Seed of data order, noise and dropout.
     pub seed: u64,
@@ -192,18 +195,33 @@ impl DivergencePolicy {
 
 /// A model config as saved, with the options added since filled in as off (Burn's `Config`
 /// requires every field).
-fn model_with_later_options<'de, D: serde::Deserializer<'de>>(
+/// A `T` whose missing fields take their values from `defaults`: Burn's `Config` derive
+/// reads only complete configs, and a run folder may hold one written before a field existed.
+fn with_later_fields<'de, D: serde::Deserializer<'de>, T: serde::de::DeserializeOwned>(
     deserializer: D,
-) -> Result<VideoDitConfig, D::Error> {
+    defaults: serde_json::Value,
+) -> Result<T, D::Error> {
     let mut value = serde_json::Value::deserialize(deserializer)?;
-    if let Some(fields) = value.as_object_mut() {
-        for option in ["parallel_block", "feature_aggregation"] {
-            fields
-                .entry(option)
-                .or_insert(serde_json::Value::Bool(false));
+    if let (Some(fields), serde_json::Value::Object(defaults)) = (value.as_object_mut(), defaults) {
+        for (name, default) in defaults {
+            fields.entry(name).or_insert(default);
         }
     }
     serde_json::from_value(value).map_err(serde::de::Error::custom)
+}
+
+fn model_with_later_options<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<VideoDitConfig, D::Error> {
+    let defaults = serde_json::json!({ "parallel_block": false, "feature_aggregation": false });
+    with_later_fields(deserializer, defaults)
+}
+
+fn sampler_with_later_options<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SamplerConfig, D::Error> {
+    let defaults = serde_json::to_value(SamplerConfig::default()).expect("a config serialises");
+    with_later_fields(deserializer, defaults)
 }
 
 fn one() -> usize {

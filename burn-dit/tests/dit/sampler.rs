@@ -1,6 +1,7 @@
 //! The Euler sampler: the integration, guidance and its noise limit, stochastic sampling.
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn_dit::sample::online_sparse::OnlineSparseConfig;
 use burn_dit::sample::{SamplerConfig, sample_euler};
 use burn_dit::{AttentionKind, ForwardContext, VideoDitInput};
 
@@ -182,4 +183,25 @@ fn guidance_acts_only_below_its_noise_limit() {
         run(4.0, -0.5).unwrap_err().argument(),
         "config.guidance_max_sigma"
     );
+}
+
+#[test]
+fn sampler_configs_written_before_the_later_options_load_with_their_defaults() {
+    // A run's config saved before guidance limits, stochasticity and the accelerators.
+    let config = burn_dit::train::TrainConfig::tiny(micro_model(AttentionKind::Dense));
+    let mut json = serde_json::to_value(&config).unwrap();
+    json["sampler"] = serde_json::json!({"steps": 20, "guidance": 5.0, "shift": 3.0});
+    let old: burn_dit::train::TrainConfig = serde_json::from_value(json).unwrap();
+    let want = SamplerConfig {
+        steps: 20,
+        guidance: 5.0,
+        ..SamplerConfig::default()
+    };
+    assert_eq!(old.sampler, want);
+    assert_eq!((want.guidance_max_sigma, want.stochasticity), (1.0, 0.0));
+    assert!(want.faster_cache.is_none() && want.free_init.is_none());
+    // What is written now reads back the same.
+    let full = want.with_online_sparse(Some(OnlineSparseConfig::new(0.8)));
+    let json = serde_json::to_string(&full).unwrap();
+    assert_eq!(serde_json::from_str::<SamplerConfig>(&json).unwrap(), full);
 }

@@ -3,37 +3,23 @@
 use alloc::format;
 
 use burn::backend::Dispatch;
+use burn::config::Config;
 use burn::tensor::{Int, Tensor};
 
 use crate::{CriticalKeys, IndexShape, SparseAttnError, SparseAttnOps};
 
-/// How [`select_critical_keys`] groups queries and keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How [`select_critical_keys`] groups queries and keys: `SelectionConfig::new(group_size,
+/// budget)` selects single keys, `.with_key_block(b)` blocks of `b` consecutive keys.
+#[derive(Config, Copy, Debug, PartialEq, Eq)]
 pub struct SelectionConfig {
     /// Consecutive queries that share one selection (DSV: a 3D cube of the token grid,
     /// flattened so its tokens are consecutive).
     pub group_size: usize,
     /// Keys per selected unit: 1 selects single keys (DSV), more selects key blocks.
+    #[config(default = 1)]
     pub key_block: usize,
     /// Units kept per group, `1 ≤ budget ≤ ceil(key_len / key_block)`.
     pub budget: usize,
-}
-
-impl SelectionConfig {
-    /// Single-key selection of `budget` keys for groups of `group_size` queries.
-    pub fn new(group_size: usize, budget: usize) -> Self {
-        Self {
-            group_size,
-            key_block: 1,
-            budget,
-        }
-    }
-
-    /// Selects blocks of `key_block` consecutive keys instead of single keys.
-    pub fn with_key_block(mut self, key_block: usize) -> Self {
-        self.key_block = key_block;
-        self
-    }
 }
 
 impl SelectionConfig {
