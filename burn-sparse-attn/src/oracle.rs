@@ -5,7 +5,8 @@
 use burn::backend::Dispatch;
 use burn::tensor::{Int, Tensor};
 
-use crate::{AttnInputs, CriticalKeys, SelectionConfig, SparseAttentionOutput, reference};
+use crate::functions::run_forward;
+use crate::{CriticalKeys, SelectionConfig, SparseAttentionOutput, reference};
 
 /// [`select_critical_keys`](crate::select_critical_keys) computed by the reference body.
 /// Arguments are trusted: validate them with the public function first.
@@ -37,15 +38,12 @@ pub fn reference_attention(
     keys: &CriticalKeys,
     scale: f64,
 ) -> SparseAttentionOutput {
-    let (out, lse) = reference::sparse_attention_forward::<Dispatch>(AttnInputs {
-        q: q.into_dispatch(),
-        k: k.into_dispatch(),
-        v: v.into_dispatch(),
-        index: keys.indices().clone().into_dispatch(),
-        layout: keys.layout(scale),
-    });
-    SparseAttentionOutput {
-        output: Tensor::from_dispatch(out),
-        lse: Some(Tensor::from_dispatch(lse)),
-    }
+    run_forward(
+        q,
+        k,
+        v,
+        keys,
+        scale,
+        reference::sparse_attention_forward::<Dispatch>,
+    )
 }

@@ -4,6 +4,7 @@ use alloc::format;
 use alloc::vec;
 
 use burn::backend::Dispatch;
+use burn::backend::tensor::FloatTensor;
 use burn::tensor::Tensor;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -120,7 +121,27 @@ fn sparse_forward(
     keys: &CriticalKeys,
     scale: f64,
 ) -> SparseAttentionOutput {
-    let (out, lse) = <Dispatch as SparseAttnOps>::sparse_attention_forward(AttnInputs {
+    run_forward(
+        q,
+        k,
+        v,
+        keys,
+        scale,
+        <Dispatch as SparseAttnOps>::sparse_attention_forward,
+    )
+}
+
+/// The forward `op` (the backend's, or the reference body for the oracle) on checked
+/// arguments at score scale `scale`.
+pub(crate) fn run_forward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    keys: &CriticalKeys,
+    scale: f64,
+    op: impl FnOnce(AttnInputs<Dispatch>) -> (FloatTensor<Dispatch>, FloatTensor<Dispatch>),
+) -> SparseAttentionOutput {
+    let (out, lse) = op(AttnInputs {
         q: q.dequantize().into_dispatch(),
         k: k.dequantize().into_dispatch(),
         v: v.dequantize().into_dispatch(),

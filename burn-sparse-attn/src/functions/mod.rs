@@ -6,6 +6,7 @@ pub(crate) mod checks;
 mod fallback;
 mod select;
 
+pub(crate) use attention::run_forward;
 pub use attention::{SparseAttentionOptions, SparseAttentionOutput, sparse_attention};
 pub use fallback::DenseFallback;
 pub use select::{SelectionConfig, select_critical_keys};

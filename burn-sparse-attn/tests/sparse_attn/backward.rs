@@ -133,16 +133,9 @@ fn gradient_of_q_matches_finite_differences(device: &Device) {
         let device = device.clone();
         let keys = critical_keys(&ids, g, 1, s, s, &device);
         let objective = |q: Tensor<4>| {
-            let out = sparse_attention(
-                q,
-                tensor(&k, &device),
-                tensor(&v, &device),
-                &keys,
-                None,
-                SparseAttentionOptions::default(),
-            )
-            .map(|out| out.output)
-            .unwrap();
+            let out = sparse(q, tensor(&k, &device), tensor(&v, &device), &keys)
+                .map(|out| out.output)
+                .unwrap();
             (out * tensor(&w, &device)).sum().into_scalar::<f32>()
         };
         let analytic = grads_of(&device, [&q, &k, &v, &w], |q, k, v| {

@@ -5,8 +5,10 @@ use burn::tensor::{
     Bool, Device, Int, Tensor, TensorData, Tolerance, activation::softmax, module::attention,
     ops::AttentionModuleOptions,
 };
-use burn_sparse_attn::CriticalKeys;
 use burn_sparse_attn::IndexShape;
+use burn_sparse_attn::{
+    CriticalKeys, SparseAttentionOptions, SparseAttentionOutput, SparseAttnError, sparse_attention,
+};
 
 /// One test per backend compiled in for each check `fn(&Device)`, named
 /// `<module>::<backend>::<check>`: a failure names its backend, and backends run in parallel.
@@ -217,6 +219,16 @@ pub fn assert_close<const D: usize>(
     );
     // Also keep Burn's own comparison honest about the overall closeness.
     actual.assert_approx_eq::<f32>(&expected, Tolerance::rel_abs(tolerance, tolerance));
+}
+
+/// `sparse_attention` without a bias, at the default scale and without a fallback.
+pub fn sparse(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    keys: &CriticalKeys,
+) -> Result<SparseAttentionOutput, SparseAttnError> {
+    sparse_attention(q, k, v, keys, None, SparseAttentionOptions::default())
 }
 
 /// An index on `device` checked through the public constructor.

@@ -11,10 +11,9 @@ use burn_sparse_attn::dsv::{
     PredictorInput, Reorder, TokenGrid,
 };
 
-use burn_sparse_attn::{SelectionConfig, select_critical_keys, sparse_attention};
+use burn_sparse_attn::{SelectionConfig, select_critical_keys};
 
 use crate::common::*;
-use burn_sparse_attn::SparseAttentionOptions;
 
 const GRID: TokenGrid = TokenGrid {
     frames: 4,
@@ -593,16 +592,9 @@ fn per_head_budgets_run_each_head_with_its_own_budget() {
                 SelectionConfig::new(group, budget),
             )
             .unwrap();
-            sparse_attention(
-                head(&q),
-                head(&k),
-                head(&v),
-                &keys,
-                None,
-                SparseAttentionOptions::default(),
-            )
-            .map(|out| out.output)
-            .unwrap()
+            sparse(head(&q), head(&k), head(&v), &keys)
+                .map(|out| out.output)
+                .unwrap()
         })
         .collect();
     let want = reorder.undo(Tensor::cat(per_head, 1));

@@ -7,7 +7,6 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use burn_sparse_attn::{SelectionConfig, select_critical_keys};
 
 use crate::common::*;
-use burn_sparse_attn::{SparseAttentionOptions, sparse_attention};
 
 /// The half dtypes and the relative error each allows after rounding its result: f16 keeps
 /// 11 significant bits, bf16 8.
@@ -44,15 +43,7 @@ fn forward_and_gradients_in_half_precision_follow_f32(device: &Device) {
                 };
                 let [q, k, v] = [0, 1, 2].map(input);
                 let keys = critical_keys(&ids, g, block, sq, sk, &device);
-                let out = sparse_attention(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    &keys,
-                    None,
-                    SparseAttentionOptions::default(),
-                )
-                .unwrap();
+                let out = sparse(q.clone(), k.clone(), v.clone(), &keys).unwrap();
                 let weights = rounded(&data[3], dtype, &device);
                 let weights = if half { weights.cast(dtype) } else { weights };
                 let grads = (out.output.clone() * weights).sum().backward();

@@ -80,16 +80,9 @@ fn gradients_match_the_reference_autodiff(device: &Device) {
                 let [q, k, v] = [0, 1, 2].map(|i| tensor(&data[i], &device).require_grad());
                 let keys = critical_keys(&ids, g, block, sq, sk, &device);
                 let out = if native {
-                    sparse_attention(
-                        q.clone(),
-                        k.clone(),
-                        v.clone(),
-                        &keys,
-                        None,
-                        SparseAttentionOptions::default(),
-                    )
-                    .unwrap()
-                    .output
+                    sparse(q.clone(), k.clone(), v.clone(), &keys)
+                        .unwrap()
+                        .output
                 } else {
                     let scale = 1.0 / (d as f64).sqrt();
                     oracle::reference_attention(q.clone(), k.clone(), v.clone(), &keys, scale)
@@ -154,15 +147,7 @@ fn large_sequence_runs_without_dense_buffers() {
                 SelectionConfig::new(g, s / 10),
             )
             .unwrap();
-            let out = sparse_attention(
-                x.clone(),
-                x.clone(),
-                x.clone(),
-                &keys,
-                None,
-                SparseAttentionOptions::default(),
-            )
-            .unwrap();
+            let out = sparse(x.clone(), x.clone(), x.clone(), &keys).unwrap();
             assert_eq!(out.output.dims(), [b, h, s, d]);
             let grads = out.output.sum().backward();
             let grad = x.grad(&grads).unwrap().abs().max().into_scalar::<f32>();

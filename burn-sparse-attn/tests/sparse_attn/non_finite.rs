@@ -4,7 +4,6 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::common::*;
-use burn_sparse_attn::{SparseAttentionOptions, sparse_attention};
 
 /// (batch, heads, length, head dim, group, key block, budget): the (group, head dim, block)
 /// triple of a forward case, so a Cube backend compiles no extra kernels.
@@ -110,15 +109,7 @@ fn non_finite_inputs_reach_exactly_the_rows_they_touch(device: &Device) {
             tensor(v, &device).require_grad(),
         );
         let keys = critical_keys(&ids, g, block, s, s, &device);
-        let attended = sparse_attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            &keys,
-            None,
-            SparseAttentionOptions::default(),
-        )
-        .expect("valid inputs");
+        let attended = sparse(q.clone(), k.clone(), v.clone(), &keys).expect("valid inputs");
         let (out, lse) = (attended.output, attended.lse.expect("sparse"));
         let grads = (out.clone() * tensor(&w, &device)).sum().backward();
         let grad = |x: &Tensor<4>| x.grad(&grads).expect("a gradient").into_data();

@@ -2,7 +2,6 @@ use burn::tensor::{Device, Int, Tensor, activation::softmax};
 use burn_sparse_attn::{SelectionConfig, dense_attention_with_search};
 
 use crate::common::*;
-use burn_sparse_attn::SparseAttentionOptions;
 
 /// Each group's attention mass per key unit, from softmax weights on the host:
 /// `[B·H·G][units]`, and each group's row count.
@@ -163,16 +162,9 @@ fn searched_keys_serve_sparse_attention_and_other_batches(device: &Device) {
         None,
     )
     .unwrap();
-    let sparse = burn_sparse_attn::sparse_attention(
-        q.clone(),
-        k.clone(),
-        v.clone(),
-        &searched.keys,
-        None,
-        SparseAttentionOptions::default(),
-    )
-    .map(|out| out.output)
-    .unwrap();
+    let sparse = sparse(q.clone(), k.clone(), v.clone(), &searched.keys)
+        .map(|out| out.output)
+        .unwrap();
     let masked = burn_attention(q.clone(), k, v, Some(searched.keys.dense_mask()));
     assert_close(
         sparse,
