@@ -63,10 +63,12 @@ fn wait_at_most(mut child: std::process::Child, limit: Duration, what: &str) -> 
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > limit {
+            // What still runs, and in which state, says where a job is stuck.
+            let tree = process_tree(child.id());
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
             panic!(
-                "{what} still runs after {limit:?}:\n{}{}",
+                "{what} still runs after {limit:?}; its processes:\n{tree}\noutput:\n{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -74,6 +76,39 @@ fn wait_at_most(mut child: std::process::Child, limit: Duration, what: &str) -> 
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+/// `ps` lines (pid, parent, state, kernel wait channel, age, command) of `root` and every
+/// process below it.
+fn process_tree(root: u32) -> String {
+    let Ok(ps) = Command::new("ps")
+        .args(["-eo", "pid=,ppid=,stat=,wchan:24=,etime=,args="])
+        .output()
+    else {
+        return "(ps failed)".into();
+    };
+    let text = String::from_utf8_lossy(&ps.stdout).to_string();
+    let rows: Vec<(u32, u32, &str)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let pid = fields.next()?.parse().ok()?;
+            let ppid = fields.next()?.parse().ok()?;
+            Some((pid, ppid, line))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(rows.iter().filter(|r| r.1 == parent).map(|r| r.0));
+        i += 1;
+    }
+    rows.iter()
+        .filter(|r| tree.contains(&r.0))
+        .map(|r| r.2.chars().take(300).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A run folder holding the tiny preset's checkpoint (DSV attention, step 0).
