@@ -15,6 +15,7 @@ mod run_dir;
 mod step;
 mod storage;
 mod trainer;
+mod validation;
 
 pub use checkpoint::{CheckpointError, IfDamaged, load_for_sampling, saved_config};
 pub use config::{DivergencePolicy, TrainConfig};
