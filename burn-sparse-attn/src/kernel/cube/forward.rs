@@ -20,6 +20,7 @@ use super::matrix::{
     FRAG, MatrixPlan, PLANE, accumulate_output, init_output, is_row, load_key_tile, load_rows,
     score_tile, softmax_step, write_output,
 };
+use super::tiles::{group_grid, head_offset, row_offset};
 
 #[cube(launch, create_dummy_kernel)]
 #[allow(clippy::too_many_arguments)]
@@ -60,10 +61,10 @@ pub(crate) fn sparse_forward_kernel<F: Float, FM: Float, I: Numeric>(
     let mut probs = Shared::<[FM]>::new_slice(rows * tile);
     let mut row_scale = Shared::<[f32]>::new_slice(rows);
 
-    let q_base = b * q.stride(0) + h * q.stride(1);
-    let k_base = b * k.stride(0) + h * k.stride(1);
-    let v_base = b * v.stride(0) + h * v.stride(1);
-    let index_base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
+    let q_base = head_offset(q, b, h);
+    let k_base = head_offset(k, b, h);
+    let v_base = head_offset(v, b, h);
+    let index_base = row_offset(index, b, h, g);
     let total = budget as usize * key_block;
 
     // q as the score step's left operand, and the output accumulators.
@@ -186,7 +187,6 @@ pub(crate) fn sparse_attention_forward(
     plan: MatrixPlan,
 ) -> (CubeTensor, CubeTensor) {
     let shape = inputs.shape();
-    let groups = shape.groups();
     let scale = inputs.layout.scale;
     let [q, k, v, index] = [inputs.q, inputs.k, inputs.v, inputs.index].map(into_contiguous);
     let client = q.client.clone();
@@ -198,10 +198,11 @@ pub(crate) fn sparse_attention_forward(
         DType::F32,
     );
     let dtypes = plan.kernel_dtypes(q.dtype, index.dtype);
+    let (cubes, cube_dim) = group_grid(&shape, plan);
     sparse_forward_kernel::launch(
         &client,
-        CubeCount::Static(groups as u32, shape.heads as u32, shape.batch as u32),
-        CubeDim::new_1d(plan.units()),
+        cubes,
+        cube_dim,
         q.into_tensor_arg(),
         k.into_tensor_arg(),
         v.into_tensor_arg(),

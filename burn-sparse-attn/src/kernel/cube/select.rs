@@ -16,7 +16,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::tiles::unrolls;
+use super::tiles::{head_offset, unrolls};
 
 /// Units per cube.
 const THREADS: u32 = 128;
@@ -138,7 +138,7 @@ fn select_kernel<F: Float, I: Numeric>(
     // Each group's proxy: the mean of its low-rank queries (zero for slots past the last
     // group, whose results are not written).
     let mut proxy_shared = Shared::<[f32]>::new_slice(per_cube * rank);
-    let q_base = b * q_lr.stride(0) + h * q_lr.stride(1);
+    let q_base = head_offset(q_lr, b, h);
     let mut e = unit;
     while e < per_cube * rank {
         let g = first_group + e / rank;
@@ -172,7 +172,7 @@ fn select_kernel<F: Float, I: Numeric>(
 
     // Radix select of each group's budget-th largest key, 8 bits per pass from the top.
     let mut scan = Shared::<[u32]>::new_slice(THREADS as usize);
-    let k_base = b * k_lr.stride(0) + h * k_lr.stride(1);
+    let k_base = head_offset(k_lr, b, h);
     let hist = Shared::<[Atomic<u32>]>::new_slice(per_cube * 256);
     let mut state = Shared::<[u32]>::new_slice(per_cube * 2); // per group: [prefix, still needed]
     if unit < per_cube {

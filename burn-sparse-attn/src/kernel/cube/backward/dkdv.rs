@@ -5,7 +5,7 @@ use burn_cubecl::cubecl;
 use cubecl::prelude::*;
 
 use super::UNITS;
-use crate::kernel::cube::tiles::has_plane_ops;
+use crate::kernel::cube::tiles::{has_plane_ops, head_offset, row_offset};
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -52,8 +52,8 @@ pub(super) fn dkdv_kernel<F: Float, I: Numeric>(
     let mut dv_acc = Array::<f32>::new(per_lane);
     let mut q_part = Array::<f32>::new(per_lane);
     let mut do_part = Array::<f32>::new(per_lane);
-    let k_base = b * k.stride(0) + h * k.stride(1) + key * k.stride(2);
-    let v_base = b * v.stride(0) + h * v.stride(1) + key * v.stride(2);
+    let k_base = row_offset(k, b, h, key);
+    let v_base = row_offset(v, b, h, key);
     #[unroll(unroll)]
     for i in 0..per_lane {
         let d = lane + lanes * i;
@@ -62,12 +62,10 @@ pub(super) fn dkdv_kernel<F: Float, I: Numeric>(
         dk_acc[i] = 0.0f32;
         dv_acc[i] = 0.0f32;
     }
-    let unit_at = b * counts.stride(0) + h * counts.stride(1) + u * counts.stride(2);
+    let unit_at = row_offset(counts, b, h, u);
     let count = u32::cast_from(counts[unit_at]) as usize;
-    let first = u32::cast_from(
-        offsets[b * offsets.stride(0) + h * offsets.stride(1) + u * offsets.stride(2)],
-    ) as usize;
-    let list_base = b * lists.stride(0) + h * lists.stride(1);
+    let first = u32::cast_from(offsets[row_offset(offsets, b, h, u)]) as usize;
+    let list_base = head_offset(lists, b, h);
     for n in 0..count {
         let g = u32::cast_from(lists[list_base + (first + n) * lists.stride(2)]) as usize;
         let mut row = g * group_size;
@@ -77,8 +75,8 @@ pub(super) fn dkdv_kernel<F: Float, I: Numeric>(
             query_len
         };
         while row < end {
-            let q_base = b * q.stride(0) + h * q.stride(1) + row * q.stride(2);
-            let do_base = b * d_out.stride(0) + h * d_out.stride(1) + row * d_out.stride(2);
+            let q_base = row_offset(q, b, h, row);
+            let do_base = row_offset(d_out, b, h, row);
             let mut score = f32::new(0.0);
             let mut dp = f32::new(0.0);
             #[unroll(unroll)]
@@ -91,9 +89,8 @@ pub(super) fn dkdv_kernel<F: Float, I: Numeric>(
             }
             let score = lane_sum(score, lanes);
             let dp = lane_sum(dp, lanes);
-            let row_lse = lse[b * lse.stride(0) + h * lse.stride(1) + row * lse.stride(2)];
-            let row_delta =
-                delta[b * delta.stride(0) + h * delta.stride(1) + row * delta.stride(2)];
+            let row_lse = lse[row_offset(lse, b, h, row)];
+            let row_delta = delta[row_offset(delta, b, h, row)];
             let p = (score * scale - row_lse).exp();
             let ds = p * (dp - row_delta) * scale;
             #[unroll(unroll)]

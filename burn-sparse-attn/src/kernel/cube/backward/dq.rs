@@ -12,6 +12,7 @@ use crate::kernel::cube::matrix::{
     FRAG, MatrixPlan, PLANE, accumulate_output, init_output, is_row, load_key_tile, load_rows,
     score_tile, write_output,
 };
+use crate::kernel::cube::tiles::{head_offset, row_offset};
 
 #[cube(launch, create_dummy_kernel)]
 #[allow(clippy::too_many_arguments)]
@@ -55,11 +56,11 @@ pub(crate) fn dq_kernel<F: Float, FM: Float, I: Numeric>(
     let mut ds = Shared::<[FM]>::new_slice(rows * tile);
     let mut row_scale = Shared::<[f32]>::new_slice(rows);
 
-    let q_base = b * q.stride(0) + h * q.stride(1);
-    let do_base = b * d_out.stride(0) + h * d_out.stride(1);
-    let k_base = b * k.stride(0) + h * k.stride(1);
-    let v_base = b * v.stride(0) + h * v.stride(1);
-    let index_base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
+    let q_base = head_offset(q, b, h);
+    let do_base = head_offset(d_out, b, h);
+    let k_base = head_offset(k, b, h);
+    let v_base = head_offset(v, b, h);
+    let index_base = row_offset(index, b, h, g);
     let total = budget as usize * key_block;
 
     // q and dO as the score steps' left operands, and the dQ accumulators.
@@ -106,8 +107,8 @@ pub(crate) fn dq_kernel<F: Float, FM: Float, I: Numeric>(
     let mut row_delta = f32::new(0.0);
     if lane < FRAG {
         if is_row(local, row, query_len, group_size) {
-            row_lse = lse[b * lse.stride(0) + h * lse.stride(1) + row * lse.stride(2)];
-            row_delta = delta[b * delta.stride(0) + h * delta.stride(1) + row * delta.stride(2)];
+            row_lse = lse[row_offset(lse, b, h, row)];
+            row_delta = delta[row_offset(delta, b, h, row)];
         }
         row_scale[local] = 1.0f32;
     }

@@ -4,6 +4,8 @@
 use burn_cubecl::cubecl;
 use cubecl::prelude::*;
 
+use crate::kernel::cube::tiles::row_offset;
+
 /// Whether the ascending row of `budget` unit ids at `base` holds `unit` (binary search).
 #[cube]
 fn row_holds<I: Numeric>(index: &Tensor<I>, base: usize, budget: usize, unit: usize) -> bool {
@@ -53,12 +55,10 @@ pub(super) fn invert_kernel<I: Numeric>(
     let list_step = lists.stride(2);
     let mut first = 0usize;
     if fill {
-        first = u32::cast_from(
-            offsets[b * offsets.stride(0) + h * offsets.stride(1) + u * offsets.stride(2)],
-        ) as usize;
+        first = u32::cast_from(offsets[row_offset(offsets, b, h, u)]) as usize;
     }
     for g in 0..groups as usize {
-        let base = b * index.stride(0) + h * index.stride(1) + g * index.stride(2);
+        let base = row_offset(index, b, h, g);
         if row_holds::<I>(index, base, budget as usize, u) {
             if fill {
                 lists[list_base + (first + n) * list_step] = I::cast_from(g as u32);

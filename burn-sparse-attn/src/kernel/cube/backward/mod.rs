@@ -26,7 +26,7 @@ use dq::dq_kernel;
 use invert::invert_kernel;
 
 use super::matrix::MatrixPlan;
-use super::tiles::unrolls;
+use super::tiles::{group_grid, unrolls};
 
 /// Threads of the element-wise kernels.
 pub(super) const UNITS: u32 = 128;
@@ -117,10 +117,11 @@ pub(crate) fn sparse_attention_backward(
     );
 
     let dq = empty(q.shape(), fdt);
+    let (cubes, cube_dim) = group_grid(&shape, plan);
     dq_kernel::launch(
         &client,
-        CubeCount::Static(groups as u32, shape.heads as u32, shape.batch as u32),
-        CubeDim::new_1d(plan.units()),
+        cubes,
+        cube_dim,
         q.clone().into_tensor_arg(),
         k.clone().into_tensor_arg(),
         v.clone().into_tensor_arg(),
