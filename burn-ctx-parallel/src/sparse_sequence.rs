@@ -179,7 +179,7 @@ pub fn sparse_sequence_attention(
     let keys = CriticalKeys::new(remapped, shape)?;
     let options = SparseAttentionOptions {
         scale,
-        fallback: None,
+        ..SparseAttentionOptions::default()
     };
     Ok(sparse_attention(q, kc, vc, &keys, None, options)?.output)
 }

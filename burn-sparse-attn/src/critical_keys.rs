@@ -3,8 +3,8 @@ use alloc::vec::Vec;
 
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::AttnLayout;
 use crate::error::SparseAttnError;
+use crate::{AttnLayout, F32Precision};
 
 /// How an index of critical keys maps to queries and keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,12 +180,14 @@ impl CriticalKeys {
         self.shape.key_block
     }
 
-    /// The layout the attention ops read this index with, at softmax scale `scale`.
-    pub fn layout(&self, scale: f64) -> AttnLayout {
+    /// The layout the attention ops read this index with, at softmax scale `scale`, with f32
+    /// inputs multiplied at `f32_precision`.
+    pub fn layout(&self, scale: f64, f32_precision: F32Precision) -> AttnLayout {
         AttnLayout {
             group_size: self.shape.group_size,
             key_block: self.shape.key_block,
             scale,
+            f32_precision,
         }
     }
 

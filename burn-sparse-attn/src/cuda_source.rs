@@ -1,4 +1,4 @@
-//! The CUDA C++ that CubeCL generates for the tiled attention kernels (forward and dQ),
+//! The CUDA C++ that CubeCL generates for the tiled attention kernels (forward, dQ, dK/dV),
 //! without a GPU: each kernel variant is expanded against the properties of an sm_80+ device (tensor cores for f16,
 //! bf16 and TF32) and compiled by CubeCL's C++ backend. `scripts/gpu/compile-cuda.sh` hands
 //! the sources to `nvcc` for sm_80 and sm_90, so a kernel that NVRTC would refuse on the GPU
@@ -24,37 +24,50 @@ use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 use cubecl_cpp::target::Cuda;
 use cubecl_environment::stream::StreamId;
 
+use crate::F32Precision;
+use crate::kernel::cube::backward::dkdv_tiled::{dkdv_tiled_kernel, key_span};
 use crate::kernel::cube::backward::dq::dq_kernel;
 use crate::kernel::cube::forward::sparse_forward_kernel;
-use crate::kernel::cube::matrix::{F32Products, MatrixPlan};
+use crate::kernel::cube::matrix::MatrixPlan;
 
 /// One generated kernel: a name that says its variant, and its CUDA C++.
 #[derive(Clone, Debug)]
 pub struct CudaSource {
-    /// `<forward|dq>_<dtype>_d<head dim>_g<group>_b<key block>_<tile kind>`.
+    /// `<forward|dq|dkdv>_<dtype>_d<head dim>_g<group>_b<key block>_<tile kind>`.
     pub name: String,
     /// The kernel as NVRTC would receive it.
     pub source: String,
 }
 
-/// Every forward and dQ variant the GPU pass runs: f16, bf16 and f32 (exact and TF32), head
-/// dims 64, 128 and 96 (padded), groups of 32 and 64 rows, single keys and 64-key blocks.
+/// Every forward, dQ and tiled dK/dV variant the GPU pass runs: f16, bf16 and f32 (exact and
+/// TF32), head dims 64, 128 and 96 (padded), groups of 32 and 64 rows, single keys and 64-key
+/// blocks (dK/dV on tiles only with the blocks).
 pub fn kernel_sources() -> Result<Vec<CudaSource>, String> {
     let properties = sm80_properties();
     let mut sources = Vec::new();
     for (dtype, products) in [
-        (DType::F16, F32Products::Exact),
-        (DType::BF16, F32Products::Exact),
-        (DType::F32, F32Products::Tf32),
-        (DType::F32, F32Products::Exact),
+        (DType::F16, F32Precision::Exact),
+        (DType::BF16, F32Precision::Exact),
+        (DType::F32, F32Precision::Tf32),
+        (DType::F32, F32Precision::Exact),
     ] {
         for head_dim in [64, 128, 96] {
             for (group_size, key_block) in [(32, 1), (64, 64)] {
-                for (kernel, score_tiles) in [(Kernel::Forward, 1), (Kernel::Dq, 2)] {
+                for (kernel, score_tiles) in
+                    [(Kernel::Forward, 1), (Kernel::Dq, 2), (Kernel::DkDv, 2)]
+                {
+                    // dK/dV cubes own a span of keys; units of single keys take no tiles.
+                    let rows = match kernel {
+                        Kernel::DkDv => match key_span(key_block) {
+                            Some(span) => span,
+                            None => continue,
+                        },
+                        _ => group_size,
+                    };
                     let plan = MatrixPlan::new(
                         &properties,
                         dtype,
-                        group_size,
+                        rows,
                         head_dim,
                         products,
                         true,
@@ -72,6 +85,7 @@ pub fn kernel_sources() -> Result<Vec<CudaSource>, String> {
                         plan,
                         group_size,
                         key_block,
+                        rows,
                         head_dim,
                     };
                     let source = kernel_source(&properties, kernel, case)
@@ -84,11 +98,11 @@ pub fn kernel_sources() -> Result<Vec<CudaSource>, String> {
     Ok(sources)
 }
 
-fn dtype_name(dtype: DType, products: F32Products) -> &'static str {
+fn dtype_name(dtype: DType, products: F32Precision) -> &'static str {
     match (dtype, products) {
         (DType::F16, _) => "f16",
         (DType::BF16, _) => "bf16",
-        (_, F32Products::Tf32) => "tf32",
+        (_, F32Precision::Tf32) => "tf32",
         _ => "f32",
     }
 }
@@ -97,6 +111,7 @@ fn dtype_name(dtype: DType, products: F32Products) -> &'static str {
 enum Kernel {
     Forward,
     Dq,
+    DkDv,
 }
 
 impl Kernel {
@@ -104,6 +119,7 @@ impl Kernel {
         match self {
             Kernel::Forward => "forward",
             Kernel::Dq => "dq",
+            Kernel::DkDv => "dkdv",
         }
     }
 }
@@ -115,6 +131,8 @@ struct Case {
     plan: MatrixPlan,
     group_size: usize,
     key_block: usize,
+    /// Rows a cube owns: the group, or a dK/dV cube's keys.
+    rows: usize,
     head_dim: usize,
 }
 
@@ -146,9 +164,15 @@ fn kernel_source(
     let rows = || tensor([batch, heads, seq, case.head_dim], elem);
     let per_row = || tensor([batch, heads, seq, 1], 4);
     let index = || tensor([batch, heads, groups, budget], 4);
+    let per_unit = || tensor([batch, heads, seq.div_ceil(case.key_block), 1], 4);
+    let lists = || tensor([batch, heads, groups * budget, 1], 4);
     let properties = Arc::new(properties.clone());
     let target = Arc::new(target_properties());
-    let count = CubeCount::Static(groups as u32, heads as u32, batch as u32);
+    let cubes = match kernel {
+        Kernel::DkDv => seq.div_ceil(case.rows),
+        _ => groups,
+    };
+    let count = CubeCount::Static(cubes as u32, heads as u32, batch as u32);
     let dim = CubeDim::new_1d(case.plan.units());
     let dtypes = case.plan.kernel_dtypes(case.dtype, DType::I32);
     let (scale, len, budget) = (0.125, seq as u32, budget as u32);
@@ -195,6 +219,32 @@ fn kernel_source(
             budget,
             group_size,
             key_block,
+            head_dim,
+            plan,
+            dtypes,
+        )),
+        Kernel::DkDv => cubecl::define_kernel(&dkdv_tiled_kernel::create_dummy_kernel(
+            properties,
+            target,
+            count,
+            dim,
+            rows(),
+            rows(),
+            rows(),
+            rows(),
+            per_row(),
+            per_row(),
+            per_unit(),
+            per_unit(),
+            lists(),
+            rows(),
+            rows(),
+            scale,
+            len,
+            len,
+            group_size,
+            key_block,
+            case.rows,
             head_dim,
             plan,
             dtypes,

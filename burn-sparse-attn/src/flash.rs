@@ -52,7 +52,7 @@ pub fn flash_attention(
     let keys = CriticalKeys::all_keys([batch, heads], shape, &q.device())?;
     let options = SparseAttentionOptions {
         scale,
-        fallback: None,
+        ..SparseAttentionOptions::default()
     };
     sparse_attention(q, k, v, &keys, None, options)
 }

@@ -18,6 +18,21 @@ pub struct AttnLayout {
     pub key_block: usize,
     /// Factor on `q·k` before the softmax.
     pub scale: f64,
+    /// How f32 inputs are multiplied.
+    pub f32_precision: F32Precision,
+}
+
+/// How the attention kernels multiply f32 inputs (half inputs always run their own dtype's
+/// tensor cores where the device has them, accumulating in f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum F32Precision {
+    /// f32 products: the reference's results to rounding.
+    #[default]
+    Exact,
+    /// TF32 tensor cores (10-bit mantissas in the products, f32 accumulation) where the device
+    /// has them, as Burn's own f32 matmuls on CUDA; exact elsewhere (CPU backends, devices
+    /// without TF32 matrix units).
+    Tf32,
 }
 
 /// The inputs of one sparse attention call as the backend ops take them: `q: [B, H, S_q, D]`,

@@ -57,6 +57,6 @@ pub use functions::{
     DenseFallback, SelectionConfig, SparseAttentionOptions, SparseAttentionOutput,
     select_critical_keys, sparse_attention,
 };
-pub use layout::{AttnInputs, AttnLayout};
+pub use layout::{AttnInputs, AttnLayout, F32Precision};
 pub use ops::SparseAttnOps;
 pub use search::{SearchedAttention, dense_attention_with_search};

@@ -6,7 +6,7 @@ use burn::backend::Dispatch;
 use burn::tensor::{Int, Tensor};
 
 use crate::functions::run_forward;
-use crate::{CriticalKeys, SelectionConfig, SparseAttentionOutput, reference};
+use crate::{CriticalKeys, F32Precision, SelectionConfig, SparseAttentionOutput, reference};
 
 /// [`select_critical_keys`](crate::select_critical_keys) computed by the reference body.
 /// Arguments are trusted: validate them with the public function first.
@@ -43,7 +43,7 @@ pub fn reference_attention(
         k,
         v,
         keys,
-        scale,
+        keys.layout(scale, F32Precision::Exact),
         reference::sparse_attention_forward::<Dispatch>,
     )
 }

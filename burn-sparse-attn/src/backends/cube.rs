@@ -8,20 +8,25 @@ use burn::backend::{
 use burn::tensor::{DType, IntDType};
 use burn_cubecl::CubeBackend;
 
-use crate::kernel::cube::matrix::{F32Products, MatrixPlan};
-use crate::kernel::cube::tiles::unrolls;
+use crate::kernel::cube::matrix::MatrixPlan;
+use crate::kernel::cube::tiles::{has_plane_ops, unrolls};
 use crate::kernel::cube::{backward, forward, select};
 use crate::{AttnInputs, SelectionConfig, SparseAttnOps, reference};
 
-/// The tile layout of the forward (one score tile) or dQ (two) kernel for `inputs` on their
-/// device; `None` where none fits (the reference body runs).
-fn matrix_plan(inputs: &AttnInputs<CubeBackend>, score_tiles: usize) -> Option<MatrixPlan> {
+/// The tile layout of a kernel whose cubes own `rows` rows (a query group; a dK/dV cube's
+/// keys) with one score tile (the forward) or two (dQ, dK/dV) for `inputs` on their device;
+/// `None` where none fits.
+fn matrix_plan(
+    inputs: &AttnInputs<CubeBackend>,
+    rows: usize,
+    score_tiles: usize,
+) -> Option<MatrixPlan> {
     MatrixPlan::new(
         inputs.q.client.properties(),
         inputs.q.dtype,
-        inputs.layout.group_size,
+        rows,
         inputs.q.shape().dims::<4>()[3],
-        F32Products::Exact,
+        inputs.layout.f32_precision,
         unrolls(&inputs.q.client),
         score_tiles,
     )
@@ -45,7 +50,7 @@ impl SparseAttnOps for CubeBackend {
     fn sparse_attention_forward(
         inputs: AttnInputs<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        match matrix_plan(&inputs, 1) {
+        match matrix_plan(&inputs, inputs.layout.group_size, 1) {
             Some(plan) => forward::sparse_attention_forward(inputs, plan),
             None => reference::sparse_attention_forward::<Self>(inputs),
         }
@@ -57,8 +62,19 @@ impl SparseAttnOps for CubeBackend {
         lse: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        match matrix_plan(&inputs, 2) {
-            Some(plan) => backward::sparse_attention_backward(inputs, out, lse, grad_out, plan),
+        // dK/dV on the tiles where a unit holds whole fragments of keys, else a kernel per key.
+        // On a GPU without tensor cores for the dtype the per-key kernel stays: scalar tiles
+        // hold rows of k and v and two accumulators per unit, which spill there (4–8 KB at
+        // D = 96–128, scripts/gpu/compile-cuda.sh); CPU adapters have no plane shuffles for
+        // the per-key kernel's lanes and run the tiles.
+        let scalar_tiles_fit = !has_plane_ops(&inputs.q.client);
+        let key_plan = backward::key_span(inputs.layout.key_block)
+            .and_then(|span| Some((span, matrix_plan(&inputs, span, 2)?)))
+            .filter(|(_, plan)| plan.tensor_cores || scalar_tiles_fit);
+        match matrix_plan(&inputs, inputs.layout.group_size, 2) {
+            Some(plan) => {
+                backward::sparse_attention_backward(inputs, out, lse, grad_out, plan, key_plan)
+            }
             None => reference::sparse_attention_backward::<Self>(inputs, out, lse, grad_out),
         }
     }

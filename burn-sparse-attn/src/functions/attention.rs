@@ -10,7 +10,10 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::checks::check_attention;
-use crate::{AttnInputs, CriticalKeys, DenseFallback, SparseAttnError, SparseAttnOps};
+use crate::{
+    AttnInputs, AttnLayout, CriticalKeys, DenseFallback, F32Precision, SparseAttnError,
+    SparseAttnOps,
+};
 
 /// Options of [`sparse_attention`], as `AttentionModuleOptions` are of Burn's
 /// `module::attention`.
@@ -22,6 +25,9 @@ pub struct SparseAttentionOptions {
     /// dense attention runs instead, masked to the same keys: the same output, without the
     /// log-sum-exp.
     pub fallback: Option<DenseFallback>,
+    /// How f32 inputs are multiplied: exactly (the default) or on TF32 tensor cores where the
+    /// device has them.
+    pub f32_precision: F32Precision,
 }
 
 impl SparseAttentionOptions {
@@ -37,6 +43,14 @@ impl SparseAttentionOptions {
     pub fn with_fallback(self, fallback: DenseFallback) -> Self {
         Self {
             fallback: Some(fallback),
+            ..self
+        }
+    }
+
+    /// The options with f32 inputs multiplied at `f32_precision`.
+    pub fn with_f32_precision(self, f32_precision: F32Precision) -> Self {
+        Self {
+            f32_precision,
             ..self
         }
     }
@@ -97,8 +111,9 @@ pub fn sparse_attention(
             lse: None,
         });
     }
+    let precision = options.f32_precision;
     let Some(bias) = attn_bias else {
-        return Ok(sparse_forward(q, k, v, keys, scale));
+        return Ok(sparse_forward(q, k, v, keys, scale, precision));
     };
     let column = (bias.swap_dims(2, 3).expand([b, h, sk, 1]) / scale).cast(k.dtype());
     let ones = q.clone().narrow(3, 0, 1).ones_like();
@@ -106,7 +121,7 @@ pub fn sparse_attention(
     let q = Tensor::cat(vec![q, ones], 3);
     let k = Tensor::cat(vec![k, column], 3);
     let v = Tensor::cat(vec![v, zeros], 3);
-    let out = sparse_forward(q, k, v, keys, scale);
+    let out = sparse_forward(q, k, v, keys, scale, precision);
     Ok(SparseAttentionOutput {
         output: out.output.narrow(3, 0, d),
         lse: out.lse,
@@ -120,25 +135,26 @@ fn sparse_forward(
     v: Tensor<4>,
     keys: &CriticalKeys,
     scale: f64,
+    f32_precision: F32Precision,
 ) -> SparseAttentionOutput {
     run_forward(
         q,
         k,
         v,
         keys,
-        scale,
+        keys.layout(scale, f32_precision),
         <Dispatch as SparseAttnOps>::sparse_attention_forward,
     )
 }
 
 /// The forward `op` (the backend's, or the reference body for the oracle) on checked
-/// arguments at score scale `scale`.
+/// arguments, reading `keys` with `layout`.
 pub(crate) fn run_forward(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     keys: &CriticalKeys,
-    scale: f64,
+    layout: AttnLayout,
     op: impl FnOnce(AttnInputs<Dispatch>) -> (FloatTensor<Dispatch>, FloatTensor<Dispatch>),
 ) -> SparseAttentionOutput {
     let (out, lse) = op(AttnInputs {
@@ -146,7 +162,7 @@ pub(crate) fn run_forward(
         k: k.dequantize().into_dispatch(),
         v: v.dequantize().into_dispatch(),
         index: keys.indices().clone().into_dispatch(),
-        layout: keys.layout(scale),
+        layout,
     });
     SparseAttentionOutput {
         output: Tensor::from_dispatch(out),

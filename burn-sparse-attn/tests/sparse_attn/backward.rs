@@ -80,9 +80,10 @@ fn gradients_survive_gradient_checkpointing(device: &Device) {
 }
 
 fn gradients_equal_masked_dense_autodiff(device: &Device) {
-    // (batch, heads, query len, key len, head dim, group size, key block, budget); the
+    // (batch, heads, query len, key len, head dim, group size, key block, budget); the first
     // (group, head dim, key block) triples are those of the forward tests, so a Cube backend
-    // compiles no extra kernels for them.
+    // compiles no extra kernels for them. Key blocks of 16 and 32 take the tiled dK/dV (a
+    // partial last block; a group wider than a tile with a partial last group; S_q ≠ S_k).
     let cases = [
         (1, 2, 32, 32, 64, 32, 1, 10),
         (2, 2, 37, 37, 64, 8, 8, 3),
@@ -90,6 +91,7 @@ fn gradients_equal_masked_dense_autodiff(device: &Device) {
         (2, 1, 40, 40, 128, 16, 1, 5),
         (1, 2, 45, 45, 32, 32, 16, 2),
         (1, 2, 24, 33, 32, 5, 4, 3),
+        (2, 2, 50, 70, 40, 40, 32, 2),
     ];
     for (n, (b, h, sq, sk, d, g, block, budget)) in cases.into_iter().enumerate() {
         let seed = 1000 + 10 * n as u64;

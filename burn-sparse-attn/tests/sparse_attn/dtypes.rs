@@ -1,10 +1,13 @@
 //! Half-precision inputs (f16, bf16) on every backend that has the dtype: the output and the
 //! gradients come back in the input dtype, the log-sum-exp in f32, and all of them follow
 //! the f32 computation on the same (rounded) inputs within the dtype's precision; the
-//! selection on half low-rank inputs picks the same keys as on f32.
+//! selection on half low-rank inputs picks the same keys as on f32; f32 on TF32 products
+//! follows exact f32.
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use burn_sparse_attn::{SelectionConfig, select_critical_keys};
+use burn_sparse_attn::{
+    F32Precision, SelectionConfig, SparseAttentionOptions, select_critical_keys, sparse_attention,
+};
 
 use crate::common::*;
 
@@ -97,7 +100,39 @@ fn selection_on_half_inputs_picks_the_f32_keys(device: &Device) {
     }
 }
 
+fn tf32_products_follow_exact_f32(device: &Device) {
+    // TF32 keeps 11 significant bits of each product's factors, as f16 does; devices without
+    // TF32 matrix units run exact f32. (batch, heads, query len, key len, head dim, group, key
+    // block, budget): single keys, and blocks of 16 (the tiled dK/dV).
+    let cases = [(2, 2, 70, 70, 64, 32, 1, 20), (1, 3, 48, 80, 40, 16, 16, 5)];
+    for (n, (b, h, sq, sk, d, g, block, budget)) in cases.into_iter().enumerate() {
+        let seed = 9200 + 10 * n as u64;
+        let data = gradient_case_data([b, h, sq, sk, d], seed);
+        let ids = random_index_data([b, h, sq.div_ceil(g)], sk.div_ceil(block), budget, seed + 4);
+        let run = |precision: F32Precision| {
+            let device = device.clone().autodiff();
+            let [q, k, v] = [0, 1, 2].map(|i| tensor(&data[i], &device).require_grad());
+            let keys = critical_keys(&ids, g, block, sq, sk, &device);
+            let options = SparseAttentionOptions::default().with_f32_precision(precision);
+            let out = sparse_attention(q.clone(), k.clone(), v.clone(), &keys, None, options)
+                .unwrap()
+                .output;
+            let grads = (out.clone() * tensor(&data[3], &device)).sum().backward();
+            let grads = [&q, &k, &v].map(|x| x.grad(&grads).expect("gradient"));
+            (out.inner(), grads)
+        };
+        let (out, grads) = run(F32Precision::Tf32);
+        let (want_out, want_grads) = run(F32Precision::Exact);
+        let what = format!("TF32 case {n} on {device:?}");
+        assert_close(out, want_out, 5e-3, &what);
+        for ((name, got), want) in ["dq", "dk", "dv"].iter().zip(grads).zip(want_grads) {
+            assert_close(got, want, 1e-2, &format!("{name} of {what}"));
+        }
+    }
+}
+
 per_backend!(
     forward_and_gradients_in_half_precision_follow_f32,
     selection_on_half_inputs_picks_the_f32_keys,
+    tf32_products_follow_exact_f32,
 );

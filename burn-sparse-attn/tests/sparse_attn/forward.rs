@@ -170,7 +170,11 @@ fn auto_mode_falls_back_to_dense_with_the_same_result(device: &Device) {
             let key_bias = tensor(&random_data([b, 1, 1, s], 60 + budget as u64), &device);
             for bias in [None, Some(key_bias)] {
                 let attend = |fallback| {
-                    let options = SparseAttentionOptions { scale, fallback };
+                    let options = SparseAttentionOptions {
+                        scale,
+                        fallback,
+                        ..SparseAttentionOptions::default()
+                    };
                     sparse_attention(
                         q.clone(),
                         k.clone(),
@@ -217,6 +221,7 @@ fn auto_mode_falls_back_to_dense_with_the_same_result(device: &Device) {
                 SparseAttentionOptions {
                     scale,
                     fallback: Some(always_dense),
+                    ..SparseAttentionOptions::default()
                 },
             )
             .map(|out| out.output)

@@ -118,7 +118,7 @@ fn attention_rejects_bad_arguments() {
             None,
             SparseAttentionOptions {
                 scale,
-                fallback: None,
+                ..SparseAttentionOptions::default()
             },
         )
         .map(|out| out.output)

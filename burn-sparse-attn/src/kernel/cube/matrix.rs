@@ -25,6 +25,7 @@ use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 
 use super::tiles::selected_key;
+use crate::F32Precision;
 
 /// Units per plane the kernels are laid out for (a CUDA warp).
 pub(crate) const PLANE: usize = 32;
@@ -94,20 +95,6 @@ impl Stage {
     }
 }
 
-/// Whether f32 inputs may run on TF32 tensor cores (10-bit mantissas in the products, f32
-/// accumulation) or must stay exact on scalar tiles.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) enum F32Products {
-    /// Scalar f32 products.
-    #[default]
-    Exact,
-    /// TF32 tensor cores where the device has them. Generated and compile-checked for
-    /// sm_80/sm_90 (`cuda_source`); no public option selects it until a GPU run has
-    /// measured its error.
-    #[cfg_attr(not(feature = "cuda-source"), allow(dead_code))]
-    Tf32,
-}
-
 /// How one query group maps onto a cube and its shared tiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct MatrixPlan {
@@ -127,15 +114,17 @@ pub(crate) struct MatrixPlan {
 
 impl MatrixPlan {
     /// The layout for `group_size` rows of `head_dim` in `dtype` on a device with these
-    /// properties; `None` when no layout fits (then the reference body runs).
-    /// `score_tiles` f32 score tiles share the cube's shared memory (the forward's scores; the
-    /// dQ kernel's scores and `dO·vᵀ`).
+    /// properties (the rows a cube owns: a query group, or the keys of a dK/dV cube); `None`
+    /// when no layout fits (then the reference body runs). `score_tiles` f32 score tiles share
+    /// the cube's shared memory (the forward's scores; the dQ and dK/dV kernels' scores and
+    /// `dO·vᵀ`), beside three f32 values per tile slot (validity and, in dK/dV, the rows'
+    /// log-sum-exp and Δ).
     pub(crate) fn new(
         properties: &cubecl::ir::DeviceProperties,
         dtype: DType,
         group_size: usize,
         head_dim: usize,
-        f32_products: F32Products,
+        f32_precision: F32Precision,
         unroll: bool,
         score_tiles: usize,
     ) -> Option<Self> {
@@ -148,9 +137,9 @@ impl MatrixPlan {
             return None;
         }
         let padded_dim = head_dim.next_multiple_of(FRAG);
-        let wanted = match (dtype, f32_products) {
+        let wanted = match (dtype, f32_precision) {
             (DType::F16 | DType::BF16, _) => Stage::Half(dtype),
-            (_, F32Products::Tf32) => Stage::Tf32,
+            (_, F32Precision::Tf32) => Stage::Tf32,
             _ => Stage::F32,
         };
         let warp =
@@ -166,7 +155,7 @@ impl MatrixPlan {
         let bytes = |tile: usize| {
             2 * tile * padded_dim * stage.bytes()
                 + rows * tile * (4 * score_tiles + stage.bytes())
-                + 4 * tile
+                + 12 * tile
                 + 4 * rows
         };
         // Tensor cores need whole fragments of keys, and a tile that can stage a plane's

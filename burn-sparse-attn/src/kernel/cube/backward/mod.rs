@@ -4,7 +4,9 @@
 //!   as the forward does, and recomputes `P` from the saved log-sum-exp;
 //! - dK and dV by inverting the index: for every key unit, the query groups that selected it
 //!   (counted, prefix-summed, then listed in group order), after which every key accumulates
-//!   over exactly those groups' rows. Each output element has one writer.
+//!   over exactly those groups' rows: on the tiles (tensor cores where the device has them)
+//!   where a unit holds whole fragments of keys, else a plane's lanes per key. Each output
+//!   element has one writer.
 
 use crate::AttnInputs;
 use burn::backend::cubecl::dtype_to_storage_type;
@@ -18,10 +20,14 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 mod dkdv;
+pub(crate) mod dkdv_tiled;
 pub(crate) mod dq;
 mod invert;
 
+pub(crate) use dkdv_tiled::key_span;
+
 use dkdv::{dkdv_kernel, dkdv_lanes};
+use dkdv_tiled::dkdv_tiled_kernel;
 use dq::dq_kernel;
 use invert::invert_kernel;
 
@@ -68,13 +74,15 @@ fn elementwise(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
 }
 
 /// Launches the backward kernels → `(dq, dk, dv)` typed like `q, k, v`; dQ laid out by
-/// `plan` ([`MatrixPlan::new`] with two score tiles).
+/// `plan` ([`MatrixPlan::new`] with two score tiles), dK/dV by `key_plan` (cubes of `span`
+/// keys, [`key_span`]) where there is one, else a kernel per key.
 pub(crate) fn sparse_attention_backward(
     inputs: AttnInputs<CubeBackend>,
     out: CubeTensor,
     lse: CubeTensor,
     grad_out: CubeTensor,
     plan: MatrixPlan,
+    key_plan: Option<(usize, MatrixPlan)>,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let shape = inputs.shape();
     let (groups, units) = (shape.groups(), shape.units());
@@ -175,6 +183,38 @@ pub(crate) fn sparse_attention_backward(
 
     let dk = empty(k.shape(), k.dtype);
     let dv = empty(v.shape(), v.dtype);
+    if let Some((span, key_plan)) = key_plan {
+        dkdv_tiled_kernel::launch(
+            &client,
+            CubeCount::Static(
+                shape.key_len.div_ceil(span) as u32,
+                shape.heads as u32,
+                shape.batch as u32,
+            ),
+            CubeDim::new_1d(key_plan.units()),
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            grad_out.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            counts.into_tensor_arg(),
+            offsets.into_tensor_arg(),
+            lists.into_tensor_arg(),
+            dk.clone().into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
+            scale as f32,
+            shape.query_len as u32,
+            shape.key_len as u32,
+            shape.group_size,
+            shape.key_block,
+            span,
+            shape.head_dim,
+            key_plan,
+            key_plan.kernel_dtypes(fdt, idt),
+        );
+        return (dq, dk, dv);
+    }
     let lanes = dkdv_lanes(&client, shape.head_dim);
     let (count, dim) = elementwise(&client, shape.batch * shape.heads * shape.key_len * lanes);
     dkdv_kernel::launch(
