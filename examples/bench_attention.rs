@@ -4,8 +4,8 @@
 //! cargo run --release --example bench_attention -- [--device flex|ndarray|wgpu|vulkan|cuda]
 //!     [--seq 1024,4096,16384] [--sparsity 0.5,0.8,0.9,0.95] [--head-dims 64,128]
 //!     [--heads 8] [--group 32] [--rank 16] [--repeats 3] [--dense-mem-gib 12]
-//!     [--skip-dense true] [--dtype f32|f16|bf16] [--our-dense false]
-//!     [--out out/bench_attention.json]
+//!     [--skip-dense true] [--dtype f32|tf32|f16|bf16] [--our-dense false] [--key-block 1]
+//!     [--peer out/peer_attention.json] [--out out/bench_attention.json]
 //! ```
 //!
 //! For each shape it times dense attention and our selection + sparse attention, forward and
@@ -19,6 +19,12 @@
 //! allocator). Dense runs whose score matrices would not fit `--dense-mem-gib` are skipped.
 //! Our own dense path (`flash_attention`: every key selected, linear memory) is timed too,
 //! forward and forward+backward, and sparse forward+backward is compared with it (`vs ours`).
+//!
+//! `--key-block b` selects blocks of `b` keys (FlexAttention's and VSA's setting) instead of
+//! single keys. `--peer FILE` reads PyTorch's timings of the same shapes
+//! (`scripts/peer/attention.py`: dense SDPA, FlexAttention with a block mask of the same
+//! sparsity) and prints our forward (selection included) against FlexAttention's and our
+//! forward+backward against SDPA's, also into the JSON.
 
 use burn::tensor::DType;
 use burn::tensor::{
@@ -41,7 +47,7 @@ mod limits;
 mod measure;
 #[path = "common/report.rs"]
 mod report;
-use burn_sparse_video::sparse_attn::SparseAttentionOptions;
+use burn_sparse_video::sparse_attn::{F32Precision, SparseAttentionOptions};
 use device::device_named;
 use measure::measure;
 
@@ -82,23 +88,31 @@ struct Args {
     /// Time only our kernels (profiling them); the table then has no speedups.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     skip_dense: bool,
-    /// Input dtype of q, k, v and the selection inputs (f32, f16 or bf16).
+    /// Input dtype of q, k, v and the selection inputs (f32, f16 or bf16; tf32: f32 inputs
+    /// whose sparse attention multiplies on TF32 tensor cores where the device has them).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Also time our dense path (`flash_attention`), forward and forward+backward.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     our_dense: bool,
+    /// Keys per selected unit (1: single keys, DSV's setting).
+    #[arg(long, default_value_t = 1)]
+    key_block: usize,
+    /// PyTorch's timings of the same shapes (`scripts/peer/attention.py`'s JSON).
+    #[arg(long)]
+    peer: Option<String>,
     /// JSON report.
     #[arg(long, default_value = "out/bench_attention.json")]
     out: String,
 }
 
-/// The `--dtype` flag as a dtype.
-fn dtype_named(name: &str) -> Option<DType> {
+/// The `--dtype` flag as the inputs' dtype and how sparse attention multiplies f32.
+fn dtype_named(name: &str) -> Option<(DType, F32Precision)> {
     match name {
-        "f32" => Some(DType::F32),
-        "f16" => Some(DType::F16),
-        "bf16" => Some(DType::BF16),
+        "f32" => Some((DType::F32, F32Precision::Exact)),
+        "tf32" => Some((DType::F32, F32Precision::Tf32)),
+        "f16" => Some((DType::F16, F32Precision::Exact)),
+        "bf16" => Some((DType::BF16, F32Precision::Exact)),
         _ => None,
     }
 }
@@ -123,13 +137,17 @@ fn parse_args() -> Args {
         ("--group", a.group),
         ("--rank", a.rank),
         ("--repeats", a.repeats),
+        ("--key-block", a.key_block),
     ] {
         if v == 0 {
             fail(format!("{name} must be ≥ 1"));
         }
     }
     if dtype_named(&a.dtype).is_none() {
-        fail(format!("--dtype: f32, f16 or bf16, got {:?}", a.dtype));
+        fail(format!(
+            "--dtype: f32, tf32, f16 or bf16, got {:?}",
+            a.dtype
+        ));
     }
     if !(a.dense_mem_gib > 0.0 && a.dense_mem_gib.is_finite()) {
         fail(format!(
@@ -199,7 +217,8 @@ fn main() {
     allocator::keep_freed_memory();
     let args = parse_args();
     let device = device_named(&args.device);
-    let dtype = dtype_named(&args.dtype).expect("checked by parse_args");
+    let (dtype, precision) = dtype_named(&args.dtype).expect("checked by parse_args");
+    let options = SparseAttentionOptions::default().with_f32_precision(precision);
     if !device.supports_dtype(dtype) {
         fail(format!(
             "--dtype {}: {device:?} has no such dtype",
@@ -323,23 +342,19 @@ fn main() {
             let (dense_fwd, dense_fwd_kind) = fastest(flash_fwd, matmul_fwd);
             let (dense_fb, dense_fb_kind) = fastest(flash_fb, matmul_fb);
             for &sparsity in &args.sparsities {
-                let budget = ((s as f64 * (1.0 - sparsity)).round() as usize).clamp(1, s);
-                let config = SelectionConfig::new(args.group, budget);
+                let units = s.div_ceil(args.key_block);
+                let budget = ((units as f64 * (1.0 - sparsity)).round() as usize).clamp(1, units);
+                let config =
+                    SelectionConfig::new(args.group, budget).with_key_block(args.key_block);
+                let kept_keys = (budget * args.key_block).min(s);
                 let keys = select_critical_keys(q_lr.clone(), k_lr.clone(), config).unwrap();
                 let (select_t, _) = measure(&device, args.repeats, || {
                     select_critical_keys(q_lr.clone(), k_lr.clone(), config).unwrap()
                 });
                 let (sparse_fwd_t, sparse_fwd_mem) = measure(&device, args.repeats, || {
-                    sparse_attention(
-                        q.clone(),
-                        k.clone(),
-                        v.clone(),
-                        &keys,
-                        None,
-                        SparseAttentionOptions::default(),
-                    )
-                    .map(|out| out.output)
-                    .unwrap()
+                    sparse_attention(q.clone(), k.clone(), v.clone(), &keys, None, options)
+                        .map(|out| out.output)
+                        .unwrap()
                 });
                 let keys_ad = select_critical_keys(
                     qa.clone().narrow(3, 0, args.rank),
@@ -348,21 +363,14 @@ fn main() {
                 )
                 .unwrap();
                 let (sparse_fb_t, sparse_fb_mem) = measure(&device, args.repeats, || {
-                    (sparse_attention(
-                        qa.clone(),
-                        ka.clone(),
-                        va.clone(),
-                        &keys_ad,
-                        None,
-                        SparseAttentionOptions::default(),
-                    )
-                    .map(|out| out.output)
-                    .unwrap()
+                    (sparse_attention(qa.clone(), ka.clone(), va.clone(), &keys_ad, None, options)
+                        .map(|out| out.output)
+                        .unwrap()
                         * wa.clone())
                     .sum()
                     .backward()
                 });
-                let sparse_flops = 4.0 * (args.heads * s * budget * d) as f64;
+                let sparse_flops = 4.0 * (args.heads * s * kept_keys * d) as f64;
                 let sparse_total = sparse_fwd_t + select_t;
                 // The dense time carries its kind: `f` Burn's fused kernel, `m` the matmul form.
                 let fmt_t = |x: Option<(f64, usize)>, kind: &str| {
@@ -398,7 +406,7 @@ fn main() {
                 );
                 rows.push(serde_json::json!({
                     "dtype": args.dtype, "seq": s, "head_dim": d, "heads": args.heads, "group": args.group, "rank": args.rank,
-                    "sparsity": sparsity, "budget": budget,
+                    "sparsity": sparsity, "budget": budget, "key_block": args.key_block,
                     "dense_fwd_s": dense_fwd.map(|x| x.0), "dense_fwd_peak_bytes": dense_fwd.map(|x| x.1), "dense_fwd_kind": dense_fwd_kind,
                     "dense_fwd_bwd_s": dense_fb.map(|x| x.0), "dense_fwd_bwd_peak_bytes": dense_fb.map(|x| x.1), "dense_fwd_bwd_kind": dense_fb_kind,
                     "flash_fwd_s": flash_fwd.map(|x| x.0), "matmul_fwd_s": matmul_fwd.map(|x| x.0),
@@ -423,6 +431,87 @@ fn main() {
             }
         }
     }
-    let report = serde_json::json!({ "device": format!("{device:?}"), "rows": rows });
+    let mut report = serde_json::json!({ "device": format!("{device:?}"), "rows": rows });
+    if let Some(path) = &args.peer {
+        compare_with_peer(&mut report, path);
+    }
     report::write_json(&args.out, &report);
+}
+
+/// Prints our rows against PyTorch's of the same (S, D, sparsity) from `path`, and adds the
+/// peer's timings and the ratios to each matched row of `report`.
+fn compare_with_peer(report: &mut serde_json::Value, path: &str) {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| fail(format!("--peer {path}: {e}")));
+    let peer: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| fail(format!("--peer {path}: not JSON: {e}")));
+    let peer_rows = peer["rows"]
+        .as_array()
+        .unwrap_or_else(|| fail(format!("--peer {path}: no \"rows\" array")));
+    println!(
+        "peer: PyTorch {} on {} threads; ours: selection + sparse attention",
+        peer["torch"], peer["threads"]
+    );
+    println!(
+        "{:>6} {:>4} {:>5} {:>5} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>9}",
+        "S",
+        "D",
+        "s",
+        "block",
+        "ours fwd",
+        "flex fwd",
+        "ratio",
+        "ours f+b",
+        "sdpa f+b",
+        "ratio",
+        "flex f+b"
+    );
+    let key = |row: &serde_json::Value| {
+        (
+            row["seq"].as_u64(),
+            row["head_dim"].as_u64(),
+            row["sparsity"].as_f64(),
+        )
+    };
+    let rows = report["rows"]
+        .as_array_mut()
+        .expect("rows were written as an array");
+    for row in rows {
+        let Some(theirs) = peer_rows.iter().find(|p| key(p) == key(row)) else {
+            continue;
+        };
+        let seconds = |row: &serde_json::Value, name: &str| row[name].as_f64();
+        let select = seconds(row, "select_s").unwrap_or(0.0);
+        let ours_fwd = seconds(row, "sparse_fwd_s").map(|t| t + select);
+        let ours_fb = seconds(row, "sparse_fwd_bwd_s").map(|t| t + select);
+        let flex_fwd = seconds(theirs, "flex_fwd_s");
+        let sdpa_fb = seconds(theirs, "sdpa_fwd_bwd_s");
+        let ratio = |peer: Option<f64>, ours: Option<f64>| peer.zip(ours).map(|(p, o)| p / o);
+        let (fwd_ratio, fb_ratio) = (ratio(flex_fwd, ours_fwd), ratio(sdpa_fb, ours_fb));
+        let show = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.4}"));
+        let show_ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
+        println!(
+            "{:>6} {:>4} {:>5.2} {:>5} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>9}",
+            row["seq"].as_u64().unwrap_or(0),
+            row["head_dim"].as_u64().unwrap_or(0),
+            row["sparsity"].as_f64().unwrap_or(f64::NAN),
+            format!("{}/{}", row["key_block"], theirs["block"]),
+            show(ours_fwd),
+            show(flex_fwd),
+            show_ratio(fwd_ratio),
+            show(ours_fb),
+            show(sdpa_fb),
+            show_ratio(fb_ratio),
+            show(seconds(theirs, "flex_fwd_bwd_s")),
+        );
+        let fields = serde_json::json!({
+            "peer_flex_fwd_s": flex_fwd, "peer_flex_fwd_bwd_s": seconds(theirs, "flex_fwd_bwd_s"),
+            "peer_sdpa_fwd_s": seconds(theirs, "sdpa_fwd_s"), "peer_sdpa_fwd_bwd_s": sdpa_fb,
+            "peer_flex_block": theirs["block"],
+            "ours_fwd_vs_flex_fwd": fwd_ratio, "ours_fwd_bwd_vs_sdpa_fwd_bwd": fb_ratio,
+        });
+        if let (Some(row), Some(fields)) = (row.as_object_mut(), fields.as_object()) {
+            row.extend(fields.clone());
+        }
+    }
 }
