@@ -1,5 +1,6 @@
-//! Writes the CUDA C++ that CubeCL generates for every forward and dQ kernel variant, one `.cu`
-//! file each, without a GPU: `scripts/gpu/compile-cuda.sh` compiles them with `nvcc`.
+//! Writes the CUDA C++ that CubeCL generates for every forward, dQ and tiled dK/dV kernel
+//! variant, one `.cu` file each, without a GPU: `scripts/gpu/compile-cuda.sh` compiles them
+//! with `nvcc`.
 //!
 //! ```text
 //! cargo run --example cuda_sources --features cuda-source -- [DIR]   (default out/cuda-sources)

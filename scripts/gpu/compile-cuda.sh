@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Compiles the CUDA C++ that CubeCL generates for every forward, dQ and tiled dK/dV kernel variant (f16, bf16,
-# TF32 and f32; several head dims, groups and key blocks) with NVRTC, as CubeCL's CUDA runtime
-# does on a GPU, for sm_80 and sm_90, then has ptxas report each kernel's registers and
-# spills: a kernel the GPU would refuse fails here first. Runs on a machine without a GPU with
-# Debian's non-free nvidia-cuda-toolkit (installed here when missing). Not part of CI.
+# Compiles the CUDA C++ that CubeCL generates for every forward, dQ and tiled dK/dV kernel
+# variant (f16, bf16, TF32 and f32; several head dims, groups and key blocks) with NVRTC, as
+# CubeCL's CUDA runtime does on a GPU, for sm_80 and sm_90, then has ptxas report each kernel's
+# registers and spills: a kernel the GPU would refuse fails here first. Runs on a machine
+# without a GPU with Debian's non-free nvidia-cuda-toolkit (installed here when missing). Not
+# part of CI.
 #   scripts/gpu/compile-cuda.sh [DIR]     (sources, PTX and a summary in DIR, default out/cuda-sources)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
