@@ -218,6 +218,8 @@ fn main() {
     let args = parse_args();
     let device = device_named(&args.device);
     let (dtype, precision) = dtype_named(&args.dtype).expect("checked by parse_args");
+    // Read before the timings, so a bad file fails at once rather than after the run.
+    let peer = args.peer.as_deref().map(read_peer);
     let options = SparseAttentionOptions::default().with_f32_precision(precision);
     if !device.supports_dtype(dtype) {
         fail(format!(
@@ -432,22 +434,28 @@ fn main() {
         }
     }
     let mut report = serde_json::json!({ "device": format!("{device:?}"), "rows": rows });
-    if let Some(path) = &args.peer {
-        compare_with_peer(&mut report, path);
+    if let Some(peer) = &peer {
+        compare_with_peer(&mut report, peer);
     }
     report::write_json(&args.out, &report);
 }
 
-/// Prints our rows against PyTorch's of the same (S, D, sparsity) from `path`, and adds the
-/// peer's timings and the ratios to each matched row of `report`.
-fn compare_with_peer(report: &mut serde_json::Value, path: &str) {
+/// The `--peer` file: `scripts/peer/attention.py`'s JSON, with its `rows` array.
+fn read_peer(path: &str) -> serde_json::Value {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| fail(format!("--peer {path}: {e}")));
     let peer: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| fail(format!("--peer {path}: not JSON: {e}")));
-    let peer_rows = peer["rows"]
-        .as_array()
-        .unwrap_or_else(|| fail(format!("--peer {path}: no \"rows\" array")));
+    if !peer["rows"].is_array() {
+        fail(format!("--peer {path}: no \"rows\" array"));
+    }
+    peer
+}
+
+/// Prints our rows against PyTorch's of the same (S, D, sparsity) from `peer` ([`read_peer`]),
+/// and adds the peer's timings and the ratios to each matched row of `report`.
+fn compare_with_peer(report: &mut serde_json::Value, peer: &serde_json::Value) {
+    let peer_rows = peer["rows"].as_array().expect("checked by read_peer");
     println!(
         "peer: PyTorch {} on {} threads; ours: selection + sparse attention",
         peer["torch"], peer["threads"]
@@ -477,7 +485,11 @@ fn compare_with_peer(report: &mut serde_json::Value, path: &str) {
         .as_array_mut()
         .expect("rows were written as an array");
     for row in rows {
-        let Some(theirs) = peer_rows.iter().find(|p| key(p) == key(row)) else {
+        let (seq, head_dim, sparsity) = key(row);
+        let Some(theirs) = peer_rows
+            .iter()
+            .find(|p| key(p) == (seq, head_dim, sparsity))
+        else {
             continue;
         };
         let seconds = |row: &serde_json::Value, name: &str| row[name].as_f64();
@@ -492,9 +504,9 @@ fn compare_with_peer(report: &mut serde_json::Value, path: &str) {
         let show_ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
         println!(
             "{:>6} {:>4} {:>5.2} {:>5} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>9}",
-            row["seq"].as_u64().unwrap_or(0),
-            row["head_dim"].as_u64().unwrap_or(0),
-            row["sparsity"].as_f64().unwrap_or(f64::NAN),
+            seq.unwrap_or(0),
+            head_dim.unwrap_or(0),
+            sparsity.unwrap_or(f64::NAN),
             format!("{}/{}", row["key_block"], theirs["block"]),
             show(ours_fwd),
             show(flex_fwd),
@@ -510,8 +522,8 @@ fn compare_with_peer(report: &mut serde_json::Value, path: &str) {
             "peer_flex_block": theirs["block"],
             "ours_fwd_vs_flex_fwd": fwd_ratio, "ours_fwd_bwd_vs_sdpa_fwd_bwd": fb_ratio,
         });
-        if let (Some(row), Some(fields)) = (row.as_object_mut(), fields.as_object()) {
-            row.extend(fields.clone());
+        if let (Some(row), serde_json::Value::Object(fields)) = (row.as_object_mut(), fields) {
+            row.extend(fields);
         }
     }
 }
